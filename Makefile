@@ -1,0 +1,31 @@
+# kiq: `make run` starts a demo, `make test` runs every test. Both set up what they need.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SYSTEM_PACKAGES := redis-server
+
+.PHONY: install system-deps run test lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+# Debian packages the tests and the demo run (installed only where missing).
+system-deps:
+	@bin/system-deps $(SYSTEM_PACKAGES)
+
+run: install system-deps
+	$(PY) -m demo
+
+test: install system-deps
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check kiq tests demo
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

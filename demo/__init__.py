@@ -1,0 +1,1 @@
+"""A small app for `make run`: a few jobs, enqueued by the demo itself."""

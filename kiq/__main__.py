@@ -1,0 +1,3 @@
+from kiq.cli import main
+
+main()

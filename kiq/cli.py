@@ -1,0 +1,61 @@
+"""The ``kiq`` command."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from kiq import __version__, log
+from kiq.config import ConfigError, load
+
+EXIT_CONFIG = 2
+EXIT_APP_LOAD = 3
+
+
+@click.group()
+@click.version_option(__version__, prog_name="kiq")
+def main() -> None:
+    """kiq: background jobs for Python, in Sidekiq's Redis format."""
+
+
+@main.command()
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="YAML config file (see config/kiq.yml).")
+@click.option("-q", "--queue", "queues", multiple=True,
+              help="Queue to work, optionally weighted: -q critical,3 -q default. Repeatable.")
+@click.option("-p", "--processes", type=int, help="Worker processes to fork.")
+@click.option("--concurrency", type=int, help="Threads per worker process.")
+@click.option("-r", "--require", "require", multiple=True, help="Module that defines jobs. Repeatable.")
+@click.option("--redis-url", help="Redis URL (default: KIQ_REDIS_URL, REDIS_URL, then local).")
+@click.option("--namespace", help="Prefix for every Redis key.")
+@click.option("-t", "--timeout", type=float, help="Seconds a graceful stop waits for running jobs.")
+@click.option("--log-level", type=click.Choice(log.LEVELS))
+@click.option("--log-format", type=click.Choice(log.FORMATS))
+def start(config_path: str | None, queues: tuple[str, ...], require: tuple[str, ...],
+          **flags: Any) -> None:
+    """Run the master, which forks and supervises the worker processes."""
+    from kiq.supervisor import AppLoadError, Master
+
+    overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
+    if queues:
+        overrides["queues"] = list(queues)
+    if require:
+        overrides["require"] = list(require)
+    for flag in ("log_level", "log_format"):
+        if flag in overrides:
+            overrides[flag.replace("_", ".")] = overrides.pop(flag)
+    try:
+        config = load(config_path, overrides)
+    except ConfigError as error:
+        click.echo(f"kiq: bad config: {error}", err=True)
+        sys.exit(EXIT_CONFIG)
+    log.setup(config.log_level, config.log_format)
+    try:
+        code = Master(config).run()
+    except AppLoadError as error:
+        click.echo(f"kiq: {error}", err=True)
+        sys.exit(EXIT_APP_LOAD)
+    sys.exit(code)
+

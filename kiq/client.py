@@ -1,0 +1,187 @@
+"""Pushing jobs into Redis in Sidekiq's format; any Python app can use it without the worker side.
+
+A push is one round trip: a non-transactional pipeline of SADD ``queues`` and
+one LPUSH per queue (or ZADD ``schedule`` plus a wake-up PUBLISH for the
+scheduler). Producers LPUSH and consumers take from the right, so each queue
+is FIFO.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from kiq.connection import connect, url_from_env
+from kiq.job import Job
+from kiq.keys import Keys
+from kiq.serialize import serialize_args, serialize_kwargs
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    """What ``perform_later`` returns: the job id and where the job went."""
+
+    jid: str
+    job_class: str
+    queue: str
+    at: float | None = None
+
+
+def new_jid() -> str:
+    return secrets.token_hex(12)
+
+
+def build_payload(
+    job_class: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    queue: str = "default",
+    retry: bool | int = True,
+    at: float | None = None,
+) -> dict[str, Any]:
+    """A Sidekiq job hash. Keyword arguments go in kiq's own ``kwargs`` field so
+    that ``args`` stays what a Sidekiq reader expects."""
+    now = time.time()
+    payload: dict[str, Any] = {
+        "retry": retry,
+        "queue": queue,
+        "class": job_class,
+        "args": serialize_args(args),
+        "jid": new_jid(),
+        "created_at": now,
+    }
+    if kwargs:
+        payload["kwargs"] = serialize_kwargs(kwargs)
+    if at is not None and at > now:
+        payload["at"] = at
+    else:
+        payload["enqueued_at"] = now
+    return payload
+
+
+class Client:
+    """Enqueues jobs; safe to share between threads (redis-py pools connections)."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        namespace: str | None = None,
+        connection: redis.Redis | None = None,
+    ) -> None:
+        self.redis_url = redis_url or url_from_env()
+        self.keys = Keys(os.environ.get("KIQ_NAMESPACE", "") if namespace is None else namespace)
+        self.redis = connection or connect(self.redis_url, name="kiq-client")
+
+    def enqueue(
+        self,
+        job: type[Job] | str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        queue: str | None = None,
+        retry: bool | int | None = None,
+        at: float | None = None,
+    ) -> Enqueued:
+        """Enqueue a job class, or a job by its wire name (a Ruby class, say)."""
+        payload = _payload_for(job, args, kwargs, queue, retry, at)
+        self.push_bulk([payload])
+        return Enqueued(payload["jid"], payload["class"], payload["queue"], payload.get("at"))
+
+    def enqueue_bulk(
+        self,
+        job: type[Job] | str,
+        args_list: Iterable[Sequence[Any]],
+        *,
+        queue: str | None = None,
+        retry: bool | int | None = None,
+        at: float | None = None,
+        batch_size: int = 1000,
+    ) -> list[str]:
+        jids: list[str] = []
+        batch: list[dict[str, Any]] = []
+        for args in args_list:
+            batch.append(_payload_for(job, args, None, queue, retry, at))
+            if len(batch) >= batch_size:
+                jids.extend(self.push_bulk(batch))
+                batch = []
+        if batch:
+            jids.extend(self.push_bulk(batch))
+        return jids
+
+    def push(self, payload: Mapping[str, Any]) -> str:
+        """Push one ready-made job hash (it must have ``class``, ``args``, ``queue``, ``jid``)."""
+        return self.push_bulk([payload])[0]
+
+    def push_bulk(self, payloads: Sequence[Mapping[str, Any]]) -> list[str]:
+        """Push job hashes in one round trip; jobs with ``at`` go to the schedule."""
+        by_queue: dict[str, list[str]] = {}
+        scheduled: dict[str, float] = {}
+        for payload in payloads:
+            encoded = json.dumps(payload, separators=(",", ":"))
+            if "at" in payload:
+                scheduled[encoded] = float(payload["at"])
+            else:
+                by_queue.setdefault(payload["queue"], []).append(encoded)
+        pipe = self.redis.pipeline(transaction=False)
+        if by_queue:
+            pipe.sadd(self.keys.queues, *by_queue)
+            for queue, encoded_jobs in by_queue.items():
+                pipe.lpush(self.keys.queue(queue), *encoded_jobs)
+        if scheduled:
+            pipe.zadd(self.keys.schedule, scheduled)
+            pipe.publish(self.keys.schedule_channel, str(min(scheduled.values())))
+        pipe.execute()
+        return [payload["jid"] for payload in payloads]
+
+
+def _payload_for(
+    job: type[Job] | str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any] | None,
+    queue: str | None,
+    retry: bool | int | None,
+    at: float | None,
+) -> dict[str, Any]:
+    default_retry: bool | int = True
+    if isinstance(job, str):
+        name, default_queue = job, "default"
+    else:
+        name, default_queue, default_retry = job.job_name, job.queue, job.retry
+    return build_payload(
+        name,
+        args,
+        kwargs,
+        queue=queue or default_queue,
+        retry=default_retry if retry is None else retry,
+        at=at,
+    )
+
+
+_default: Client | None = None
+_default_lock = threading.Lock()
+
+
+def configure(redis_url: str | None = None, namespace: str | None = None) -> Client:
+    """Set where ``perform_later`` enqueues (otherwise ``KIQ_REDIS_URL``, ``REDIS_URL``, local)."""
+    global _default
+    with _default_lock:
+        _default = Client(redis_url, namespace)
+        return _default
+
+
+def default_client() -> Client:
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = Client()
+    return _default

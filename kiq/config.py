@@ -1,0 +1,186 @@
+"""kiq's settings: defaults, then the YAML file, then command-line flags.
+
+The Redis URL comes from the flag, else the file, else ``KIQ_REDIS_URL``, else
+``REDIS_URL``, else the local default. Every mistake is a ``ConfigError`` that
+names the key, so the CLI can print one clear line and exit with code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from kiq import log
+from kiq.connection import url_from_env
+
+
+class ConfigError(ValueError):
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+
+
+@dataclass
+class Config:
+    redis_url: str = ""
+    namespace: str = ""
+    require: list[str] = field(default_factory=list)
+    processes: int = 1
+    concurrency: int = 10
+    queues: list[tuple[str, int]] = field(default_factory=lambda: [("default", 1)])
+    strict: bool = True
+    timeout: float = 25.0
+    max_memory_mb: int = 0
+    max_jobs: int = 0
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9191
+    log_format: str = "auto"
+    log_level: str = "info"
+    tag: str = ""
+
+    @property
+    def queue_names(self) -> list[str]:
+        return [name for name, _ in self.queues]
+
+
+def load(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
+    """Read ``path`` (if given), apply ``overrides`` (flags), validate.
+
+    An override named ``log.level`` sets one key of a section and keeps the file's others.
+    """
+    raw: dict[str, Any] = _read(path) if path else {}
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section, _, sub = key.partition(".")
+        if sub:
+            existing = raw.get(section)
+            raw[section] = {**existing, sub: value} if isinstance(existing, dict) else {sub: value}
+        else:
+            raw[key] = value
+    return _build(raw)
+
+
+def _read(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as file:
+            data = yaml.safe_load(file)
+    except OSError as error:
+        raise ConfigError("config", f"cannot read {path}: {error.strerror}") from None
+    except yaml.YAMLError as error:
+        raise ConfigError("config", f"{path} is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("config", f"{path} must hold a mapping of settings")
+    return data
+
+
+def _build(raw: dict[str, Any]) -> Config:
+    config = Config()
+    known = {f.name for f in dataclasses.fields(Config)} - {"strict", "metrics_host", "metrics_port",
+                                                           "log_format", "log_level"}
+    for key, value in raw.items():
+        if key == "metrics":
+            _section(config, "metrics", value, {"host": "metrics_host", "port": "metrics_port"})
+        elif key == "log":
+            _section(config, "log", value, {"format": "log_format", "level": "log_level"})
+        elif key == "queues":
+            config.queues, config.strict = parse_queues(value)
+        elif key in known:
+            setattr(config, key, _checked(key, value, getattr(config, key)))
+        else:
+            raise ConfigError(key, "unknown setting")
+    config.redis_url = config.redis_url or url_from_env()
+    _validate(config)
+    return config
+
+
+def _section(config: Config, name: str, value: Any, fields: dict[str, str]) -> None:
+    if not isinstance(value, dict):
+        raise ConfigError(name, "must be a mapping")
+    for key, item in value.items():
+        if key not in fields:
+            raise ConfigError(f"{name}.{key}", "unknown setting")
+        attr = fields[key]
+        setattr(config, attr, _checked(f"{name}.{key}", item, getattr(config, attr)))
+
+
+def _checked(key: str, value: Any, default: Any) -> Any:
+    """``value`` converted to the type of ``default``, or a ConfigError naming ``key``."""
+    if isinstance(default, list):
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, "must be a list of strings")
+        return value
+    if isinstance(default, (bool, str)):
+        if not isinstance(value, type(default)):
+            raise ConfigError(key, f"must be a {type(default).__name__}, not {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ConfigError(key, f"must be a number, not {value!r}")
+    try:
+        return type(default)(value)
+    except ValueError:
+        raise ConfigError(key, f"must be a number, not {value!r}") from None
+
+
+def parse_queues(value: Any) -> tuple[list[tuple[str, int]], bool]:
+    """Queues as ``[name, ...]`` (strict order) or with weights: ``[[name, 3], "name,2", name]``."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ConfigError("queues", "must be a non-empty list")
+    queues: list[tuple[str, int]] = []
+    weighted = False
+    for entry in value:
+        name, weight = _queue_entry(entry)
+        weighted = weighted or weight is not None
+        queues.append((name, 1 if weight is None else weight))
+    names = [name for name, _ in queues]
+    if len(set(names)) != len(names):
+        raise ConfigError("queues", "lists a queue twice")
+    return queues, not weighted
+
+
+def _queue_entry(entry: Any) -> tuple[str, int | None]:
+    if isinstance(entry, str):
+        parts: list[Any] = [part.strip() for part in entry.split(",")]
+    elif isinstance(entry, list):
+        parts = entry
+    else:
+        raise ConfigError("queues", f"bad entry {entry!r}: use a name or [name, weight]")
+    if not parts or not isinstance(parts[0], str) or not parts[0] or len(parts) > 2:
+        raise ConfigError("queues", f"bad entry {entry!r}: use a name or [name, weight]")
+    name = str(parts[0])
+    if len(parts) == 1:
+        return name, None
+    try:
+        weight = int(parts[1])
+    except (TypeError, ValueError):
+        raise ConfigError("queues", f"weight of {parts[0]!r} must be a whole number") from None
+    if weight < 1:
+        raise ConfigError("queues", f"weight of {name!r} must be at least 1")
+    return name, weight
+
+
+def _validate(config: Config) -> None:
+    for key in ("processes", "concurrency"):
+        if getattr(config, key) < 1:
+            raise ConfigError(key, "must be at least 1")
+    for key in ("timeout", "max_memory_mb", "max_jobs"):
+        if getattr(config, key) < 0:
+            raise ConfigError(key, "must not be negative")
+    if not 0 <= config.metrics_port <= 65535:
+        raise ConfigError("metrics.port", "must be a port number (0 turns metrics off)")
+    if config.log_level not in log.LEVELS:
+        raise ConfigError("log.level", f"must be one of {', '.join(log.LEVELS)}")
+    if config.log_format not in log.FORMATS:
+        raise ConfigError("log.format", f"must be one of {', '.join(log.FORMATS)}")
+    if "://" not in config.redis_url:
+        raise ConfigError("redis_url", "must be a URL such as redis://127.0.0.1:6379/0")

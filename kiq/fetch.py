@@ -1,0 +1,342 @@
+"""Taking jobs from Redis into a worker, and acknowledging them, in batches.
+
+One fetcher thread per worker process does all of the job traffic with Redis.
+Each round trip is one Lua call that acknowledges the jobs finished since the
+last call (removing them from the in-progress list, filing retries and dead
+jobs, counting stats) and moves up to N new jobs from the queues, in weighted
+or strict order, into this worker's in-progress lists. A job is therefore
+always in Redis: in its queue, in an in-progress list, or in a sorted set.
+
+When every queue is empty the fetcher goes idle and one waiter thread per queue
+blocks in BLMOVE (BRPOPLPUSH before Redis 6.2), so a job pushed to an idle
+worker starts at once instead of at the next poll.
+
+Processor threads never talk to Redis for kiq: they ``take`` a unit from the
+local buffer and report it ``done``.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import redis
+
+from kiq import log
+from kiq.connection import connect, server_version, wire
+from kiq.keys import Keys, day
+from kiq.recovery import Recovery
+from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT, Outcome
+
+# ARGV: prefix, identity, now, day, dead cutoff, number of acks, then per ack
+# (queue, payload, action, new payload, score, failed), then how many jobs to
+# take and the queues in the order to try. Returns queue, payload, queue, ...
+ACK_AND_FETCH = """
+local prefix, identity, now, today, cutoff = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local wip = prefix .. 'kiq:wip:' .. identity .. '|'
+local i = 7
+local processed, failed, died = 0, 0, false
+for _ = 1, tonumber(ARGV[6]) do
+  local queue, job, action = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  redis.call('LREM', wip .. queue, -1, job)
+  if action == 'retry' then
+    redis.call('ZADD', prefix .. 'retry', ARGV[i + 4], ARGV[i + 3])
+  elseif action == 'dead' then
+    redis.call('ZADD', prefix .. 'dead', ARGV[i + 4], ARGV[i + 3])
+    died = true
+  end
+  processed = processed + 1
+  if ARGV[i + 5] == '1' then failed = failed + 1 end
+  i = i + 6
+end
+local ttl = 5 * 365 * 24 * 3600
+if processed > 0 then
+  redis.call('INCRBY', prefix .. 'stat:processed', processed)
+  redis.call('INCRBY', prefix .. 'stat:processed:' .. today, processed)
+  redis.call('EXPIRE', prefix .. 'stat:processed:' .. today, ttl)
+end
+if failed > 0 then
+  redis.call('INCRBY', prefix .. 'stat:failed', failed)
+  redis.call('INCRBY', prefix .. 'stat:failed:' .. today, failed)
+  redis.call('EXPIRE', prefix .. 'stat:failed:' .. today, ttl)
+end
+if died then
+  redis.call('ZREMRANGEBYSCORE', prefix .. 'dead', '-inf', cutoff)
+  redis.call('ZREMRANGEBYRANK', prefix .. 'dead', 0, -(__DEAD_MAX__ + 1))
+end
+local want = tonumber(ARGV[i])
+local out = {}
+local got = 0
+for q = i + 1, #ARGV do
+  if got >= want then break end
+  local queue = ARGV[q]
+  local src, dst = prefix .. 'queue:' .. queue, wip .. queue
+  while got < want do
+    local job = redis.call('RPOPLPUSH', src, dst)
+    if not job then break end
+    out[#out + 1] = queue
+    out[#out + 1] = job
+    got = got + 1
+  end
+end
+return out
+""".replace("__DEAD_MAX__", str(DEAD_MAX_JOBS))
+
+BLOCK_SECONDS = 1
+ACK_MAX_AGE = 0.01
+RETRY_PAUSE_MAX = 5.0
+
+
+class QueueOrder:
+    """Weighted (``critical: 3, default: 1`` takes critical first 3 times in 4) or strict order."""
+
+    def __init__(self, queues: Sequence[tuple[str, int]], strict: bool) -> None:
+        self.names = [name for name, _ in queues]
+        self.strict = strict
+        self._pool = [name for name, weight in queues for _ in range(max(weight, 1))]
+
+    def order(self) -> list[str]:
+        if self.strict or len(self.names) == 1:
+            return self.names
+        pool = self._pool[:]
+        random.shuffle(pool)
+        return list(dict.fromkeys(pool))
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One job taken from ``queue``, still in this worker's in-progress list."""
+
+    queue: str
+    payload: str
+
+
+class Fetcher:
+    """Owns a worker's Redis job traffic; see the module docstring."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        keys: Keys,
+        identity: str,
+        queues: QueueOrder,
+        concurrency: int,
+    ) -> None:
+        self.redis_url = redis_url
+        self.keys = keys
+        self.identity = identity
+        self.queues = queues
+        self.capacity = 2 * concurrency
+        self.batch = max(1, concurrency // 2)
+        self.conn = connect(redis_url, name=f"kiq-fetch-{identity}")
+        self.recovery = Recovery(self.conn, keys)
+        self._script = self.conn.register_script(ACK_AND_FETCH)
+        self._lock = threading.Lock()
+        self._work_ready = threading.Condition(self._lock)
+        self._wake = threading.Condition(self._lock)
+        self._buffer: deque[Unit] = deque()
+        self._giveback: list[Unit] = []
+        self._acks: list[tuple[Unit, Outcome]] = []
+        self._first_ack_at = 0.0
+        self._running = 0
+        self._fetching = True
+        self._closing = False
+        self._idle = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._outage = Outage("fetch")
+        self.log = log.get("kiq.fetch")
+
+    # -- processor side -------------------------------------------------
+
+    def take(self) -> Unit | None:
+        """The next job to run, waiting for one; None once the worker stops fetching."""
+        with self._lock:
+            while not self._buffer:
+                if not self._fetching:
+                    return None
+                self._work_ready.wait()
+            self._running += 1
+            unit = self._buffer.popleft()
+            if len(self._buffer) + self._running <= self.capacity - self.batch:
+                self._wake.notify()
+            return unit
+
+    def done(self, unit: Unit, outcome: Outcome) -> None:
+        """Acknowledge a job; the fetcher sends it with its next round trip."""
+        with self._lock:
+            self._running -= 1
+            if not self._acks:
+                self._first_ack_at = time.monotonic()
+            self._acks.append((unit, outcome))
+            self._wake.notify()
+
+    # -- lifecycle ------------------------------------------------------
+
+    def start(self) -> None:
+        self.conn.sadd(self.keys.wip_registry, *(f"{self.identity}|{q}" for q in self.queues.names))
+        blocking = "BLMOVE" if server_version(self.conn) >= (6, 2) else "BRPOPLPUSH"
+        self._spawn("fetcher", self._run)
+        for queue in self.queues.names:
+            self._spawn(f"waiter-{queue}", functools.partial(self._wait_for_jobs, queue, blocking))
+
+    def quiet(self) -> None:
+        """Stop taking jobs; jobs taken but not started go back to the front of their queues."""
+        with self._lock:
+            self._fetching = False
+            self._giveback.extend(self._buffer)
+            self._buffer.clear()
+            self._idle.set()
+            self._work_ready.notify_all()
+            self._wake.notify()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Send the last acknowledgements and give-backs, then stop the threads."""
+        self.quiet()
+        with self._lock:
+            self._closing = True
+            self._wake.notify()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    @property
+    def busy(self) -> int:
+        return self._running
+
+    # -- fetcher thread -------------------------------------------------
+
+    def _spawn(self, name: str, target: Callable[[], None]) -> None:
+        thread = threading.Thread(target=target, name=name, daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _due(self) -> bool:
+        """Whether a round trip is worth making now (called with the lock held)."""
+        if self._giveback or (self._closing and self._acks):
+            return True
+        if self._acks and (self._idle.is_set() or time.monotonic() - self._first_ack_at >= ACK_MAX_AGE):
+            return True
+        room = self.capacity - len(self._buffer) - self._running
+        if self._fetching and not self._idle.is_set() and room >= self.batch:
+            return True
+        return bool(self._acks) and len(self._buffer) < self.batch
+
+    def _run(self) -> None:
+        pause = 0.0
+        while True:
+            with self._lock:
+                while not self._due():
+                    if self._closing and not self._acks and not self._waiters_alive():
+                        return
+                    self._wake.wait(ACK_MAX_AGE if self._acks else 0.5)
+                acks, self._acks = self._acks, []
+                giveback, self._giveback = self._giveback, []
+                want = self.capacity - len(self._buffer) - self._running if self._fetching else 0
+                order = self.queues.order() if want > 0 else []
+            try:
+                if giveback:
+                    self.recovery.give_back(self.identity, [(u.queue, u.payload) for u in giveback])
+                jobs = self._round_trip(acks, max(want, 0), order)
+            except Exception as error:
+                if not isinstance(error, redis.RedisError):
+                    self.log.exception("fetch failed unexpectedly")
+                with self._lock:
+                    self._acks[:0] = acks
+                    self._giveback[:0] = giveback
+                pause = self._outage.failed(error, pause)
+                time.sleep(pause)
+                continue
+            pause = self._outage.recovered(pause)
+            self._receive(jobs, idle=want > 0 and not jobs)
+
+    def _round_trip(self, acks: list[tuple[Unit, Outcome]], want: int, order: list[str]) -> list[Unit]:
+        if not acks and want == 0:
+            return []
+        now = time.time()
+        args: list[str | bytes | float | int] = [
+            self.keys.prefix, self.identity, now, day(now), now - DEAD_TIMEOUT, len(acks)
+        ]
+        for unit, outcome in acks:
+            args += [unit.queue, wire(unit.payload), outcome.action, outcome.payload, outcome.score,
+                     "1" if outcome.failed else "0"]
+        args.append(want)
+        args.extend(order)
+        flat = self._script(args=args)
+        return [Unit(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+
+    def _receive(self, jobs: list[Unit], idle: bool) -> None:
+        with self._lock:
+            if not self._fetching:
+                self._giveback.extend(jobs)
+                return
+            self._buffer.extend(jobs)
+            self._work_ready.notify(len(jobs))
+            if idle:
+                self._idle.set()
+            elif jobs:
+                self._idle.clear()
+
+    def _waiters_alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads if t is not threading.current_thread())
+
+    # -- waiter threads -------------------------------------------------
+
+    def _wait_for_jobs(self, queue: str, command: str) -> None:
+        """Block on one queue while the worker is idle; hand over what arrives."""
+        conn = connect(self.redis_url, blocking=True, name=f"kiq-wait-{self.identity}")
+        src, dst = self.keys.queue(queue), self.keys.wip(self.identity, queue)
+        pause = 0.0
+        while True:
+            self._idle.wait()
+            if not self._fetching:
+                return
+            try:
+                if command == "BLMOVE":
+                    job = conn.blmove(src, dst, BLOCK_SECONDS, "RIGHT", "LEFT")
+                else:
+                    job = conn.brpoplpush(src, dst, BLOCK_SECONDS)
+            except redis.RedisError as error:
+                pause = self._outage.failed(error, pause)
+                time.sleep(pause)
+                continue
+            pause = self._outage.recovered(pause)
+            if job is not None:
+                self._hand_over(Unit(queue, str(job)))
+
+    def _hand_over(self, unit: Unit) -> None:
+        with self._lock:
+            if not self._fetching:
+                self._giveback.append(unit)
+                self._wake.notify()
+                return
+            self._buffer.append(unit)
+            self._idle.clear()
+            self._work_ready.notify()
+            self._wake.notify()
+
+
+class Outage:
+    """Logs a Redis outage once when it starts and once when it ends, however many
+    threads notice it; each thread keeps its own growing pause."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.down = False
+        self.log = log.get("kiq.redis")
+
+    def failed(self, error: Exception, pause: float) -> float:
+        if not self.down:
+            self.down = True
+            self.log.warning("redis unavailable, retrying", where=self.what, error=str(error))
+        return min(RETRY_PAUSE_MAX, max(0.1, pause * 2))
+
+    def recovered(self, pause: float) -> float:
+        if pause and self.down:
+            self.down = False
+            self.log.info("redis available again", where=self.what)
+        return 0.0

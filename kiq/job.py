@@ -1,0 +1,139 @@
+"""The job class users subclass, modelled on Rails' Active Job, and the registry of job classes.
+
+Only classes registered here ever run in a worker: a payload naming any other
+class is refused, so a payload can never make kiq import or call arbitrary code.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from kiq.client import Enqueued
+
+_registry: dict[str, type[Job]] = {}
+
+
+class JobNameError(TypeError):
+    """Two job classes claim one wire name."""
+
+
+class Job:
+    """Base class of every job: define ``perform`` and enqueue with ``perform_later``.
+
+    ``queue`` and ``retry`` follow Sidekiq: ``retry = True`` means 25 tries,
+    an int that many, ``0`` straight to the dead set, ``False`` drop on failure.
+    ``job_name`` is the payload's ``class``; it defaults to the class name, as a
+    Ruby constant would be, and may name a Ruby class such as ``Billing::InvoiceJob``.
+    """
+
+    queue: ClassVar[str] = "default"
+    retry: ClassVar[bool | int] = True
+    job_name: ClassVar[str] = ""
+    jid: str = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "job_name" not in cls.__dict__:
+            cls.job_name = cls.__name__
+        register(cls)
+
+    def perform(self, *args: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must define perform()")
+
+    @classmethod
+    def perform_later(cls, *args: Any, **kwargs: Any) -> Enqueued:
+        """Enqueue the job; arguments that cannot be serialized fail here, in the caller."""
+        return Options(cls).perform_later(*args, **kwargs)
+
+    @classmethod
+    def perform_bulk(cls, args_list: Iterable[Sequence[Any]], batch_size: int = 1000) -> list[str]:
+        """Enqueue one job per argument list, one Redis round trip per batch; returns the jids."""
+        return Options(cls).perform_bulk(args_list, batch_size)
+
+    @classmethod
+    def set(
+        cls,
+        *,
+        wait: float | dt.timedelta | None = None,
+        wait_until: float | dt.datetime | None = None,
+        queue: str | None = None,
+        retry: bool | int | None = None,
+    ) -> Options:
+        """Options for the next enqueue, as in ``Job.set(wait=timedelta(hours=1)).perform_later(42)``."""
+        return Options(cls, wait=wait, wait_until=wait_until, queue=queue, retry=retry)
+
+    @classmethod
+    def perform_now(cls, *args: Any, **kwargs: Any) -> Any:
+        """Run the job at once in the caller, without Redis."""
+        return cls().perform(*args, **kwargs)
+
+
+@dataclass
+class Options:
+    """A job class with enqueue options, returned by ``Job.set``."""
+
+    job: type[Job]
+    wait: float | dt.timedelta | None = None
+    wait_until: float | dt.datetime | None = None
+    queue: str | None = None
+    retry: bool | int | None = None
+
+    def at(self) -> float | None:
+        """When the job is due, as epoch seconds, or None for now."""
+        if self.wait_until is not None:
+            if isinstance(self.wait_until, dt.datetime):
+                return self.wait_until.timestamp()
+            return float(self.wait_until)
+        if self.wait is not None:
+            seconds = self.wait.total_seconds() if isinstance(self.wait, dt.timedelta) else self.wait
+            return time.time() + float(seconds)
+        return None
+
+    def perform_later(self, *args: Any, **kwargs: Any) -> Enqueued:
+        from kiq.client import default_client
+
+        return default_client().enqueue(
+            self.job, args, kwargs, queue=self.queue, retry=self.retry, at=self.at()
+        )
+
+    def perform_bulk(self, args_list: Iterable[Sequence[Any]], batch_size: int = 1000) -> list[str]:
+        from kiq.client import default_client
+
+        return default_client().enqueue_bulk(
+            self.job, args_list, queue=self.queue, retry=self.retry, at=self.at(), batch_size=batch_size
+        )
+
+
+def register(cls: type[Job]) -> None:
+    """Make ``cls`` runnable under its wire name; a second class with that name is an error.
+
+    Re-registering the same class (same module and qualified name, as after a
+    module reload) replaces the old entry.
+    """
+    name = cls.job_name
+    if not name:
+        raise JobNameError(f"{cls.__qualname__}.job_name must not be empty")
+    existing = _registry.get(name)
+    if existing is not None and _origin(existing) != _origin(cls):
+        raise JobNameError(
+            f"job name {name!r} is used by both {_origin(existing)} and {_origin(cls)}; "
+            "set job_name on one of them"
+        )
+    _registry[name] = cls
+
+
+def lookup(name: str) -> type[Job] | None:
+    return _registry.get(name)
+
+
+def registered() -> dict[str, type[Job]]:
+    return dict(_registry)
+
+
+def _origin(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"

@@ -1,0 +1,58 @@
+"""Every Redis key kiq reads or writes, built in one place.
+
+Without a namespace the names are Sidekiq's own (see docs/redis.md), so Ruby
+Sidekiq, its API and its Web UI see kiq's data. kiq's private keys start with
+``kiq:`` and are never listed in ``queues``, so Sidekiq ignores them.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+class Keys:
+    """Key names under an optional namespace (``ns`` gives ``ns:queue:default``)."""
+
+    def __init__(self, namespace: str = "") -> None:
+        self.namespace = namespace
+        self.prefix = f"{namespace}:" if namespace else ""
+        p = self.prefix
+        self.queues = p + "queues"
+        self.schedule = p + "schedule"
+        self.retry = p + "retry"
+        self.dead = p + "dead"
+        self.processes = p + "processes"
+        self.processed = p + "stat:processed"
+        self.failed = p + "stat:failed"
+        self.wip_registry = p + "kiq:wip"
+        self.schedule_channel = p + "kiq:schedule-wakeup"
+
+    def queue(self, name: str) -> str:
+        return f"{self.prefix}queue:{name}"
+
+    def process(self, identity: str) -> str:
+        return self.prefix + identity
+
+    def work(self, identity: str) -> str:
+        """Running jobs of a process as Sidekiq 7 and 8 read them."""
+        return f"{self.prefix}{identity}:work"
+
+    def workers(self, identity: str) -> str:
+        """Running jobs of a process as Sidekiq 6 reads them."""
+        return f"{self.prefix}{identity}:workers"
+
+    def signals(self, identity: str) -> str:
+        return f"{self.prefix}{identity}-signals"
+
+    def wip(self, identity: str, queue: str) -> str:
+        """A worker's in-progress list for one queue.
+
+        Its member in ``kiq:wip`` is ``identity|queue``; identities never
+        contain ``|``, so the pair splits back unambiguously.
+        """
+        return f"{self.prefix}kiq:wip:{identity}|{queue}"
+
+
+def day(now: float | None = None) -> str:
+    """The UTC date Sidekiq uses in its daily stat keys."""
+    return time.strftime("%Y-%m-%d", time.gmtime(now))

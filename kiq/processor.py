@@ -1,0 +1,131 @@
+"""Running one job from its payload, and deciding what becomes of it.
+
+Nothing a payload says is trusted: invalid JSON, missing fields and unknown
+job classes go to the dead set with the reason, and only classes in the job
+registry are ever instantiated.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from typing import Any
+
+import structlog
+
+from kiq import job as jobs
+from kiq import log, retry
+from kiq.client import new_jid
+from kiq.retry import Outcome
+from kiq.serialize import deserialize_args, deserialize_kwargs
+
+INVALID_CLASS = "kiq.InvalidPayload"
+
+logger = log.get("kiq.job")
+
+
+class InvalidPayloadError(ValueError):
+    """A payload kiq cannot run."""
+
+
+class UnknownJobError(LookupError):
+    """A payload names a class that no required module registered."""
+
+
+def process(queue: str, raw: str) -> Outcome:
+    """Run the job in ``raw`` (taken from ``queue``) and return what to acknowledge."""
+    try:
+        payload = decode(raw)
+    except InvalidPayloadError as error:
+        logger.error("invalid payload", queue=queue, error=str(error))
+        return retry.dead(wrap_invalid(queue, raw, str(error)))
+    job_class = jobs.lookup(payload["class"])
+    if job_class is None:
+        unknown = UnknownJobError(f"no job class registered as {payload['class']!r}")
+        logger.error("unknown job class", queue=queue, jid=payload["jid"], error=str(unknown))
+        return retry.dead(_with_error(payload, unknown))
+    return run(job_class, payload, queue)
+
+
+def run(job_class: type[jobs.Job], payload: dict[str, Any], queue: str) -> Outcome:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(jid=payload["jid"], queue=queue, **{"class": payload["class"]})
+    started = time.perf_counter()
+    try:
+        instance = job_class()
+        instance.jid = payload["jid"]
+        args = deserialize_args(payload["args"])
+        kwargs = deserialize_kwargs(payload.get("kwargs") or {})
+        instance.perform(*args, **kwargs)
+    except Exception as error:
+        elapsed = _ms(started)
+        outcome = retry.failure(payload, error_name(error), str(error))
+        logger.warning("fail", elapsed_ms=elapsed, error=f"{error_name(error)}: {error}",
+                       then=outcome.action or "drop")
+        return outcome
+    logger.info("done", elapsed_ms=_ms(started))
+    return retry.SUCCESS
+
+
+def decode(raw: str) -> dict[str, Any]:
+    """The payload as a dict with the fields kiq needs, or InvalidPayloadError saying what is wrong."""
+    try:
+        payload = json.loads(raw)
+    except (ValueError, RecursionError):
+        raise InvalidPayloadError("payload is not valid JSON") from None
+    if not isinstance(payload, dict):
+        raise InvalidPayloadError("payload is not a JSON object")
+    if not isinstance(payload.get("class"), str) or not payload["class"]:
+        raise InvalidPayloadError("payload has no 'class' string")
+    if not isinstance(payload.get("args"), list):
+        raise InvalidPayloadError("payload has no 'args' list")
+    if not isinstance(payload.get("jid"), str):
+        raise InvalidPayloadError("payload has no 'jid' string")
+    if not isinstance(payload.get("kwargs", {}), dict):
+        raise InvalidPayloadError("payload's 'kwargs' is not an object")
+    return payload
+
+
+def wrap_invalid(queue: str, raw: str, reason: str) -> dict[str, Any]:
+    """A readable job hash that carries an unreadable payload into the dead set.
+
+    Sidekiq's Web UI parses every dead entry, so the raw text travels as the
+    only argument of a job hash rather than as the entry itself. Bytes that are
+    not UTF-8 are kept exactly in ``raw_base64``.
+    """
+    now = time.time()
+    data = raw.encode("utf-8", "surrogateescape")
+    text = data.decode("utf-8", "replace")
+    wrapped: dict[str, Any] = {
+        "class": INVALID_CLASS,
+        "args": [text],
+        "jid": new_jid(),
+        "queue": queue,
+        "retry": False,
+        "created_at": now,
+        "error_class": "kiq.InvalidPayloadError",
+        "error_message": reason,
+        "failed_at": now,
+        "retry_count": 0,
+    }
+    if text != raw:
+        wrapped["raw_base64"] = base64.b64encode(data).decode()
+    return wrapped
+
+
+def _with_error(payload: dict[str, Any], error: Exception) -> dict[str, Any]:
+    payload.update(error_class=error_name(error), error_message=str(error), failed_at=time.time())
+    payload.setdefault("retry_count", 0)
+    return payload
+
+
+def error_name(error: BaseException) -> str:
+    cls = type(error)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

@@ -1,0 +1,77 @@
+"""What happens to a job that failed: Sidekiq's retry rules, fields and backoff."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MAX_RETRIES = 25
+DEAD_MAX_JOBS = 10_000
+DEAD_TIMEOUT = 180 * 24 * 3600
+MAX_MESSAGE = 10_000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """The end of one job, acknowledged together with its in-progress entry.
+
+    ``action`` is ``""`` (done or dropped), ``"retry"`` or ``"dead"``; ``payload``
+    and ``score`` are the new job hash and its sorted-set score for the latter two.
+    """
+
+    failed: bool
+    action: str = ""
+    payload: str = ""
+    score: float = 0.0
+
+
+SUCCESS = Outcome(failed=False)
+
+
+def backoff(retry_count: int) -> float:
+    """Seconds before the next try: Sidekiq's ``count**4 + 15 + rand(10) * (count + 1)``."""
+    return retry_count**4 + 15 + random.randrange(10) * (retry_count + 1)
+
+
+def max_retries(retry: Any) -> int | None:
+    """Tries allowed by a payload's ``retry`` field; None means drop on failure."""
+    if retry is True:
+        return DEFAULT_MAX_RETRIES
+    if retry is False or retry is None:
+        return None
+    if isinstance(retry, int):
+        return max(retry, 0)
+    return DEFAULT_MAX_RETRIES
+
+
+def failure(job: dict[str, Any], error_class: str, message: str, now: float | None = None) -> Outcome:
+    """Record a failure in ``job`` (mutated) and decide between retry, dead and drop."""
+    now = time.time() if now is None else now
+    limit = max_retries(job.get("retry", True))
+    if limit is None:
+        return Outcome(failed=True)
+    job["error_message"] = message[:MAX_MESSAGE]
+    job["error_class"] = error_class
+    if isinstance(job.get("retry_count"), int):
+        job["retry_count"] += 1
+        job["retried_at"] = now
+    else:
+        job["failed_at"] = now
+        job["retry_count"] = 0
+    count = job["retry_count"]
+    if count < limit:
+        return Outcome(True, "retry", _dump(job), now + backoff(count))
+    return dead(job, now)
+
+
+def dead(job: dict[str, Any], now: float | None = None) -> Outcome:
+    """Send ``job`` to the dead set as it is."""
+    now = time.time() if now is None else now
+    return Outcome(True, "dead", _dump(job), now)
+
+
+def _dump(job: dict[str, Any]) -> str:
+    return json.dumps(job, separators=(",", ":"))

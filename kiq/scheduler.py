@@ -1,0 +1,122 @@
+"""The master's scheduler thread: moves due jobs from ``schedule`` and ``retry`` into their queues.
+
+Each move is atomic in a Lua script: the job is pushed only if this master's
+ZREM removed it, so several masters racing never lose or double a job, and a
+job is never only in a process's memory. The new payload (``enqueued_at`` set,
+``at`` removed, as Sidekiq does) is written by Python's json module, which
+keeps numbers and empty arrays exactly as they were.
+
+The thread sleeps until the next job is due, at most ``MAX_SLEEP`` seconds, and
+wakes early when a kiq client publishes a newly scheduled job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+
+import redis
+
+from kiq import log
+from kiq.connection import connect, wire
+from kiq.fetch import Outage
+from kiq.keys import Keys
+from kiq.processor import InvalidPayloadError, decode, wrap_invalid
+
+# ARGV: prefix, sorted set, now, then (old payload, queue, new payload)
+# triples; an empty queue sends the new payload to the dead set instead.
+MOVE = """
+local prefix, set, now, moved = ARGV[1], ARGV[2], ARGV[3], 0
+for i = 4, #ARGV, 3 do
+  if redis.call('ZREM', set, ARGV[i]) == 1 then
+    local queue = ARGV[i + 1]
+    if queue == '' then
+      redis.call('ZADD', prefix .. 'dead', now, ARGV[i + 2])
+    else
+      redis.call('SADD', prefix .. 'queues', queue)
+      redis.call('LPUSH', prefix .. 'queue:' .. queue, ARGV[i + 2])
+      moved = moved + 1
+    end
+  end
+end
+return moved
+"""
+
+BATCH = 100
+MAX_SLEEP = 5.0
+
+
+class Scheduler:
+    def __init__(self, redis_url: str, keys: Keys, lock: threading.Lock) -> None:
+        """``lock`` is held while touching Redis, so the master never forks mid-operation."""
+        self.redis_url = redis_url
+        self.keys = keys
+        self.lock = lock
+        self.stopped = threading.Event()
+        self.log = log.get("kiq.scheduler")
+        self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end; each move is atomic, so not waiting long for it is safe."""
+        self.stopped.set()
+        with contextlib.suppress(redis.RedisError):
+            connect(self.redis_url).publish(self.keys.schedule_channel, "stop")
+        self.thread.join(1.0)
+
+    def enqueue_due(self, conn: redis.Redis, now: float | None = None) -> int:
+        """Move every job due by ``now`` from both sets; returns how many reached a queue."""
+        move = conn.register_script(MOVE)
+        moved = 0
+        for zset in (self.keys.schedule, self.keys.retry):
+            while not self.stopped.is_set():
+                due = conn.zrangebyscore(zset, "-inf", time.time() if now is None else now, 0, BATCH)
+                if not due:
+                    break
+                args: list[str | bytes | float] = [self.keys.prefix, zset, time.time()]
+                for raw in map(str, due):
+                    args += [wire(raw), *self._requeued(raw)]
+                moved += int(move(args=args))
+                if len(due) < BATCH:
+                    break
+        return moved
+
+    def next_due(self, conn: redis.Redis) -> float | None:
+        scores = [conn.zrange(zset, 0, 0, withscores=True) for zset in (self.keys.schedule, self.keys.retry)]
+        due = [float(entry[0][1]) for entry in scores if entry]
+        return min(due) if due else None
+
+    def _requeued(self, raw: str) -> tuple[str, str]:
+        """(queue, new payload) for a due job; an unreadable one goes to dead wrapped."""
+        try:
+            payload = decode(raw)
+        except InvalidPayloadError as error:
+            return "", json.dumps(wrap_invalid("", raw, str(error)), separators=(",", ":"))
+        payload.pop("at", None)
+        payload["enqueued_at"] = time.time()
+        return str(payload.get("queue") or "default"), json.dumps(payload, separators=(",", ":"))
+
+    def _run(self) -> None:
+        conn = connect(self.redis_url, name="kiq-scheduler")
+        outage = Outage("scheduler")
+        pause = 0.0
+        pubsub = None
+        while not self.stopped.is_set():
+            try:
+                if pubsub is None:
+                    pubsub = conn.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                    pubsub.subscribe(self.keys.schedule_channel)
+                with self.lock:
+                    self.enqueue_due(conn)
+                    due = self.next_due(conn)
+                sleep = MAX_SLEEP if due is None else min(MAX_SLEEP, max(0.0, due - time.time()))
+                pubsub.get_message(timeout=sleep)
+                pause = outage.recovered(pause)
+            except redis.RedisError as error:
+                pause = outage.failed(error, pause)
+                pubsub = None
+                self.stopped.wait(pause)

@@ -1,0 +1,51 @@
+"""Signals as a queue that a main loop drains, never work done inside a handler.
+
+The handlers are empty: Python's wakeup fd writes each signal's number into a
+pipe, and ``wait`` reads them back. Logging, reaping or taking a lock inside a
+handler can deadlock (the handler runs between two bytecodes of whatever the
+main thread was doing); here that cannot happen.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+from collections.abc import Iterable
+from types import FrameType
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    """Present only so the signal is caught; the wakeup fd carries it."""
+
+
+class SignalQueue:
+    def __init__(self, signums: Iterable[int]) -> None:
+        self.signums = list(signums)
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        os.set_blocking(self.write_fd, False)
+        signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        for signum in self.signums:
+            signal.signal(signum, _ignore)
+
+    def wait(self, timeout: float) -> list[int]:
+        """Signals received, in order, waiting up to ``timeout`` seconds for the first."""
+        try:
+            ready, _, _ = select.select([self.read_fd], [], [], max(timeout, 0.0))
+        except InterruptedError:
+            ready = [self.read_fd]
+        if not ready:
+            return []
+        try:
+            return list(os.read(self.read_fd, 512))
+        except BlockingIOError:
+            return []
+
+    def close(self) -> None:
+        """Give the signals back to their defaults, as a freshly forked child must."""
+        signal.set_wakeup_fd(-1)
+        for signum in self.signums:
+            signal.signal(signum, signal.SIG_DFL)
+        os.close(self.read_fd)
+        os.close(self.write_fd)

@@ -1,0 +1,201 @@
+"""Fixtures: a private redis-server per test, and kiq masters run as real processes.
+
+Every process a test starts is stopped by pid when the test ends, workers included.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {condition}")
+        time.sleep(interval)
+
+
+def children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid``, read from /proc."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+class RedisServer:
+    def __init__(self, directory: Path) -> None:
+        self.port = free_port()
+        self.dir = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, *extra: str) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed (make test installs it)"
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.dir), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for(self._ping, timeout=10)
+
+    def _ping(self) -> bool:
+        try:
+            return bool(self.client().ping())
+        except redis.ConnectionError:
+            return False
+
+    def client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.url, decode_responses=True, socket_timeout=5)
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+            self.process = None
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def r(redis_server: RedisServer) -> redis.Redis:
+    return redis_server.client()
+
+
+class Kiq:
+    """A ``kiq start`` master running as a subprocess, with its log in a file."""
+
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+        self.process = process
+        self.log_path = log_path
+        self.pid = process.pid
+
+    def workers(self) -> list[int]:
+        return [pid for pid in children(self.pid) if alive(pid)]
+
+    def wait_workers(self, count: int, timeout: float = 15.0) -> list[int]:
+        return wait_for(lambda: (w := self.workers()) and len(w) == count and w, timeout)  # type: ignore[no-any-return]
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.pid, signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        return self.process.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill_all(self) -> None:
+        for pid in [*self.workers(), self.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.process.wait(10)
+
+
+def sample_env(redis_url: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), env.get("PYTHONPATH", "")])
+    env["KIQ_REDIS_URL"] = redis_url
+    return env
+
+
+@pytest.fixture
+def start_kiq(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[..., Kiq]]:
+    """Start ``kiq start`` on this test's Redis, with settings as keyword arguments."""
+    started: list[Kiq] = []
+
+    def start(**settings: Any) -> Kiq:
+        config: dict[str, Any] = {
+            "redis_url": redis_server.url,
+            "require": ["sample_jobs"],
+            "processes": 1,
+            "concurrency": 4,
+            "timeout": 5,
+            "log": {"format": "json", "level": "info"},
+        }
+        config.update(settings)
+        path = tmp_path / f"kiq-{len(started)}.yml"
+        path.write_text(yaml.safe_dump(config))
+        log_path = tmp_path / f"kiq-{len(started)}.log"
+        with open(log_path, "wb") as log_file:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "kiq", "start", "-c", str(path)],
+                cwd=ROOT, env=sample_env(redis_server.url), stdout=log_file, stderr=subprocess.STDOUT,
+            )
+        kiq = Kiq(process, log_path)
+        started.append(kiq)
+        return kiq
+
+    yield start
+    for kiq in started:
+        if kiq.process.poll() is None or kiq.workers():
+            kiq.kill_all()
+
+
+@pytest.fixture
+def client(redis_server: RedisServer) -> Iterator[Any]:
+    """kiq's default client pointed at this test's Redis."""
+    import kiq
+
+    yield kiq.configure(redis_server.url)
+    kiq.client._default = None
+
+
+def run_python(code: str, redis_url: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter that can import kiq and the sample jobs."""
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env=sample_env(redis_url),
+        capture_output=True, text=True, timeout=timeout, check=True,
+    )

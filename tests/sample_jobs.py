@@ -1,0 +1,80 @@
+"""Jobs that the process-level tests run in real workers; each records what it did in Redis."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+
+import kiq
+
+_conn: tuple[int, redis.Redis] | None = None
+
+
+def conn() -> redis.Redis:
+    """One connection per process, made after the fork."""
+    global _conn
+    if _conn is None or _conn[0] != os.getpid():
+        _conn = (os.getpid(), redis.Redis.from_url(os.environ["KIQ_REDIS_URL"], decode_responses=True))
+    return _conn[1]
+
+
+class RecordJob(kiq.Job):
+    def perform(self, token: str, **extra: object) -> None:
+        conn().rpush("results", token)
+
+
+class EchoJob(kiq.Job):
+    """Records its arguments as JSON so tests can compare them exactly."""
+
+    def perform(self, *args: object, **kwargs: object) -> None:
+        import json
+
+        from kiq.serialize import serialize_args, serialize_kwargs
+
+        conn().rpush("echo", json.dumps([serialize_args(args), serialize_kwargs(kwargs)]))
+
+
+class TimedJob(kiq.Job):
+    """Records when it ran, to check scheduled jobs never run early."""
+
+    def perform(self, token: str) -> None:
+        conn().hset("ran_at", token, repr(time.time()))
+
+
+class SlowJob(kiq.Job):
+    def perform(self, token: str, seconds: float) -> None:
+        conn().rpush("started", f"{token}:{os.getpid()}")
+        time.sleep(seconds)
+        conn().rpush("results", token)
+
+
+class OrderJob(kiq.Job):
+    """Records the queue it came from, to check weighted and strict order."""
+
+    def perform(self, queue: str) -> None:
+        conn().rpush("order", queue)
+
+
+class FailJob(kiq.Job):
+    retry = 1
+
+    def perform(self, token: str) -> None:
+        conn().rpush("attempts", token)
+        raise ValueError(f"boom {token}")
+
+
+class NoRetryJob(kiq.Job):
+    retry = False
+
+    def perform(self) -> None:
+        conn().rpush("attempts", "noretry")
+        raise RuntimeError("dropped")
+
+
+class StraightToDeadJob(kiq.Job):
+    retry = 0
+
+    def perform(self) -> None:
+        raise RuntimeError("to the morgue")
