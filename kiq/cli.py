@@ -36,7 +36,8 @@ def main() -> None:
 def start(config_path: str | None, queues: tuple[str, ...], require: tuple[str, ...],
           **flags: Any) -> None:
     """Run the master, which forks and supervises the worker processes."""
-    from kiq.supervisor import AppLoadError, Master
+    from kiq.master import Master
+    from kiq.supervisor import AppLoadError
 
     overrides: dict[str, Any] = {k: v for k, v in flags.items() if v is not None}
     if queues:
@@ -53,7 +54,7 @@ def start(config_path: str | None, queues: tuple[str, ...], require: tuple[str, 
         sys.exit(EXIT_CONFIG)
     log.setup(config.log_level, config.log_format)
     try:
-        code = Master(config).run()
+        code = Master(config, reload=lambda: load(config_path, overrides)).run()
     except AppLoadError as error:
         click.echo(f"kiq: {error}", err=True)
         sys.exit(EXIT_APP_LOAD)

@@ -41,6 +41,8 @@ class Config:
     log_format: str = "auto"
     log_level: str = "info"
     tag: str = ""
+    heartbeat_interval: float = 5.0
+    heartbeat_ttl: float = 60.0
 
     @property
     def queue_names(self) -> list[str]:
@@ -173,6 +175,11 @@ def _validate(config: Config) -> None:
     for key in ("processes", "concurrency"):
         if getattr(config, key) < 1:
             raise ConfigError(key, "must be at least 1")
+    for key in ("heartbeat_interval", "heartbeat_ttl"):
+        if getattr(config, key) <= 0:
+            raise ConfigError(key, "must be positive")
+    if config.heartbeat_ttl <= config.heartbeat_interval:
+        raise ConfigError("heartbeat_ttl", "must be longer than heartbeat_interval")
     for key in ("timeout", "max_memory_mb", "max_jobs"):
         if getattr(config, key) < 0:
             raise ConfigError(key, "must not be negative")

@@ -21,9 +21,6 @@ import redis
 from kiq import __version__
 from kiq.keys import Keys
 
-INTERVAL = 5.0
-TTL = 60
-
 
 def identity(pid: int, nonce: str) -> str:
     """Sidekiq's ``hostname:pid:hex``; the master and the worker both derive it."""
@@ -51,12 +48,14 @@ class Heartbeat:
         ident: str,
         info: Mapping[str, Any],
         running: Callable[[], Mapping[str, Mapping[str, Any]]],
+        ttl: float = 60.0,
     ) -> None:
         self.conn = conn
         self.keys = keys
         self.identity = ident
         self.info = json.dumps({**info, "identity": ident, "version": __version__})
         self.running = running
+        self.ttl = int(ttl)
 
     def beat(self, quiet: bool) -> str | None:
         key = self.keys.process(self.identity)
@@ -69,7 +68,7 @@ class Heartbeat:
             pipe.unlink(work_key)
             if work:
                 pipe.hset(work_key, mapping=work)
-                pipe.expire(work_key, TTL)
+                pipe.expire(work_key, self.ttl)
         pipe.sadd(self.keys.processes, self.identity)
         pipe.hset(
             key,
@@ -82,7 +81,7 @@ class Heartbeat:
                 "rtt_us": rtt_us,
             },
         )
-        pipe.expire(key, TTL)
+        pipe.expire(key, self.ttl)
         pipe.rpop(self.keys.signals(self.identity))
         return pipe.execute()[-1]  # type: ignore[no-any-return]
 

@@ -29,11 +29,14 @@ class Job:
     an int that many, ``0`` straight to the dead set, ``False`` drop on failure.
     ``job_name`` is the payload's ``class``; it defaults to the class name, as a
     Ruby constant would be, and may name a Ruby class such as ``Billing::InvoiceJob``.
+    ``timeout`` (seconds) fails a run that takes longer into the retry set; its
+    worker is then replaced, since a Python thread cannot be stopped from outside.
     """
 
     queue: ClassVar[str] = "default"
     retry: ClassVar[bool | int] = True
     job_name: ClassVar[str] = ""
+    timeout: ClassVar[float | None] = None
     jid: str = ""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
+import traceback
 from typing import Any
 
 import structlog
@@ -51,3 +53,11 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
 
 def get(name: str) -> Any:
     return structlog.get_logger(name)
+
+
+def dump_stacks(logger: Any) -> None:
+    """Log every thread's current stack, one line per thread (USR1)."""
+    names = {thread.ident: thread.name for thread in threading.enumerate()}
+    for ident, frame in sys._current_frames().items():
+        stack = "".join(traceback.format_stack(frame))
+        logger.info("thread stack", thread=names.get(ident, str(ident)), stack=stack)

@@ -35,6 +35,14 @@ class UnknownJobError(LookupError):
 
 def process(queue: str, raw: str) -> Outcome:
     """Run the job in ``raw`` (taken from ``queue``) and return what to acknowledge."""
+    prepared = prepare(queue, raw)
+    if isinstance(prepared, Outcome):
+        return prepared
+    return run(*prepared, queue)
+
+
+def prepare(queue: str, raw: str) -> tuple[type[jobs.Job], dict[str, Any]] | Outcome:
+    """The job class and payload to run, or the dead-set outcome of a payload that cannot run."""
     try:
         payload = decode(raw)
     except InvalidPayloadError as error:
@@ -45,7 +53,14 @@ def process(queue: str, raw: str) -> Outcome:
         unknown = UnknownJobError(f"no job class registered as {payload['class']!r}")
         logger.error("unknown job class", queue=queue, jid=payload["jid"], error=str(unknown))
         return retry.dead(_with_error(payload, unknown))
-    return run(job_class, payload, queue)
+    return job_class, payload
+
+
+def timed_out(payload: dict[str, Any], seconds: float) -> Outcome:
+    """The outcome of a job that ran past its class's ``timeout``: a failure like any other."""
+    message = f"job ran longer than its timeout of {seconds:g}s"
+    logger.warning("fail", jid=payload["jid"], error=f"kiq.JobTimeout: {message}")
+    return retry.failure(payload, "kiq.JobTimeout", message)
 
 
 def run(job_class: type[jobs.Job], payload: dict[str, Any], queue: str) -> Outcome:

@@ -8,10 +8,11 @@ main thread was doing); here that cannot happen.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from types import FrameType
 
 
@@ -29,13 +30,14 @@ class SignalQueue:
         for signum in self.signums:
             signal.signal(signum, _ignore)
 
-    def wait(self, timeout: float) -> list[int]:
-        """Signals received, in order, waiting up to ``timeout`` seconds for the first."""
+    def wait(self, timeout: float, also: Sequence[int] = ()) -> list[int]:
+        """Signals received, in order, waiting up to ``timeout`` seconds for the first
+        signal or for one of the ``also`` descriptors to become readable."""
         try:
-            ready, _, _ = select.select([self.read_fd], [], [], max(timeout, 0.0))
+            ready, _, _ = select.select([self.read_fd, *also], [], [], max(timeout, 0.0))
         except InterruptedError:
             ready = [self.read_fd]
-        if not ready:
+        if self.read_fd not in ready:
             return []
         try:
             return list(os.read(self.read_fd, 512))
@@ -49,3 +51,9 @@ class SignalQueue:
             signal.signal(signum, signal.SIG_DFL)
         os.close(self.read_fd)
         os.close(self.write_fd)
+
+
+def kill(pid: int, signum: int) -> None:
+    """Send a signal to a process that may have exited already."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signum)

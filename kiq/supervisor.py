@@ -1,25 +1,30 @@
-"""The master process: loads the app, forks worker processes, reaps and replaces them.
+"""One generation of workers: loads the app, forks the worker processes, reaps and replaces them.
 
-Like gunicorn's arbiter, the master converges "how many workers should run"
-with "how many do". Signal handlers only queue the signal (kiq.signals); the
-main loop reads the queue and calls one short method per signal. When a worker
-dies, for any reason, the master requeues its in-progress jobs at once and
-starts a replacement, after a pause that grows while workers keep dying young.
+The master forks one supervisor per generation (a reload starts a new one), so
+each generation imports the app's code as it is on disk at that moment and its
+workers share that code copy-on-write. Like gunicorn's arbiter, the supervisor
+converges "how many workers should run" with "how many do": boot, TTIN/TTOU
+and recycling all go through the same slots. Signal handlers only queue the
+signal; the main loop calls one short method per signal.
 
-The master also runs the scheduler thread. Forking while another thread holds
-a lock would leave that lock held forever in the child, so the scheduler does
-its Redis work under ``fork_lock`` and the master forks only while holding it.
+When a worker dies, for any reason, its in-progress jobs are requeued at once
+and a replacement starts, after a pause that grows while workers die young.
+If every worker keeps dying while booting, the supervisor gives up with
+``EXIT_BOOT_FAILED`` instead of spinning.
+
+A worker asks to be replaced (after ``max_jobs`` jobs, or a job past its
+timeout) by writing ``PID REASON`` to the control pipe; the supervisor also
+replaces workers above ``max_memory_mb``. A replacement starts before the old
+worker is told to finish its jobs and exit.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import os
 import secrets
 import signal
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass
@@ -29,16 +34,20 @@ import setproctitle
 
 from kiq import heartbeat, log
 from kiq.config import Config
-from kiq.connection import connect, redact
+from kiq.connection import connect
 from kiq.keys import Keys
 from kiq.recovery import Recovery
-from kiq.scheduler import Scheduler
-from kiq.signals import SignalQueue
-from kiq.worker import Worker
+from kiq.signals import SignalQueue, kill
+from kiq.worker import EXIT_REMOTE_STOP, Worker
 
-MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
-YOUNG = 5.0  # a worker that dies sooner than this after its start counts as a boot failure
+EXIT_APP_LOAD = 3
+EXIT_BOOT_FAILED = 4
+SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP,
+                      signal.SIGUSR1)
+YOUNG = 5.0  # a worker that dies sooner than this after its start failed to boot
+BOOT_ATTEMPTS = 3
 KILL_GRACE = 5.0
+MEMORY_CHECK = 5.0
 
 
 class AppLoadError(RuntimeError):
@@ -57,50 +66,92 @@ class Slot:
     spawn_at: float = 0.0
 
 
-class Master:
-    def __init__(self, config: Config) -> None:
+@dataclass
+class Retiring:
+    """A worker told to finish its jobs and exit (recycled, scaled down or reloaded)."""
+
+    pid: int
+    identity: str
+    reason: str
+
+
+class Supervisor:
+    def __init__(self, config: Config, generation: int, master_pid: int) -> None:
         self.config = config
+        self.generation = generation
+        self.master_pid = master_pid
         self.keys = Keys(config.namespace)
         self.slots = [Slot(n + 1) for n in range(config.processes)]
+        self.retiring: dict[int, Retiring] = {}
         self.stopping = False
-        self.fork_lock = threading.Lock()
+        self.quiet = False
         self.unrecovered: list[str] = []
-        self.log = log.get("kiq.master")
+        self.next_memory_check = 0.0
+        self.log = log.get("kiq.supervisor").bind(generation=generation)
 
-    def run(self) -> int:
-        """Run until TERM or INT; returns the exit code."""
-        setproctitle.setproctitle("kiq master [booting]")
-        load_app(self.config.require)
-        self.signals = SignalQueue(MASTER_SIGNALS)
-        self.conn = connect(self.config.redis_url, name="kiq-master")
-        if not self._wait_for_redis():
-            return 0
+    def run(self, ready_fd: int) -> int:
+        """The generation's whole life; reports app loading on ``ready_fd``; returns the exit code."""
+        setproctitle.setproctitle(f"kiq generation {self.generation} [loading]")
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.signals = SignalQueue(SUPERVISOR_SIGNALS)
+        try:
+            load_app(self.config.require)
+        except AppLoadError as error:
+            _report(ready_fd, f"error {error}")
+            return EXIT_APP_LOAD
+        self.conn = connect(self.config.redis_url, name="kiq-supervisor")
         self.recovery = Recovery(self.conn, self.keys)
-        self.scheduler = Scheduler(self.config.redis_url, self.keys, self.fork_lock)
-        self.scheduler.start()
-        self.log.info("master started", pid=os.getpid(), processes=self.config.processes,
-                      redis=redact(self.config.redis_url))
+        self.control_read, self.control_write = os.pipe()
+        os.set_blocking(self.control_read, False)
+        self._spawn_due()
+        _report(ready_fd, "ok")
         while not self.stopping:
             self._spawn_due()
             self._title()
-            for signum in self.signals.wait(self._next_wakeup()):
+            for signum in self.signals.wait(self._next_wakeup(), also=[self.control_read]):
                 self._handle(signum)
+            self._read_control()
+            self._check_memory()
             self._reap()
+            if self._boot_failed():
+                self.log.error("every worker failed to boot; giving up (see the errors above)")
+                return EXIT_BOOT_FAILED
+            if os.getppid() != self.master_pid:
+                self.log.warning("master is gone, stopping")
+                self.stopping = True
         self._stop_workers()
-        self.scheduler.stop()
-        self.log.info("master stopped")
         return 0
 
     # -- signals --------------------------------------------------------
 
     def _handle(self, signum: int) -> None:
-        if signum in (signal.SIGTERM, signal.SIGINT):
-            self.log.info("stopping", signal=signal.Signals(signum).name)
+        if signum == signal.SIGTERM:
             self.stopping = True
+        elif signum == signal.SIGTTIN:
+            self.slots.append(Slot(max((s.index for s in self.slots), default=0) + 1))
+            self.log.info("one worker more", processes=len(self.slots))
+        elif signum == signal.SIGTTOU and len(self.slots) > 1:
+            slot = self.slots.pop()
+            if slot.pid:
+                self._retire(slot, "scaled down")
+            self.log.info("one worker less", processes=len(self.slots))
+        elif signum == signal.SIGTSTP and not self.quiet:
+            self.quiet = True
+            self.log.info("quiet: workers take no new jobs")
+            self._signal_workers(signal.SIGTSTP)
+        elif signum == signal.SIGUSR1:
+            log.dump_stacks(self.log)
+            self._signal_workers(signal.SIGUSR1)
+
+    def _signal_workers(self, signum: int) -> None:
+        for pid in [s.pid for s in self.slots if s.pid] + list(self.retiring):
+            kill(pid, signum)
 
     # -- workers --------------------------------------------------------
 
     def _spawn_due(self) -> None:
+        if self.quiet or self.stopping:
+            return
         now = time.monotonic()
         for slot in self.slots:
             if not slot.pid and slot.spawn_at <= now:
@@ -108,25 +159,59 @@ class Master:
 
     def _spawn(self, slot: Slot) -> None:
         nonce = secrets.token_hex(6)
-        master_pid = os.getpid()
-        with self.fork_lock:
-            pid = os.fork()
+        parent = os.getpid()
+        pid = os.fork()
         if pid == 0:
-            self._become_worker(slot.index, nonce, master_pid)
+            self._become_worker(slot.index, nonce, parent)
         slot.pid, slot.identity, slot.started = pid, heartbeat.identity(pid, nonce), time.monotonic()
         self.log.info("worker spawned", worker=slot.index, pid=pid)
 
-    def _become_worker(self, index: int, nonce: str, master_pid: int) -> None:
-        """In the child: never return into the master's code."""
+    def _become_worker(self, index: int, nonce: str, parent: int) -> None:
+        """In the child: never return into the supervisor's code."""
         code = 1
         try:
             self.signals.close()
+            os.close(self.control_read)
             ident = heartbeat.identity(os.getpid(), nonce)
-            code = Worker(self.config, index, ident, master_pid).run()
+            code = Worker(self.config, index, ident, parent, self.control_write).run()
         except BaseException:
             self.log.error("worker crashed", worker=index, error=traceback.format_exc())
         finally:
             os._exit(code)
+
+    def _retire(self, slot: Slot, reason: str) -> None:
+        """Tell the slot's worker to finish its jobs and exit; the slot is free again."""
+        self.retiring[slot.pid] = Retiring(slot.pid, slot.identity, reason)
+        kill(slot.pid, signal.SIGTERM)
+        slot.pid, slot.spawn_at = 0, 0.0
+
+    def _recycle(self, pid: int, reason: str) -> None:
+        """Replace a worker: the new one starts first, then the old one finishes and exits."""
+        slot = next((s for s in self.slots if s.pid == pid), None)
+        if slot is None or self.stopping:
+            return
+        self.log.info("replacing worker", worker=slot.index, pid=pid, reason=reason)
+        old = Slot(slot.index, slot.pid, slot.identity)
+        self._spawn(slot)
+        self._retire(old, reason)
+
+    def _read_control(self) -> None:
+        try:
+            data = os.read(self.control_read, 4096)
+        except BlockingIOError:
+            return
+        for line in data.decode().splitlines():
+            pid, _, reason = line.partition(" ")
+            if pid.isdigit():
+                self._recycle(int(pid), reason)
+
+    def _check_memory(self) -> None:
+        if not self.config.max_memory_mb or time.monotonic() < self.next_memory_check:
+            return
+        self.next_memory_check = time.monotonic() + MEMORY_CHECK
+        for slot in self.slots:
+            if slot.pid and heartbeat.rss_kb(slot.pid) > self.config.max_memory_mb * 1024:
+                self._recycle(slot.pid, "memory")
 
     def _reap(self) -> None:
         while True:
@@ -136,21 +221,33 @@ class Master:
                 break
             if pid == 0:
                 break
-            slot = next((s for s in self.slots if s.pid == pid), None)
-            if slot is not None:
-                self._worker_exited(slot, status)
+            self._exited(pid, status)
         self._recover_pending()
 
-    def _worker_exited(self, slot: Slot, status: int) -> None:
-        lived = time.monotonic() - slot.started
+    def _exited(self, pid: int, status: int) -> None:
+        retired = self.retiring.pop(pid, None)
+        if retired is not None:
+            self.unrecovered.append(retired.identity)
+            self.log.info("worker retired", pid=pid, reason=retired.reason, status=describe(status))
+            return
+        slot = next((s for s in self.slots if s.pid == pid), None)
+        if slot is None:
+            return
         self.unrecovered.append(slot.identity)
-        self._recover_pending()
+        lived = time.monotonic() - slot.started
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_REMOTE_STOP:
+            self.log.info("worker stopped on request", worker=slot.index, pid=pid)
+            self.slots.remove(slot)
+            return
         level = "info" if self.stopping and os.WIFEXITED(status) else "warning"
-        getattr(self.log, level)("worker exited", worker=slot.index, pid=slot.pid,
-                                 status=describe(status), lived_s=round(lived, 1))
+        getattr(self.log, level)("worker exited", worker=slot.index, pid=pid, status=describe(status),
+                                 lived_s=round(lived, 1))
         slot.failures = slot.failures + 1 if lived < YOUNG else 0
         delay = 0.0 if slot.failures == 0 else min(30.0, 0.5 * 2 ** (slot.failures - 1))
         slot.pid, slot.spawn_at = 0, time.monotonic() + delay
+
+    def _boot_failed(self) -> bool:
+        return bool(self.slots) and all(not s.pid and s.failures >= BOOT_ATTEMPTS for s in self.slots)
 
     def _recover_pending(self) -> None:
         """Requeue the jobs of dead workers; identities stay pending while Redis is down."""
@@ -166,51 +263,36 @@ class Master:
                 self.log.warning("requeued jobs of dead worker", identity=ident, jobs=moved)
 
     def _stop_workers(self) -> None:
-        for slot in self.slots:
-            if slot.pid:
-                _kill(slot.pid, signal.SIGTERM)
+        self._signal_workers(signal.SIGTERM)
         deadline = time.monotonic() + self.config.timeout + KILL_GRACE
-        while any(s.pid for s in self.slots) and time.monotonic() < deadline:
+        while self._alive() and time.monotonic() < deadline:
             self.signals.wait(0.1)
             self._reap()
-        for slot in self.slots:
-            if slot.pid:
-                self.log.warning("worker did not stop in time, killing", worker=slot.index, pid=slot.pid)
-                _kill(slot.pid, signal.SIGKILL)
-                _, status = os.waitpid(slot.pid, 0)
-                self._worker_exited(slot, status)
+        for pid in self._alive():
+            self.log.warning("worker did not stop in time, killing", pid=pid)
+            kill(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            self._exited(pid, status)
+        self._recover_pending()
+
+    def _alive(self) -> list[int]:
+        return [s.pid for s in self.slots if s.pid] + list(self.retiring)
 
     def _next_wakeup(self) -> float:
         waiting = [s.spawn_at for s in self.slots if not s.pid]
-        if not waiting:
+        if not waiting or self.quiet:
             return 1.0
         return min(1.0, max(0.0, min(waiting) - time.monotonic()))
 
-    def _wait_for_redis(self) -> bool:
-        """Ping until Redis answers, logging once; False if told to stop meanwhile."""
-        pause = 0.0
-        while True:
-            try:
-                self.conn.ping()
-                return True
-            except redis.RedisError as error:
-                if pause == 0.0:
-                    self.log.error("redis unreachable, retrying", redis=redact(self.config.redis_url),
-                                   error=str(error))
-                pause = min(5.0, max(0.2, pause * 2))
-            for signum in self.signals.wait(pause):
-                self._handle(signum)
-            if self.stopping:
-                return False
-
     def _title(self) -> None:
         alive = sum(1 for s in self.slots if s.pid)
-        setproctitle.setproctitle(f"kiq master [gen 1] {alive} workers")
+        state = " quiet" if self.quiet else ""
+        setproctitle.setproctitle(f"kiq generation {self.generation} [{alive} workers]{state}")
 
 
 def load_app(modules: list[str]) -> None:
     """Import the modules that define the app's jobs, before forking, so workers share them."""
-    if "" not in sys.path and os.getcwd() not in sys.path:
+    if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
     for name in modules:
         try:
@@ -221,11 +303,11 @@ def load_app(modules: list[str]) -> None:
 
 def describe(status: int) -> str:
     if os.WIFSIGNALED(status):
-        sig = signal.Signals(os.WTERMSIG(status)).name
-        return f"killed by {sig}" + (" (out of memory?)" if sig == "SIGKILL" else "")
+        name = signal.Signals(os.WTERMSIG(status)).name
+        return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
     return f"exit code {os.WEXITSTATUS(status)}"
 
 
-def _kill(pid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signum)
+def _report(fd: int, message: str) -> None:
+    os.write(fd, (message.replace("\n", " ") + "\n").encode())
+    os.close(fd)

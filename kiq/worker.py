@@ -1,11 +1,15 @@
 """A worker process: ``concurrency`` processor threads fed by one fetcher, plus a heartbeat.
 
-The master forks it; it builds its own Redis connections, never the master's.
-It stops on TERM (or a ``TERM`` in its signals list): stop fetching, give back
-jobs not started, wait up to ``timeout`` for running jobs, requeue whatever is
-still unfinished, exit. TSTP quiets it (no new jobs, running ones finish).
-SIGINT is ignored so a terminal's Ctrl-C reaches only the master, which then
-stops the workers itself.
+Its supervisor forks it; it builds its own Redis connections, never its
+parent's. TERM (or ``TERM`` in its signals list, as Sidekiq's Web UI sends it)
+stops it: stop fetching, give back jobs not started, wait up to ``timeout`` for
+running jobs, requeue whatever is still unfinished, exit. TSTP quiets it (no
+new jobs, running ones finish). USR1 logs every thread's stack. SIGINT is
+ignored, so a terminal's Ctrl-C reaches only the master, which stops everyone.
+
+The main thread also watches job timeouts: a job past its class's ``timeout``
+is failed into the retry set at once, its thread is abandoned, and the worker
+asks its supervisor to replace it. It asks the same after ``max_jobs`` jobs.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import os
 import signal
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import setproctitle
@@ -21,24 +26,44 @@ import setproctitle
 from kiq import heartbeat, log
 from kiq.config import Config
 from kiq.connection import connect
-from kiq.fetch import Fetcher, QueueOrder
+from kiq.fetch import Fetcher, QueueOrder, Unit
 from kiq.keys import Keys
-from kiq.processor import process
+from kiq.processor import prepare, run, timed_out
+from kiq.retry import Outcome
 from kiq.signals import SignalQueue
 
-WORKER_SIGNALS = (signal.SIGTERM, signal.SIGTSTP)
+WORKER_SIGNALS = (signal.SIGTERM, signal.SIGTSTP, signal.SIGUSR1)
+EXIT_REMOTE_STOP = 10  # stopped through the signals list: the supervisor does not replace it
+REMOTE_SIGNALS = {"TERM": signal.SIGTERM, "TSTP": signal.SIGTSTP, "TTIN": signal.SIGUSR1}
+
+
+@dataclass
+class Running:
+    """A job on a processor thread; ``abandoned`` once its timeout failed it."""
+
+    unit: Unit
+    payload: dict[str, Any]
+    timeout: float | None
+    started: float = field(default_factory=time.monotonic)
+    run_at: int = field(default_factory=lambda: int(time.time()))
+    abandoned: bool = False
 
 
 class Worker:
-    def __init__(self, config: Config, index: int, ident: str, master_pid: int) -> None:
+    def __init__(self, config: Config, index: int, ident: str, parent: int, control_fd: int) -> None:
         self.config = config
         self.index = index
         self.identity = ident
-        self.master_pid = master_pid
         self.keys = Keys(config.namespace)
+        self.parent = parent
+        self.control_fd = control_fd
         self.quiet = False
         self.stopping = False
-        self.running: dict[str, dict[str, Any]] = {}
+        self.exit_code = 0
+        self.jobs_done = 0
+        self.asked: set[str] = set()
+        self.running: dict[str, Running] = {}
+        self.lock = threading.Lock()
         self.log = log.get("kiq.worker").bind(worker=index, pid=os.getpid())
 
     def run(self) -> int:
@@ -60,20 +85,23 @@ class Worker:
         while not self.stopping:
             self._title()
             for signum in signals.wait(1.0):
-                self._handle(signal.Signals(signum).name)
-            if os.getppid() != self.master_pid:
-                self.log.warning("master is gone, stopping")
+                self._handle(signum)
+            self._watch_timeouts()
+            if os.getppid() != self.parent:
+                self.log.warning("supervisor is gone, stopping")
                 self.stopping = True
         self._shutdown(threads, beat)
-        return 0
+        return self.exit_code
 
-    def _handle(self, name: str) -> None:
-        if name == "SIGTERM":
+    def _handle(self, signum: int) -> None:
+        if signum == signal.SIGTERM:
             self.stopping = True
-        elif name == "SIGTSTP" and not self.quiet:
+        elif signum == signal.SIGTSTP and not self.quiet:
             self.log.info("quiet: no new jobs")
             self.quiet = True
             self.fetcher.quiet()
+        elif signum == signal.SIGUSR1:
+            log.dump_stacks(self.log)
 
     def _shutdown(self, threads: list[threading.Thread], beat: threading.Thread) -> None:
         """Finish or requeue every job; what is still running after ``timeout`` is requeued,
@@ -91,18 +119,54 @@ class Worker:
             self.log.warning("timeout: requeued unfinished jobs", jobs=moved)
         self.log.info("worker stopped")
 
+    # -- processor threads ----------------------------------------------
+
     def _process(self) -> None:
         tid = threading.current_thread().name
         while True:
             unit = self.fetcher.take()
             if unit is None:
                 return
-            self.running[tid] = {"queue": unit.queue, "payload": unit.payload, "run_at": int(time.time())}
-            try:
-                outcome = process(unit.queue, unit.payload)
-            finally:
-                del self.running[tid]
-            self.fetcher.done(unit, outcome)
+            prepared = prepare(unit.queue, unit.payload)
+            if isinstance(prepared, Outcome):
+                self._finish(tid, unit, prepared)
+                continue
+            job_class, payload = prepared
+            with self.lock:
+                self.running[tid] = Running(unit, payload, job_class.timeout)
+            outcome = run(job_class, payload, unit.queue)
+            with self.lock:
+                state = self.running.pop(tid)
+            if state.abandoned:
+                return  # the watchdog already failed this job; this thread is done for
+            self._finish(tid, unit, outcome)
+
+    def _finish(self, tid: str, unit: Unit, outcome: Outcome) -> None:
+        self.fetcher.done(unit, outcome)
+        self.jobs_done += 1
+        if self.config.max_jobs and self.jobs_done >= self.config.max_jobs:
+            self._ask_replacement("max_jobs")
+
+    def _watch_timeouts(self) -> None:
+        now = time.monotonic()
+        with self.lock:
+            late = [r for r in self.running.values()
+                    if r.timeout and not r.abandoned and now - r.started > r.timeout]
+            for state in late:
+                state.abandoned = True
+        for state in late:
+            assert state.timeout is not None
+            self.fetcher.done(state.unit, timed_out(state.payload, state.timeout))
+            self._ask_replacement("timeout")
+
+    def _ask_replacement(self, reason: str) -> None:
+        """Tell the supervisor once per reason; it starts a new worker, then stops this one."""
+        if reason in self.asked:
+            return
+        self.asked.add(reason)
+        os.write(self.control_fd, f"{os.getpid()} {reason}\n".encode())
+
+    # -- heartbeat ------------------------------------------------------
 
     def _beat(self) -> None:
         conn = connect(self.config.redis_url, name=f"kiq-beat-{self.identity}")
@@ -115,19 +179,30 @@ class Worker:
             "queues": self.config.queue_names,
             "labels": [],
         }
-        beat = heartbeat.Heartbeat(conn, self.keys, self.identity, info, lambda: dict(self.running))
+        beat = heartbeat.Heartbeat(conn, self.keys, self.identity, info, self._work,
+                                   ttl=self.config.heartbeat_ttl)
         while not self.stopping:
             try:
                 remote = beat.beat(self.quiet)
             except Exception as error:  # the heartbeat must outlive any Redis trouble
                 self.log.warning("heartbeat failed", error=str(error))
                 remote = None
-            if remote:
-                os.kill(os.getpid(), signal.SIGTERM if remote == "TERM" else signal.SIGTSTP)
-            for _ in range(int(heartbeat.INTERVAL * 10)):
-                if self.stopping:
-                    break
+            if remote in REMOTE_SIGNALS:
+                self.log.info("signal from redis", signal=remote)
+                if remote == "TERM":
+                    self.exit_code = EXIT_REMOTE_STOP
+                os.kill(os.getpid(), REMOTE_SIGNALS[remote])
+            until = time.monotonic() + self.config.heartbeat_interval
+            while not self.stopping and time.monotonic() < until:
                 time.sleep(0.1)
+
+    def _work(self) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            return {
+                tid: {"queue": r.unit.queue, "payload": r.unit.payload, "run_at": r.run_at}
+                for tid, r in self.running.items()
+                if not r.abandoned
+            }
 
     def _start(self, name: str, target: Any) -> threading.Thread:
         thread = threading.Thread(target=target, name=name, daemon=True)

@@ -59,6 +59,37 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def descendants(pid: int) -> list[int]:
+    found = []
+    for child in children(pid):
+        found += [child, *descendants(child)]
+    return found
+
+
+def title(pid: int) -> str:
+    """The process title setproctitle gave ``pid`` ("" if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def started_for(redis_url: str) -> list[int]:
+    """kiq processes whose environment points at ``redis_url`` (each test has its own)."""
+    marker = f"KIQ_REDIS_URL={redis_url}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and title(int(entry)).startswith("kiq "):
+            try:
+                with open(f"/proc/{entry}/environ", "rb") as environ:
+                    if marker in environ.read().split(b"\0"):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
 def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:
@@ -117,13 +148,19 @@ def r(redis_server: RedisServer) -> redis.Redis:
 class Kiq:
     """A ``kiq start`` master running as a subprocess, with its log in a file."""
 
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path, redis_url: str) -> None:
         self.process = process
+        self.redis_url = redis_url
         self.log_path = log_path
         self.pid = process.pid
 
     def workers(self) -> list[int]:
-        return [pid for pid in children(self.pid) if alive(pid)]
+        """Live worker processes (grandchildren: master -> generation -> workers)."""
+        found = descendants(self.pid)
+        return sorted(pid for pid in found if alive(pid) and title(pid).startswith("kiq worker"))
+
+    def generations(self) -> list[int]:
+        return [pid for pid in children(self.pid) if alive(pid) and title(pid).startswith("kiq generation")]
 
     def wait_workers(self, count: int, timeout: float = 15.0) -> list[int]:
         return wait_for(lambda: (w := self.workers()) and len(w) == count and w, timeout)  # type: ignore[no-any-return]
@@ -138,15 +175,20 @@ class Kiq:
         return self.log_path.read_text(errors="replace")
 
     def kill_all(self) -> None:
-        for pid in [*self.workers(), self.pid]:
+        """SIGKILL the master and every process it started, orphans included (found by this
+        test's Redis URL in their environment)."""
+        pids = {*descendants(self.pid), *started_for(self.redis_url)}
+        if self.process.poll() is None:
+            pids.add(self.pid)
+        for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         self.process.wait(10)
 
 
-def sample_env(redis_url: str) -> dict[str, str]:
+def sample_env(redis_url: str, *paths: Path) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(ROOT), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([*map(str, paths), str(TESTS), str(ROOT), env.get("PYTHONPATH", "")])
     env["KIQ_REDIS_URL"] = redis_url
     return env
 
@@ -172,16 +214,18 @@ def start_kiq(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[..
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
                 [sys.executable, "-m", "kiq", "start", "-c", str(path)],
-                cwd=ROOT, env=sample_env(redis_server.url), stdout=log_file, stderr=subprocess.STDOUT,
+                cwd=ROOT,
+                env=sample_env(redis_server.url, tmp_path),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
             )
-        kiq = Kiq(process, log_path)
+        kiq = Kiq(process, log_path, redis_server.url)
         started.append(kiq)
         return kiq
 
     yield start
     for kiq in started:
-        if kiq.process.poll() is None or kiq.workers():
-            kiq.kill_all()
+        kiq.kill_all()
 
 
 @pytest.fixture

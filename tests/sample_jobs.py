@@ -78,3 +78,22 @@ class StraightToDeadJob(kiq.Job):
 
     def perform(self) -> None:
         raise RuntimeError("to the morgue")
+
+
+class PidJob(kiq.Job):
+    """Records which worker process ran it, after a short pause."""
+
+    def perform(self, token: str, seconds: float = 0.0) -> None:
+        time.sleep(seconds)
+        conn().rpush("results", token)
+        conn().hset("pids", token, os.getpid())
+
+
+class TimeoutJob(kiq.Job):
+    timeout = 0.5
+    retry = 3
+
+    def perform(self, seconds: float) -> None:
+        conn().rpush("started", str(os.getpid()))
+        time.sleep(seconds)
+        conn().rpush("results", "finished-late")

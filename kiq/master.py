@@ -1,0 +1,300 @@
+"""The master process: runs the scheduler and supervises generations of workers.
+
+The master never imports the app. Each generation is a supervisor process
+forked from the master that imports the app as it is on disk, reports on a
+pipe whether that worked, and forks the workers (which share its loaded code
+copy-on-write). A reload (HUP) re-reads the config and starts a new
+generation; once it has loaded the app, the older generations are told to
+stop, so their workers finish their jobs and exit while the new ones already
+work. A config or app that fails to load leaves the running generation alone.
+
+Signal handlers only queue the signal (kiq.signals); the main loop calls one
+short method per signal. The scheduler thread does its Redis work under
+``fork_lock`` and the master forks only while holding it, so a child never
+inherits a lock that another thread held.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+import setproctitle
+
+from kiq import log
+from kiq.config import Config, ConfigError
+from kiq.connection import connect, redact
+from kiq.keys import Keys
+from kiq.scheduler import Scheduler
+from kiq.signals import SignalQueue, kill
+from kiq.supervisor import EXIT_APP_LOAD, EXIT_BOOT_FAILED, KILL_GRACE, AppLoadError, Supervisor, describe
+
+MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN,
+                  signal.SIGTTOU, signal.SIGTSTP, signal.SIGUSR1)
+MASTER_ONLY = ("redis_url", "namespace", "metrics_host", "metrics_port")
+
+
+@dataclass
+class Generation:
+    number: int
+    pid: int
+    config: Config
+    ready_fd: int
+    state: str = "loading"  # loading, current, retiring
+    started: float = 0.0
+
+
+class Master:
+    def __init__(self, config: Config, reload: Callable[[], Config] | None = None) -> None:
+        """``reload`` re-reads the config file and flags for HUP."""
+        self.config = config
+        self.reload = reload or (lambda: config)
+        self.keys = Keys(config.namespace)
+        self.generations: list[Generation] = []
+        self.counter = 0
+        self.crashes = 0
+        self.restart_at: float | None = None
+        self.stopping = False
+        self.quiet = False
+        self.exit_code = 0
+        self.fork_lock = threading.Lock()
+        self.log = log.get("kiq.master")
+
+    def run(self) -> int:
+        """Run until TERM or INT; returns the exit code. Raises AppLoadError if the app never loads."""
+        setproctitle.setproctitle("kiq master [booting]")
+        self.signals = SignalQueue(MASTER_SIGNALS)
+        self.conn = connect(self.config.redis_url, name="kiq-master")
+        if not self._wait_for_redis():
+            return 0
+        self.scheduler = Scheduler(self.config.redis_url, self.keys, self.fork_lock)
+        self.scheduler.start()
+        self.log.info("master started", pid=os.getpid(), redis=redact(self.config.redis_url))
+        self._boot()
+        while not self.stopping:
+            self._title()
+            loading = [g.ready_fd for g in self.generations if g.state == "loading"]
+            for signum in self.signals.wait(self._next_wakeup(), also=loading):
+                self._handle(signum)
+            self._check_loading()
+            self._reap()
+            self._restart_if_due()
+        self._stop_generations()
+        self.scheduler.stop()
+        self.log.info("master stopped")
+        return self.exit_code
+
+    def _boot(self) -> None:
+        """Start the first generation and wait until it has loaded the app (or failed to)."""
+        first = self._start_generation(self.config)
+        message = _read_report(first.ready_fd, block=True)
+        if message != "ok":
+            self._wait_exit(first)
+            self.scheduler.stop()
+            raise AppLoadError((message or "generation died while loading the app").removeprefix("error "))
+        self._promote(first)
+
+    # -- signals --------------------------------------------------------
+
+    def _handle(self, signum: int) -> None:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            self.log.info("stopping", signal=signal.Signals(signum).name)
+            self.stopping = True
+        elif signum == signal.SIGHUP:
+            self._reload()
+        elif signum in (signal.SIGTTIN, signal.SIGTTOU):
+            for gen in self._in_state("current"):
+                kill(gen.pid, signum)
+        elif signum == signal.SIGTSTP:
+            self.quiet = True
+            self.log.info("quiet: no new jobs")
+            for gen in self.generations:
+                kill(gen.pid, signum)
+        elif signum == signal.SIGUSR1:
+            log.dump_stacks(self.log)
+            for gen in self.generations:
+                kill(gen.pid, signum)
+
+    def _reload(self) -> None:
+        try:
+            config = self.reload()
+        except ConfigError as error:
+            self.log.error("reload refused: bad config, keeping the running generation", error=str(error))
+            return
+        for key in MASTER_ONLY:
+            if getattr(config, key) != getattr(self.config, key):
+                self.log.warning("setting needs a restart to change; keeping the old value", key=key)
+                setattr(config, key, getattr(self.config, key))
+        for gen in self._in_state("loading"):
+            self._retire(gen)
+        self.quiet = False
+        self.log.info("reloading", generation=self.counter + 1)
+        self._start_generation(config)
+
+    # -- generations ----------------------------------------------------
+
+    def _start_generation(self, config: Config) -> Generation:
+        self.counter += 1
+        number = self.counter
+        read_fd, write_fd = os.pipe()
+        master_pid = os.getpid()
+        with self.fork_lock:
+            pid = os.fork()
+        if pid == 0:
+            self._become_supervisor(config, number, master_pid, read_fd, write_fd)
+        os.close(write_fd)
+        os.set_blocking(read_fd, False)
+        gen = Generation(number, pid, config, read_fd, started=time.monotonic())
+        self.generations.append(gen)
+        return gen
+
+    def _become_supervisor(self, config: Config, number: int, master_pid: int, read_fd: int,
+                           write_fd: int) -> None:
+        """In the child: never return into the master's code."""
+        code = 1
+        try:
+            self.signals.close()
+            os.close(read_fd)
+            for gen in self._in_state("loading"):
+                os.close(gen.ready_fd)
+            log.setup(config.log_level, config.log_format)
+            code = Supervisor(config, number, master_pid).run(write_fd)
+        except BaseException:
+            self.log.error("supervisor crashed", generation=number, error=traceback.format_exc())
+        finally:
+            os._exit(code)
+
+    def _check_loading(self) -> None:
+        for gen in self._in_state("loading"):
+            message = _read_report(gen.ready_fd, block=False)
+            if message == "ok":
+                self._promote(gen)
+            elif message:
+                self.log.error("reload failed, keeping the running generation", generation=gen.number,
+                               error=message.removeprefix("error "))
+                os.close(gen.ready_fd)
+                gen.state = "retiring"
+
+    def _promote(self, gen: Generation) -> None:
+        """``gen`` loaded the app: it becomes current and every other generation retires."""
+        gen.state = "current"
+        os.close(gen.ready_fd)
+        for other in self.generations:
+            if other is not gen and other.state != "retiring":
+                self._retire(other)
+        self.config = gen.config
+        self.log.info("generation running", generation=gen.number, pid=gen.pid,
+                      processes=gen.config.processes)
+
+    def _retire(self, gen: Generation) -> None:
+        if gen.state == "loading":
+            os.close(gen.ready_fd)
+        gen.state = "retiring"
+        kill(gen.pid, signal.SIGTERM)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            gen = next((g for g in self.generations if g.pid == pid), None)
+            if gen is not None:
+                self.generations.remove(gen)
+                self._generation_exited(gen, status)
+
+    def _generation_exited(self, gen: Generation, status: int) -> None:
+        if gen.state == "loading":
+            os.close(gen.ready_fd)
+            self.log.error("reload failed: generation died while loading", generation=gen.number,
+                           status=describe(status))
+            return
+        if gen.state != "current" or self.stopping:
+            self.log.info("generation exited", generation=gen.number, status=describe(status))
+            return
+        code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
+        self.log.error("generation exited unexpectedly", generation=gen.number, status=describe(status))
+        if code in (EXIT_BOOT_FAILED, EXIT_APP_LOAD) and not self._in_state("current"):
+            self.exit_code = code
+            self.stopping = True
+            return
+        lived = time.monotonic() - gen.started
+        self.crashes = self.crashes + 1 if lived < 30 else 1
+        self.restart_at = time.monotonic() + min(30.0, 0.5 * 2 ** (self.crashes - 1))
+
+    def _restart_if_due(self) -> None:
+        if self.restart_at is None or time.monotonic() < self.restart_at or self.stopping:
+            return
+        self.restart_at = None
+        if not self._in_state("current") and not self._in_state("loading"):
+            self._start_generation(self.config)
+
+    def _stop_generations(self) -> None:
+        for gen in self.generations:
+            if gen.state == "loading":
+                os.close(gen.ready_fd)
+                gen.state = "retiring"
+            kill(gen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.config.timeout + 2 * KILL_GRACE
+        while self.generations and time.monotonic() < deadline:
+            self.signals.wait(0.1)
+            self._reap()
+        for gen in self.generations:
+            self.log.warning("generation did not stop in time, killing", generation=gen.number)
+            kill(gen.pid, signal.SIGKILL)
+            self._wait_exit(gen)
+
+    def _wait_exit(self, gen: Generation) -> None:
+        os.waitpid(gen.pid, 0)
+        if gen in self.generations:
+            self.generations.remove(gen)
+
+    def _in_state(self, state: str) -> list[Generation]:
+        return [g for g in self.generations if g.state == state]
+
+    def _next_wakeup(self) -> float:
+        if self.restart_at is not None:
+            return min(1.0, max(0.0, self.restart_at - time.monotonic()))
+        return 1.0
+
+    def _wait_for_redis(self) -> bool:
+        """Ping until Redis answers, logging once; False if told to stop meanwhile."""
+        pause = 0.0
+        while True:
+            try:
+                self.conn.ping()
+                return True
+            except redis.RedisError as error:
+                if pause == 0.0:
+                    self.log.error("redis unreachable, retrying", redis=redact(self.config.redis_url),
+                                   error=str(error))
+                pause = min(5.0, max(0.2, pause * 2))
+            for signum in self.signals.wait(pause):
+                self._handle(signum)
+            if self.stopping:
+                return False
+
+    def _title(self) -> None:
+        current = self._in_state("current")
+        number = current[0].number if current else self.counter
+        processes = current[0].config.processes if current else 0
+        state = " quiet" if self.quiet else ""
+        setproctitle.setproctitle(f"kiq master [gen {number}] {processes} workers{state}")
+
+
+def _read_report(fd: int, block: bool) -> str:
+    """The line a generation wrote on its ready pipe: "ok", "error ...", or "" if none yet (or EOF)."""
+    os.set_blocking(fd, block)
+    try:
+        data = os.read(fd, 4096)
+    except BlockingIOError:
+        return ""
+    return data.decode(errors="replace").strip()
