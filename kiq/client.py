@@ -79,7 +79,7 @@ class Client:
     ) -> None:
         self.redis_url = redis_url or url_from_env()
         self.keys = Keys(os.environ.get("KIQ_NAMESPACE", "") if namespace is None else namespace)
-        self.redis = connection or connect(self.redis_url, name="kiq-client")
+        self.redis = connection or connect(self.redis_url, name="kiq-client", retry=True)
 
     def enqueue(
         self,

@@ -8,13 +8,18 @@ than ``BLOCKING_SOCKET_TIMEOUT``.
 from __future__ import annotations
 
 import os
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel
 
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SOCKET_TIMEOUT = 5.0
 BLOCKING_SOCKET_TIMEOUT = 10.0
+SENTINEL_SCHEMES = ("sentinel://", "redis+sentinel://")
 
 
 def url_from_env() -> str:
@@ -22,22 +27,57 @@ def url_from_env() -> str:
     return os.environ.get("KIQ_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_URL
 
 
-def connect(url: str, *, blocking: bool = False, name: str = "kiq") -> redis.Redis:
+def connect(url: str, *, blocking: bool = False, name: str = "kiq", retry: bool = False) -> redis.Redis:
     """A client with kiq's timeouts; ``blocking`` clients serve BLMOVE and friends.
 
     Payloads that are not UTF-8 decode with surrogate escapes so that they can
     be reported and removed again byte for byte instead of crashing a reader.
+
+    Without ``retry`` a failed command raises at once instead of being sent
+    again by redis-py: a script whose reply was lost may have run, and only the
+    caller knows how to make a second attempt safe. Enqueueing clients retry,
+    since the worst a repeated push can do is enqueue a job twice.
+
+    ``sentinel://[:password@]host:port[,host:port...]/service[/db]`` finds the
+    primary through Redis Sentinel and follows failovers.
     """
-    timeout = BLOCKING_SOCKET_TIMEOUT if blocking else SOCKET_TIMEOUT
-    return redis.Redis.from_url(
-        url,
-        decode_responses=True,
-        encoding_errors="surrogateescape",
-        socket_timeout=timeout,
-        socket_connect_timeout=SOCKET_TIMEOUT,
-        socket_keepalive=True,
-        client_name=name,
-    )
+    options: dict[str, Any] = {
+        "decode_responses": True,
+        "encoding_errors": "surrogateescape",
+        "socket_timeout": BLOCKING_SOCKET_TIMEOUT if blocking else SOCKET_TIMEOUT,
+        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "socket_keepalive": True,
+        "client_name": name,
+    }
+    if not retry:
+        options["retry"] = Retry(NoBackoff(), 0)
+    if url.startswith(SENTINEL_SCHEMES):
+        return _sentinel_primary(url, options)
+    return redis.Redis.from_url(url, **options)
+
+
+def _sentinel_primary(url: str, options: dict[str, Any]) -> redis.Redis:
+    parts = urlsplit(url)
+    hosts = []
+    for host in parts.netloc.rpartition("@")[2].split(","):
+        name, _, port = host.rpartition(":")
+        hosts.append((name or host, int(port) if name else 26379))
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise ValueError("a sentinel URL names the service: sentinel://host:26379/mymaster/0")
+    if len(path) > 1:
+        options["db"] = int(path[1])
+    if parts.password:
+        options["password"] = unquote(parts.password)
+    if parts.username:
+        options["username"] = unquote(parts.username)
+    query = dict(parse_qsl(parts.query))
+    sentinel_options: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT}
+    if "sentinel_password" in query:
+        sentinel_options["password"] = query["sentinel_password"]
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
+    primary: redis.Redis = sentinel.master_for(path[0], redis_class=redis.Redis)  # type: ignore[no-untyped-call]
+    return primary
 
 
 def wire(text: str) -> bytes:
@@ -48,14 +88,14 @@ def wire(text: str) -> bytes:
 def redact(url: str) -> str:
     """The URL with any password replaced, for logs, titles and metrics."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    netloc = f"{user}:***@{host}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    query = "&".join(
+        f"{key}=***" if "password" in key else f"{key}={value}" for key, value in parse_qsl(parts.query)
+    )
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    netloc = f"{userinfo}@{hosts}" if at else hosts
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
 
 
 def server_version(conn: redis.Redis) -> tuple[int, ...]:

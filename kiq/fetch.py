@@ -141,6 +141,8 @@ class Fetcher:
         self._wake = threading.Condition(self._lock)
         self._buffer: deque[Unit] = deque()
         self._giveback: list[Unit] = []
+        self._held: set[Unit] = set()  # taken from Redis and not yet acknowledged or given back
+        self._resync = False
         self._acks: list[tuple[Unit, Outcome]] = []
         self._first_ack_at = 0.0
         self._running = 0
@@ -178,8 +180,17 @@ class Fetcher:
     # -- lifecycle ------------------------------------------------------
 
     def start(self) -> None:
-        self.conn.sadd(self.keys.wip_registry, *(f"{self.identity}|{q}" for q in self.queues.names))
-        blocking = "BLMOVE" if server_version(self.conn) >= (6, 2) else "BRPOPLPUSH"
+        """Register the in-progress lists and start the threads, waiting out a Redis outage."""
+        pause = 0.0
+        while True:
+            try:
+                self.conn.sadd(self.keys.wip_registry, *(f"{self.identity}|{q}" for q in self.queues.names))
+                blocking = "BLMOVE" if server_version(self.conn) >= (6, 2) else "BRPOPLPUSH"
+                break
+            except redis.RedisError as error:
+                pause = self._outage.failed(error, pause)
+                time.sleep(pause)
+        self._outage.recovered(pause)
         self._spawn("fetcher", self._run)
         for queue in self.queues.names:
             self._spawn(f"waiter-{queue}", functools.partial(self._wait_for_jobs, queue, blocking))
@@ -217,7 +228,7 @@ class Fetcher:
 
     def _due(self) -> bool:
         """Whether a round trip is worth making now (called with the lock held)."""
-        if self._giveback or (self._closing and self._acks):
+        if self._giveback or self._resync or (self._closing and self._acks):
             return True
         if self._acks and (self._idle.is_set() or time.monotonic() - self._first_ack_at >= ACK_MAX_AGE):
             return True
@@ -239,6 +250,9 @@ class Fetcher:
                 want = self.capacity - len(self._buffer) - self._running if self._fetching else 0
                 order = self.queues.order() if want > 0 else []
             try:
+                if self._resync:
+                    self._resync = False
+                    self._requeue_strays()
                 if giveback:
                     self.recovery.give_back(self.identity, [(u.queue, u.payload) for u in giveback])
                 jobs = self._round_trip(acks, max(want, 0), order)
@@ -248,11 +262,25 @@ class Fetcher:
                 with self._lock:
                     self._acks[:0] = acks
                     self._giveback[:0] = giveback
+                    self._resync = True
                 pause = self._outage.failed(error, pause)
                 time.sleep(pause)
                 continue
             pause = self._outage.recovered(pause)
+            with self._lock:
+                self._held.difference_update(unit for unit, _ in acks)
+                self._held.difference_update(giveback)
             self._receive(jobs, idle=want > 0 and not jobs)
+
+    def _requeue_strays(self) -> None:
+        """After a failed call whose effect is unknown, give back every job in this worker's
+        in-progress lists that it does not hold: a reply lost with the connection may have
+        moved jobs that never reached this process."""
+        with self._lock:
+            held = list(self._held)
+        moved = self.recovery.requeue_strays(self.identity, [u.payload for u in held])
+        if moved:
+            self.log.warning("requeued jobs whose fetch reply was lost", jobs=moved)
 
     def _round_trip(self, acks: list[tuple[Unit, Outcome]], want: int, order: list[str]) -> list[Unit]:
         if not acks and want == 0:
@@ -271,6 +299,7 @@ class Fetcher:
 
     def _receive(self, jobs: list[Unit], idle: bool) -> None:
         with self._lock:
+            self._held.update(jobs)
             if not self._fetching:
                 self._giveback.extend(jobs)
                 return
@@ -301,6 +330,8 @@ class Fetcher:
                 else:
                     job = conn.brpoplpush(src, dst, BLOCK_SECONDS)
             except redis.RedisError as error:
+                with self._lock:
+                    self._resync = True
                 pause = self._outage.failed(error, pause)
                 time.sleep(pause)
                 continue
@@ -310,6 +341,7 @@ class Fetcher:
 
     def _hand_over(self, unit: Unit) -> None:
         with self._lock:
+            self._held.add(unit)
             if not self._fetching:
                 self._giveback.append(unit)
                 self._wake.notify()

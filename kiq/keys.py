@@ -25,6 +25,7 @@ class Keys:
         self.processed = p + "stat:processed"
         self.failed = p + "stat:failed"
         self.wip_registry = p + "kiq:wip"
+        self.poison = p + "kiq:poison"
         self.schedule_channel = p + "kiq:schedule-wakeup"
 
     def queue(self, name: str) -> str:

@@ -30,7 +30,9 @@ import setproctitle
 from kiq import log
 from kiq.config import Config, ConfigError
 from kiq.connection import connect, redact
+from kiq.fetch import Outage
 from kiq.keys import Keys
+from kiq.recovery import Recovery
 from kiq.scheduler import Scheduler
 from kiq.signals import SignalQueue, kill
 from kiq.supervisor import EXIT_APP_LOAD, EXIT_BOOT_FAILED, KILL_GRACE, AppLoadError, Supervisor, describe
@@ -73,6 +75,9 @@ class Master:
         self.conn = connect(self.config.redis_url, name="kiq-master")
         if not self._wait_for_redis():
             return 0
+        self.recovery = Recovery(self.conn, self.keys)
+        self.next_sweep = 0.0
+        self.sweep_outage = Outage("recovery sweep")
         self.scheduler = Scheduler(self.config.redis_url, self.keys, self.fork_lock)
         self.scheduler.start()
         self.log.info("master started", pid=os.getpid(), redis=redact(self.config.redis_url))
@@ -85,6 +90,7 @@ class Master:
             self._check_loading()
             self._reap()
             self._restart_if_due()
+            self._sweep_if_due()
         self._stop_generations()
         self.scheduler.stop()
         self.log.info("master stopped")
@@ -236,6 +242,20 @@ class Master:
         self.restart_at = None
         if not self._in_state("current") and not self._in_state("loading"):
             self._start_generation(self.config)
+
+    def _sweep_if_due(self) -> None:
+        """Requeue the jobs of processes whose heartbeat expired: a host that vanished."""
+        if time.monotonic() < self.next_sweep:
+            return
+        self.next_sweep = time.monotonic() + self.config.heartbeat_interval
+        try:
+            moved = self.recovery.sweep()
+        except redis.RedisError as error:
+            self.sweep_outage.failed(error, 0.0)
+            return
+        self.sweep_outage.recovered(1.0)
+        if moved:
+            self.log.warning("requeued jobs of processes whose heartbeat expired", jobs=moved)
 
     def _stop_generations(self) -> None:
         for gen in self.generations:

@@ -1,44 +1,100 @@
-"""Putting a worker's in-progress jobs back on their queues: after it dies, and when it stops.
+"""Putting in-progress jobs back on their queues: after a worker dies, a host vanishes, or a worker stops.
 
 Each worker moves every job it takes into ``kiq:wip:IDENTITY|QUEUE`` and
 registers that list in the ``kiq:wip`` set, so whoever outlives it can find its
 jobs without reading the payloads. Requeued jobs go to the front of their
 queue, oldest first, because they were taken first.
+
+A job found in the in-progress list of a worker that died is counted in
+``kiq:recoveries:JID`` (kept a day). One that has been there when its worker
+died ``POISON_LIMIT`` times is a poison pill: it goes to ``kiq:poison`` instead
+of its queue, and ``bury_poison`` moves it to the dead set with the reason, so
+it stops killing workers.
+
+Each script runs atomically in Redis, so masters sweeping at the same time
+never requeue a job twice.
 """
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Sequence
 
 import redis
 
 from kiq.connection import wire
 from kiq.keys import Keys
+from kiq.processor import InvalidPayloadError, decode, wrap_invalid
+from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT
 
-# Moves all of one identity's in-progress lists back and forgets the process.
-# ARGV: prefix, identity. Returns the number of jobs requeued.
-REQUEUE_ALL = """
-local prefix, identity = ARGV[1], ARGV[2]
-local registry = prefix .. 'kiq:wip'
-local mark = identity .. '|'
-local moved = 0
-for _, member in ipairs(redis.call('SMEMBERS', registry)) do
-  if string.sub(member, 1, #mark) == mark then
-    local queue = string.sub(member, #mark + 1)
-    local src = prefix .. 'kiq:wip:' .. member
-    local dst = prefix .. 'queue:' .. queue
-    local job = redis.call('LPOP', src)
-    if job then redis.call('SADD', prefix .. 'queues', queue) end
-    while job do
+POISON_LIMIT = 3
+RECOVERY_MEMORY = 24 * 3600
+
+# requeue(prefix, member, count): move one in-progress list back to its queue.
+_REQUEUE_LIST = """
+local function requeue(prefix, member, count)
+  local queue = string.sub(member, string.find(member, '|', 1, true) + 1)
+  local src = prefix .. 'kiq:wip:' .. member
+  local dst = prefix .. 'queue:' .. queue
+  local moved = 0
+  local job = redis.call('LPOP', src)
+  while job do
+    local poisoned = false
+    if count then
+      local ok, decoded = pcall(cjson.decode, job)
+      if ok and type(decoded) == 'table' and type(decoded['jid']) == 'string' then
+        local key = prefix .. 'kiq:recoveries:' .. decoded['jid']
+        poisoned = redis.call('INCR', key) >= __LIMIT__
+        redis.call('EXPIRE', key, __MEMORY__)
+      end
+    end
+    if poisoned then
+      redis.call('RPUSH', prefix .. 'kiq:poison', job)
+    else
       redis.call('RPUSH', dst, job)
       moved = moved + 1
-      job = redis.call('LPOP', src)
     end
-    redis.call('SREM', registry, member)
+    job = redis.call('LPOP', src)
+  end
+  if moved > 0 then redis.call('SADD', prefix .. 'queues', queue) end
+  redis.call('SREM', prefix .. 'kiq:wip', member)
+  return moved
+end
+""".replace("__LIMIT__", str(POISON_LIMIT)).replace("__MEMORY__", str(RECOVERY_MEMORY))
+
+# ARGV: prefix, identity, "1" to count recoveries (a crash) or "0" (a stop).
+# Requeues all of the identity's lists and forgets the process.
+REQUEUE_ALL = _REQUEUE_LIST + """
+local prefix, identity, count = ARGV[1], ARGV[2], ARGV[3] == '1'
+local mark = identity .. '|'
+local moved = 0
+for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do
+  if string.sub(member, 1, #mark) == mark then
+    moved = moved + requeue(prefix, member, count)
   end
 end
 redis.call('SREM', prefix .. 'processes', identity)
 redis.call('DEL', prefix .. identity, prefix .. identity .. ':work', prefix .. identity .. ':workers')
+return moved
+"""
+
+# ARGV: prefix. Requeues the lists of every identity whose heartbeat expired
+# (a vanished host) and drops such identities from ``processes``.
+SWEEP = _REQUEUE_LIST + """
+local prefix = ARGV[1]
+local moved = 0
+for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do
+  local identity = string.sub(member, 1, string.find(member, '|', 1, true) - 1)
+  if redis.call('EXISTS', prefix .. identity) == 0 then
+    moved = moved + requeue(prefix, member, true)
+  end
+end
+for _, identity in ipairs(redis.call('SMEMBERS', prefix .. 'processes')) do
+  if redis.call('EXISTS', prefix .. identity) == 0 then
+    redis.call('SREM', prefix .. 'processes', identity)
+  end
+end
 return moved
 """
 
@@ -57,16 +113,74 @@ end
 return moved
 """
 
+# ARGV: prefix, identity, then the payloads the worker holds. Requeues every
+# other job in the identity's lists, oldest at the front.
+REQUEUE_STRAYS = """
+local prefix, identity = ARGV[1], ARGV[2]
+local held = {}
+for i = 3, #ARGV do held[ARGV[i]] = (held[ARGV[i]] or 0) + 1 end
+local mark = identity .. '|'
+local moved = 0
+for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do
+  if string.sub(member, 1, #mark) == mark then
+    local src = prefix .. 'kiq:wip:' .. member
+    local dst = prefix .. 'queue:' .. string.sub(member, #mark + 1)
+    for _, job in ipairs(redis.call('LRANGE', src, 0, -1)) do
+      if (held[job] or 0) > 0 then
+        held[job] = held[job] - 1
+      else
+        redis.call('LREM', src, 1, job)
+        redis.call('RPUSH', dst, job)
+        moved = moved + 1
+      end
+    end
+  end
+end
+return moved
+"""
+
+# ARGV: prefix, now, dead cutoff, then (poison payload, dead payload) pairs.
+BURY = """
+local prefix, now, cutoff = ARGV[1], ARGV[2], ARGV[3]
+local buried = 0
+for i = 4, #ARGV, 2 do
+  if redis.call('LREM', prefix .. 'kiq:poison', 1, ARGV[i]) == 1 then
+    redis.call('ZADD', prefix .. 'dead', now, ARGV[i + 1])
+    buried = buried + 1
+  end
+end
+redis.call('ZREMRANGEBYSCORE', prefix .. 'dead', '-inf', cutoff)
+redis.call('ZREMRANGEBYRANK', prefix .. 'dead', 0, -(__DEAD_MAX__ + 1))
+return buried
+""".replace("__DEAD_MAX__", str(DEAD_MAX_JOBS))
+
 
 class Recovery:
     def __init__(self, conn: redis.Redis, keys: Keys) -> None:
+        self.conn = conn
         self.keys = keys
         self._requeue_all = conn.register_script(REQUEUE_ALL)
+        self._sweep = conn.register_script(SWEEP)
         self._give_back = conn.register_script(GIVE_BACK)
+        self._requeue_strays = conn.register_script(REQUEUE_STRAYS)
+        self._bury = conn.register_script(BURY)
 
-    def requeue_all(self, identity: str) -> int:
-        """Requeue everything ``identity`` held and remove it from ``processes``."""
-        return int(self._requeue_all(args=[self.keys.prefix, identity]))
+    def requeue_all(self, identity: str, crashed: bool = True) -> int:
+        """Requeue everything ``identity`` held and remove it from ``processes``.
+
+        ``crashed`` counts each job towards the poison-pill limit; a worker
+        requeueing its own unfinished jobs at a stop does not.
+        """
+        moved = int(self._requeue_all(args=[self.keys.prefix, identity, "1" if crashed else "0"]))
+        if crashed:
+            self.bury_poison()
+        return moved
+
+    def sweep(self) -> int:
+        """Requeue the jobs of every process whose heartbeat expired; returns how many."""
+        moved = int(self._sweep(args=[self.keys.prefix]))
+        self.bury_poison()
+        return moved
 
     def give_back(self, identity: str, jobs: Sequence[tuple[str, str]]) -> int:
         """Requeue ``(queue, payload)`` pairs, oldest first in ``jobs``, at the queue's front."""
@@ -76,3 +190,28 @@ class Recovery:
         for queue, payload in reversed(jobs):
             args += [queue, wire(payload)]
         return int(self._give_back(args=args))
+
+    def requeue_strays(self, identity: str, held: Sequence[str]) -> int:
+        return int(self._requeue_strays(args=[self.keys.prefix, identity, *map(wire, held)]))
+
+    def bury_poison(self) -> int:
+        """Move poison pills to the dead set with the reason; returns how many."""
+        buried = 0
+        while raws := self.conn.lrange(self.keys.poison, 0, 99):
+            now = time.time()
+            args: list[str | bytes | float] = [self.keys.prefix, now, now - DEAD_TIMEOUT]
+            for raw in map(str, raws):
+                args += [wire(raw), json.dumps(_poisoned(raw, now), separators=(",", ":"))]
+            buried += int(self._bury(args=args))
+        return buried
+
+
+def _poisoned(raw: str, now: float) -> dict[str, object]:
+    reason = f"job was running when its worker died {POISON_LIMIT} times; not retried (poison pill)"
+    try:
+        payload = decode(raw)
+    except InvalidPayloadError:
+        return wrap_invalid("", raw, reason)
+    payload.update(error_class="kiq.PoisonPill", error_message=reason, failed_at=now)
+    payload.setdefault("retry_count", 0)
+    return payload

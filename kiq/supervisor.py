@@ -12,8 +12,9 @@ and a replacement starts, after a pause that grows while workers die young.
 If every worker keeps dying while booting, the supervisor gives up with
 ``EXIT_BOOT_FAILED`` instead of spinning.
 
-A worker asks to be replaced (after ``max_jobs`` jobs, or a job past its
-timeout) by writing ``PID REASON`` to the control pipe; the supervisor also
+A worker says ``PID ready`` on the control pipe once it takes jobs, and asks
+to be replaced (after ``max_jobs`` jobs, or a job past its timeout) by
+writing ``PID REASON``; the supervisor also
 replaces workers above ``max_memory_mb``. A replacement starts before the old
 worker is told to finish its jobs and exit.
 """
@@ -62,7 +63,9 @@ class Slot:
     pid: int = 0
     identity: str = ""
     started: float = 0.0
-    failures: int = 0
+    failures: int = 0  # deaths in a row soon after start: sets the restart pause
+    boot_failures: int = 0  # deaths in a row before the worker said it was ready
+    ready: bool = False
     spawn_at: float = 0.0
 
 
@@ -164,6 +167,7 @@ class Supervisor:
         if pid == 0:
             self._become_worker(slot.index, nonce, parent)
         slot.pid, slot.identity, slot.started = pid, heartbeat.identity(pid, nonce), time.monotonic()
+        slot.ready = False
         self.log.info("worker spawned", worker=slot.index, pid=pid)
 
     def _become_worker(self, index: int, nonce: str, parent: int) -> None:
@@ -201,9 +205,15 @@ class Supervisor:
         except BlockingIOError:
             return
         for line in data.decode().splitlines():
-            pid, _, reason = line.partition(" ")
-            if pid.isdigit():
-                self._recycle(int(pid), reason)
+            pid, _, message = line.partition(" ")
+            if not pid.isdigit():
+                continue
+            if message == "ready":
+                for slot in self.slots:
+                    if slot.pid == int(pid):
+                        slot.ready, slot.boot_failures = True, 0
+            else:
+                self._recycle(int(pid), message)
 
     def _check_memory(self) -> None:
         if not self.config.max_memory_mb or time.monotonic() < self.next_memory_check:
@@ -243,11 +253,12 @@ class Supervisor:
         getattr(self.log, level)("worker exited", worker=slot.index, pid=pid, status=describe(status),
                                  lived_s=round(lived, 1))
         slot.failures = slot.failures + 1 if lived < YOUNG else 0
+        slot.boot_failures = 0 if slot.ready else slot.boot_failures + 1
         delay = 0.0 if slot.failures == 0 else min(30.0, 0.5 * 2 ** (slot.failures - 1))
         slot.pid, slot.spawn_at = 0, time.monotonic() + delay
 
     def _boot_failed(self) -> bool:
-        return bool(self.slots) and all(not s.pid and s.failures >= BOOT_ATTEMPTS for s in self.slots)
+        return bool(self.slots) and all(not s.pid and s.boot_failures >= BOOT_ATTEMPTS for s in self.slots)
 
     def _recover_pending(self) -> None:
         """Requeue the jobs of dead workers; identities stay pending while Redis is down."""

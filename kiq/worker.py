@@ -26,7 +26,7 @@ import setproctitle
 from kiq import heartbeat, log
 from kiq.config import Config
 from kiq.connection import connect
-from kiq.fetch import Fetcher, QueueOrder, Unit
+from kiq.fetch import Fetcher, Outage, QueueOrder, Unit
 from kiq.keys import Keys
 from kiq.processor import prepare, run, timed_out
 from kiq.retry import Outcome
@@ -64,6 +64,7 @@ class Worker:
         self.asked: set[str] = set()
         self.running: dict[str, Running] = {}
         self.lock = threading.Lock()
+        self.beat_outage = Outage("heartbeat")
         self.log = log.get("kiq.worker").bind(worker=index, pid=os.getpid())
 
     def run(self) -> int:
@@ -77,7 +78,10 @@ class Worker:
             QueueOrder(self.config.queues, self.config.strict),
             self.config.concurrency,
         )
+        self.heartbeat = self._heartbeat()
+        self._first_beat()
         self.fetcher.start()
+        os.write(self.control_fd, f"{os.getpid()} ready\n".encode())
         threads = [self._start(f"processor-{n}", self._process) for n in range(self.config.concurrency)]
         beat = self._start("heartbeat", self._beat)
         self.log.info("worker started", identity=self.identity, queues=self.config.queue_names,
@@ -114,7 +118,7 @@ class Worker:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.fetcher.close()
         beat.join(1.0)
-        moved = self.fetcher.recovery.requeue_all(self.identity)
+        moved = self.fetcher.recovery.requeue_all(self.identity, crashed=False)
         if moved:
             self.log.warning("timeout: requeued unfinished jobs", jobs=moved)
         self.log.info("worker stopped")
@@ -168,8 +172,7 @@ class Worker:
 
     # -- heartbeat ------------------------------------------------------
 
-    def _beat(self) -> None:
-        conn = connect(self.config.redis_url, name=f"kiq-beat-{self.identity}")
+    def _heartbeat(self) -> heartbeat.Heartbeat:
         info = {
             "hostname": self.identity.split(":")[0],
             "started_at": time.time(),
@@ -179,22 +182,38 @@ class Worker:
             "queues": self.config.queue_names,
             "labels": [],
         }
-        beat = heartbeat.Heartbeat(conn, self.keys, self.identity, info, self._work,
+        conn = connect(self.config.redis_url, name=f"kiq-beat-{self.identity}")
+        return heartbeat.Heartbeat(conn, self.keys, self.identity, info, self._work,
                                    ttl=self.config.heartbeat_ttl)
+
+    def _first_beat(self) -> None:
+        """Be in ``processes`` before taking any job: a master sweeping for vanished hosts
+        takes an in-progress list without a live heartbeat for an orphan."""
+        pause = 0.0
+        while not self._beat_once():
+            pause = min(5.0, max(0.1, pause * 2))
+            time.sleep(pause)
+
+    def _beat(self) -> None:
         while not self.stopping:
-            try:
-                remote = beat.beat(self.quiet)
-            except Exception as error:  # the heartbeat must outlive any Redis trouble
-                self.log.warning("heartbeat failed", error=str(error))
-                remote = None
-            if remote in REMOTE_SIGNALS:
-                self.log.info("signal from redis", signal=remote)
-                if remote == "TERM":
-                    self.exit_code = EXIT_REMOTE_STOP
-                os.kill(os.getpid(), REMOTE_SIGNALS[remote])
+            self._beat_once()
             until = time.monotonic() + self.config.heartbeat_interval
             while not self.stopping and time.monotonic() < until:
                 time.sleep(0.1)
+
+    def _beat_once(self) -> bool:
+        try:
+            remote = self.heartbeat.beat(self.quiet)
+        except Exception as error:  # the heartbeat must outlive any Redis trouble
+            self.beat_outage.failed(error, 0.0)
+            return False
+        self.beat_outage.recovered(1.0)
+        if remote in REMOTE_SIGNALS:
+            self.log.info("signal from redis", signal=remote)
+            if remote == "TERM":
+                self.exit_code = EXIT_REMOTE_STOP
+            os.kill(os.getpid(), REMOTE_SIGNALS[remote])
+        return True
 
     def _work(self) -> dict[str, dict[str, Any]]:
         with self.lock:

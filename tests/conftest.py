@@ -106,6 +106,7 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, *extra: str) -> None:
+        """Start (or restart, on the same port and directory); ``extra`` adds server options."""
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed (make test installs it)"
         self.process = subprocess.Popen(

@@ -97,3 +97,13 @@ class TimeoutJob(kiq.Job):
         conn().rpush("started", str(os.getpid()))
         time.sleep(seconds)
         conn().rpush("results", "finished-late")
+
+
+class KillerJob(kiq.Job):
+    """A poison pill: takes its own worker down with SIGKILL every time it runs."""
+
+    def perform(self) -> None:
+        import signal
+
+        conn().rpush("attempts", str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -1,0 +1,85 @@
+"""Losing things: a whole host, a job that kills its worker, Redis itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from conftest import descendants, run_python, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def test_other_master_requeues_jobs_of_a_vanished_host(start_kiq, client, r):
+    import sample_jobs
+
+    fast = {"heartbeat_interval": 0.3, "heartbeat_ttl": 2}
+    doomed = start_kiq(processes=1, concurrency=2, **fast)
+    [doomed_worker] = doomed.wait_workers(1)
+    for n in range(2):
+        sample_jobs.SlowJob.perform_later(f"j{n}", 1.0)
+    wait_for(lambda: r.llen("started") == 2)
+    survivor = start_kiq(processes=1, concurrency=2, **fast)
+    [survivor_worker] = survivor.wait_workers(1)
+    for pid in [doomed.pid, *descendants(doomed.pid)]:
+        os.kill(pid, signal.SIGKILL)
+    lost_at = time.monotonic()
+    wait_for(lambda: r.llen("started") == 4, timeout=15)
+    noticed = time.monotonic() - lost_at
+    wait_for(lambda: sorted(r.lrange("results", 0, -1)) == ["j0", "j1"], timeout=10)
+    rerun = r.lrange("started", 2, -1)
+    assert sorted(rerun) == [f"j0:{survivor_worker}", f"j1:{survivor_worker}"]
+    assert noticed < 2 + 2, f"requeued {noticed:.1f}s after the host vanished (TTL 2s)"
+    wait_for(lambda: all(f":{doomed_worker}:" not in p for p in r.smembers("processes")))
+    assert not [k for k in r.keys("kiq:wip:*") if f":{doomed_worker}:" in k]
+    assert "heartbeat expired" in survivor.log()
+
+
+def test_job_that_kills_its_worker_three_times_goes_to_dead(start_kiq, client, r):
+    import sample_jobs
+
+    kiq = start_kiq(processes=1, concurrency=2)
+    kiq.wait_workers(1)
+    job = sample_jobs.KillerJob.perform_later()
+    wait_for(lambda: r.zcard("dead") == 1, timeout=30)
+    dead = json.loads(r.zrange("dead", 0, -1)[0])
+    assert dead["jid"] == job.jid
+    assert dead["error_class"] == "kiq.PoisonPill"
+    assert len(r.lrange("attempts", 0, -1)) == 3
+    assert r.llen("queue:default") == 0
+    sample_jobs.RecordJob.perform_later("alive")
+    wait_for(lambda: r.lrange("results", 0, -1) == ["alive"], timeout=10)
+    assert kiq.process.poll() is None
+
+
+def test_redis_restart_under_load_loses_nothing(start_kiq, redis_server, r):
+    redis_server.stop()
+    redis_server.start("--appendonly", "yes", "--appendfsync", "always")
+    kiq = start_kiq(processes=2, concurrency=4)
+    kiq.wait_workers(2)
+    total = 1500
+    run_python(
+        f"import sample_jobs\nsample_jobs.PidJob.perform_bulk([[str(i), 0.002] for i in range({total})])\n",
+        redis_server.url,
+    )
+    wait_for(lambda: r.llen("results") > 300, timeout=30)
+    redis_server.stop()  # SIGKILL: a crash, not a clean shutdown
+    time.sleep(2.0)
+    assert kiq.process.poll() is None
+    assert len(kiq.workers()) == 2
+    redis_server.start("--appendonly", "yes", "--appendfsync", "always")
+    r = redis_server.client()
+    wait_for(lambda: len(set(r.lrange("results", 0, -1))) == total, timeout=60)
+    time.sleep(1.0)
+    results = r.lrange("results", 0, -1)
+    assert set(results) == {str(i) for i in range(total)}
+    duplicates = len(results) - total
+    assert duplicates <= 2 * 8 * 2, f"{duplicates} jobs ran twice"
+    wait_for(lambda: sum(r.llen(k) for k in r.keys("kiq:wip:*")) == 0)
+    assert r.llen("queue:default") == 0
+    log = kiq.log()
+    assert 1 <= log.count("redis unavailable") <= 12, log.count("redis unavailable")
+    assert "redis available again" in log
