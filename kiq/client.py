@@ -106,15 +106,15 @@ class Client:
         at: float | None = None,
         batch_size: int = 1000,
     ) -> list[str]:
+        """Enqueue one job per argument list, ``batch_size`` jobs per round trip.
+
+        Every argument is serialized before the first push, so an argument that
+        cannot be serialized fails the call with nothing enqueued.
+        """
+        payloads = [_payload_for(job, args, None, queue, retry, at) for args in args_list]
         jids: list[str] = []
-        batch: list[dict[str, Any]] = []
-        for args in args_list:
-            batch.append(_payload_for(job, args, None, queue, retry, at))
-            if len(batch) >= batch_size:
-                jids.extend(self.push_bulk(batch))
-                batch = []
-        if batch:
-            jids.extend(self.push_bulk(batch))
+        for start in range(0, len(payloads), batch_size):
+            jids.extend(self.push_bulk(payloads[start : start + batch_size]))
         return jids
 
     def push(self, payload: Mapping[str, Any]) -> str:

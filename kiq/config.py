@@ -8,6 +8,7 @@ names the key, so the CLI can print one clear line and exit with code 2.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,7 +75,10 @@ def _read(path: str) -> dict[str, Any]:
     except OSError as error:
         raise ConfigError("config", f"cannot read {path}: {error.strerror}") from None
     except yaml.YAMLError as error:
-        raise ConfigError("config", f"{path} is not valid YAML: {error}") from None
+        where = getattr(error, "problem_mark", None)
+        at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
+        problem = getattr(error, "problem", None) or "syntax error"
+        raise ConfigError("config", f"{path} is not valid YAML{at}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -124,12 +128,24 @@ def _checked(key: str, value: Any, default: Any) -> Any:
         if not isinstance(value, type(default)):
             raise ConfigError(key, f"must be a {type(default).__name__}, not {value!r}")
         return value
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ConfigError(key, f"must be a number, not {value!r}")
-    try:
-        return type(default)(value)
-    except ValueError:
-        raise ConfigError(key, f"must be a number, not {value!r}") from None
+    return _number(key, value, whole=isinstance(default, int))
+
+
+def _number(key: str, value: Any, whole: bool) -> int | float:
+    """A finite number (a whole one if ``whole``), also from a string; else a ConfigError."""
+    kind = "a whole number" if whole else "a number"
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ConfigError(key, f"must be {kind}, not {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(key, f"must be {kind}, not {value!r}")
+    if whole:
+        if value != int(value):
+            raise ConfigError(key, f"must be {kind}, not {value!r}")
+        return int(value)
+    return float(value)
 
 
 def parse_queues(value: Any) -> tuple[list[tuple[str, int]], bool]:
@@ -163,9 +179,9 @@ def _queue_entry(entry: Any) -> tuple[str, int | None]:
     if len(parts) == 1:
         return name, None
     try:
-        weight = int(parts[1])
-    except (TypeError, ValueError):
-        raise ConfigError("queues", f"weight of {parts[0]!r} must be a whole number") from None
+        weight = int(_number("queues", parts[1], whole=True))
+    except ConfigError:
+        raise ConfigError("queues", f"weight of {name!r} must be a whole number") from None
     if weight < 1:
         raise ConfigError("queues", f"weight of {name!r} must be at least 1")
     return name, weight

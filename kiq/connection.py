@@ -46,9 +46,10 @@ def connect(url: str, *, blocking: bool = False, name: str = "kiq", retry: bool 
         "encoding_errors": "surrogateescape",
         "socket_timeout": BLOCKING_SOCKET_TIMEOUT if blocking else SOCKET_TIMEOUT,
         "socket_connect_timeout": SOCKET_TIMEOUT,
-        "socket_keepalive": True,
         "client_name": name,
     }
+    if not url.startswith("unix://"):
+        options["socket_keepalive"] = True
     if not retry:
         options["retry"] = Retry(NoBackoff(), 0)
     if url.startswith(SENTINEL_SCHEMES):

@@ -21,7 +21,7 @@ import functools
 import random
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -76,6 +76,7 @@ for q = i + 1, #ARGV do
   if got >= want then break end
   local queue = ARGV[q]
   local src, dst = prefix .. 'queue:' .. queue, wip .. queue
+  local before = got
   while got < want do
     local job = redis.call('RPOPLPUSH', src, dst)
     if not job then break end
@@ -83,6 +84,7 @@ for q = i + 1, #ARGV do
     out[#out + 1] = job
     got = got + 1
   end
+  if got > before then redis.call('SADD', prefix .. 'kiq:wip', identity .. '|' .. queue) end
 end
 return out
 """.replace("__DEAD_MAX__", str(DEAD_MAX_JOBS))
@@ -141,7 +143,7 @@ class Fetcher:
         self._wake = threading.Condition(self._lock)
         self._buffer: deque[Unit] = deque()
         self._giveback: list[Unit] = []
-        self._held: set[Unit] = set()  # taken from Redis and not yet acknowledged or given back
+        self._held: Counter[Unit] = Counter()  # taken from Redis, not yet acknowledged or given back
         self._resync = False
         self._acks: list[tuple[Unit, Outcome]] = []
         self._first_ack_at = 0.0
@@ -268,16 +270,23 @@ class Fetcher:
                 continue
             pause = self._outage.recovered(pause)
             with self._lock:
-                self._held.difference_update(unit for unit, _ in acks)
-                self._held.difference_update(giveback)
+                self._release([unit for unit, _ in acks])
+                self._release(giveback)
             self._receive(jobs, idle=want > 0 and not jobs)
+
+    def _release(self, units: list[Unit]) -> None:
+        """Forget units that Redis no longer holds for this worker (called with the lock held)."""
+        for unit in units:
+            self._held[unit] -= 1
+            if self._held[unit] <= 0:
+                del self._held[unit]
 
     def _requeue_strays(self) -> None:
         """After a failed call whose effect is unknown, give back every job in this worker's
         in-progress lists that it does not hold: a reply lost with the connection may have
         moved jobs that never reached this process."""
         with self._lock:
-            held = list(self._held)
+            held = list(self._held.elements())
         moved = self.recovery.requeue_strays(self.identity, [u.payload for u in held])
         if moved:
             self.log.warning("requeued jobs whose fetch reply was lost", jobs=moved)
@@ -341,7 +350,7 @@ class Fetcher:
 
     def _hand_over(self, unit: Unit) -> None:
         with self._lock:
-            self._held.add(unit)
+            self._held[unit] += 1
             if not self._fetching:
                 self._giveback.append(unit)
                 self._wake.notify()

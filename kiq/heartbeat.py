@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -49,13 +49,17 @@ class Heartbeat:
         info: Mapping[str, Any],
         running: Callable[[], Mapping[str, Mapping[str, Any]]],
         ttl: float = 60.0,
+        wip: Sequence[str] = (),
     ) -> None:
+        """``wip`` lists this process's members of ``kiq:wip``: each beat registers them again, so
+        a worker whose heartbeat lapsed and was swept is found again if it dies later."""
         self.conn = conn
         self.keys = keys
         self.identity = ident
         self.info = json.dumps({**info, "identity": ident, "version": __version__})
         self.running = running
-        self.ttl = int(ttl)
+        self.ttl_ms = int(ttl * 1000)
+        self.wip = list(wip)
 
     def beat(self, quiet: bool) -> str | None:
         key = self.keys.process(self.identity)
@@ -68,7 +72,7 @@ class Heartbeat:
             pipe.unlink(work_key)
             if work:
                 pipe.hset(work_key, mapping=work)
-                pipe.expire(work_key, self.ttl)
+                pipe.pexpire(work_key, self.ttl_ms)
         pipe.sadd(self.keys.processes, self.identity)
         pipe.hset(
             key,
@@ -81,7 +85,9 @@ class Heartbeat:
                 "rtt_us": rtt_us,
             },
         )
-        pipe.expire(key, self.ttl)
+        pipe.pexpire(key, self.ttl_ms)
+        if self.wip:
+            pipe.sadd(self.keys.wip_registry, *self.wip)
         pipe.rpop(self.keys.signals(self.identity))
         return pipe.execute()[-1]  # type: ignore[no-any-return]
 

@@ -291,6 +291,7 @@ class Master:
         while True:
             try:
                 self.conn.ping()
+                self._check_eviction()
                 return True
             except redis.RedisError as error:
                 if pause == 0.0:
@@ -301,6 +302,15 @@ class Master:
                 self._handle(signum)
             if self.stopping:
                 return False
+
+    def _check_eviction(self) -> None:
+        """Warn when Redis may evict keys: an evicted queue or in-progress list loses jobs."""
+        try:
+            policy = self.conn.config_get("maxmemory-policy").get("maxmemory-policy")
+        except redis.ResponseError:  # CONFIG is disabled on some managed services
+            return
+        if policy and policy != "noeviction":
+            self.log.warning("redis may evict jobs: set maxmemory-policy to noeviction", policy=policy)
 
     def _title(self) -> None:
         current = self._in_state("current")

@@ -73,7 +73,7 @@ def run(job_class: type[jobs.Job], payload: dict[str, Any], queue: str) -> Outco
         args = deserialize_args(payload["args"])
         kwargs = deserialize_kwargs(payload.get("kwargs") or {})
         instance.perform(*args, **kwargs)
-    except Exception as error:
+    except BaseException as error:  # SystemExit from a job is a failure too, as in Sidekiq
         elapsed = _ms(started)
         outcome = retry.failure(payload, error_name(error), str(error))
         logger.warning("fail", elapsed_ms=elapsed, error=f"{error_name(error)}: {error}",

@@ -183,8 +183,9 @@ class Worker:
             "labels": [],
         }
         conn = connect(self.config.redis_url, name=f"kiq-beat-{self.identity}")
+        wip = [f"{self.identity}|{queue}" for queue in self.config.queue_names]
         return heartbeat.Heartbeat(conn, self.keys, self.identity, info, self._work,
-                                   ttl=self.config.heartbeat_ttl)
+                                   ttl=self.config.heartbeat_ttl, wip=wip)
 
     def _first_beat(self) -> None:
         """Be in ``processes`` before taking any job: a master sweeping for vanished hosts

@@ -194,8 +194,18 @@ def sample_env(redis_url: str, *paths: Path) -> dict[str, str]:
     return env
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item, so fixtures can tell whether the test failed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture
-def start_kiq(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[..., Kiq]]:
+def start_kiq(
+    redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Kiq]]:
     """Start ``kiq start`` on this test's Redis, with settings as keyword arguments."""
     started: list[Kiq] = []
 
@@ -216,17 +226,22 @@ def start_kiq(redis_server: RedisServer, tmp_path: Path) -> Iterator[Callable[..
             process = subprocess.Popen(
                 [sys.executable, "-m", "kiq", "start", "-c", str(path)],
                 cwd=ROOT,
-                env=sample_env(redis_server.url, tmp_path),
+                env=sample_env(config["redis_url"], tmp_path),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        kiq = Kiq(process, log_path, redis_server.url)
+        kiq = Kiq(process, log_path, config["redis_url"])
         started.append(kiq)
         return kiq
 
     yield start
     for kiq in started:
         kiq.kill_all()
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:
+        for kiq in started:
+            lines = kiq.log().splitlines()
+            print(f"--- last lines of {kiq.log_path} ---", *lines[-60:], sep="\n")
 
 
 @pytest.fixture

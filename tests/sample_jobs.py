@@ -8,6 +8,7 @@ import time
 import redis
 
 import kiq
+from kiq.connection import connect
 
 _conn: tuple[int, redis.Redis] | None = None
 
@@ -16,7 +17,7 @@ def conn() -> redis.Redis:
     """One connection per process, made after the fork."""
     global _conn
     if _conn is None or _conn[0] != os.getpid():
-        _conn = (os.getpid(), redis.Redis.from_url(os.environ["KIQ_REDIS_URL"], decode_responses=True))
+        _conn = (os.getpid(), connect(os.environ["KIQ_REDIS_URL"], retry=True))
     return _conn[1]
 
 
@@ -107,3 +108,4 @@ class KillerJob(kiq.Job):
 
         conn().rpush("attempts", str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
+

@@ -1,0 +1,166 @@
+"""Ways to reach Redis: unix sockets, ACL users, TLS, Sentinel with a failover; secrets stay out of sight."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from conftest import descendants, free_port, run_python, title, wait_for
+
+from kiq.connection import connect
+
+pytestmark = pytest.mark.slow
+
+
+class Servers:
+    """redis-server and redis-sentinel processes for one test, stopped by pid."""
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.processes: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str, binary: str = "redis-server") -> subprocess.Popen[bytes]:
+        path = shutil.which(binary)
+        assert path, f"{binary} is not installed (make test installs it)"
+        process = subprocess.Popen([path, *args], cwd=self.dir, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(10)
+
+
+@pytest.fixture
+def servers(tmp_path: Path) -> Iterator[Servers]:
+    started = Servers(tmp_path)
+    yield started
+    started.stop()
+
+
+def answers(url: str) -> Callable[[], bool]:
+    def ping() -> bool:
+        try:
+            return bool(connect(url).ping())
+        except Exception:
+            return False
+
+    return ping
+
+
+def results(url: str) -> list[str]:
+    """The jobs' records, or nothing while Redis (or the Sentinel's primary) is unreachable."""
+    try:
+        return list(connect(url).lrange("results", 0, -1))
+    except Exception:
+        return []
+
+
+def run_one_job(start_kiq, url: str, **settings: object):
+    """Start kiq on ``url``, enqueue a job from another process, wait for it to run."""
+    kiq = start_kiq(redis_url=url, **settings)
+    run_python("import sample_jobs\nsample_jobs.RecordJob.perform_later('over-the-wire')\n", url)
+    wait_for(lambda: connect(url).lrange("results", 0, -1) == ["over-the-wire"], timeout=20)
+    return kiq
+
+
+def test_unix_socket(start_kiq, servers, tmp_path, monkeypatch):
+    sock = tmp_path / "redis.sock"
+    servers.start("--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no")
+    url = f"unix://{sock}?db=0"
+    wait_for(answers(url))
+    monkeypatch.setenv("KIQ_REDIS_URL", url)
+    run_one_job(start_kiq, url)
+
+
+def test_acl_user_and_password_never_shown(start_kiq, servers, monkeypatch):
+    port = free_port()
+    servers.start("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                  "--user", "default", "off", "--user", "kiq", "on", ">s3cr3t-pw", "~*", "&*", "+@all")
+    url = f"redis://kiq:s3cr3t-pw@127.0.0.1:{port}/0"
+    wait_for(answers(url))
+    monkeypatch.setenv("KIQ_REDIS_URL", url)
+    kiq = run_one_job(start_kiq, url)
+    titles = [title(pid) for pid in [kiq.pid, *descendants(kiq.pid)]]
+    assert all("s3cr3t" not in t for t in titles), titles
+    assert "s3cr3t" not in kiq.log()
+    assert "kiq:***@127.0.0.1" in kiq.log()
+
+
+def make_certificates(directory: Path) -> None:
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
+            "-days", "1", "-subj", "/CN=kiq-test-ca")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", "/CN=127.0.0.1")
+    (directory / "ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.crt", "-days", "1", "-extfile", "ext")
+
+
+def test_tls_with_a_self_signed_ca(start_kiq, servers, tmp_path, monkeypatch):
+    make_certificates(tmp_path)
+    port = free_port()
+    servers.start("--port", "0", "--tls-port", str(port), "--bind", "127.0.0.1", "--save", "",
+                  "--appendonly", "no", "--tls-cert-file", "server.crt", "--tls-key-file", "server.key",
+                  "--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no")
+    url = f"rediss://127.0.0.1:{port}/0?ssl_ca_certs={tmp_path / 'ca.crt'}"
+    wait_for(answers(url))
+    assert not answers(f"rediss://127.0.0.1:{port}/0")(), "the server's certificate must need the CA"
+    monkeypatch.setenv("KIQ_REDIS_URL", url)
+    run_one_job(start_kiq, url)
+
+
+def test_warns_when_redis_may_evict_jobs(start_kiq, redis_server, r):
+    r.config_set("maxmemory-policy", "allkeys-lru")
+    kiq = start_kiq()
+    wait_for(lambda: "maxmemory-policy" in kiq.log())
+
+
+def test_sentinel_failover_under_load(start_kiq, servers, tmp_path, monkeypatch):
+    primary, replica, sentinel = free_port(), free_port(), free_port()
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    first = servers.start("--port", str(primary), *common)
+    servers.start("--port", str(replica), "--replicaof", "127.0.0.1", str(primary), *common)
+    (tmp_path / "sentinel.conf").write_text(
+        f"port {sentinel}\nbind 127.0.0.1\n"
+        f"sentinel monitor kiqprimary 127.0.0.1 {primary} 1\n"
+        "sentinel down-after-milliseconds kiqprimary 1000\n"
+        "sentinel failover-timeout kiqprimary 5000\n"
+    )
+    servers.start(str(tmp_path / "sentinel.conf"), binary="redis-sentinel")
+    url = f"sentinel://127.0.0.1:{sentinel}/kiqprimary/0"
+    wait_for(answers(url), timeout=20)
+    replica_conn = connect(f"redis://127.0.0.1:{replica}")
+    wait_for(lambda: replica_conn.info("replication")["master_link_status"] == "up", timeout=20)
+    sentinel_conn = connect(f"redis://127.0.0.1:{sentinel}")
+    wait_for(lambda: sentinel_conn.execute_command("SENTINEL", "REPLICAS", "kiqprimary"), timeout=20)
+    monkeypatch.setenv("KIQ_REDIS_URL", url)
+    kiq = start_kiq(redis_url=url, processes=1, concurrency=4)
+    total = 300
+    run_python(
+        "import sample_jobs, redis\n"
+        f"sample_jobs.PidJob.perform_bulk([[str(i), 0.01] for i in range({total})])\n"
+        "sample_jobs.conn().execute_command('WAIT', 1, 5000)\n",
+        url,
+    )
+    wait_for(lambda: connect(url).llen("results") >= 30, timeout=30)
+    first.send_signal(signal.SIGKILL)
+    first.wait(10)
+    killed = time.monotonic()
+    wait_for(lambda: answers(f"redis://127.0.0.1:{replica}")()
+             and connect(f"redis://127.0.0.1:{replica}").info("replication")["role"] == "master", timeout=30)
+    wait_for(lambda: len(set(results(url))) == total, timeout=90)
+    assert set(results(url)) == {str(i) for i in range(total)}
+    assert kiq.process.poll() is None
+    print(f"failover to all {total} jobs done: {time.monotonic() - killed:.1f}s")

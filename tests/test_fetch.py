@@ -1,0 +1,402 @@
+"""Unit tests for kiq.fetch: taking jobs into in-progress lists, acknowledging them, giving them back."""
+
+from __future__ import annotations
+
+import collections
+import json
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from conftest import wait_for
+
+from kiq.connection import connect
+from kiq.fetch import Fetcher, QueueOrder, Unit
+from kiq.heartbeat import Heartbeat
+from kiq.keys import Keys
+from kiq.recovery import Recovery
+from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT, SUCCESS, Outcome
+
+IDENT = "host:1:abc"
+MakeFetcher = Callable[..., Fetcher]
+
+
+@pytest.fixture
+def make_fetcher(redis_server, r) -> Iterator[MakeFetcher]:
+    """Start fetchers on this test's Redis; every one is closed when the test ends."""
+    started: list[Fetcher] = []
+
+    def make(queues: list[tuple[str, int]] | None = None, strict: bool = True, concurrency: int = 2,
+             namespace: str = "", identity: str = IDENT) -> Fetcher:
+        order = QueueOrder(queues or [("default", 1)], strict)
+        fetcher = Fetcher(redis_server.url, Keys(namespace), identity, order, concurrency)
+        fetcher.start()
+        started.append(fetcher)
+        return fetcher
+
+    yield make
+    for fetcher in started:
+        fetcher.quiet()
+        unblock_waiters(r, fetcher.identity)
+        fetcher.close()
+
+
+def unblock_waiters(r, identity: str, timeout: float = 3.0) -> None:
+    """End idle waiters' BLMOVE now rather than at its timeout, so that closing is quick.
+
+    To a waiter this looks exactly like a BLMOVE that timed out; once quiet, it then exits.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(
+        thread.name.startswith("waiter-") and thread.is_alive() for thread in threading.enumerate()
+    ):
+        for client in r.client_list():
+            if client["name"] == f"kiq-wait-{identity}" and "b" in client["flags"]:
+                r.client_unblock(client["id"])
+        time.sleep(0.005)
+
+
+def start_take(fetcher: Fetcher) -> queue.Queue[Unit | None]:
+    """Call take() in another thread; the result arrives on the returned queue."""
+    result: queue.Queue[Unit | None] = queue.Queue()
+    threading.Thread(target=lambda: result.put(fetcher.take()), daemon=True).start()
+    return result
+
+
+def take(fetcher: Fetcher, timeout: float = 5.0) -> Unit | None:
+    try:
+        return start_take(fetcher).get(timeout=timeout)
+    except queue.Empty:
+        fetcher.quiet()  # frees the blocked take()
+        raise AssertionError(f"take() returned nothing within {timeout}s") from None
+
+
+def push(r, queue_name: str, *jobs: str, prefix: str = "") -> None:
+    for job in jobs:
+        r.lpush(f"{prefix}queue:{queue_name}", job)
+
+
+def wip(r, queue_name: str = "default", identity: str = IDENT, prefix: str = "") -> list[str]:
+    return r.lrange(f"{prefix}kiq:wip:{identity}|{queue_name}", 0, -1)
+
+
+def consume(r, queue_name: str, prefix: str = "") -> list[str]:
+    return list(reversed(r.lrange(f"{prefix}queue:{queue_name}", 0, -1)))
+
+
+def today() -> set[str]:
+    """Today's UTC date as Sidekiq writes it in stat keys (both sides of a midnight, to be safe)."""
+    return {time.strftime("%Y-%m-%d", time.gmtime(time.time() + delta)) for delta in (-5, 0)}
+
+
+def daily(r, stat: str) -> int:
+    return sum(int(r.get(f"stat:{stat}:{date}") or 0) for date in today())
+
+
+def idle_waiters(r) -> int:
+    return int(r.info("clients")["blocked_clients"])
+
+
+# Taking and acknowledging
+
+
+def test_start_registers_the_in_progress_lists(r, make_fetcher):
+    make_fetcher([("critical", 1), ("default", 1)])
+    assert r.smembers("kiq:wip") == {f"{IDENT}|critical", f"{IDENT}|default"}
+
+
+def test_taken_jobs_stay_in_progress_until_acknowledged(r, make_fetcher):
+    push(r, "default", *(f"j{n}" for n in range(5)))
+    fetcher = make_fetcher(concurrency=2)
+    units = [take(fetcher) for _ in range(3)]
+    assert units == [Unit("default", "j0"), Unit("default", "j1"), Unit("default", "j2")]
+    in_progress = wip(r)
+    assert {"j0", "j1", "j2"} <= set(in_progress)
+    assert not {"j0", "j1", "j2"} & set(r.lrange("queue:default", 0, -1))
+    assert fetcher.busy == 3
+
+    fetcher.done(units[1], SUCCESS)
+    wait_for(lambda: "j1" not in wip(r))
+    assert {"j0", "j2"} <= set(wip(r))
+    assert r.get("stat:processed") == "1"
+    assert daily(r, "processed") == 1
+    assert fetcher.busy == 2
+
+    fetcher.done(units[0], SUCCESS)
+    fetcher.done(units[2], SUCCESS)
+    wait_for(lambda: r.get("stat:processed") == "3")
+    assert not {"j0", "j1", "j2"} & set(wip(r))
+    assert daily(r, "processed") == 3
+    assert r.get("stat:failed") is None
+
+
+def test_failed_outcomes_count_in_stat_failed(r, make_fetcher):
+    push(r, "default", "ok", "dropped", "retried", "died")
+    fetcher = make_fetcher(concurrency=2)
+    units = {unit.payload: unit for unit in (take(fetcher) for _ in range(4))}
+    fetcher.done(units["ok"], SUCCESS)
+    fetcher.done(units["dropped"], Outcome(failed=True))
+    fetcher.done(units["retried"], Outcome(True, "retry", '{"jid":"r"}', time.time() + 60))
+    fetcher.done(units["died"], Outcome(True, "dead", '{"jid":"d"}', time.time()))
+    wait_for(lambda: r.get("stat:processed") == "4")
+    wait_for(lambda: wip(r) == [])
+    assert r.get("stat:failed") == "3"
+    assert daily(r, "processed") == 4 and daily(r, "failed") == 3
+    for date in today():
+        for stat in ("processed", "failed"):
+            if r.exists(f"stat:{stat}:{date}"):
+                assert r.ttl(f"stat:{stat}:{date}") > 365 * 24 * 3600
+    assert r.llen("queue:default") == 0
+
+
+def test_retry_outcome_lands_in_retry_with_its_score(r, make_fetcher):
+    push(r, "default", '{"jid":"1"}')
+    fetcher = make_fetcher()
+    unit = take(fetcher)
+    retried = json.dumps({"jid": "1", "retry_count": 0, "error_message": "boom"})
+    fetcher.done(unit, Outcome(True, "retry", retried, 1_900_000_123.25))
+    wait_for(lambda: r.zcard("retry") == 1)
+    assert r.zrange("retry", 0, -1, withscores=True) == [(retried, 1_900_000_123.25)]
+    wait_for(lambda: wip(r) == [])
+    assert r.zcard("dead") == 0
+
+
+def test_dead_outcome_lands_in_dead(r, make_fetcher):
+    push(r, "default", '{"jid":"2"}')
+    fetcher = make_fetcher()
+    unit = take(fetcher)
+    died = json.dumps({"jid": "2", "error_message": "out of retries"})
+    now = time.time()
+    fetcher.done(unit, Outcome(True, "dead", died, now))
+    wait_for(lambda: r.zcard("dead") == 1)
+    assert r.zrange("dead", 0, -1, withscores=True) == [(died, now)]
+    wait_for(lambda: wip(r) == [])
+    assert r.zcard("retry") == 0
+
+
+def test_dead_set_is_trimmed_by_age_and_size(r, make_fetcher):
+    now = time.time()
+    with r.pipeline(transaction=False) as pipe:
+        for n in range(DEAD_MAX_JOBS):
+            pipe.zadd("dead", {f"recent-{n}": now - 100 - n})
+        for n in range(3):
+            pipe.zadd("dead", {f"ancient-{n}": now - DEAD_TIMEOUT - 100 - n})
+        pipe.execute()
+    push(r, "default", "job")
+    fetcher = make_fetcher()
+    fetcher.done(take(fetcher), Outcome(True, "dead", "newest", now))
+    wait_for(lambda: r.zscore("dead", "newest") is not None)
+    assert DEAD_MAX_JOBS == 10_000 and DEAD_TIMEOUT == 180 * 24 * 3600
+    assert r.zcard("dead") == DEAD_MAX_JOBS
+    assert r.zscore("dead", "ancient-0") is None
+    assert r.zscore("dead", f"recent-{DEAD_MAX_JOBS - 1}") is None  # the oldest one makes room
+    assert r.zscore("dead", f"recent-{DEAD_MAX_JOBS - 2}") is not None
+
+
+def test_concurrent_takers_get_every_job_exactly_once(r, make_fetcher):
+    count = 300
+    push(r, "default", *(f"j{n}" for n in range(count)))
+    fetcher = make_fetcher(concurrency=4)
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def work() -> None:
+        while True:
+            unit = fetcher.take()
+            if unit is None:
+                return
+            with lock:
+                seen.append(unit.payload)
+            fetcher.done(unit, SUCCESS)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    wait_for(lambda: r.get("stat:processed") == str(count))
+    fetcher.quiet()
+    for thread in threads:
+        thread.join(5)
+    assert sorted(seen) == sorted(f"j{n}" for n in range(count))
+    assert wip(r) == [] and r.llen("queue:default") == 0
+
+
+def test_payload_bytes_that_are_not_utf8_are_acknowledged_exactly(redis_server, r, make_fetcher):
+    raw = redis.Redis.from_url(redis_server.url)
+    odd = b'{"class":"\xff\xfe"}'
+    raw.lpush("queue:default", odd)
+    fetcher = make_fetcher()
+    unit = take(fetcher)
+    assert unit.payload.encode("utf-8", "surrogateescape") == odd
+    fetcher.done(unit, Outcome(True, "dead", '{"class":"kiq.InvalidPayload"}', time.time()))
+    wait_for(lambda: raw.llen(f"kiq:wip:{IDENT}|default") == 0)
+    assert r.zcard("dead") == 1
+
+
+def test_namespace(r, make_fetcher):
+    push(r, "default", "a", "b", prefix="app:")
+    push(r, "default", "not-ours")
+    fetcher = make_fetcher(namespace="app")
+    first = take(fetcher)
+    assert first == Unit("default", "a")
+    assert "a" in wip(r, prefix="app:")
+    assert r.smembers("app:kiq:wip") == {f"{IDENT}|default"}
+    fetcher.done(first, SUCCESS)
+    fetcher.done(take(fetcher), Outcome(True, "retry", "b-retried", 1_900_000_000.0))
+    wait_for(lambda: r.get("app:stat:processed") == "2")
+    assert r.zrange("app:retry", 0, -1) == ["b-retried"]
+    assert r.get("app:stat:failed") == "1"
+    assert wip(r, prefix="app:") == []
+    assert r.lrange("queue:default", 0, -1) == ["not-ours"]
+    assert not r.exists("stat:processed", "stat:failed", "retry", "kiq:wip")
+
+
+# Idle workers and queue order
+
+
+def test_idle_fetcher_picks_up_a_new_job_at_once_on_every_queue(r, make_fetcher):
+    fetcher = make_fetcher([("a", 1), ("b", 1), ("c", 1)], concurrency=2)
+    for n, name in enumerate(["b", "c", "a", "b", "a", "c"]):
+        wait_for(lambda: idle_waiters(r) == 3)  # one BLMOVE per queue: the fetcher is idle
+        pending = start_take(fetcher)
+        pushed = time.monotonic()
+        push(r, name, f"{name}{n}")
+        unit = pending.get(timeout=5)
+        latency = time.monotonic() - pushed
+        assert unit == Unit(name, f"{name}{n}")
+        # A poller with any sensible interval would miss this often; BLMOVE hands it over at once.
+        assert latency < 0.2, f"job on {name} took {latency:.3f}s to reach take()"
+        assert f"{name}{n}" in wip(r, name)
+        fetcher.done(unit, SUCCESS)
+    wait_for(lambda: r.get("stat:processed") == "6")
+    assert all(wip(r, name) == [] for name in "abc")
+
+
+def test_jobs_pushed_while_busy_are_fetched_too(r, make_fetcher):
+    fetcher = make_fetcher(concurrency=1)
+    wait_for(lambda: idle_waiters(r) == 1)
+    push(r, "default", *(f"j{n}" for n in range(10)))
+    got = []
+    for _ in range(10):
+        unit = take(fetcher)
+        got.append(unit.payload)
+        fetcher.done(unit, SUCCESS)
+    assert got == [f"j{n}" for n in range(10)]
+
+
+def test_strict_order_drains_queues_in_the_order_given(r, make_fetcher):
+    for name in ("a", "b", "c"):
+        push(r, name, *(f"{name}{n}" for n in range(5)))
+    fetcher = make_fetcher([("c", 1), ("a", 1), ("b", 1)], strict=True, concurrency=1)
+    got = []
+    for _ in range(15):
+        unit = take(fetcher)
+        got.append(unit.payload)
+        fetcher.done(unit, SUCCESS)
+    assert got == [f"{name}{n}" for name in "cab" for n in range(5)]
+
+
+def test_strict_order_is_fixed():
+    order = QueueOrder([("c", 1), ("a", 1), ("b", 1)], strict=True)
+    assert all(order.order() == ["c", "a", "b"] for _ in range(100))
+    assert QueueOrder([("only", 5)], strict=False).order() == ["only"]
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [{"critical": 3, "default": 1}, {"a": 3, "b": 2, "c": 1}, {"x": 1, "y": 1}, {"big": 10, "small": 1}],
+)
+def test_weighted_order_puts_each_queue_first_in_proportion_to_its_weight(weights):
+    order = QueueOrder(list(weights.items()), strict=False)
+    samples = 20_000
+    first: collections.Counter[str] = collections.Counter()
+    for _ in range(samples):
+        names = order.order()
+        assert sorted(names) == sorted(weights)  # every queue, once, every time
+        first[names[0]] += 1
+    total = sum(weights.values())
+    for name, weight in weights.items():
+        # 20,000 samples: the standard error is under 0.0036, so 0.02 is more than 5 sigma.
+        assert abs(first[name] / samples - weight / total) < 0.02, (name, first)
+
+
+def test_weighted_order_varies():
+    order = QueueOrder([("a", 1), ("b", 1), ("c", 1)], strict=False)
+    assert len({tuple(order.order()) for _ in range(500)}) == 6
+
+
+# Quiet and close
+
+
+def test_quiet_gives_buffered_jobs_back_to_the_front_in_order(r, make_fetcher):
+    push(r, "default", "j0", "j1")
+    push(r, "other", *(f"k{n}" for n in range(6)))
+    fetcher = make_fetcher([("default", 1), ("other", 1)], strict=True, concurrency=2)
+    running = take(fetcher)
+    assert running == Unit("default", "j0")
+    # Capacity is 2 x concurrency: j1, k0 and k1 wait in the buffer, not started.
+    wait_for(lambda: len(wip(r, "default")) + len(wip(r, "other")) == 4)
+
+    fetcher.quiet()
+    wait_for(lambda: r.llen("queue:default") == 1 and r.llen("queue:other") == 6)
+    assert consume(r, "default") == ["j1"]
+    assert consume(r, "other") == [f"k{n}" for n in range(6)]
+    assert wip(r, "default") == ["j0"] and wip(r, "other") == []
+    assert take(fetcher) is None
+
+    fetcher.done(running, SUCCESS)
+    fetcher.close()
+    assert wip(r, "default") == []
+    assert r.get("stat:processed") == "1"
+
+
+def test_quiet_releases_a_waiting_take(r, make_fetcher):
+    fetcher = make_fetcher()
+    wait_for(lambda: idle_waiters(r) == 1)
+    pending = start_take(fetcher)
+    fetcher.quiet()
+    assert pending.get(timeout=2) is None
+
+
+def test_job_arriving_after_quiet_stays_in_its_queue(r, make_fetcher):
+    fetcher = make_fetcher()
+    wait_for(lambda: idle_waiters(r) == 1)
+    fetcher.quiet()
+    push(r, "default", "late")  # the waiter may still be blocked in BLMOVE and catch it
+    fetcher.close()
+    assert r.lrange("queue:default", 0, -1) == ["late"]
+    assert wip(r) == []
+    assert take(fetcher) is None
+
+
+def test_close_flushes_pending_acknowledgements(r, make_fetcher):
+    push(r, "default", *(f"j{n}" for n in range(6)))
+    fetcher = make_fetcher(concurrency=2)
+    units = [take(fetcher) for _ in range(4)]
+    for unit in units[:3]:
+        fetcher.done(unit, SUCCESS)
+    fetcher.done(units[3], Outcome(True, "retry", "retried-j3", 1_900_000_000.0))
+    fetcher.close()  # no waiting: close itself must send what is pending
+    assert r.get("stat:processed") == "4"
+    assert r.get("stat:failed") == "1"
+    assert r.zrange("retry", 0, -1) == ["retried-j3"]
+    assert wip(r) == []
+    assert consume(r, "default") == ["j4", "j5"]  # taken into the buffer, then given back
+
+
+def test_worker_swept_while_alive_keeps_its_later_jobs_recoverable(redis_server, r, make_fetcher):
+    fetcher = make_fetcher()
+    wait_for(lambda: idle_waiters(r) == 1)
+    recovery = Recovery(connect(redis_server.url), Keys())
+    # The worker's heartbeat lapsed (a pause, a partition): another master sweeps it.
+    recovery.sweep()
+    # It comes back, beats again (re-registering its lists, as a worker's heartbeat does) and takes a job ...
+    Heartbeat(connect(redis_server.url), Keys(), IDENT, {}, dict, wip=[f"{IDENT}|default"]).beat(quiet=False)
+    push(r, "default", "after-the-sweep")
+    assert take(fetcher) == Unit("default", "after-the-sweep")
+    # ... and then dies: its supervisor requeues everything it held. (This fetcher is still
+    # alive and would take the job straight back, so count what moved instead of reading the queue.)
+    assert r.sismember("kiq:wip", f"{IDENT}|default")
+    assert recovery.requeue_all(IDENT) == 1

@@ -1,0 +1,248 @@
+"""Unit tests for kiq.job: the registry of wire names, set() options and perform_now."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import kiq
+import kiq.client
+from kiq import job as job_module
+from kiq.job import JobNameError, lookup, registered
+
+
+@pytest.fixture(autouse=True)
+def registry() -> Iterator[None]:
+    """Leave the process-wide registry as each test found it."""
+    saved = dict(job_module._registry)
+    yield
+    job_module._registry.clear()
+    job_module._registry.update(saved)
+
+
+class JobTestMailer(kiq.Job):
+    queue = "mail"
+    retry = 7
+
+    def perform(self, to: str, subject: str = "hi") -> str:
+        return f"{to}:{subject}"
+
+
+# Registry
+
+
+def test_wire_name_defaults_to_the_class_name():
+    class JobTestDefaultName(kiq.Job):
+        pass
+
+    assert JobTestDefaultName.job_name == "JobTestDefaultName"
+    assert lookup("JobTestDefaultName") is JobTestDefaultName
+    assert registered()["JobTestDefaultName"] is JobTestDefaultName
+
+
+def test_job_name_overrides_the_wire_name():
+    class JobTestInvoice(kiq.Job):
+        job_name = "Billing::InvoiceJob"
+
+    assert lookup("Billing::InvoiceJob") is JobTestInvoice
+    assert lookup("JobTestInvoice") is None
+
+
+def test_subclass_gets_its_own_name_not_its_parents_override():
+    class JobTestBase(kiq.Job):
+        job_name = "Ruby::BaseJob"
+
+    class JobTestChild(JobTestBase):
+        pass
+
+    assert JobTestChild.job_name == "JobTestChild"
+    assert lookup("Ruby::BaseJob") is JobTestBase
+    assert lookup("JobTestChild") is JobTestChild
+
+
+def test_two_classes_with_one_wire_name_fail_at_class_creation():
+    def here() -> type[kiq.Job]:
+        class JobTestTaken(kiq.Job):
+            pass
+
+        return JobTestTaken
+
+    def elsewhere() -> type[kiq.Job]:
+        class JobTestTaken(kiq.Job):
+            pass
+
+        return JobTestTaken
+
+    first = here()
+    with pytest.raises(JobNameError, match="JobTestTaken"):
+        elsewhere()
+    assert lookup("JobTestTaken") is first
+
+
+def test_job_name_colliding_with_another_class_name_fails():
+    class JobTestOriginal(kiq.Job):
+        pass
+
+    with pytest.raises(JobNameError) as raised:
+
+        class JobTestImpostor(kiq.Job):
+            job_name = "JobTestOriginal"
+
+    message = str(raised.value)
+    assert "JobTestOriginal" in message and "JobTestImpostor" in message
+    assert lookup("JobTestOriginal") is JobTestOriginal
+
+
+def test_duplicate_name_error_is_a_public_type():
+    assert kiq.JobNameError is JobNameError
+    with pytest.raises(kiq.JobNameError):
+
+        class JobTestDuplicateOfMailer(kiq.Job):
+            job_name = "JobTestMailer"
+
+
+def test_redefining_the_same_module_and_qualname_replaces_the_class():
+    def define() -> type[kiq.Job]:
+        class JobTestReloaded(kiq.Job):
+            pass
+
+        return JobTestReloaded
+
+    first = define()
+    second = define()
+    assert first is not second
+    assert first.__qualname__ == second.__qualname__
+    assert lookup("JobTestReloaded") is second
+
+
+def test_empty_job_name_is_refused():
+    with pytest.raises(JobNameError):
+
+        class JobTestNameless(kiq.Job):
+            job_name = ""
+
+
+# set() options
+
+
+def test_wait_in_seconds():
+    before = time.time()
+    at = JobTestMailer.set(wait=30).at()
+    assert before + 30 <= at <= time.time() + 30
+
+
+def test_wait_as_timedelta():
+    before = time.time()
+    at = JobTestMailer.set(wait=dt.timedelta(hours=1, milliseconds=500)).at()
+    assert before + 3600.5 <= at <= time.time() + 3600.5
+
+
+def test_wait_until_datetime():
+    when = dt.datetime(2040, 1, 2, 3, 4, 5, 250000, tzinfo=dt.timezone.utc)
+    assert JobTestMailer.set(wait_until=when).at() == when.timestamp() == 2209086245.25
+
+
+def test_wait_until_epoch_seconds():
+    assert JobTestMailer.set(wait_until=2209086245.25).at() == 2209086245.25
+    assert JobTestMailer.set(wait_until=2209086245).at() == 2209086245.0
+
+
+def test_no_wait_means_now():
+    assert JobTestMailer.set(queue="x").at() is None
+
+
+def test_set_wait_schedules_the_job(client, r):
+    before = time.time()
+    handle = JobTestMailer.set(wait=dt.timedelta(minutes=5)).perform_later("ann")
+    [(raw, score)] = r.zrange("schedule", 0, -1, withscores=True)
+    payload = json.loads(raw)
+    assert before + 300 <= score <= time.time() + 300
+    assert payload["at"] == score == handle.at
+    assert payload["class"] == "JobTestMailer"
+    assert payload["queue"] == "mail"
+
+
+def test_set_wait_until_schedules_at_that_time(client, r):
+    when = dt.datetime.now(dt.timezone.utc).replace(microsecond=0) + dt.timedelta(days=1)
+    JobTestMailer.set(wait_until=when).perform_later("bob")
+    [(_, score)] = r.zrange("schedule", 0, -1, withscores=True)
+    assert score == when.timestamp()
+
+
+def test_set_wait_until_in_the_past_enqueues_now(client, r):
+    JobTestMailer.set(wait_until=time.time() - 60).perform_later("late")
+    assert r.zcard("schedule") == 0
+    assert r.llen("queue:mail") == 1
+
+
+def test_set_queue_overrides_the_class_queue(client, r):
+    handle = JobTestMailer.set(queue="urgent").perform_later("cy", subject="now")
+    payload = json.loads(r.rpop("queue:urgent"))
+    assert handle.queue == "urgent" == payload["queue"]
+    assert payload["args"] == ["cy"] and payload["kwargs"] == {"subject": "now"}
+    assert r.smembers("queues") == {"urgent"}
+    assert r.llen("queue:mail") == 0
+
+
+@pytest.mark.parametrize("retry", [False, 0, 2, True])
+def test_set_retry_overrides_the_class_retry(client, r, retry):
+    JobTestMailer.set(retry=retry).perform_later("dee")
+    payload = json.loads(r.rpop("queue:mail"))
+    assert payload["retry"] == retry
+    assert type(payload["retry"]) is type(retry)
+
+
+def test_class_defaults_without_set(client, r):
+    JobTestMailer.perform_later("eve")
+    payload = json.loads(r.rpop("queue:mail"))
+    assert payload["queue"] == "mail" and payload["retry"] == 7
+
+
+def test_set_options_apply_to_bulk(client, r):
+    jids = JobTestMailer.set(queue="bulkmail", retry=1).perform_bulk([["a"], ["b"]])
+    jobs = [json.loads(raw) for raw in reversed(r.lrange("queue:bulkmail", 0, -1))]
+    assert [job["jid"] for job in jobs] == jids
+    assert all(job["retry"] == 1 for job in jobs)
+
+
+# perform_now
+
+
+def test_perform_now_runs_inline_without_redis(monkeypatch):
+    monkeypatch.setenv("KIQ_REDIS_URL", "redis://127.0.0.1:1/0")
+    kiq.client._default = None
+    calls: list[Any] = []
+
+    class JobTestInline(kiq.Job):
+        def perform(self, a: int, *, b: int = 0) -> int:
+            calls.append((a, b))
+            return a + b
+
+    try:
+        assert JobTestInline.perform_now(2, b=3) == 5
+        assert calls == [(2, 3)]
+        assert kiq.client._default is None  # no client was even built
+    finally:
+        kiq.client._default = None
+
+
+def test_perform_now_lets_the_jobs_exception_through():
+    class JobTestBoom(kiq.Job):
+        def perform(self) -> None:
+            raise KeyError("boom")
+
+    with pytest.raises(KeyError, match="boom"):
+        JobTestBoom.perform_now()
+
+
+def test_perform_without_definition_raises():
+    class JobTestEmpty(kiq.Job):
+        pass
+
+    with pytest.raises(NotImplementedError):
+        JobTestEmpty.perform_now()

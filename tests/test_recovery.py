@@ -1,0 +1,266 @@
+"""Unit tests for kiq.recovery: putting a worker's in-progress jobs back at the front of their queues."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kiq.connection import connect
+from kiq.keys import Keys
+from kiq.recovery import Recovery
+
+DEAD = "host-a:100:aaaaaa"
+ALIVE = "host-b:200:bbbbbb"
+PREFIXED = "host-a:100:aaaaaa0"  # starts like DEAD, yet is another identity
+
+
+@pytest.fixture
+def conn(redis_server):
+    return connect(redis_server.url)
+
+
+def push(r, queue: str, *jobs: str, prefix: str = "") -> None:
+    """Enqueue as producers do: LPUSH, so the first job given is taken first."""
+    r.sadd(f"{prefix}queues", queue)
+    for job in jobs:
+        r.lpush(f"{prefix}queue:{queue}", job)
+
+
+def take(r, identity: str, queue: str, count: int, prefix: str = "") -> list[str]:
+    """Take jobs as a worker does: from the right of the queue into the left of its in-progress list."""
+    r.sadd(f"{prefix}kiq:wip", f"{identity}|{queue}")
+    return [r.lmove(f"{prefix}queue:{queue}", f"{prefix}kiq:wip:{identity}|{queue}", "RIGHT", "LEFT")
+            for _ in range(count)]
+
+
+def consume(r, queue: str, prefix: str = "") -> list[str]:
+    """Every job of a queue, in the order a worker would take them."""
+    return list(reversed(r.lrange(f"{prefix}queue:{queue}", 0, -1)))
+
+
+def register_process(r, identity: str, prefix: str = "") -> None:
+    r.sadd(f"{prefix}processes", identity)
+    r.hset(f"{prefix}{identity}", mapping={"info": "{}", "busy": 1})
+    r.hset(f"{prefix}{identity}:work", "t1", "{}")
+    r.hset(f"{prefix}{identity}:workers", "t1", "{}")
+
+
+def test_requeue_all_puts_jobs_back_in_front_in_the_order_taken(r, conn):
+    push(r, "default", *(f"d{n}" for n in range(6)))
+    push(r, "critical", *(f"c{n}" for n in range(3)))
+    assert take(r, DEAD, "default", 4) == ["d0", "d1", "d2", "d3"]
+    assert take(r, DEAD, "critical", 2) == ["c0", "c1"]
+    register_process(r, DEAD)
+
+    assert Recovery(conn, Keys()).requeue_all(DEAD) == 6
+
+    assert consume(r, "default") == ["d0", "d1", "d2", "d3", "d4", "d5"]
+    assert consume(r, "critical") == ["c0", "c1", "c2"]
+    assert r.keys("kiq:wip:*") == []
+    assert not r.exists("kiq:wip")
+
+
+def test_requeue_all_forgets_the_process(r, conn):
+    register_process(r, DEAD)
+    register_process(r, ALIVE)
+    r.rpush(f"{DEAD}-signals", "TSTP")
+    Recovery(conn, Keys()).requeue_all(DEAD)
+    assert r.smembers("processes") == {ALIVE}
+    assert not r.exists(DEAD, f"{DEAD}:work", f"{DEAD}:workers")
+    assert r.exists(ALIVE, f"{ALIVE}:work", f"{ALIVE}:workers") == 3
+
+
+def test_requeue_all_leaves_other_identities_alone(r, conn):
+    push(r, "default", *(f"j{n}" for n in range(6)))
+    take(r, ALIVE, "default", 2)
+    take(r, PREFIXED, "default", 1)
+    take(r, DEAD, "default", 2)
+    register_process(r, PREFIXED)
+
+    assert Recovery(conn, Keys()).requeue_all(DEAD) == 2
+
+    assert consume(r, "default") == ["j3", "j4", "j5"]
+    assert r.lrange(f"kiq:wip:{ALIVE}|default", 0, -1) == ["j1", "j0"]
+    assert r.lrange(f"kiq:wip:{PREFIXED}|default", 0, -1) == ["j2"]
+    assert r.smembers("kiq:wip") == {f"{ALIVE}|default", f"{PREFIXED}|default"}
+    assert r.sismember("processes", PREFIXED)
+    assert r.exists(PREFIXED)
+
+
+def test_requeue_all_adds_the_queue_to_queues(r, conn):
+    r.lpush(f"kiq:wip:{DEAD}|forgotten", "job")
+    r.sadd("kiq:wip", f"{DEAD}|forgotten")
+    assert Recovery(conn, Keys()).requeue_all(DEAD) == 1
+    assert r.smembers("queues") == {"forgotten"}
+    assert r.lrange("queue:forgotten", 0, -1) == ["job"]
+
+
+def test_requeue_all_with_nothing_in_progress(r, conn):
+    register_process(r, DEAD)
+    assert Recovery(conn, Keys()).requeue_all(DEAD) == 0
+    assert r.scard("processes") == 0
+    assert not r.exists("queues")
+
+
+def test_requeue_all_in_a_namespace(r, conn):
+    ns = "app:"
+    push(r, "default", "a", "b", "c", prefix=ns)
+    take(r, DEAD, "default", 2, prefix=ns)
+    register_process(r, DEAD, prefix=ns)
+    take(r, DEAD, "default", 0)  # an unprefixed registration of the same identity stays untouched
+    assert Recovery(conn, Keys("app")).requeue_all(DEAD) == 2
+    assert consume(r, "default", prefix=ns) == ["a", "b", "c"]
+    assert not r.exists(f"{ns}{DEAD}", f"{ns}processes", f"{ns}kiq:wip")
+    assert r.smembers("kiq:wip") == {f"{DEAD}|default"}
+
+
+def test_requeue_all_keeps_payload_bytes_exactly(r, conn, redis_server):
+    import redis
+
+    raw = redis.Redis.from_url(redis_server.url)
+    odd = b"\xff\xfe not utf-8 \x00"
+    raw.lpush("queue:default", odd)
+    raw.sadd("kiq:wip", f"{DEAD}|default")
+    raw.lmove("queue:default", f"kiq:wip:{DEAD}|default", "RIGHT", "LEFT")
+    assert Recovery(conn, Keys()).requeue_all(DEAD) == 1
+    assert raw.lrange("queue:default", 0, -1) == [odd]
+
+
+def test_give_back_requeues_only_the_named_jobs_in_front(r, conn):
+    push(r, "default", *(f"j{n}" for n in range(6)))
+    push(r, "low", "l0", "l1")
+    take(r, DEAD, "default", 4)  # j0 running; j1..j3 taken but not started
+    take(r, DEAD, "low", 1)
+
+    moved = Recovery(conn, Keys()).give_back(DEAD, [("default", "j1"), ("default", "j2"), ("default", "j3"),
+                                                    ("low", "l0")])
+    assert moved == 4
+    assert consume(r, "default") == ["j1", "j2", "j3", "j4", "j5"]
+    assert consume(r, "low") == ["l0", "l1"]
+    assert r.lrange(f"kiq:wip:{DEAD}|default", 0, -1) == ["j0"]
+    assert r.llen(f"kiq:wip:{DEAD}|low") == 0
+
+
+def test_give_back_skips_jobs_not_in_progress(r, conn):
+    push(r, "default", "a", "b")
+    take(r, DEAD, "default", 1)
+    assert Recovery(conn, Keys()).give_back(DEAD, [("default", "a"), ("default", "zzz")]) == 1
+    assert consume(r, "default") == ["a", "b"]
+
+
+def test_give_back_does_not_touch_the_process_entry(r, conn):
+    push(r, "default", "a")
+    take(r, DEAD, "default", 1)
+    register_process(r, DEAD)
+    Recovery(conn, Keys()).give_back(DEAD, [("default", "a")])
+    assert r.sismember("processes", DEAD)
+    assert r.sismember("kiq:wip", f"{DEAD}|default")
+    assert Recovery(conn, Keys()).give_back(DEAD, []) == 0
+
+
+def test_give_back_removes_one_copy_of_a_duplicated_payload(r, conn):
+    push(r, "default", "same", "same")
+    take(r, DEAD, "default", 2)
+    assert Recovery(conn, Keys()).give_back(DEAD, [("default", "same")]) == 1
+    assert r.lrange(f"kiq:wip:{DEAD}|default", 0, -1) == ["same"]
+    assert consume(r, "default") == ["same"]
+
+
+# Host loss: the sweep
+
+
+def job(jid: str) -> str:
+    return json.dumps({"class": "SomeJob", "args": [jid], "jid": jid, "queue": "default", "retry": True})
+
+
+def test_sweep_requeues_only_identities_without_a_heartbeat(r, conn):
+    push(r, "default", *(f"j{n}" for n in range(6)))
+    take(r, DEAD, "default", 2)
+    take(r, ALIVE, "default", 2)
+    register_process(r, ALIVE)
+    r.sadd("processes", DEAD)  # its hash expired with its heartbeat
+
+    assert Recovery(conn, Keys()).sweep() == 2
+
+    assert consume(r, "default") == ["j0", "j1", "j4", "j5"]
+    assert r.lrange(f"kiq:wip:{ALIVE}|default", 0, -1) == ["j3", "j2"]
+    assert r.smembers("kiq:wip") == {f"{ALIVE}|default"}
+    assert r.smembers("processes") == {ALIVE}
+
+
+def test_sweep_with_every_heartbeat_alive_moves_nothing(r, conn):
+    push(r, "default", "a", "b")
+    take(r, ALIVE, "default", 1)
+    register_process(r, ALIVE)
+    assert Recovery(conn, Keys()).sweep() == 0
+    assert r.lrange(f"kiq:wip:{ALIVE}|default", 0, -1) == ["a"]
+    assert r.smembers("processes") == {ALIVE}
+
+
+def test_sweep_in_a_namespace(r, conn):
+    push(r, "default", "a", prefix="app:")
+    take(r, DEAD, "default", 1, prefix="app:")
+    push(r, "default", "b")
+    take(r, DEAD, "default", 1)
+    assert Recovery(conn, Keys("app")).sweep() == 1
+    assert consume(r, "default", prefix="app:") == ["a"]
+    assert r.lrange(f"kiq:wip:{DEAD}|default", 0, -1) == ["b"]
+
+
+# Poison pills
+
+
+def crash_with(r, conn, times: int) -> None:
+    """Take the queue's next job into DEAD's in-progress list and have DEAD die, ``times`` times."""
+    for _ in range(times):
+        if r.llen("queue:default") == 0:
+            return
+        take(r, DEAD, "default", 1)
+        Recovery(conn, Keys()).requeue_all(DEAD)
+
+
+def test_job_that_killed_its_worker_three_times_goes_to_dead(r, conn):
+    payload = job("p" * 24)
+    push(r, "default", payload)
+    crash_with(r, conn, 2)
+    assert consume(r, "default") == [payload]  # twice is still bad luck
+    crash_with(r, conn, 1)
+    assert r.llen("queue:default") == 0
+    assert r.llen("kiq:poison") == 0
+    [dead] = r.zrange("dead", 0, -1)
+    buried = json.loads(dead)
+    assert buried["jid"] == "p" * 24 and buried["args"] == ["p" * 24]
+    assert buried["error_class"] == "kiq.PoisonPill"
+    assert "3 times" in buried["error_message"]
+
+
+def test_stopping_worker_does_not_count_towards_poison(r, conn):
+    payload = job("s" * 24)
+    push(r, "default", payload)
+    for _ in range(5):
+        take(r, DEAD, "default", 1)
+        Recovery(conn, Keys()).requeue_all(DEAD, crashed=False)
+    assert consume(r, "default") == [payload]
+    assert r.zcard("dead") == 0
+
+
+def test_sweeps_count_towards_poison_too(r, conn):
+    payload = job("w" * 24)
+    push(r, "default", payload)
+    for _ in range(3):
+        take(r, DEAD, "default", 1)
+        Recovery(conn, Keys()).sweep()
+    assert r.llen("queue:default") == 0
+    assert json.loads(r.zrange("dead", 0, -1)[0])["error_class"] == "kiq.PoisonPill"
+
+
+# Strays after a lost reply
+
+
+def test_requeue_strays_gives_back_what_the_worker_does_not_hold(r, conn):
+    push(r, "default", "a", "b", "c", "d")
+    take(r, DEAD, "default", 4)
+    assert Recovery(conn, Keys()).requeue_strays(DEAD, ["b", "d"]) == 2
+    assert consume(r, "default") == ["a", "c"]
+    assert sorted(r.lrange(f"kiq:wip:{DEAD}|default", 0, -1)) == ["b", "d"]

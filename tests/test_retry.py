@@ -1,0 +1,160 @@
+"""Unit tests for kiq.retry: Sidekiq's backoff, retry limits and failure fields."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kiq import retry
+from kiq.retry import DEFAULT_MAX_RETRIES, MAX_MESSAGE, Outcome, backoff, dead, failure, max_retries
+
+NOW = 1_700_000_000.5
+
+
+def job(**fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {"class": "SomeJob", "args": [1], "jid": "a" * 24, "queue": "default",
+                            "retry": True, "created_at": NOW - 100, "enqueued_at": NOW - 90}
+    base.update(fields)
+    return base
+
+
+# Backoff
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5, 10, 24])
+def test_backoff_is_sidekiqs_window(count):
+    base = count**4 + 15
+    allowed = {base + jitter * (count + 1) for jitter in range(10)}
+    samples = {backoff(count) for _ in range(400)}
+    assert samples <= allowed
+    # 400 draws of rand(10) miss one of its values with probability ~1e-17: the whole window is used.
+    assert samples == allowed
+    assert min(samples) == base and max(samples) == base + 9 * (count + 1)
+
+
+def test_backoff_grows_with_the_count():
+    assert backoff(0) <= 24
+    assert 24**4 + 15 <= backoff(24) <= 24**4 + 15 + 9 * 25
+
+
+# Limits
+
+
+@pytest.mark.parametrize(
+    ("value", "limit"),
+    [(True, DEFAULT_MAX_RETRIES), (False, None), (None, None), (10, 10), (1, 1), (0, 0), (-3, 0)],
+)
+def test_max_retries(value, limit):
+    assert max_retries(value) == limit
+
+
+def test_default_is_twenty_five():
+    assert DEFAULT_MAX_RETRIES == 25
+
+
+# failure()
+
+
+def test_first_failure_sets_failed_at_and_count_zero():
+    payload = job()
+    outcome = failure(payload, "ValueError", "bad value", now=NOW)
+    assert payload["failed_at"] == NOW
+    assert payload["retry_count"] == 0
+    assert payload["error_class"] == "ValueError"
+    assert payload["error_message"] == "bad value"
+    assert "retried_at" not in payload
+    assert outcome.failed and outcome.action == "retry"
+    assert NOW + 15 <= outcome.score <= NOW + 24
+    assert json.loads(outcome.payload) == payload
+
+
+def test_later_failure_keeps_failed_at_sets_retried_at_and_counts():
+    payload = job(failed_at=NOW - 500, retry_count=0, error_class="ValueError", error_message="first")
+    outcome = failure(payload, "KeyError", "second", now=NOW)
+    assert payload["failed_at"] == NOW - 500
+    assert payload["retried_at"] == NOW
+    assert payload["retry_count"] == 1
+    assert (payload["error_class"], payload["error_message"]) == ("KeyError", "second")
+    assert outcome.action == "retry"
+    assert NOW + 1 + 15 <= outcome.score <= NOW + 1 + 15 + 9 * 2
+    assert (outcome.score - NOW - 16) % 2 == 0
+
+    again = failure(payload, "KeyError", "third", now=NOW + 100)
+    assert payload["retry_count"] == 2
+    assert payload["retried_at"] == NOW + 100
+    assert payload["failed_at"] == NOW - 500
+    assert NOW + 100 + 16 + 15 <= again.score <= NOW + 100 + 16 + 15 + 27
+
+
+def test_the_rest_of_the_payload_is_kept():
+    payload = job(kwargs={"size": "large"}, custom={"nested": [1, 2.5, None]})
+    outcome = failure(payload, "E", "m", now=NOW)
+    written = json.loads(outcome.payload)
+    for field in ("class", "args", "jid", "queue", "retry", "created_at", "enqueued_at", "kwargs", "custom"):
+        assert written[field] == job(kwargs={"size": "large"}, custom={"nested": [1, 2.5, None]})[field]
+
+
+@pytest.mark.parametrize("length", [MAX_MESSAGE - 1, MAX_MESSAGE, MAX_MESSAGE + 1, 25_000])
+def test_error_message_is_truncated_at_ten_thousand_characters(length):
+    payload = job()
+    failure(payload, "E", "x" * length, now=NOW)
+    assert MAX_MESSAGE == 10_000
+    assert payload["error_message"] == "x" * min(length, 10_000)
+
+
+def test_retry_until_the_limit_then_dead():
+    payload = job(retry=3)
+    actions = [failure(payload, "E", "m", now=NOW + n).action for n in range(4)]
+    assert actions == ["retry", "retry", "retry", "dead"]
+    assert payload["retry_count"] == 3
+
+
+def test_default_limit_dies_on_the_twenty_sixth_failure():
+    payload = job(retry=True, failed_at=NOW - 1000, retry_count=23)
+    assert failure(payload, "E", "m", now=NOW).action == "retry"  # retry_count 24
+    outcome = failure(payload, "E", "m", now=NOW)  # retry_count 25
+    assert outcome.action == "dead"
+    assert payload["retry_count"] == 25
+
+
+def test_dead_outcome_is_scored_now_and_carries_the_fields():
+    payload = job(retry=1, failed_at=NOW - 50, retry_count=0)
+    outcome = failure(payload, "RuntimeError", "final", now=NOW)
+    assert outcome == Outcome(True, "dead", outcome.payload, NOW)
+    written = json.loads(outcome.payload)
+    assert written["retry_count"] == 1
+    assert written["error_message"] == "final"
+    assert written["retried_at"] == NOW
+
+
+def test_retry_zero_goes_straight_to_dead():
+    payload = job(retry=0)
+    outcome = failure(payload, "E", "m", now=NOW)
+    assert outcome.action == "dead" and outcome.score == NOW
+    assert payload["retry_count"] == 0 and payload["failed_at"] == NOW
+
+
+@pytest.mark.parametrize("value", [False, None])
+def test_retry_false_drops_the_job(value):
+    outcome = failure(job(retry=value), "E", "m", now=NOW)
+    assert outcome == Outcome(failed=True)
+    assert outcome.action == "" and outcome.payload == ""
+
+
+def test_missing_retry_field_means_retry():
+    payload = job()
+    del payload["retry"]
+    assert failure(payload, "E", "m", now=NOW).action == "retry"
+
+
+def test_dead_sends_the_job_as_it_is():
+    payload = job(error_class="X")
+    outcome = dead(payload, now=NOW)
+    assert outcome == Outcome(True, "dead", json.dumps(payload, separators=(",", ":")), NOW)
+
+
+def test_success_is_not_a_failure():
+    assert Outcome(failed=False) == retry.SUCCESS
+    assert retry.SUCCESS.action == ""

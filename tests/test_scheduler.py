@@ -1,0 +1,227 @@
+"""Unit tests for kiq.scheduler: moving due jobs from ``schedule`` and ``retry`` into their queues."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from kiq.connection import connect
+from kiq.keys import Keys
+from kiq.scheduler import BATCH, Scheduler
+
+
+def scheduler(url: str, namespace: str = "") -> Scheduler:
+    return Scheduler(url, Keys(namespace), threading.Lock())
+
+
+def job(n: int, queue: str = "default", **fields: Any) -> dict[str, Any]:
+    payload: dict[str, Any] = {"class": "SchedJob", "args": [n], "jid": f"{n:024x}", "queue": queue,
+                               "retry": True, "created_at": 1_700_000_000.25}
+    payload.update(fields)
+    return payload
+
+
+def add(r, zset: str, payload: dict[str, Any] | str, score: float) -> str:
+    text = payload if isinstance(payload, str) else json.dumps(payload)
+    r.zadd(zset, {text: score})
+    return text
+
+
+def queued(r, queue: str = "default", prefix: str = "") -> list[dict[str, Any]]:
+    return [json.loads(raw) for raw in reversed(r.lrange(f"{prefix}queue:{queue}", 0, -1))]
+
+
+@pytest.fixture
+def conn(redis_server):
+    return connect(redis_server.url)
+
+
+def test_due_scheduled_job_is_enqueued_with_enqueued_at_and_without_at(redis_server, r, conn):
+    now = time.time()
+    add(r, "schedule", job(1, at=now - 5), now - 5)
+    before = time.time()
+    assert scheduler(redis_server.url).enqueue_due(conn) == 1
+    [payload] = queued(r)
+    assert "at" not in payload
+    assert before <= payload["enqueued_at"] <= time.time()
+    assert {k: v for k, v in payload.items() if k != "enqueued_at"} == job(1)
+    assert r.zcard("schedule") == 0
+    assert r.smembers("queues") == {"default"}
+
+
+def test_due_retry_is_enqueued_into_its_queue(redis_server, r, conn):
+    now = time.time()
+    failed = job(2, "mail", enqueued_at=now - 100, failed_at=now - 60, retry_count=0,
+                 error_class="ValueError", error_message="boom")
+    add(r, "retry", failed, now - 1)
+    assert scheduler(redis_server.url).enqueue_due(conn) == 1
+    [payload] = queued(r, "mail")
+    assert payload["enqueued_at"] > now - 100
+    assert {k: v for k, v in payload.items() if k != "enqueued_at"} == {
+        k: v for k, v in failed.items() if k != "enqueued_at"}
+    assert r.zcard("retry") == 0
+    assert r.smembers("queues") == {"mail"}
+
+
+def test_future_jobs_stay(redis_server, r, conn):
+    now = time.time()
+    add(r, "schedule", job(1), now - 1)
+    future = add(r, "schedule", job(2), now + 3600)
+    future_retry = add(r, "retry", job(3), now + 60)
+    assert scheduler(redis_server.url).enqueue_due(conn, now) == 1
+    assert [p["args"] for p in queued(r)] == [[1]]
+    assert r.zrange("schedule", 0, -1) == [future]
+    assert r.zrange("retry", 0, -1) == [future_retry]
+
+
+def test_now_argument_decides_what_is_due(redis_server, r, conn):
+    add(r, "schedule", job(1), 1000.0)
+    add(r, "schedule", job(2), 2000.0)
+    sched = scheduler(redis_server.url)
+    assert sched.enqueue_due(conn, now=999.0) == 0
+    assert sched.enqueue_due(conn, now=1000.0) == 1  # due exactly now counts
+    assert sched.enqueue_due(conn, now=1500.0) == 0
+    assert sched.enqueue_due(conn, now=3000.0) == 1
+    assert [p["args"] for p in queued(r)] == [[1], [2]]
+
+
+def test_jobs_are_enqueued_in_the_order_they_were_due(redis_server, r, conn):
+    now = time.time()
+    for n in (3, 1, 2):
+        add(r, "schedule", job(n), now - 100 + n)
+    scheduler(redis_server.url).enqueue_due(conn)
+    assert [p["args"] for p in queued(r)] == [[1], [2], [3]]
+
+
+def test_more_than_one_batch(redis_server, r, conn):
+    now = time.time()
+    count = BATCH * 3 + 17
+    assert BATCH == 100
+    with r.pipeline(transaction=False) as pipe:
+        for n in range(count):
+            pipe.zadd("schedule", {json.dumps(job(n, queue=f"q{n % 3}")): now - count + n})
+        for n in range(count, count + BATCH + 1):
+            pipe.zadd("retry", {json.dumps(job(n)): now - 10})
+        pipe.execute()
+    assert scheduler(redis_server.url).enqueue_due(conn) == count + BATCH + 1
+    assert r.zcard("schedule") == 0 and r.zcard("retry") == 0
+    for q in range(3):
+        assert [p["args"][0] for p in queued(r, f"q{q}")] == [n for n in range(count) if n % 3 == q]
+    assert r.llen("queue:default") == BATCH + 1
+
+
+def test_missing_queue_means_default(redis_server, r, conn):
+    payload = job(1)
+    del payload["queue"]
+    add(r, "schedule", payload, 1.0)
+    scheduler(redis_server.url).enqueue_due(conn)
+    assert [p["args"] for p in queued(r)] == [[1]]
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [("{not json", "not valid JSON"), ('["a", 1]', "not a JSON object"),
+     ('{"class": "X", "args": "no", "jid": "j"}', "'args'"), ('{"args": [], "jid": "j"}', "'class'")],
+)
+def test_unparseable_entry_goes_to_dead_wrapped(redis_server, r, conn, text, reason):
+    now = time.time()
+    add(r, "schedule", text, now - 10)
+    add(r, "schedule", job(1), now - 5)
+    assert scheduler(redis_server.url).enqueue_due(conn) == 1
+    assert [p["args"] for p in queued(r)] == [[1]]
+    assert r.zcard("schedule") == 0
+    [(dead, score)] = r.zrange("dead", 0, -1, withscores=True)
+    wrapped = json.loads(dead)
+    assert wrapped["class"] == "kiq.InvalidPayload"
+    assert wrapped["args"] == [text]
+    assert reason in wrapped["error_message"]
+    assert now - 1 <= score <= time.time() + 1
+
+
+def test_unparseable_retry_entry_goes_to_dead_too(redis_server, r, conn):
+    add(r, "retry", "garbage", 1.0)
+    assert scheduler(redis_server.url).enqueue_due(conn) == 0
+    [dead] = r.zrange("dead", 0, -1)
+    assert json.loads(dead)["args"] == ["garbage"]
+    assert r.zcard("retry") == 0
+
+
+def test_payload_keeps_its_meaning(redis_server, r, conn):
+    text = (
+        '{"class":"Ruby::Job","args":[1,2.5,-0.0,12345678901234567890,1e-7,[],{},[[]],{"a":{"b":[{}]}},'
+        'null,true,"\\u00e9\\ud83d\\ude00",""],"jid":"0123456789abcdef01234567","queue":"default",'
+        '"retry":5,"created_at":1700000000.123456,"at":1700000001,"kwargs":{},"tags":[],'
+        '"wrapped":"ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper","big":1.7976931348623157e308}'
+    )
+    add(r, "schedule", text, 1.0)
+    assert scheduler(redis_server.url).enqueue_due(conn) == 1
+    [moved] = r.lrange("queue:default", 0, -1)
+    expected = json.loads(text)
+    del expected["at"]
+    got = json.loads(moved)
+    enqueued_at = got.pop("enqueued_at")
+    assert isinstance(enqueued_at, float)
+    assert got == expected
+    assert list(got) == list(expected)  # key order kept
+    args = got["args"]
+    assert type(args[0]) is int and type(args[1]) is float and type(args[3]) is int
+    assert args[5] == [] and args[6] == {} and got["kwargs"] == {} and got["tags"] == []
+
+
+def test_namespace(redis_server, r, conn):
+    add(r, "app:schedule", job(1), 1.0)
+    add(r, "app:retry", job(2), 1.0)
+    add(r, "app:schedule", "bad", 1.0)
+    add(r, "schedule", job(3), 1.0)  # another app's schedule is not ours
+    assert scheduler(redis_server.url, "app").enqueue_due(conn) == 2
+    assert sorted(p["args"][0] for p in queued(r, prefix="app:")) == [1, 2]
+    assert r.smembers("app:queues") == {"default"}
+    assert r.zcard("app:dead") == 1
+    assert r.zcard("schedule") == 1
+    assert not r.exists("queue:default", "queues", "dead")
+
+
+def test_two_schedulers_racing_move_every_job_exactly_once(redis_server, r):
+    count = 2000
+    now = time.time()
+    with r.pipeline(transaction=False) as pipe:
+        for n in range(count):
+            pipe.zadd("schedule" if n % 2 else "retry", {json.dumps(job(n, queue=f"q{n % 4}")): now - 1})
+        pipe.execute()
+    start = threading.Barrier(2)
+    moved: list[int] = []
+
+    def run() -> None:
+        conn = connect(redis_server.url)
+        sched = scheduler(redis_server.url)
+        start.wait()
+        moved.append(sched.enqueue_due(conn))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(moved) == 2
+    assert sum(moved) == count
+    jids = [p["jid"] for q in range(4) for p in queued(r, f"q{q}")]
+    assert len(jids) == count
+    assert len(set(jids)) == count
+    assert r.zcard("schedule") == 0 and r.zcard("retry") == 0 and r.zcard("dead") == 0
+
+
+def test_next_due_is_the_earliest_of_both_sets(redis_server, r, conn):
+    sched = scheduler(redis_server.url)
+    assert sched.next_due(conn) is None
+    add(r, "schedule", job(1), 5000.5)
+    assert sched.next_due(conn) == 5000.5
+    add(r, "retry", job(2), 4000.25)
+    assert sched.next_due(conn) == 4000.25
+    add(r, "schedule", job(3), 3000.0)
+    assert sched.next_due(conn) == 3000.0
+    r.delete("schedule")
+    assert sched.next_due(conn) == 4000.25
