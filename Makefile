@@ -1,7 +1,7 @@
 # kiq: `make run` starts a demo, `make test` runs every test. Both set up what they need.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := redis-server
+SYSTEM_PACKAGES := redis-server redis-sentinel openssl
 
 .PHONY: install system-deps run test lint bench clean
 
@@ -22,6 +22,9 @@ run: install system-deps
 
 test: install system-deps
 	$(PY) -m pytest -q
+
+bench: install system-deps
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check kiq tests demo
