@@ -22,8 +22,10 @@ def test_chaos_loses_no_job(start_kiq, redis_server):
     r = redis_server.client()
     kiq = start_kiq(processes=2, concurrency=8, timeout=2, log={"format": "json", "level": "warning"})
     kiq.wait_workers(2)
-    run_python(f"import sample_jobs\nsample_jobs.PidJob.perform_bulk([[str(i), 0.01] for i in range({JOBS})])\n",
-               redis_server.url)
+    run_python(
+        f"import sample_jobs\nsample_jobs.PidJob.perform_bulk([[str(i), 0.01] for i in range({JOBS})])\n",
+        redis_server.url,
+    )
     time.sleep(1.5)  # past the AOF's one-second fsync, so the crash below cannot take the enqueue with it
     rng = random.Random(int(os.environ.get("KIQ_CHAOS_SEED", "0")) or None)
     kills = reloads = 0
