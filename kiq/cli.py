@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import sys
+import tempfile
 from typing import Any
 
 import click
@@ -36,6 +39,18 @@ def main() -> None:
 def start(config_path: str | None, queues: tuple[str, ...], require: tuple[str, ...],
           **flags: Any) -> None:
     """Run the master, which forks and supervises the worker processes."""
+    # Every process of this run writes its metrics here; it must be set before
+    # anything imports prometheus_client, hence before kiq.master.
+    samples = tempfile.mkdtemp(prefix="kiq-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = samples
+    try:
+        _start(config_path, queues, require, flags)
+    finally:
+        shutil.rmtree(samples, ignore_errors=True)
+
+
+def _start(config_path: str | None, queues: tuple[str, ...], require: tuple[str, ...],
+           flags: dict[str, Any]) -> None:
     from kiq.master import Master
     from kiq.supervisor import AppLoadError
 

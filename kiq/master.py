@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import redis
 import setproctitle
 
-from kiq import log
+from kiq import exporter, log, metrics
 from kiq.config import Config, ConfigError
 from kiq.connection import connect, redact
 from kiq.fetch import Outage
@@ -80,6 +80,7 @@ class Master:
         self.sweep_outage = Outage("recovery sweep")
         self.scheduler = Scheduler(self.config.redis_url, self.keys, self.fork_lock)
         self.scheduler.start()
+        self._serve_metrics()
         self.log.info("master started", pid=os.getpid(), redis=redact(self.config.redis_url))
         self._boot()
         while not self.stopping:
@@ -95,6 +96,19 @@ class Master:
         self.scheduler.stop()
         self.log.info("master stopped")
         return self.exit_code
+
+    def _serve_metrics(self) -> None:
+        if not self.config.metrics_port:
+            return
+        conn = connect(self.config.redis_url, name="kiq-metrics")
+        try:
+            exporter.serve(self.config.metrics_host, self.config.metrics_port, conn, self.keys.prefix,
+                           self.fork_lock)
+        except OSError as error:
+            self.log.error("cannot serve metrics", host=self.config.metrics_host,
+                           port=self.config.metrics_port, error=str(error))
+            return
+        self.log.info("serving metrics", url=f"http://{self.config.metrics_host}:{self.config.metrics_port}/metrics")
 
     def _boot(self) -> None:
         """Start the first generation and wait until it has loaded the app (or failed to)."""
@@ -193,6 +207,8 @@ class Master:
         os.close(gen.ready_fd)
         for other in self.generations:
             if other is not gen and other.state != "retiring":
+                if other.state == "current":
+                    metrics.restarts.labels("reload").inc(other.config.processes)
                 self._retire(other)
         self.config = gen.config
         self.log.info("generation running", generation=gen.number, pid=gen.pid,
@@ -212,6 +228,7 @@ class Master:
                 return
             if pid == 0:
                 return
+            metrics.mark_dead(pid)
             gen = next((g for g in self.generations if g.pid == pid), None)
             if gen is not None:
                 self.generations.remove(gen)

@@ -20,9 +20,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis
 
+from kiq import metrics
 from kiq.connection import wire
 from kiq.keys import Keys
 from kiq.processor import InvalidPayloadError, decode, wrap_invalid
@@ -65,13 +67,15 @@ end
 
 # ARGV: prefix, identity, "1" to count recoveries (a crash) or "0" (a stop).
 # Requeues all of the identity's lists and forgets the process.
+# Returns queue, count, queue, count, ...
 REQUEUE_ALL = _REQUEUE_LIST + """
 local prefix, identity, count = ARGV[1], ARGV[2], ARGV[3] == '1'
 local mark = identity .. '|'
-local moved = 0
+local moved = {}
 for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do
   if string.sub(member, 1, #mark) == mark then
-    moved = moved + requeue(prefix, member, count)
+    moved[#moved + 1] = string.sub(member, #mark + 1)
+    moved[#moved + 1] = requeue(prefix, member, count)
   end
 end
 redis.call('SREM', prefix .. 'processes', identity)
@@ -81,13 +85,15 @@ return moved
 
 # ARGV: prefix. Requeues the lists of every identity whose heartbeat expired
 # (a vanished host) and drops such identities from ``processes``.
+# Returns queue, count, queue, count, ...
 SWEEP = _REQUEUE_LIST + """
 local prefix = ARGV[1]
-local moved = 0
+local moved = {}
 for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do
-  local identity = string.sub(member, 1, string.find(member, '|', 1, true) - 1)
-  if redis.call('EXISTS', prefix .. identity) == 0 then
-    moved = moved + requeue(prefix, member, true)
+  local bar = string.find(member, '|', 1, true)
+  if redis.call('EXISTS', prefix .. string.sub(member, 1, bar - 1)) == 0 then
+    moved[#moved + 1] = string.sub(member, bar + 1)
+    moved[#moved + 1] = requeue(prefix, member, true)
   end
 end
 for _, identity in ipairs(redis.call('SMEMBERS', prefix .. 'processes')) do
@@ -171,16 +177,17 @@ class Recovery:
         ``crashed`` counts each job towards the poison-pill limit; a worker
         requeueing its own unfinished jobs at a stop does not.
         """
-        moved = int(self._requeue_all(args=[self.keys.prefix, identity, "1" if crashed else "0"]))
-        if crashed:
-            self.bury_poison()
-        return moved
+        counts = self._requeue_all(args=[self.keys.prefix, identity, "1" if crashed else "0"])
+        if not crashed:
+            return _total(counts, None)
+        self.bury_poison()
+        return _total(counts, "crash")
 
     def sweep(self) -> int:
         """Requeue the jobs of every process whose heartbeat expired; returns how many."""
-        moved = int(self._sweep(args=[self.keys.prefix]))
+        counts = self._sweep(args=[self.keys.prefix])
         self.bury_poison()
-        return moved
+        return _total(counts, "host_lost")
 
     def give_back(self, identity: str, jobs: Sequence[tuple[str, str]]) -> int:
         """Requeue ``(queue, payload)`` pairs, oldest first in ``jobs``, at the queue's front."""
@@ -204,6 +211,17 @@ class Recovery:
                 args += [wire(raw), json.dumps(_poisoned(raw, now), separators=(",", ":"))]
             buried += int(self._bury(args=args))
         return buried
+
+
+def _total(counts: list[Any], reason: str | None) -> int:
+    """Add up a script's queue/count pairs, counting them as recovered for ``reason``."""
+    total = 0
+    for index in range(0, len(counts), 2):
+        queue, moved = str(counts[index]), int(counts[index + 1])
+        total += moved
+        if reason and moved:
+            metrics.recovered.labels(queue, reason).inc(moved)
+    return total
 
 
 def _poisoned(raw: str, now: float) -> dict[str, object]:

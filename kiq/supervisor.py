@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import redis
 import setproctitle
 
-from kiq import heartbeat, log
+from kiq import heartbeat, log, metrics
 from kiq.config import Config
 from kiq.connection import connect
 from kiq.keys import Keys
@@ -195,6 +195,8 @@ class Supervisor:
         if slot is None or self.stopping:
             return
         self.log.info("replacing worker", worker=slot.index, pid=pid, reason=reason)
+        if reason in metrics.RESTART_REASONS:
+            metrics.restarts.labels(reason).inc()
         old = Slot(slot.index, slot.pid, slot.identity)
         self._spawn(slot)
         self._retire(old, reason)
@@ -235,6 +237,7 @@ class Supervisor:
         self._recover_pending()
 
     def _exited(self, pid: int, status: int) -> None:
+        metrics.mark_dead(pid)
         retired = self.retiring.pop(pid, None)
         if retired is not None:
             self.unrecovered.append(retired.identity)
@@ -249,6 +252,8 @@ class Supervisor:
             self.log.info("worker stopped on request", worker=slot.index, pid=pid)
             self.slots.remove(slot)
             return
+        if not self.stopping:
+            metrics.restarts.labels("crash").inc()
         level = "info" if self.stopping and os.WIFEXITED(status) else "warning"
         getattr(self.log, level)("worker exited", worker=slot.index, pid=pid, status=describe(status),
                                  lived_s=round(lived, 1))

@@ -23,7 +23,7 @@ from typing import Any
 
 import setproctitle
 
-from kiq import heartbeat, log
+from kiq import heartbeat, log, metrics
 from kiq.config import Config
 from kiq.connection import connect
 from kiq.fetch import Fetcher, Outage, QueueOrder, Unit
@@ -86,8 +86,11 @@ class Worker:
         beat = self._start("heartbeat", self._beat)
         self.log.info("worker started", identity=self.identity, queues=self.config.queue_names,
                       concurrency=self.config.concurrency)
+        metrics.workers.set(1)
+        metrics.threads.set(self.config.concurrency)
         while not self.stopping:
             self._title()
+            metrics.busy_threads.set(self.fetcher.busy)
             for signum in signals.wait(1.0):
                 self._handle(signum)
             self._watch_timeouts()
@@ -133,20 +136,22 @@ class Worker:
                 return
             prepared = prepare(unit.queue, unit.payload)
             if isinstance(prepared, Outcome):
-                self._finish(tid, unit, prepared)
+                self._finish(unit, prepared, metrics.UNKNOWN_CLASS, 0.0)
                 continue
             job_class, payload = prepared
             with self.lock:
                 self.running[tid] = Running(unit, payload, job_class.timeout)
+            started = time.perf_counter()
             outcome = run(job_class, payload, unit.queue)
             with self.lock:
                 state = self.running.pop(tid)
             if state.abandoned:
                 return  # the watchdog already failed this job; this thread is done for
-            self._finish(tid, unit, outcome)
+            self._finish(unit, outcome, job_class.job_name, time.perf_counter() - started)
 
-    def _finish(self, tid: str, unit: Unit, outcome: Outcome) -> None:
+    def _finish(self, unit: Unit, outcome: Outcome, job_class: str, seconds: float) -> None:
         self.fetcher.done(unit, outcome)
+        metrics.record(unit.queue, job_class, seconds, outcome.failed, outcome.action)
         self.jobs_done += 1
         if self.config.max_jobs and self.jobs_done >= self.config.max_jobs:
             self._ask_replacement("max_jobs")
@@ -160,7 +165,9 @@ class Worker:
                 state.abandoned = True
         for state in late:
             assert state.timeout is not None
-            self.fetcher.done(state.unit, timed_out(state.payload, state.timeout))
+            outcome = timed_out(state.payload, state.timeout)
+            self.fetcher.done(state.unit, outcome)
+            metrics.record(state.unit.queue, state.payload["class"], state.timeout, True, outcome.action)
             self._ask_replacement("timeout")
 
     def _ask_replacement(self, reason: str) -> None:

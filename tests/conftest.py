@@ -217,6 +217,7 @@ def start_kiq(
             "concurrency": 4,
             "timeout": 5,
             "log": {"format": "json", "level": "info"},
+            "metrics": {"port": 0},
         }
         config.update(settings)
         path = tmp_path / f"kiq-{len(started)}.yml"

@@ -1,0 +1,104 @@
+"""The master's /metrics endpoint: every process's samples plus values read from Redis.
+
+Each scrape builds a fresh registry from the multiprocess samples directory
+and one collector that reads queue sizes, latencies and set sizes from Redis,
+so values that Redis already knows are computed once, in the master, when
+asked for. The HTTP thread takes the master's fork lock around a scrape, so
+the master never forks while a scrape holds a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import redis
+from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
+from prometheus_client.core import GaugeMetricFamily
+
+
+class RedisCollector:
+    """Values read from Redis at scrape time, in the master only."""
+
+    def __init__(self, conn: redis.Redis, prefix: str) -> None:
+        self.conn = conn
+        self.prefix = prefix
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        p = self.prefix
+        queues = sorted(str(queue) for queue in self.conn.smembers(p + "queues"))
+        started = time.perf_counter()
+        self.conn.ping()
+        rtt = time.perf_counter() - started
+        pipe = self.conn.pipeline(transaction=False)
+        for queue in queues:
+            pipe.llen(f"{p}queue:{queue}")
+            pipe.lindex(f"{p}queue:{queue}", -1)
+        for key in ("schedule", "retry", "dead"):
+            pipe.zcard(p + key)
+        pipe.scard(p + "processes")
+        replies = pipe.execute()
+        size = GaugeMetricFamily("kiq_queue_size", "Jobs waiting in a queue.", labels=["queue"])
+        latency = GaugeMetricFamily("kiq_queue_latency_seconds",
+                                    "Age of the oldest job waiting in a queue.", labels=["queue"])
+        now = time.time()
+        for index, queue in enumerate(queues):
+            size.add_metric([queue], replies[2 * index])
+            latency.add_metric([queue], _age(replies[2 * index + 1], now))
+        yield size
+        yield latency
+        scheduled, retries, dead_jobs, processes = replies[2 * len(queues):]
+        yield GaugeMetricFamily("kiq_scheduled_jobs", "Jobs in the schedule set.", value=scheduled)
+        yield GaugeMetricFamily("kiq_retry_jobs", "Jobs in the retry set.", value=retries)
+        yield GaugeMetricFamily("kiq_dead_jobs", "Jobs in the dead set.", value=dead_jobs)
+        yield GaugeMetricFamily("kiq_processes", "Worker processes with a live heartbeat, on every host.",
+                                value=processes)
+        yield GaugeMetricFamily("kiq_redis_rtt_seconds", "Round trip of one Redis command from the master.",
+                                value=rtt)
+
+
+def _age(raw: str | None, now: float) -> float:
+    """Seconds since the job was enqueued (Sidekiq 8 writes milliseconds)."""
+    if raw is None:
+        return 0.0
+    try:
+        payload = json.loads(raw)
+        at = float(payload.get("enqueued_at") or payload.get("created_at") or now)
+    except (ValueError, TypeError, AttributeError):
+        return 0.0
+    if at > 1e11:
+        at /= 1000.0
+    return max(0.0, now - at)
+
+
+class Scrape:
+    """A collector that builds a fresh registry for each scrape, as multiprocess mode requires."""
+
+    def __init__(self, conn: redis.Redis, prefix: str, lock: threading.Lock) -> None:
+        self.conn = conn
+        self.prefix = prefix
+        self.lock = lock
+
+    def collect(self) -> Iterator[Any]:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(RedisCollector(self.conn, self.prefix))
+        with self.lock:
+            yield from registry.collect()
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Scrapes are not worth a log line each."""
+
+
+def serve(host: str, port: int, conn: redis.Redis, prefix: str, lock: threading.Lock) -> WSGIServer:
+    """Serve /metrics on a daemon thread; ``lock`` keeps a scrape and a fork apart."""
+    app = make_wsgi_app(Scrape(conn, prefix, lock))
+    server = make_server(host, port, app, handler_class=_Quiet)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
+    return server

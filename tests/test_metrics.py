@@ -1,0 +1,120 @@
+"""The master's /metrics: all workers' samples added up, Redis values read per scrape, promtool-valid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+
+import pytest
+from conftest import free_port, run_python, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.slow
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return found
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    return samples(text).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def metrics_kiq(start_kiq):
+    port = free_port()
+    kiq = start_kiq(processes=2, concurrency=3, metrics={"host": "127.0.0.1", "port": port},
+                    queues=["default", "later"])
+    kiq.wait_workers(2)
+    wait_for(lambda: "serving metrics" in kiq.log())
+    return kiq, port
+
+
+def test_metrics_follow_jobs_as_they_run_and_fail(metrics_kiq, redis_server, r):
+    _, port = metrics_kiq
+    before = scrape(port)
+    assert value(before, "kiq_jobs_processed_total", queue="default", **{"class": "RecordJob"}) == 0
+    assert value(before, "kiq_worker_processes") == 2
+    assert value(before, "kiq_threads") == 6
+    run_python(
+        "import sample_jobs\n"
+        "sample_jobs.RecordJob.perform_bulk([[str(i)] for i in range(40)])\n"
+        "for _ in range(3): sample_jobs.FailJob.perform_later('m')\n"
+        "sample_jobs.StraightToDeadJob.perform_later()\n"
+        "sample_jobs.RecordJob.set(queue='nobody-works-this').perform_bulk([['x']] * 5)\n",
+        redis_server.url,
+    )
+    wait_for(lambda: r.llen("results") == 40 and r.zcard("retry") == 3 and r.zcard("dead") == 1)
+    after = wait_for(lambda: (t := scrape(port)) and value(
+        t, "kiq_jobs_processed_total", queue="default", **{"class": "RecordJob"}) == 40 and t)
+    fail = {"queue": "default", "class": "FailJob"}
+    assert value(after, "kiq_jobs_failed_total", **fail) == 3
+    assert value(after, "kiq_jobs_retried_total", **fail) == 3
+    assert value(after, "kiq_jobs_dead_total", queue="default", **{"class": "StraightToDeadJob"}) == 1
+    assert value(after, "kiq_job_duration_seconds_count", queue="default", **{"class": "RecordJob"}) == 40
+    assert value(after, "kiq_retry_jobs") == 3
+    assert value(after, "kiq_dead_jobs") == 1
+    assert value(after, "kiq_queue_size", queue="nobody-works-this") == 5
+    assert 0 < value(after, "kiq_queue_latency_seconds", queue="nobody-works-this") < 60
+    assert value(after, "kiq_processes") == 2
+    assert 0 < value(after, "kiq_redis_rtt_seconds") < 1
+
+
+def test_worker_restarts_leave_no_stale_live_gauges(metrics_kiq, client, r):
+    import sample_jobs
+
+    kiq, port = metrics_kiq
+    for _ in range(2):
+        victim = kiq.workers()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda victim=victim: victim not in kiq.workers() and len(kiq.workers()) == 2, timeout=15)
+    sample_jobs.SlowJob.perform_later("s", 30)
+    wait_for(lambda: r.llen("started") == 1)
+    text = wait_for(lambda: (t := scrape(port)) and value(t, "kiq_busy_threads") == 1 and t, timeout=10)
+    assert value(text, "kiq_worker_processes") == 2
+    assert value(text, "kiq_threads") == 6
+    assert value(text, "kiq_worker_restarts_total", reason="crash") == 2
+    [worker] = [pid for pid in kiq.workers() if f"{pid}" in r.lindex("started", 0)]
+    os.kill(worker, signal.SIGKILL)
+    text = wait_for(lambda: (t := scrape(port)) and value(t, "kiq_jobs_recovered_total", queue="default",
+                                                           reason="crash") == 1 and t, timeout=15)
+    assert value(text, "kiq_worker_restarts_total", reason="crash") == 3
+
+
+def test_reload_counts_restarts(metrics_kiq):
+    kiq, port = metrics_kiq
+    kiq.signal(signal.SIGHUP)
+    wait_for(lambda: kiq.log().count("generation running") == 2, timeout=20)
+    text = wait_for(
+        lambda: (t := scrape(port)) and value(t, "kiq_worker_restarts_total", reason="reload") == 2 and t
+    )
+    wait_for(lambda: value(scrape(port), "kiq_worker_processes") == 2, timeout=20)
+    assert "kiq_worker_restarts_total" in text
+
+
+def test_promtool_accepts_the_live_exposition(metrics_kiq, redis_server, r):
+    _, port = metrics_kiq
+    run_python("import sample_jobs\nsample_jobs.RecordJob.perform_bulk([['a'], ['b']])\n"
+               "sample_jobs.FailJob.perform_later('p')\n", redis_server.url)
+    wait_for(lambda: r.llen("results") == 2 and r.zcard("retry") == 1)
+    time.sleep(0.2)
+    text = scrape(port)
+    promtool = shutil.which("promtool")
+    assert promtool, "promtool is not installed (make test installs Debian's prometheus package)"
+    check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    for family in text_string_to_metric_families(text):
+        assert family.documentation, f"{family.name} has no HELP text"
