@@ -75,3 +75,13 @@ def _start(config_path: str | None, queues: tuple[str, ...], require: tuple[str,
         sys.exit(EXIT_APP_LOAD)
     sys.exit(code)
 
+
+
+def _add_operator_commands() -> None:
+    from kiq.admin import COMMANDS
+
+    for command in COMMANDS:
+        main.add_command(command)
+
+
+_add_operator_commands()

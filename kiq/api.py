@@ -1,0 +1,336 @@
+"""Reading and managing kiq's data from any Python app: stats, queues, sets, processes.
+
+This is the operator's view (the CLI is built on it); the worker side never
+imports it. It works on any data in Sidekiq's layout, whoever wrote it, and
+changes it the way Sidekiq's API does: moves between a sorted set and a queue
+or the dead set are atomic, and quiet/stop requests go through each process's
+signals list, as Sidekiq's Web UI sends them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from kiq.connection import connect, url_from_env, wire
+from kiq.keys import Keys, day
+from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT
+from kiq.scheduler import MOVE
+
+BATCH = 100
+Progress = Callable[[int], None]
+
+# ARGV: prefix, sorted set, now, cutoff, then payloads: each moves to the dead set.
+KILL = """
+local prefix, set, now, cutoff, killed = ARGV[1], ARGV[2], ARGV[3], ARGV[4], 0
+for i = 5, #ARGV do
+  if redis.call('ZREM', set, ARGV[i]) == 1 then
+    redis.call('ZADD', prefix .. 'dead', now, ARGV[i])
+    killed = killed + 1
+  end
+end
+redis.call('ZREMRANGEBYSCORE', prefix .. 'dead', '-inf', cutoff)
+redis.call('ZREMRANGEBYRANK', prefix .. 'dead', 0, -(__DEAD_MAX__ + 1))
+return killed
+""".replace("__DEAD_MAX__", str(DEAD_MAX_JOBS))
+
+
+@dataclass(frozen=True)
+class Job:
+    """One job as stored: ``raw`` is the exact text in Redis; ``score`` is set for sorted-set entries."""
+
+    raw: str
+    payload: dict[str, Any]
+    score: float | None = None
+
+    @classmethod
+    def parse(cls, raw: str, score: float | None = None) -> Job:
+        try:
+            payload = json.loads(raw)
+        except ValueError:
+            payload = None
+        return cls(raw, payload if isinstance(payload, dict) else {}, score)
+
+    @property
+    def jid(self) -> str:
+        return str(self.payload.get("jid", ""))
+
+    @property
+    def job_class(self) -> str:
+        return str(self.payload.get("class", ""))
+
+    @property
+    def queue(self) -> str:
+        return str(self.payload.get("queue") or "default")
+
+    @property
+    def args(self) -> list[Any]:
+        args = self.payload.get("args")
+        return args if isinstance(args, list) else []
+
+    @property
+    def enqueued_at(self) -> float | None:
+        return _epoch(self.payload.get("enqueued_at"))
+
+    @property
+    def error(self) -> str:
+        if "error_class" not in self.payload:
+            return ""
+        return f"{self.payload['error_class']}: {self.payload.get('error_message', '')}"
+
+    def summary(self) -> dict[str, Any]:
+        """What a listing shows of the job."""
+        found: dict[str, Any] = {"jid": self.jid, "class": self.job_class, "queue": self.queue,
+                                 "args": self.args}
+        if self.score is not None:
+            found["at"] = self.score
+        for key in ("retry_count", "error_class", "error_message", "failed_at", "enqueued_at"):
+            if key in self.payload:
+                found[key] = self.payload[key]
+        return found
+
+
+@dataclass(frozen=True)
+class Stats:
+    processed: int
+    failed: int
+    enqueued: int
+    scheduled: int
+    retries: int
+    dead: int
+    processes: int
+    busy: int
+    processed_today: int = 0
+    failed_today: int = 0
+
+
+@dataclass(frozen=True)
+class Process:
+    """A worker process from ``processes`` with its last heartbeat."""
+
+    identity: str
+    info: dict[str, Any]
+    busy: int
+    beat: float
+    quiet: bool
+    rss_kb: int
+    running: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Queue:
+    def __init__(self, api: API, name: str) -> None:
+        self.api = api
+        self.name = name
+        self.key = api.keys.queue(name)
+
+    def size(self) -> int:
+        return int(self.api.redis.llen(self.key))
+
+    def latency(self) -> float:
+        """Seconds the oldest waiting job has waited."""
+        oldest = self.api.redis.lindex(self.key, -1)
+        if oldest is None:
+            return 0.0
+        at = Job.parse(str(oldest)).enqueued_at
+        return max(0.0, time.time() - at) if at else 0.0
+
+    def jobs(self, start: int = 0, count: int = 50) -> list[Job]:
+        """Jobs in the order they will run (oldest first)."""
+        end = -1 - start
+        raws = self.api.redis.lrange(self.key, -(start + count), end)
+        return [Job.parse(str(raw)) for raw in reversed(raws)]
+
+    def __iter__(self) -> Iterator[Job]:
+        start = 0
+        while batch := self.jobs(start, BATCH):
+            yield from batch
+            start += BATCH
+
+    def find(self, jid: str) -> Job | None:
+        return next((job for job in self if job.jid == jid), None)
+
+    def delete(self, jid: str) -> bool:
+        job = self.find(jid)
+        return job is not None and int(self.api.redis.lrem(self.key, 1, wire(job.raw))) == 1  # type: ignore[arg-type]
+
+    def clear(self) -> int:
+        """Remove the queue and every job in it; returns how many jobs."""
+        pipe = self.api.redis.pipeline(transaction=True)
+        pipe.llen(self.key)
+        pipe.delete(self.key)
+        pipe.srem(self.api.keys.queues, self.name)
+        return int(pipe.execute()[0])
+
+
+class SortedSet:
+    """``schedule``, ``retry`` or ``dead``: jobs ordered by when (due, or died)."""
+
+    def __init__(self, api: API, name: str) -> None:
+        self.api = api
+        self.name = name
+        self.key = api.keys.prefix + name
+
+    def size(self) -> int:
+        return int(self.api.redis.zcard(self.key))
+
+    def jobs(self, start: int = 0, count: int = 50) -> list[Job]:
+        entries: list[tuple[str, float]] = self.api.redis.zrange(self.key, start, start + count - 1,
+                                                                 withscores=True)  # type: ignore[assignment]
+        return [Job.parse(str(raw), float(score)) for raw, score in entries]
+
+    def __iter__(self) -> Iterator[Job]:
+        start = 0
+        while batch := self.jobs(start, BATCH):
+            yield from batch
+            start += BATCH
+
+    def find(self, jid: str) -> Job | None:
+        """The entry with this jid (a scan, as in Sidekiq's ``find_job``)."""
+        for raw, score in self.api.redis.zscan_iter(self.key, match=f"*{jid}*", count=BATCH):
+            job = Job.parse(str(raw), float(score))
+            if job.jid == jid:
+                return job
+        return None
+
+    def delete(self, jobs: list[Job]) -> int:
+        if not jobs:
+            return 0
+        return int(self.api.redis.zrem(self.key, *(wire(job.raw) for job in jobs)))
+
+    def retry(self, jobs: list[Job]) -> int:
+        """Move entries to their queues now; a retried job's ``retry_count`` is not spent by this."""
+        if not jobs:
+            return 0
+        args: list[str | bytes | float] = [self.api.keys.prefix, self.key, time.time()]
+        for job in jobs:
+            if not job.payload:
+                continue  # not a job hash: it stays where it is, for a person to look at
+            payload = dict(job.payload)
+            payload.pop("at", None)
+            payload["enqueued_at"] = time.time()
+            if self.name == "retry" and isinstance(payload.get("retry_count"), int):
+                payload["retry_count"] -= 1
+            args += [wire(job.raw), job.queue, json.dumps(payload, separators=(",", ":"))]
+        if len(args) == 3:
+            return 0
+        return int(self.api.redis.register_script(MOVE)(args=args))
+
+    def kill(self, jobs: list[Job]) -> int:
+        """Move entries to the dead set."""
+        if not jobs or self.name == "dead":
+            return 0
+        now = time.time()
+        args: list[str | bytes | float] = [self.api.keys.prefix, self.key, now, now - DEAD_TIMEOUT]
+        args += [wire(job.raw) for job in jobs]
+        return int(self.api.redis.register_script(KILL)(args=args))
+
+    def retry_all(self, progress: Progress | None = None) -> int:
+        return self._all(self.retry, progress)
+
+    def delete_all(self, progress: Progress | None = None) -> int:
+        return self._all(self.delete, progress)
+
+    def kill_all(self, progress: Progress | None = None) -> int:
+        return self._all(self.kill, progress)
+
+    def _all(self, action: Callable[[list[Job]], int], progress: Progress | None) -> int:
+        """Apply ``action`` to every entry, a batch at a time, reporting progress per batch.
+        Entries the action leaves in place (unreadable ones, for a retry) are stepped over."""
+        done = start = 0
+        while batch := self.jobs(start, BATCH):
+            moved = action(batch)
+            done += moved
+            start += len(batch) - moved
+            if progress:
+                progress(len(batch))
+        return done
+
+
+class API:
+    """Entry point: ``kiq.api.API()`` finds Redis like the client does."""
+
+    def __init__(
+        self,
+        redis_url: str | None = None,
+        namespace: str | None = None,
+        connection: redis.Redis | None = None,
+    ) -> None:
+        self.keys = Keys(os.environ.get("KIQ_NAMESPACE", "") if namespace is None else namespace)
+        self.redis = connection or connect(redis_url or url_from_env(), name="kiq-api", retry=True)
+        self.scheduled = SortedSet(self, "schedule")
+        self.retries = SortedSet(self, "retry")
+        self.dead = SortedSet(self, "dead")
+
+    def queue(self, name: str) -> Queue:
+        return Queue(self, name)
+
+    def queues(self) -> list[Queue]:
+        return [Queue(self, str(name)) for name in sorted(self.redis.smembers(self.keys.queues))]
+
+    def stats(self) -> Stats:
+        k = self.keys
+        queues = [str(name) for name in self.redis.smembers(k.queues)]
+        identities = [str(ident) for ident in self.redis.smembers(k.processes)]
+        today = day()
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.mget(k.processed, k.failed, f"{k.processed}:{today}", f"{k.failed}:{today}")
+        pipe.zcard(k.schedule)
+        pipe.zcard(k.retry)
+        pipe.zcard(k.dead)
+        for queue in queues:
+            pipe.llen(k.queue(queue))
+        for ident in identities:
+            pipe.hget(k.process(ident), "busy")
+        counters, scheduled, retries, dead, *rest = pipe.execute()
+        processed, failed, processed_today, failed_today = (int(value or 0) for value in counters)
+        sizes, busy = rest[: len(queues)], rest[len(queues):]
+        return Stats(processed, failed, sum(sizes), scheduled, retries, dead,
+                     sum(1 for value in busy if value is not None), sum(int(value or 0) for value in busy),
+                     processed_today, failed_today)
+
+    def processes(self) -> list[Process]:
+        """Live processes (entries whose heartbeat expired are skipped, as Sidekiq does)."""
+        identities = sorted(str(ident) for ident in self.redis.smembers(self.keys.processes))
+        pipe = self.redis.pipeline(transaction=False)
+        for ident in identities:
+            pipe.hmget(self.keys.process(ident), "info", "busy", "beat", "quiet", "rss")
+            pipe.hgetall(self.keys.work(ident))
+        replies = pipe.execute()
+        found = []
+        for index, ident in enumerate(identities):
+            (info, busy, beat, quiet, rss), work = replies[2 * index], replies[2 * index + 1]
+            if info is None:
+                continue
+            running = [json.loads(entry) for entry in work.values()]
+            found.append(Process(ident, json.loads(info), int(busy or 0), float(beat or 0),
+                                 quiet == "true", int(rss or 0), running))
+        return found
+
+    def quiet(self, identity: str) -> None:
+        """Ask a process to stop taking jobs (Sidekiq's TSTP)."""
+        self._signal(identity, "TSTP")
+
+    def stop(self, identity: str) -> None:
+        """Ask a process to finish its jobs and exit (Sidekiq's TERM)."""
+        self._signal(identity, "TERM")
+
+    def _signal(self, identity: str, name: str) -> None:
+        key = self.keys.signals(identity)
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.lpush(key, name)
+        pipe.expire(key, 60)
+        pipe.execute()
+
+
+def _epoch(value: Any) -> float | None:
+    """Epoch seconds from a payload field (Sidekiq 8 writes integer milliseconds)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    return value / 1000.0 if value > 1e11 else float(value)
+
