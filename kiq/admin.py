@@ -12,13 +12,15 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import redis
 
-from kiq.api import API, Job, SortedSet
 from kiq.config import ConfigError, load
+
+if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no metrics code early
+    from kiq.api import API, Job, SortedSet
 
 EXIT_NOT_FOUND = 1
 EXIT_CONFIG = 2
@@ -41,6 +43,8 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
         except ConfigError as error:
             click.echo(f"kiq: bad config: {error}", err=True)
             sys.exit(EXIT_CONFIG)
+        from kiq.api import API
+
         api = API(config.redis_url, config.namespace)
         try:
             command(api=api, as_json=as_json, **kwargs)

@@ -41,6 +41,8 @@ def start(config_path: str | None, queues: tuple[str, ...], require: tuple[str, 
     """Run the master, which forks and supervises the worker processes."""
     # Every process of this run writes its metrics here; it must be set before
     # anything imports prometheus_client, hence before kiq.master.
+    if "prometheus_client" in sys.modules:
+        raise RuntimeError("prometheus_client was imported before its multiprocess directory was set")
     samples = tempfile.mkdtemp(prefix="kiq-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = samples
     try:

@@ -92,7 +92,7 @@ class Client:
         at: float | None = None,
     ) -> Enqueued:
         """Enqueue a job class, or a job by its wire name (a Ruby class, say)."""
-        payload = _payload_for(job, args, kwargs, queue, retry, at)
+        payload = payload_for(job, args, kwargs, queue, retry, at)
         self.push_bulk([payload])
         return Enqueued(payload["jid"], payload["class"], payload["queue"], payload.get("at"))
 
@@ -111,7 +111,7 @@ class Client:
         Every argument is serialized before the first push, so an argument that
         cannot be serialized fails the call with nothing enqueued.
         """
-        payloads = [_payload_for(job, args, None, queue, retry, at) for args in args_list]
+        payloads = [payload_for(job, args, None, queue, retry, at) for args in args_list]
         jids: list[str] = []
         for start in range(0, len(payloads), batch_size):
             jids.extend(self.push_bulk(payloads[start : start + batch_size]))
@@ -143,7 +143,7 @@ class Client:
         return [payload["jid"] for payload in payloads]
 
 
-def _payload_for(
+def payload_for(
     job: type[Job] | str,
     args: Sequence[Any],
     kwargs: Mapping[str, Any] | None,

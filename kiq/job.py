@@ -6,11 +6,15 @@ class is refused, so a payload can never make kiq import or call arbitrary code.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import inspect
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from kiq import callbacks
 
 if TYPE_CHECKING:
     from kiq.client import Enqueued
@@ -37,16 +41,41 @@ class Job:
     retry: ClassVar[bool | int] = True
     job_name: ClassVar[str] = ""
     timeout: ClassVar[float | None] = None
-    jid: str = ""
+    _kiq_callbacks: ClassVar[dict[str, list[str]]] = callbacks.collect(object)
+    _kiq_retry_rules: ClassVar[list[callbacks.RetryRule]] = []
+    _kiq_discard_on: ClassVar[tuple[type[BaseException], ...]] = ()
+
+    def __init__(self) -> None:
+        """What a running job knows about itself (Active Job's names)."""
+        self.jid = ""
+        self.arguments: list[Any] = []
+        self.kwargs: dict[str, Any] = {}
+        self.queue_name = type(self).queue
+        self.executions = 1
+        self.payload: dict[str, Any] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "job_name" not in cls.__dict__:
             cls.job_name = cls.__name__
+        cls._kiq_callbacks = callbacks.collect(cls)
         register(cls)
 
     def perform(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define perform()")
+
+    def execute(self) -> Any:
+        """Run ``perform`` with this job's arguments inside its perform callbacks.
+
+        An ``async def perform`` runs to completion on ``run_coroutine``: the
+        worker's event loop in a worker process, ``asyncio.run`` elsewhere.
+        """
+
+        def body() -> Any:
+            result = self.perform(*self.arguments, **self.kwargs)
+            return run_coroutine(result) if inspect.isawaitable(result) else result
+
+        return callbacks.run(self, "perform", body)
 
     @classmethod
     def perform_later(cls, *args: Any, **kwargs: Any) -> Enqueued:
@@ -72,8 +101,10 @@ class Job:
 
     @classmethod
     def perform_now(cls, *args: Any, **kwargs: Any) -> Any:
-        """Run the job at once in the caller, without Redis."""
-        return cls().perform(*args, **kwargs)
+        """Run the job at once in the caller, with its perform callbacks, without a queue."""
+        job = cls()
+        job.arguments, job.kwargs = list(args), dict(kwargs)
+        return job.execute()
 
 
 @dataclass
@@ -98,18 +129,40 @@ class Options:
         return None
 
     def perform_later(self, *args: Any, **kwargs: Any) -> Enqueued:
-        from kiq.client import default_client
+        from kiq.adapters import current
 
-        return default_client().enqueue(
-            self.job, args, kwargs, queue=self.queue, retry=self.retry, at=self.at()
-        )
+        adapter, at = current(), self.at()
+
+        def enqueue() -> Enqueued:
+            return adapter.enqueue(self.job, args, kwargs, queue=self.queue, retry=self.retry, at=at)
+
+        table = self.job._kiq_callbacks
+        if not (table["before_enqueue"] or table["around_enqueue"] or table["after_enqueue"]):
+            return enqueue()
+        job = self.job()
+        job.arguments, job.kwargs = list(args), dict(kwargs)
+        job.queue_name = self.queue or self.job.queue
+        enqueued = callbacks.run(job, "enqueue", enqueue)
+        job.jid = enqueued.jid
+        return enqueued
 
     def perform_bulk(self, args_list: Iterable[Sequence[Any]], batch_size: int = 1000) -> list[str]:
-        from kiq.client import default_client
+        from kiq.adapters import current
 
-        return default_client().enqueue_bulk(
+        return current().enqueue_bulk(
             self.job, args_list, queue=self.queue, retry=self.retry, at=self.at(), batch_size=batch_size
         )
+
+
+def _run_in_new_loop(awaitable: Awaitable[Any]) -> Any:
+    async def wait() -> Any:
+        return await awaitable
+
+    return asyncio.run(wait())
+
+
+run_coroutine: Callable[[Awaitable[Any]], Any] = _run_in_new_loop
+"""How ``execute`` completes an ``async def perform``; a worker process points it at its own loop."""
 
 
 def register(cls: type[Job]) -> None:

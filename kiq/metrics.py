@@ -26,7 +26,7 @@ failed = Counter("kiq_jobs_failed", "Jobs that raised an error (or could not run
                  ["queue", "class"])
 retried = Counter("kiq_jobs_retried", "Failed jobs scheduled for another try in the retry set.",
                   ["queue", "class"])
-dead = Counter("kiq_jobs_dead", "Jobs sent to the dead set: out of retries, unreadable or poison pills.",
+dead = Counter("kiq_jobs_dead", "Jobs a worker sent to the dead set: out of retries, or unreadable.",
                ["queue", "class"])
 recovered = Counter("kiq_jobs_recovered", "In-progress jobs put back on their queue after their worker died "
                     "(reason crash) or its host vanished (reason host_lost).", ["queue", "reason"])

@@ -14,8 +14,8 @@ from typing import Any
 
 import structlog
 
+from kiq import callbacks, log, retry
 from kiq import job as jobs
-from kiq import log, retry
 from kiq.client import new_jid
 from kiq.retry import Outcome
 from kiq.serialize import deserialize_args, deserialize_kwargs
@@ -64,23 +64,42 @@ def timed_out(payload: dict[str, Any], seconds: float) -> Outcome:
 
 
 def run(job_class: type[jobs.Job], payload: dict[str, Any], queue: str) -> Outcome:
+    """Run a job and turn what happened into the outcome to acknowledge; never raises."""
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(jid=payload["jid"], queue=queue, **{"class": payload["class"]})
+    logger.debug("start")
     started = time.perf_counter()
     try:
-        instance = job_class()
-        instance.jid = payload["jid"]
-        args = deserialize_args(payload["args"])
-        kwargs = deserialize_kwargs(payload.get("kwargs") or {})
-        instance.perform(*args, **kwargs)
+        execute(job_class, payload)
     except BaseException as error:  # SystemExit from a job is a failure too, as in Sidekiq
         elapsed = _ms(started)
-        outcome = retry.failure(payload, error_name(error), str(error))
+        outcome = failed(job_class, payload, error)
         logger.warning("fail", elapsed_ms=elapsed, error=f"{error_name(error)}: {error}",
-                       then=outcome.action or "drop")
+                       then=outcome.action or ("discard" if outcome.failed else "drop"))
         return outcome
     logger.info("done", elapsed_ms=_ms(started))
     return retry.SUCCESS
+
+
+def execute(job_class: type[jobs.Job], payload: dict[str, Any]) -> Any:
+    """Rebuild the job from its payload and run it with its callbacks; raises what the job raises."""
+    job = job_class()
+    job.jid = payload["jid"]
+    job.payload = payload
+    job.queue_name = str(payload.get("queue") or job_class.queue)
+    count = payload.get("retry_count")
+    job.executions = count + 2 if isinstance(count, int) else 1
+    job.arguments = deserialize_args(payload["args"])
+    job.kwargs = deserialize_kwargs(payload.get("kwargs") or {})
+    return job.execute()
+
+
+def failed(job_class: type[jobs.Job], payload: dict[str, Any], error: BaseException) -> Outcome:
+    """What a failure means: the class's discard_on/retry_on rules first, then its retry policy."""
+    decision, delay = callbacks.decide(job_class, error, payload)
+    if decision == "discard":
+        return Outcome(failed=True)
+    return retry.failure(payload, error_name(error), str(error), delay=delay if decision == "retry" else None)
 
 
 def decode(raw: str) -> dict[str, Any]:

@@ -47,11 +47,16 @@ def max_retries(retry: Any) -> int | None:
     return DEFAULT_MAX_RETRIES
 
 
-def failure(job: dict[str, Any], error_class: str, message: str, now: float | None = None) -> Outcome:
-    """Record a failure in ``job`` (mutated) and decide between retry, dead and drop."""
+def failure(job: dict[str, Any], error_class: str, message: str, now: float | None = None,
+            delay: float | None = None) -> Outcome:
+    """Record a failure in ``job`` (mutated) and decide between retry, dead and drop.
+
+    ``delay`` (from a ``retry_on`` rule) retries after that many seconds whatever the job's
+    ``retry`` limit says.
+    """
     now = time.time() if now is None else now
     limit = max_retries(job.get("retry", True))
-    if limit is None:
+    if limit is None and delay is None:
         return Outcome(failed=True)
     job["error_message"] = message[:MAX_MESSAGE]
     job["error_class"] = error_class
@@ -62,7 +67,9 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
         job["failed_at"] = now
         job["retry_count"] = 0
     count = job["retry_count"]
-    if count < limit:
+    if delay is not None:
+        return Outcome(True, "retry", _dump(job), now + delay)
+    if limit is not None and count < limit:
         return Outcome(True, "retry", _dump(job), now + backoff(count))
     return dead(job, now)
 

@@ -14,16 +14,18 @@ asks its supervisor to replace it. It asks the same after ``max_jobs`` jobs.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
 import setproctitle
 
-from kiq import heartbeat, log, metrics
+from kiq import heartbeat, job, log, metrics
 from kiq.config import Config
 from kiq.connection import connect
 from kiq.fetch import Fetcher, Outage, QueueOrder, Unit
@@ -78,6 +80,7 @@ class Worker:
             QueueOrder(self.config.queues, self.config.strict),
             self.config.concurrency,
         )
+        self._start_event_loop()
         self.heartbeat = self._heartbeat()
         self._first_beat()
         self.fetcher.start()
@@ -99,6 +102,23 @@ class Worker:
                 self.stopping = True
         self._shutdown(threads, beat)
         return self.exit_code
+
+    def _start_event_loop(self) -> None:
+        """One event loop per worker process for ``async def perform`` jobs.
+
+        The processor thread that took an async job waits for it, so async jobs
+        count against ``concurrency`` like any other.
+        """
+        loop = asyncio.new_event_loop()
+        self._start("event-loop", loop.run_forever)
+
+        def run_on_loop(awaitable: Awaitable[Any]) -> Any:
+            async def wait() -> Any:
+                return await awaitable
+
+            return asyncio.run_coroutine_threadsafe(wait(), loop).result()
+
+        job.run_coroutine = run_on_loop
 
     def _handle(self, signum: int) -> None:
         if signum == signal.SIGTERM:

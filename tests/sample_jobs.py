@@ -109,3 +109,14 @@ class KillerJob(kiq.Job):
         conn().rpush("attempts", str(os.getpid()))
         os.kill(os.getpid(), signal.SIGKILL)
 
+
+
+class AsyncJob(kiq.Job):
+    """An ``async def perform``: runs on the worker's event loop."""
+
+    async def perform(self, token: str) -> None:
+        import asyncio
+
+        await asyncio.sleep(0.01)
+        conn().rpush("results", token)
+        conn().hset("loops", token, f"{os.getpid()}:{id(asyncio.get_running_loop())}")

@@ -1,0 +1,209 @@
+"""Where ``perform_later`` sends a job: Redis in production, or in-process for development and tests.
+
+- ``redis``: pushes to Redis for ``kiq start`` workers (the default).
+- ``async``: runs jobs on a thread pool in this process; honours ``wait`` and
+  ``wait_until``, and retries failures in-process by the job's own policy.
+- ``inline``: runs the job at once, in the caller; its errors reach the caller.
+- ``test``: records jobs and runs nothing until asked (see kiq.testing).
+
+Every adapter builds the same Sidekiq payload first, so an argument that
+cannot be serialized fails in the caller whichever adapter is in use, and jobs
+run from a deserialized payload exactly as a worker would run them.
+
+Choose with ``kiq.configure(adapter="async")`` or ``KIQ_ADAPTER``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import json
+import os
+import threading
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol
+
+from kiq.client import Enqueued, default_client, payload_for
+from kiq.job import Job, lookup
+
+NAMES = ("redis", "async", "inline", "test")
+
+
+class Adapter(Protocol):
+    def enqueue(self, job: type[Job] | str, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
+                *, queue: str | None = None, retry: bool | int | None = None,
+                at: float | None = None) -> Enqueued: ...
+
+    def enqueue_bulk(self, job: type[Job] | str, args_list: Iterable[Sequence[Any]], *,
+                     queue: str | None = None, retry: bool | int | None = None, at: float | None = None,
+                     batch_size: int = 1000) -> list[str]: ...
+
+
+class RedisAdapter:
+    """Enqueues through the default client (``kiq.configure``, ``KIQ_REDIS_URL``...)."""
+
+    def enqueue(self, job: type[Job] | str, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
+                *, queue: str | None = None, retry: bool | int | None = None,
+                at: float | None = None) -> Enqueued:
+        return default_client().enqueue(job, args, kwargs, queue=queue, retry=retry, at=at)
+
+    def enqueue_bulk(self, job: type[Job] | str, args_list: Iterable[Sequence[Any]], *,
+                     queue: str | None = None, retry: bool | int | None = None, at: float | None = None,
+                     batch_size: int = 1000) -> list[str]:
+        return default_client().enqueue_bulk(job, args_list, queue=queue, retry=retry, at=at,
+                                              batch_size=batch_size)
+
+
+class LocalAdapter:
+    """Shared by the in-process adapters: payloads are built and read back as a worker would."""
+
+    def enqueue(self, job: type[Job] | str, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
+                *, queue: str | None = None, retry: bool | int | None = None,
+                at: float | None = None) -> Enqueued:
+        payload = payload_for(job, args, kwargs, queue, retry, at)
+        self.accept(_round_trip(payload))
+        return Enqueued(payload["jid"], payload["class"], payload["queue"], payload.get("at"))
+
+    def enqueue_bulk(self, job: type[Job] | str, args_list: Iterable[Sequence[Any]], *,
+                     queue: str | None = None, retry: bool | int | None = None, at: float | None = None,
+                     batch_size: int = 1000) -> list[str]:
+        payloads = [payload_for(job, args, None, queue, retry, at) for args in args_list]
+        for payload in payloads:
+            self.accept(_round_trip(payload))
+        return [payload["jid"] for payload in payloads]
+
+    def accept(self, payload: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+
+class InlineAdapter(LocalAdapter):
+    """Runs each job as soon as it is enqueued (``wait`` is ignored); errors reach the caller."""
+
+    def accept(self, payload: dict[str, Any]) -> None:
+        from kiq.processor import execute
+
+        execute(_job_class(payload), payload)
+
+
+class AsyncAdapter(LocalAdapter):
+    """A thread pool in this process, for development: no Redis, no worker to start."""
+
+    def __init__(self, threads: int = 5) -> None:
+        self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kiq-async")
+        self.due: list[tuple[float, int, dict[str, Any]]] = []
+        self.order = itertools.count()
+        self.wake = threading.Condition()
+        self.dead: list[dict[str, Any]] = []
+        self.running = 0
+        self.finished = threading.Condition()
+        threading.Thread(target=self._timer, name="kiq-async-timer", daemon=True).start()
+
+    def accept(self, payload: dict[str, Any]) -> None:
+        at = payload.get("at")
+        if at is None or at <= time.time():
+            self._submit(payload)
+            return
+        with self.wake:
+            heapq.heappush(self.due, (float(at), next(self.order), payload))
+            self.wake.notify()
+
+    def _timer(self) -> None:
+        while True:
+            with self.wake:
+                while not self.due or self.due[0][0] > time.time():
+                    self.wake.wait(self.due[0][0] - time.time() if self.due else None)
+                _, _, payload = heapq.heappop(self.due)
+            payload.pop("at", None)
+            self._submit(payload)
+
+    def _submit(self, payload: dict[str, Any]) -> None:
+        with self.finished:
+            self.running += 1
+        self.pool.submit(self._run, payload)
+
+    def _run(self, payload: dict[str, Any]) -> None:
+        from kiq.processor import run
+
+        try:
+            outcome = run(_job_class(payload), payload, payload["queue"])
+            if outcome.action == "retry":
+                again = json.loads(outcome.payload)
+                again["at"] = outcome.score
+                self.accept(again)
+            elif outcome.action == "dead":
+                self.dead.append(json.loads(outcome.payload))
+        finally:
+            with self.finished:
+                self.running -= 1
+                self.finished.notify_all()
+
+    def drain(self, timeout: float = 10.0) -> bool:
+        """Wait until no job is running or waiting to run now (jobs due later are not waited for)."""
+        with self.finished:
+            return self.finished.wait_for(lambda: self.running == 0, timeout)
+
+
+class TestAdapter(LocalAdapter):
+    """Records jobs; kiq.testing performs them on request."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self) -> None:
+        self.enqueued: list[dict[str, Any]] = []
+        self.performed: list[dict[str, Any]] = []
+        self.perform_on_enqueue = False
+
+    def accept(self, payload: dict[str, Any]) -> None:
+        self.enqueued.append(payload)
+        if self.perform_on_enqueue:
+            self.perform(payload)
+
+    def perform(self, payload: dict[str, Any]) -> None:
+        from kiq.processor import execute
+
+        execute(_job_class(payload), payload)
+        self.performed.append(payload)
+
+
+def _round_trip(payload: dict[str, Any]) -> dict[str, Any]:
+    """The payload as a worker would read it from Redis."""
+    return dict(json.loads(json.dumps(payload)))
+
+
+def _job_class(payload: dict[str, Any]) -> type[Job]:
+    job_class = lookup(payload["class"])
+    if job_class is None:
+        raise LookupError(f"no job class registered as {payload['class']!r}")
+    return job_class
+
+
+_current: Adapter | None = None
+_lock = threading.Lock()
+
+
+def create(name: str) -> Adapter:
+    adapters: dict[str, type] = {"redis": RedisAdapter, "async": AsyncAdapter, "inline": InlineAdapter,
+                                 "test": TestAdapter}
+    if name not in adapters:
+        raise ValueError(f"unknown adapter {name!r}: use one of {', '.join(NAMES)}")
+    adapter: Adapter = adapters[name]()
+    return adapter
+
+
+def use(adapter: Adapter | str) -> Adapter:
+    """Make ``adapter`` (or a new one of that name) the one ``perform_later`` uses; returns it."""
+    global _current
+    with _lock:
+        _current = create(adapter) if isinstance(adapter, str) else adapter
+        return _current
+
+
+def current() -> Adapter:
+    global _current
+    if _current is None:
+        with _lock:
+            if _current is None:
+                _current = create(os.environ.get("KIQ_ADAPTER") or "redis")
+    return _current

@@ -1,0 +1,170 @@
+"""Active Job's callbacks and error policy for kiq jobs.
+
+Callbacks are methods marked with a decorator; a subclass inherits its
+parents' callbacks, which run before its own. ``before_*`` callbacks run in
+the order they were defined, ``around_*`` ones nest with the first defined
+outermost, and ``after_*`` ones run in reverse order, so the last set up is
+the first torn down. An ``around_*`` callback receives ``block`` and must
+call it to go on.
+
+``retry_on`` and ``discard_on`` are class decorators. They decide what a
+failure means before kiq's own retry policy (the job's ``retry``) does:
+``discard_on`` drops the job, ``retry_on`` puts it in the retry set after its
+own wait until it has failed ``attempts`` times with those errors; after that
+the failure falls through to the job's ``retry`` policy, as Active Job leaves
+it to the queueing backend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+C = TypeVar("C", bound=type)
+Wait = float | dt.timedelta | str | Callable[[int], float]
+
+PHASES = ("enqueue", "perform")
+KINDS = tuple(f"{when}_{phase}" for phase in PHASES for when in ("before", "around", "after"))
+MARK = "_kiq_callback"
+
+
+def _marker(kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def mark(method: Callable[..., Any]) -> Callable[..., Any]:
+        setattr(method, MARK, kind)
+        return method
+
+    mark.__name__ = kind
+    mark.__doc__ = f"Mark a job method as a {kind.replace('_', ' ')} callback."
+    return mark
+
+
+before_enqueue = _marker("before_enqueue")
+around_enqueue = _marker("around_enqueue")
+after_enqueue = _marker("after_enqueue")
+before_perform = _marker("before_perform")
+around_perform = _marker("around_perform")
+after_perform = _marker("after_perform")
+
+
+def collect(cls: type) -> dict[str, list[str]]:
+    """Callback method names of ``cls`` by kind, parents' first; an override keeps its place."""
+    found: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        for name, attribute in vars(klass).items():
+            kind = getattr(attribute, MARK, None)
+            if kind is not None:
+                found[name] = kind
+            elif name in found:
+                del found[name]  # overridden by a plain method: no longer a callback
+    return {kind: [name for name, k in found.items() if k == kind] for kind in KINDS}
+
+
+def run(instance: Any, phase: str, body: Callable[[], T]) -> T:
+    """Call ``body`` inside ``instance``'s callbacks for ``phase`` ("enqueue" or "perform")."""
+    table: dict[str, list[str]] = type(instance)._kiq_callbacks
+    before, around, after = (table[f"{when}_{phase}"] for when in ("before", "around", "after"))
+    if not (before or around or after):
+        return body()
+    for name in before:
+        getattr(instance, name)()
+    call = body
+    for name in reversed(around):
+        call = _wrap(getattr(instance, name), call)
+    result = call()
+    for name in reversed(after):
+        getattr(instance, name)()
+    return result
+
+
+def _wrap(callback: Callable[[Callable[[], Any]], Any], inner: Callable[[], T]) -> Callable[[], T]:
+    def call() -> T:
+        box: list[T] = []
+        callback(lambda: box.append(inner()))
+        if not box:
+            raise RuntimeError(f"around callback {callback.__name__} did not call its block")
+        return box[0]
+
+    return call
+
+
+@dataclass(frozen=True)
+class RetryRule:
+    errors: tuple[type[BaseException], ...]
+    wait: Wait
+    attempts: int
+    jitter: float
+
+    def delay(self, executions: int) -> float:
+        """Seconds before the next try, after ``executions`` failures with these errors."""
+        if callable(self.wait):
+            return float(self.wait(executions))
+        if self.wait == "polynomially_longer":
+            base = float(executions**4)
+            return base + random.random() * base * self.jitter + 2
+        if isinstance(self.wait, str):
+            raise ValueError(f"unknown wait {self.wait!r}: use seconds, a timedelta, a callable "
+                             "or 'polynomially_longer'")
+        seconds = self.wait.total_seconds() if isinstance(self.wait, dt.timedelta) else float(self.wait)
+        return seconds + random.random() * seconds * self.jitter
+
+    @property
+    def key(self) -> str:
+        """The name Active Job counts these errors' executions under."""
+        return "[" + ", ".join(error.__name__ for error in self.errors) + "]"
+
+
+def retry_on(*errors: type[BaseException], wait: Wait = 3.0, attempts: int = 5,
+             jitter: float = 0.15) -> Callable[[C], C]:
+    """Retry on ``errors`` after ``wait`` until ``attempts`` runs have failed with them.
+
+    ``wait`` is seconds, a timedelta, a callable of the number of failures so
+    far, or ``"polynomially_longer"`` (failures**4 + 2 seconds, plus jitter).
+    """
+    if not errors or attempts < 1:
+        raise ValueError("retry_on needs at least one error class and attempts >= 1")
+    rule = RetryRule(errors, wait, attempts, jitter)
+    if isinstance(wait, str):
+        rule.delay(1)  # a misspelt wait fails where it is written
+
+    def decorate(cls: C) -> C:
+        cls._kiq_retry_rules = [*getattr(cls, "_kiq_retry_rules", []), rule]  # type: ignore[attr-defined]
+        return cls
+
+    return decorate
+
+
+def discard_on(*errors: type[BaseException]) -> Callable[[C], C]:
+    """Drop the job, without retrying, when it fails with one of ``errors``."""
+    if not errors:
+        raise ValueError("discard_on needs at least one error class")
+
+    def decorate(cls: C) -> C:
+        cls._kiq_discard_on = (*getattr(cls, "_kiq_discard_on", ()), *errors)  # type: ignore[attr-defined]
+        return cls
+
+    return decorate
+
+
+def decide(cls: Any, error: BaseException, payload: dict[str, Any]) -> tuple[str, float]:
+    """("discard", 0), ("retry", seconds) or ("default", 0) for a failure of a ``cls`` job.
+
+    Counts the failure in the payload's ``exception_executions`` (Active Job's field) when a
+    ``retry_on`` rule matches.
+    """
+    if isinstance(error, cls._kiq_discard_on):
+        return "discard", 0.0
+    for rule in reversed(cls._kiq_retry_rules):  # the last declared wins, as in Active Job
+        if isinstance(error, rule.errors):
+            counts = payload.setdefault("exception_executions", {})
+            if not isinstance(counts, dict):
+                counts = payload["exception_executions"] = {}
+            executions = int(counts.get(rule.key, 0)) + 1
+            counts[rule.key] = executions
+            if executions < rule.attempts:
+                return "retry", rule.delay(executions)
+            return "default", 0.0
+    return "default", 0.0

@@ -1,0 +1,160 @@
+"""Every adapter with the same job module: Redis, async (in-process threads), inline and test."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import threading
+import time
+
+import pytest
+
+import kiq
+from kiq import adapters
+from kiq.callbacks import discard_on, retry_on
+
+done: list[tuple[str, object]] = []
+lock = threading.Lock()
+
+
+class AdapterJob(kiq.Job):
+    queue = "adapted"
+
+    def perform(self, name: str, when: dt.date, size: str = "m") -> None:
+        with lock:
+            done.append((name, (when, size, self.queue_name)))
+
+
+class ExplodingJob(kiq.Job):
+    retry = 0
+
+    def perform(self) -> None:
+        raise RuntimeError("kaboom")
+
+
+class Flaky(Exception):
+    pass
+
+
+attempts: list[int] = []
+
+
+@retry_on(Flaky, wait=0.05, attempts=3)
+class RetriedInProcessJob(kiq.Job):
+    def perform(self) -> None:
+        attempts.append(self.executions)
+        if len(attempts) < 3:
+            raise Flaky("not yet")
+
+
+class AsyncInlineJob(kiq.Job):
+    async def perform(self, value: int) -> None:
+        import asyncio
+
+        await asyncio.sleep(0)
+        done.append(("async", value))
+
+
+@discard_on(KeyError)
+class DiscardedJob(kiq.Job):
+    def perform(self) -> None:
+        raise KeyError("gone")
+
+
+@pytest.fixture(autouse=True)
+def clean():
+    done.clear()
+    attempts.clear()
+    yield
+    adapters.use("redis")
+
+
+def test_redis_adapter_is_the_default_and_writes_sidekiq_payloads(client, r, monkeypatch):
+    monkeypatch.delenv("KIQ_ADAPTER", raising=False)
+    adapters._current = None
+    assert isinstance(adapters.current(), adapters.RedisAdapter)
+    job = AdapterJob.perform_later("r", dt.date(2026, 1, 2), size="l")
+    [raw] = r.lrange("queue:adapted", 0, -1)
+    payload = json.loads(raw)
+    assert payload["jid"] == job.jid and payload["kwargs"] == {"size": "l"}
+
+
+def test_adapter_from_environment(monkeypatch):
+    monkeypatch.setenv("KIQ_ADAPTER", "inline")
+    adapters._current = None
+    assert isinstance(adapters.current(), adapters.InlineAdapter)
+    monkeypatch.setenv("KIQ_ADAPTER", "nonsense")
+    adapters._current = None
+    with pytest.raises(ValueError, match="unknown adapter 'nonsense'"):
+        adapters.current()
+
+
+def test_inline_runs_at_once_from_a_round_tripped_payload():
+    adapters.use("inline")
+    job = AdapterJob.set(queue="other").perform_later("i", dt.date(2026, 1, 2), size="s")
+    assert done == [("i", (dt.date(2026, 1, 2), "s", "other"))]
+    assert len(job.jid) == 24
+    with pytest.raises(RuntimeError, match="kaboom"):
+        ExplodingJob.perform_later()
+
+
+def test_inline_refuses_unserializable_arguments_in_the_caller():
+    adapters.use("inline")
+    with pytest.raises(kiq.SerializationError):
+        AdapterJob.perform_later("x", object())
+    assert done == []
+
+
+def test_async_runs_on_threads_and_honours_wait():
+    adapter = adapters.use(adapters.AsyncAdapter(threads=2))
+    assert isinstance(adapter, adapters.AsyncAdapter)
+    started = time.time()
+    AdapterJob.set(wait=0.3).perform_later("later", dt.date(2026, 1, 1))
+    AdapterJob.perform_bulk([["a", dt.date(2026, 1, 1)], ["b", dt.date(2026, 1, 1)]])
+    assert adapter.drain(5)
+    assert sorted(name for name, _ in done) == ["a", "b"]
+    deadline = time.time() + 5
+    while len(done) < 3 and time.time() < deadline:
+        time.sleep(0.01)
+    assert [name for name, _ in done][-1] == "later"
+    assert time.time() - started >= 0.3
+
+
+def test_async_retries_in_process_and_keeps_the_dead():
+    adapter = adapters.use(adapters.AsyncAdapter(threads=2))
+    RetriedInProcessJob.perform_later()
+    ExplodingJob.perform_later()
+    deadline = time.time() + 5
+    while (len(attempts) < 3 or not adapter.dead) and time.time() < deadline:
+        time.sleep(0.01)
+    assert attempts == [1, 2, 3]
+    assert [d["class"] for d in adapter.dead] == ["ExplodingJob"]
+
+
+def test_test_adapter_records_and_performs_on_request():
+    adapter = adapters.use("test")
+    assert isinstance(adapter, adapters.TestAdapter)
+    AdapterJob.set(wait=60).perform_later("t", dt.date(2026, 1, 1))
+    assert done == []
+    [payload] = adapter.enqueued
+    assert payload["class"] == "AdapterJob" and payload["queue"] == "adapted" and "at" in payload
+    adapter.perform(payload)
+    assert done == [("t", (dt.date(2026, 1, 1), "m", "adapted"))]
+    assert adapter.performed == [payload]
+
+
+def test_async_perform_runs_on_every_local_adapter():
+    adapters.use("inline")
+    AsyncInlineJob.perform_later(1)
+    assert AsyncInlineJob.perform_now(2) is None
+    adapter = adapters.use(adapters.AsyncAdapter())
+    AsyncInlineJob.perform_later(3)
+    assert adapter.drain(5)
+    assert sorted(v for _, v in done) == [1, 2, 3]
+
+
+def test_discard_on_drops_without_retry_anywhere():
+    adapter = adapters.use(adapters.AsyncAdapter())
+    DiscardedJob.perform_later()
+    assert adapter.drain(5)
+    assert adapter.dead == []

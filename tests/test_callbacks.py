@@ -1,0 +1,187 @@
+"""Active Job's callbacks and error policy: order, inheritance, retry_on/discard_on with kiq's retry set."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+import kiq
+from kiq import adapters
+from kiq.callbacks import (
+    after_enqueue,
+    after_perform,
+    around_enqueue,
+    around_perform,
+    before_enqueue,
+    before_perform,
+    discard_on,
+    retry_on,
+)
+from kiq.client import build_payload
+from kiq.processor import run
+
+calls: list[str] = []
+
+
+class BaseJob(kiq.Job):
+    @before_perform
+    def base_before(self) -> None:
+        calls.append("base-before")
+
+    @after_perform
+    def base_after(self) -> None:
+        calls.append("base-after")
+
+
+class OrderedJob(BaseJob):
+    @before_perform
+    def first_before(self) -> None:
+        calls.append(f"before-1 {self.arguments}")
+
+    @before_perform
+    def second_before(self) -> None:
+        calls.append("before-2")
+
+    @around_perform
+    def outer(self, block) -> None:
+        calls.append("outer-in")
+        block()
+        calls.append("outer-out")
+
+    @around_perform
+    def inner(self, block) -> None:
+        calls.append("inner-in")
+        block()
+        calls.append("inner-out")
+
+    @after_perform
+    def first_after(self) -> None:
+        calls.append("after-1")
+
+    @after_perform
+    def second_after(self) -> None:
+        calls.append("after-2")
+
+    @before_enqueue
+    def check(self) -> None:
+        calls.append(f"before-enqueue {self.arguments} {self.queue_name}")
+
+    @around_enqueue
+    def around_push(self, block) -> None:
+        calls.append("around-enqueue-in")
+        block()
+        calls.append("around-enqueue-out")
+
+    @after_enqueue
+    def pushed(self) -> None:
+        calls.append("after-enqueue")
+
+    def perform(self, n: int) -> None:
+        calls.append(f"perform {n}")
+
+
+class OverridingJob(OrderedJob):
+    def second_before(self) -> None:
+        """No longer a callback."""
+
+
+class SwallowingJob(kiq.Job):
+    @around_perform
+    def skip(self, block) -> None:
+        calls.append("skipped")
+
+    def perform(self) -> None:
+        calls.append("never")
+
+
+@pytest.fixture(autouse=True)
+def clean():
+    calls.clear()
+    adapters.use("inline")
+    yield
+    adapters.use("redis")
+
+
+def test_callback_order_follows_active_job():
+    OrderedJob.perform_now(7)
+    assert calls == [
+        "base-before", "before-1 [7]", "before-2", "outer-in", "inner-in", "perform 7",
+        "inner-out", "outer-out", "after-2", "after-1", "base-after",
+    ]
+
+
+def test_enqueue_callbacks_wrap_the_push():
+    OrderedJob.set(queue="q").perform_later(3)
+    assert calls[:4] == ["before-enqueue [3] q", "around-enqueue-in", "base-before", "before-1 [3]"]
+    assert calls[-2:] == ["around-enqueue-out", "after-enqueue"]
+
+
+def test_overriding_a_callback_with_a_plain_method_removes_it():
+    OverridingJob.perform_now(1)
+    assert "before-2" not in calls and "before-1 [1]" in calls
+
+
+def test_an_around_callback_must_call_its_block():
+    with pytest.raises(RuntimeError, match="did not call its block"):
+        SwallowingJob.perform_now()
+    assert calls == ["skipped"]
+
+
+class Timeout(Exception):
+    pass
+
+
+class Gone(Exception):
+    pass
+
+
+@discard_on(Gone)
+@retry_on(Timeout, wait=dt.timedelta(seconds=30), attempts=3, jitter=0)
+class PolicyJob(kiq.Job):
+    retry = 2
+
+    def perform(self, error: str) -> None:
+        raise {"timeout": Timeout, "gone": Gone, "other": ValueError}[error]("x")
+
+
+def attempt(payload: dict) -> tuple[str, dict]:
+    outcome = run(PolicyJob, payload, "default")
+    return outcome.action or ("discard" if outcome.failed else "done"), json.loads(outcome.payload or "{}")
+
+
+def test_retry_on_uses_its_own_wait_then_falls_through_to_the_retry_policy():
+    payload = build_payload("PolicyJob", ["timeout"], retry=2)
+    action, payload = attempt(payload)
+    assert action == "retry"
+    assert payload["exception_executions"] == {"[Timeout]": 1} and payload["retry_count"] == 0
+    action, payload = attempt(payload)
+    assert action == "retry" and payload["exception_executions"] == {"[Timeout]": 2}
+    action, payload = attempt(payload)  # third attempt: retry_on is spent, retry = 2 decides
+    assert action == "dead"
+    assert payload["retry_count"] == 2 and payload["error_class"].endswith("Timeout")
+
+
+def test_retry_on_wait_is_the_score():
+    payload = build_payload("PolicyJob", ["timeout"])
+    outcome = run(PolicyJob, payload, "default")
+    assert outcome.score - json.loads(outcome.payload)["failed_at"] == pytest.approx(30, abs=0.5)
+
+
+def test_discard_on_drops_the_job_and_other_errors_use_sidekiq_backoff():
+    assert attempt(build_payload("PolicyJob", ["gone"]))[0] == "discard"
+    outcome = run(PolicyJob, build_payload("PolicyJob", ["other"]), "default")
+    assert outcome.action == "retry"
+    assert 15 <= outcome.score - json.loads(outcome.payload)["failed_at"] <= 25
+
+
+def test_wait_forms():
+    from kiq.callbacks import RetryRule
+
+    assert RetryRule((Timeout,), 5, 3, 0).delay(1) == 5
+    assert RetryRule((Timeout,), dt.timedelta(minutes=1), 3, 0).delay(1) == 60
+    assert RetryRule((Timeout,), lambda n: n * 10, 3, 0).delay(2) == 20
+    assert RetryRule((Timeout,), "polynomially_longer", 3, 0).delay(2) == 2**4 + 2
+    with pytest.raises(ValueError, match="unknown wait"):
+        retry_on(Timeout, wait="exponentially")
