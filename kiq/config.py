@@ -1,7 +1,8 @@
 """kiq's settings: defaults, then the YAML file, then command-line flags.
 
 The Redis URL comes from the flag, else the file, else ``KIQ_REDIS_URL``, else
-``REDIS_URL``, else the local default. Every mistake is a ``ConfigError`` that
+``REDIS_URL``, else the local default; the namespace likewise from ``KIQ_NAMESPACE``,
+so that ``kiq start`` and an app's client agree on the keys. Every mistake is a ``ConfigError`` that
 names the key, so the CLI can print one clear line and exit with code 2.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -102,6 +104,8 @@ def _build(raw: dict[str, Any]) -> Config:
         else:
             raise ConfigError(key, "unknown setting")
     config.redis_url = config.redis_url or url_from_env()
+    if "namespace" not in raw:
+        config.namespace = os.environ.get("KIQ_NAMESPACE", "")
     _validate(config)
     return config
 

@@ -50,6 +50,7 @@ class Generation:
     ready_fd: int
     state: str = "loading"  # loading, current, retiring
     started: float = 0.0
+    processes: int = 0  # as the title shows it: the config's count, moved by TTIN and TTOU
 
 
 class Master:
@@ -131,6 +132,7 @@ class Master:
         elif signum in (signal.SIGTTIN, signal.SIGTTOU):
             for gen in self._in_state("current"):
                 kill(gen.pid, signum)
+                gen.processes = max(1, gen.processes + (1 if signum == signal.SIGTTIN else -1))
         elif signum == signal.SIGTSTP:
             self.quiet = True
             self.log.info("quiet: no new jobs")
@@ -170,7 +172,7 @@ class Master:
             self._become_supervisor(config, number, master_pid, read_fd, write_fd)
         os.close(write_fd)
         os.set_blocking(read_fd, False)
-        gen = Generation(number, pid, config, read_fd, started=time.monotonic())
+        gen = Generation(number, pid, config, read_fd, started=time.monotonic(), processes=config.processes)
         self.generations.append(gen)
         return gen
 
@@ -196,10 +198,9 @@ class Master:
             if message == "ok":
                 self._promote(gen)
             elif message:
-                self.log.error("reload failed, keeping the running generation", generation=gen.number,
-                               error=message.removeprefix("error "))
                 os.close(gen.ready_fd)
                 gen.state = "retiring"
+                self._load_failed(gen, message.removeprefix("error "))
 
     def _promote(self, gen: Generation) -> None:
         """``gen`` loaded the app: it becomes current and every other generation retires."""
@@ -237,8 +238,7 @@ class Master:
     def _generation_exited(self, gen: Generation, status: int) -> None:
         if gen.state == "loading":
             os.close(gen.ready_fd)
-            self.log.error("reload failed: generation died while loading", generation=gen.number,
-                           status=describe(status))
+            self._load_failed(gen, f"generation died while loading: {describe(status)}")
             return
         if gen.state != "current" or self.stopping:
             self.log.info("generation exited", generation=gen.number, status=describe(status))
@@ -249,7 +249,18 @@ class Master:
             self.exit_code = code
             self.stopping = True
             return
-        lived = time.monotonic() - gen.started
+        self._restart_later(time.monotonic() - gen.started)
+
+    def _load_failed(self, gen: Generation, error: str) -> None:
+        """A new generation could not load the app: keep the running one, or try again later."""
+        if self._in_state("current"):
+            self.log.error("reload failed, keeping the running generation", generation=gen.number,
+                           error=error)
+            return
+        self.log.error("generation failed to load the app; trying again", generation=gen.number, error=error)
+        self._restart_later(0.0)
+
+    def _restart_later(self, lived: float) -> None:
         self.crashes = self.crashes + 1 if lived < 30 else 1
         self.restart_at = time.monotonic() + min(30.0, 0.5 * 2 ** (self.crashes - 1))
 
@@ -332,7 +343,7 @@ class Master:
     def _title(self) -> None:
         current = self._in_state("current")
         number = current[0].number if current else self.counter
-        processes = current[0].config.processes if current else 0
+        processes = current[0].processes if current else 0
         state = " quiet" if self.quiet else ""
         setproctitle.setproctitle(f"kiq master [gen {number}] {processes} workers{state}")
 

@@ -149,7 +149,7 @@ def wrap_invalid(queue: str, raw: str, reason: str) -> dict[str, Any]:
 
 
 def _with_error(payload: dict[str, Any], error: Exception) -> dict[str, Any]:
-    payload.update(error_class=error_name(error), error_message=str(error), failed_at=time.time())
+    payload.update(error_class="kiq.UnknownJobError", error_message=str(error), failed_at=time.time())
     payload.setdefault("retry_count", 0)
     return payload
 

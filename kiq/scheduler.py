@@ -24,6 +24,7 @@ from kiq.connection import connect, wire
 from kiq.fetch import Outage
 from kiq.keys import Keys
 from kiq.processor import InvalidPayloadError, decode, wrap_invalid
+from kiq.retry import DEAD_MAX_JOBS
 
 # ARGV: prefix, sorted set, now, then (old payload, queue, new payload)
 # triples; an empty queue sends the new payload to the dead set instead.
@@ -34,6 +35,7 @@ for i = 4, #ARGV, 3 do
     local queue = ARGV[i + 1]
     if queue == '' then
       redis.call('ZADD', prefix .. 'dead', now, ARGV[i + 2])
+      redis.call('ZREMRANGEBYRANK', prefix .. 'dead', 0, -(__DEAD_MAX__ + 1))
     else
       redis.call('SADD', prefix .. 'queues', queue)
       redis.call('LPUSH', prefix .. 'queue:' .. queue, ARGV[i + 2])
@@ -42,7 +44,7 @@ for i = 4, #ARGV, 3 do
   end
 end
 return moved
-"""
+""".replace("__DEAD_MAX__", str(DEAD_MAX_JOBS))
 
 BATCH = 100
 MAX_SLEEP = 5.0

@@ -36,6 +36,7 @@ import setproctitle
 from kiq import heartbeat, log, metrics
 from kiq.config import Config
 from kiq.connection import connect
+from kiq.fetch import Outage
 from kiq.keys import Keys
 from kiq.recovery import Recovery
 from kiq.signals import SignalQueue, kill
@@ -90,6 +91,7 @@ class Supervisor:
         self.quiet = False
         self.unrecovered: list[str] = []
         self.next_memory_check = 0.0
+        self.outage = Outage("requeue of dead workers' jobs")
         self.log = log.get("kiq.supervisor").bind(generation=generation)
 
     def run(self, ready_fd: int) -> int:
@@ -194,6 +196,9 @@ class Supervisor:
         slot = next((s for s in self.slots if s.pid == pid), None)
         if slot is None or self.stopping:
             return
+        if self.quiet:  # a replacement would take jobs; the old worker just stops
+            self._retire(slot, reason)
+            return
         self.log.info("replacing worker", worker=slot.index, pid=pid, reason=reason)
         if reason in metrics.RESTART_REASONS:
             metrics.restarts.labels(reason).inc()
@@ -272,8 +277,9 @@ class Supervisor:
             try:
                 moved = self.recovery.requeue_all(ident)
             except redis.RedisError as error:
-                self.log.warning("cannot requeue yet", identity=ident, error=str(error))
+                self.outage.failed(error, 0.0)
                 return
+            self.outage.recovered(1.0)
             self.unrecovered.pop(0)
             if moved:
                 self.log.warning("requeued jobs of dead worker", identity=ident, jobs=moved)

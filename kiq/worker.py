@@ -67,6 +67,7 @@ class Worker:
         self.running: dict[str, Running] = {}
         self.lock = threading.Lock()
         self.beat_outage = Outage("heartbeat")
+        self.beat_done = threading.Event()
         self.log = log.get("kiq.worker").bind(worker=index, pid=os.getpid())
 
     def run(self) -> int:
@@ -140,7 +141,8 @@ class Worker:
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         self.fetcher.close()
-        beat.join(1.0)
+        self.beat_done.set()
+        beat.join(self.config.heartbeat_interval + 1)
         moved = self.fetcher.recovery.requeue_all(self.identity, crashed=False)
         if moved:
             self.log.warning("timeout: requeued unfinished jobs", jobs=moved)
@@ -223,11 +225,11 @@ class Worker:
             time.sleep(pause)
 
     def _beat(self) -> None:
-        while not self.stopping:
+        """Beat until the very end of a stop: a worker still finishing its jobs must not look
+        like a vanished host to another master's sweep."""
+        while not self.beat_done.is_set():
             self._beat_once()
-            until = time.monotonic() + self.config.heartbeat_interval
-            while not self.stopping and time.monotonic() < until:
-                time.sleep(0.1)
+            self.beat_done.wait(self.config.heartbeat_interval)
 
     def _beat_once(self) -> bool:
         try:

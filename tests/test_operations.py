@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import textwrap
 import time
@@ -184,3 +185,22 @@ def test_master_exits_non_zero_when_every_worker_dies_booting(start_kiq, tmp_pat
     kiq = start_kiq(processes=2, require=["sample_jobs", "fork_bomb_guard"])
     assert kiq.wait(60) == 4
     assert "every worker failed to boot" in kiq.log()
+
+
+def test_master_restarts_a_dead_generation_and_keeps_trying_while_the_app_is_broken(start_kiq, tmp_path, r,
+                                                                                    client):
+    import sample_jobs
+
+    app = tmp_path / "fragile_jobs.py"
+    app.write_text("import sample_jobs\n")
+    kiq = start_kiq(processes=1, require=["sample_jobs", "fragile_jobs"])
+    kiq.wait_workers(1)
+    [generation] = kiq.generations()
+    app.write_text("raise RuntimeError('broken for now')\n")
+    os.kill(generation, signal.SIGKILL)
+    wait_for(lambda: kiq.log().count("trying again") >= 2, timeout=30)
+    assert kiq.process.poll() is None
+    app.write_text("import sample_jobs\n")
+    wait_for(lambda: len(kiq.workers()) == 1, timeout=60)
+    sample_jobs.RecordJob.perform_later("back")
+    wait_for(lambda: r.lrange("results", 0, -1) == ["back"], timeout=15)

@@ -226,7 +226,7 @@ def test_unregistered_class_goes_to_dead_with_the_payload_intact(calls):
     assert calls == []
     assert outcome.failed and outcome.action == "dead"
     payload = json.loads(outcome.payload)
-    assert payload["error_class"] == "kiq.processor.UnknownJobError"
+    assert payload["error_class"] == "kiq.UnknownJobError"
     assert "Ruby::OnlyInRailsJob" in payload["error_message"]
     assert payload["retry_count"] == 0
     assert payload["failed_at"] <= time.time()
