@@ -19,6 +19,7 @@ from typing import Any
 
 import redis
 
+from kiq import activejob
 from kiq.connection import connect, url_from_env
 from kiq.job import Job
 from kiq.keys import Keys
@@ -156,6 +157,9 @@ def payload_for(
         name, default_queue = job, "default"
     else:
         name, default_queue, default_retry = job.job_name, job.queue, job.retry
+        if job.active_job:
+            return activejob.wrap(name, args, kwargs, queue=queue or default_queue, jid=new_jid(), at=at,
+                                  retry=default_retry if retry is None else retry)
     return build_payload(
         name,
         args,

@@ -35,12 +35,15 @@ class Job:
     Ruby constant would be, and may name a Ruby class such as ``Billing::InvoiceJob``.
     ``timeout`` (seconds) fails a run that takes longer into the retry set; its
     worker is then replaced, since a Python thread cannot be stopped from outside.
+    ``active_job = True`` enqueues in Rails Active Job's Sidekiq shape, for a Ruby
+    Active Job class of the same name (kiq runs jobs of either shape).
     """
 
     queue: ClassVar[str] = "default"
     retry: ClassVar[bool | int] = True
     job_name: ClassVar[str] = ""
     timeout: ClassVar[float | None] = None
+    active_job: ClassVar[bool] = False
     _kiq_callbacks: ClassVar[dict[str, list[str]]] = callbacks.collect(object)
     _kiq_retry_rules: ClassVar[list[callbacks.RetryRule]] = []
     _kiq_discard_on: ClassVar[tuple[type[BaseException], ...]] = ()

@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from kiq import callbacks, log, retry
+from kiq import activejob, callbacks, log, retry
 from kiq import job as jobs
 from kiq.client import new_jid
 from kiq.retry import Outcome
@@ -48,9 +48,11 @@ def prepare(queue: str, raw: str) -> tuple[type[jobs.Job], dict[str, Any]] | Out
     except InvalidPayloadError as error:
         logger.error("invalid payload", queue=queue, error=str(error))
         return retry.dead(wrap_invalid(queue, raw, str(error)))
-    job_class = jobs.lookup(payload["class"])
+    data = activejob.job_data(payload)
+    name = str(data.get("job_class")) if data is not None else payload["class"]
+    job_class = jobs.lookup(name)
     if job_class is None:
-        unknown = UnknownJobError(f"no job class registered as {payload['class']!r}")
+        unknown = UnknownJobError(f"no job class registered as {name!r}")
         logger.error("unknown job class", queue=queue, jid=payload["jid"], error=str(unknown))
         return retry.dead(_with_error(payload, unknown))
     return job_class, payload
@@ -66,7 +68,7 @@ def timed_out(payload: dict[str, Any], seconds: float) -> Outcome:
 def run(job_class: type[jobs.Job], payload: dict[str, Any], queue: str) -> Outcome:
     """Run a job and turn what happened into the outcome to acknowledge; never raises."""
     structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(jid=payload["jid"], queue=queue, **{"class": payload["class"]})
+    structlog.contextvars.bind_contextvars(jid=payload["jid"], queue=queue, **{"class": job_class.job_name})
     logger.debug("start")
     started = time.perf_counter()
     try:
@@ -89,8 +91,12 @@ def execute(job_class: type[jobs.Job], payload: dict[str, Any]) -> Any:
     job.queue_name = str(payload.get("queue") or job_class.queue)
     count = payload.get("retry_count")
     job.executions = count + 2 if isinstance(count, int) else 1
-    job.arguments = deserialize_args(payload["args"])
-    job.kwargs = deserialize_kwargs(payload.get("kwargs") or {})
+    data = activejob.job_data(payload)
+    if data is not None:
+        job.arguments, job.kwargs = activejob.arguments(data)
+    else:
+        job.arguments = deserialize_args(payload["args"])
+        job.kwargs = deserialize_kwargs(payload.get("kwargs") or {})
     return job.execute()
 
 
