@@ -10,7 +10,6 @@ signals list, as Sidekiq's Web UI sends them.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -147,10 +146,7 @@ class Queue:
         return [Job.parse(str(raw)) for raw in reversed(raws)]
 
     def __iter__(self) -> Iterator[Job]:
-        start = 0
-        while batch := self.jobs(start, BATCH):
-            yield from batch
-            start += BATCH
+        return _pages(self.jobs)
 
     def find(self, jid: str) -> Job | None:
         return next((job for job in self if job.jid == jid), None)
@@ -185,10 +181,7 @@ class SortedSet:
         return [Job.parse(str(raw), float(score)) for raw, score in entries]
 
     def __iter__(self) -> Iterator[Job]:
-        start = 0
-        while batch := self.jobs(start, BATCH):
-            yield from batch
-            start += BATCH
+        return _pages(self.jobs)
 
     def find(self, jid: str) -> Job | None:
         """The entry with this jid (a scan, as in Sidekiq's ``find_job``)."""
@@ -261,7 +254,7 @@ class API:
         namespace: str | None = None,
         connection: redis.Redis | None = None,
     ) -> None:
-        self.keys = Keys(os.environ.get("KIQ_NAMESPACE", "") if namespace is None else namespace)
+        self.keys = Keys.using(namespace)
         self.redis = connection or connect(redis_url or url_from_env(), name="kiq-api", retry=True)
         self.scheduled = SortedSet(self, "schedule")
         self.retries = SortedSet(self, "retry")
@@ -326,6 +319,13 @@ class API:
         pipe.lpush(key, name)
         pipe.expire(key, 60)
         pipe.execute()
+
+
+def _pages(jobs: Callable[[int, int], list[Job]]) -> Iterator[Job]:
+    start = 0
+    while batch := jobs(start, BATCH):
+        yield from batch
+        start += BATCH
 
 
 def _epoch(value: Any) -> float | None:

@@ -9,7 +9,6 @@ is FIFO.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import threading
 import time
@@ -79,7 +78,7 @@ class Client:
         connection: redis.Redis | None = None,
     ) -> None:
         self.redis_url = redis_url or url_from_env()
-        self.keys = Keys(os.environ.get("KIQ_NAMESPACE", "") if namespace is None else namespace)
+        self.keys = Keys.using(namespace)
         self.redis = connection or connect(self.redis_url, name="kiq-client", retry=True)
 
     def enqueue(

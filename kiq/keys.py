@@ -7,11 +7,17 @@ Sidekiq, its API and its Web UI see kiq's data. kiq's private keys start with
 
 from __future__ import annotations
 
+import os
 import time
 
 
 class Keys:
     """Key names under an optional namespace (``ns`` gives ``ns:queue:default``)."""
+
+    @classmethod
+    def using(cls, namespace: str | None) -> Keys:
+        """Keys for ``namespace``, or for ``KIQ_NAMESPACE`` when it is None."""
+        return cls(os.environ.get("KIQ_NAMESPACE", "") if namespace is None else namespace)
 
     def __init__(self, namespace: str = "") -> None:
         self.namespace = namespace
@@ -52,6 +58,18 @@ class Keys:
         contain ``|``, so the pair splits back unambiguously.
         """
         return f"{self.prefix}kiq:wip:{identity}|{queue}"
+
+    def periodic(self, name: str) -> str:
+        """A periodic entry's state hash: ``last`` tick, its ``jid`` and ``enqueued_at``,
+        ``schedule`` and ``since`` (when that schedule was first seen)."""
+        return f"{self.prefix}kiq:periodic:{name}"
+
+    def periodic_ticks(self, name: str) -> str:
+        """Sorted set of a periodic entry's recently fired ticks (member and score = the tick).
+
+        Entry names never contain ``:``, so this cannot clash with another entry's hash.
+        """
+        return f"{self.prefix}kiq:periodic:{name}:ticks"
 
 
 def day(now: float | None = None) -> str:
