@@ -4,8 +4,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from kiq import globalid
 from kiq.client import Client, Enqueued, configure
 from kiq.job import Job, JobNameError
+from kiq.periodic import periodic
 from kiq.serialize import DeserializationError, SerializationError
 
 __all__ = [
@@ -16,4 +18,6 @@ __all__ = [
     "JobNameError",
     "SerializationError",
     "configure",
+    "globalid",
+    "periodic",
 ]

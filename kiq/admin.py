@@ -1,4 +1,5 @@
-"""The operator's commands: stats, queues, processes, retries, dead, scheduled, enqueue, quiet, stop.
+"""The operator's commands: stats, queues, processes, retries, dead, scheduled, enqueue, quiet, stop,
+periodic.
 
 Tables for people, ``--json`` for scripts. Exit codes a script can trust:
 0 done, 1 some named job or process was not found, 2 bad usage or config,
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import click
 import redis
 
-from kiq.config import ConfigError, load
+from kiq.config import Config, ConfigError, load
 
 if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no metrics code early
     from kiq.api import API, Job, SortedSet
@@ -38,11 +39,7 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(command)
     def wrapper(config_path: str | None, redis_url: str | None, namespace: str | None, as_json: bool,
                 **kwargs: Any) -> None:
-        try:
-            config = load(config_path, {"redis_url": redis_url, "namespace": namespace})
-        except ConfigError as error:
-            click.echo(f"kiq: bad config: {error}", err=True)
-            sys.exit(EXIT_CONFIG)
+        config = settings(config_path, redis_url, namespace)
         from kiq.api import API
 
         api = API(config.redis_url, config.namespace)
@@ -53,6 +50,15 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
             sys.exit(EXIT_REDIS)
 
     return wrapper
+
+
+def settings(config_path: str | None, redis_url: str | None, namespace: str | None) -> Config:
+    """The config file with the flags applied, or exit 2 with one line naming the bad key."""
+    try:
+        return load(config_path, {"redis_url": redis_url, "namespace": namespace})
+    except ConfigError as error:
+        click.echo(f"kiq: bad config: {error}", err=True)
+        sys.exit(EXIT_CONFIG)
 
 
 def emit(as_json: bool, data: Any, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -235,7 +241,39 @@ def process_command(name: str, help_text: str) -> click.Command:
     return command
 
 
+@click.command()
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="Config file with periodic entries and the modules (require) that declare more.")
+@click.option("-r", "--require", "require", multiple=True, help="Module that declares entries. Repeatable.")
+@click.option("--redis-url", help="Redis URL (default: config, KIQ_REDIS_URL, REDIS_URL, local).")
+@click.option("--namespace", help="Key prefix.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str | None, namespace: str | None,
+             as_json: bool) -> None:
+    """Periodic entries with their last and next run."""
+    from kiq.connection import connect
+    from kiq.keys import Keys
+    from kiq.periodic import declared, describe, merge
+    from kiq.supervisor import AppLoadError, load_app
+
+    config = settings(config_path, redis_url, namespace)
+    try:
+        load_app([*config.require, *require])
+        entries = merge(config.periodic, declared())
+    except (AppLoadError, ConfigError) as error:
+        click.echo(f"kiq: {error}", err=True)
+        sys.exit(EXIT_CONFIG)
+    try:
+        rows = describe(connect(config.redis_url, retry=True), Keys(config.namespace), entries)
+    except redis.RedisError as error:
+        click.echo(f"kiq: redis unavailable: {error}", err=True)
+        sys.exit(EXIT_REDIS)
+    table_rows = [[row["name"], row["cron"], row["tz"], row["class"], row["queue"],
+                   row["last"].isoformat() if row["last"] else "-", row["next"].isoformat()] for row in rows]
+    emit(as_json, rows, ["name", "cron", "tz", "class", "queue", "last", "next"], table_rows)
+
+
 quiet = process_command("quiet", "Ask processes to stop taking jobs (as Sidekiq's Web UI Quiet button).")
 stop = process_command("stop", "Ask processes to finish their jobs and exit (as the Web UI Stop button).")
 
-COMMANDS = (stats, queues, processes, retries, dead, scheduled, enqueue, quiet, stop)
+COMMANDS = (stats, queues, processes, retries, dead, scheduled, enqueue, quiet, stop, periodic)

@@ -46,6 +46,7 @@ class Config:
     tag: str = ""
     heartbeat_interval: float = 5.0
     heartbeat_ttl: float = 60.0
+    periodic: list[Any] = field(default_factory=list)  # kiq.periodic.Entry, checked at load
 
     @property
     def queue_names(self) -> list[str]:
@@ -91,7 +92,7 @@ def _read(path: str) -> dict[str, Any]:
 def _build(raw: dict[str, Any]) -> Config:
     config = Config()
     known = {f.name for f in dataclasses.fields(Config)} - {"strict", "metrics_host", "metrics_port",
-                                                           "log_format", "log_level"}
+                                                           "log_format", "log_level", "periodic"}
     for key, value in raw.items():
         if key == "metrics":
             _section(config, "metrics", value, {"host": "metrics_host", "port": "metrics_port"})
@@ -99,6 +100,10 @@ def _build(raw: dict[str, Any]) -> Config:
             _section(config, "log", value, {"format": "log_format", "level": "log_level"})
         elif key == "queues":
             config.queues, config.strict = parse_queues(value)
+        elif key == "periodic":
+            from kiq.periodic import entries_from_config
+
+            config.periodic = entries_from_config(value)
         elif key in known:
             setattr(config, key, _checked(key, value, getattr(config, key)))
         else:

@@ -21,6 +21,7 @@ worker is told to finish its jobs and exit.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import os
 import secrets
@@ -34,10 +35,12 @@ import redis
 import setproctitle
 
 from kiq import heartbeat, log, metrics
-from kiq.config import Config
+from kiq.config import Config, ConfigError
 from kiq.connection import connect
 from kiq.fetch import Outage
+from kiq.job import registered
 from kiq.keys import Keys
+from kiq.periodic import Periodic, check_jobs, declared, merge
 from kiq.recovery import Recovery
 from kiq.signals import SignalQueue, kill
 from kiq.worker import EXIT_REMOTE_STOP, Worker
@@ -101,11 +104,14 @@ class Supervisor:
         self.signals = SignalQueue(SUPERVISOR_SIGNALS)
         try:
             load_app(self.config.require)
-        except AppLoadError as error:
+            entries = merge(self.config.periodic, declared())
+            check_jobs(entries, registered())
+        except (AppLoadError, ConfigError) as error:
             _report(ready_fd, f"error {error}")
             return EXIT_APP_LOAD
         self.conn = connect(self.config.redis_url, name="kiq-supervisor")
         self.recovery = Recovery(self.conn, self.keys)
+        self.periodic = Periodic(self.conn, self.keys, entries)
         self.control_read, self.control_write = os.pipe()
         os.set_blocking(self.control_read, False)
         self._spawn_due()
@@ -117,6 +123,7 @@ class Supervisor:
                 self._handle(signum)
             self._read_control()
             self._check_memory()
+            self._fire_periodic()
             self._reap()
             if self._boot_failed():
                 self.log.error("every worker failed to boot; giving up (see the errors above)")
@@ -300,11 +307,26 @@ class Supervisor:
     def _alive(self) -> list[int]:
         return [s.pid for s in self.slots if s.pid] + list(self.retiring)
 
+    def _fire_periodic(self) -> None:
+        """Enqueue periodic jobs whose tick has come; Redis decides which master's try counts."""
+        if self.quiet or not self.periodic.entries:
+            return
+        try:
+            fired = self.periodic.fire_due()
+        except redis.RedisError as error:
+            self.outage.failed(error, 0.0)
+            return
+        self.outage.recovered(1.0)
+        if fired:
+            self.log.debug("periodic jobs enqueued", jobs=fired)
+
     def _next_wakeup(self) -> float:
-        waiting = [s.spawn_at for s in self.slots if not s.pid]
-        if not waiting or self.quiet:
-            return 1.0
-        return min(1.0, max(0.0, min(waiting) - time.monotonic()))
+        """Seconds until something is due: a worker to start or a periodic tick (at most 1)."""
+        due = [s.spawn_at - time.monotonic() for s in self.slots if not s.pid and not self.quiet]
+        tick = self.periodic.next_wakeup() if self.periodic.entries and not self.quiet else None
+        if tick is not None:
+            due.append((tick - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        return min([1.0, *due]) if due else 1.0
 
     def _title(self) -> None:
         alive = sum(1 for s in self.slots if s.pid)

@@ -120,3 +120,10 @@ class AsyncJob(kiq.Job):
         await asyncio.sleep(0.01)
         conn().rpush("results", token)
         conn().hset("loops", token, f"{os.getpid()}:{id(asyncio.get_running_loop())}")
+
+
+class TickJob(kiq.Job):
+    """Records which periodic tick enqueued it."""
+
+    def perform(self) -> None:
+        conn().rpush("ticks", str(self.payload["periodic"]["tick"]))
