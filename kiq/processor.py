@@ -14,7 +14,7 @@ from typing import Any
 
 import structlog
 
-from kiq import activejob, callbacks, log, retry
+from kiq import activejob, callbacks, globalid, log, retry
 from kiq import job as jobs
 from kiq.client import new_jid
 from kiq.retry import Outcome
@@ -91,13 +91,14 @@ def execute(job_class: type[jobs.Job], payload: dict[str, Any]) -> Any:
     job.queue_name = str(payload.get("queue") or job_class.queue)
     count = payload.get("retry_count")
     job.executions = count + 2 if isinstance(count, int) else 1
-    data = activejob.job_data(payload)
-    if data is not None:
-        job.arguments, job.kwargs = activejob.arguments(data)
-    else:
-        job.arguments = deserialize_args(payload["args"])
-        job.kwargs = deserialize_kwargs(payload.get("kwargs") or {})
-    return job.execute()
+    with globalid.scope():  # records located for the job stay usable until it ends
+        data = activejob.job_data(payload)
+        if data is not None:
+            job.arguments, job.kwargs = activejob.arguments(data)
+        else:
+            job.arguments = deserialize_args(payload["args"])
+            job.kwargs = deserialize_kwargs(payload.get("kwargs") or {})
+        return job.execute()
 
 
 def failed(job_class: type[jobs.Job], payload: dict[str, Any], error: BaseException) -> Outcome:

@@ -32,6 +32,7 @@ __all__ = [
     "deserialize",
     "deserialize_args",
     "deserialize_kwargs",
+    "global_id_of",
     "locate_global_id",
     "register",
     "serialize",
@@ -81,8 +82,13 @@ class Serializer(Protocol[T]):
     def load(self, data: Any) -> T: ...
 
 
-# Turns a "gid://..." URI back into its object; the global ID module sets it.
+# Turns a "gid://..." URI back into its object, and an object into its URI (None if
+# it is no record); kiq.globalid sets both. The locator raises LookupError (or
+# ValueError) for a record that cannot be found; anything else, such as a database
+# that is down, reaches the job as it is, so that discard_on(DeserializationError)
+# never drops a job for a passing outage.
 locate_global_id: Callable[[str], object] | None = None
+global_id_of: Callable[[object], str | None] | None = None
 
 _TAG = "_aj_serialized"
 _GLOBAL_ID = "_aj_globalid"
@@ -220,6 +226,9 @@ def _subclass_writer(value: object) -> _Writer:
             return writer
     if isinstance(value, type):
         raise SerializationError(f"cannot serialize class {value.__qualname__}")
+    gid = global_id_of(value) if global_id_of is not None else None
+    if gid is not None:
+        return lambda _: {_GLOBAL_ID: gid}
     raise SerializationError(f"cannot serialize object of type {_type_name(value)}")
 
 
@@ -422,7 +431,7 @@ def _load_global_id(value: Mapping[str, object]) -> object:
         return locator(gid)
     except DeserializationError:
         raise
-    except Exception as error:
+    except (LookupError, ValueError) as error:
         raise DeserializationError(f"cannot locate {gid}: {error}") from error
 
 
