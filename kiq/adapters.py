@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from kiq import activejob
 from kiq.client import Enqueued, default_client, payload_for
 from kiq.job import Job, lookup
 
@@ -173,9 +174,11 @@ def _round_trip(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _job_class(payload: dict[str, Any]) -> type[Job]:
-    job_class = lookup(payload["class"])
+    data = activejob.job_data(payload)
+    name = str(data.get("job_class")) if data is not None else payload["class"]
+    job_class = lookup(name)
     if job_class is None:
-        raise LookupError(f"no job class registered as {payload['class']!r}")
+        raise LookupError(f"no job class registered as {name!r}")
     return job_class
 
 

@@ -81,9 +81,11 @@ def _start(config_path: str | None, queues: tuple[str, ...], require: tuple[str,
 
 def _add_operator_commands() -> None:
     from kiq.admin import COMMANDS
+    from kiq.generate import generate
 
     for command in COMMANDS:
         main.add_command(command)
+    main.add_command(generate)
 
 
 _add_operator_commands()
