@@ -34,6 +34,7 @@ def main() -> None:
 @click.option("--redis-url", help="Redis URL (default: KIQ_REDIS_URL, REDIS_URL, then local).")
 @click.option("--namespace", help="Prefix for every Redis key.")
 @click.option("-t", "--timeout", type=float, help="Seconds a graceful stop waits for running jobs.")
+@click.option("--metrics-port", type=int, help="Port of the /metrics endpoint (0 turns it off).")
 @click.option("--log-level", type=click.Choice(log.LEVELS))
 @click.option("--log-format", type=click.Choice(log.FORMATS))
 def start(config_path: str | None, queues: tuple[str, ...], require: tuple[str, ...],
@@ -61,7 +62,7 @@ def _start(config_path: str | None, queues: tuple[str, ...], require: tuple[str,
         overrides["queues"] = list(queues)
     if require:
         overrides["require"] = list(require)
-    for flag in ("log_level", "log_format"):
+    for flag in ("log_level", "log_format", "metrics_port"):
         if flag in overrides:
             overrides[flag.replace("_", ".")] = overrides.pop(flag)
     try:

@@ -166,18 +166,25 @@ class Fetcher:
                 self._work_ready.wait()
             self._running += 1
             unit = self._buffer.popleft()
-            if len(self._buffer) + self._running <= self.capacity - self.batch:
+            if self._due():
                 self._wake.notify()
             return unit
 
     def done(self, unit: Unit, outcome: Outcome) -> None:
-        """Acknowledge a job; the fetcher sends it with its next round trip."""
+        """Acknowledge a job; the fetcher sends it with its next round trip.
+
+        The fetcher is woken only when it has something new to do (the first
+        pending acknowledgement starts its clock, or a round trip is now due):
+        waking a thread costs more than most jobs.
+        """
         with self._lock:
             self._running -= 1
-            if not self._acks:
-                self._first_ack_at = time.monotonic()
             self._acks.append((unit, outcome))
-            self._wake.notify()
+            if len(self._acks) == 1:
+                self._first_ack_at = time.monotonic()
+                self._wake.notify()
+            elif self._due():
+                self._wake.notify()
 
     # -- lifecycle ------------------------------------------------------
 
