@@ -1,7 +1,7 @@
 # kiq: `make run` starts a demo, `make test` runs every test. Both set up what they need.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := redis-server redis-sentinel openssl prometheus
+SYSTEM_PACKAGES := redis-server redis-sentinel openssl prometheus ruby-sidekiq ruby-activejob ruby-globalid ruby-rack ruby-webrick
 
 .PHONY: install system-deps run test lint bench clean
 

@@ -87,7 +87,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, (list, dict)):
         text = json.dumps(value)
         return text if len(text) <= 60 else text[:57] + "..."
-    return str(value)
+    return " ".join(str(value).split("\n"))  # one row per job, whatever an error message holds
 
 
 def _ago(epoch: float | None) -> str:

@@ -89,7 +89,7 @@ class Job:
                                  "args": self.args}
         if self.score is not None:
             found["at"] = self.score
-        for key in ("retry_count", "error_class", "error_message", "failed_at", "enqueued_at"):
+        for key in ("kwargs", "retry_count", "error_class", "error_message", "failed_at", "enqueued_at"):
             if key in self.payload:
                 found[key] = self.payload[key]
         return found
@@ -183,6 +183,11 @@ class SortedSet:
     def __iter__(self) -> Iterator[Job]:
         return _pages(self.jobs)
 
+    def _until(self, score: float, start: int) -> list[Job]:
+        entries: list[tuple[str, float]] = self.api.redis.zrangebyscore(  # type: ignore[assignment]
+            self.key, "-inf", score, start, BATCH, withscores=True)
+        return [Job.parse(str(raw), float(when)) for raw, when in entries]
+
     def find(self, jid: str) -> Job | None:
         """The entry with this jid (a scan, as in Sidekiq's ``find_job``)."""
         for raw, score in self.api.redis.zscan_iter(self.key, match=f"*{jid}*", count=BATCH):
@@ -197,7 +202,9 @@ class SortedSet:
         return int(self.api.redis.zrem(self.key, *(wire(job.raw) for job in jobs)))
 
     def retry(self, jobs: list[Job]) -> int:
-        """Move entries to their queues now; a retried job's ``retry_count`` is not spent by this."""
+        """Move entries to their queues now. From the retry set, ``retry_count`` goes back one so
+        the manual retry does not spend one of the job's tries; a dead job keeps its count, so
+        it gets exactly one more try (as it does in Sidekiq)."""
         if not jobs:
             return 0
         args: list[str | bytes | float] = [self.api.keys.prefix, self.key, time.time()]
@@ -233,10 +240,16 @@ class SortedSet:
         return self._all(self.kill, progress)
 
     def _all(self, action: Callable[[list[Job]], int], progress: Progress | None) -> int:
-        """Apply ``action`` to every entry, a batch at a time, reporting progress per batch.
-        Entries the action leaves in place (unreadable ones, for a retry) are stepped over."""
+        """Apply ``action`` to every entry there was when it began, a batch at a time, reporting
+        progress per batch. Entries the action leaves in place (unreadable ones, for a retry)
+        are stepped over; entries added meanwhile (a retried job that died again) are not
+        touched, so a bulk retry cannot chase its own jobs."""
+        last = self.api.redis.zrange(self.key, -1, -1, withscores=True)
+        if not last:
+            return 0
+        until = float(last[0][1])
         done = start = 0
-        while batch := self.jobs(start, BATCH):
+        while batch := self._until(until, start):
             moved = action(batch)
             done += moved
             start += len(batch) - moved
@@ -288,18 +301,23 @@ class API:
                      processed_today, failed_today)
 
     def processes(self) -> list[Process]:
-        """Live processes (entries whose heartbeat expired are skipped, as Sidekiq does)."""
+        """Live processes (entries whose heartbeat expired are skipped, as Sidekiq does).
+
+        Running jobs come from ``IDENTITY:work`` (kiq, Sidekiq 7 and 8) or, when that is
+        empty, ``IDENTITY:workers`` (Sidekiq 6 writes only that one)."""
         identities = sorted(str(ident) for ident in self.redis.smembers(self.keys.processes))
         pipe = self.redis.pipeline(transaction=False)
         for ident in identities:
             pipe.hmget(self.keys.process(ident), "info", "busy", "beat", "quiet", "rss")
             pipe.hgetall(self.keys.work(ident))
+            pipe.hgetall(self.keys.workers(ident))
         replies = pipe.execute()
         found = []
         for index, ident in enumerate(identities):
-            (info, busy, beat, quiet, rss), work = replies[2 * index], replies[2 * index + 1]
+            (info, busy, beat, quiet, rss), work, workers = replies[3 * index: 3 * index + 3]
             if info is None:
                 continue
+            work = work or workers
             running = [json.loads(entry) for entry in work.values()]
             found.append(Process(ident, json.loads(info), int(busy or 0), float(beat or 0),
                                  quiet == "true", int(rss or 0), running))

@@ -122,15 +122,21 @@ class Client:
         return self.push_bulk([payload])[0]
 
     def push_bulk(self, payloads: Sequence[Mapping[str, Any]]) -> list[str]:
-        """Push job hashes in one round trip; jobs with ``at`` go to the schedule."""
+        """Push job hashes in one round trip; jobs with ``at`` go to the schedule.
+
+        A scheduled entry is stored without ``at``, as Sidekiq stores it: the score says
+        when. Sidekiq pushes an entry it takes from the schedule (its scheduler, its API's
+        and Web UI's "add to queue") through its client, which files a job that still has
+        ``at`` back in the schedule instead of its queue.
+        """
         by_queue: dict[str, list[str]] = {}
         scheduled: dict[str, float] = {}
         for payload in payloads:
-            encoded = json.dumps(payload, separators=(",", ":"))
             if "at" in payload:
-                scheduled[encoded] = float(payload["at"])
+                stored = {key: value for key, value in payload.items() if key != "at"}
+                scheduled[json.dumps(stored, separators=(",", ":"))] = float(payload["at"])
             else:
-                by_queue.setdefault(payload["queue"], []).append(encoded)
+                by_queue.setdefault(payload["queue"], []).append(json.dumps(payload, separators=(",", ":")))
         pipe = self.redis.pipeline(transaction=False)
         if by_queue:
             pipe.sadd(self.keys.queues, *by_queue)
@@ -173,12 +179,19 @@ _default: Client | None = None
 _default_lock = threading.Lock()
 
 
-def configure(redis_url: str | None = None, namespace: str | None = None) -> Client:
-    """Set where ``perform_later`` enqueues (otherwise ``KIQ_REDIS_URL``, ``REDIS_URL``, local)."""
+def configure(
+    redis_url: str | None = None, namespace: str | None = None, adapter: str | None = None
+) -> Client:
+    """Set where ``perform_later`` enqueues (otherwise ``KIQ_REDIS_URL``, ``REDIS_URL``, local),
+    and, with ``adapter``, how ("redis", "async", "inline" or "test"; otherwise ``KIQ_ADAPTER``)."""
     global _default
     with _default_lock:
         _default = Client(redis_url, namespace)
-        return _default
+    if adapter is not None:
+        from kiq import adapters
+
+        adapters.use(adapter)
+    return _default
 
 
 def default_client() -> Client:

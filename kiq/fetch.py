@@ -188,8 +188,9 @@ class Fetcher:
 
     # -- lifecycle ------------------------------------------------------
 
-    def start(self) -> None:
-        """Register the in-progress lists and start the threads, waiting out a Redis outage."""
+    def start(self, alive: Callable[[], bool] = lambda: True) -> bool:
+        """Register the in-progress lists and start the threads, waiting out a Redis outage
+        while ``alive()``; False if it gave up."""
         pause = 0.0
         while True:
             try:
@@ -199,10 +200,13 @@ class Fetcher:
             except redis.RedisError as error:
                 pause = self._outage.failed(error, pause)
                 time.sleep(pause)
+                if not alive():
+                    return False
         self._outage.recovered(pause)
         self._spawn("fetcher", self._run)
         for queue in self.queues.names:
             self._spawn(f"waiter-{queue}", functools.partial(self._wait_for_jobs, queue, blocking))
+        return True
 
     def quiet(self) -> None:
         """Stop taking jobs; jobs taken but not started go back to the front of their queues."""

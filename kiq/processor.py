@@ -106,7 +106,8 @@ def failed(job_class: type[jobs.Job], payload: dict[str, Any], error: BaseExcept
     decision, delay = callbacks.decide(job_class, error, payload)
     if decision == "discard":
         return Outcome(failed=True)
-    return retry.failure(payload, error_name(error), str(error), delay=delay if decision == "retry" else None)
+    return retry.failure(payload, error_name(error), str(error), delay=delay if decision == "retry" else None,
+                         error=error)
 
 
 def decode(raw: str) -> dict[str, Any]:

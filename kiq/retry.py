@@ -1,10 +1,18 @@
-"""What happens to a job that failed: Sidekiq's retry rules, fields and backoff."""
+"""What happens to a job that failed: Sidekiq's retry rules, fields and backoff.
+
+Sidekiq's per-job options are honoured as Sidekiq honours them: ``retry_queue`` (retries go
+to that queue), ``dead: false`` (a job out of retries is dropped, not filed in ``dead``) and
+``backtrace`` (``true`` or a number of lines, stored compressed in ``error_backtrace``).
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import time
+import traceback
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,18 +56,24 @@ def max_retries(retry: Any) -> int | None:
 
 
 def failure(job: dict[str, Any], error_class: str, message: str, now: float | None = None,
-            delay: float | None = None) -> Outcome:
+            delay: float | None = None, error: BaseException | None = None) -> Outcome:
     """Record a failure in ``job`` (mutated) and decide between retry, dead and drop.
 
     ``delay`` (from a ``retry_on`` rule) retries after that many seconds whatever the job's
-    ``retry`` limit says.
+    ``retry`` limit says. ``error`` gives the backtrace a job's ``backtrace`` option asks for.
     """
     now = time.time() if now is None else now
     limit = max_retries(job.get("retry", True))
     if limit is None and delay is None:
         return Outcome(failed=True)
+    retry_queue = job.get("retry_queue")
+    if isinstance(retry_queue, str) and retry_queue:
+        job["queue"] = retry_queue
     job["error_message"] = message[:MAX_MESSAGE]
     job["error_class"] = error_class
+    lines = job.get("backtrace")
+    if error is not None and (lines is True or (type(lines) is int and lines > 0)):
+        job["error_backtrace"] = compress_backtrace(error, None if lines is True else lines)
     if isinstance(job.get("retry_count"), int):
         job["retry_count"] += 1
         job["retried_at"] = now
@@ -71,6 +85,8 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
         return Outcome(True, "retry", _dump(job), now + delay)
     if limit is not None and count < limit:
         return Outcome(True, "retry", _dump(job), now + backoff(count))
+    if job.get("dead") is False:
+        return Outcome(failed=True)
     return dead(job, now)
 
 
@@ -78,6 +94,16 @@ def dead(job: dict[str, Any], now: float | None = None) -> Outcome:
     """Send ``job`` to the dead set as it is."""
     now = time.time() if now is None else now
     return Outcome(True, "dead", _dump(job), now)
+
+
+def compress_backtrace(error: BaseException, limit: int | None = None) -> str:
+    """Sidekiq's ``error_backtrace``: the innermost frames first (``limit`` of them, if a
+    number), as a JSON list of ``file:line:in name`` strings, deflated and base64-encoded."""
+    frames = [f"{frame.filename}:{frame.lineno}:in {frame.name}"
+              for frame in reversed(traceback.extract_tb(error.__traceback__))]
+    if limit is not None:
+        frames = frames[:limit]
+    return base64.encodebytes(zlib.compress(json.dumps(frames).encode())).decode()
 
 
 def _dump(job: dict[str, Any]) -> str:

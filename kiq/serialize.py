@@ -306,7 +306,9 @@ def _write_time(value: dt.time) -> object:
 
 
 def _write_timedelta(value: dt.timedelta) -> object:
-    """Write Active Job 6.1's shape: whole seconds stay an int, as Ruby writes them."""
+    """Write Active Job's shape: whole seconds stay an int, as Ruby writes them, and ``parts``
+    is a list of ``[unit symbol, amount]`` pairs (Rails writes ``duration.parts`` through
+    ``Arguments.serialize``, which turns the hash into pairs; a hash there fails to load)."""
     seconds: float = value // _SECOND
     if value.microseconds:
         if abs(value) > _EXACT_FLOAT_SECONDS:
@@ -314,8 +316,7 @@ def _write_timedelta(value: dt.timedelta) -> object:
                 f"cannot serialize {value!r}: too long to keep its microseconds as float seconds"
             )
         seconds = value.total_seconds()
-    parts = {"seconds": seconds, _SYMBOL_KEYS: ["seconds"]}
-    return {_TAG: _DURATION, "value": seconds, "parts": parts}
+    return {_TAG: _DURATION, "value": seconds, "parts": [[_tagged(_SYMBOL, "seconds"), seconds]]}
 
 
 def _write_decimal(value: Decimal) -> object:

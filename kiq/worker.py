@@ -73,6 +73,7 @@ class Worker:
     def run(self) -> int:
         """The process's whole life; returns its exit code."""
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        setproctitle.setproctitle(f"kiq worker {self.index} [starting]")
         signals = SignalQueue(WORKER_SIGNALS)
         self.fetcher = Fetcher(
             self.config.redis_url,
@@ -83,8 +84,9 @@ class Worker:
         )
         self._start_event_loop()
         self.heartbeat = self._heartbeat()
-        self._first_beat()
-        self.fetcher.start()
+        if not self._first_beat(signals) or not self.fetcher.start(alive=self._wanted):
+            self.log.warning("stopped before taking any job")
+            return 0
         os.write(self.control_fd, f"{os.getpid()} ready\n".encode())
         threads = [self._start(f"processor-{n}", self._process) for n in range(self.config.concurrency)]
         beat = self._start("heartbeat", self._beat)
@@ -216,13 +218,22 @@ class Worker:
         return heartbeat.Heartbeat(conn, self.keys, self.identity, info, self._work,
                                    ttl=self.config.heartbeat_ttl, wip=wip)
 
-    def _first_beat(self) -> None:
+    def _first_beat(self, signals: SignalQueue) -> bool:
         """Be in ``processes`` before taking any job: a master sweeping for vanished hosts
-        takes an in-progress list without a live heartbeat for an orphan."""
+        takes an in-progress list without a live heartbeat for an orphan. While Redis does
+        not answer, keep trying, unless told to stop or orphaned (then False)."""
         pause = 0.0
         while not self._beat_once():
             pause = min(5.0, max(0.1, pause * 2))
-            time.sleep(pause)
+            if signal.SIGTERM in signals.wait(pause):
+                self.stopping = True
+            if not self._wanted():
+                return False
+        return True
+
+    def _wanted(self) -> bool:
+        """Still worth starting: not told to stop, and the supervisor is still there."""
+        return not self.stopping and os.getppid() == self.parent
 
     def _beat(self) -> None:
         """Beat until the very end of a stop: a worker still finishing its jobs must not look

@@ -8,7 +8,7 @@ import signal
 import time
 
 import pytest
-from conftest import descendants, run_python, wait_for
+from conftest import alive, descendants, run_python, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -83,3 +83,14 @@ def test_redis_restart_under_load_loses_nothing(start_kiq, redis_server, r):
     log = kiq.log()
     assert 1 <= log.count("redis unavailable") <= 12, log.count("redis unavailable")
     assert "redis available again" in log
+
+
+def test_a_worker_waiting_for_redis_exits_when_its_supervisor_dies(start_kiq, redis_server):
+    kiq = start_kiq(processes=1)
+    [first] = kiq.wait_workers(1)
+    redis_server.stop()
+    os.kill(first, signal.SIGKILL)
+    [second] = wait_for(lambda: [w for w in kiq.workers() if w != first], timeout=15)
+    for pid in [kiq.pid, *kiq.generations()]:
+        os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: not alive(second), timeout=15)

@@ -158,3 +158,46 @@ def test_dead_sends_the_job_as_it_is():
 def test_success_is_not_a_failure():
     assert Outcome(failed=False) == retry.SUCCESS
     assert retry.SUCCESS.action == ""
+
+
+# Sidekiq's per-job options
+
+
+def test_retry_queue_sends_the_retry_to_that_queue():
+    payload = job(retry_queue="low")
+    outcome = failure(payload, "E", "m", now=NOW)
+    assert outcome.action == "retry" and json.loads(outcome.payload)["queue"] == "low"
+
+
+def test_dead_false_drops_a_job_out_of_retries_instead_of_burying_it():
+    payload = job(retry=1, dead=False)
+    assert failure(payload, "E", "m", now=NOW).action == "retry"
+    assert failure(payload, "E", "m", now=NOW) == Outcome(failed=True)
+
+
+def _raise_from_inner() -> None:
+    raise ValueError("deep")
+
+
+def _caught() -> BaseException:
+    try:
+        _raise_from_inner()
+    except ValueError as error:
+        return error
+    raise AssertionError("not raised")
+
+
+@pytest.mark.parametrize(("option", "lines"),
+                         [(True, 2), (1, 1), (5, 2), (False, None), (0, None), (None, None)])
+def test_backtrace_option_stores_the_innermost_lines_as_sidekiq_compresses_them(option, lines):
+    import base64
+    import zlib
+
+    payload = job(backtrace=option)
+    failure(payload, "ValueError", "deep", now=NOW, error=_caught())
+    if lines is None:
+        assert "error_backtrace" not in payload
+        return
+    frames = json.loads(zlib.decompress(base64.b64decode(payload["error_backtrace"])))
+    assert len(frames) == lines
+    assert frames[0].endswith(":in _raise_from_inner") and "test_retry.py:" in frames[0]

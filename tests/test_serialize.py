@@ -251,7 +251,7 @@ def test_user_serializer_matches_subclasses() -> None:
             {
                 "_aj_serialized": AJ + "DurationSerializer",
                 "value": 3600,
-                "parts": {"seconds": 3600, "_aj_symbol_keys": ["seconds"]},
+                "parts": [[{"_aj_serialized": AJ + "SymbolSerializer", "value": "seconds"}, 3600]],
             },
         ),
         (
@@ -259,7 +259,7 @@ def test_user_serializer_matches_subclasses() -> None:
             {
                 "_aj_serialized": AJ + "DurationSerializer",
                 "value": 1.5,
-                "parts": {"seconds": 1.5, "_aj_symbol_keys": ["seconds"]},
+                "parts": [[{"_aj_serialized": AJ + "SymbolSerializer", "value": "seconds"}, 1.5]],
             },
         ),
         (Decimal("1.10"), {"_aj_serialized": AJ + "BigDecimalSerializer", "value": "1.10"}),
@@ -303,6 +303,11 @@ def test_wire_format(value: object, expected: object) -> None:
         (
             '{"_aj_serialized":"ActiveJob::Serializers::DateSerializer","value":"2026-11-29"}',
             dt.date(2026, 11, 29),
+        ),
+        (
+            '{"_aj_serialized":"ActiveJob::Serializers::DurationSerializer","value":3600,'
+            '"parts":[[{"_aj_serialized":"ActiveJob::Serializers::SymbolSerializer","value":"hours"},1]]}',
+            dt.timedelta(hours=1),
         ),
         (
             '{"_aj_serialized":"ActiveJob::Serializers::DurationSerializer","value":3600,'

@@ -1,0 +1,617 @@
+"""The operator CLI (``kiq stats``, ``kiq retries``...) run as a real subprocess against a real Redis."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import redis
+from conftest import ROOT, alive, free_port, sample_env, wait_for
+
+from kiq.client import Client
+from kiq.keys import day
+
+NOW = time.time()
+FAST_BEATS = {"heartbeat_interval": 0.2, "heartbeat_ttl": 5}
+
+
+Result = subprocess.CompletedProcess[str]
+
+
+def kiq(redis_url: str | None, *args: str, env: dict[str, str] | None = None) -> Result:
+    """``python -m kiq ARGS --redis-url URL`` (no ``--redis-url`` when ``redis_url`` is None)."""
+    [done] = kiq_many(redis_url, [args], env=env)
+    return done
+
+
+def kiq_many(redis_url: str | None, commands: Sequence[Sequence[str]],
+             env: dict[str, str] | None = None) -> list[Result]:
+    """Several independent ``kiq`` commands run side by side (start-up time dominates each)."""
+    started = []
+    for args in commands:
+        command = [sys.executable, "-m", "kiq", *args]
+        if redis_url is not None:
+            command += ["--redis-url", redis_url]
+        started.append((command, subprocess.Popen(
+            command, cwd=ROOT, env=env or sample_env(redis_url or ""), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)))
+    results = []
+    for command, process in started:
+        stdout, stderr = process.communicate(timeout=60)
+        results.append(subprocess.CompletedProcess(command, process.returncode, stdout, stderr))
+    return results
+
+
+def ok(redis_url: str | None, *args: str) -> str:
+    done = kiq(redis_url, *args)
+    assert done.returncode == 0, (done.returncode, done.stdout, done.stderr)
+    return done.stdout
+
+
+def ok_json(redis_url: str, *args: str) -> Any:
+    return json.loads(ok(redis_url, *args, "--json"))
+
+
+def outputs(redis_url: str, *commands: Sequence[str]) -> list[str]:
+    """The output of each command (run side by side), all of which must succeed."""
+    results = kiq_many(redis_url, commands)
+    for done in results:
+        assert done.returncode == 0, (done.args, done.stdout, done.stderr)
+    return [done.stdout for done in results]
+
+
+def assert_table(text: str, headers: Sequence[str], rows: Sequence[Sequence[str | None]],
+                 right: Sequence[int] = ()) -> None:
+    """``text`` is a header line and one line per row, each column aligned under its header:
+    left-aligned columns start where their header starts, right-aligned ones end where it ends.
+    A cell given as None is not checked."""
+    lines = text.rstrip("\n").split("\n")
+    assert len(lines) == len(rows) + 1, text
+    spans, pos = [], 0
+    for header in headers:
+        start = lines[0].index(header, pos)
+        spans.append((start, start + len(header)))
+        pos = start + len(header)
+    for line, row in zip(lines[1:], rows, strict=True):
+        assert len(row) == len(headers)
+        for column, (cell, (start, end)) in enumerate(zip(row, spans, strict=True)):
+            if cell is None:
+                continue
+            begin = end - len(cell) if column in right else start
+            assert line[begin:begin + len(cell)] == cell, (column, cell, line, lines[0])
+            assert begin == 0 or line[begin - 1] == " ", (column, line)
+            assert line[begin + len(cell):begin + len(cell) + 1] in ("", " "), (column, line)
+
+
+def jid(n: int) -> str:
+    return f"{n:024x}"
+
+
+def dump(job: dict[str, Any]) -> str:
+    return json.dumps(job, separators=(",", ":"), ensure_ascii=False)
+
+
+def sidekiq_job(n: int, queue: str = "default", job_class: str = "RecordJob", **extra: Any) -> dict[str, Any]:
+    """A job hash as Sidekiq 6.4 writes it."""
+    job: dict[str, Any] = {"retry": True, "queue": queue, "class": job_class, "args": [f"t{n}"],
+                           "jid": jid(n), "created_at": NOW - 300, "enqueued_at": NOW - 300}
+    job.update(extra)
+    return job
+
+
+def sidekiq_failure(n: int, queue: str = "default", retry_count: int = 0, **extra: Any) -> dict[str, Any]:
+    fields = {"retry_count": retry_count, "error_class": "RuntimeError", "error_message": f"boom {n}",
+              "failed_at": NOW - 200}
+    return sidekiq_job(n, queue, **{**fields, **extra})
+
+
+def heartbeat(r: redis.Redis, ident: str, busy: int = 0, quiet: bool = False, prefix: str = "") -> None:
+    info = {"hostname": ident.split(":")[0], "pid": int(ident.split(":")[1]), "started_at": NOW - 60,
+            "tag": "shop", "concurrency": 10, "queues": ["critical", "default"], "labels": [],
+            "identity": ident}
+    r.sadd(prefix + "processes", ident)
+    r.hset(prefix + ident, mapping={"info": json.dumps(info), "busy": busy, "beat": time.time(),
+                                    "quiet": "true" if quiet else "false", "rss": 40960})
+    r.expire(prefix + ident, 60)
+
+
+# -- reading: stats, queues, processes, sets -------------------------------
+
+
+def test_stats_table_and_json(redis_server, r):
+    url = redis_server.url
+    r.set("stat:processed", 12345)
+    r.set("stat:failed", 67)
+    r.set(f"stat:processed:{day()}", 89)
+    r.set(f"stat:failed:{day()}", 1)
+    r.sadd("queues", "default", "critical")
+    r.lpush("queue:default", *(dump(sidekiq_job(n)) for n in range(3)))
+    r.lpush("queue:critical", dump(sidekiq_job(9, "critical")))
+    r.zadd("schedule", {dump(sidekiq_job(10, at=NOW + 60)): NOW + 60})
+    r.zadd("retry", {dump(sidekiq_failure(n)): NOW + n for n in range(11, 13)})
+    r.zadd("dead", {dump(sidekiq_failure(n)): NOW - n for n in range(13, 17)})
+    heartbeat(r, "web-1:101:0a0a0a0a0a0a", busy=4)
+    heartbeat(r, "web-2:202:0b0b0b0b0b0b", busy=1)
+
+    expected = {"processed": 12345, "failed": 67, "enqueued": 4, "scheduled": 1, "retries": 2, "dead": 4,
+                "processes": 2, "busy": 5, "processed_today": 89, "failed_today": 1}
+    data, text = outputs(url, ["stats", "--json"], ["stats"])
+    assert json.loads(data) == expected
+    assert_table(text, ["stat", "value"], [[k, str(v)] for k, v in expected.items()], right=[1])
+
+
+def test_queues_table_and_json(redis_server, r):
+    url = redis_server.url
+    r.sadd("queues", "default", "critical", "low")
+    r.lpush("queue:default", dump(sidekiq_job(1, enqueued_at=time.time() - 20)), dump(sidekiq_job(2)))
+    # Sidekiq 8 writes enqueued_at in integer milliseconds.
+    r.lpush("queue:critical", *(dump(sidekiq_job(n, "critical", enqueued_at=int((time.time() - 3) * 1000)))
+                                for n in range(10, 22)))
+
+    raw, text = outputs(url, ["queues", "--json"], ["queues"])
+    data = json.loads(raw)
+    assert [(q["queue"], q["size"]) for q in data] == [("critical", 12), ("default", 2), ("low", 0)]
+    latency = {q["queue"]: q["latency"] for q in data}
+    assert 2.5 < latency["critical"] < 10 and 19.5 < latency["default"] < 30 and latency["low"] == 0
+
+    found = {line.split()[0]: float(line.split()[2]) for line in text.splitlines()[1:]}
+    assert 2.5 < found["critical"] < 10 and 19.5 < found["default"] < 30
+    rows = [[name, size, f"{found[name]:.3f}"] for name, size in (("critical", "12"), ("default", "2"),
+                                                                      ("low", "0"))]
+    assert_table(text, ["queue", "size", "latency_s"], rows, right=[1, 2])
+
+
+def test_empty_listings(redis_server):
+    url = redis_server.url
+    commands = ("queues", "processes", "retries", "dead", "scheduled")
+    *listings, table = outputs(url, *([command, "--json"] for command in commands), ["dead"])
+    assert [json.loads(listing) for listing in listings] == [[]] * len(commands)
+    assert table.split() == ["jid", "class", "queue", "when", "retries", "error", "args"]
+
+
+def test_processes_table_and_json_from_heartbeats(redis_server, r):
+    url = redis_server.url
+    heartbeat(r, "web-1:101:0a0a0a0a0a0a", busy=3)
+    heartbeat(r, "web-22:2020:0b0b0b0b0b0b", quiet=True)
+    work = {"queue": "default", "payload": dump(sidekiq_job(1)), "run_at": int(NOW)}
+    r.hset("web-1:101:0a0a0a0a0a0a:work", "tid-7", json.dumps(work))
+    r.sadd("processes", "web-3:303:0c0c0c0c0c0c")  # heartbeat expired
+
+    raw, text = outputs(url, ["processes", "--json"], ["processes"])
+    data = json.loads(raw)
+    assert [p["identity"] for p in data] == ["web-1:101:0a0a0a0a0a0a", "web-22:2020:0b0b0b0b0b0b"]
+    first = data[0]
+    assert first["info"]["concurrency"] == 10 and first["info"]["queues"] == ["critical", "default"]
+    assert (first["busy"], first["quiet"], first["rss_kb"], first["running"]) == (3, False, 40960, [work])
+    assert abs(first["beat"] - time.time()) < 30
+    assert data[1]["quiet"] is True
+    rows = [["web-1:101:0a0a0a0a0a0a", "shop", "3/10", "", "40.000", None, "critical,default"],
+            ["web-22:2020:0b0b0b0b0b0b", "shop", "0/10", "quiet", "40.000", None, "critical,default"]]
+    headers = ["identity", "tag", "busy", "state", "rss_mb", "beat", "queues"]
+    assert_table(text, headers, rows, right=[4])
+    assert all(re.search(r"  \d+s ago  ", line) for line in text.splitlines()[1:])
+
+
+@pytest.mark.parametrize("command, key", [("retries", "retry"), ("dead", "dead"), ("scheduled", "schedule")])
+def test_set_listing_table_and_json(redis_server, r, command, key):
+    url = redis_server.url
+    jobs = {n: sidekiq_failure(n, "critical" if n % 2 else "default", retry_count=n, retried_at=NOW - 1)
+            for n in range(5)}
+    sign = -1 if key == "dead" else 1
+    r.zadd(key, {dump(job): NOW + sign * 100 - 10 * n for n, job in jobs.items()})
+
+    raw, limited, text = outputs(url, [command, "--json"], [command, "--json", "--limit", "2"], [command])
+    data = json.loads(raw)
+    order = [4, 3, 2, 1, 0]  # by score
+    assert [entry["jid"] for entry in data] == [jid(n) for n in order]
+    for entry in data:
+        n = int(entry["jid"], 16)
+        job = jobs[n]
+        for field in ("class", "queue", "args", "retry_count", "error_class", "error_message", "failed_at",
+                      "enqueued_at"):
+            assert entry[field] == job[field], field
+        assert entry["at"] == pytest.approx(r.zscore(key, dump(job)))
+
+    assert [entry["jid"] for entry in json.loads(limited)] == [jid(n) for n in order[:2]]
+
+    headers = ["jid", "class", "queue", "when", "retries", "error", "args"]
+    lines = text.splitlines()
+    assert len(lines) == 6
+    rows = []
+    for line, n in zip(lines[1:], order, strict=True):
+        when = line[lines[0].index("when"):].split("  ")[0].strip()
+        assert when.endswith("s ago") if key == "dead" else when.startswith("in ")
+        rows.append([jid(n), "RecordJob", jobs[n]["queue"], when, str(n), f"RuntimeError: boom {n}",
+                     f'["t{n}"]'])
+    assert_table(text, headers, rows, right=[4])
+
+
+def test_listing_shows_long_arguments_cut_in_the_table_and_whole_in_json(redis_server, r):
+    url = redis_server.url
+    long_args = ["x" * 200, {"nested": list(range(50))}]
+    r.zadd("dead", {dump(sidekiq_failure(1, args=long_args)): NOW})
+    raw, text = outputs(url, ["dead", "--json"], ["dead"])
+    assert json.loads(raw)[0]["args"] == long_args
+    [_, line] = text.splitlines()
+    assert line.endswith("...") and len(line) < 250
+
+
+def test_table_keeps_one_line_per_job_when_an_error_message_has_newlines(redis_server, r):
+    url = redis_server.url
+    r.zadd("retry", {dump(sidekiq_failure(1, error_message="PG::Error\nDETAIL: line two")): NOW + 10,
+                     dump(sidekiq_failure(2)): NOW + 20})
+    text = ok(url, "retries")
+    assert len(text.splitlines()) == 3, text
+
+
+def test_json_listing_shows_keyword_arguments(redis_server, r):
+    url = redis_server.url
+    handle = Client(url).enqueue("EchoJob", [1], {"size": "large"}, at=time.time() + 600)
+    assert json.loads(r.zrange("schedule", 0, 0)[0])["kwargs"] == {"size": "large"}
+    [entry] = ok_json(url, "scheduled")
+    assert entry["jid"] == handle.jid and entry["args"] == [1]
+    assert entry.get("kwargs") == {"size": "large"}
+
+
+# -- acting on sets by jid --------------------------------------------------
+
+
+def test_retries_retry_delete_kill_by_jid(redis_server, r):
+    url = redis_server.url
+    r.zadd("retry", {dump(sidekiq_failure(n, retry_count=3)): NOW + 60 + n for n in range(6)})
+
+    retried, deleted, killed = outputs(url, ["retries", "retry", jid(0), jid(1)],
+                                       ["retries", "delete", jid(2), "--json"], ["retries", "kill", jid(3)])
+    assert retried.strip() == "retry: 2 job(s)"
+    queued = [json.loads(raw) for raw in r.lrange("queue:default", 0, -1)]
+    assert sorted(job["jid"] for job in queued) == [jid(0), jid(1)]
+    assert all(job["retry_count"] == 2 and job["enqueued_at"] > NOW for job in queued)
+
+    assert json.loads(deleted) == {"action": "delete", "set": "retry", "done": 1, "not_found": []}
+    assert killed.strip() == "kill: 1 job(s)"
+    assert r.zrange("dead", 0, -1) == [dump(sidekiq_failure(3, retry_count=3))]
+    assert [job["jid"] for job in ok_json(url, "retries")] == [jid(4), jid(5)]
+
+
+def test_a_missing_jid_exits_1_and_the_others_are_still_acted_on(redis_server, r):
+    url = redis_server.url
+    r.zadd("dead", {dump(sidekiq_failure(n)): NOW - n for n in range(3)})
+    missing = "f" * 24
+
+    retried, deleted, killed = kiq_many(url, [["dead", "retry", jid(0), missing],
+                                              ["dead", "delete", missing, jid(1), "--json"],
+                                              ["retries", "kill", missing]])
+    assert (retried.returncode, deleted.returncode, killed.returncode) == (1, 1, 1)
+    assert retried.stdout.strip() == f"retry: 1 job(s); not found: {missing}"
+    assert [json.loads(raw)["jid"] for raw in r.lrange("queue:default", 0, -1)] == [jid(0)]
+    assert json.loads(deleted.stdout) == {"action": "delete", "set": "dead", "done": 1,
+                                          "not_found": [missing]}
+    assert killed.stdout.strip() == f"kill: 0 job(s); not found: {missing}"
+    assert r.zrange("dead", 0, -1) == [dump(sidekiq_failure(2))]
+
+
+def test_scheduled_retry_enqueues_now_and_delete_removes(redis_server, r):
+    url = redis_server.url
+    r.zadd("schedule", {dump(sidekiq_job(n, "low", at=NOW + 3600)): NOW + 3600 for n in range(3)})
+    r.zadd("schedule", {dump(sidekiq_job(9, at=NOW + 3600)): NOW + 3600})
+    assert ok(url, "scheduled", "retry", jid(1)).strip() == "retry: 1 job(s)"
+    [raw] = r.lrange("queue:low", 0, -1)
+    assert "at" not in json.loads(raw) and "low" in r.smembers("queues")
+    assert ok(url, "scheduled", "delete", "--all").strip() == "delete: 3 job(s)"
+    assert r.zcard("schedule") == 0 and r.llen("queue:low") == 1
+
+
+def test_retries_kill_all_and_delete_all(redis_server, r):
+    url = redis_server.url
+    r.zadd("retry", {dump(sidekiq_failure(n)): NOW + n for n in range(250)})
+    assert json.loads(ok(url, "retries", "kill", "--all", "--json")) == {
+        "action": "kill", "set": "retry", "done": 250, "not_found": []}
+    assert r.zcard("retry") == 0 and r.zcard("dead") == 250
+    assert ok(url, "dead", "delete", "--all").strip() == "delete: 250 job(s)"
+    assert r.zcard("dead") == 0
+
+
+def test_dead_retry_all_moves_thousands_of_sidekiq_dead_jobs(redis_server, r):
+    url = redis_server.url
+    count = 3000
+    queues = ("default", "critical", "low")
+    pipe = r.pipeline(transaction=False)
+    for n in range(count):
+        job = sidekiq_failure(n, queues[n % 3], retry_count=25, args=[n, "café", {"k": [1.5, None]}],
+                              error_backtrace=["app/jobs/x.rb:12:in `perform'"], retried_at=NOW - 100)
+        pipe.zadd("dead", {dump(job): NOW - 10_000 + n})
+    pipe.execute()
+    r.zadd("dead", {"corrupt, not json": NOW})  # stays for a person to look at
+
+    done = kiq(url, "dead", "retry", "--all")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"retry: {count} job(s)"
+    assert r.zrange("dead", 0, -1) == ["corrupt, not json"]
+    assert [r.llen(f"queue:{q}") for q in queues] == [count // 3] * 3
+    assert r.smembers("queues") == set(queues)
+    first = json.loads(r.rpop("queue:default"))  # type: ignore[arg-type]
+    assert first["args"] == [0, "café", {"k": [1.5, None]}] and first["retry_count"] == 25
+    assert "at" not in first and first["enqueued_at"] > NOW
+    assert ok_json(url, "stats")["enqueued"] == count - 1
+
+
+# -- enqueue ---------------------------------------------------------------
+
+
+def test_enqueue_then_a_running_kiq_runs_it(redis_server, r, start_kiq):
+    url = redis_server.url
+    record, echo, later = outputs(
+        url, ["enqueue", "RecordJob", '"x"', "-q", "default"],
+        ["enqueue", "EchoJob", "1", "two", '{"a": [1, null]}', "-k", "size=large", "-k", "n=3",
+         "-k", 'opts={"deep": true}', "--json"],
+        ["enqueue", "TimedJob", '"later"', "--in", "1", "--json"])
+    jid_, echo, later = record.strip(), json.loads(echo), json.loads(later)
+    [job] = [json.loads(raw) for raw in r.lrange("queue:default", 0, -1) if jid_ in raw]
+    assert (job["jid"], job["class"], job["args"], job["queue"]) == (jid_, "RecordJob", ["x"], "default")
+    assert len(jid_) == 24 and job["enqueued_at"] == pytest.approx(time.time(), abs=30)
+    assert (echo["job_class"], echo["queue"], echo["at"]) == ("EchoJob", "default", None)
+    assert later["at"] > time.time() - 1 and r.zcard("schedule") == 1
+
+    start_kiq(**FAST_BEATS)
+    wait_for(lambda: r.lrange("results", 0, -1) == ["x"] and r.llen("echo") == 1)
+    args, kwargs = json.loads(r.lindex("echo", 0))  # type: ignore[arg-type]
+    assert args == [1, "two", {"a": [1, None]}]
+    assert kwargs == {"size": "large", "n": 3, "opts": {"deep": True}}
+    ran_at = float(wait_for(lambda: r.hget("ran_at", "later"), timeout=10))
+    assert ran_at >= later["at"]  # not before its time
+    wait_for(lambda: r.get("stat:processed") == "3")
+    stats = ok_json(url, "stats")
+    assert stats["processed"] == stats["processed_today"] == 3
+    assert stats["enqueued"] == stats["scheduled"] == 0 and stats["processes"] == 1
+
+
+def test_enqueue_in_a_named_queue_and_in_seconds(redis_server, r):
+    url = redis_server.url
+    before = time.time()
+    _, scheduled = outputs(url, ["enqueue", "RecordJob", "plain-string", "-q", "critical"],
+                           ["enqueue", "TimedJob", '"later"', "--in", "1", "--json"])
+    assert json.loads(r.lindex("queue:critical", 0))["args"] == ["plain-string"]  # type: ignore[arg-type]
+    assert "critical" in r.smembers("queues")
+
+    handle = json.loads(scheduled)
+    assert before + 1 <= handle["at"] <= time.time() + 1
+    [(raw, score)] = r.zrange("schedule", 0, -1, withscores=True)
+    job = json.loads(raw)
+    assert (job["jid"], job["class"], job["args"]) == (handle["jid"], "TimedJob", ["later"])
+    assert score == pytest.approx(handle["at"])  # the score says when, as in Sidekiq
+    assert "enqueued_at" not in job
+    assert [entry["jid"] for entry in ok_json(url, "scheduled")] == [handle["jid"]]
+
+
+# -- acting on jobs a running kiq really failed ------------------------------
+
+
+def test_retry_and_kill_a_job_that_really_failed(redis_server, r, client, start_kiq):
+    import sample_jobs
+
+    url = redis_server.url
+    start_kiq(**FAST_BEATS)
+    handle = client.enqueue(sample_jobs.FailJob, ["a"])
+    wait_for(lambda: r.zcard("retry") == 1)
+    [entry] = ok_json(url, "retries")
+    assert (entry["jid"], entry["error_class"]) == (handle.jid, "ValueError")
+    assert entry["error_message"] == "boom a"
+    assert entry["retry_count"] == 0 and entry["at"] > time.time() + 5  # not due for a while
+
+    assert ok(url, "retries", "retry", handle.jid).strip() == "retry: 1 job(s)"
+    wait_for(lambda: r.llen("attempts") == 2)
+    # It failed again and is back, its try given back by the manual retry.
+    wait_for(lambda: r.zcard("retry") == 1)
+    [again] = ok_json(url, "retries")
+    assert again["jid"] == handle.jid and again["retry_count"] == 0
+    assert "retried_at" in json.loads(r.zrange("retry", 0, 0)[0])
+
+    assert ok(url, "retries", "kill", handle.jid).strip() == "kill: 1 job(s)"
+    retries, dead_set = outputs(url, ["retries", "--json"], ["dead", "--json"])
+    assert json.loads(retries) == []
+    [dead] = json.loads(dead_set)
+    assert dead["jid"] == handle.jid and dead["error_message"] == "boom a"
+    assert r.llen("attempts") == 2  # killed: it does not run
+
+    assert ok(url, "dead", "retry", handle.jid).strip() == "retry: 1 job(s)"
+    wait_for(lambda: r.llen("attempts") == 3)
+    # Out of tries this time (retry = 1): straight back to the dead set.
+    wait_for(lambda: r.zcard("dead") == 1)
+    final = json.loads(r.zrange("dead", 0, 0)[0])
+    assert final["jid"] == handle.jid and final["retry_count"] == 1
+    assert r.zcard("retry") == 0
+
+
+def test_dead_retry_all_runs_really_dead_jobs_again(redis_server, r, client, start_kiq):
+    import sample_jobs
+
+    url = redis_server.url
+    kiq_ = start_kiq(**FAST_BEATS)
+    to_dead = [client.enqueue(sample_jobs.StraightToDeadJob).jid for _ in range(3)]
+    wait_for(lambda: r.zcard("dead") == 3)
+    wait_for(lambda: r.get("stat:failed") == "3")
+    listing, stats = outputs(url, ["dead", "--json"], ["stats", "--json"])
+    assert {entry["jid"] for entry in json.loads(listing)} == set(to_dead)
+    assert all(entry["error_message"] == "to the morgue" for entry in json.loads(listing))
+    assert json.loads(stats)["failed"] == 3
+
+    # Stopped first: `dead retry --all` racing a kiq that kills the jobs again retries them again
+    # (see test_api.py::test_retry_all_leaves_entries_that_arrive_while_it_runs).
+    kiq_.signal(signal.SIGTERM)
+    assert kiq_.wait() == 0
+    assert ok(url, "dead", "retry", "--all").strip() == "retry: 3 job(s)"
+    assert r.zcard("dead") == 0 and r.llen("queue:default") == 3
+
+    start_kiq(**FAST_BEATS)
+    # They ran again, failed again and died again, now as a retried job.
+    wait_for(lambda: r.get("stat:failed") == "6")
+    entries = wait_for(lambda: len(e := [json.loads(raw) for raw in r.zrange("dead", 0, -1)]) == 3 and e)
+    assert {e["jid"] for e in entries} == set(to_dead)
+    assert all(e["retry_count"] == 1 and "retried_at" in e for e in entries)
+
+
+# -- quiet and stop against a running kiq -------------------------------------
+
+
+def test_quiet_all_then_stop_one_identity(redis_server, r, start_kiq):
+    url = redis_server.url
+    kiq_ = start_kiq(processes=2, **FAST_BEATS)
+    workers = kiq_.wait_workers(2)
+    wait_for(lambda: r.scard("processes") == 2)
+    live = ok_json(url, "processes")
+    assert {p["info"]["pid"] for p in live} == set(workers)
+    assert not any(p["quiet"] for p in live)
+
+    done = kiq(url, "quiet", "--all", "--json")
+    assert done.returncode == 0
+    assert json.loads(done.stdout) == {"sent": sorted(p["identity"] for p in live), "not_found": []}
+    wait_for(lambda: all(r.hget(p["identity"], "quiet") == "true" for p in live))
+    raw, text = outputs(url, ["processes", "--json"], ["processes"])
+    assert all(p["quiet"] for p in json.loads(raw))
+    lines = text.splitlines()
+    assert len(lines) == 3 and all("  quiet  " in line for line in lines[1:])
+    assert kiq_.workers() == workers  # quiet, still running
+
+    first, second = live
+    done = kiq(url, "stop", first["identity"], "nohost:1:000000000000")
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [f"stop: {first['identity']}", "not found: nohost:1:000000000000"]
+    wait_for(lambda: not alive(first["info"]["pid"]), timeout=15)
+    wait_for(lambda: r.smembers("processes") == {second["identity"]}, timeout=10)
+    assert [p["identity"] for p in ok_json(url, "processes")] == [second["identity"]]
+    assert alive(second["info"]["pid"]) and kiq_.process.poll() is None
+    assert kiq_.workers() == [second["info"]["pid"]]  # a stop by request is not replaced
+    assert not r.exists(first["identity"])
+
+
+def test_quiet_and_stop_send_through_the_signals_list(redis_server, r):
+    url = redis_server.url
+    heartbeat(r, "web-1:101:0a0a0a0a0a0a")
+    heartbeat(r, "web-2:202:0b0b0b0b0b0b")
+    r.sadd("processes", "web-3:303:0c0c0c0c0c0c")  # expired: not live, not signalled
+
+    assert ok(url, "quiet", "web-2:202:0b0b0b0b0b0b").strip() == "quiet: web-2:202:0b0b0b0b0b0b"
+    assert r.lrange("web-2:202:0b0b0b0b0b0b-signals", 0, -1) == ["TSTP"]
+    assert not r.exists("web-1:101:0a0a0a0a0a0a-signals")
+
+    done = kiq(url, "stop", "--all", "--json")
+    assert done.returncode == 0
+    assert json.loads(done.stdout)["sent"] == ["web-1:101:0a0a0a0a0a0a", "web-2:202:0b0b0b0b0b0b"]
+    assert r.lrange("web-1:101:0a0a0a0a0a0a-signals", 0, -1) == ["TERM"]
+    assert r.lrange("web-2:202:0b0b0b0b0b0b-signals", 0, -1) == ["TERM", "TSTP"]
+    assert 55 <= r.ttl("web-1:101:0a0a0a0a0a0a-signals") <= 60
+    assert not r.exists("web-3:303:0c0c0c0c0c0c-signals")
+
+    done = kiq(url, "quiet", "web-3:303:0c0c0c0c0c0c", "--json")
+    assert done.returncode == 1
+    assert json.loads(done.stdout) == {"sent": [], "not_found": ["web-3:303:0c0c0c0c0c0c"]}
+    assert not r.exists("web-3:303:0c0c0c0c0c0c-signals")
+
+
+# -- connection options, usage errors, exit codes -----------------------------
+
+
+def test_config_file_and_namespace_flag_choose_where_to_look(redis_server, r, tmp_path):
+    url = redis_server.url
+    r.sadd("shop:queues", "orders")
+    r.lpush("shop:queue:orders", dump(sidekiq_job(1, "orders")))
+    r.sadd("queues", "default")
+    config = tmp_path / "kiq.yml"
+    config.write_text(f"redis_url: {url}\nnamespace: shop\nprocesses: 2\n")
+    other = sample_env(f"redis://127.0.0.1:{free_port()}/0")  # the environment points elsewhere
+
+    done = kiq(None, "queues", "--json", "-c", str(config), env=other)
+    assert done.returncode == 0, done.stderr
+    assert [q["queue"] for q in json.loads(done.stdout)] == ["orders"]
+    flagged, plain, _ = outputs(url, ["queues", "--json", "--namespace", "shop"], ["queues", "--json"],
+                                ["enqueue", "RecordJob", "y", "--namespace", "shop", "-q", "orders"])
+    assert [q["queue"] for q in json.loads(flagged)] == ["orders"]
+    assert [q["queue"] for q in json.loads(plain)] == ["default"]
+    assert r.llen("shop:queue:orders") == 2 and not r.exists("queue:orders")
+
+
+def test_default_redis_url_comes_from_the_environment(redis_server, r):
+    r.sadd("queues", "from-env")
+    done = kiq(None, "queues", "--json", env=sample_env(redis_server.url))
+    assert done.returncode == 0, done.stderr
+    assert [q["queue"] for q in json.loads(done.stdout)] == ["from-env"]
+
+
+USAGE_ERRORS = [
+    (["retries", "retry"], "needs job ids or --all"),
+    (["dead", "delete", "--all", "0" * 24], "not both"),
+    (["dead", "kill", "--all"], "Invalid value"),
+    (["quiet"], "needs process identities or --all"),
+    (["stop", "--all", "web-1:1:aa"], "not both"),
+    (["enqueue", "RecordJob", "-k", "novalue"], "use key=value"),
+    (["bogus"], "No such command"),
+]
+
+
+def test_usage_errors_exit_2_and_change_nothing(redis_server, r):
+    r.zadd("retry", {dump(sidekiq_failure(1)): NOW + 60})
+    r.zadd("dead", {dump(sidekiq_failure(2)): NOW})
+    r.zadd("schedule", {dump(sidekiq_job(0, at=NOW + 60)): NOW + 60})
+    heartbeat(r, "web-1:1:aa")
+    results = kiq_many(redis_server.url, [args for args, _ in USAGE_ERRORS])
+    for (args, message), done in zip(USAGE_ERRORS, results, strict=True):
+        assert done.returncode == 2, (args, done.stdout, done.stderr)
+        assert message in done.stderr, (args, done.stderr)
+    assert (r.zcard("retry"), r.zcard("dead"), r.zcard("schedule"), r.llen("queue:default")) == (1, 1, 1, 0)
+    assert not r.exists("web-1:1:aa-signals")
+
+
+BAD_CONFIGS = [
+    ("redis_url: [not: valid\n", "not valid YAML"),
+    ("bogus_key: 1\n", "bogus_key: unknown setting"),
+    ("redis_url: localhost\n", "redis_url: must be a URL"),
+    (None, "cannot read"),
+]
+
+
+def test_a_bad_config_file_exits_2(redis_server, r, tmp_path):
+    r.zadd("dead", {dump(sidekiq_failure(1)): NOW})
+    commands = []
+    for n, (content, _) in enumerate(BAD_CONFIGS):
+        path = tmp_path / f"kiq-{n}.yml"
+        if content is not None:
+            path.write_text(content)
+        commands.append(["dead", "retry", "--all", "-c", str(path)])
+    results = kiq_many(None, commands, env=sample_env(redis_server.url))
+    for (content, message), done in zip(BAD_CONFIGS, results, strict=True):
+        assert done.returncode == 2, (content, done.stdout, done.stderr)
+        assert done.stderr.startswith("kiq: bad config:") and message in done.stderr, (content, done.stderr)
+    assert r.zcard("dead") == 1
+
+
+UNREACHABLE = [["stats"], ["processes"], ["dead", "retry", "--all"], ["enqueue", "RecordJob", "x"],
+               ["quiet", "--all"]]
+
+
+def test_unreachable_redis_exits_3(redis_server, r):
+    r.zadd("dead", {dump(sidekiq_failure(1)): NOW})
+    closed = f"redis://user:s3cret-pw@127.0.0.1:{free_port()}/0"
+    started = time.monotonic()
+    # The flag wins over KIQ_REDIS_URL in the environment, which points at a live Redis.
+    results = kiq_many(closed, UNREACHABLE, env=sample_env(redis_server.url))
+    assert time.monotonic() - started < 20
+    for args, done in zip(UNREACHABLE, results, strict=True):
+        assert done.returncode == 3, (args, done.stdout, done.stderr)
+        assert "redis unavailable" in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+        assert "s3cret-pw" not in done.stdout + done.stderr
+    assert r.zcard("dead") == 1 and r.llen("queue:default") == 0
+
+
+def test_help_lists_every_operator_command():
+    done = kiq(None, "--help", env=sample_env(""))
+    assert done.returncode == 0
+    for command in ("stats", "queues", "processes", "retries", "dead", "scheduled", "enqueue", "quiet",
+                    "stop"):
+        assert f"  {command}" in done.stdout

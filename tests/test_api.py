@@ -1,0 +1,511 @@
+"""kiq.api against a real Redis, on data written the way kiq and Sidekiq write it."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+import redis
+from conftest import wait_for
+
+from kiq.api import API, BATCH, Job
+from kiq.keys import day
+from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT
+
+NOW = time.time()
+
+
+def payload(jid: str, queue: str = "default", job_class: str = "RecordJob", **extra: Any) -> dict[str, Any]:
+    """A job hash as Sidekiq 6.4 writes it."""
+    job: dict[str, Any] = {"retry": True, "queue": queue, "class": job_class, "args": [jid], "jid": jid,
+                           "created_at": NOW - 100, "enqueued_at": NOW - 100}
+    job.update(extra)
+    return job
+
+
+def dump(job: dict[str, Any]) -> str:
+    """Compact JSON without ASCII escapes, like Ruby's JSON.generate."""
+    return json.dumps(job, separators=(",", ":"), ensure_ascii=False)
+
+
+def jid(n: int) -> str:
+    return f"{n:024x}"
+
+
+def push(r: redis.Redis, queue: str, *jobs: dict[str, Any], prefix: str = "") -> None:
+    """Enqueue as a Sidekiq client does: SADD queues, LPUSH (oldest pushed first)."""
+    r.sadd(f"{prefix}queues", queue)
+    for job in jobs:
+        r.lpush(f"{prefix}queue:{queue}", dump(job))
+
+
+def failed(n: int, queue: str = "default", retry_count: int = 2) -> dict[str, Any]:
+    return payload(jid(n), queue, retry_count=retry_count, error_class="ValueError",
+                   error_message=f"boom {n}", failed_at=NOW - 50, retried_at=NOW - 10)
+
+
+@pytest.fixture
+def api(redis_server) -> API:
+    return API(redis_server.url)
+
+
+@pytest.fixture
+def raw_redis(redis_server) -> redis.Redis:
+    """A client that reads and writes bytes as they are (for payloads that are not UTF-8)."""
+    return redis.Redis.from_url(redis_server.url, socket_timeout=5)
+
+
+# -- stats ---------------------------------------------------------------
+
+
+def test_stats_on_an_empty_redis_are_zero(api):
+    s = api.stats()
+    assert (s.processed, s.failed, s.enqueued, s.scheduled, s.retries, s.dead, s.processes, s.busy,
+            s.processed_today, s.failed_today) == (0,) * 10
+
+
+def test_stats_read_sidekiq_counters_sets_queues_and_processes(api, r):
+    today = day()
+    r.set("stat:processed", 1234)
+    r.set("stat:failed", 56)
+    r.set(f"stat:processed:{today}", 78)
+    r.set(f"stat:failed:{today}", 9)
+    r.set("stat:processed:2001-01-01", 1000)  # another day is not today's
+    push(r, "default", *(payload(jid(n)) for n in range(3)))
+    push(r, "critical", *(payload(jid(n), "critical") for n in range(10, 15)))
+    r.sadd("queues", "empty")
+    r.lpush("queue:unlisted", dump(payload(jid(99))))  # not in `queues`: Sidekiq does not count it
+    r.zadd("schedule", {dump(payload(jid(20), at=NOW + 60)): NOW + 60})
+    r.zadd("retry", {dump(failed(n)): NOW + n for n in range(30, 32)})
+    r.zadd("dead", {dump(failed(n)): NOW - n for n in range(40, 44)})
+    for ident, busy in (("web-1:11:aa", "3"), ("web-2:12:bb", "0")):
+        r.sadd("processes", ident)
+        r.hset(ident, mapping={"info": json.dumps({"hostname": ident}), "busy": busy, "beat": NOW,
+                               "quiet": "false", "rss": 1000})
+    r.sadd("processes", "gone:13:cc")  # heartbeat hash expired
+
+    s = api.stats()
+
+    assert (s.processed, s.failed, s.processed_today, s.failed_today) == (1234, 56, 78, 9)
+    assert s.enqueued == 8
+    assert (s.scheduled, s.retries, s.dead) == (1, 2, 4)
+    assert (s.processes, s.busy) == (2, 3)
+
+
+def test_stats_follow_a_queue_as_it_changes(api, r):
+    push(r, "default", payload(jid(1)), payload(jid(2)))
+    assert api.stats().enqueued == 2
+    r.rpop("queue:default")
+    assert api.stats().enqueued == 1
+
+
+# -- queues --------------------------------------------------------------
+
+
+def test_queues_lists_known_queues_by_name(api, r):
+    push(r, "low", payload(jid(1), "low"))
+    push(r, "critical", payload(jid(2), "critical"))
+    assert [q.name for q in api.queues()] == ["critical", "low"]
+    assert [q.size() for q in api.queues()] == [1, 1]
+
+
+def test_queue_size_and_latency_with_float_seconds(api, r):
+    queue = api.queue("default")
+    assert queue.size() == 0
+    assert queue.latency() == 0.0
+    now = time.time()
+    push(r, "default", payload(jid(1), enqueued_at=now - 30), payload(jid(2), enqueued_at=now))
+    assert queue.size() == 2
+    assert 29.5 < queue.latency() < 35
+
+
+def test_queue_latency_reads_sidekiq_8_integer_milliseconds(api, r):
+    push(r, "default", payload(jid(1), enqueued_at=int((time.time() - 12) * 1000)))
+    assert 11.5 < api.queue("default").latency() < 17
+
+
+def test_queue_latency_without_enqueued_at_or_readable_job_is_zero(api, r):
+    r.lpush("queue:default", "not json")
+    assert api.queue("default").latency() == 0.0
+    job = payload(jid(1))
+    del job["enqueued_at"]
+    r.delete("queue:default")
+    push(r, "default", job)
+    assert api.queue("default").latency() == 0.0
+
+
+def test_queue_jobs_are_oldest_first_and_page(api, r):
+    push(r, "default", *(payload(jid(n)) for n in range(10)))
+    queue = api.queue("default")
+    assert [job.jid for job in queue.jobs()] == [jid(n) for n in range(10)]
+    assert [job.jid for job in queue.jobs(3, 4)] == [jid(n) for n in range(3, 7)]
+    assert [job.jid for job in queue.jobs(8, 50)] == [jid(8), jid(9)]
+    assert queue.jobs(10, 5) == []
+
+
+def test_queue_iteration_covers_more_than_a_batch_in_order(api, r):
+    count = 2 * BATCH + 37
+    push(r, "default", *(payload(jid(n)) for n in range(count)))
+    jobs = list(api.queue("default"))
+    assert [job.jid for job in jobs] == [jid(n) for n in range(count)]
+    assert jobs[0].job_class == "RecordJob" and jobs[0].args == [jid(0)] and jobs[0].queue == "default"
+
+
+def test_queue_find_and_delete(api, r):
+    push(r, "default", *(payload(jid(n)) for n in range(BATCH + 50)))
+    queue = api.queue("default")
+    found = queue.find(jid(BATCH + 20))  # in the second batch
+    assert found is not None and found.args == [jid(BATCH + 20)]
+    assert queue.find("f" * 24) is None
+
+    assert queue.delete(jid(BATCH + 20)) is True
+    assert queue.delete(jid(BATCH + 20)) is False
+    assert queue.delete("f" * 24) is False
+    assert queue.size() == BATCH + 49
+    assert queue.find(jid(BATCH + 20)) is None
+    assert [job.jid for job in queue][:3] == [jid(0), jid(1), jid(2)]
+
+
+def test_queue_clear_removes_the_list_and_its_name(api, r):
+    push(r, "default", *(payload(jid(n)) for n in range(5)))
+    push(r, "low", payload(jid(9), "low"))
+    assert api.queue("default").clear() == 5
+    assert not r.exists("queue:default")
+    assert r.smembers("queues") == {"low"}
+    assert [q.name for q in api.queues()] == ["low"]
+    assert api.stats().enqueued == 1
+
+
+# -- sorted sets: reading ------------------------------------------------
+
+
+def test_sorted_set_jobs_are_ordered_by_score_with_their_scores(api, r):
+    r.zadd("retry", {dump(failed(n)): NOW + 100 - n for n in range(5)})
+    jobs = api.retries.jobs()
+    assert [job.jid for job in jobs] == [jid(n) for n in reversed(range(5))]
+    assert [job.score for job in jobs] == pytest.approx([NOW + 100 - n for n in reversed(range(5))])
+    assert jobs[0].error == "ValueError: boom 4"
+    assert jobs[0].summary()["retry_count"] == 2
+    assert [job.jid for job in api.retries.jobs(1, 2)] == [jid(3), jid(2)]
+    assert api.retries.size() == 5
+
+
+def test_sorted_set_find_scans_for_the_jid(api, r):
+    r.zadd("dead", {dump(failed(n)): NOW - n for n in range(3 * BATCH)})
+    # Another job whose arguments mention the jid is not a match.
+    r.zadd("dead", {dump(payload(jid(9999), args=[jid(150)])): NOW})
+    found = api.dead.find(jid(150))
+    assert found is not None and found.jid == jid(150)
+    assert found.score == pytest.approx(NOW - 150)
+    assert api.dead.find("f" * 24) is None
+
+
+def test_iterating_a_sorted_set_covers_every_batch(api, r):
+    r.zadd("schedule", {dump(payload(jid(n), at=NOW + n)): NOW + n for n in range(BATCH * 2 + 5)})
+    assert [job.jid for job in api.scheduled] == [jid(n) for n in range(BATCH * 2 + 5)]
+
+
+# -- sorted sets: changing -----------------------------------------------
+
+
+def test_delete_removes_exactly_the_given_entries(api, r):
+    r.zadd("retry", {dump(failed(n)): NOW + n for n in range(4)})
+    doomed = [api.retries.find(jid(1)), api.retries.find(jid(3))]
+    assert api.retries.delete(doomed) == 2  # type: ignore[arg-type]
+    assert [job.jid for job in api.retries.jobs()] == [jid(0), jid(2)]
+    assert api.retries.delete(doomed) == 0  # type: ignore[arg-type]
+    assert api.retries.delete([]) == 0
+
+
+def test_retry_from_the_retry_set_moves_the_job_to_its_queue(api, r):
+    r.zadd("retry", {dump(failed(1, "critical", retry_count=5)): NOW + 500, dump(failed(2)): NOW + 600})
+    job = api.retries.find(jid(1))
+    assert job is not None
+    before = time.time()
+    assert api.retries.retry([job]) == 1
+
+    assert api.retries.size() == 1 and api.retries.find(jid(1)) is None
+    assert "critical" in r.smembers("queues")
+    [raw] = r.lrange("queue:critical", 0, -1)
+    moved = json.loads(raw)
+    assert moved["retry_count"] == 4  # a retry by hand does not spend one of the job's tries
+    assert before <= moved["enqueued_at"] <= time.time()
+    assert "at" not in moved
+    for key in ("class", "args", "jid", "queue", "error_class", "error_message", "failed_at", "created_at"):
+        assert moved[key] == job.payload[key]
+
+
+def test_retry_from_dead_or_schedule_keeps_retry_count_and_drops_at(api, r):
+    r.zadd("dead", {dump(failed(1, retry_count=25)): NOW - 5})
+    # Sidekiq stores a scheduled job without `at` (the score says when); kiq 0.1 kept it.
+    sidekiq = payload(jid(3), "low")
+    del sidekiq["enqueued_at"]
+    r.zadd("schedule", {dump(payload(jid(2), "low", at=NOW + 3600)): NOW + 3600, dump(sidekiq): NOW + 60})
+    assert api.dead.retry(api.dead.jobs()) == 1
+    assert api.scheduled.retry(api.scheduled.jobs()) == 2
+
+    from_dead = json.loads(r.lindex("queue:default", 0))  # type: ignore[arg-type]
+    assert from_dead["retry_count"] == 25 and from_dead["jid"] == jid(1)
+    from_schedule = [json.loads(raw) for raw in r.lrange("queue:low", 0, -1)]
+    assert sorted(job["jid"] for job in from_schedule) == [jid(2), jid(3)]
+    for job in from_schedule:
+        assert "at" not in job and "retry_count" not in job
+        assert job["enqueued_at"] > NOW
+    assert r.zcard("dead") == 0 and r.zcard("schedule") == 0
+    assert r.smembers("queues") == {"default", "low"}
+
+
+def test_retry_of_an_entry_already_moved_pushes_nothing(api, r):
+    """Two operators retrying the same job: it reaches its queue once."""
+    r.zadd("retry", {dump(failed(1)): NOW})
+    jobs = api.retries.jobs()
+    assert api.retries.retry(jobs) == 1
+    assert api.retries.retry(jobs) == 0
+    assert r.llen("queue:default") == 1
+
+
+def test_retry_leaves_unreadable_entries_in_place(api, r, raw_redis):
+    raw_redis.zadd("retry", {b"not json at all": NOW, b"\xff\xfe binary": NOW + 1, b"[1, 2]": NOW + 2})
+    r.zadd("retry", {dump(failed(1)): NOW + 3})
+    jobs = api.retries.jobs()
+    assert len(jobs) == 4
+    assert api.retries.retry(jobs) == 1
+    assert r.llen("queue:default") == 1
+    assert raw_redis.zrange("retry", 0, -1) == [b"not json at all", b"\xff\xfe binary", b"[1, 2]"]
+    # ...and can still be deleted byte for byte.
+    assert api.retries.delete(api.retries.jobs()) == 3
+    assert r.zcard("retry") == 0
+
+
+def test_kill_moves_entries_to_dead_unchanged(api, r):
+    entries = {dump(failed(n)): NOW + 100 + n for n in range(3)}
+    r.zadd("retry", entries)
+    before = time.time()
+    assert api.retries.kill([api.retries.find(jid(0)), api.retries.find(jid(2))]) == 2  # type: ignore[list-item]
+    assert [job.jid for job in api.retries.jobs()] == [jid(1)]
+    dead = r.zrange("dead", 0, -1, withscores=True)
+    assert {raw for raw, _ in dead} == {dump(failed(0)), dump(failed(2))}
+    assert all(before <= score <= time.time() for _, score in dead)
+    assert api.retries.kill(api.dead.jobs()) == 0  # not in the retry set (any more)
+    assert api.dead.kill(api.dead.jobs()) == 0
+    assert r.zcard("dead") == 2
+
+
+def test_kill_drops_dead_jobs_older_than_the_dead_timeout(api, r):
+    ancient, old = dump(failed(900)), dump(failed(901))
+    r.zadd("dead", {ancient: time.time() - DEAD_TIMEOUT - 3600, old: time.time() - DEAD_TIMEOUT + 3600})
+    r.zadd("retry", {dump(failed(1)): NOW})
+    assert api.retries.kill(api.retries.jobs()) == 1
+    assert r.zrange("dead", 0, -1) == [old, dump(failed(1))]
+
+
+def test_kill_keeps_the_dead_set_to_its_maximum_size(api, r):
+    r.zadd("dead", {dump(failed(n)): NOW - 100_000 + n for n in range(DEAD_MAX_JOBS)})
+    r.zadd("retry", {dump(failed(n)): NOW for n in range(DEAD_MAX_JOBS, DEAD_MAX_JOBS + 3)})
+
+    assert api.retries.kill(api.retries.jobs()) == 3
+
+    assert r.zcard("dead") == DEAD_MAX_JOBS
+    for n in range(3):  # the oldest made room for the newly dead
+        assert r.zscore("dead", dump(failed(n))) is None
+    assert r.zscore("dead", dump(failed(3))) is not None
+    for n in range(DEAD_MAX_JOBS, DEAD_MAX_JOBS + 3):
+        assert r.zscore("dead", dump(failed(n))) is not None
+
+
+def test_retry_all_over_several_batches_with_progress(api, r):
+    count = 2 * BATCH + 50
+    r.zadd("retry", {dump(failed(n, "q1" if n % 2 else "q2")): NOW + n for n in range(count)})
+    progress: list[int] = []
+    assert api.retries.retry_all(progress.append) == count
+    assert sum(progress) == count and len(progress) == 3
+    assert r.zcard("retry") == 0
+    assert r.llen("queue:q1") + r.llen("queue:q2") == count
+    assert {json.loads(raw)["jid"] for raw in r.lrange("queue:q1", 0, -1)} == {
+        jid(n) for n in range(count) if n % 2}
+    assert all(json.loads(raw)["retry_count"] == 1 for raw in r.lrange("queue:q2", 0, -1))
+
+
+def test_retry_all_steps_over_unreadable_entries(api, r, raw_redis):
+    count = 2 * BATCH + 50
+    r.zadd("dead", {dump(failed(n)): NOW - 10_000 + n for n in range(count)})
+    # Unreadable entries first, in the middle of the second batch and last.
+    bad = {b"garbage-0": NOW - 20_000, b"\xffgarbage-1": NOW - 10_000 + 150.5, b"garbage-2": NOW}
+    raw_redis.zadd("dead", bad)
+    progress: list[int] = []
+    assert api.dead.retry_all(progress.append) == count
+    assert sum(progress) == count + len(bad)
+    assert r.llen("queue:default") == count
+    assert raw_redis.zrange("dead", 0, -1) == list(bad)
+    assert {json.loads(raw)["jid"] for raw in r.lrange("queue:default", 0, -1)} == {
+        jid(n) for n in range(count)}
+
+
+def test_retry_all_leaves_entries_that_arrive_while_it_runs(api, r):
+    """A running kiq fails a retried job within milliseconds and files it in `dead` again:
+    `retry_all` must act on the entries that were there when it began, not chase the new ones
+    (with jobs that fail fast it retried the same jobs over and over)."""
+    count = BATCH + 50
+    r.zadd("dead", {dump(failed(n)): NOW - 10_000 + n for n in range(count)})
+    died_again = {dump(failed(n, retry_count=3)): time.time() for n in range(BATCH)}
+
+    def progress(done: int) -> None:
+        if len(calls) == 0:  # the first batch's jobs ran and died again
+            r.zadd("dead", died_again)
+        calls.append(done)
+
+    calls: list[int] = []
+    assert api.dead.retry_all(progress) == count
+    assert r.llen("queue:default") == count
+    assert set(r.zrange("dead", 0, -1)) == set(died_again)
+
+
+def test_delete_all_and_kill_all_over_several_batches(api, r):
+    count = 3 * BATCH + 1
+    r.zadd("schedule", {dump(payload(jid(n), at=NOW + n)): NOW + n for n in range(count)})
+    r.zadd("retry", {dump(failed(n)): NOW + n for n in range(count, 2 * count)})
+    progress: list[int] = []
+
+    assert api.scheduled.delete_all(progress.append) == count
+    assert r.zcard("schedule") == 0 and sum(progress) == count and len(progress) == 4
+
+    progress.clear()
+    assert api.retries.kill_all(progress.append) == count
+    assert r.zcard("retry") == 0 and r.zcard("dead") == count and sum(progress) == count
+    assert {job.jid for job in api.dead} == {jid(n) for n in range(count, 2 * count)}
+
+
+def test_bulk_actions_on_an_empty_set_do_nothing(api):
+    calls: list[int] = []
+    assert api.retries.retry_all(calls.append) == 0
+    assert api.dead.delete_all(calls.append) == 0
+    assert api.scheduled.kill_all(calls.append) == 0
+    assert calls == []
+
+
+# -- processes and signals -----------------------------------------------
+
+
+def beat(r: redis.Redis, ident: str, busy: int = 0, quiet: bool = False, prefix: str = "",
+         running: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A heartbeat as Sidekiq 6.4 (and kiq) writes it."""
+    info = {"hostname": ident.split(":")[0], "pid": int(ident.split(":")[1]), "started_at": NOW - 60,
+            "tag": "app", "concurrency": 10, "queues": ["critical", "default"], "labels": [],
+            "identity": ident}
+    r.sadd(f"{prefix}processes", ident)
+    r.hset(prefix + ident, mapping={"info": json.dumps(info), "busy": busy, "beat": NOW,
+                                    "quiet": "true" if quiet else "false", "rss": 51234, "rtt_us": 120})
+    r.expire(prefix + ident, 60)
+    for suffix in (":work", ":workers"):
+        if running:
+            r.hset(prefix + ident + suffix, mapping={tid: json.dumps(w) for tid, w in running.items()})
+    return info
+
+
+def test_processes_lists_live_processes_with_their_heartbeat(api, r):
+    work = {"queue": "default", "payload": dump(payload(jid(1))), "run_at": int(NOW)}
+    info = beat(r, "web-1:101:0a0a0a0a0a0a", busy=1, running={"tid-1": work})
+    beat(r, "web-2:202:0b0b0b0b0b0b", quiet=True)
+    r.sadd("processes", "web-3:303:0c0c0c0c0c0c")  # its hash expired: not live
+
+    first, second = api.processes()
+
+    assert first.identity == "web-1:101:0a0a0a0a0a0a"
+    assert first.info == info
+    assert (first.busy, first.quiet, first.rss_kb) == (1, False, 51234)
+    assert first.beat == pytest.approx(NOW)
+    assert first.running == [work]
+    assert second.identity == "web-2:202:0b0b0b0b0b0b"
+    assert (second.busy, second.quiet, second.running) == (0, True, [])
+
+
+def test_processes_read_running_jobs_from_sidekiq_6_workers_hash(api, r):
+    """Sidekiq 6 writes its running jobs only to IDENTITY:workers."""
+    beat(r, "web-1:101:0a0a0a0a0a0a", busy=1)
+    work = {"queue": "default", "payload": payload(jid(1)), "run_at": int(NOW)}
+    r.hset("web-1:101:0a0a0a0a0a0a:workers", "tid-1", json.dumps(work))
+    [process] = api.processes()
+    assert process.running == [work]
+
+
+def test_a_process_whose_heartbeat_expires_disappears(api, r):
+    beat(r, "web-1:101:0a0a0a0a0a0a")
+    assert [p.identity for p in api.processes()] == ["web-1:101:0a0a0a0a0a0a"]
+    r.pexpire("web-1:101:0a0a0a0a0a0a", 1)
+    wait_for(lambda: not r.exists("web-1:101:0a0a0a0a0a0a"), timeout=2)
+    assert api.processes() == []
+    assert api.stats().processes == 0
+
+
+def test_quiet_and_stop_push_signals_with_a_ttl(api, r):
+    api.quiet("web-1:101:0a0a0a0a0a0a")
+    api.stop("web-1:101:0a0a0a0a0a0a")
+    api.stop("web-2:202:0b0b0b0b0b0b")
+    # A worker RPOPs its list: TSTP was first and is read first.
+    assert r.lrange("web-1:101:0a0a0a0a0a0a-signals", 0, -1) == ["TERM", "TSTP"]
+    assert r.rpop("web-1:101:0a0a0a0a0a0a-signals") == "TSTP"
+    assert r.lrange("web-2:202:0b0b0b0b0b0b-signals", 0, -1) == ["TERM"]
+    for key in ("web-1:101:0a0a0a0a0a0a-signals", "web-2:202:0b0b0b0b0b0b-signals"):
+        assert 55 <= r.ttl(key) <= 60
+
+
+# -- namespace and environment --------------------------------------------
+
+
+def test_a_namespace_prefixes_every_key(redis_server, r):
+    api = API(redis_server.url, namespace="shop")
+    # Data outside the namespace is not seen.
+    push(r, "default", payload(jid(1)))
+    r.set("stat:processed", 5)
+    r.zadd("dead", {dump(failed(2)): NOW})
+    beat(r, "web-9:909:0909090909aa")
+
+    push(r, "default", payload(jid(10)), payload(jid(11)), prefix="shop:")
+    r.set("shop:stat:processed", 7)
+    r.set(f"shop:stat:failed:{day()}", 2)
+    r.zadd("shop:retry", {dump(failed(12)): NOW})
+    r.zadd("shop:schedule", {dump(payload(jid(13), at=NOW + 60)): NOW + 60})
+    beat(r, "web-1:101:0a0a0a0a0a0a", busy=2, prefix="shop:")
+
+    s = api.stats()
+    assert (s.processed, s.failed_today, s.enqueued, s.retries, s.scheduled, s.dead) == (7, 2, 2, 1, 1, 0)
+    assert (s.processes, s.busy) == (1, 2)
+    assert [q.name for q in api.queues()] == ["default"]
+    assert [job.jid for job in api.queue("default")] == [jid(10), jid(11)]
+    assert [p.identity for p in api.processes()] == ["web-1:101:0a0a0a0a0a0a"]
+
+    assert api.retries.retry_all() == 1
+    assert r.llen("shop:queue:default") == 3 and r.llen("queue:default") == 1
+    assert api.scheduled.kill_all() == 1
+    assert r.zcard("shop:dead") == 1 and r.zcard("dead") == 1
+    api.quiet("web-1:101:0a0a0a0a0a0a")
+    assert r.lrange("shop:web-1:101:0a0a0a0a0a0a-signals", 0, -1) == ["TSTP"]
+    assert api.queue("default").clear() == 3
+    assert r.smembers("shop:queues") == set() and r.smembers("queues") == {"default"}
+
+
+def test_api_finds_redis_and_namespace_in_the_environment(redis_server, r, monkeypatch):
+    monkeypatch.setenv("KIQ_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("KIQ_NAMESPACE", "env")
+    push(r, "default", payload(jid(1)), prefix="env:")
+    assert API().stats().enqueued == 1
+    assert API(namespace="").stats().enqueued == 0
+
+
+def test_api_falls_back_to_redis_url(redis_server, r, monkeypatch):
+    monkeypatch.delenv("KIQ_REDIS_URL", raising=False)
+    monkeypatch.delenv("KIQ_NAMESPACE", raising=False)
+    monkeypatch.setenv("REDIS_URL", redis_server.url)
+    push(r, "default", payload(jid(1)))
+    assert API().stats().enqueued == 1
+
+
+def test_job_parse_tolerates_anything():
+    assert Job.parse("not json").payload == {}
+    assert Job.parse("[1]").jid == ""
+    job = Job.parse(dump(payload(jid(1), queue="")), 3.0)
+    assert (job.queue, job.score, job.enqueued_at) == ("default", 3.0, pytest.approx(NOW - 100))
+    assert Job.parse(dump(payload(jid(1), enqueued_at=int(NOW * 1000)))).enqueued_at == pytest.approx(NOW)
+    assert Job.parse(dump(payload(jid(1), enqueued_at=True))).enqueued_at is None
