@@ -129,7 +129,7 @@ def test_strict_queues_drain_in_order(start_kiq, redis_server, r):
         "    sample_jobs.OrderJob.set(queue=q).perform_bulk([[q]] * 100)\n",
         redis_server.url,
     )
-    start_kiq(processes=1, concurrency=2, queues=["high", "low"])
+    start_kiq(processes=1, concurrency=1, queues=["high", "low"])  # completion order = fetch order
     wait_for(lambda: r.llen("order") == 200, timeout=30)
     assert r.lrange("order", 0, -1) == ["high"] * 100 + ["low"] * 100
 
