@@ -11,6 +11,7 @@ registry (anything else is ``(unknown)``), restart reasons from a fixed list.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
@@ -38,10 +39,18 @@ workers = Gauge("kiq_worker_processes", "Live worker processes.", multiprocess_m
 restarts = Counter("kiq_worker_restarts", "Worker processes replaced, by reason.", ["reason"])
 
 
+_children: dict[tuple[str, str], tuple[Any, Any]] = {}
+
+
 def record(queue: str, job_class: str, seconds: float, failed_: bool, action: str) -> None:
-    """Count one finished job (called by the processor threads)."""
-    processed.labels(queue, job_class).inc()
-    duration.labels(queue, job_class).observe(seconds)
+    """Count one finished job (called by the processor threads, so the common case is two
+    cached children, not four label lookups)."""
+    key = (queue, job_class)
+    children = _children.get(key)
+    if children is None:
+        children = _children[key] = (processed.labels(queue, job_class), duration.labels(queue, job_class))
+    children[0].inc()
+    children[1].observe(seconds)
     if failed_:
         failed.labels(queue, job_class).inc()
     if action == "retry":
