@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 TESTS = Path(__file__).resolve().parent
+TOKEN = "KIQ_TEST_PROCESS"
 
 
 def free_port() -> int:
@@ -75,9 +77,10 @@ def title(pid: int) -> str:
         return ""
 
 
-def started_for(redis_url: str) -> list[int]:
-    """kiq processes whose environment points at ``redis_url`` (each test has its own)."""
-    marker = f"KIQ_REDIS_URL={redis_url}".encode()
+def started_for(token: str) -> list[int]:
+    """kiq processes whose environment carries ``token`` (each started kiq has its own, so a
+    test never touches another's processes, even in another pytest run on a reused port)."""
+    marker = f"{TOKEN}={token}".encode()
     found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit() and title(int(entry)).startswith("kiq "):
@@ -149,9 +152,9 @@ def r(redis_server: RedisServer) -> redis.Redis:
 class Kiq:
     """A ``kiq start`` master running as a subprocess, with its log in a file."""
 
-    def __init__(self, process: subprocess.Popen[bytes], log_path: Path, redis_url: str) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], log_path: Path, token: str) -> None:
         self.process = process
-        self.redis_url = redis_url
+        self.token = token
         self.log_path = log_path
         self.pid = process.pid
 
@@ -177,8 +180,8 @@ class Kiq:
 
     def kill_all(self) -> None:
         """SIGKILL the master and every process it started, orphans included (found by this
-        test's Redis URL in their environment)."""
-        pids = {*descendants(self.pid), *started_for(self.redis_url)}
+        kiq's token in their environment)."""
+        pids = {*descendants(self.pid), *started_for(self.token)}
         if self.process.poll() is None:
             pids.add(self.pid)
         for pid in pids:
@@ -222,16 +225,17 @@ def start_kiq(
         config.update(settings)
         path = tmp_path / f"kiq-{len(started)}.yml"
         path.write_text(yaml.safe_dump(config))
+        token = uuid.uuid4().hex
         log_path = tmp_path / f"kiq-{len(started)}.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
                 [sys.executable, "-m", "kiq", "start", "-c", str(path)],
                 cwd=ROOT,
-                env=sample_env(config["redis_url"], tmp_path),
+                env={**sample_env(config["redis_url"], tmp_path), TOKEN: token},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )
-        kiq = Kiq(process, log_path, config["redis_url"])
+        kiq = Kiq(process, log_path, token)
         started.append(kiq)
         return kiq
 
