@@ -27,7 +27,7 @@ bench: install system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check kiq tests demo examples
+	$(VENV)/bin/ruff check kiq tests demo examples bench
 	$(VENV)/bin/mypy
 
 clean:

@@ -1,0 +1,148 @@
+"""The Redis ceiling for kiq's own command pattern, with no job code and no threads.
+
+Each of ``processes`` loops (one connection each) does what a kiq worker's
+fetcher does per batch: one EVALSHA of ``kiq.fetch.ACK_AND_FETCH`` that
+acknowledges the k jobs it fetched last time and fetches k new ones. The queue
+is filled beforehand with payloads shaped like kiq's; jobs/s = all jobs
+fetched / the longest loop's time. Runs in kiq's virtualenv:
+``python -m bench.ceiling --redis-url URL --k K --start-at T --seconds S``.
+
+``--body`` measures the other ceiling: the no-op job body alone (one INCR) in a
+loop, in the same processes x threads as the workers, with no job system at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import redis
+
+from bench import jobs
+from kiq.client import build_payload
+from kiq.connection import connect, wire
+from kiq.fetch import ACK_AND_FETCH
+from kiq.keys import Keys, day
+from kiq.retry import DEAD_TIMEOUT
+
+QUEUE = "default"
+FILL_BATCH = 1000
+
+
+def fill(client: redis.Redis, jobs: int) -> None:
+    """LPUSH ``jobs`` kiq payloads of the benchmark's no-op job."""
+    template = json.dumps(build_payload("BenchNoop", []), separators=(",", ":"))
+    jid = json.loads(template)["jid"]
+    key = Keys().queue(QUEUE)
+    pipe = client.pipeline(transaction=False)
+    for start in range(0, jobs, FILL_BATCH):
+        batch = [template.replace(jid, f"{n:024x}") for n in range(start, min(jobs, start + FILL_BATCH))]
+        pipe.lpush(key, *batch)
+        if len(pipe) >= 50:
+            pipe.execute()
+    pipe.execute()
+
+
+def loop(redis_url: str, k: int, start_at: float, seconds: float, identity: str) -> dict[str, float]:
+    conn = connect(redis_url, name=f"bench-ceiling-{identity}")
+    script = conn.register_script(ACK_AND_FETCH)
+    keys = Keys()
+    acks: list[tuple[str, str]] = []
+    fetched = 0
+    time.sleep(max(0.0, start_at - time.time()))
+    started = time.perf_counter()
+    end = started + seconds
+    while True:
+        now = time.time()
+        args: list[str | bytes | float | int] = [keys.prefix, identity, now, day(now), now - DEAD_TIMEOUT,
+                                                 len(acks)]
+        for queue, payload in acks:
+            args += [queue, wire(payload), "", "", 0.0, "0"]
+        args += [k, QUEUE]
+        flat = script(args=args)
+        acks = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        fetched += len(acks)
+        if not acks or time.perf_counter() >= end:
+            break
+    elapsed = time.perf_counter() - started
+    return {"jobs": fetched, "seconds": elapsed}
+
+
+Runner = Callable[[list[list[str]]], list[str]]
+
+
+def measure(run: Runner, client: redis.Redis, redis_url: str, python: str, k: int, seconds: float = 3.0,
+            processes: int = 2) -> float:
+    """jobs/s of ``processes`` concurrent loops; ``run`` runs argv lists concurrently, returning outputs."""
+    client.flushall()
+    fill(client, (150_000 if k == 1 else 600_000) * processes // 2)
+    start_at = time.time() + 1.5
+    argvs = [
+        [python, "-m", "bench.ceiling", "--redis-url", redis_url, "--k", str(k), "--start-at", repr(start_at),
+         "--seconds", str(seconds), "--identity", f"ceiling{n}"]
+        for n in range(processes)
+    ]
+    outputs = run(argvs)
+    results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    client.flushall()
+    return sum(r["jobs"] for r in results) / max(r["seconds"] for r in results)
+
+
+def body_loop(threads: int, start_at: float, seconds: float) -> dict[str, float]:
+    """The no-op job body alone, ``threads`` threads calling it in a loop: no job system at all."""
+    counts: list[int] = []
+
+    def run() -> None:
+        n = 0
+        while time.perf_counter() < end:
+            jobs.noop()
+            n += 1
+        counts.append(n)
+
+    jobs.conn().ping()
+    time.sleep(max(0.0, start_at - time.time()))
+    started = time.perf_counter()
+    end = started + seconds
+    workers = [threading.Thread(target=run) for _ in range(threads)]
+    for thread in workers:
+        thread.start()
+    for thread in workers:
+        thread.join()
+    return {"jobs": sum(counts), "seconds": time.perf_counter() - started}
+
+
+def measure_body(run: Runner, client: redis.Redis, python: str, processes: int, threads: int,
+                 seconds: float = 3.0) -> float:
+    """jobs/s of the job body alone in ``processes`` x ``threads``: the ceiling the body itself sets."""
+    client.flushall()
+    start_at = time.time() + 1.5
+    argv = [python, "-m", "bench.ceiling", "--body", "--threads", str(threads), "--start-at", repr(start_at),
+            "--seconds", str(seconds)]
+    results = [json.loads(out.strip().splitlines()[-1]) for out in run([argv] * processes)]
+    client.flushall()
+    return sum(r["jobs"] for r in results) / max(r["seconds"] for r in results)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ceiling")
+    parser.add_argument("--redis-url")
+    parser.add_argument("--k", type=int, default=1)
+    parser.add_argument("--body", action="store_true", help="time the job body alone (BENCH_REDIS_URL)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--start-at", type=float, required=True)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--identity", default="ceiling")
+    args = parser.parse_args(argv)
+    if args.body:
+        print(json.dumps(body_loop(args.threads, args.start_at, args.seconds)), flush=True)
+        return 0
+    print(json.dumps(loop(args.redis_url, args.k, args.start_at, args.seconds, args.identity)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The job bodies every system runs, and the Redis keys they record into.
+
+Each worker process makes its own Redis client on its first job, after the fork
+(``BENCH_REDIS_URL``). Only ``redis`` and the standard library are imported here,
+so this module loads both in kiq's virtualenv and in the peers' one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import redis
+
+COUNTER = "bench:count"
+SLOW_STARTS = "bench:slow"
+WARM = "bench:warm"
+LATENCY = "bench:latency"
+SCHEDULED = "bench:scheduled"
+
+_client: tuple[int, redis.Redis] | None = None
+
+
+def stamp_key(n: int) -> str:
+    """Where the no-op job that brought the counter to ``n`` wrote its time (n = 1 and the target)."""
+    return f"bench:t:{n}"
+
+
+def conn() -> redis.Redis:
+    """This process's client, made on first use after the fork."""
+    global _client
+    if _client is None or _client[0] != os.getpid():
+        _client = (os.getpid(), redis.Redis.from_url(os.environ["BENCH_REDIS_URL"]))
+    return _client[1]
+
+
+def _target() -> int:
+    return int(os.environ.get("BENCH_TARGET") or 0)
+
+
+def noop() -> None:
+    """One INCR; the first job and the one reaching ``BENCH_TARGET`` also record the time."""
+    n = conn().incr(COUNTER)
+    if n == 1 or n == _target():
+        conn().set(stamp_key(n), repr(time.time()))
+
+
+def stamp(key: str, value: float) -> None:
+    """Record how late this job started: now minus ``value`` (its enqueue or due time)."""
+    late = time.time() - value
+    conn().rpush(key, repr(late))
+
+
+def slow(token: str, seconds: float) -> None:
+    """Record which process started it and when, then sleep."""
+    conn().rpush(SLOW_STARTS, f"{token} {os.getpid()} {time.time()!r}")
+    time.sleep(seconds)

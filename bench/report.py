@@ -1,0 +1,117 @@
+"""The one table (systems side by side, medians of the repeats), kiq's ratio, and the machine."""
+
+from __future__ import annotations
+
+import os
+import platform
+from typing import Any
+
+# (key, label, format) in table order; the format turns a number into a cell.
+ROWS: list[tuple[str, str, str]] = [
+    ("shape", "workers used", "text"),
+    ("enqueue_single", "enqueue, 1 job per call (jobs/s)", "rate"),
+    ("enqueue_bulk", "enqueue, bulk (jobs/s)", "rate"),
+    ("processing", "processing, from start (jobs/s)", "rate"),
+    ("processing_warm", "processing, from 1st job (jobs/s)", "rate"),
+    ("startup_s", "start to 1st job (s)", "s"),
+    ("latency_p50_ms", "enqueue->start p50 (ms)", "ms"),
+    ("latency_p99_ms", "enqueue->start p99 (ms)", "ms"),
+    ("sched_p50_ms", "scheduled, late by p50 (ms)", "ms"),
+    ("sched_p99_ms", "scheduled, late by p99 (ms)", "ms"),
+    ("recovery_s", "SIGKILL -> job restarts (s)", "s"),
+    ("rss_idle_mb", "RSS idle worker (MB)", "mb"),
+    ("rss_after_mb", "RSS after processing (MB)", "mb"),
+    ("worker_cpu_us", "workers' CPU per job (us)", "us"),
+    ("redis_cpu_us", "redis-server CPU per job (us)", "us"),
+    ("other_cpu", "other processes' CPU (cores)", "cores"),
+    ("ceiling_k1", "Redis ceiling, k=1 (jobs/s)", "rate"),
+    ("ceiling_k10", "Redis ceiling, k=10 (jobs/s)", "rate"),
+    ("ceiling_body", "job body alone (jobs/s)", "rate"),
+]
+MAX_CELL = 24
+
+
+def cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        if value.startswith("ERR"):
+            return "ERR"
+        return value if len(value) <= MAX_CELL else value[: MAX_CELL - 1] + "~"
+    if fmt == "rate":
+        return f"{value:,.0f}"
+    if fmt == "ms":
+        return f"{value:.2f}" if value < 100 else f"{value:,.0f}"
+    if fmt == "s":
+        return f"{value:.3f}" if value < 10 else f"{value:.1f}"
+    if fmt == "mb":
+        return f"{value:.1f}"
+    if fmt == "us":
+        return f"{value:,.0f}"
+    if fmt == "cores":
+        return f"{value:.2f}"
+    return str(value)
+
+
+def table(systems: list[str], medians: dict[str, dict[str, Any]]) -> str:
+    header = ["", *systems]
+    lines = [header]
+    for key, label, fmt in ROWS:
+        if all(medians.get(name, {}).get(key) is None for name in systems):
+            continue
+        lines.append([label, *(cell(medians.get(name, {}).get(key), fmt) for name in systems)])
+    widths = [max(len(row[i]) for row in lines) for i in range(len(header))]
+    out = []
+    for n, row in enumerate(lines):
+        first = row[0].ljust(widths[0])
+        rest = [value.rjust(widths[i + 1]) for i, value in enumerate(row[1:])]
+        out.append("  ".join([first, *rest]))
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def ratios(medians: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """kiq's processing rate over the fastest peer's, from start and from the first job."""
+    result: dict[str, Any] = {}
+    kiq = medians.get("kiq", {})
+    for key in ("processing", "processing_warm"):
+        peers = {name: m.get(key) for name, m in medians.items() if name != "kiq"}
+        peers = {name: v for name, v in peers.items() if isinstance(v, (int, float))}
+        mine = kiq.get(key)
+        if not peers or not isinstance(mine, (int, float)):
+            continue
+        best = max(peers, key=lambda name: peers[name])
+        result[key] = {"kiq": mine, "fastest_peer": best, "peer": peers[best], "ratio": mine / peers[best]}
+    return result
+
+
+def ratio_lines(result: dict[str, Any]) -> list[str]:
+    labels = {"processing": "from start", "processing_warm": "from 1st job"}
+    return [
+        f"kiq / fastest peer, processing {labels[key]}: {r['kiq']:,.0f} / {r['peer']:,.0f} "
+        f"({r['fastest_peer']}) = {r['ratio']:.2f}x"
+        for key, r in result.items()
+    ]
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "cores": os.cpu_count(),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+    }
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            models = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")]
+        info["cpu"] = models[0] if models else platform.machine()
+    except OSError:
+        info["cpu"] = platform.machine()
+    try:
+        with open("/proc/meminfo") as meminfo:
+            total_kb = int(next(line for line in meminfo if line.startswith("MemTotal")).split()[1])
+        info["memory_gib"] = round(total_kb / 1024 / 1024, 1)
+    except (OSError, StopIteration):
+        pass
+    info["loadavg_at_start"] = os.getloadavg()
+    return info

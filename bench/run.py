@@ -1,0 +1,296 @@
+"""``make bench``: kiq against Dramatiq, Celery, RQ, arq and huey on one private Redis.
+
+See bench/README.md for what each column means. Every process started here is
+stopped by pid at the end, also on Ctrl-C, SIGTERM or an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # run as a script: make the repository importable instead of bench/
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from bench import ceiling, peers_env, report
+from bench.measure import Settings, System, median
+from bench.procs import ROOT, Procs
+from bench.redisd import RedisServer
+from bench.systems import SYSTEMS
+
+RESULTS = ROOT / "bench" / "results"
+THROUGHPUT_KEYS = ("enqueue_single", "enqueue_bulk", "processing", "processing_warm", "startup_s",
+                   "rss_after_mb", "other_cpu", "worker_cpu_us", "redis_cpu_us")
+WARM_KEYS = ("rss_idle_mb", "latency_p50_ms", "latency_p99_ms", "sched_p50_ms", "sched_p99_ms", "recovery_s",
+             "recovery_note")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
+    parser.add_argument("--jobs", type=int, default=20_000, help="no-op jobs per processing run (20000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of every measurement; medians shown (3)")
+    parser.add_argument("--processes", type=int, default=2, help="worker processes (2)")
+    parser.add_argument("--threads", type=int, default=10, help="threads per process, where there are (10)")
+    parser.add_argument("--only", default=",".join(SYSTEMS), help=f"systems to run ({','.join(SYSTEMS)})")
+    parser.add_argument("--skip-install", action="store_true", help="use bench/.venv-peers as it is")
+    parser.add_argument("--latency-jobs", type=int, default=200)
+    parser.add_argument("--scheduled-jobs", type=int, default=50)
+    parser.add_argument("--recovery-wait", type=float, default=60.0,
+                        help="seconds to wait for a killed job to start again (60)")
+    args = parser.parse_args(argv)
+    args.systems = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = [name for name in args.systems if name not in SYSTEMS]
+    if unknown:
+        parser.error(f"unknown system(s): {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
+    if args.jobs < 2 or args.repeat < 1 or args.processes < 1 or args.threads < 1:
+        parser.error("--jobs must be at least 2; --repeat, --processes and --threads at least 1")
+    return args
+
+
+def say(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def kiq_python() -> Path:
+    venv = ROOT / ".venv" / "bin" / "python"
+    return venv if venv.exists() else Path(sys.executable)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, procs: Procs) -> None:
+        self.args = args
+        self.procs = procs
+        self.settings = Settings(jobs=args.jobs, processes=args.processes, threads=args.threads,
+                                 latency_jobs=args.latency_jobs, scheduled_jobs=args.scheduled_jobs,
+                                 recovery_wait=args.recovery_wait)
+        self.results: dict[str, dict[str, Any]] = {
+            name: {"runs": [], "errors": [], "info": {}} for name in args.systems
+        }
+        self.systems: dict[str, System] = {}
+
+    def run(self) -> None:
+        peer_errors: dict[str, str] = {}
+        if any(name != "kiq" for name in self.args.systems):
+            peer_errors = peers_env.ensure(self.procs, self.args.skip_install, say)
+        redis_dir = self.procs.log_dir / "redis"
+        redis_dir.mkdir()
+        server = RedisServer(self.procs, redis_dir)
+        self.client = server.start()
+        self.redis_version = server.version(self.client)
+        say(f"redis-server {self.redis_version} on {server.url}")
+        for name in self.args.systems:
+            missing = peer_errors.get(name) or peer_errors.get(name.split("_")[0])
+            if missing:
+                self._error(name, missing)
+                continue
+            python = kiq_python() if name == "kiq" else peers_env.python()
+            system = System(name, python, self.procs, self.client, server.url, self.settings,
+                            server.process.pid if server.process else 0)
+            try:
+                system.load_info()
+            except Exception as error:
+                self._error(name, f"cannot load: {error}")
+                continue
+            self.systems[name] = system
+            self.results[name]["info"] = system.info
+            say(f"{name}: {system.info['shape']}")
+        for repeat in range(1, self.args.repeat + 1):
+            for name, system in self.systems.items():
+                self._one_repeat(name, system, repeat)
+            if "kiq" in self.systems:
+                self._ceiling(repeat)
+
+    def _one_repeat(self, name: str, system: System, repeat: int) -> None:
+        """Fill this repeat's entry in place, so an interruption keeps what was measured."""
+        previous = [r.get("recovery_s") for r in self.results[name]["runs"]]
+        run: dict[str, Any] = {}
+        self.results[name]["runs"].append(run)
+        say(f"{name} repeat {repeat}: throughput ({self.settings.jobs} jobs)")
+        try:
+            run.update(system.throughput())
+        except Exception as error:
+            self._fail(name, run, THROUGHPUT_KEYS, "throughput", error)
+        say(f"{name} repeat {repeat}: latency, scheduled, recovery")
+        recovery = not any(isinstance(v, str) and v.startswith("none in") for v in previous)
+        try:
+            run.update(system.warm(recovery))
+        except Exception as error:
+            self._fail(name, run, WARM_KEYS, "latency phase", error)
+        if not recovery:
+            run["recovery_s"] = previous[0]
+            run["recovery_note"] = "not repeated: the job did not run again in the first repeat"
+        for key, value in run.items():
+            if isinstance(value, str) and value.startswith("ERR"):
+                self.results[name]["errors"].append(f"repeat {repeat} {key}: {value}")
+        say(f"{name} repeat {repeat}: " + ", ".join(f"{k}={_short(v)}" for k, v in run.items()
+                                                     if k != "recovery_note"))
+
+    def _ceiling(self, repeat: int) -> None:
+        """Two ceilings, shown in kiq's column: Redis under kiq's fetch pattern, and the job body alone."""
+        runs = self.results["kiq"]["runs"]
+        kiq = self.systems["kiq"]
+        env = kiq.env()
+
+        def run(argvs: list[list[str]]) -> list[str]:
+            return self.procs.run_many(argvs, env, 120)
+
+        measures: dict[str, Any] = {
+            f"ceiling_k{k}": partial(ceiling.measure, run, self.client, kiq.redis_url, str(kiq_python()), k)
+            for k in (1, 10)
+        }
+        measures["ceiling_body"] = partial(ceiling.measure_body, run, self.client, str(kiq_python()),
+                                           self.settings.processes, self.settings.threads)
+        for key, measure in measures.items():
+            say(f"{key}, repeat {repeat}")
+            try:
+                value: Any = measure()
+            except Exception as error:
+                value = f"ERR: {type(error).__name__}: {error}"
+                self.results["kiq"]["errors"].append(f"repeat {repeat} {key}: {value}")
+            runs[-1][key] = value
+
+    def _fail(self, name: str, run: dict[str, Any], keys: tuple[str, ...], phase: str,
+              error: Exception) -> None:
+        message = f"ERR: {type(error).__name__}: {error}"
+        say(f"{name}: {phase} failed: {message}")
+        for key in keys:
+            run.setdefault(key, message)
+
+    def _error(self, name: str, message: str) -> None:
+        say(f"{name}: ERROR {message}")
+        self.results[name]["errors"].append(message)
+        self.results[name]["fatal"] = message
+
+    def summary(self) -> dict[str, dict[str, Any]]:
+        medians: dict[str, dict[str, Any]] = {}
+        for name, result in self.results.items():
+            if "fatal" in result:
+                medians[name] = {"shape": "ERR: " + result["fatal"]}
+                continue
+            keys = {k for run in result["runs"] for k in run}
+            medians[name] = {k: median([run[k] for run in result["runs"] if k in run]) for k in keys}
+            medians[name]["shape"] = result["info"].get("shape", "?")
+            result["median"] = medians[name]
+        return medians
+
+
+def peer_versions(procs: Procs) -> dict[str, str]:
+    wanted = {"kiq", "redis", "hiredis", *peers_env.PEERS, "kombu"}
+    versions: dict[str, str] = {}
+    for python in {kiq_python(), peers_env.python()}:
+        if not python.exists():
+            continue
+        try:
+            argv = [str(python), "-m", "pip", "list", "--format", "json", "--disable-pip-version-check"]
+            out = procs.run(argv, {"PATH": "/usr/bin:/bin"}, 60)
+            for package in json.loads(out.strip().splitlines()[-1]):
+                if package["name"].lower() in wanted:
+                    where = "kiq venv" if python == kiq_python() else "peers venv"
+                    versions[f"{package['name'].lower()} ({where})"] = package["version"]
+        except Exception as error:
+            versions[str(python)] = f"unknown: {error}"
+    return versions
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) < 60 else text[:57] + "..."
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # even if started with SIGINT ignored
+        signal.signal(signum, signal.default_int_handler)
+    began = time.time()
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    log_dir = Path(tempfile.mkdtemp(prefix=f"kiq-bench-{stamp}-"))
+    procs = Procs(log_dir)
+    bench = Bench(args, procs)
+    interrupted, code = False, 0
+    say(f"logs of every process in {log_dir}")
+    try:
+        bench.run()
+    except KeyboardInterrupt:
+        interrupted, code = True, 130
+        say("interrupted: stopping every process and writing what was measured")
+    except Exception as error:
+        interrupted, code = True, 1
+        say(f"failed: {type(error).__name__}: {error}")
+    finally:
+        procs.stop_all()
+    medians = bench.summary()
+    ratio = report.ratios(medians)
+    print()
+    print(report.table(args.systems, medians))
+    print()
+    for line in report.ratio_lines(ratio):
+        print(line)
+    for name in args.systems:
+        notes = [r["recovery_note"] for r in bench.results[name]["runs"] if "recovery_note" in r]
+        if notes:
+            print(f"recovery, {name}: {notes[0]}")
+    errors = [(name, e) for name, result in bench.results.items() for e in result["errors"]]
+    for name, error in errors:
+        print(f"error: {name}: {error}")
+    elapsed = time.time() - began
+    document = {
+        "started_at": stamp,
+        "seconds": round(elapsed, 1),
+        "interrupted": interrupted,
+        "command": sys.argv,
+        "settings": vars(bench.settings),
+        "machine": {**report.machine(), "redis_server": getattr(bench, "redis_version", "?")},
+        "versions": _versions(procs),
+        "git": _git_state(),
+        "systems": bench.results,
+        "kiq_vs_fastest_peer": ratio,
+        "log_dir": str(log_dir),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{stamp}.json"
+    path.write_text(json.dumps(document, indent=2, default=str))
+    if errors or interrupted:
+        logs = f"process logs kept in {log_dir}"
+    else:
+        shutil.rmtree(log_dir, ignore_errors=True)
+        logs = "no errors, process logs removed"
+    print(f"\n{args.repeat} repeat(s) of {args.jobs} jobs in {elapsed / 60:.1f} min; results in "
+          f"{path.relative_to(ROOT)}; {logs}")
+    return code
+
+
+def _versions(procs: Procs) -> dict[str, str]:
+    try:
+        return peer_versions(procs)
+    except Exception as error:
+        return {"error": str(error)}
+    finally:
+        procs.stop_all()
+
+
+def _git_state() -> dict[str, Any]:
+    """The commit measured, and kiq files that differed from it (the work tree is what ran)."""
+    state: dict[str, Any] = {}
+    with contextlib.suppress(Exception):
+        def git(*args: str) -> str:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10).stdout
+        state["commit"] = git("rev-parse", "--short", "HEAD").strip()
+        state["changed"] = [line[3:] for line in git("status", "--porcelain", "kiq").splitlines()]
+    return state
+
+
+if __name__ == "__main__":
+    sys.exit(main())
