@@ -35,7 +35,8 @@ from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT, Outcome
 
 # ARGV: prefix, identity, now, day, dead cutoff, number of acks, then per ack
 # (queue, payload, action, new payload, score, failed), then how many jobs to
-# take and the queues in the order to try. Returns queue, payload, queue, ...
+# take, how many per-job queue picks follow, the picks, and the order in which
+# to try every queue when a pick is empty. Returns queue, payload, queue, ...
 ACK_AND_FETCH = """
 local prefix, identity, now, today, cutoff = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local wip = prefix .. 'kiq:wip:' .. identity .. '|'
@@ -69,27 +70,36 @@ if died then
   redis.call('ZREMRANGEBYSCORE', prefix .. 'dead', '-inf', cutoff)
   redis.call('ZREMRANGEBYRANK', prefix .. 'dead', 0, -(__DEAD_MAX__ + 1))
 end
-local want = tonumber(ARGV[i])
-local out = {}
-local got = 0
-for q = i + 1, #ARGV do
-  if got >= want then break end
-  local queue = ARGV[q]
-  local src, dst = prefix .. 'queue:' .. queue, wip .. queue
-  local before = got
-  while got < want do
-    local job = redis.call('RPOPLPUSH', src, dst)
-    if not job then break end
-    out[#out + 1] = queue
-    out[#out + 1] = job
-    got = got + 1
-  end
-  if got > before then redis.call('SADD', prefix .. 'kiq:wip', identity .. '|' .. queue) end
+local want, picks = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+local first, order = i + 2, i + 2 + picks
+local out, empty, touched = {}, {}, {}
+local function take(queue)
+  if empty[queue] then return nil end
+  local job = redis.call('RPOPLPUSH', prefix .. 'queue:' .. queue, wip .. queue)
+  if not job then empty[queue] = true end
+  return job
 end
+for slot = 1, want do
+  local queue, job = ARGV[first + slot - 1], nil
+  if slot <= picks then job = take(queue) end
+  if not job then
+    for q = order, #ARGV do
+      queue = ARGV[q]
+      job = take(queue)
+      if job then break end
+    end
+  end
+  if not job then break end
+  out[#out + 1] = queue
+  out[#out + 1] = job
+  touched[queue] = true
+end
+for queue in pairs(touched) do redis.call('SADD', prefix .. 'kiq:wip', identity .. '|' .. queue) end
 return out
 """.replace("__DEAD_MAX__", str(DEAD_MAX_JOBS))
 
 BLOCK_SECONDS = 1
+PREFETCH_MIN = 20
 ACK_MAX_AGE = 0.01
 RETRY_PAUSE_MAX = 5.0
 
@@ -108,6 +118,13 @@ class QueueOrder:
         pool = self._pool[:]
         random.shuffle(pool)
         return list(dict.fromkeys(pool))
+
+    def picks(self, count: int) -> list[str]:
+        """A weighted queue for each of ``count`` jobs, so that a batch keeps the proportions
+        a job-at-a-time fetch would have; none in strict order."""
+        if self.strict or len(self.names) == 1:
+            return []
+        return random.choices(self._pool, k=count)
 
 
 @dataclass(frozen=True)
@@ -133,8 +150,12 @@ class Fetcher:
         self.keys = keys
         self.identity = identity
         self.queues = queues
-        self.capacity = 2 * concurrency
-        self.batch = max(1, concurrency // 2)
+        # Jobs held at once (running plus prefetched) and the least worth a round trip: larger
+        # batches cost fewer round trips and thread wakeups per job (measured: 10 threads went
+        # from about 160 to 140 us of worker CPU per job going from 10 prefetched to 20).
+        prefetch = max(concurrency, PREFETCH_MIN)
+        self.capacity = concurrency + prefetch
+        self.batch = max(1, prefetch // 2)
         self.conn = connect(redis_url, name=f"kiq-fetch-{identity}")
         self.recovery = Recovery(self.conn, keys)
         self._script = self.conn.register_script(ACK_AND_FETCH)
@@ -262,13 +283,14 @@ class Fetcher:
                 giveback, self._giveback = self._giveback, []
                 want = self.capacity - len(self._buffer) - self._running if self._fetching else 0
                 order = self.queues.order() if want > 0 else []
+                picks = self.queues.picks(want) if want > 0 else []
             try:
                 if self._resync:
                     self._resync = False
                     self._requeue_strays()
                 if giveback:
                     self.recovery.give_back(self.identity, [(u.queue, u.payload) for u in giveback])
-                jobs = self._round_trip(acks, max(want, 0), order)
+                jobs = self._round_trip(acks, max(want, 0), picks, order)
             except Exception as error:
                 if not isinstance(error, redis.RedisError):
                     self.log.exception("fetch failed unexpectedly")
@@ -302,7 +324,8 @@ class Fetcher:
         if moved:
             self.log.warning("requeued jobs whose fetch reply was lost", jobs=moved)
 
-    def _round_trip(self, acks: list[tuple[Unit, Outcome]], want: int, order: list[str]) -> list[Unit]:
+    def _round_trip(self, acks: list[tuple[Unit, Outcome]], want: int, picks: list[str],
+                    order: list[str]) -> list[Unit]:
         if not acks and want == 0:
             return []
         now = time.time()
@@ -312,8 +335,7 @@ class Fetcher:
         for unit, outcome in acks:
             args += [unit.queue, wire(unit.payload), outcome.action, outcome.payload, outcome.score,
                      "1" if outcome.failed else "0"]
-        args.append(want)
-        args.extend(order)
+        args += [want, len(picks), *picks, *order]
         flat = self._script(args=args)
         return [Unit(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
 

@@ -336,8 +336,8 @@ def test_quiet_gives_buffered_jobs_back_to_the_front_in_order(r, make_fetcher):
     fetcher = make_fetcher([("default", 1), ("other", 1)], strict=True, concurrency=2)
     running = take(fetcher)
     assert running == Unit("default", "j0")
-    # Capacity is 2 x concurrency: j1, k0 and k1 wait in the buffer, not started.
-    wait_for(lambda: len(wip(r, "default")) + len(wip(r, "other")) == 4)
+    # The fetcher prefetches (at least 20 jobs): j1 and every k wait in the buffer, not started.
+    wait_for(lambda: len(wip(r, "default")) + len(wip(r, "other")) == 8)
 
     fetcher.quiet()
     wait_for(lambda: r.llen("queue:default") == 1 and r.llen("queue:other") == 6)
