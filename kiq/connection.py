@@ -8,7 +8,8 @@ than ``BLOCKING_SOCKET_TIMEOUT``.
 from __future__ import annotations
 
 import os
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
@@ -16,10 +17,14 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from kiq import log
+
 DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SOCKET_TIMEOUT = 5.0
 BLOCKING_SOCKET_TIMEOUT = 10.0
 SENTINEL_SCHEMES = ("sentinel://", "redis+sentinel://")
+RETRY_PAUSE_MAX = 5.0
+T = TypeVar("T")
 
 
 def url_from_env() -> str:
@@ -102,3 +107,38 @@ def redact(url: str) -> str:
 def server_version(conn: redis.Redis) -> tuple[int, ...]:
     info = conn.info("server")
     return tuple(int(part) for part in str(info["redis_version"]).split(".")[:3])
+
+
+class Outage:
+    """Logs a Redis outage once when it starts and once when it ends, however many
+    threads notice it; each thread keeps its own growing pause."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.down = False
+        self.log = log.get("kiq.redis")
+
+    def failed(self, error: Exception, pause: float = 0.0) -> float:
+        """Note a failed call; returns the next pause after ``pause``."""
+        if not self.down:
+            self.down = True
+            self.log.warning("redis unavailable, retrying", where=self.what, error=str(error))
+        return min(RETRY_PAUSE_MAX, max(0.1, pause * 2))
+
+    def recovered(self) -> float:
+        """Note a call that worked; returns the pause to start from next time (none)."""
+        if self.down:
+            self.down = False
+            self.log.info("redis available again", where=self.what)
+        return 0.0
+
+    def attempt(self, action: Callable[[], T]) -> T | None:
+        """``action()``, or None after noting the outage if Redis failed it (for callers that
+        simply try again on their next round)."""
+        try:
+            result = action()
+        except redis.RedisError as error:
+            self.failed(error)
+            return None
+        self.recovered()
+        return result

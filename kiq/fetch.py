@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import redis
 
 from kiq import log
-from kiq.connection import connect, server_version, wire
+from kiq.connection import Outage, connect, server_version, wire
 from kiq.keys import Keys, day
 from kiq.recovery import Recovery
 from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT, Outcome
@@ -101,7 +101,6 @@ return out
 BLOCK_SECONDS = 1
 PREFETCH_MIN = 20
 ACK_MAX_AGE = 0.01
-RETRY_PAUSE_MAX = 5.0
 
 
 class QueueOrder:
@@ -223,7 +222,7 @@ class Fetcher:
                 time.sleep(pause)
                 if not alive():
                     return False
-        self._outage.recovered(pause)
+        self._outage.recovered()
         self._spawn("fetcher", self._run)
         for queue in self.queues.names:
             self._spawn(f"waiter-{queue}", functools.partial(self._wait_for_jobs, queue, blocking))
@@ -301,7 +300,7 @@ class Fetcher:
                 pause = self._outage.failed(error, pause)
                 time.sleep(pause)
                 continue
-            pause = self._outage.recovered(pause)
+            pause = self._outage.recovered()
             with self._lock:
                 self._release([unit for unit, _ in acks])
                 self._release(giveback)
@@ -377,7 +376,7 @@ class Fetcher:
                 pause = self._outage.failed(error, pause)
                 time.sleep(pause)
                 continue
-            pause = self._outage.recovered(pause)
+            pause = self._outage.recovered()
             if job is not None:
                 self._hand_over(Unit(queue, str(job)))
 
@@ -392,25 +391,3 @@ class Fetcher:
             self._idle.clear()
             self._work_ready.notify()
             self._wake.notify()
-
-
-class Outage:
-    """Logs a Redis outage once when it starts and once when it ends, however many
-    threads notice it; each thread keeps its own growing pause."""
-
-    def __init__(self, what: str) -> None:
-        self.what = what
-        self.down = False
-        self.log = log.get("kiq.redis")
-
-    def failed(self, error: Exception, pause: float) -> float:
-        if not self.down:
-            self.down = True
-            self.log.warning("redis unavailable, retrying", where=self.what, error=str(error))
-        return min(RETRY_PAUSE_MAX, max(0.1, pause * 2))
-
-    def recovered(self, pause: float) -> float:
-        if pause and self.down:
-            self.down = False
-            self.log.info("redis available again", where=self.what)
-        return 0.0

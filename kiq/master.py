@@ -29,8 +29,7 @@ import setproctitle
 
 from kiq import exporter, log, metrics
 from kiq.config import Config, ConfigError
-from kiq.connection import connect, redact
-from kiq.fetch import Outage
+from kiq.connection import Outage, connect, redact
 from kiq.keys import Keys
 from kiq.recovery import Recovery
 from kiq.scheduler import Scheduler
@@ -276,12 +275,7 @@ class Master:
         if time.monotonic() < self.next_sweep:
             return
         self.next_sweep = time.monotonic() + self.config.heartbeat_interval
-        try:
-            moved = self.recovery.sweep()
-        except redis.RedisError as error:
-            self.sweep_outage.failed(error, 0.0)
-            return
-        self.sweep_outage.recovered(1.0)
+        moved = self.sweep_outage.attempt(self.recovery.sweep)
         if moved:
             self.log.warning("requeued jobs of processes whose heartbeat expired", jobs=moved)
 

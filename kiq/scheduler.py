@@ -20,8 +20,7 @@ import time
 import redis
 
 from kiq import log
-from kiq.connection import connect, wire
-from kiq.fetch import Outage
+from kiq.connection import Outage, connect, wire
 from kiq.keys import Keys
 from kiq.processor import InvalidPayloadError, decode, wrap_invalid
 from kiq.retry import DEAD_MAX_JOBS
@@ -117,7 +116,7 @@ class Scheduler:
                     due = self.next_due(conn)
                 sleep = MAX_SLEEP if due is None else min(MAX_SLEEP, max(0.0, due - time.time()))
                 pubsub.get_message(timeout=sleep)
-                pause = outage.recovered(pause)
+                pause = outage.recovered()
             except redis.RedisError as error:
                 pause = outage.failed(error, pause)
                 pubsub = None

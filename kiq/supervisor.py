@@ -22,6 +22,7 @@ worker is told to finish its jobs and exit.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib
 import os
 import secrets
@@ -31,13 +32,11 @@ import time
 import traceback
 from dataclasses import dataclass
 
-import redis
 import setproctitle
 
 from kiq import heartbeat, log, metrics
 from kiq.config import Config, ConfigError
-from kiq.connection import connect
-from kiq.fetch import Outage
+from kiq.connection import Outage, connect
 from kiq.job import registered
 from kiq.keys import Keys
 from kiq.periodic import Periodic, check_jobs, declared, merge
@@ -281,12 +280,9 @@ class Supervisor:
         """Requeue the jobs of dead workers; identities stay pending while Redis is down."""
         while self.unrecovered:
             ident = self.unrecovered[0]
-            try:
-                moved = self.recovery.requeue_all(ident)
-            except redis.RedisError as error:
-                self.outage.failed(error, 0.0)
+            moved = self.outage.attempt(functools.partial(self.recovery.requeue_all, ident))
+            if moved is None:
                 return
-            self.outage.recovered(1.0)
             self.unrecovered.pop(0)
             if moved:
                 self.log.warning("requeued jobs of dead worker", identity=ident, jobs=moved)
@@ -311,12 +307,7 @@ class Supervisor:
         """Enqueue periodic jobs whose tick has come; Redis decides which master's try counts."""
         if self.quiet or not self.periodic.entries:
             return
-        try:
-            fired = self.periodic.fire_due()
-        except redis.RedisError as error:
-            self.outage.failed(error, 0.0)
-            return
-        self.outage.recovered(1.0)
+        fired = self.outage.attempt(self.periodic.fire_due)
         if fired:
             self.log.debug("periodic jobs enqueued", jobs=fired)
 

@@ -27,8 +27,8 @@ import setproctitle
 
 from kiq import heartbeat, job, log, metrics
 from kiq.config import Config
-from kiq.connection import connect
-from kiq.fetch import Fetcher, Outage, QueueOrder, Unit
+from kiq.connection import Outage, connect
+from kiq.fetch import Fetcher, QueueOrder, Unit
 from kiq.keys import Keys
 from kiq.processor import prepare, run, timed_out
 from kiq.retry import Outcome
@@ -246,9 +246,9 @@ class Worker:
         try:
             remote = self.heartbeat.beat(self.quiet)
         except Exception as error:  # the heartbeat must outlive any Redis trouble
-            self.beat_outage.failed(error, 0.0)
+            self.beat_outage.failed(error)
             return False
-        self.beat_outage.recovered(1.0)
+        self.beat_outage.recovered()
         if remote in REMOTE_SIGNALS:
             self.log.info("signal from redis", signal=remote)
             if remote == "TERM":
