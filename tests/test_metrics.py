@@ -40,6 +40,8 @@ def metrics_kiq(start_kiq):
                     queues=["default", "later"])
     kiq.wait_workers(2)
     wait_for(lambda: "serving metrics" in kiq.log())
+    # a worker counts itself once it has registered with Redis and taken up its threads
+    wait_for(lambda: value(scrape(port), "kiq_worker_processes") == 2)
     return kiq, port
 
 
