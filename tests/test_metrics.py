@@ -85,8 +85,8 @@ def test_worker_restarts_leave_no_stale_live_gauges(metrics_kiq, client, r):
         wait_for(lambda victim=victim: victim not in kiq.workers() and len(kiq.workers()) == 2, timeout=15)
     sample_jobs.SlowJob.perform_later("s", 30)
     wait_for(lambda: r.llen("started") == 1)
-    text = wait_for(lambda: (t := scrape(port)) and value(t, "kiq_busy_threads") == 1 and t, timeout=10)
-    assert value(text, "kiq_worker_processes") == 2
+    text = wait_for(lambda: (t := scrape(port)) and value(t, "kiq_busy_threads") == 1
+                    and value(t, "kiq_worker_processes") == 2 and t, timeout=10)
     assert value(text, "kiq_threads") == 6
     assert value(text, "kiq_worker_restarts_total", reason="crash") == 2
     [worker] = [pid for pid in kiq.workers() if f"{pid}" in r.lindex("started", 0)]
