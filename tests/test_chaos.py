@@ -16,6 +16,7 @@ JOBS = 20_000
 DEADLINE = 240.0
 
 
+@pytest.mark.timeout(DEADLINE + 240)
 def test_chaos_loses_no_job(start_kiq, redis_server):
     redis_server.stop()
     redis_server.start("--appendonly", "yes", "--appendfsync", "everysec")
