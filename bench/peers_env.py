@@ -72,3 +72,13 @@ def ensure(procs: Procs, skip_install: bool, say: Callable[[str], None] = print)
         old.unlink()
     stamp.touch()
     return {}
+
+
+def install_kiq(procs: Procs, say: Callable[[str], None] = print) -> None:
+    """kiq itself into the peers' venv (editable), keeping the redis-py pinned there."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    say("installing kiq into bench/.venv-peers (same redis-py as the peers)")
+    pin = next(line for line in _requirements() if _name(line) == "redis")
+    pip = [str(python()), "-m", "pip", "install", "-q", "--disable-pip-version-check"]
+    procs.run([*pip, "-e", str(ROOT), pin], env, timeout=INSTALL_TIMEOUT)

@@ -44,6 +44,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=10, help="threads per process, where there are (10)")
     parser.add_argument("--only", default=",".join(SYSTEMS), help=f"systems to run ({','.join(SYSTEMS)})")
     parser.add_argument("--skip-install", action="store_true", help="use bench/.venv-peers as it is")
+    parser.add_argument("--kiq-venv", choices=("project", "peers"), default="project",
+                        help="run kiq from the project's .venv (default), or installed into the peers' venv "
+                             "so that every system's job body uses the same redis-py")
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--scheduled-jobs", type=int, default=50)
     parser.add_argument("--recovery-wait", type=float, default=60.0,
@@ -62,7 +65,12 @@ def say(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
+KIQ_VENV = {"which": "project"}
+
+
 def kiq_python() -> Path:
+    if KIQ_VENV["which"] == "peers":
+        return peers_env.python()
     venv = ROOT / ".venv" / "bin" / "python"
     return venv if venv.exists() else Path(sys.executable)
 
@@ -81,8 +89,11 @@ class Bench:
 
     def run(self) -> None:
         peer_errors: dict[str, str] = {}
-        if any(name != "kiq" for name in self.args.systems):
+        if any(name != "kiq" for name in self.args.systems) or self.args.kiq_venv == "peers":
             peer_errors = peers_env.ensure(self.procs, self.args.skip_install, say)
+        if self.args.kiq_venv == "peers":
+            KIQ_VENV["which"] = "peers"
+            peers_env.install_kiq(self.procs, say)
         redis_dir = self.procs.log_dir / "redis"
         redis_dir.mkdir()
         server = RedisServer(self.procs, redis_dir)

@@ -31,19 +31,23 @@ from kiq.processor import InvalidPayloadError, decode, wrap_invalid
 from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT
 
 POISON_LIMIT = 3
+UNKNOWN = 1_000_000  # no concurrency known: every job of a dead worker counts
 RECOVERY_MEMORY = 24 * 3600
 
-# requeue(prefix, member, count): move one in-progress list back to its queue.
+# requeue(prefix, member, running): move one in-progress list back to its queue,
+# counting a recovery for its ``running`` oldest jobs (see Recovery.requeue_all).
 _REQUEUE_LIST = """
-local function requeue(prefix, member, count)
+local function requeue(prefix, member, running)
   local queue = string.sub(member, string.find(member, '|', 1, true) + 1)
   local src = prefix .. 'kiq:wip:' .. member
   local dst = prefix .. 'queue:' .. queue
   local moved = 0
+  local newer = redis.call('LLEN', src) - running
   local job = redis.call('LPOP', src)
   while job do
     local poisoned = false
-    if count then
+    newer = newer - 1
+    if newer < 0 then
       local ok, decoded = pcall(cjson.decode, job)
       if ok and type(decoded) == 'table' and type(decoded['jid']) == 'string' then
         local key = prefix .. 'kiq:recoveries:' .. decoded['jid']
@@ -69,13 +73,13 @@ end
 # Requeues all of the identity's lists and forgets the process.
 # Returns queue, count, queue, count, ...
 REQUEUE_ALL = _REQUEUE_LIST + """
-local prefix, identity, count = ARGV[1], ARGV[2], ARGV[3] == '1'
+local prefix, identity, running = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local mark = identity .. '|'
 local moved = {}
 for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do
   if string.sub(member, 1, #mark) == mark then
     moved[#moved + 1] = string.sub(member, #mark + 1)
-    moved[#moved + 1] = requeue(prefix, member, count)
+    moved[#moved + 1] = requeue(prefix, member, running)
   end
 end
 redis.call('SREM', prefix .. 'processes', identity)
@@ -87,13 +91,13 @@ return moved
 # (a vanished host) and drops such identities from ``processes``.
 # Returns queue, count, queue, count, ...
 SWEEP = _REQUEUE_LIST + """
-local prefix = ARGV[1]
+local prefix, running = ARGV[1], tonumber(ARGV[2])
 local moved = {}
 for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do
   local bar = string.find(member, '|', 1, true)
   if redis.call('EXISTS', prefix .. string.sub(member, 1, bar - 1)) == 0 then
     moved[#moved + 1] = string.sub(member, bar + 1)
-    moved[#moved + 1] = requeue(prefix, member, true)
+    moved[#moved + 1] = requeue(prefix, member, running)
   end
 end
 for _, identity in ipairs(redis.call('SMEMBERS', prefix .. 'processes')) do
@@ -171,21 +175,23 @@ class Recovery:
         self._requeue_strays = conn.register_script(REQUEUE_STRAYS)
         self._bury = conn.register_script(BURY)
 
-    def requeue_all(self, identity: str, crashed: bool = True) -> int:
+    def requeue_all(self, identity: str, crashed: bool = True, running: int = UNKNOWN) -> int:
         """Requeue everything ``identity`` held and remove it from ``processes``.
 
-        ``crashed`` counts each job towards the poison-pill limit; a worker
-        requeueing its own unfinished jobs at a stop does not.
+        A crash counts a recovery towards the poison-pill limit for the jobs that may have
+        been running: the ``running`` oldest of each in-progress list (the worker's
+        concurrency), since a worker takes jobs in order and the newer ones were only
+        prefetched. A worker requeueing its own unfinished jobs at a stop counts none.
         """
-        counts = self._requeue_all(args=[self.keys.prefix, identity, "1" if crashed else "0"])
+        counts = self._requeue_all(args=[self.keys.prefix, identity, running if crashed else 0])
         if not crashed:
             return _total(counts, None)
         self.bury_poison()
         return _total(counts, "crash")
 
-    def sweep(self) -> int:
+    def sweep(self, running: int = UNKNOWN) -> int:
         """Requeue the jobs of every process whose heartbeat expired; returns how many."""
-        counts = self._sweep(args=[self.keys.prefix])
+        counts = self._sweep(args=[self.keys.prefix, running])
         self.bury_poison()
         return _total(counts, "host_lost")
 

@@ -280,7 +280,8 @@ class Supervisor:
         """Requeue the jobs of dead workers; identities stay pending while Redis is down."""
         while self.unrecovered:
             ident = self.unrecovered[0]
-            moved = self.outage.attempt(functools.partial(self.recovery.requeue_all, ident))
+            moved = self.outage.attempt(
+                functools.partial(self.recovery.requeue_all, ident, running=self.config.concurrency))
             if moved is None:
                 return
             self.unrecovered.pop(0)

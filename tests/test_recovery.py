@@ -264,3 +264,15 @@ def test_requeue_strays_gives_back_what_the_worker_does_not_hold(r, conn):
     assert Recovery(conn, Keys()).requeue_strays(DEAD, ["b", "d"]) == 2
     assert consume(r, "default") == ["a", "c"]
     assert sorted(r.lrange(f"kiq:wip:{DEAD}|default", 0, -1)) == ["b", "d"]
+
+
+def test_only_jobs_that_may_have_been_running_count_towards_poison(r, conn):
+    """A worker takes jobs in order: the oldest ``running`` of its list were running, the rest
+    only prefetched; a crash must not bring innocent prefetched jobs nearer the dead set."""
+    jobs = [job(f"{n:024d}") for n in range(5)]
+    push(r, "default", *jobs)
+    take(r, DEAD, "default", 5)
+    assert Recovery(conn, Keys()).requeue_all(DEAD, running=2) == 5
+    counted = {json.loads(j)["jid"]: r.get(f"kiq:recoveries:{json.loads(j)['jid']}") for j in jobs}
+    assert [counted[f"{n:024d}"] for n in range(5)] == ["1", "1", None, None, None]
+    assert consume(r, "default") == jobs  # all back, oldest first
