@@ -62,7 +62,7 @@ def loop(redis_url: str, k: int, start_at: float, seconds: float, identity: str)
                                                  len(acks)]
         for queue, payload in acks:
             args += [queue, wire(payload), "", "", 0.0, "0"]
-        args += [k, QUEUE]
+        args += [k, 0, QUEUE]  # take k, no per-job picks, from the one queue
         flat = script(args=args)
         acks = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
         fetched += len(acks)
