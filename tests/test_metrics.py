@@ -6,7 +6,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 import urllib.request
 
 import pytest
@@ -112,8 +111,8 @@ def test_promtool_accepts_the_live_exposition(metrics_kiq, redis_server, r):
     run_python("import sample_jobs\nsample_jobs.RecordJob.perform_bulk([['a'], ['b']])\n"
                "sample_jobs.FailJob.perform_later('p')\n", redis_server.url)
     wait_for(lambda: r.llen("results") == 2 and r.zcard("retry") == 1)
-    time.sleep(0.2)
-    text = scrape(port)
+    text = wait_for(lambda: (t := scrape(port)) and value(t, "kiq_jobs_failed_total", queue="default",
+                                                          **{"class": "FailJob"}) == 1 and t)
     promtool = shutil.which("promtool")
     assert promtool, "promtool is not installed (make test installs Debian's prometheus package)"
     check = subprocess.run([promtool, "check", "metrics"], input=text, capture_output=True, text=True)

@@ -99,7 +99,7 @@ def test_jobs_taken_but_not_started_go_back_on_stop(start_kiq, client, r):
     sample_jobs.SlowJob.perform_later("blocker", 30)
     wait_for(lambda: r.llen("started") == 1)
     jids = [sample_jobs.RecordJob.perform_later(str(n)).jid for n in range(5)]
-    time.sleep(0.3)
+    wait_for(lambda: wip_total(r) == 6)  # the five are prefetched: the stop must give them back
     kiq.signal(signal.SIGTERM)
     assert kiq.wait(20) == 0
     queued = [json.loads(raw)["jid"] for raw in reversed(r.lrange("queue:default", 0, -1))]
