@@ -6,6 +6,7 @@ so a log shipper sees one format.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 import threading
@@ -16,6 +17,27 @@ import structlog
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("auto", "json", "console")
+
+_job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("kiq_job", default=None)
+
+
+def bind_job(fields: dict[str, Any]) -> None:
+    """Tag every line logged during this thread's current job (``jid``, ``queue``, ``class``).
+
+    One context variable set per job, instead of three of structlog's, keeps this off the
+    profile; variables the previous job bound with structlog are dropped here too, so
+    nothing leaks from one job into the next on the same thread.
+    """
+    structlog.contextvars.clear_contextvars()
+    _job.set(fields)
+
+
+def _merge_job(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    fields = _job.get()
+    if fields:
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+    return event_dict
 
 
 def setup(level: str = "info", fmt: str = "auto") -> None:
@@ -29,6 +51,7 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     )
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
+        _merge_job,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
@@ -37,7 +60,7 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
         logger_factory=structlog.WriteLoggerFactory(sys.stderr),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=True,  # an unbound proxy costs a bind per call, even when filtered
     )
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(

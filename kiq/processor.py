@@ -12,8 +12,6 @@ import json
 import time
 from typing import Any
 
-import structlog
-
 from kiq import activejob, callbacks, globalid, log, retry
 from kiq import job as jobs
 from kiq.client import new_jid
@@ -67,8 +65,7 @@ def timed_out(payload: dict[str, Any], seconds: float) -> Outcome:
 
 def run(job_class: type[jobs.Job], payload: dict[str, Any], queue: str) -> Outcome:
     """Run a job and turn what happened into the outcome to acknowledge; never raises."""
-    structlog.contextvars.clear_contextvars()
-    structlog.contextvars.bind_contextvars(jid=payload["jid"], queue=queue, **{"class": job_class.job_name})
+    log.bind_job({"jid": payload["jid"], "queue": queue, "class": job_class.job_name})
     logger.debug("start")
     started = time.perf_counter()
     try:

@@ -1,0 +1,55 @@
+"""Job log lines: what every line logged during a job carries, in a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from conftest import ROOT
+
+CODE = textwrap.dedent("""
+    import logging, structlog, kiq
+    from kiq import log, processor
+    from kiq.client import build_payload
+    import json
+
+    class TaggingJob(kiq.Job):
+        queue = "mail"
+        def perform(self, tag):
+            structlog.contextvars.bind_contextvars(tag=tag)
+            structlog.get_logger("app").info("from structlog")
+            logging.getLogger("app").warning("from logging")
+
+    class PlainJob(kiq.Job):
+        def perform(self):
+            structlog.get_logger("app").info("plain")
+
+    log.setup("info", "json")
+    for cls, args in ((TaggingJob, ["first"]), (PlainJob, [])):
+        raw = json.dumps(build_payload(cls.job_name, args, queue=cls.queue))
+        print(processor.process(cls.queue, raw))
+""")
+
+
+def run_jobs() -> list[dict[str, object]]:
+    done = subprocess.run([sys.executable, "-c", CODE], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=True)
+    return [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+
+
+def test_every_line_of_a_job_names_it_and_nothing_leaks_into_the_next_job() -> None:
+    lines = run_jobs()
+    by_event = {line["event"]: line for line in lines}
+    tagged = by_event["from structlog"]
+    assert tagged["class"] == "TaggingJob" and tagged["queue"] == "mail" and tagged["tag"] == "first"
+    assert len(str(tagged["jid"])) == 24
+    stdlib = by_event["from logging"]
+    assert (stdlib["class"], stdlib["jid"], stdlib["tag"]) == ("TaggingJob", tagged["jid"], "first")
+    plain = by_event["plain"]
+    assert plain["class"] == "PlainJob" and plain["queue"] == "default" and plain["jid"] != tagged["jid"]
+    assert "tag" not in plain  # bound by the previous job on this thread
+    done = [line for line in lines if line["event"] == "done"]
+    assert [line["class"] for line in done] == ["TaggingJob", "PlainJob"]
+    assert all(isinstance(line["elapsed_ms"], float) for line in done)
