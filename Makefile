@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := redis-server redis-sentinel openssl prometheus ruby-sidekiq ruby-activejob ruby-globalid ruby-rack ruby-webrick
 
-.PHONY: install system-deps run test lint bench clean
+.PHONY: install system-deps run test lint bench soak clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,10 @@ test: install system-deps
 
 bench: install system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# kiq's worker memory over a million jobs (about 2 minutes on 2 cores).
+soak: install system-deps
+	$(PY) bench/soak.py $(SOAK_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check kiq tests demo examples bench

@@ -6,8 +6,9 @@ session on purpose: with the kernel's scheduler autogroups (on by default on
 Linux desktops and on this machine), every session is scheduled as one group, so
 a system started as two commands would get two shares of the CPU against
 redis-server while a system with one master got one, and the table measured that
-instead of the job systems (kiq ran about 30% slower under `start_new_session`). A process is identified by its pid
-and its start time, so a pid reused by an unrelated process is never signalled.
+instead of the job systems (kiq ran about 30% slower under `start_new_session`).
+A process is identified by its pid and its start time, so a pid reused by an
+unrelated process is never signalled.
 """
 
 from __future__ import annotations
