@@ -54,8 +54,8 @@ def loop(redis_url: str, k: int, start_at: float, seconds: float, identity: str)
     acks: list[tuple[str, str]] = []
     fetched = 0
     time.sleep(max(0.0, start_at - time.time()))
-    started = time.perf_counter()
-    end = started + seconds
+    began = time.time()
+    end = time.perf_counter() + seconds
     while True:
         now = time.time()
         args: list[str | bytes | float | int] = [keys.prefix, identity, now, day(now), now - DEAD_TIMEOUT,
@@ -68,8 +68,7 @@ def loop(redis_url: str, k: int, start_at: float, seconds: float, identity: str)
         fetched += len(acks)
         if not acks or time.perf_counter() >= end:
             break
-    elapsed = time.perf_counter() - started
-    return {"jobs": fetched, "seconds": elapsed}
+    return {"jobs": fetched, "began": began, "ended": time.time()}
 
 
 Runner = Callable[[list[list[str]]], list[str]]
@@ -86,10 +85,19 @@ def measure(run: Runner, client: redis.Redis, redis_url: str, python: str, k: in
          "--seconds", str(seconds), "--identity", f"ceiling{n}"]
         for n in range(processes)
     ]
-    outputs = run(argvs)
-    results = [json.loads(out.strip().splitlines()[-1]) for out in outputs]
+    results = [json.loads(out.strip().splitlines()[-1]) for out in run(argvs)]
     client.flushall()
-    return sum(r["jobs"] for r in results) / max(r["seconds"] for r in results)
+    return overall_rate(results)
+
+
+def overall_rate(results: list[dict[str, float]]) -> float:
+    """All loops' jobs over the span from the first loop's start to the last one's end.
+
+    Not the sum of each loop's own rate: a loop that started late ran part of its
+    time alone, with the whole machine to itself, and would inflate the sum.
+    """
+    span = max(r["ended"] for r in results) - min(r["began"] for r in results)
+    return sum(r["jobs"] for r in results) / span
 
 
 def body_loop(threads: int, start_at: float, seconds: float) -> dict[str, float]:
@@ -105,14 +113,14 @@ def body_loop(threads: int, start_at: float, seconds: float) -> dict[str, float]
 
     jobs.conn().ping()
     time.sleep(max(0.0, start_at - time.time()))
-    started = time.perf_counter()
-    end = started + seconds
+    began = time.time()
+    end = time.perf_counter() + seconds
     workers = [threading.Thread(target=run) for _ in range(threads)]
     for thread in workers:
         thread.start()
     for thread in workers:
         thread.join()
-    return {"jobs": sum(counts), "seconds": time.perf_counter() - started}
+    return {"jobs": sum(counts), "began": began, "ended": time.time()}
 
 
 def measure_body(run: Runner, client: redis.Redis, python: str, processes: int, threads: int,
@@ -124,7 +132,7 @@ def measure_body(run: Runner, client: redis.Redis, python: str, processes: int, 
             "--seconds", str(seconds)]
     results = [json.loads(out.strip().splitlines()[-1]) for out in run([argv] * processes)]
     client.flushall()
-    return sum(r["jobs"] for r in results) / max(r["seconds"] for r in results)
+    return overall_rate(results)
 
 
 def main(argv: list[str] | None = None) -> int:
