@@ -100,6 +100,8 @@ return out
 
 BLOCK_SECONDS = 1
 PREFETCH_MIN = 20
+PREFETCH_WORK = 0.01  # seconds of work a worker may hold beyond its running jobs
+RATE_WINDOW = 0.1  # seconds over which the job rate that sizes the prefetch is counted
 ACK_MAX_AGE = 0.01
 
 
@@ -149,12 +151,11 @@ class Fetcher:
         self.keys = keys
         self.identity = identity
         self.queues = queues
-        # Jobs held at once (running plus prefetched) and the least worth a round trip: larger
-        # batches cost fewer round trips and thread wakeups per job (measured: 10 threads went
-        # from about 160 to 140 us of worker CPU per job going from 10 prefetched to 20).
-        prefetch = max(concurrency, PREFETCH_MIN)
-        self.capacity = concurrency + prefetch
-        self.batch = max(1, prefetch // 2)
+        self.concurrency = concurrency
+        self._prefetch_floor = max(concurrency, PREFETCH_MIN)
+        self._set_prefetch(self._prefetch_floor)
+        self._window_started = time.monotonic()
+        self._window_acks = 0
         self.conn = connect(redis_url, name=f"kiq-fetch-{identity}")
         self.recovery = Recovery(self.conn, keys)
         self._script = self.conn.register_script(ACK_AND_FETCH)
@@ -270,6 +271,33 @@ class Fetcher:
             return True
         return bool(self._acks) and len(self._buffer) < self.batch
 
+    def _set_prefetch(self, prefetch: int) -> None:
+        """Hold ``prefetch`` jobs beyond the running ones; a round trip is worth making once
+        there is room for half of them (called by the fetcher thread, or before it starts)."""
+        self.prefetch = prefetch
+        self.capacity = self.concurrency + prefetch
+        self.batch = max(1, prefetch // 2)
+
+    def _adapt_prefetch(self, acked: int) -> None:
+        """Size the prefetch to the job rate: about ``PREFETCH_WORK`` seconds of work, between
+        the floor and twice the floor.
+
+        Short jobs get the larger batches (measured with 10 threads on no-op jobs: 40
+        prefetched instead of 20 took worker CPU from about 120 to 95 us per job, mostly
+        fewer thread wakeups), while slow jobs stay at the floor, so that a worker never
+        hoards long jobs that another worker could start.
+        """
+        self._window_acks += acked
+        now = time.monotonic()
+        if now - self._window_started < RATE_WINDOW:
+            return
+        rate = self._window_acks / (now - self._window_started)
+        self._window_started, self._window_acks = now, 0
+        wanted = min(2 * self._prefetch_floor, max(self._prefetch_floor, int(rate * PREFETCH_WORK)))
+        if wanted != self.prefetch:
+            with self._lock:
+                self._set_prefetch(wanted)
+
     def _run(self) -> None:
         pause = 0.0
         while True:
@@ -304,6 +332,7 @@ class Fetcher:
             with self._lock:
                 self._release([unit for unit, _ in acks])
                 self._release(giveback)
+            self._adapt_prefetch(len(acks))
             self._receive(jobs, idle=want > 0 and not jobs)
 
     def _release(self, units: list[Unit]) -> None:

@@ -14,7 +14,7 @@ import redis
 from conftest import wait_for
 
 from kiq.connection import connect
-from kiq.fetch import Fetcher, QueueOrder, Unit
+from kiq.fetch import PREFETCH_MIN, Fetcher, QueueOrder, Unit
 from kiq.heartbeat import Heartbeat
 from kiq.keys import Keys
 from kiq.recovery import Recovery
@@ -221,6 +221,48 @@ def test_concurrent_takers_get_every_job_exactly_once(r, make_fetcher):
         thread.join(5)
     assert sorted(seen) == sorted(f"j{n}" for n in range(count))
     assert wip(r) == [] and r.llen("queue:default") == 0
+
+
+def most_held(r, fetcher: Fetcher, seconds: float, job_seconds: float) -> int:
+    """Run jobs of ``job_seconds`` on ``fetcher.concurrency`` threads for ``seconds``; the most
+    jobs the worker's in-progress list held at once meanwhile."""
+    stop = threading.Event()
+
+    def work() -> None:
+        while not stop.is_set():
+            unit = fetcher.take()
+            if unit is None:
+                return
+            time.sleep(job_seconds)
+            fetcher.done(unit, SUCCESS)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(fetcher.concurrency)]
+    for thread in threads:
+        thread.start()
+    most, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        most = max(most, r.llen(f"kiq:wip:{IDENT}|default"))
+    stop.set()
+    fetcher.quiet()
+    for thread in threads:
+        thread.join(5)
+    return most
+
+
+def test_short_jobs_get_a_larger_prefetch(r, make_fetcher):
+    push(r, "default", *(f"j{n}" for n in range(20_000)))
+    fetcher = make_fetcher(concurrency=2)
+    floor = 2 + PREFETCH_MIN
+    # Thousands of jobs a second: a floor's worth is far less than PREFETCH_WORK of work.
+    assert most_held(r, fetcher, seconds=1.5, job_seconds=0) > floor
+    assert fetcher.capacity <= 2 + 2 * PREFETCH_MIN
+
+
+def test_slow_jobs_keep_the_prefetch_at_its_floor(r, make_fetcher):
+    push(r, "default", *(f"j{n}" for n in range(200)))
+    fetcher = make_fetcher(concurrency=2)
+    # 2 threads x 20 jobs a second: a worker must not hoard slow jobs another worker could start.
+    assert most_held(r, fetcher, seconds=1.0, job_seconds=0.05) == 2 + PREFETCH_MIN
 
 
 def test_payload_bytes_that_are_not_utf8_are_acknowledged_exactly(redis_server, r, make_fetcher):
