@@ -113,6 +113,7 @@ def body_loop(threads: int, start_at: float, seconds: float) -> dict[str, float]
 
     jobs.conn().ping()
     time.sleep(max(0.0, start_at - time.time()))
+    cpu = time.process_time()
     began = time.time()
     end = time.perf_counter() + seconds
     workers = [threading.Thread(target=run) for _ in range(threads)]
@@ -120,19 +121,21 @@ def body_loop(threads: int, start_at: float, seconds: float) -> dict[str, float]
         thread.start()
     for thread in workers:
         thread.join()
-    return {"jobs": sum(counts), "began": began, "ended": time.time()}
+    return {"jobs": sum(counts), "began": began, "ended": time.time(), "cpu": time.process_time() - cpu}
 
 
 def measure_body(run: Runner, client: redis.Redis, python: str, processes: int, threads: int,
-                 seconds: float = 3.0) -> float:
-    """jobs/s of the job body alone in ``processes`` x ``threads``: the ceiling the body itself sets."""
+                 seconds: float = 3.0) -> dict[str, float]:
+    """The job body alone in ``processes`` x ``threads``: jobs/s (the ceiling the body itself
+    sets) and the CPU those processes spent per job (what the body costs in any worker)."""
     client.flushall()
     start_at = time.time() + 1.5
     argv = [python, "-m", "bench.ceiling", "--body", "--threads", str(threads), "--start-at", repr(start_at),
             "--seconds", str(seconds)]
     results = [json.loads(out.strip().splitlines()[-1]) for out in run([argv] * processes)]
     client.flushall()
-    return overall_rate(results)
+    cpu_us = sum(r["cpu"] for r in results) / sum(r["jobs"] for r in results) * 1e6
+    return {"ceiling_body": overall_rate(results), "body_cpu_us": cpu_us}
 
 
 def main(argv: list[str] | None = None) -> int:

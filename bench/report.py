@@ -27,6 +27,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("ceiling_k1", "Redis ceiling, k=1 (jobs/s)", "rate"),
     ("ceiling_k10", "Redis ceiling, k=10 (jobs/s)", "rate"),
     ("ceiling_body", "job body alone (jobs/s)", "rate"),
+    ("body_cpu_us", "job body alone, CPU per job (us)", "us"),
 ]
 MAX_CELL = 24
 

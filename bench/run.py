@@ -156,20 +156,23 @@ class Bench:
         def run(argvs: list[list[str]]) -> list[str]:
             return self.procs.run_many(argvs, env, 120)
 
+        def rate(k: int) -> dict[str, float]:
+            return {f"ceiling_k{k}": ceiling.measure(run, self.client, kiq.redis_url, str(kiq_python()), k)}
+
         measures: dict[str, Any] = {
-            f"ceiling_k{k}": partial(ceiling.measure, run, self.client, kiq.redis_url, str(kiq_python()), k)
-            for k in (1, 10)
+            "ceiling_k1": partial(rate, 1),
+            "ceiling_k10": partial(rate, 10),
+            "ceiling_body": partial(ceiling.measure_body, run, self.client, str(kiq_python()),
+                                    self.settings.processes, self.settings.threads),
         }
-        measures["ceiling_body"] = partial(ceiling.measure_body, run, self.client, str(kiq_python()),
-                                           self.settings.processes, self.settings.threads)
         for key, measure in measures.items():
             say(f"{key}, repeat {repeat}")
             try:
-                value: Any = measure()
+                runs[-1].update(measure())
             except Exception as error:
                 value = f"ERR: {type(error).__name__}: {error}"
                 self.results["kiq"]["errors"].append(f"repeat {repeat} {key}: {value}")
-            runs[-1][key] = value
+                runs[-1][key] = value
 
     def _fail(self, name: str, run: dict[str, Any], keys: tuple[str, ...], phase: str,
               error: Exception) -> None:
