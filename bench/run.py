@@ -44,9 +44,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=10, help="threads per process, where there are (10)")
     parser.add_argument("--only", default=",".join(SYSTEMS), help=f"systems to run ({','.join(SYSTEMS)})")
     parser.add_argument("--skip-install", action="store_true", help="use bench/.venv-peers as it is")
-    parser.add_argument("--kiq-venv", choices=("project", "peers"), default="project",
-                        help="run kiq from the project's .venv (default), or installed into the peers' venv "
-                             "so that every system's job body uses the same redis-py")
+    parser.add_argument("--kiq-venv", choices=("peers", "project"), default="peers",
+                        help="run kiq installed into the peers' venv, so that every system's job body uses "
+                             "the same redis-py (default), or from the project's .venv (the newest redis-py)")
     parser.add_argument("--latency-jobs", type=int, default=200)
     parser.add_argument("--scheduled-jobs", type=int, default=50)
     parser.add_argument("--recovery-wait", type=float, default=60.0,
@@ -91,9 +91,12 @@ class Bench:
         peer_errors: dict[str, str] = {}
         if any(name != "kiq" for name in self.args.systems) or self.args.kiq_venv == "peers":
             peer_errors = peers_env.ensure(self.procs, self.args.skip_install, say)
-        if self.args.kiq_venv == "peers":
-            KIQ_VENV["which"] = "peers"
-            peers_env.install_kiq(self.procs, say)
+        if self.args.kiq_venv == "peers" and "kiq" in self.args.systems:
+            try:
+                peers_env.install_kiq(self.procs, say)
+                KIQ_VENV["which"] = "peers"
+            except Exception as error:
+                say(f"kiq: could not install into bench/.venv-peers ({error}); it runs from .venv")
         redis_dir = self.procs.log_dir / "redis"
         redis_dir.mkdir()
         server = RedisServer(self.procs, redis_dir)
@@ -266,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         "interrupted": interrupted,
         "command": sys.argv,
         "settings": vars(bench.settings),
+        "kiq_venv": KIQ_VENV["which"],
         "machine": {**report.machine(), "redis_server": getattr(bench, "redis_version", "?")},
         "versions": _versions(procs),
         "git": _git_state(),

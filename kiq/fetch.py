@@ -283,7 +283,7 @@ class Fetcher:
         the floor and twice the floor.
 
         Short jobs get the larger batches (measured with 10 threads on no-op jobs: 40
-        prefetched instead of 20 took worker CPU from about 120 to 95 us per job, mostly
+        prefetched instead of 20 took worker CPU from about 117 to 102 us per job, mostly
         fewer thread wakeups), while slow jobs stay at the floor, so that a worker never
         hoards long jobs that another worker could start.
         """
