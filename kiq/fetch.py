@@ -284,8 +284,8 @@ class Fetcher:
 
         Short jobs get the larger batches (measured with 10 threads on no-op jobs: 40
         prefetched instead of 20 took worker CPU from about 117 to 102 us per job, mostly
-        fewer thread wakeups), while slow jobs stay at the floor, so that a worker never
-        hoards long jobs that another worker could start.
+        fewer thread wakeups), while slow jobs stay at the floor, so that a worker holds
+        no more long jobs, which another worker could start, than it did before.
         """
         self._window_acks += acked
         now = time.monotonic()
