@@ -96,6 +96,44 @@ def ratio_lines(result: dict[str, Any]) -> list[str]:
     ]
 
 
+# DESIGN.md section 5, as far as one bench run measures it: (what, kiq's value, at least or at
+# most, goal, format). Chaos has its own test; memory over a million jobs is ``make soak``.
+Target = tuple[str, Any, str, float, str]
+
+
+def targets(medians: dict[str, dict[str, Any]], ratio: dict[str, Any]) -> list[dict[str, Any]]:
+    """kiq's column against the targets: the goal, what was measured, and whether it was met
+    (None when this run did not measure it)."""
+    kiq = medians.get("kiq", {})
+    checks: list[Target] = [
+        ("processing from start / fastest peer", ratio.get("processing", {}).get("ratio"), ">=", 2.0, "x"),
+        ("processing from 1st job / fastest peer", ratio.get("processing_warm", {}).get("ratio"), ">=", 2.0,
+         "x"),
+        ("enqueue, bulk (jobs/s)", kiq.get("enqueue_bulk"), ">=", 50_000, "rate"),
+        ("enqueue->start p50 (ms)", kiq.get("latency_p50_ms"), "<", 1.0, "ms"),
+        ("enqueue->start p99 (ms)", kiq.get("latency_p99_ms"), "<", 5.0, "ms"),
+        ("scheduled, late by p99 (ms)", kiq.get("sched_p99_ms"), "<=", 50.0, "ms"),
+        ("SIGKILL -> job restarts (s)", kiq.get("recovery_s"), "<=", 1.0, "s"),
+        ("RSS idle worker (MB)", kiq.get("rss_idle_mb"), "<", 40.0, "mb"),
+    ]
+    rows = []
+    for what, value, sense, goal, fmt in checks:
+        met, shown = None, "-"
+        if isinstance(value, (int, float)):
+            met = {">=": value >= goal, "<": value < goal, "<=": value <= goal}[sense]
+            shown = f"{value:.2f}x" if fmt == "x" else cell(value, fmt)
+        wanted = f"{goal:g}x" if fmt == "x" else cell(goal, fmt)
+        rows.append({"target": what, "goal": f"{sense} {wanted}", "measured": shown, "met": met})
+    return rows
+
+
+def target_lines(rows: list[dict[str, Any]]) -> list[str]:
+    width = max(len(row["target"]) for row in rows)
+    verdicts = {True: "met", False: "NOT MET", None: "not measured"}
+    return [f"  {row['target']:<{width}}  {row['goal']:>10}  {row['measured']:>10}  {verdicts[row['met']]}"
+            for row in rows]
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cores": os.cpu_count(),

@@ -255,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in report.ratio_lines(ratio):
         print(line)
+    goals = report.targets(medians, ratio) if "kiq" in args.systems else []
+    if goals:
+        print("kiq against DESIGN.md section 5 (memory over 1,000,000 jobs: make soak):")
+        for line in report.target_lines(goals):
+            print(line)
     for name in args.systems:
         notes = [r["recovery_note"] for r in bench.results[name]["runs"] if "recovery_note" in r]
         if notes:
@@ -275,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         "git": _git_state(),
         "systems": bench.results,
         "kiq_vs_fastest_peer": ratio,
+        "kiq_targets": goals,
         "log_dir": str(log_dir),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
