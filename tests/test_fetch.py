@@ -223,13 +223,12 @@ def test_concurrent_takers_get_every_job_exactly_once(r, make_fetcher):
     assert wip(r) == [] and r.llen("queue:default") == 0
 
 
-def most_held(r, fetcher: Fetcher, seconds: float, job_seconds: float) -> int:
-    """Run jobs of ``job_seconds`` on ``fetcher.concurrency`` threads for ``seconds``; the most
-    jobs the worker's in-progress list held at once meanwhile."""
-    stop = threading.Event()
+def run_jobs(fetcher: Fetcher, job_seconds: float) -> Callable[[], None]:
+    """Run jobs of ``job_seconds`` on ``fetcher.concurrency`` threads until the returned stop()."""
+    stopping = threading.Event()
 
     def work() -> None:
-        while not stop.is_set():
+        while not stopping.is_set():
             unit = fetcher.take()
             if unit is None:
                 return
@@ -239,14 +238,14 @@ def most_held(r, fetcher: Fetcher, seconds: float, job_seconds: float) -> int:
     threads = [threading.Thread(target=work, daemon=True) for _ in range(fetcher.concurrency)]
     for thread in threads:
         thread.start()
-    most, deadline = 0, time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        most = max(most, r.llen(f"kiq:wip:{IDENT}|default"))
-    stop.set()
-    fetcher.quiet()
-    for thread in threads:
-        thread.join(5)
-    return most
+
+    def stop() -> None:
+        stopping.set()
+        fetcher.quiet()
+        for thread in threads:
+            thread.join(5)
+
+    return stop
 
 
 def test_short_jobs_get_a_larger_prefetch(r, make_fetcher):
@@ -254,7 +253,11 @@ def test_short_jobs_get_a_larger_prefetch(r, make_fetcher):
     fetcher = make_fetcher(concurrency=2)
     floor = 2 + PREFETCH_MIN
     # Thousands of jobs a second: a floor's worth is far less than PREFETCH_WORK of work.
-    assert most_held(r, fetcher, seconds=1.5, job_seconds=0) > floor
+    stop = run_jobs(fetcher, job_seconds=0)
+    try:
+        wait_for(lambda: len(wip(r)) > floor, timeout=15, interval=0.001)
+    finally:
+        stop()
     assert fetcher.capacity <= 2 + 2 * PREFETCH_MIN
 
 
@@ -262,7 +265,12 @@ def test_slow_jobs_keep_the_prefetch_at_its_floor(r, make_fetcher):
     push(r, "default", *(f"j{n}" for n in range(200)))
     fetcher = make_fetcher(concurrency=2)
     # 2 threads x 20 jobs a second: a worker must not hoard slow jobs another worker could start.
-    assert most_held(r, fetcher, seconds=1.0, job_seconds=0.05) == 2 + PREFETCH_MIN
+    stop = run_jobs(fetcher, job_seconds=0.05)
+    most, deadline = 0, time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        most = max(most, len(wip(r)))
+    stop()
+    assert most == 2 + PREFETCH_MIN
 
 
 def test_payload_bytes_that_are_not_utf8_are_acknowledged_exactly(redis_server, r, make_fetcher):
