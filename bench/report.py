@@ -51,6 +51,8 @@ def cell(value: Any, fmt: str) -> str:
         return f"{value:,.0f}"
     if fmt == "cores":
         return f"{value:.2f}"
+    if fmt == "x":
+        return f"{value:.2f}x"
     return str(value)
 
 
@@ -121,9 +123,8 @@ def targets(medians: dict[str, dict[str, Any]], ratio: dict[str, Any]) -> list[d
         met, shown = None, "-"
         if isinstance(value, (int, float)):
             met = {">=": value >= goal, "<": value < goal, "<=": value <= goal}[sense]
-            shown = f"{value:.2f}x" if fmt == "x" else cell(value, fmt)
-        wanted = f"{goal:g}x" if fmt == "x" else cell(goal, fmt)
-        rows.append({"target": what, "goal": f"{sense} {wanted}", "measured": shown, "met": met})
+            shown = cell(value, fmt)
+        rows.append({"target": what, "goal": f"{sense} {cell(goal, fmt)}", "measured": shown, "met": met})
     return rows
 
 
