@@ -81,8 +81,8 @@ def _sentinel_primary(url: str, options: dict[str, Any]) -> redis.Redis:
     sentinel_options: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT}
     if "sentinel_password" in query:
         sentinel_options["password"] = query["sentinel_password"]
-    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_options, **options)  # type: ignore[no-untyped-call]
-    primary: redis.Redis = sentinel.master_for(path[0], redis_class=redis.Redis)  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_options, **options)
+    primary: redis.Redis = sentinel.master_for(path[0], redis_class=redis.Redis)
     return primary
 
 

@@ -9,7 +9,9 @@ the master never forks while a scrape holds a lock.
 
 from __future__ import annotations
 
+import glob
 import json
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +21,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 import redis
 from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 from prometheus_client.core import GaugeMetricFamily
+
+from kiq.metrics import ENV
 
 
 class RedisCollector:
@@ -75,6 +79,30 @@ def _age(raw: str | None, now: float) -> float:
     return max(0.0, now - at)
 
 
+class Samples:
+    """Every process's samples, added up as prometheus_client's MultiProcessCollector does,
+    leaving out empty files.
+
+    prometheus_client creates a process's file before it sizes it
+    (prometheus/client_python#1199). A scrape in that moment would fail as a
+    whole, and so would every later one if the process was killed in it, since
+    nothing removes the empty file of a dead process.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def collect(self) -> Any:
+        files = []
+        for name in glob.glob(os.path.join(self.path, "*.db")):
+            try:
+                if os.path.getsize(name) > 0:
+                    files.append(name)
+            except OSError:  # a dead process's live gauges, removed since the glob
+                continue
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+
+
 class Scrape:
     """A collector that builds a fresh registry for each scrape, as multiprocess mode requires."""
 
@@ -82,10 +110,11 @@ class Scrape:
         self.conn = conn
         self.prefix = prefix
         self.lock = lock
+        self.samples = Samples(os.environ[ENV])
 
     def collect(self) -> Iterator[Any]:
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        registry.register(self.samples)
         registry.register(RedisCollector(self.conn, self.prefix))
         with self.lock:
             yield from registry.collect()

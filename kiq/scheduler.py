@@ -109,7 +109,7 @@ class Scheduler:
         while not self.stopped.is_set():
             try:
                 if pubsub is None:
-                    pubsub = conn.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+                    pubsub = conn.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.keys.schedule_channel)
                 with self.lock:
                     self.enqueue_due(conn)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -93,6 +94,27 @@ def test_worker_restarts_leave_no_stale_live_gauges(metrics_kiq, client, r):
     text = wait_for(lambda: (t := scrape(port)) and value(t, "kiq_jobs_recovered_total", queue="default",
                                                            reason="crash") == 1 and t, timeout=15)
     assert value(text, "kiq_worker_restarts_total", reason="crash") == 3
+
+
+def samples_folder(pid: int) -> str:
+    """The master's multiprocess samples folder, found through the files it holds open."""
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if os.path.basename(os.path.dirname(target)).startswith("kiq-metrics-"):
+                return os.path.dirname(target)
+    raise AssertionError(f"process {pid} holds no samples file")
+
+
+def test_an_empty_samples_file_does_not_fail_the_scrape(metrics_kiq):
+    """prometheus_client creates a process's file before it sizes it; a process killed in that
+    moment leaves an empty file behind for good (prometheus/client_python#1199)."""
+    kiq, port = metrics_kiq
+    folder = samples_folder(kiq.pid)
+    open(os.path.join(folder, f"counter_{2**22 + 1}.db"), "wb").close()
+    text = scrape(port)
+    assert value(text, "kiq_worker_processes") == 2
+    assert value(text, "kiq_threads") == 6
 
 
 def test_reload_counts_restarts(metrics_kiq):
