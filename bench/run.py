@@ -7,6 +7,7 @@ stopped by pid at the end, also on Ctrl-C, SIGTERM or an error.
 from __future__ import annotations
 
 import argparse
+import compileall
 import contextlib
 import json
 import shutil
@@ -75,6 +76,15 @@ def kiq_python() -> Path:
     return venv if venv.exists() else Path(sys.executable)
 
 
+def compile_sources() -> None:
+    """Write the bytecode of kiq and of the bench's job modules, as ``pip install`` does for the
+    peers' packages: kiq is installed editable, and where ``PYTHONDONTWRITEBYTECODE`` is set
+    (it is on this project's machines) every kiq start would otherwise compile kiq anew,
+    about 40 ms that no peer pays."""
+    for folder in ("kiq", "bench"):
+        compileall.compile_dir(ROOT / folder, quiet=1)
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, procs: Procs) -> None:
         self.args = args
@@ -97,6 +107,7 @@ class Bench:
                 KIQ_VENV["which"] = "peers"
             except Exception as error:
                 say(f"kiq: could not install into bench/.venv-peers ({error}); it runs from .venv")
+        compile_sources()
         redis_dir = self.procs.log_dir / "redis"
         redis_dir.mkdir()
         server = RedisServer(self.procs, redis_dir)

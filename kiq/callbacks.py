@@ -66,7 +66,7 @@ def collect(cls: type) -> dict[str, list[str]]:
 def run(instance: Any, phase: str, body: Callable[[], T]) -> T:
     """Call ``body`` inside ``instance``'s callbacks for ``phase`` ("enqueue" or "perform")."""
     table: dict[str, list[str]] = type(instance)._kiq_callbacks
-    before, around, after = (table[f"{when}_{phase}"] for when in ("before", "around", "after"))
+    before, around, after = table["before_" + phase], table["around_" + phase], table["after_" + phase]
     if not (before or around or after):
         return body()
     for name in before:

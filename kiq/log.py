@@ -18,6 +18,8 @@ import structlog
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("auto", "json", "console")
 
+_level = logging.NOTSET  # setup()'s threshold; lines below it are dropped
+
 _job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("kiq_job", default=None)
 
 
@@ -30,6 +32,15 @@ def bind_job(fields: dict[str, Any]) -> None:
     """
     structlog.contextvars.clear_contextvars()
     _job.set(fields)
+
+
+def enabled(level: int) -> bool:
+    """Whether a line at ``level`` (``logging.INFO``...) would be written.
+
+    For the per-job lines: a call that the filter drops still costs about 0.7 us
+    through structlog's logger proxy, twice per job.
+    """
+    return level >= _level
 
 
 def _merge_job(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +66,9 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    global _level
     numeric = logging.getLevelName(level.upper())
+    _level = numeric
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

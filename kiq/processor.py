@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import time
 from typing import Any
 
@@ -66,7 +67,8 @@ def timed_out(payload: dict[str, Any], seconds: float) -> Outcome:
 def run(job_class: type[jobs.Job], payload: dict[str, Any], queue: str) -> Outcome:
     """Run a job and turn what happened into the outcome to acknowledge; never raises."""
     log.bind_job({"jid": payload["jid"], "queue": queue, "class": job_class.job_name})
-    logger.debug("start")
+    if log.enabled(logging.DEBUG):
+        logger.debug("start")
     started = time.perf_counter()
     try:
         execute(job_class, payload)
@@ -76,7 +78,8 @@ def run(job_class: type[jobs.Job], payload: dict[str, Any], queue: str) -> Outco
         logger.warning("fail", elapsed_ms=elapsed, error=f"{error_name(error)}: {error}",
                        then=outcome.action or ("discard" if outcome.failed else "drop"))
         return outcome
-    logger.info("done", elapsed_ms=_ms(started))
+    if log.enabled(logging.INFO):
+        logger.info("done", elapsed_ms=_ms(started))
     return retry.SUCCESS
 
 

@@ -10,7 +10,7 @@ import textwrap
 from conftest import ROOT
 
 CODE = textwrap.dedent("""
-    import logging, structlog, kiq
+    import logging, structlog, sys, kiq
     from kiq import log, processor
     from kiq.client import build_payload
     import json
@@ -26,15 +26,15 @@ CODE = textwrap.dedent("""
         def perform(self):
             structlog.get_logger("app").info("plain")
 
-    log.setup("info", "json")
+    log.setup(sys.argv[1], "json")
     for cls, args in ((TaggingJob, ["first"]), (PlainJob, [])):
         raw = json.dumps(build_payload(cls.job_name, args, queue=cls.queue))
         print(processor.process(cls.queue, raw))
 """)
 
 
-def run_jobs() -> list[dict[str, object]]:
-    done = subprocess.run([sys.executable, "-c", CODE], cwd=ROOT, capture_output=True, text=True,
+def run_jobs(level: str = "info") -> list[dict[str, object]]:
+    done = subprocess.run([sys.executable, "-c", CODE, level], cwd=ROOT, capture_output=True, text=True,
                           timeout=60, check=True)
     return [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
 
@@ -53,3 +53,10 @@ def test_every_line_of_a_job_names_it_and_nothing_leaks_into_the_next_job() -> N
     done = [line for line in lines if line["event"] == "done"]
     assert [line["class"] for line in done] == ["TaggingJob", "PlainJob"]
     assert all(isinstance(line["elapsed_ms"], float) for line in done)
+
+
+def test_the_per_job_lines_follow_the_level() -> None:
+    events = [line["event"] for line in run_jobs("debug")]
+    assert events.count("start") == 2 and events.count("done") == 2
+    events = [line["event"] for line in run_jobs("warning")]
+    assert "start" not in events and "done" not in events and "from logging" in events
