@@ -418,5 +418,4 @@ class Fetcher:
                 return
             self._buffer.append(unit)
             self._idle.clear()
-            self._work_ready.notify()
-            self._wake.notify()
+            self._work_ready.notify()  # the processor that takes it wakes the fetcher (take calls _due)
