@@ -9,6 +9,12 @@ fetched / the longest loop's time. Runs in kiq's virtualenv:
 
 ``--body`` measures the other ceiling: the no-op job body alone (one INCR) in a
 loop, in the same processes x threads as the workers, with no job system at all.
+
+``--floor wait`` and ``--floor push`` measure the latency floor: one process
+blocked in BLMOVE on one thread, and another that LPUSHes its clock reading
+every ``--gap`` seconds, as the latency rows' producers do; the waiter records
+how late each reading arrives. No job system takes less than this from a push
+to a start.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from collections.abc import Callable
 import redis
 
 from bench import jobs
+from bench.measure import percentile
 from kiq.client import build_payload
 from kiq.connection import connect, wire
 from kiq.fetch import ACK_AND_FETCH
@@ -31,6 +38,7 @@ from kiq.retry import DEAD_TIMEOUT
 
 QUEUE = "default"
 FILL_BATCH = 1000
+FLOOR_QUEUE, FLOOR_WIP = "bench:floor", "bench:floor:wip"
 
 
 def fill(client: redis.Redis, jobs: int) -> None:
@@ -138,6 +146,43 @@ def measure_body(run: Runner, client: redis.Redis, python: str, processes: int, 
     return {"ceiling_body": overall_rate(results), "body_cpu_us": cpu_us}
 
 
+def floor_wait(redis_url: str, n: int) -> dict[str, list[float]]:
+    """The waiting half of the latency floor: milliseconds from each push to its BLMOVE's return."""
+    conn = redis.Redis.from_url(redis_url)
+    late: list[float] = []
+    while len(late) < n:
+        raw = conn.blmove(FLOOR_QUEUE, FLOOR_WIP, 10, "RIGHT", "LEFT")
+        if raw is None:
+            break
+        late.append((time.time() - float(raw)) * 1000)
+    return {"late_ms": late}
+
+
+def floor_push(redis_url: str, n: int, gap: float, start_at: float) -> dict[str, int]:
+    conn = redis.Redis.from_url(redis_url)
+    conn.ping()
+    time.sleep(max(0.0, start_at - time.time()))
+    for _ in range(n):
+        conn.lpush(FLOOR_QUEUE, repr(time.time()))
+        time.sleep(gap)
+    return {"pushed": n}
+
+
+def measure_floor(run: Runner, client: redis.Redis, redis_url: str, python: str, n: int,
+                  gap: float) -> dict[str, float]:
+    """p50 and p99 of the latency floor, in ms (see the module docstring)."""
+    client.flushall()
+    start_at = time.time() + 1.5
+    common = ["--redis-url", redis_url, "--n", str(n), "--start-at", repr(start_at)]
+    outs = run([[python, "-m", "bench.ceiling", "--floor", "wait", *common],
+                [python, "-m", "bench.ceiling", "--floor", "push", "--gap", str(gap), *common]])
+    late = json.loads(outs[0].strip().splitlines()[-1])["late_ms"]
+    client.flushall()
+    if len(late) < n:
+        raise RuntimeError(f"the floor's waiter got {len(late)} of {n} pushes")
+    return {"floor_p50_ms": percentile(late, 50), "floor_p99_ms": percentile(late, 99)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.ceiling")
     parser.add_argument("--redis-url")
@@ -147,7 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-at", type=float, required=True)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--identity", default="ceiling")
+    parser.add_argument("--floor", choices=("wait", "push"), help="one half of the latency floor")
+    parser.add_argument("--n", type=int, default=200)
+    parser.add_argument("--gap", type=float, default=0.02)
     args = parser.parse_args(argv)
+    if args.floor == "wait":
+        print(json.dumps(floor_wait(args.redis_url, args.n)), flush=True)
+        return 0
+    if args.floor == "push":
+        print(json.dumps(floor_push(args.redis_url, args.n, args.gap, args.start_at)), flush=True)
+        return 0
     if args.body:
         print(json.dumps(body_loop(args.threads, args.start_at, args.seconds)), flush=True)
         return 0

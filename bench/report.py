@@ -28,6 +28,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("ceiling_k10", "Redis ceiling, k=10 (jobs/s)", "rate"),
     ("ceiling_body", "job body alone (jobs/s)", "rate"),
     ("body_cpu_us", "job body alone, CPU per job (us)", "us"),
+    ("floor_p50_ms", "latency floor, bare BLMOVE p50 (ms)", "ms"),
+    ("floor_p99_ms", "latency floor, bare BLMOVE p99 (ms)", "ms"),
 ]
 MAX_CELL = 24
 

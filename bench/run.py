@@ -162,7 +162,8 @@ class Bench:
                                                      if k != "recovery_note"))
 
     def _ceiling(self, repeat: int) -> None:
-        """Two ceilings, shown in kiq's column: Redis under kiq's fetch pattern, and the job body alone."""
+        """Shown in kiq's column: Redis under kiq's fetch pattern, the job body alone, and the
+        latency floor of a bare BLMOVE."""
         runs = self.results["kiq"]["runs"]
         kiq = self.systems["kiq"]
         env = kiq.env()
@@ -178,6 +179,9 @@ class Bench:
             "ceiling_k10": partial(rate, 10),
             "ceiling_body": partial(ceiling.measure_body, run, self.client, str(kiq_python()),
                                     self.settings.processes, self.settings.threads),
+            "latency_floor": partial(ceiling.measure_floor, run, self.client, kiq.redis_url,
+                                     str(kiq_python()), n=self.settings.latency_jobs,
+                                     gap=self.settings.latency_gap),
         }
         for key, measure in measures.items():
             say(f"{key}, repeat {repeat}")
