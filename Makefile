@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := redis-server redis-sentinel openssl prometheus ruby-sidekiq ruby-activejob ruby-globalid ruby-rack ruby-webrick
 
-.PHONY: install system-deps run test lint bench soak clean
+.PHONY: install system-deps run test lint bench soak chaos clean
 
 install: $(VENV)/.installed
 
@@ -29,6 +29,10 @@ bench: install system-deps
 # kiq's worker memory over a million jobs (about 2 minutes on 2 cores).
 soak: install system-deps
 	$(PY) bench/soak.py $(SOAK_ARGS)
+
+# The chaos test at DESIGN's scale: 100,000 jobs through SIGKILLs, reloads and a Redis crash.
+chaos: install system-deps
+	KIQ_CHAOS_JOBS=100000 $(PY) -m pytest -q -s tests/test_chaos.py
 
 lint: install
 	$(VENV)/bin/ruff check kiq tests demo examples bench

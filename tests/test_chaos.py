@@ -1,4 +1,8 @@
-"""Chaos: 20,000 jobs through random worker SIGKILLs, reloads and a Redis crash. None may be lost."""
+"""Chaos: 20,000 jobs through random worker SIGKILLs, reloads and a Redis crash. None may be lost.
+
+``make chaos`` runs it at DESIGN's 100,000 jobs (``KIQ_CHAOS_JOBS``); ``make test`` keeps
+20,000 so that the whole suite stays within minutes.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,8 @@ from conftest import run_python, wait_for
 
 pytestmark = pytest.mark.slow
 
-JOBS = 20_000
-DEADLINE = 240.0
+JOBS = int(os.environ.get("KIQ_CHAOS_JOBS", "20000"))
+DEADLINE = max(240.0, JOBS / 250)  # seconds of chaos before the last jobs may finish in peace
 
 
 @pytest.mark.timeout(DEADLINE + 240)
