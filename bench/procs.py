@@ -128,13 +128,14 @@ class Procs:
         self.seen: dict[int, dict[int, str | None]] = {}  # root pid -> every pid seen in its tree
         self._logs = 0
 
-    def spawn(self, argv: Sequence[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+    def spawn(self, argv: Sequence[str], env: dict[str, str], name: str,
+              cwd: Path = ROOT) -> subprocess.Popen[bytes]:
         """Start a long-lived process with its output in ``log_dir/NAME-N.log``."""
         self._logs += 1
         path = self.log_dir / f"{name}-{self._logs}.log"
         with open(path, "wb") as log:
             process = subprocess.Popen(
-                list(argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=log,
+                list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, process_group=0,
             )
         self.running.append(process)
