@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import jobs, peers_env
-from bench.procs import ROOT, Procs, at_depth, cpu_seconds, wait_for
+from bench.procs import ROOT, Procs, at_depth, cpu_seconds, switches, wait_for
 from bench.redisd import RedisServer
 from bench.run import kiq_python
 
@@ -72,18 +72,6 @@ def unpack(revision: str, into: Path) -> Path:
             tar.extractall(tree, filter="data")
     compileall.compile_dir(tree / "kiq", quiet=1)
     return tree
-
-
-def switches(pid: int) -> int:
-    """Context switches of every thread ``pid`` has now."""
-    total = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/status") as status:
-                total += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
-        except OSError:  # a thread that ended since the listing
-            continue
-    return total
 
 
 def drain(procs: Procs, client: redis.Redis, url: str, tree: Path,

@@ -100,6 +100,18 @@ def cpu_seconds(pid: int) -> float:
     return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
+def switches(pid: int) -> int:
+    """Context switches (voluntary or not) of every thread ``pid`` has now."""
+    total = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status") as status:
+                total += sum(int(line.split()[1]) for line in status if "ctxt_switches" in line)
+        except OSError:  # a thread that ended since the listing
+            continue
+    return total
+
+
 def machine_busy() -> float:
     """CPU seconds all cores spent outside idle and iowait since boot."""
     with open("/proc/stat") as stat:
