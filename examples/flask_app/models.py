@@ -6,6 +6,7 @@ import os
 
 from sqlalchemy import String, create_engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, scoped_session, sessionmaker
+from sqlalchemy.schema import CreateTable
 
 from kiq import globalid
 
@@ -24,6 +25,11 @@ class User(Base):
     welcomed: Mapped[bool] = mapped_column(default=False)
 
 
-Base.metadata.create_all(engine)
+# CREATE TABLE IF NOT EXISTS rather than create_all(): the web app and `kiq start -r jobs` both
+# import this module, and create_all's check-then-create fails one of two processes that start
+# together on a new database ("table users already exists").
+with engine.begin() as connection:
+    for table in Base.metadata.sorted_tables:
+        connection.execute(CreateTable(table, if_not_exists=True))
 globalid.configure(app="example")
 globalid.register(globalid.SQLAlchemyLocator(Session, base=Base))
