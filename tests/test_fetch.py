@@ -14,7 +14,7 @@ import redis
 from conftest import wait_for
 
 from kiq.connection import connect
-from kiq.fetch import PREFETCH_MIN, Fetcher, QueueOrder, Unit
+from kiq.fetch import PREFETCH_MAX, PREFETCH_MIN, Fetcher, QueueOrder, Unit
 from kiq.heartbeat import Heartbeat
 from kiq.keys import Keys
 from kiq.recovery import Recovery
@@ -258,7 +258,7 @@ def test_short_jobs_get_a_larger_prefetch(r, make_fetcher):
         wait_for(lambda: len(wip(r)) > floor, timeout=15, interval=0.001)
     finally:
         stop()
-    assert fetcher.capacity <= 2 + 2 * PREFETCH_MIN
+    assert fetcher.capacity <= 2 + PREFETCH_MAX * PREFETCH_MIN
 
 
 def test_slow_jobs_keep_the_prefetch_at_its_floor(r, make_fetcher):
