@@ -293,7 +293,8 @@ class Fetcher:
             return
         rate = self._window_acks / (now - self._window_started)
         self._window_started, self._window_acks = now, 0
-        wanted = min(PREFETCH_MAX * self._prefetch_floor, max(self._prefetch_floor, int(rate * PREFETCH_WORK)))
+        floor = self._prefetch_floor
+        wanted = min(PREFETCH_MAX * floor, max(floor, int(rate * PREFETCH_WORK)))
         if wanted != self.prefetch:
             with self._lock:
                 self._set_prefetch(wanted)

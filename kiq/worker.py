@@ -100,6 +100,7 @@ class Worker:
             for signum in signals.wait(1.0):
                 self._handle(signum)
             self._watch_timeouts()
+            metrics.flush()
             if os.getppid() != self.parent:
                 self.log.warning("supervisor is gone, stopping")
                 self.stopping = True
@@ -145,6 +146,7 @@ class Worker:
         self.fetcher.close()
         self.beat_done.set()
         beat.join(self.config.heartbeat_interval + 1)
+        metrics.flush()
         moved = self.fetcher.recovery.requeue_all(self.identity, crashed=False)
         if moved:
             self.log.warning("timeout: requeued unfinished jobs", jobs=moved)

@@ -56,17 +56,25 @@ def test_metrics_follow_jobs_as_they_run_and_fail(metrics_kiq, redis_server, r):
         "sample_jobs.RecordJob.perform_bulk([[str(i)] for i in range(40)])\n"
         "for _ in range(3): sample_jobs.FailJob.perform_later('m')\n"
         "sample_jobs.StraightToDeadJob.perform_later()\n"
+        "sample_jobs.SlowJob.perform_later('slow', 0.3)\n"
         "sample_jobs.RecordJob.set(queue='nobody-works-this').perform_bulk([['x']] * 5)\n",
         redis_server.url,
     )
-    wait_for(lambda: r.llen("results") == 40 and r.zcard("retry") == 3 and r.zcard("dead") == 1)
+    wait_for(lambda: r.llen("results") == 41 and r.zcard("retry") == 3 and r.zcard("dead") == 1)
+    # workers write what they counted about once a second
     after = wait_for(lambda: (t := scrape(port)) and value(
-        t, "kiq_jobs_processed_total", queue="default", **{"class": "RecordJob"}) == 40 and t)
+        t, "kiq_jobs_processed_total", queue="default", **{"class": "RecordJob"}) == 40 and value(
+        t, "kiq_jobs_processed_total", queue="default", **{"class": "SlowJob"}) == 1 and t)
     fail = {"queue": "default", "class": "FailJob"}
     assert value(after, "kiq_jobs_failed_total", **fail) == 3
     assert value(after, "kiq_jobs_retried_total", **fail) == 3
     assert value(after, "kiq_jobs_dead_total", queue="default", **{"class": "StraightToDeadJob"}) == 1
     assert value(after, "kiq_job_duration_seconds_count", queue="default", **{"class": "RecordJob"}) == 40
+    slow = {"queue": "default", "class": "SlowJob"}
+    assert value(after, "kiq_job_duration_seconds_bucket", le="0.25", **slow) == 0
+    assert value(after, "kiq_job_duration_seconds_bucket", le="0.5", **slow) == 1
+    assert value(after, "kiq_job_duration_seconds_bucket", le="+Inf", **slow) == 1
+    assert 0.3 <= value(after, "kiq_job_duration_seconds_sum", **slow) < 0.5
     assert value(after, "kiq_retry_jobs") == 3
     assert value(after, "kiq_dead_jobs") == 1
     assert value(after, "kiq_queue_size", queue="nobody-works-this") == 5
