@@ -18,7 +18,17 @@ WARM = "bench:warm"
 LATENCY = "bench:latency"
 SCHEDULED = "bench:scheduled"
 
-_client: tuple[int, redis.Redis] | None = None
+_client: redis.Redis | None = None
+_target: int | None = None
+
+
+def _after_fork() -> None:
+    """A forked worker makes its own client: a socket shared with the parent would mix replies."""
+    global _client
+    _client = None
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def stamp_key(n: int) -> str:
@@ -27,21 +37,25 @@ def stamp_key(n: int) -> str:
 
 
 def conn() -> redis.Redis:
-    """This process's client, made on first use after the fork."""
+    """This process's client, made on first use (after the fork, for forked workers)."""
     global _client
-    if _client is None or _client[0] != os.getpid():
-        _client = (os.getpid(), redis.Redis.from_url(os.environ["BENCH_REDIS_URL"]))
-    return _client[1]
+    if _client is None:
+        _client = redis.Redis.from_url(os.environ["BENCH_REDIS_URL"])
+    return _client
 
 
-def _target() -> int:
-    return int(os.environ.get("BENCH_TARGET") or 0)
+def target() -> int:
+    """``BENCH_TARGET``, read once per process: the job body is one INCR, not an environment lookup."""
+    global _target
+    if _target is None:
+        _target = int(os.environ.get("BENCH_TARGET") or 0)
+    return _target
 
 
 def noop() -> None:
     """One INCR; the first job and the one reaching ``BENCH_TARGET`` also record the time."""
     n = conn().incr(COUNTER)
-    if n == 1 or n == _target():
+    if n == 1 or n == target():
         conn().set(stamp_key(n), repr(time.time()))
 
 
