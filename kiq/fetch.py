@@ -21,9 +21,9 @@ import functools
 import random
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import redis
 
@@ -129,9 +129,11 @@ class QueueOrder:
         return random.choices(self._pool, k=count)
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One job taken from ``queue``, still in this worker's in-progress list."""
+class Unit(NamedTuple):
+    """One job taken from ``queue``, still in this worker's in-progress list.
+
+    A tuple: one is made, hashed and compared for every job, and a frozen dataclass cost
+    several times as much."""
 
     queue: str
     payload: str
@@ -165,7 +167,7 @@ class Fetcher:
         self._wake = threading.Condition(self._lock)
         self._buffer: deque[Unit] = deque()
         self._giveback: list[Unit] = []
-        self._held: Counter[Unit] = Counter()  # taken from Redis, not yet acknowledged or given back
+        self._held: dict[Unit, int] = {}  # taken from Redis, not yet acknowledged or given back
         self._resync = False
         self._acks: list[tuple[Unit, Outcome]] = []
         self._first_ack_at = 0.0
@@ -336,19 +338,28 @@ class Fetcher:
             self._adapt_prefetch(len(acks))
             self._receive(jobs, idle=want > 0 and not jobs)
 
+    def _hold(self, units: list[Unit]) -> None:
+        """Count units that Redis now holds for this worker (called with the lock held)."""
+        held = self._held
+        for unit in units:
+            held[unit] = held.get(unit, 0) + 1
+
     def _release(self, units: list[Unit]) -> None:
         """Forget units that Redis no longer holds for this worker (called with the lock held)."""
+        held = self._held
         for unit in units:
-            self._held[unit] -= 1
-            if self._held[unit] <= 0:
-                del self._held[unit]
+            count = held.get(unit, 0) - 1
+            if count > 0:
+                held[unit] = count
+            else:
+                held.pop(unit, None)
 
     def _requeue_strays(self) -> None:
         """After a failed call whose effect is unknown, give back every job in this worker's
         in-progress lists that it does not hold: a reply lost with the connection may have
         moved jobs that never reached this process."""
         with self._lock:
-            held = list(self._held.elements())
+            held = [unit for unit, count in self._held.items() for _ in range(count)]
         moved = self.recovery.requeue_strays(self.identity, [u.payload for u in held])
         if moved:
             self.log.warning("requeued jobs whose fetch reply was lost", jobs=moved)
@@ -370,7 +381,7 @@ class Fetcher:
 
     def _receive(self, jobs: list[Unit], idle: bool) -> None:
         with self._lock:
-            self._held.update(jobs)
+            self._hold(jobs)
             if not self._fetching:
                 self._giveback.extend(jobs)
                 return
@@ -412,7 +423,7 @@ class Fetcher:
 
     def _hand_over(self, unit: Unit) -> None:
         with self._lock:
-            self._held[unit] += 1
+            self._hold([unit])
             if not self._fetching:
                 self._giveback.append(unit)
                 self._wake.notify()

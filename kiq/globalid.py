@@ -242,6 +242,8 @@ class _Scope:
     one per job, and this costs a third as much.
     """
 
+    __slots__ = ("closers", "resources")
+
     def __init__(self) -> None:
         self.resources: dict[object, object] = {}
         self.closers: list[Callable[[], None]] = []
@@ -254,6 +256,8 @@ class _Scope:
         self.close()
 
     def close(self) -> None:
+        if not self.resources:  # most jobs locate nothing
+            return
         closers, self.closers, self.resources = self.closers, [], {}
         for closer in reversed(closers):
             try:

@@ -97,7 +97,8 @@ def execute(job_class: type[jobs.Job], payload: dict[str, Any]) -> Any:
             job.arguments, job.kwargs = activejob.arguments(data)
         else:
             job.arguments = deserialize_args(payload["args"])
-            job.kwargs = deserialize_kwargs(payload.get("kwargs") or {})
+            kwargs = payload.get("kwargs")
+            job.kwargs = deserialize_kwargs(kwargs) if kwargs else {}
         return job.execute()
 
 

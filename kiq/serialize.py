@@ -160,7 +160,7 @@ def serialize_args(args: Sequence[object]) -> list[object]:
 
 def deserialize_args(args: Sequence[object]) -> list[object]:
     """Rebuild positional arguments."""
-    if not _is_sequence(args):
+    if type(args) is not list and not _is_sequence(args):  # the ABC check is slow, and JSON gives lists
         raise DeserializationError(f"args must be a list, not {_type_name(args)}")
     return _load_items(args)
 

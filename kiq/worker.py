@@ -20,7 +20,6 @@ import signal
 import threading
 import time
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import Any
 
 import setproctitle
@@ -39,16 +38,18 @@ EXIT_REMOTE_STOP = 10  # stopped through the signals list: the supervisor does n
 REMOTE_SIGNALS = {"TERM": signal.SIGTERM, "TSTP": signal.SIGTSTP, "TTIN": signal.SIGUSR1}
 
 
-@dataclass
 class Running:
     """A job on a processor thread; ``abandoned`` once its timeout failed it."""
 
-    unit: Unit
-    payload: dict[str, Any]
-    timeout: float | None
-    started: float = field(default_factory=time.monotonic)
-    run_at: int = field(default_factory=lambda: int(time.time()))
-    abandoned: bool = False
+    __slots__ = ("abandoned", "payload", "run_at", "started", "timeout", "unit")
+
+    def __init__(self, unit: Unit, payload: dict[str, Any], timeout: float | None) -> None:
+        self.unit = unit
+        self.payload = payload
+        self.timeout = timeout
+        self.started = time.monotonic()
+        self.run_at = int(time.time())
+        self.abandoned = False
 
 
 class Worker:
