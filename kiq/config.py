@@ -15,8 +15,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-
 from kiq import log
 from kiq.connection import url_from_env
 
@@ -72,6 +70,8 @@ def load(path: str | None = None, overrides: Mapping[str, Any] | None = None) ->
 
 
 def _read(path: str) -> dict[str, Any]:
+    import yaml  # here, not at the top: a start without a config file saves its ~30 ms import
+
     try:
         with open(path) as file:
             data = yaml.safe_load(file)
