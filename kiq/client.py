@@ -35,8 +35,17 @@ class Enqueued:
     at: float | None = None
 
 
+_compact = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def new_jid() -> str:
     return secrets.token_hex(12)
+
+
+def new_jids(count: int) -> list[str]:
+    """``count`` jids from one read of the system's randomness instead of one read each."""
+    token = secrets.token_hex(12 * count)
+    return [token[start : start + 24] for start in range(0, 24 * count, 24)]
 
 
 def build_payload(
@@ -47,6 +56,7 @@ def build_payload(
     queue: str = "default",
     retry: bool | int = True,
     at: float | None = None,
+    jid: str | None = None,
 ) -> dict[str, Any]:
     """A Sidekiq job hash. Keyword arguments go in kiq's own ``kwargs`` field so
     that ``args`` stays what a Sidekiq reader expects."""
@@ -56,7 +66,7 @@ def build_payload(
         "queue": queue,
         "class": job_class,
         "args": serialize_args(args),
-        "jid": new_jid(),
+        "jid": jid or new_jid(),
         "created_at": now,
     }
     if kwargs:
@@ -111,7 +121,9 @@ class Client:
         Every argument is serialized before the first push, so an argument that
         cannot be serialized fails the call with nothing enqueued.
         """
-        payloads = [payload_for(job, args, None, queue, retry, at) for args in args_list]
+        args_list = list(args_list)
+        payloads = [payload_for(job, args, None, queue, retry, at, jid)
+                    for args, jid in zip(args_list, new_jids(len(args_list)), strict=True)]
         jids: list[str] = []
         for start in range(0, len(payloads), batch_size):
             jids.extend(self.push_bulk(payloads[start : start + batch_size]))
@@ -134,9 +146,9 @@ class Client:
         for payload in payloads:
             if "at" in payload:
                 stored = {key: value for key, value in payload.items() if key != "at"}
-                scheduled[json.dumps(stored, separators=(",", ":"))] = float(payload["at"])
+                scheduled[_compact(stored)] = float(payload["at"])
             else:
-                by_queue.setdefault(payload["queue"], []).append(json.dumps(payload, separators=(",", ":")))
+                by_queue.setdefault(payload["queue"], []).append(_compact(payload))
         pipe = self.redis.pipeline(transaction=False)
         if by_queue:
             pipe.sadd(self.keys.queues, *by_queue)
@@ -156,6 +168,7 @@ def payload_for(
     queue: str | None,
     retry: bool | int | None,
     at: float | None,
+    jid: str | None = None,
 ) -> dict[str, Any]:
     default_retry: bool | int = True
     if isinstance(job, str):
@@ -163,8 +176,8 @@ def payload_for(
     else:
         name, default_queue, default_retry = job.job_name, job.queue, job.retry
         if job.active_job:
-            return activejob.wrap(name, args, kwargs, queue=queue or default_queue, jid=new_jid(), at=at,
-                                  retry=default_retry if retry is None else retry)
+            return activejob.wrap(name, args, kwargs, queue=queue or default_queue, jid=jid or new_jid(),
+                                  at=at, retry=default_retry if retry is None else retry)
     return build_payload(
         name,
         args,
@@ -172,6 +185,7 @@ def payload_for(
         queue=queue or default_queue,
         retry=default_retry if retry is None else retry,
         at=at,
+        jid=jid,
     )
 
 

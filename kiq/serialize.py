@@ -160,7 +160,7 @@ def serialize_args(args: Sequence[object]) -> list[object]:
 
 def deserialize_args(args: Sequence[object]) -> list[object]:
     """Rebuild positional arguments."""
-    if type(args) is not list and not _is_sequence(args):  # the ABC check is slow, and JSON gives lists
+    if not _is_sequence(args):
         raise DeserializationError(f"args must be a list, not {_type_name(args)}")
     return _load_items(args)
 
@@ -532,6 +532,8 @@ def _read_enum(data: object) -> Enum:
 
 
 def _is_sequence(value: object) -> bool:
+    if type(value) is list or type(value) is tuple:  # the common case, without the slow ABC check
+        return True
     return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray))
 
 

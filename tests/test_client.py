@@ -166,6 +166,7 @@ def test_enqueue_bulk_sends_one_pipeline_per_batch(client, r):
     jids = client.enqueue_bulk(ClientPlainJob, ([n] for n in range(2500)), batch_size=1000)
     calls = command_calls(r)
     assert len(jids) == 2500 == len(set(jids))
+    assert all(JID.fullmatch(jid) for jid in jids)
     jobs = queued(r)
     assert [job["args"] for job in jobs] == [[n] for n in range(2500)]
     assert [job["jid"] for job in jobs] == jids
