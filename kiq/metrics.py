@@ -88,8 +88,9 @@ def flush() -> None:
         for metric, amount in ((failed, counts.failed), (retried, counts.retried), (dead, counts.dead)):
             if amount:
                 metric.labels(*labels).inc(amount)
-        # Histogram has no way to add many observations at once; its sum and buckets are the
-        # values observe() adds to (prometheus_client has kept them since 0.1).
+        # Histogram has no way to add many observations at once: add to the sum and bucket
+        # values that observe() adds to (prometheus_client's own attributes; the buckets a
+        # scrape shows are checked in tests/test_metrics.py).
         histogram = duration.labels(*labels)
         histogram._sum.inc(counts.seconds)
         for bucket, amount in zip(histogram._buckets, counts.buckets, strict=True):
