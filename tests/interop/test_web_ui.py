@@ -47,10 +47,16 @@ def test_busy_page_shows_kiq_workers_and_their_jobs_and_quiet_and_stop_act_on_on
     identities = {json.loads(r.hget(ident, "info"))["pid"]: ident for ident in r.smembers("processes")}
     assert sorted(identities) == pids
 
-    busy = wait_for(lambda: (page := web_ui.get("/busy")) and gate in page and page, timeout=30)
+    def row_cells(page: str, identity: str) -> list[str]:
+        row = row_with(page, f'value="{identity}"')
+        return [text(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)]
+
+    # The page reads the processes' busy counts and their jobs in separate calls, so one
+    # rendering can fall between two heartbeats: wait for one that shows both.
+    busy = wait_for(lambda: (page := web_ui.get("/busy")) and gate in page
+                    and row_cells(page, identities[started["pid"]])[4] == "1" and page, timeout=30)
     for pid, identity in identities.items():
-        row = row_with(busy, f'value="{identity}"')
-        cells = [text(cell) for cell in re.findall(r"<td[^>]*>(.*?)</td>", row, flags=re.S)]
+        cells = row_cells(busy, identity)
         assert cells[0].startswith(f"{socket.gethostname()}:{pid} interop")
         assert "Queues: default" in cells[0] and "quiet" not in cells[0]
         assert cells[3:5] == ["2", "1" if pid == started["pid"] else "0"]  # threads, busy
