@@ -83,6 +83,19 @@ def test_metrics_follow_jobs_as_they_run_and_fail(metrics_kiq, redis_server, r):
     assert 0 < value(after, "kiq_redis_rtt_seconds") < 1
 
 
+def test_a_job_that_ends_during_a_graceful_stop_is_counted(metrics_kiq, client, r):
+    """Workers write their counts once a second; the one that a stop waits for is written at the end."""
+    import sample_jobs
+
+    _, port = metrics_kiq
+    sample_jobs.SlowJob.perform_later("last", 1.0)
+    worker = int(wait_for(lambda: r.lindex("started", 0)).split(":")[1])
+    os.kill(worker, signal.SIGTERM)
+    wait_for(lambda: r.lrange("results", 0, -1) == ["last"], timeout=10)
+    wait_for(lambda: value(scrape(port), "kiq_jobs_processed_total", queue="default",
+                           **{"class": "SlowJob"}) == 1, timeout=10)
+
+
 def test_worker_restarts_leave_no_stale_live_gauges(metrics_kiq, client, r):
     import sample_jobs
 
