@@ -19,8 +19,9 @@ def test_other_master_requeues_jobs_of_a_vanished_host(start_kiq, client, r):
     fast = {"heartbeat_interval": 0.3, "heartbeat_ttl": 2}
     doomed = start_kiq(processes=1, concurrency=2, **fast)
     [doomed_worker] = doomed.wait_workers(1)
+    # Long enough to be still running when the second master has started, on a slow machine too.
     for n in range(2):
-        sample_jobs.SlowJob.perform_later(f"j{n}", 1.0)
+        sample_jobs.SlowJob.perform_later(f"j{n}", 5.0)
     wait_for(lambda: r.llen("started") == 2)
     survivor = start_kiq(processes=1, concurrency=2, **fast)
     [survivor_worker] = survivor.wait_workers(1)
@@ -29,7 +30,7 @@ def test_other_master_requeues_jobs_of_a_vanished_host(start_kiq, client, r):
     lost_at = time.monotonic()
     wait_for(lambda: r.llen("started") == 4, timeout=15)
     noticed = time.monotonic() - lost_at
-    wait_for(lambda: sorted(r.lrange("results", 0, -1)) == ["j0", "j1"], timeout=10)
+    wait_for(lambda: sorted(r.lrange("results", 0, -1)) == ["j0", "j1"], timeout=15)
     rerun = r.lrange("started", 2, -1)
     assert sorted(rerun) == [f"j0:{survivor_worker}", f"j1:{survivor_worker}"]
     assert noticed < 2 + 2, f"requeued {noticed:.1f}s after the host vanished (TTL 2s)"
