@@ -5,7 +5,9 @@ default) from every revision in turn, interleaved, so that the machine's drift
 falls on all of them alike; the table shows medians over ``--rounds``. Per drain:
 jobs/s from the start command and from the first job, the workers' CPU per job,
 and their thread switches per job (voluntary and not, from ``/proc``), the figure
-that moves kiq's CPU per job most on this machine.
+that moves kiq's CPU per job most on this machine. Then, with the workers idle,
+``--latency`` jobs enqueued one at a time 20 ms apart give the p50 and p99 from
+enqueue to start, as ``make bench`` measures them.
 
 A revision is anything ``git archive`` takes; ``worktree`` is the working tree
 as it is. Each one is unpacked into a temporary folder and run from there:
@@ -36,6 +38,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from bench import jobs, peers_env
+from bench.measure import percentile
 from bench.procs import ROOT, Procs, at_depth, cpu_seconds, switches, wait_for
 from bench.redisd import RedisServer
 from bench.run import kiq_python
@@ -56,6 +59,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--threads", type=int, default=10)
+    parser.add_argument("--latency", type=int, default=100, help="idle jobs timed after each drain (0: none)")
     return parser.parse_args(argv)
 
 
@@ -92,15 +96,34 @@ def drain(procs: Procs, client: redis.Redis, url: str, tree: Path,
         cpu, switched = sum(map(cpu_seconds, workers)), sum(map(switches, workers))
         wait_for(lambda: client.exists(jobs.stamp_key(args.jobs)), STALL_SECONDS * 5, 0.002, "the last job")
         cpu, switched = sum(map(cpu_seconds, workers)) - cpu, sum(map(switches, workers)) - switched
+        late = idle_latency(client, env, tree, args.latency)
     finally:
         procs.stop([master])
     first, last = (float(client.get(jobs.stamp_key(n))) for n in (1, args.jobs))
-    return {"from_start": args.jobs / (last - began), "from_first": (args.jobs - 1) / (last - first),
-            "cpu_us": cpu / args.jobs * 1e6, "switches": switched / args.jobs}
+    result = {"from_start": args.jobs / (last - began), "from_first": (args.jobs - 1) / (last - first),
+              "cpu_us": cpu / args.jobs * 1e6, "switches": switched / args.jobs}
+    if late:
+        result |= {"p50_ms": percentile(late, 50), "p99_ms": percentile(late, 99)}
+    return result
+
+
+def idle_latency(client: redis.Redis, env: dict[str, str], tree: Path, count: int) -> list[float]:
+    """Milliseconds from enqueue to start of ``count`` jobs sent one at a time to idle workers."""
+    if not count:
+        return []
+    time.sleep(0.5)  # the workers' fetchers find the queue empty and hand over to their waiters
+    command = [str(python()), "-m", "bench.driver", "kiq", "stamps", "--key", jobs.LATENCY, "--n", str(count),
+               "--gap", "0.02"]
+    subprocess.run(command, cwd=tree, env=env, check=True, timeout=60 + count * 0.04,
+                   stdout=subprocess.DEVNULL)
+    wait_for(lambda: client.llen(jobs.LATENCY) >= count, STALL_SECONDS, 0.01, "the latency jobs")
+    return [float(v) * 1000 for v in client.lrange(jobs.LATENCY, 0, -1)]
 
 
 ROWS = (("from_start", "jobs/s from start", "{:,.0f}"), ("from_first", "jobs/s from 1st job", "{:,.0f}"),
-        ("cpu_us", "workers' CPU per job (us)", "{:.1f}"), ("switches", "thread switches per job", "{:.2f}"))
+        ("cpu_us", "workers' CPU per job (us)", "{:.1f}"), ("switches", "thread switches per job", "{:.2f}"),
+        ("p50_ms", "idle enqueue->start p50 (ms)", "{:.3f}"),
+        ("p99_ms", "idle enqueue->start p99 (ms)", "{:.3f}"))
 
 
 def table(results: dict[str, list[dict[str, float]]]) -> str:
@@ -108,6 +131,8 @@ def table(results: dict[str, list[dict[str, float]]]) -> str:
     width = max(14, *(len(n) for n in names))
     lines = [f"{'':28}" + "".join(f"{n:>{width + 2}}" for n in names)]
     for key, label, fmt in ROWS:
+        if not all(key in run for runs in results.values() for run in runs):
+            continue
         cells = [fmt.format(statistics.median(r[key] for r in runs)) for runs in results.values()]
         lines.append(f"{label:28}" + "".join(f"{c:>{width + 2}}" for c in cells))
     return "\n".join(lines)
