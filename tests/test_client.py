@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import re
 import time
 from collections.abc import Iterator
@@ -103,6 +105,27 @@ def test_every_job_gets_its_own_jid(client, r):
     assert len(jids) == 50
     assert all(JID.fullmatch(jid) for jid in jids)
     assert {job["jid"] for job in queued(r)} == jids
+
+
+def test_jids_do_not_repeat_after_the_app_seeds_random_or_forks():
+    random.seed(7)
+    first = kiq.client.new_jid()
+    random.seed(7)
+    assert kiq.client.new_jid() != first
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next jids, which must not be the parent's next ones
+        os.write(write, " ".join(kiq.client.new_jids(3)).encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        child = os.read(read, 1000).decode().split()
+    finally:
+        os.close(read)
+        os.waitpid(pid, 0)
+    parent = kiq.client.new_jids(3)
+    assert len(child) == 3 and all(JID.fullmatch(jid) for jid in child + parent)
+    assert not set(child) & set(parent)
 
 
 def test_lpush_keeps_each_queue_fifo(client, r):
