@@ -23,6 +23,21 @@ INVALID_CLASS = "kiq.InvalidPayload"
 
 logger = log.get("kiq.job")
 
+_raw_decode = json.JSONDecoder().raw_decode
+
+
+def _loads(raw: str) -> Any:
+    """``json.loads``, without its whitespace regex and two Python frames for the payloads
+    clients write: on a worker that has been idle, that cold code took about 30 of the 90 us
+    of decoding one (see docs/design.md)."""
+    try:
+        value, end = _raw_decode(raw)
+        if end == len(raw):
+            return value
+    except ValueError:
+        pass
+    return json.loads(raw)  # whitespace around the document, or the error to report
+
 
 class InvalidPayloadError(ValueError):
     """A payload kiq cannot run."""
@@ -114,7 +129,7 @@ def failed(job_class: type[jobs.Job], payload: dict[str, Any], error: BaseExcept
 def decode(raw: str) -> dict[str, Any]:
     """The payload as a dict with the fields kiq needs, or InvalidPayloadError saying what is wrong."""
     try:
-        payload = json.loads(raw)
+        payload = _loads(raw)
     except (ValueError, RecursionError):
         raise InvalidPayloadError("payload is not valid JSON") from None
     if not isinstance(payload, dict):

@@ -181,9 +181,11 @@ def test_job_calling_sys_exit_is_a_failure_not_an_escape():
         ('{"class": "ProcRecordJob", "args": []}', "'jid'"),
         ('{"class": "ProcRecordJob", "args": [], "jid": 7}', "'jid'"),
         ('{"class": "ProcRecordJob", "args": [], "jid": "x", "kwargs": [1]}', "'kwargs'"),
+        ('{"class": "ProcRecordJob", "args": [], "jid": "x"} trailing', "not valid JSON"),
+        ('{"class": "ProcRecordJob", "args": [], "jid": "x"}{}', "not valid JSON"),
     ],
     ids=["garbage", "truncated", "array", "string", "no-class", "empty-class", "int-class", "no-args",
-         "string-args", "object-args", "no-jid", "int-jid", "list-kwargs"],
+         "string-args", "object-args", "no-jid", "int-jid", "list-kwargs", "trailing-text", "two-documents"],
 )
 def test_invalid_payload_goes_to_dead_wrapped(calls, text, reason):
     before = time.time()
@@ -200,6 +202,12 @@ def test_invalid_payload_goes_to_dead_wrapped(calls, text, reason):
     assert len(wrapped["jid"]) == 24
     assert "error_class" in wrapped and "failed_at" in wrapped
     assert "raw_base64" not in wrapped
+
+
+def test_whitespace_around_a_payload_is_still_json(calls):
+    for text in (f" {raw('ProcRecordJob', [1])}", f"{raw('ProcRecordJob', [2])}\r\n\t "):
+        assert process("default", text) == SUCCESS
+    assert [args for _, args, _ in calls] == [(1,), (2,)]
 
 
 def test_payload_that_is_not_utf8_keeps_its_bytes():
