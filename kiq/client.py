@@ -133,11 +133,21 @@ class Client:
         cannot be serialized fails the call with nothing enqueued.
         """
         args_list = list(args_list)
-        payloads = [payload_for(job, args, None, queue, retry, at, jid)
-                    for args, jid in zip(args_list, new_jids(len(args_list)), strict=True)]
-        jids: list[str] = []
-        for start in range(0, len(payloads), batch_size):
-            jids.extend(self.push_bulk(payloads[start : start + batch_size]))
+        jids = new_jids(len(args_list))
+        if not isinstance(job, str) and job.active_job:  # each payload nests its own job_id and args
+            payloads = [payload_for(job, args, None, queue, retry, at, jid)
+                        for args, jid in zip(args_list, jids, strict=True)]
+            for start in range(0, len(payloads), batch_size):
+                self.push_bulk(payloads[start : start + batch_size])
+            return jids
+        shared = payload_for(job, (), None, queue, retry, at)
+        encoded = _encode_alike(shared, [serialize_args(args) for args in args_list], jids)
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start : start + batch_size]
+            if "at" in shared:
+                self._send({}, dict.fromkeys(batch, float(shared["at"])))
+            else:
+                self._send({shared["queue"]: batch}, {})
         return jids
 
     def push(self, payload: Mapping[str, Any]) -> str:
@@ -160,6 +170,11 @@ class Client:
                 scheduled[_compact(stored)] = float(payload["at"])
             else:
                 by_queue.setdefault(payload["queue"], []).append(_compact(payload))
+        self._send(by_queue, scheduled)
+        return [payload["jid"] for payload in payloads]
+
+    def _send(self, by_queue: Mapping[str, list[str]], scheduled: Mapping[str, float]) -> None:
+        """One round trip: encoded jobs onto their queues, encoded entries into the schedule."""
         pipe = self.redis.pipeline(transaction=False)
         if by_queue:
             pipe.sadd(self.keys.queues, *by_queue)
@@ -169,7 +184,17 @@ class Client:
             pipe.zadd(self.keys.schedule, scheduled)
             pipe.publish(self.keys.schedule_channel, str(min(scheduled.values())))
         pipe.execute()
-        return [payload["jid"] for payload in payloads]
+
+
+def _encode_alike(shared: Mapping[str, Any], args_lists: Sequence[list[Any]],
+                  jids: Sequence[str]) -> list[str]:
+    """The JSON of jobs that differ only in ``args`` and ``jid`` (hex digits), the fields they
+    share encoded once: encoding each whole payload was half of a bulk enqueue's time.
+    Scheduled entries are stored without ``at``, as ``push_bulk`` stores them."""
+    rest = _compact({key: value for key, value in shared.items() if key not in ("args", "jid", "at")})
+    tail = "," + rest[1:]
+    pairs = zip(args_lists, jids, strict=True)
+    return [f'{{"args":{_compact(args)},"jid":"{jid}"{tail}' for args, jid in pairs]
 
 
 def payload_for(

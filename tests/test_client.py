@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import random
@@ -210,6 +211,25 @@ def test_push_bulk_groups_several_queues_in_one_pipeline(client, r):
     assert r.smembers("queues") == {"a", "b", "c"}
     for q in ("a", "b", "c"):
         assert [job["args"] for job in queued(r, q)] == [[n] for n in range(6)]
+
+
+def test_a_bulk_job_is_the_payload_a_single_enqueue_writes(client, r):
+    client.enqueue(ClientLowJob, ["a", {"b": [1, 2.5, None]}, dt.date(2026, 1, 2)])
+    client.enqueue_bulk(ClientLowJob, [["a", {"b": [1, 2.5, None]}, dt.date(2026, 1, 2)], [], ["é\n\""]])
+    single, *bulk = queued(r, "low")
+    for payload in [single, *bulk]:
+        assert JID.fullmatch(payload.pop("jid"))
+        assert payload.pop("created_at") == payload.pop("enqueued_at")
+    assert bulk[0] == single == {"class": "ClientLowJob", "queue": "low", "retry": 3,
+                                 "args": single["args"]} and len(single["args"]) == 3
+    assert [job["args"] for job in bulk[1:]] == [[], ["é\n\""]]
+    at = time.time() + 60
+    client.enqueue(ClientLowJob, [1], at=at)
+    client.enqueue_bulk(ClientLowJob, [[1]], at=at)
+    (one, one_at), (other, other_at) = scheduled(r)
+    assert one_at == other_at == at
+    assert {k: v for k, v in one.items() if k not in ("jid", "created_at")} == \
+        {k: v for k, v in other.items() if k not in ("jid", "created_at")}
 
 
 def test_bulk_scheduled_jobs_all_go_to_the_schedule(client, r):
