@@ -7,17 +7,19 @@ jobs, counting stats) and moves up to N new jobs from the queues, in weighted
 or strict order, into this worker's in-progress lists. A job is therefore
 always in Redis: in its queue, in an in-progress list, or in a sorted set.
 
-When every queue is empty the fetcher goes idle and one waiter thread per queue
-blocks in BLMOVE (BRPOPLPUSH before Redis 6.2), so a job pushed to an idle
-worker starts at once instead of at the next poll.
+When every queue is empty the fetcher goes idle, and for each queue one of the
+threads waiting in ``take`` blocks in BLMOVE (BRPOPLPUSH before Redis 6.2) and
+runs the job it catches itself: a job pushed to an idle worker starts at once,
+without waking another thread first. The worker runs one thread per job slot
+and one per queue, so that every queue has a thread to watch it while at most
+``concurrency`` jobs run.
 
-Processor threads never talk to Redis for kiq: they ``take`` a unit from the
-local buffer and report it ``done``.
+Otherwise processor threads never talk to Redis for kiq: they ``take`` a unit
+from the local buffer and report it ``done``.
 """
 
 from __future__ import annotations
 
-import functools
 import random
 import threading
 import time
@@ -174,25 +176,48 @@ class Fetcher:
         self._running = 0
         self._fetching = True
         self._closing = False
-        self._idle = threading.Event()
+        self._idle = False  # the last fetch found every queue empty
+        self._unwatched: list[str] = []  # queues that no thread blocks on
+        self._watch_conns: dict[str, redis.Redis] = {}
+        self._blocking = "BLMOVE"
         self._threads: list[threading.Thread] = []
         self._outage = Outage("fetch")
         self.log = log.get("kiq.fetch")
 
     # -- processor side -------------------------------------------------
 
+    @property
+    def threads(self) -> int:
+        """How many threads should call ``take``: one per job slot, and one per queue to watch."""
+        return self.concurrency + len(self.queues.names)
+
     def take(self) -> Unit | None:
-        """The next job to run, waiting for one; None once the worker stops fetching."""
-        with self._lock:
-            while not self._buffer:
-                if not self._fetching:
-                    return None
-                self._work_ready.wait()
-            self._running += 1
-            unit = self._buffer.popleft()
-            if self._due():
-                self._wake.notify()
-            return unit
+        """The next job to run, waiting for one; None once the worker stops fetching.
+
+        While the worker is idle the wait may be spent watching a queue (``_watch``);
+        a job caught there is this thread's to run, unless every slot is busy.
+        """
+        while True:
+            with self._lock:
+                queue = self._wait_for_work()
+                if queue is None:
+                    if not self._buffer:
+                        return None  # quiet: the buffer went back to Redis
+                    self._running += 1
+                    unit = self._buffer.popleft()
+                    if self._due():
+                        self._wake.notify()
+                    return unit
+            self._watch(queue)
+
+    def _wait_for_work(self) -> str | None:
+        """Wait until a buffered job may start or the worker stops fetching (None), or a queue
+        needs a watcher (its name, now this thread's to watch). Called with the lock held."""
+        while not (self._buffer and self._running < self.concurrency) and self._fetching:
+            if self._idle and self._unwatched:
+                return self._unwatched.pop()
+            self._work_ready.wait()
+        return None
 
     def done(self, unit: Unit, outcome: Outcome) -> None:
         """Acknowledge a job; the fetcher sends it with its next round trip.
@@ -203,12 +228,22 @@ class Fetcher:
         """
         with self._lock:
             self._running -= 1
-            self._acks.append((unit, outcome))
-            if len(self._acks) == 1:
-                self._first_ack_at = time.monotonic()
-                self._wake.notify()
-            elif self._due():
-                self._wake.notify()
+            self._acknowledge(unit, outcome)
+
+    def abandon(self, unit: Unit, outcome: Outcome) -> None:
+        """Acknowledge a job that its thread is still running (its timeout failed it). That
+        thread never takes again, and its slot stays taken, so that no more than
+        ``concurrency`` jobs run at once."""
+        with self._lock:
+            self._acknowledge(unit, outcome)
+
+    def _acknowledge(self, unit: Unit, outcome: Outcome) -> None:
+        self._acks.append((unit, outcome))
+        if len(self._acks) == 1:
+            self._first_ack_at = time.monotonic()
+            self._wake.notify()
+        elif self._due():
+            self._wake.notify()
 
     # -- lifecycle ------------------------------------------------------
 
@@ -219,7 +254,7 @@ class Fetcher:
         while True:
             try:
                 self.conn.sadd(self.keys.wip_registry, *(f"{self.identity}|{q}" for q in self.queues.names))
-                blocking = "BLMOVE" if server_version(self.conn) >= (6, 2) else "BRPOPLPUSH"
+                self._blocking = "BLMOVE" if server_version(self.conn) >= (6, 2) else "BRPOPLPUSH"
                 break
             except redis.RedisError as error:
                 pause = self._outage.failed(error, pause)
@@ -227,9 +262,10 @@ class Fetcher:
                 if not alive():
                     return False
         self._outage.recovered()
+        name = f"kiq-wait-{self.identity}"
+        self._watch_conns = {q: connect(self.redis_url, blocking=True, name=name) for q in self.queues.names}
+        self._unwatched = list(self.queues.names)
         self._spawn("fetcher", self._run)
-        for queue in self.queues.names:
-            self._spawn(f"waiter-{queue}", functools.partial(self._wait_for_jobs, queue, blocking))
         return True
 
     def quiet(self) -> None:
@@ -238,12 +274,13 @@ class Fetcher:
             self._fetching = False
             self._giveback.extend(self._buffer)
             self._buffer.clear()
-            self._idle.set()
             self._work_ready.notify_all()
             self._wake.notify()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Send the last acknowledgements and give-backs, then stop the threads."""
+        """Send the last acknowledgements and give-backs, then stop the fetcher. It waits for
+        the threads watching queues to leave them (within ``BLOCK_SECONDS``): a job one of them
+        catches now goes back too."""
         self.quiet()
         with self._lock:
             self._closing = True
@@ -267,10 +304,10 @@ class Fetcher:
         """Whether a round trip is worth making now (called with the lock held)."""
         if self._giveback or self._resync or (self._closing and self._acks):
             return True
-        if self._acks and (self._idle.is_set() or time.monotonic() - self._first_ack_at >= ACK_MAX_AGE):
+        if self._acks and (self._idle or time.monotonic() - self._first_ack_at >= ACK_MAX_AGE):
             return True
         room = self.capacity - len(self._buffer) - self._running
-        if self._fetching and not self._idle.is_set() and room >= self.batch:
+        if self._fetching and not self._idle and room >= self.batch:
             return True
         return bool(self._acks) and len(self._buffer) < self.batch
 
@@ -306,7 +343,7 @@ class Fetcher:
         while True:
             with self._lock:
                 while not self._due():
-                    if self._closing and not self._acks and not self._waiters_alive():
+                    if self._closing and not self._acks and self._watching() == 0:
                         return
                     self._wake.wait(ACK_MAX_AGE if self._acks else 0.5)
                 acks, self._acks = self._acks, []
@@ -386,48 +423,52 @@ class Fetcher:
                 self._giveback.extend(jobs)
                 return
             self._buffer.extend(jobs)
-            self._work_ready.notify(len(jobs))
+            self._work_ready.notify(min(len(jobs), self.concurrency - self._running))
             if idle:
-                self._idle.set()
+                self._idle = True
+                self._work_ready.notify(len(self._unwatched))
             elif jobs:
-                self._idle.clear()
+                self._idle = False
 
-    def _waiters_alive(self) -> bool:
-        return any(t.is_alive() for t in self._threads if t is not threading.current_thread())
+    def _watching(self) -> int:
+        return len(self.queues.names) - len(self._unwatched)
 
-    # -- waiter threads -------------------------------------------------
+    # -- watching a queue while idle --------------------------------------
 
-    def _wait_for_jobs(self, queue: str, command: str) -> None:
-        """Block on one queue while the worker is idle; hand over what arrives."""
-        conn = connect(self.redis_url, blocking=True, name=f"kiq-wait-{self.identity}")
+    def _watch(self, queue: str) -> None:
+        """Block on ``queue`` while the worker is idle. A job that arrives goes to the buffer,
+        where this thread, back in ``take``, picks it up; the fetcher wakes to look for more."""
+        conn = self._watch_conns[queue]
         src, dst = self.keys.queue(queue), self.keys.wip(self.identity, queue)
         pause = 0.0
         while True:
-            self._idle.wait()
-            if not self._fetching:
-                return
             try:
-                if command == "BLMOVE":
+                if self._blocking == "BLMOVE":
                     job = conn.blmove(src, dst, BLOCK_SECONDS, "RIGHT", "LEFT")
                 else:
                     job = conn.brpoplpush(src, dst, BLOCK_SECONDS)
+                pause = self._outage.recovered()
             except redis.RedisError as error:
+                job = None
                 with self._lock:
                     self._resync = True
                 pause = self._outage.failed(error, pause)
                 time.sleep(pause)
-                continue
-            pause = self._outage.recovered()
-            if job is not None:
-                self._hand_over(Unit(queue, str(job)))
+            with self._lock:
+                if job is not None:
+                    self._caught(Unit(queue, str(job)))
+                if job is not None or not (self._idle and self._fetching):
+                    self._unwatched.append(queue)
+                    if self._closing:
+                        self._wake.notify()
+                    return
 
-    def _hand_over(self, unit: Unit) -> None:
-        with self._lock:
-            self._hold([unit])
-            if not self._fetching:
-                self._giveback.append(unit)
-                self._wake.notify()
-                return
+    def _caught(self, unit: Unit) -> None:
+        """File a job a watcher took from Redis (called with the lock held)."""
+        self._hold([unit])
+        if not self._fetching:
+            self._giveback.append(unit)
+        else:
             self._buffer.append(unit)
-            self._idle.clear()
-            self._work_ready.notify()  # the processor that takes it wakes the fetcher (take calls _due)
+            self._idle = False
+        self._wake.notify()

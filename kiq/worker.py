@@ -89,7 +89,7 @@ class Worker:
             self.log.warning("stopped before taking any job")
             return 0
         os.write(self.control_fd, f"{os.getpid()} ready\n".encode())
-        threads = [self._start(f"processor-{n}", self._process) for n in range(self.config.concurrency)]
+        threads = [self._start(f"processor-{n}", self._process) for n in range(self.fetcher.threads)]
         beat = self._start("heartbeat", self._beat)
         self.log.info("worker started", identity=self.identity, queues=self.config.queue_names,
                       concurrency=self.config.concurrency)
@@ -193,7 +193,7 @@ class Worker:
         for state in late:
             assert state.timeout is not None
             outcome = timed_out(state.payload, state.timeout)
-            self.fetcher.done(state.unit, outcome)
+            self.fetcher.abandon(state.unit, outcome)
             metrics.record(state.unit.queue, state.payload["class"], state.timeout, True, outcome.action)
             self._ask_replacement("timeout")
 

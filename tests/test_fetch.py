@@ -40,21 +40,19 @@ def make_fetcher(redis_server, r) -> Iterator[MakeFetcher]:
     yield make
     for fetcher in started:
         fetcher.quiet()
-        unblock_waiters(r, fetcher.identity)
+        unblock_watchers(r, fetcher)
         fetcher.close()
 
 
-def unblock_waiters(r, identity: str, timeout: float = 3.0) -> None:
-    """End idle waiters' BLMOVE now rather than at its timeout, so that closing is quick.
-
-    To a waiter this looks exactly like a BLMOVE that timed out; once quiet, it then exits.
+def unblock_watchers(r, fetcher: Fetcher, timeout: float = 3.0) -> None:
+    """End the BLMOVE of threads watching queues now rather than at its timeout, so that
+    closing is quick. To a watcher this looks exactly like a BLMOVE that timed out; once
+    quiet, it then leaves its queue and its take() returns None.
     """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(
-        thread.name.startswith("waiter-") and thread.is_alive() for thread in threading.enumerate()
-    ):
+    while time.monotonic() < deadline and fetcher._watching():
         for client in r.client_list():
-            if client["name"] == f"kiq-wait-{identity}" and "b" in client["flags"]:
+            if client["name"] == f"kiq-wait-{fetcher.identity}" and "b" in client["flags"]:
                 r.client_unblock(client["id"])
         time.sleep(0.005)
 
@@ -64,6 +62,33 @@ def start_take(fetcher: Fetcher) -> queue.Queue[Unit | None]:
     result: queue.Queue[Unit | None] = queue.Queue()
     threading.Thread(target=lambda: result.put(fetcher.take()), daemon=True).start()
     return result
+
+
+class Takers:
+    """``fetcher.threads`` threads taking jobs as a worker's do (one per job slot, one per
+    queue to watch). The test gets what they take and acknowledges it, and the thread that
+    took it then takes again, as a worker's thread does after running a job."""
+
+    def __init__(self, fetcher: Fetcher) -> None:
+        self.fetcher = fetcher
+        self.taken: queue.Queue[tuple[Unit, queue.Queue[Outcome]]] = queue.Queue()
+        self.replies: dict[Unit, queue.Queue[Outcome]] = {}
+        for _ in range(fetcher.threads):
+            threading.Thread(target=self._work, daemon=True).start()
+
+    def _work(self) -> None:
+        while (unit := self.fetcher.take()) is not None:
+            reply: queue.Queue[Outcome] = queue.Queue()
+            self.taken.put((unit, reply))
+            self.fetcher.done(unit, reply.get())
+
+    def get(self, timeout: float = 5.0) -> Unit:
+        unit, reply = self.taken.get(timeout=timeout)
+        self.replies[unit] = reply
+        return unit
+
+    def done(self, unit: Unit, outcome: Outcome) -> None:
+        self.replies.pop(unit).put(outcome)
 
 
 def take(fetcher: Fetcher, timeout: float = 5.0) -> Unit | None:
@@ -110,7 +135,7 @@ def test_start_registers_the_in_progress_lists(r, make_fetcher):
 
 def test_taken_jobs_stay_in_progress_until_acknowledged(r, make_fetcher):
     push(r, "default", *(f"j{n}" for n in range(5)))
-    fetcher = make_fetcher(concurrency=2)
+    fetcher = make_fetcher(concurrency=3)
     units = [take(fetcher) for _ in range(3)]
     assert units == [Unit("default", "j0"), Unit("default", "j1"), Unit("default", "j2")]
     in_progress = wip(r)
@@ -135,7 +160,7 @@ def test_taken_jobs_stay_in_progress_until_acknowledged(r, make_fetcher):
 
 def test_failed_outcomes_count_in_stat_failed(r, make_fetcher):
     push(r, "default", "ok", "dropped", "retried", "died")
-    fetcher = make_fetcher(concurrency=2)
+    fetcher = make_fetcher(concurrency=4)
     units = {unit.payload: unit for unit in (take(fetcher) for _ in range(4))}
     fetcher.done(units["ok"], SUCCESS)
     fetcher.done(units["dropped"], Outcome(failed=True))
@@ -212,7 +237,7 @@ def test_concurrent_takers_get_every_job_exactly_once(r, make_fetcher):
                 seen.append(unit.payload)
             fetcher.done(unit, SUCCESS)
 
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(4)]
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(fetcher.threads)]
     for thread in threads:
         thread.start()
     wait_for(lambda: r.get("stat:processed") == str(count))
@@ -224,7 +249,7 @@ def test_concurrent_takers_get_every_job_exactly_once(r, make_fetcher):
 
 
 def run_jobs(fetcher: Fetcher, job_seconds: float) -> Callable[[], None]:
-    """Run jobs of ``job_seconds`` on ``fetcher.concurrency`` threads until the returned stop()."""
+    """Run jobs of ``job_seconds`` on a worker's threads until the returned stop()."""
     stopping = threading.Event()
 
     def work() -> None:
@@ -235,7 +260,7 @@ def run_jobs(fetcher: Fetcher, job_seconds: float) -> Callable[[], None]:
             time.sleep(job_seconds)
             fetcher.done(unit, SUCCESS)
 
-    threads = [threading.Thread(target=work, daemon=True) for _ in range(fetcher.concurrency)]
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(fetcher.threads)]
     for thread in threads:
         thread.start()
 
@@ -312,31 +337,68 @@ def test_namespace(r, make_fetcher):
 
 def test_idle_fetcher_picks_up_a_new_job_at_once_on_every_queue(r, make_fetcher):
     fetcher = make_fetcher([("a", 1), ("b", 1), ("c", 1)], concurrency=2)
+    takers = Takers(fetcher)
     for n, name in enumerate(["b", "c", "a", "b", "a", "c"]):
         wait_for(lambda: idle_waiters(r) == 3)  # one BLMOVE per queue: the fetcher is idle
-        pending = start_take(fetcher)
         pushed = time.monotonic()
         push(r, name, f"{name}{n}")
-        unit = pending.get(timeout=5)
+        unit = takers.get()
         latency = time.monotonic() - pushed
         assert unit == Unit(name, f"{name}{n}")
         # A poller with any sensible interval would miss this often; BLMOVE hands it over at once.
         assert latency < 0.2, f"job on {name} took {latency:.3f}s to reach take()"
         assert f"{name}{n}" in wip(r, name)
-        fetcher.done(unit, SUCCESS)
+        takers.done(unit, SUCCESS)
     wait_for(lambda: r.get("stat:processed") == "6")
     assert all(wip(r, name) == [] for name in "abc")
 
 
+def test_a_worker_s_extra_threads_never_run_more_than_concurrency_jobs(r, make_fetcher):
+    fetcher = make_fetcher([("a", 1), ("b", 1), ("c", 1)], concurrency=2)
+    assert fetcher.threads == 5  # 2 job slots and a watcher for each of 3 queues
+    takers = Takers(fetcher)
+    wait_for(lambda: idle_waiters(r) == 3)
+    for name in "abc":
+        push(r, name, *(f"{name}{n}" for n in range(4)))
+    held = [takers.get(), takers.get()]
+    with pytest.raises(queue.Empty):  # both slots are busy: the other 10 jobs wait
+        takers.get(timeout=0.5)
+    assert fetcher.busy == 2
+    seen = [unit.payload for unit in held]
+    while held:
+        takers.done(held.pop(), SUCCESS)
+        if len(seen) < 12:
+            held.append(takers.get())
+            seen.append(held[-1].payload)
+        assert fetcher.busy <= 2
+    assert sorted(seen) == sorted(f"{name}{n}" for name in "abc" for n in range(4))
+
+
+def test_every_queue_is_watched_while_every_slot_is_busy(r, make_fetcher):
+    fetcher = make_fetcher([("a", 1), ("b", 1)], concurrency=1)
+    takers = Takers(fetcher)
+    wait_for(lambda: idle_waiters(r) == 2)
+    push(r, "a", "long")
+    long = takers.get()
+    wait_for(lambda: idle_waiters(r) == 2)  # idle again: both queues watched, the slot busy
+    push(r, "b", "next")
+    wait_for(lambda: "next" in wip(r, "b"))  # caught at once, held until the slot is free
+    with pytest.raises(queue.Empty):
+        takers.get(timeout=0.3)
+    takers.done(long, SUCCESS)
+    assert takers.get() == Unit("b", "next")
+
+
 def test_jobs_pushed_while_busy_are_fetched_too(r, make_fetcher):
     fetcher = make_fetcher(concurrency=1)
+    takers = Takers(fetcher)
     wait_for(lambda: idle_waiters(r) == 1)
     push(r, "default", *(f"j{n}" for n in range(10)))
     got = []
     for _ in range(10):
-        unit = take(fetcher)
+        unit = takers.get()
         got.append(unit.payload)
-        fetcher.done(unit, SUCCESS)
+        takers.done(unit, SUCCESS)
     assert got == [f"j{n}" for n in range(10)]
 
 
@@ -408,26 +470,28 @@ def test_quiet_gives_buffered_jobs_back_to_the_front_in_order(r, make_fetcher):
 
 def test_quiet_releases_a_waiting_take(r, make_fetcher):
     fetcher = make_fetcher()
-    wait_for(lambda: idle_waiters(r) == 1)
     pending = start_take(fetcher)
+    wait_for(lambda: idle_waiters(r) == 1)  # the take() is watching the queue
     fetcher.quiet()
     assert pending.get(timeout=2) is None
 
 
 def test_job_arriving_after_quiet_stays_in_its_queue(r, make_fetcher):
     fetcher = make_fetcher()
+    pending = start_take(fetcher)
     wait_for(lambda: idle_waiters(r) == 1)
     fetcher.quiet()
-    push(r, "default", "late")  # the waiter may still be blocked in BLMOVE and catch it
+    push(r, "default", "late")  # the watcher may still be blocked in BLMOVE and catch it
     fetcher.close()
     assert r.lrange("queue:default", 0, -1) == ["late"]
     assert wip(r) == []
+    assert pending.get(timeout=2) is None
     assert take(fetcher) is None
 
 
 def test_close_flushes_pending_acknowledgements(r, make_fetcher):
     push(r, "default", *(f"j{n}" for n in range(6)))
-    fetcher = make_fetcher(concurrency=2)
+    fetcher = make_fetcher(concurrency=4)
     units = [take(fetcher) for _ in range(4)]
     for unit in units[:3]:
         fetcher.done(unit, SUCCESS)
@@ -442,6 +506,7 @@ def test_close_flushes_pending_acknowledgements(r, make_fetcher):
 
 def test_worker_swept_while_alive_keeps_its_later_jobs_recoverable(redis_server, r, make_fetcher):
     fetcher = make_fetcher()
+    pending = start_take(fetcher)
     wait_for(lambda: idle_waiters(r) == 1)
     recovery = Recovery(connect(redis_server.url), Keys())
     # The worker's heartbeat lapsed (a pause, a partition): another master sweeps it.
@@ -449,7 +514,7 @@ def test_worker_swept_while_alive_keeps_its_later_jobs_recoverable(redis_server,
     # It comes back, beats again (re-registering its lists, as a worker's heartbeat does) and takes a job ...
     Heartbeat(connect(redis_server.url), Keys(), IDENT, {}, dict, wip=[f"{IDENT}|default"]).beat(quiet=False)
     push(r, "default", "after-the-sweep")
-    assert take(fetcher) == Unit("default", "after-the-sweep")
+    assert pending.get(timeout=5) == Unit("default", "after-the-sweep")
     # ... and then dies: its supervisor requeues everything it held. (This fetcher is still
     # alive and would take the job straight back, so count what moved instead of reading the queue.)
     assert r.sismember("kiq:wip", f"{IDENT}|default")
