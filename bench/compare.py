@@ -96,7 +96,7 @@ def drain(procs: Procs, client: redis.Redis, url: str, tree: Path,
         cpu, switched = sum(map(cpu_seconds, workers)), sum(map(switches, workers))
         wait_for(lambda: client.exists(jobs.stamp_key(args.jobs)), STALL_SECONDS * 5, 0.002, "the last job")
         cpu, switched = sum(map(cpu_seconds, workers)) - cpu, sum(map(switches, workers)) - switched
-        late = idle_latency(client, env, tree, args.latency)
+        late = idle_latency(client, env, tree, args.latency, args.processes)
     finally:
         procs.stop([master])
     first, last = (float(client.get(jobs.stamp_key(n))) for n in (1, args.jobs))
@@ -107,11 +107,14 @@ def drain(procs: Procs, client: redis.Redis, url: str, tree: Path,
     return result
 
 
-def idle_latency(client: redis.Redis, env: dict[str, str], tree: Path, count: int) -> list[float]:
+def idle_latency(client: redis.Redis, env: dict[str, str], tree: Path, count: int,
+                 workers: int) -> list[float]:
     """Milliseconds from enqueue to start of ``count`` jobs sent one at a time to idle workers."""
     if not count:
         return []
-    time.sleep(0.5)  # the workers' fetchers find the queue empty and hand over to their waiters
+    # Idle: every worker blocks in BLMOVE on the queue (older revisions too, on a waiter thread).
+    wait_for(lambda: int(client.info("clients")["blocked_clients"]) >= workers, STALL_SECONDS, 0.01,
+             "idle workers")
     command = [str(python()), "-m", "bench.driver", "kiq", "stamps", "--key", jobs.LATENCY, "--n", str(count),
                "--gap", "0.02"]
     subprocess.run(command, cwd=tree, env=env, check=True, timeout=60 + count * 0.04,
