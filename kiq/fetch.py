@@ -180,7 +180,7 @@ class Fetcher:
         self._unwatched: list[str] = []  # queues that no thread blocks on
         self._watch_conns: dict[str, redis.Redis] = {}
         self._blocking = "BLMOVE"
-        self._threads: list[threading.Thread] = []
+        self._thread = threading.Thread(target=self._run, name="fetcher", daemon=True)
         self._outage = Outage("fetch")
         self.log = log.get("kiq.fetch")
 
@@ -265,7 +265,7 @@ class Fetcher:
         name = f"kiq-wait-{self.identity}"
         self._watch_conns = {q: connect(self.redis_url, blocking=True, name=name) for q in self.queues.names}
         self._unwatched = list(self.queues.names)
-        self._spawn("fetcher", self._run)
+        self._thread.start()
         return True
 
     def quiet(self) -> None:
@@ -285,20 +285,14 @@ class Fetcher:
         with self._lock:
             self._closing = True
             self._wake.notify()
-        deadline = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+        if self._thread.is_alive():
+            self._thread.join(timeout)
 
     @property
     def busy(self) -> int:
         return self._running
 
     # -- fetcher thread -------------------------------------------------
-
-    def _spawn(self, name: str, target: Callable[[], None]) -> None:
-        thread = threading.Thread(target=target, name=name, daemon=True)
-        thread.start()
-        self._threads.append(thread)
 
     def _due(self) -> bool:
         """Whether a round trip is worth making now (called with the lock held)."""

@@ -35,7 +35,7 @@ recovered = Counter("kiq_jobs_recovered", "In-progress jobs put back on their qu
 duration = Histogram("kiq_job_duration_seconds", "Time a job's perform took.", ["queue", "class"],
                      buckets=DURATION_BUCKETS)
 busy_threads = Gauge("kiq_busy_threads", "Processor threads running a job.", multiprocess_mode="livesum")
-threads = Gauge("kiq_threads", "Processor threads in live worker processes.", multiprocess_mode="livesum")
+threads = Gauge("kiq_threads", "Job slots (concurrency) of live workers.", multiprocess_mode="livesum")
 workers = Gauge("kiq_worker_processes", "Live worker processes.", multiprocess_mode="livesum")
 restarts = Counter("kiq_worker_restarts", "Worker processes replaced, by reason.", ["reason"])
 
