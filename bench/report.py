@@ -76,8 +76,10 @@ def table(systems: list[str], medians: dict[str, dict[str, Any]]) -> str:
     return "\n".join(out)
 
 
-def ratios(medians: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """kiq's processing rate over the fastest peer's, from start and from the first job."""
+def ratios(medians: dict[str, dict[str, Any]], runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """kiq's processing rate over the fastest peer's, from start and from the first job: of the
+    medians, and of each repeat (every system runs once per repeat, so a repeat compares runs
+    made minutes apart). Also kiq's rate from the first job over the job body alone's."""
     result: dict[str, Any] = {}
     kiq = medians.get("kiq", {})
     for key in ("processing", "processing_warm"):
@@ -87,17 +89,38 @@ def ratios(medians: dict[str, dict[str, Any]]) -> dict[str, Any]:
         if not peers or not isinstance(mine, (int, float)):
             continue
         best = max(peers, key=lambda name: peers[name])
-        result[key] = {"kiq": mine, "fastest_peer": best, "peer": peers[best], "ratio": mine / peers[best]}
+        result[key] = {"kiq": mine, "fastest_peer": best, "peer": peers[best], "ratio": mine / peers[best],
+                       "per_repeat": _per_repeat(runs, key)}
+    body, warm = kiq.get("ceiling_body"), kiq.get("processing_warm")
+    if isinstance(body, (int, float)) and isinstance(warm, (int, float)):
+        result["of_body"] = {"kiq": warm, "body": body, "ratio": warm / body}
     return result
+
+
+def _per_repeat(runs: dict[str, list[dict[str, Any]]], key: str) -> list[float]:
+    """kiq's ``key`` over the fastest peer's, within each repeat."""
+    found = []
+    for n, mine in enumerate(runs.get("kiq", [])):
+        peers = [r[n][key] for name, r in runs.items()
+                 if name != "kiq" and n < len(r) and isinstance(r[n].get(key), (int, float))]
+        if isinstance(mine.get(key), (int, float)) and peers:
+            found.append(mine[key] / max(peers))
+    return found
 
 
 def ratio_lines(result: dict[str, Any]) -> list[str]:
     labels = {"processing": "from start", "processing_warm": "from 1st job"}
-    return [
+    lines = [
         f"kiq / fastest peer, processing {labels[key]}: {r['kiq']:,.0f} / {r['peer']:,.0f} "
-        f"({r['fastest_peer']}) = {r['ratio']:.2f}x"
-        for key, r in result.items()
+        f"({r['fastest_peer']}) = {r['ratio']:.2f}x; per repeat "
+        + ", ".join(f"{x:.2f}x" for x in r["per_repeat"])
+        for key, r in result.items() if key in labels
     ]
+    if "of_body" in result:
+        r = result["of_body"]
+        lines.append(f"kiq processing from 1st job / job body alone: {r['kiq']:,.0f} / {r['body']:,.0f} "
+                     f"= {100 * r['ratio']:.0f}%")
+    return lines
 
 
 # DESIGN.md section 5, as far as one bench run measures it: (what, kiq's value, at least or at

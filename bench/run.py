@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         procs.stop_all()
     medians = bench.summary()
-    ratio = report.ratios(medians)
+    ratio = report.ratios(medians, {name: result.get("runs", []) for name, result in bench.results.items()})
     print()
     print(report.table(args.systems, medians))
     print()

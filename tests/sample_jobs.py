@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import redis
@@ -11,14 +12,18 @@ import kiq
 from kiq.connection import connect
 
 _conn: tuple[int, redis.Redis] | None = None
+_conn_lock = threading.Lock()
 
 
 def conn() -> redis.Redis:
-    """One connection per process, made after the fork."""
+    """One client per process, made after the fork, once: a second client made by a racing
+    thread would replace the first, whose collection closes its pool's connections under a
+    thread still using one (a job then fails with "Bad file descriptor")."""
     global _conn
-    if _conn is None or _conn[0] != os.getpid():
-        _conn = (os.getpid(), connect(os.environ["KIQ_REDIS_URL"], retry=True))
-    return _conn[1]
+    with _conn_lock:
+        if _conn is None or _conn[0] != os.getpid():
+            _conn = (os.getpid(), connect(os.environ["KIQ_REDIS_URL"], retry=True))
+        return _conn[1]
 
 
 class RecordJob(kiq.Job):
@@ -82,12 +87,20 @@ class StraightToDeadJob(kiq.Job):
 
 
 class PidJob(kiq.Job):
-    """Records which worker process ran it, after a short pause."""
+    """Records which worker process ran it, and when, after a short pause.
+
+    One transaction writes the three records, so that a run is in all of them or in none
+    (a Redis crash loses them together): the chaos test explains each duplicate from them.
+    """
 
     def perform(self, token: str, seconds: float = 0.0) -> None:
         time.sleep(seconds)
-        conn().rpush("results", token)
-        conn().hset("pids", token, os.getpid())
+        pid = os.getpid()
+        with conn().pipeline() as pipe:
+            pipe.rpush("results", token)
+            pipe.hset("pids", token, pid)
+            pipe.rpush("runs", f"{token} {pid} {time.time():.6f}")
+            pipe.execute()
 
 
 class TimeoutJob(kiq.Job):
