@@ -121,7 +121,8 @@ def daily(r, stat: str) -> int:
     return sum(int(r.get(f"stat:{stat}:{date}") or 0) for date in today())
 
 
-def idle_waiters(r) -> int:
+def blocked_watchers(r) -> int:
+    """Clients blocked in BLMOVE: the threads watching an idle fetcher's queues."""
     return int(r.info("clients")["blocked_clients"])
 
 
@@ -339,7 +340,7 @@ def test_idle_fetcher_picks_up_a_new_job_at_once_on_every_queue(r, make_fetcher)
     fetcher = make_fetcher([("a", 1), ("b", 1), ("c", 1)], concurrency=2)
     takers = Takers(fetcher)
     for n, name in enumerate(["b", "c", "a", "b", "a", "c"]):
-        wait_for(lambda: idle_waiters(r) == 3)  # one BLMOVE per queue: the fetcher is idle
+        wait_for(lambda: blocked_watchers(r) == 3)  # one BLMOVE per queue: the fetcher is idle
         pushed = time.monotonic()
         push(r, name, f"{name}{n}")
         unit = takers.get()
@@ -357,7 +358,7 @@ def test_a_worker_s_extra_threads_never_run_more_than_concurrency_jobs(r, make_f
     fetcher = make_fetcher([("a", 1), ("b", 1), ("c", 1)], concurrency=2)
     assert fetcher.threads == 5  # 2 job slots and a watcher for each of 3 queues
     takers = Takers(fetcher)
-    wait_for(lambda: idle_waiters(r) == 3)
+    wait_for(lambda: blocked_watchers(r) == 3)
     for name in "abc":
         push(r, name, *(f"{name}{n}" for n in range(4)))
     held = [takers.get(), takers.get()]
@@ -377,10 +378,10 @@ def test_a_worker_s_extra_threads_never_run_more_than_concurrency_jobs(r, make_f
 def test_every_queue_is_watched_while_every_slot_is_busy(r, make_fetcher):
     fetcher = make_fetcher([("a", 1), ("b", 1)], concurrency=1)
     takers = Takers(fetcher)
-    wait_for(lambda: idle_waiters(r) == 2)
+    wait_for(lambda: blocked_watchers(r) == 2)
     push(r, "a", "long")
     long = takers.get()
-    wait_for(lambda: idle_waiters(r) == 2)  # idle again: both queues watched, the slot busy
+    wait_for(lambda: blocked_watchers(r) == 2)  # idle again: both queues watched, the slot busy
     push(r, "b", "next")
     wait_for(lambda: "next" in wip(r, "b"))  # caught at once, held until the slot is free
     with pytest.raises(queue.Empty):
@@ -392,7 +393,7 @@ def test_every_queue_is_watched_while_every_slot_is_busy(r, make_fetcher):
 def test_jobs_pushed_while_busy_are_fetched_too(r, make_fetcher):
     fetcher = make_fetcher(concurrency=1)
     takers = Takers(fetcher)
-    wait_for(lambda: idle_waiters(r) == 1)
+    wait_for(lambda: blocked_watchers(r) == 1)
     push(r, "default", *(f"j{n}" for n in range(10)))
     got = []
     for _ in range(10):
@@ -471,7 +472,7 @@ def test_quiet_gives_buffered_jobs_back_to_the_front_in_order(r, make_fetcher):
 def test_quiet_releases_a_waiting_take(r, make_fetcher):
     fetcher = make_fetcher()
     pending = start_take(fetcher)
-    wait_for(lambda: idle_waiters(r) == 1)  # the take() is watching the queue
+    wait_for(lambda: blocked_watchers(r) == 1)  # the take() is watching the queue
     fetcher.quiet()
     assert pending.get(timeout=2) is None
 
@@ -479,7 +480,7 @@ def test_quiet_releases_a_waiting_take(r, make_fetcher):
 def test_job_arriving_after_quiet_stays_in_its_queue(r, make_fetcher):
     fetcher = make_fetcher()
     pending = start_take(fetcher)
-    wait_for(lambda: idle_waiters(r) == 1)
+    wait_for(lambda: blocked_watchers(r) == 1)
     fetcher.quiet()
     push(r, "default", "late")  # the watcher may still be blocked in BLMOVE and catch it
     fetcher.close()
@@ -507,7 +508,7 @@ def test_close_flushes_pending_acknowledgements(r, make_fetcher):
 def test_worker_swept_while_alive_keeps_its_later_jobs_recoverable(redis_server, r, make_fetcher):
     fetcher = make_fetcher()
     pending = start_take(fetcher)
-    wait_for(lambda: idle_waiters(r) == 1)
+    wait_for(lambda: blocked_watchers(r) == 1)
     recovery = Recovery(connect(redis_server.url), Keys())
     # The worker's heartbeat lapsed (a pause, a partition): another master sweeps it.
     recovery.sweep()
