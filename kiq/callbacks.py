@@ -162,7 +162,8 @@ def decide(cls: Any, error: BaseException, payload: dict[str, Any]) -> tuple[str
             counts = payload.setdefault("exception_executions", {})
             if not isinstance(counts, dict):
                 counts = payload["exception_executions"] = {}
-            executions = int(counts.get(rule.key, 0)) + 1
+            previous = counts.get(rule.key)
+            executions = previous + 1 if type(previous) is int and previous >= 0 else 1
             counts[rule.key] = executions
             if executions < rule.attempts:
                 return "retry", rule.delay(executions)

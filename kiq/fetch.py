@@ -431,7 +431,17 @@ class Fetcher:
 
     def _watch(self, queue: str) -> None:
         """Block on ``queue`` while the worker is idle. A job that arrives goes to the buffer,
-        where this thread, back in ``take``, picks it up; the fetcher wakes to look for more."""
+        where this thread, back in ``take``, picks it up; the fetcher wakes to look for more.
+        A thread that dies here leaves the queue to the next watcher."""
+        try:
+            self._watch_until_caught(queue)
+        except BaseException:
+            with self._lock:
+                self._unwatched.append(queue)
+                self._work_ready.notify()
+            raise
+
+    def _watch_until_caught(self, queue: str) -> None:
         conn = self._watch_conns[queue]
         src, dst = self.keys.queue(queue), self.keys.wip(self.identity, queue)
         pause = 0.0

@@ -8,6 +8,7 @@ registry are ever instantiated.
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ from kiq.retry import Outcome
 from kiq.serialize import deserialize_args, deserialize_kwargs
 
 INVALID_CLASS = "kiq.InvalidPayload"
+UNKNOWN_CLASS_ERROR = "kiq.UnknownJobError"
 
 logger = log.get("kiq.job")
 
@@ -43,40 +45,56 @@ class InvalidPayloadError(ValueError):
     """A payload kiq cannot run."""
 
 
-class UnknownJobError(LookupError):
-    """A payload names a class that no required module registered."""
-
-
 def process(queue: str, raw: str) -> Outcome:
-    """Run the job in ``raw`` (taken from ``queue``) and return what to acknowledge."""
-    prepared = prepare(queue, raw)
-    if isinstance(prepared, Outcome):
-        return prepared
-    return run(*prepared, queue)
+    """Run the job in ``raw`` (taken from ``queue``) and return what to acknowledge; never
+    raises (the worker's processor threads guard the same steps the same way)."""
+    try:
+        prepared = prepare(queue, raw)
+        if isinstance(prepared, Outcome):
+            return prepared
+        return run(*prepared, queue)
+    except BaseException as error:
+        logger.error("kiq could not handle a job; it goes to the dead set as it came",
+                     error=describe(error), exc_info=error)
+        return unhandled(queue, raw, error)
 
 
 def prepare(queue: str, raw: str) -> tuple[type[jobs.Job], dict[str, Any]] | Outcome:
-    """The job class and payload to run, or the dead-set outcome of a payload that cannot run."""
+    """The job class and payload to run, or the outcome of a payload that cannot run.
+
+    A payload kiq cannot read goes to the dead set at once. One that names a class no
+    required module registered fails like a job that raised (Sidekiq's NameError): retried
+    with backoff, since during a rolling deploy, or on a queue shared with Ruby workers, a
+    worker that knows the class may soon take it. Log lines name this payload's jid and class,
+    never the previous job's.
+    """
     try:
         payload = decode(raw)
     except InvalidPayloadError as error:
-        logger.error("invalid payload", queue=queue, error=str(error))
+        log.bind_job({"queue": queue})
+        logger.error("invalid payload", error=str(error))
         return retry.dead(wrap_invalid(queue, raw, str(error)))
     data = activejob.job_data(payload)
     name = str(data.get("job_class")) if data is not None else payload["class"]
+    log.bind_job({"jid": payload["jid"], "queue": queue, "class": name})
     job_class = jobs.lookup(name)
+    if job_class is None and name == INVALID_CLASS:
+        logger.error("invalid payload", error="a wrapped invalid payload was put back in a queue")
+        return retry.dead(payload)  # retried from the dead set by hand: back it goes, as it was
     if job_class is None:
-        unknown = UnknownJobError(f"no job class registered as {name!r}")
-        logger.error("unknown job class", queue=queue, jid=payload["jid"], error=str(unknown))
-        return retry.dead(_with_error(payload, unknown))
+        message = f"no job class registered as {name!r}; is its module in the workers' require list?"
+        outcome = retry.failure(payload, UNKNOWN_CLASS_ERROR, message)
+        logger.error("unknown job class", error=message, **_fate(outcome, payload))
+        return outcome
     return job_class, payload
 
 
 def timed_out(payload: dict[str, Any], seconds: float) -> Outcome:
     """The outcome of a job that ran past its class's ``timeout``: a failure like any other."""
     message = f"job ran longer than its timeout of {seconds:g}s"
-    logger.warning("fail", jid=payload["jid"], error=f"kiq.JobTimeout: {message}")
-    return retry.failure(payload, "kiq.JobTimeout", message)
+    outcome = retry.failure(payload, "kiq.JobTimeout", message)
+    logger.warning("fail", jid=payload["jid"], error=f"kiq.JobTimeout: {message}", **_fate(outcome, payload))
+    return outcome
 
 
 def run(job_class: type[jobs.Job], payload: dict[str, Any], queue: str) -> Outcome:
@@ -90,8 +108,8 @@ def run(job_class: type[jobs.Job], payload: dict[str, Any], queue: str) -> Outco
     except BaseException as error:  # SystemExit from a job is a failure too, as in Sidekiq
         elapsed = _ms(started)
         outcome = failed(job_class, payload, error)
-        logger.warning("fail", elapsed_ms=elapsed, error=f"{error_name(error)}: {error}",
-                       then=outcome.action or ("discard" if outcome.failed else "drop"))
+        logger.warning("fail", elapsed_ms=elapsed, error=describe(error), exc_info=error,
+                       **_fate(outcome, payload))
         return outcome
     if log.enabled(logging.INFO):
         logger.info("done", elapsed_ms=_ms(started))
@@ -118,12 +136,29 @@ def execute(job_class: type[jobs.Job], payload: dict[str, Any]) -> Any:
 
 
 def failed(job_class: type[jobs.Job], payload: dict[str, Any], error: BaseException) -> Outcome:
-    """What a failure means: the class's discard_on/retry_on rules first, then its retry policy."""
-    decision, delay = callbacks.decide(job_class, error, payload)
+    """What a failure means: the class's discard_on/retry_on rules first, then its retry policy.
+
+    A rule that raises (a ``retry_on`` wait callable, say) is logged and the job's own retry
+    policy decides instead: the job still ends as failed and its thread goes on.
+    """
+    try:
+        decision, delay = callbacks.decide(job_class, error, payload)
+    except Exception:
+        logger.exception("retry_on/discard_on rules raised; the job's retry policy decides instead")
+        decision, delay = "default", 0.0
     if decision == "discard":
         return Outcome(failed=True)
-    return retry.failure(payload, error_name(error), str(error), delay=delay if decision == "retry" else None,
-                         error=error)
+    return retry.failure(payload, error_name(error), error_text(error),
+                         delay=delay if decision == "retry" else None, error=error)
+
+
+def unhandled(queue: str, raw: str, error: BaseException) -> Outcome:
+    """The outcome of a job whose handling raised in kiq itself (a payload built to break it:
+    nesting too deep to write back, numbers too large to schedule): the dead set, holding the
+    payload exactly as it came, so that nothing is lost and an operator can look at it.
+    Builds only strings, so it cannot fail the same way."""
+    return retry.dead(wrap_invalid(queue, raw, f"kiq could not handle this job: {describe(error)}",
+                                   error_class="kiq.UnhandledJobError"))
 
 
 def decode(raw: str) -> dict[str, Any]:
@@ -145,7 +180,8 @@ def decode(raw: str) -> dict[str, Any]:
     return payload
 
 
-def wrap_invalid(queue: str, raw: str, reason: str) -> dict[str, Any]:
+def wrap_invalid(queue: str, raw: str, reason: str,
+                 error_class: str = "kiq.InvalidPayloadError") -> dict[str, Any]:
     """A readable job hash that carries an unreadable payload into the dead set.
 
     Sidekiq's Web UI parses every dead entry, so the raw text travels as the
@@ -162,7 +198,7 @@ def wrap_invalid(queue: str, raw: str, reason: str) -> dict[str, Any]:
         "queue": queue,
         "retry": False,
         "created_at": now,
-        "error_class": "kiq.InvalidPayloadError",
+        "error_class": error_class,
         "error_message": reason,
         "failed_at": now,
         "retry_count": 0,
@@ -172,17 +208,35 @@ def wrap_invalid(queue: str, raw: str, reason: str) -> dict[str, Any]:
     return wrapped
 
 
-def _with_error(payload: dict[str, Any], error: Exception) -> dict[str, Any]:
-    payload.update(error_class="kiq.UnknownJobError", error_message=str(error), failed_at=time.time())
-    payload.setdefault("retry_count", 0)
-    return payload
-
-
 def error_name(error: BaseException) -> str:
     cls = type(error)
-    if cls.__module__ == "builtins":
+    module = cls.__module__ if isinstance(cls.__module__, str) else ""
+    if module in ("builtins", ""):
         return cls.__qualname__
-    return f"{cls.__module__}.{cls.__qualname__}"
+    return f"{module}.{cls.__qualname__}"
+
+
+def error_text(error: BaseException) -> str:
+    """``str(error)``, or a stand-in when the error's own ``__str__`` raises."""
+    try:
+        return str(error)
+    except Exception:
+        return f"<{error_name(error)} whose str() raised>"
+
+
+def describe(error: BaseException) -> str:
+    return f"{error_name(error)}: {error_text(error)}"
+
+
+def _fate(outcome: Outcome, payload: dict[str, Any]) -> dict[str, Any]:
+    """Log fields saying what becomes of a failed job: its attempt and, for a retry, when."""
+    fields: dict[str, Any] = {"then": outcome.action or ("discard" if outcome.failed else "drop")}
+    count = payload.get("retry_count")
+    if type(count) is int:
+        fields["attempt"] = count + 1
+    if outcome.action == "retry":
+        fields["retry_at"] = dt.datetime.fromtimestamp(outcome.score, dt.timezone.utc).isoformat()
+    return fields
 
 
 def _ms(started: float) -> float:

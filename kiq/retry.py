@@ -20,6 +20,8 @@ DEFAULT_MAX_RETRIES = 25
 DEAD_MAX_JOBS = 10_000
 DEAD_TIMEOUT = 180 * 24 * 3600
 MAX_MESSAGE = 10_000
+MAX_COUNT = 500  # a larger retry_count counts as this one (its backoff is some 2,000 years)
+MAX_DELAY = 100 * 365 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,11 @@ SUCCESS = Outcome(failed=False)
 
 
 def backoff(retry_count: int) -> float:
-    """Seconds before the next try: Sidekiq's ``count**4 + 15 + rand(10) * (count + 1)``."""
-    return retry_count**4 + 15 + random.randrange(10) * (retry_count + 1)
+    """Seconds before the next try: Sidekiq's ``count**4 + 15 + rand(10) * (count + 1)``.
+
+    The count is capped, so that a crafted ``retry_count`` cannot overflow the score."""
+    count = min(max(retry_count, 0), MAX_COUNT)
+    return float(count**4 + 15 + random.randrange(10) * (count + 1))
 
 
 def max_retries(retry: Any) -> int | None:
@@ -60,9 +65,12 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
     """Record a failure in ``job`` (mutated) and decide between retry, dead and drop.
 
     ``delay`` (from a ``retry_on`` rule) retries after that many seconds whatever the job's
-    ``retry`` limit says. ``error`` gives the backtrace a job's ``backtrace`` option asks for.
+    ``retry`` limit says; one that is not a number of seconds from now to a century falls back
+    to the backoff. ``error`` gives the backtrace a job's ``backtrace`` option asks for.
     """
     now = time.time() if now is None else now
+    if delay is not None and not 0 <= delay <= MAX_DELAY:  # also false for NaN
+        delay = None
     limit = max_retries(job.get("retry", True))
     if limit is None and delay is None:
         return Outcome(failed=True)
@@ -74,8 +82,9 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
     lines = job.get("backtrace")
     if error is not None and (lines is True or (type(lines) is int and lines > 0)):
         job["error_backtrace"] = compress_backtrace(error, None if lines is True else lines)
-    if isinstance(job.get("retry_count"), int):
-        job["retry_count"] += 1
+    previous = job.get("retry_count")
+    if type(previous) is int and previous >= 0:
+        job["retry_count"] = min(previous + 1, MAX_COUNT)
         job["retried_at"] = now
     else:
         job["failed_at"] = now

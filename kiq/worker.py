@@ -29,7 +29,7 @@ from kiq.config import Config
 from kiq.connection import Outage, connect
 from kiq.fetch import Fetcher, QueueOrder, Unit
 from kiq.keys import Keys
-from kiq.processor import prepare, run, timed_out
+from kiq.processor import describe, prepare, run, timed_out, unhandled
 from kiq.retry import Outcome
 from kiq.signals import SignalQueue
 
@@ -66,6 +66,7 @@ class Worker:
         self.jobs_done = 0
         self.asked: set[str] = set()
         self.running: dict[str, Running] = {}
+        self.dead_threads: list[str] = []  # processor threads that died, to replace
         self.lock = threading.Lock()
         self.beat_outage = Outage("heartbeat")
         self.beat_done = threading.Event()
@@ -89,7 +90,7 @@ class Worker:
             self.log.warning("stopped before taking any job")
             return 0
         os.write(self.control_fd, f"{os.getpid()} ready\n".encode())
-        threads = [self._start(f"processor-{n}", self._process) for n in range(self.fetcher.threads)]
+        self.threads = [self._start(f"processor-{n}", self._process) for n in range(self.fetcher.threads)]
         beat = self._start("heartbeat", self._beat)
         self.log.info("worker started", identity=self.identity, queues=self.config.queue_names,
                       concurrency=self.config.concurrency)
@@ -101,11 +102,12 @@ class Worker:
             for signum in signals.wait(1.0):
                 self._handle(signum)
             self._watch_timeouts()
+            self._replace_dead_threads()
             metrics.flush()
             if os.getppid() != self.parent:
                 self.log.warning("supervisor is gone, stopping")
                 self.stopping = True
-        self._shutdown(threads, beat)
+        self._shutdown(self.threads, beat)
         return self.exit_code
 
     def _start_event_loop(self) -> None:
@@ -156,32 +158,62 @@ class Worker:
     # -- processor threads ----------------------------------------------
 
     def _process(self) -> None:
+        """A processor thread: take jobs until the worker stops. Nothing a job, its hooks or
+        its payload raise ends the thread; a thread that dies anyway (a bug in kiq) is logged
+        and replaced by the main loop, as Sidekiq's manager replaces a dead processor."""
         tid = threading.current_thread().name
-        while True:
-            unit = self.fetcher.take()
-            if unit is None:
-                return
+        unit: Unit | None = None
+        try:
+            while True:
+                unit = self.fetcher.take()
+                if unit is None:
+                    return
+                finished = self._handle_unit(tid, unit)
+                unit = None
+                if not finished:
+                    return
+        except BaseException as error:
+            if unit is not None:
+                self.fetcher.done(unit, unhandled(unit.queue, unit.payload, error))
+            self.log.exception("processor thread died; starting another", thread=tid)
+            with self.lock:
+                self.dead_threads.append(tid)
+
+    def _handle_unit(self, tid: str, unit: Unit) -> bool:
+        """Run one job and acknowledge it, whatever happens; False if its timeout abandoned it."""
+        name, started = metrics.UNKNOWN_CLASS, time.perf_counter()
+        try:
             prepared = prepare(unit.queue, unit.payload)
             if isinstance(prepared, Outcome):
-                self._finish(unit, prepared, metrics.UNKNOWN_CLASS, 0.0)
-                continue
-            job_class, payload = prepared
-            with self.lock:
-                self.running[tid] = Running(unit, payload, job_class.timeout)
-            started = time.perf_counter()
-            outcome = run(job_class, payload, unit.queue)
-            with self.lock:
-                state = self.running.pop(tid)
-            if state.abandoned:
-                return  # the watchdog already failed this job; this thread is done for
-            self._finish(unit, outcome, job_class.job_name, time.perf_counter() - started)
+                outcome = prepared
+            else:
+                job_class, payload = prepared
+                name = job_class.job_name
+                with self.lock:
+                    self.running[tid] = Running(unit, payload, job_class.timeout)
+                started = time.perf_counter()
+                outcome = run(job_class, payload, unit.queue)
+        except BaseException as error:
+            outcome = unhandled(unit.queue, unit.payload, error)
+            self.log.error("kiq could not handle a job; it goes to the dead set as it came",
+                           queue=unit.queue, error=describe(error), exc_info=error)
+        with self.lock:
+            state = self.running.pop(tid, None)
+        if state is not None and state.abandoned:
+            return False  # the watchdog already failed this job; this thread is done for
+        self._finish(unit, outcome, name, time.perf_counter() - started)
+        return True
 
     def _finish(self, unit: Unit, outcome: Outcome, job_class: str, seconds: float) -> None:
+        """Acknowledge ``unit``; nothing after the acknowledgement raises into the thread."""
         self.fetcher.done(unit, outcome)
-        metrics.record(unit.queue, job_class, seconds, outcome.failed, outcome.action)
-        self.jobs_done += 1
-        if self.config.max_jobs and self.jobs_done >= self.config.max_jobs:
-            self._ask_replacement("max_jobs")
+        try:
+            metrics.record(unit.queue, job_class, seconds, outcome.failed, outcome.action)
+            self.jobs_done += 1
+            if self.config.max_jobs and self.jobs_done >= self.config.max_jobs:
+                self._ask_replacement("max_jobs")
+        except Exception:
+            self.log.exception("could not count a finished job")
 
     def _watch_timeouts(self) -> None:
         now = time.monotonic()
@@ -192,10 +224,19 @@ class Worker:
                 state.abandoned = True
         for state in late:
             assert state.timeout is not None
-            outcome = timed_out(state.payload, state.timeout)
+            try:
+                outcome = timed_out(state.payload, state.timeout)
+            except Exception as error:
+                outcome = unhandled(state.unit.queue, state.unit.payload, error)
             self.fetcher.abandon(state.unit, outcome)
             metrics.record(state.unit.queue, state.payload["class"], state.timeout, True, outcome.action)
             self._ask_replacement("timeout")
+
+    def _replace_dead_threads(self) -> None:
+        with self.lock:
+            dead, self.dead_threads = self.dead_threads, []
+        for name in dead:
+            self.threads.append(self._start(name, self._process))
 
     def _ask_replacement(self, reason: str) -> None:
         """Tell the supervisor once per reason; it starts a new worker, then stops this one."""

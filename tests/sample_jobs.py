@@ -9,6 +9,7 @@ import time
 import redis
 
 import kiq
+from kiq.callbacks import retry_on
 from kiq.connection import connect
 
 _conn: tuple[int, redis.Redis] | None = None
@@ -140,3 +141,64 @@ class TickJob(kiq.Job):
 
     def perform(self) -> None:
         conn().rpush("ticks", str(self.payload["periodic"]["tick"]))
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("this error cannot be printed")
+
+
+class UnprintableErrorJob(kiq.Job):
+    """Raises an error whose ``__str__`` raises too."""
+
+    def perform(self) -> None:
+        conn().rpush("attempts", "unprintable")
+        raise UnprintableError
+
+
+def _wait_that_raises(executions: int) -> float:
+    raise ZeroDivisionError("the retry_on wait callable broke")
+
+
+@retry_on(ValueError, wait=_wait_that_raises)
+class BadWaitJob(kiq.Job):
+    def perform(self) -> None:
+        conn().rpush("attempts", "badwait")
+        raise ValueError("retry me")
+
+
+@retry_on(ValueError, attempts=3)
+class CountedRetryJob(kiq.Job):
+    def perform(self) -> None:
+        conn().rpush("attempts", "counted")
+        raise ValueError("counted")
+
+
+class ThreadDeath(BaseException):
+    """Raised into a processor thread from outside, as a bug in kiq could end one."""
+
+
+class ThreadKillerJob(kiq.Job):
+    """Makes a processor thread of its worker die soon after the job ends: the one that is then
+    watching a queue for work (an idle worker always has one)."""
+
+    def perform(self) -> None:
+        import ctypes
+        import sys
+
+        def watching() -> int | None:
+            for ident, frame in sys._current_frames().items():
+                current: object = frame
+                while current is not None:
+                    if current.f_code.co_name == "_watch":  # type: ignore[attr-defined]
+                        return ident
+                    current = current.f_back  # type: ignore[attr-defined]
+            return None
+
+        def kill() -> None:
+            while (ident := watching()) is None:
+                time.sleep(0.01)
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(ThreadDeath))
+
+        threading.Thread(target=kill, daemon=True).start()
+        conn().rpush("results", "killer")

@@ -71,11 +71,11 @@ def test_a_rails_payload_runs_as_the_python_job_of_that_name():
     assert kwargs == {"at": at, "size": "l"}
 
 
-def test_an_unknown_wrapped_class_goes_to_dead_naming_it():
+def test_an_unknown_wrapped_class_is_retried_naming_it():
     payload = json.loads(json.dumps(RAILS_PAYLOAD))
     payload["args"][0]["job_class"] = "Nope::Job"
     outcome = prepare("default", json.dumps(payload))
-    assert isinstance(outcome, Outcome) and outcome.action == "dead"
+    assert isinstance(outcome, Outcome) and outcome.action == "retry"
     assert "Nope::Job" in json.loads(outcome.payload)["error_message"]
 
 

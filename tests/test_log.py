@@ -60,3 +60,61 @@ def test_the_per_job_lines_follow_the_level() -> None:
     assert events.count("start") == 2 and events.count("done") == 2
     events = [line["event"] for line in run_jobs("warning")]
     assert "start" not in events and "done" not in events and "from logging" in events
+
+
+FAILURES = textwrap.dedent("""
+    import sys, json, kiq
+    from kiq import log, processor
+    from kiq.client import build_payload
+
+    def inner(value):
+        raise ValueError(f"bad value {value}")
+
+    class BrokenJob(kiq.Job):
+        def perform(self, value):
+            inner(value)
+
+    class FineJob(kiq.Job):
+        def perform(self):
+            pass
+
+    log.setup("info", sys.argv[1])
+    jobs = [("FineJob", [], {}), ("BrokenJob", [7], {"retry_count": 2}), ("FineJob", [], {}),
+            ("Missing::Job", [1], {}), ("FineJob", [], {})]
+    for name, args, fields in jobs:
+        payload = build_payload(name, args)
+        payload.update(fields)
+        processor.process("default", json.dumps(payload))
+    processor.process("default", "not json")
+""")
+
+
+def run_failures(fmt: str) -> str:
+    done = subprocess.run([sys.executable, "-c", FAILURES, fmt], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=True)
+    return done.stderr
+
+
+def test_a_failed_job_logs_its_traceback_attempt_and_next_retry() -> None:
+    lines = [json.loads(line) for line in run_failures("json").splitlines() if line.startswith("{")]
+    [fail] = [line for line in lines if line["event"] == "fail"]
+    assert fail["class"] == "BrokenJob" and fail["error"] == "ValueError: bad value 7"
+    assert "Traceback (most recent call last)" in fail["exception"]
+    assert "in perform" in fail["exception"] and "in inner" in fail["exception"]
+    assert fail["attempt"] == 4 and fail["then"] == "retry"  # runs had no retry_count, then 0, 1 and 2
+    assert str(fail["retry_at"]).startswith("20") and str(fail["retry_at"]).endswith("+00:00")
+
+
+def test_lines_about_a_payload_that_cannot_run_name_it_not_the_previous_job() -> None:
+    lines = [json.loads(line) for line in run_failures("json").splitlines() if line.startswith("{")]
+    fine_jids = {line["jid"] for line in lines if line.get("class") == "FineJob"}
+    [unknown] = [line for line in lines if line["event"] == "unknown job class"]
+    assert unknown["class"] == "Missing::Job" and unknown["jid"] not in fine_jids
+    assert unknown["then"] == "retry" and unknown["attempt"] == 1
+    [invalid] = [line for line in lines if line["event"] == "invalid payload"]
+    assert "jid" not in invalid and "class" not in invalid and invalid["queue"] == "default"
+
+
+def test_the_console_format_shows_the_traceback_too() -> None:
+    output = run_failures("console")
+    assert "Traceback (most recent call last)" in output and "in inner" in output

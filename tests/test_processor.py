@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import threading
 import time
 from collections.abc import Iterator
 from decimal import Decimal
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 import kiq
+from kiq.callbacks import retry_on
 from kiq.client import build_payload
 from kiq.processor import INVALID_CLASS, process
 from kiq.retry import SUCCESS
@@ -228,16 +230,139 @@ def test_deeply_nested_json_is_invalid_not_a_crash():
     assert json.loads(outcome.payload)["class"] == "kiq.InvalidPayload"
 
 
-def test_unregistered_class_goes_to_dead_with_the_payload_intact(calls):
+def test_unregistered_class_is_retried_with_the_payload_intact(calls):
     text = raw("Ruby::OnlyInRailsJob", [1, {"a": [2]}], {"k": "v"}, custom_field=[1, {}])
+    before = time.time()
     outcome = process("default", text)
     assert calls == []
-    assert outcome.failed and outcome.action == "dead"
+    assert outcome.failed and outcome.action == "retry"
+    assert outcome.score >= before + 15  # Sidekiq's backoff, as for a job that raised NameError
     payload = json.loads(outcome.payload)
     assert payload["error_class"] == "kiq.UnknownJobError"
     assert "Ruby::OnlyInRailsJob" in payload["error_message"]
+    assert "require" in payload["error_message"]
     assert payload["retry_count"] == 0
-    assert payload["failed_at"] <= time.time()
     original = json.loads(text)
     assert {k: payload[k] for k in original} == original
     assert set(payload) - set(original) == {"error_class", "error_message", "failed_at", "retry_count"}
+
+
+def test_unregistered_class_goes_to_dead_after_its_retries(calls):
+    text = raw("Ruby::OnlyInRailsJob", [1], retry=2, retry_count=1)
+    outcome = process("default", text)
+    assert outcome.action == "dead"
+    assert json.loads(outcome.payload)["retry_count"] == 2
+
+
+# Failures that would break the failure handling itself
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no str for you")
+
+
+class ProcUnprintableJob(kiq.Job):
+    def perform(self) -> None:
+        raise UnprintableError
+
+
+class ProcBadModuleError(Exception):
+    pass
+
+
+ProcBadModuleError.__module__ = None  # type: ignore[assignment]
+
+
+class ProcBadModuleJob(kiq.Job):
+    def perform(self) -> None:
+        raise ProcBadModuleError("odd class")
+
+
+def _waits_badly(executions: int) -> float:
+    raise ZeroDivisionError("wait callable broke")
+
+
+@retry_on(ProcFailError, wait=_waits_badly)
+class ProcBadWaitJob(kiq.Job):
+    def perform(self) -> None:
+        raise ProcFailError("retry me")
+
+
+@retry_on(ProcFailError, wait=lambda n: float("nan"))
+class ProcNanWaitJob(kiq.Job):
+    def perform(self) -> None:
+        raise ProcFailError("nan wait")
+
+
+@retry_on(ProcFailError, attempts=3)
+class ProcCountedJob(kiq.Job):
+    def perform(self) -> None:
+        raise ProcFailError("counted")
+
+
+def test_error_whose_str_raises_still_fails_the_job_with_its_type_name():
+    outcome = process("default", raw("ProcUnprintableJob", []))
+    assert outcome.action == "retry"
+    payload = json.loads(outcome.payload)
+    assert payload["error_class"].endswith("UnprintableError")
+    assert "UnprintableError" in payload["error_message"] and "str() raised" in payload["error_message"]
+
+
+def test_error_class_without_a_module_string_is_named():
+    payload = json.loads(process("default", raw("ProcBadModuleJob", [])).payload)
+    assert payload["error_class"] == "ProcBadModuleError"
+
+
+def test_retry_on_wait_that_raises_falls_back_to_the_retry_policy():
+    before = time.time()
+    outcome = process("default", raw("ProcBadWaitJob", []))
+    assert outcome.action == "retry" and outcome.score >= before + 15
+    assert json.loads(outcome.payload)["error_message"] == "retry me"
+
+
+def test_retry_on_wait_that_is_not_a_number_of_seconds_falls_back_to_the_backoff():
+    before = time.time()
+    outcome = process("default", raw("ProcNanWaitJob", []))
+    assert outcome.action == "retry" and before + 15 <= outcome.score < before + 1000
+
+
+@pytest.mark.parametrize("counts", [{"[ProcFailError]": "x"}, {"[ProcFailError]": [1]},
+                                    {"[ProcFailError]": 1e400}, {"[ProcFailError]": -4}, "nonsense"])
+def test_crafted_exception_executions_count_as_a_first_failure(counts):
+    outcome = process("default", raw("ProcCountedJob", [], exception_executions=counts))
+    assert outcome.action == "retry"
+    assert json.loads(outcome.payload)["exception_executions"]["[ProcFailError]"] == 1
+
+
+@pytest.mark.parametrize("count", [10**80, -(10**80), 2**63])
+def test_crafted_retry_count_ends_in_the_dead_set_or_a_retry_not_an_overflow(count):
+    outcome = process("default", raw("ProcFailJob", ["x"], retry=10**90, retry_count=count))
+    assert outcome.action in ("retry", "dead")
+    assert outcome.score < time.time() + 10**11
+    json.loads(outcome.payload)
+
+
+def test_unknown_class_nested_too_deep_to_write_back_goes_to_dead_as_it_came():
+    """The deepest payload kiq can read, in a thread as fresh as a processor's, is too deep to
+    write back from the retry code further down the stack (RecursionError there)."""
+
+    def deepest_readable() -> tuple[str, Any]:
+        for depth in range(1000, 0, -1):
+            nested = "[" * depth + "]" * depth
+            text = '{"class": "Nope", "args": [' + nested + '], "jid": "0123456789abcdef01234567"}'
+            outcome = process("default", text)
+            if json.loads(outcome.payload)["error_class"] != "kiq.InvalidPayloadError":
+                return text, outcome
+        raise AssertionError("unreachable")
+
+    results: list[tuple[str, Any]] = []
+    thread = threading.Thread(target=lambda: results.append(deepest_readable()))
+    thread.start()
+    thread.join()
+    [(text, outcome)] = results
+    assert outcome.action == "dead"
+    wrapped = json.loads(outcome.payload)
+    assert wrapped["args"] == [text]
+    assert wrapped["error_class"] == "kiq.UnhandledJobError"
+    assert "RecursionError" in wrapped["error_message"]
