@@ -46,10 +46,12 @@ local i = 7
 local processed, failed, died = 0, 0, false
 for _ = 1, tonumber(ARGV[6]) do
   local queue, job, action = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  redis.call('LREM', wip .. queue, -1, job)
-  if action == 'retry' then
+  -- A job no longer in progress here was requeued (a stop, a sweep): filing it in retry
+  -- or dead as well would run it twice.
+  local held = redis.call('LREM', wip .. queue, -1, job) == 1
+  if held and action == 'retry' then
     redis.call('ZADD', prefix .. 'retry', ARGV[i + 4], ARGV[i + 3])
-  elseif action == 'dead' then
+  elseif held and action == 'dead' then
     redis.call('ZADD', prefix .. 'dead', ARGV[i + 4], ARGV[i + 3])
     died = true
   end
@@ -131,6 +133,11 @@ class QueueOrder:
         return random.choices(self._pool, k=count)
 
 
+def thread_count(concurrency: int, queues: int) -> int:
+    """Threads a worker runs to take jobs: one per job slot, and one per queue to watch."""
+    return concurrency + queues
+
+
 class Unit(NamedTuple):
     """One job taken from ``queue``, still in this worker's in-progress list.
 
@@ -188,8 +195,8 @@ class Fetcher:
 
     @property
     def threads(self) -> int:
-        """How many threads should call ``take``: one per job slot, and one per queue to watch."""
-        return self.concurrency + len(self.queues.names)
+        """How many threads should call ``take``."""
+        return thread_count(self.concurrency, len(self.queues.names))
 
     def take(self) -> Unit | None:
         """The next job to run, waiting for one; None once the worker stops fetching.

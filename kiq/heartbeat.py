@@ -72,7 +72,7 @@ class Heartbeat:
             pipe.unlink(work_key)
             if work:
                 pipe.hset(work_key, mapping=work)
-                pipe.pexpire(work_key, self.ttl_ms)
+                pipe.pexpire(work_key, 2 * self.ttl_ms)  # for a sweep after the process key expired
         pipe.sadd(self.keys.processes, self.identity)
         pipe.hset(
             key,

@@ -16,7 +16,6 @@ inherits a lock that another thread held.
 
 from __future__ import annotations
 
-import functools
 import os
 import signal
 import threading
@@ -276,7 +275,7 @@ class Master:
         if time.monotonic() < self.next_sweep:
             return
         self.next_sweep = time.monotonic() + self.config.heartbeat_interval
-        moved = self.sweep_outage.attempt(functools.partial(self.recovery.sweep, self.config.concurrency))
+        moved = self.sweep_outage.attempt(self.recovery.sweep)
         if moved:
             self.log.warning("requeued jobs of processes whose heartbeat expired", jobs=moved)
 

@@ -5,11 +5,14 @@ registers that list in the ``kiq:wip`` set, so whoever outlives it can find its
 jobs without reading the payloads. Requeued jobs go to the front of their
 queue, oldest first, because they were taken first.
 
-A job found in the in-progress list of a worker that died is counted in
-``kiq:recoveries:JID`` (kept a day). One that has been there when its worker
-died ``POISON_LIMIT`` times is a poison pill: it goes to ``kiq:poison`` instead
-of its queue, and ``bury_poison`` moves it to the dead set with the reason, so
-it stops killing workers.
+A job that was running when its worker died is counted in ``kiq:recoveries:JID``
+(kept a day); jobs the worker had only prefetched, or had finished without
+acknowledging yet, are not. Which jobs were running comes from the worker's ledger
+(kiq.ledger) when its supervisor reaps it, and from its last heartbeat's running jobs
+(``IDENTITY:work``, kept twice the heartbeat TTL for this) when another master sweeps
+a vanished host. A job counted ``POISON_LIMIT`` times is a poison pill: it goes to
+``kiq:poison`` instead of its queue, and ``bury_poison`` moves it to the dead set with
+the reason, so it stops killing workers.
 
 Each script runs atomically in Redis, so masters sweeping at the same time
 never requeue a job twice.
@@ -31,23 +34,23 @@ from kiq.processor import InvalidPayloadError, decode, wrap_invalid
 from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT
 
 POISON_LIMIT = 3
-UNKNOWN = 1_000_000  # no concurrency known: every job of a dead worker counts
 RECOVERY_MEMORY = 24 * 3600
 
-# requeue(prefix, member, running): move one in-progress list back to its queue,
-# counting a recovery for its ``running`` oldest jobs (see Recovery.requeue_all).
+# requeue(prefix, member, running): move one in-progress list back to its queue. ``running``
+# maps SHA-1 digests of the payloads the process was running when it died to how many times;
+# only those jobs count a recovery towards the poison-pill limit (see Recovery.requeue_all).
 _REQUEUE_LIST = """
 local function requeue(prefix, member, running)
   local queue = string.sub(member, string.find(member, '|', 1, true) + 1)
   local src = prefix .. 'kiq:wip:' .. member
   local dst = prefix .. 'queue:' .. queue
   local moved = 0
-  local newer = redis.call('LLEN', src) - running
   local job = redis.call('LPOP', src)
   while job do
     local poisoned = false
-    newer = newer - 1
-    if newer < 0 then
+    local digest = next(running) and redis.sha1hex(job)
+    if digest and (running[digest] or 0) > 0 then
+      running[digest] = running[digest] - 1
       local ok, decoded = pcall(cjson.decode, job)
       if ok and type(decoded) == 'table' and type(decoded['jid']) == 'string' then
         local key = prefix .. 'kiq:recoveries:' .. decoded['jid']
@@ -69,36 +72,59 @@ local function requeue(prefix, member, running)
 end
 """.replace("__LIMIT__", str(POISON_LIMIT)).replace("__MEMORY__", str(RECOVERY_MEMORY))
 
-# ARGV: prefix, identity, "1" to count recoveries (a crash) or "0" (a stop).
-# Requeues all of the identity's lists and forgets the process.
-# Returns queue, count, queue, count, ...
+# ARGV: prefix, identity, how many queue names follow, the queue names, then the digests of
+# the jobs it was running. Requeues the identity's lists of those queues and any other the
+# registry names, and forgets the process. Returns queue, count, queue, count, ...
 REQUEUE_ALL = _REQUEUE_LIST + """
-local prefix, identity, running = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local prefix, identity, named = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local mark = identity .. '|'
-local moved = {}
+local members, running = {}, {}
+for i = 4, 3 + named do members[mark .. ARGV[i]] = true end
+for i = 4 + named, #ARGV do running[ARGV[i]] = (running[ARGV[i]] or 0) + 1 end
 for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do
-  if string.sub(member, 1, #mark) == mark then
-    moved[#moved + 1] = string.sub(member, #mark + 1)
-    moved[#moved + 1] = requeue(prefix, member, running)
-  end
+  if string.sub(member, 1, #mark) == mark then members[member] = true end
+end
+local moved = {}
+for member in pairs(members) do
+  moved[#moved + 1] = string.sub(member, #mark + 1)
+  moved[#moved + 1] = requeue(prefix, member, running)
 end
 redis.call('SREM', prefix .. 'processes', identity)
 redis.call('DEL', prefix .. identity, prefix .. identity .. ':work', prefix .. identity .. ':workers')
 return moved
 """
 
-# ARGV: prefix. Requeues the lists of every identity whose heartbeat expired
-# (a vanished host) and drops such identities from ``processes``.
+# ARGV: prefix, seconds to keep a tombstone. Requeues the lists of every identity whose
+# heartbeat expired (a vanished host), counting towards poison the jobs its last heartbeat
+# listed as running, drops such identities from ``processes``, and leaves a tombstone
+# (``kiq:swept:IDENTITY``) for a worker that was only paused to find when it comes back.
 # Returns queue, count, queue, count, ...
 SWEEP = _REQUEUE_LIST + """
-local prefix, running = ARGV[1], tonumber(ARGV[2])
-local moved = {}
+local prefix, memory = ARGV[1], ARGV[2]
+local function running_of(identity)
+  local running = {}
+  for _, entry in ipairs(redis.call('HVALS', prefix .. identity .. ':work')) do
+    local ok, work = pcall(cjson.decode, entry)
+    if ok and type(work) == 'table' and type(work['payload']) == 'string' then
+      local digest = redis.sha1hex(work['payload'])
+      running[digest] = (running[digest] or 0) + 1
+    end
+  end
+  return running
+end
+local moved, swept = {}, {}
 for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do
   local bar = string.find(member, '|', 1, true)
-  if redis.call('EXISTS', prefix .. string.sub(member, 1, bar - 1)) == 0 then
+  local identity = string.sub(member, 1, bar - 1)
+  if redis.call('EXISTS', prefix .. identity) == 0 then
+    swept[identity] = swept[identity] or running_of(identity)
     moved[#moved + 1] = string.sub(member, bar + 1)
-    moved[#moved + 1] = requeue(prefix, member, running)
+    moved[#moved + 1] = requeue(prefix, member, swept[identity])
   end
+end
+for identity in pairs(swept) do
+  redis.call('DEL', prefix .. identity .. ':work', prefix .. identity .. ':workers')
+  redis.call('SET', prefix .. 'kiq:swept:' .. identity, '1', 'EX', memory)
 end
 for _, identity in ipairs(redis.call('SMEMBERS', prefix .. 'processes')) do
   if redis.call('EXISTS', prefix .. identity) == 0 then
@@ -175,23 +201,26 @@ class Recovery:
         self._requeue_strays = conn.register_script(REQUEUE_STRAYS)
         self._bury = conn.register_script(BURY)
 
-    def requeue_all(self, identity: str, crashed: bool = True, running: int = UNKNOWN) -> int:
-        """Requeue everything ``identity`` held and remove it from ``processes``.
+    def requeue_all(self, identity: str, queues: Sequence[str] = (), running: Sequence[str] = (),
+                    crashed: bool = True) -> int:
+        """Requeue everything ``identity`` held (its lists of ``queues``, and any other the
+        registry names) and remove it from ``processes``.
 
-        A crash counts a recovery towards the poison-pill limit for the jobs that may have
-        been running: the ``running`` oldest of each in-progress list (the worker's
-        concurrency), since a worker takes jobs in order and the newer ones were only
-        prefetched. A worker requeueing its own unfinished jobs at a stop counts none.
+        ``running`` holds the SHA-1 digests of the payloads the process was running when it
+        died (kiq.ledger): only those jobs count a recovery towards the poison-pill limit,
+        never jobs it had only prefetched or had finished without acknowledging yet. A
+        worker requeueing its own unfinished jobs at a stop passes none, and ``crashed=False``
+        keeps them out of the recovered metric.
         """
-        counts = self._requeue_all(args=[self.keys.prefix, identity, running if crashed else 0])
+        counts = self._requeue_all(args=[self.keys.prefix, identity, len(queues), *queues, *running])
         if not crashed:
             return _total(counts, None)
         self.bury_poison()
         return _total(counts, "crash")
 
-    def sweep(self, running: int = UNKNOWN) -> int:
+    def sweep(self) -> int:
         """Requeue the jobs of every process whose heartbeat expired; returns how many."""
-        counts = self._sweep(args=[self.keys.prefix, running])
+        counts = self._sweep(args=[self.keys.prefix, RECOVERY_MEMORY])
         self.bury_poison()
         return _total(counts, "host_lost")
 

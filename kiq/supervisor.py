@@ -37,8 +37,10 @@ import setproctitle
 from kiq import heartbeat, log, metrics
 from kiq.config import Config, ConfigError
 from kiq.connection import Outage, connect
+from kiq.fetch import thread_count
 from kiq.job import registered
 from kiq.keys import Keys
+from kiq.ledger import Ledger
 from kiq.periodic import Periodic, check_jobs, declared, merge
 from kiq.recovery import Recovery
 from kiq.signals import SignalQueue, kill
@@ -70,6 +72,7 @@ class Slot:
     boot_failures: int = 0  # deaths in a row before the worker said it was ready
     ready: bool = False
     spawn_at: float = 0.0
+    ledger: Ledger | None = None  # the running worker's (kiq.ledger)
 
 
 @dataclass
@@ -79,6 +82,7 @@ class Retiring:
     pid: int
     identity: str
     reason: str
+    ledger: Ledger | None
 
 
 class Supervisor:
@@ -91,7 +95,7 @@ class Supervisor:
         self.retiring: dict[int, Retiring] = {}
         self.stopping = False
         self.quiet = False
-        self.unrecovered: list[str] = []
+        self.unrecovered: list[tuple[str, list[str]]] = []  # dead identities, with their running jobs
         self.next_memory_check = 0.0
         self.outage = Outage("requeue of dead workers' jobs")
         self.log = log.get("kiq.supervisor").bind(generation=generation)
@@ -171,21 +175,23 @@ class Supervisor:
     def _spawn(self, slot: Slot) -> None:
         nonce = secrets.token_hex(6)
         parent = os.getpid()
+        ledger = Ledger(thread_count(self.config.concurrency, len(self.config.queues)))
         pid = os.fork()
         if pid == 0:
-            self._become_worker(slot.index, nonce, parent)
+            self._become_worker(slot.index, nonce, parent, ledger)
         slot.pid, slot.identity, slot.started = pid, heartbeat.identity(pid, nonce), time.monotonic()
+        slot.ledger = ledger
         slot.ready = False
         self.log.info("worker spawned", worker=slot.index, pid=pid)
 
-    def _become_worker(self, index: int, nonce: str, parent: int) -> None:
+    def _become_worker(self, index: int, nonce: str, parent: int, ledger: Ledger) -> None:
         """In the child: never return into the supervisor's code."""
         code = 1
         try:
             self.signals.close()
             os.close(self.control_read)
             ident = heartbeat.identity(os.getpid(), nonce)
-            code = Worker(self.config, index, ident, parent, self.control_write).run()
+            code = Worker(self.config, index, ident, parent, self.control_write, ledger).run()
         except BaseException:
             self.log.error("worker crashed", worker=index, error=traceback.format_exc())
         finally:
@@ -193,7 +199,7 @@ class Supervisor:
 
     def _retire(self, slot: Slot, reason: str) -> None:
         """Tell the slot's worker to finish its jobs and exit; the slot is free again."""
-        self.retiring[slot.pid] = Retiring(slot.pid, slot.identity, reason)
+        self.retiring[slot.pid] = Retiring(slot.pid, slot.identity, reason, slot.ledger)
         kill(slot.pid, signal.SIGTERM)
         slot.pid, slot.spawn_at = 0, 0.0
 
@@ -208,7 +214,7 @@ class Supervisor:
         self.log.info("replacing worker", worker=slot.index, pid=pid, reason=reason)
         if reason in metrics.RESTART_REASONS:
             metrics.restarts.labels(reason).inc()
-        old = Slot(slot.index, slot.pid, slot.identity)
+        old = Slot(slot.index, slot.pid, slot.identity, ledger=slot.ledger)
         self._spawn(slot)
         self._retire(old, reason)
 
@@ -251,13 +257,14 @@ class Supervisor:
         metrics.mark_dead(pid)
         retired = self.retiring.pop(pid, None)
         if retired is not None:
-            self.unrecovered.append(retired.identity)
+            self.unrecovered.append((retired.identity, _running(retired.ledger)))
             self.log.info("worker retired", pid=pid, reason=retired.reason, status=describe(status))
             return
         slot = next((s for s in self.slots if s.pid == pid), None)
         if slot is None:
             return
-        self.unrecovered.append(slot.identity)
+        self.unrecovered.append((slot.identity, _running(slot.ledger)))
+        slot.ledger = None
         lived = time.monotonic() - slot.started
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_REMOTE_STOP:
             self.log.info("worker stopped on request", worker=slot.index, pid=pid)
@@ -279,9 +286,9 @@ class Supervisor:
     def _recover_pending(self) -> None:
         """Requeue the jobs of dead workers; identities stay pending while Redis is down."""
         while self.unrecovered:
-            ident = self.unrecovered[0]
+            ident, running = self.unrecovered[0]
             moved = self.outage.attempt(
-                functools.partial(self.recovery.requeue_all, ident, running=self.config.concurrency))
+                functools.partial(self.recovery.requeue_all, ident, self.config.queue_names, running))
             if moved is None:
                 return
             self.unrecovered.pop(0)
@@ -335,6 +342,15 @@ def load_app(modules: list[str]) -> None:
             importlib.import_module(name)
         except Exception as error:
             raise AppLoadError(f"cannot load {name!r}: {type(error).__name__}: {error}") from error
+
+
+def _running(ledger: Ledger | None) -> list[str]:
+    """What a worker that exited was running, as its ledger says; the ledger is done with."""
+    if ledger is None:
+        return []
+    running = ledger.running()
+    ledger.close()
+    return running
 
 
 def describe(status: int) -> str:

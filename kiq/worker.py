@@ -15,6 +15,7 @@ asks its supervisor to replace it. It asks the same after ``max_jobs`` jobs.
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import signal
 import threading
@@ -22,6 +23,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+import redis
 import setproctitle
 
 from kiq import heartbeat, job, log, metrics
@@ -29,6 +31,7 @@ from kiq.config import Config
 from kiq.connection import Outage, connect
 from kiq.fetch import Fetcher, QueueOrder, Unit
 from kiq.keys import Keys
+from kiq.ledger import Ledger
 from kiq.processor import describe, prepare, run, timed_out, unhandled
 from kiq.retry import Outcome
 from kiq.signals import SignalQueue
@@ -36,6 +39,7 @@ from kiq.signals import SignalQueue
 WORKER_SIGNALS = (signal.SIGTERM, signal.SIGTSTP, signal.SIGUSR1)
 EXIT_REMOTE_STOP = 10  # stopped through the signals list: the supervisor does not replace it
 REMOTE_SIGNALS = {"TERM": signal.SIGTERM, "TSTP": signal.SIGTSTP, "TTIN": signal.SIGUSR1}
+FINAL_REQUEUE_PATIENCE = 3.0  # seconds past the stop timeout; the supervisor waits 5 before SIGKILL
 
 
 class Running:
@@ -53,8 +57,10 @@ class Running:
 
 
 class Worker:
-    def __init__(self, config: Config, index: int, ident: str, parent: int, control_fd: int) -> None:
+    def __init__(self, config: Config, index: int, ident: str, parent: int, control_fd: int,
+                 ledger: Ledger) -> None:
         self.config = config
+        self.ledger = ledger
         self.index = index
         self.identity = ident
         self.keys = Keys(config.namespace)
@@ -66,7 +72,7 @@ class Worker:
         self.jobs_done = 0
         self.asked: set[str] = set()
         self.running: dict[str, Running] = {}
-        self.dead_threads: list[str] = []  # processor threads that died, to replace
+        self.dead_threads: list[int] = []  # slots of processor threads that died, to replace
         self.lock = threading.Lock()
         self.beat_outage = Outage("heartbeat")
         self.beat_done = threading.Event()
@@ -90,7 +96,7 @@ class Worker:
             self.log.warning("stopped before taking any job")
             return 0
         os.write(self.control_fd, f"{os.getpid()} ready\n".encode())
-        self.threads = [self._start(f"processor-{n}", self._process) for n in range(self.fetcher.threads)]
+        self.threads = [self._start_processor(n) for n in range(self.fetcher.threads)]
         beat = self._start("heartbeat", self._beat)
         self.log.info("worker started", identity=self.identity, queues=self.config.queue_names,
                       concurrency=self.config.concurrency)
@@ -150,14 +156,34 @@ class Worker:
         self.beat_done.set()
         beat.join(self.config.heartbeat_interval + 1)
         metrics.flush()
-        moved = self.fetcher.recovery.requeue_all(self.identity, crashed=False)
+        moved = self._requeue_unfinished(max(deadline, time.monotonic()) + FINAL_REQUEUE_PATIENCE)
         if moved:
             self.log.warning("timeout: requeued unfinished jobs", jobs=moved)
+        self.ledger.stopped()
         self.log.info("worker stopped")
+
+    def _requeue_unfinished(self, deadline: float) -> int:
+        """Give back what is still in progress, trying again through a Redis error until
+        ``deadline``; after that the supervisor requeues it when it reaps this worker. Either
+        way the stop is no crash: the ledger says so, and nothing counts towards poison."""
+        outage, pause = Outage("requeue at stop"), 0.0
+        while True:
+            try:
+                queues = self.config.queue_names
+                return self.fetcher.recovery.requeue_all(self.identity, queues, crashed=False)
+            except redis.RedisError as error:
+                if time.monotonic() + pause >= deadline:
+                    self.log.error("could not requeue unfinished jobs; the supervisor will", error=str(error))
+                    return 0
+                pause = outage.failed(error, pause)
+                time.sleep(pause)
 
     # -- processor threads ----------------------------------------------
 
-    def _process(self) -> None:
+    def _start_processor(self, slot: int) -> threading.Thread:
+        return self._start(f"processor-{slot}", functools.partial(self._process, slot))
+
+    def _process(self, slot: int) -> None:
         """A processor thread: take jobs until the worker stops. Nothing a job, its hooks or
         its payload raise ends the thread; a thread that dies anyway (a bug in kiq) is logged
         and replaced by the main loop, as Sidekiq's manager replaces a dead processor."""
@@ -168,7 +194,9 @@ class Worker:
                 unit = self.fetcher.take()
                 if unit is None:
                     return
+                self.ledger.start(slot, unit.payload)
                 finished = self._handle_unit(tid, unit)
+                self.ledger.finish(slot)
                 unit = None
                 if not finished:
                     return
@@ -176,8 +204,9 @@ class Worker:
             if unit is not None:
                 self.fetcher.done(unit, unhandled(unit.queue, unit.payload, error))
             self.log.exception("processor thread died; starting another", thread=tid)
+            self.ledger.finish(slot)
             with self.lock:
-                self.dead_threads.append(tid)
+                self.dead_threads.append(slot)
 
     def _handle_unit(self, tid: str, unit: Unit) -> bool:
         """Run one job and acknowledge it, whatever happens; False if its timeout abandoned it."""
@@ -235,8 +264,8 @@ class Worker:
     def _replace_dead_threads(self) -> None:
         with self.lock:
             dead, self.dead_threads = self.dead_threads, []
-        for name in dead:
-            self.threads.append(self._start(name, self._process))
+        for slot in dead:
+            self.threads.append(self._start_processor(slot))
 
     def _ask_replacement(self, reason: str) -> None:
         """Tell the supervisor once per reason; it starts a new worker, then stops this one."""

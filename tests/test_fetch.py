@@ -520,3 +520,18 @@ def test_worker_swept_while_alive_keeps_its_later_jobs_recoverable(redis_server,
     # alive and would take the job straight back, so count what moved instead of reading the queue.)
     assert r.sismember("kiq:wip", f"{IDENT}|default")
     assert recovery.requeue_all(IDENT) == 1
+
+
+def test_an_acknowledgement_after_the_job_was_requeued_files_no_retry(redis_server, r, make_fetcher):
+    """The job went back to its queue (a worker's final requeue at stop, or a sweep) before its
+    acknowledgement arrived: filing it in retry as well would run it twice."""
+    push(r, "default", "j0")
+    fetcher = make_fetcher()
+    unit = take(fetcher)
+    Recovery(connect(redis_server.url), Keys()).requeue_all(IDENT, ["default"], crashed=False)
+    fetcher.done(unit, Outcome(True, "retry", "retried-j0", 1_900_000_000.0))
+    fetcher.done(unit, Outcome(True, "dead", "dead-j0", 1_900_000_000.0))
+    fetcher.close()
+    assert r.zcard("retry") == 0 and r.zcard("dead") == 0
+    assert consume(r, "default") == ["j0"]
+    assert r.get("stat:failed") == "2"  # it did run, and fail

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -211,13 +212,18 @@ def test_sweep_in_a_namespace(r, conn):
 # Poison pills
 
 
+def digest(payload: str) -> str:
+    return hashlib.sha1(payload.encode()).hexdigest()
+
+
 def crash_with(r, conn, times: int) -> None:
-    """Take the queue's next job into DEAD's in-progress list and have DEAD die, ``times`` times."""
+    """Take the queue's next job into DEAD's in-progress list and have DEAD die running it,
+    ``times`` times."""
     for _ in range(times):
         if r.llen("queue:default") == 0:
             return
-        take(r, DEAD, "default", 1)
-        Recovery(conn, Keys()).requeue_all(DEAD)
+        [running] = take(r, DEAD, "default", 1)
+        Recovery(conn, Keys()).requeue_all(DEAD, ["default"], [digest(running)])
 
 
 def test_job_that_killed_its_worker_three_times_goes_to_dead(r, conn):
@@ -240,19 +246,53 @@ def test_stopping_worker_does_not_count_towards_poison(r, conn):
     push(r, "default", payload)
     for _ in range(5):
         take(r, DEAD, "default", 1)
-        Recovery(conn, Keys()).requeue_all(DEAD, crashed=False)
+        Recovery(conn, Keys()).requeue_all(DEAD, ["default"], crashed=False)
     assert consume(r, "default") == [payload]
     assert r.zcard("dead") == 0
 
 
-def test_sweeps_count_towards_poison_too(r, conn):
-    payload = job("w" * 24)
-    push(r, "default", payload)
+def test_sweeps_count_the_jobs_the_last_heartbeat_listed_as_running(r, conn):
+    payload, prefetched = job("w" * 24), job("v" * 24)
+    push(r, "default", payload, prefetched)
     for _ in range(3):
-        take(r, DEAD, "default", 1)
+        take(r, DEAD, "default", 2)
+        r.hset(f"{DEAD}:work", "t1", json.dumps({"queue": "default", "payload": payload, "run_at": 0}))
         Recovery(conn, Keys()).sweep()
-    assert r.llen("queue:default") == 0
+        assert not r.exists(f"{DEAD}:work")
+    assert consume(r, "default") == [prefetched]
     assert json.loads(r.zrange("dead", 0, -1)[0])["error_class"] == "kiq.PoisonPill"
+    assert r.get(f"kiq:recoveries:{'v' * 24}") is None
+
+
+def test_a_sweep_leaves_a_tombstone_for_the_swept_identity(r, conn):
+    push(r, "default", "a")
+    take(r, DEAD, "default", 1)
+    Recovery(conn, Keys()).sweep()
+    assert r.get(f"kiq:swept:{DEAD}") == "1"
+    assert 0 < r.ttl(f"kiq:swept:{DEAD}") <= 24 * 3600
+
+
+def test_only_the_jobs_running_at_the_crash_count_towards_poison(r, conn):
+    """Prefetched jobs, and jobs finished but not yet acknowledged, are innocent; the same
+    payload twice counts as often as it was running."""
+    jobs = [job(f"{n:024d}") for n in range(5)]
+    push(r, "default", *jobs)
+    take(r, DEAD, "default", 5)
+    running = [digest(jobs[1]), digest(jobs[3]), digest(jobs[3]), "0" * 40]
+    assert Recovery(conn, Keys()).requeue_all(DEAD, ["default"], running) == 5
+    counted = [r.get(f"kiq:recoveries:{n:024d}") for n in range(5)]
+    assert counted == [None, "1", None, "1", None]
+    assert consume(r, "default") == jobs  # all back, oldest first
+
+
+def test_requeue_all_finds_the_lists_of_named_queues_that_the_registry_lost(r, conn):
+    push(r, "default", "a")
+    push(r, "low", "b")
+    take(r, DEAD, "default", 1)
+    take(r, DEAD, "low", 1)
+    r.delete("kiq:wip")  # a sweep of a live worker, which died before its next beat
+    assert Recovery(conn, Keys()).requeue_all(DEAD, ["default", "low"]) == 2
+    assert consume(r, "default") == ["a"] and consume(r, "low") == ["b"]
 
 
 # Strays after a lost reply
@@ -264,15 +304,3 @@ def test_requeue_strays_gives_back_what_the_worker_does_not_hold(r, conn):
     assert Recovery(conn, Keys()).requeue_strays(DEAD, ["b", "d"]) == 2
     assert consume(r, "default") == ["a", "c"]
     assert sorted(r.lrange(f"kiq:wip:{DEAD}|default", 0, -1)) == ["b", "d"]
-
-
-def test_only_jobs_that_may_have_been_running_count_towards_poison(r, conn):
-    """A worker takes jobs in order: the oldest ``running`` of its list were running, the rest
-    only prefetched; a crash must not bring innocent prefetched jobs nearer the dead set."""
-    jobs = [job(f"{n:024d}") for n in range(5)]
-    push(r, "default", *jobs)
-    take(r, DEAD, "default", 5)
-    assert Recovery(conn, Keys()).requeue_all(DEAD, running=2) == 5
-    counted = {json.loads(j)["jid"]: r.get(f"kiq:recoveries:{json.loads(j)['jid']}") for j in jobs}
-    assert [counted[f"{n:024d}"] for n in range(5)] == ["1", "1", None, None, None]
-    assert consume(r, "default") == jobs  # all back, oldest first

@@ -56,6 +56,28 @@ def test_job_that_kills_its_worker_three_times_goes_to_dead(start_kiq, client, r
     assert kiq.process.poll() is None
 
 
+def test_a_crash_charges_towards_poison_only_the_jobs_that_were_running(start_kiq, client, r):
+    """Both slots run slow jobs from ``critical``; quick jobs from ``default`` wait in the
+    worker's buffer. A SIGKILL charges the two slow jobs, never the waiting ones, although
+    they are the oldest of their own in-progress list."""
+    import sample_jobs
+
+    kiq = start_kiq(processes=1, concurrency=2, queues=["critical", "default"])
+    [worker] = kiq.wait_workers(1)
+    slow = [sample_jobs.SlowJob.set(queue="critical").perform_later(f"s{n}", 30).jid for n in range(2)]
+    wait_for(lambda: r.llen("started") == 2)
+    quick = [sample_jobs.RecordJob.perform_later(f"q{n}").jid for n in range(6)]
+    wait_for(lambda: r.llen(f"kiq:wip:{identity_of(r, worker)}|default") == 6)
+    os.kill(worker, signal.SIGKILL)
+    # One script requeues both lists: once the slow jobs are counted, so would the others be.
+    wait_for(lambda: [r.get(f"kiq:recoveries:{jid}") for jid in slow] == ["1", "1"])
+    assert [r.get(f"kiq:recoveries:{jid}") for jid in quick] == [None] * 6
+
+
+def identity_of(r, pid: int) -> str:
+    return wait_for(lambda: next((p for p in r.smembers("processes") if f":{pid}:" in p), None))
+
+
 def test_redis_restart_under_load_loses_nothing(start_kiq, redis_server, r):
     redis_server.stop()
     redis_server.start("--appendonly", "yes", "--appendfsync", "always")
