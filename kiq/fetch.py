@@ -31,20 +31,26 @@ import redis
 
 from kiq import log
 from kiq.connection import Outage, connect, server_version, wire
+from kiq.heartbeat import Lapsed
 from kiq.keys import Keys, day
+from kiq.lease import Lease, Reclaimer
 from kiq.recovery import Recovery
 from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT, Outcome
 
-# ARGV: prefix, identity, now, day, dead cutoff, number of acks, then per ack
-# (queue, payload, action, new payload, score, failed), then how many jobs to
-# take, how many per-job queue picks follow, the picks, and the order in which
-# to try every queue when a pick is empty. Returns queue, payload, queue, ...
+# ARGV: prefix, identity, now, day, dead cutoff, heartbeat TTL in ms, number of
+# acks, then per ack (queue, payload, action, new payload, score, failed), then how
+# many jobs to take, how many per-job queue picks follow, the picks, and the order
+# in which to try every queue when a pick is empty. Returns {0} and does nothing if
+# the worker's IDENTITY key has expired (kiq.lease), else 1, queue, payload, queue, ...
+# Extending the key's TTL comes first: Redis accepts it even at maxmemory, and then
+# the rest of the script.
 ACK_AND_FETCH = """
 local prefix, identity, now, today, cutoff = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+if redis.call('PEXPIRE', prefix .. identity, ARGV[6]) == 0 then return {0} end
 local wip = prefix .. 'kiq:wip:' .. identity .. '|'
-local i = 7
+local i = 8
 local processed, failed, died = 0, 0, false
-for _ = 1, tonumber(ARGV[6]) do
+for _ = 1, tonumber(ARGV[7]) do
   local queue, job, action = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   -- A job no longer in progress here was requeued (a stop, a sweep): filing it in retry
   -- or dead as well would run it twice.
@@ -76,7 +82,7 @@ if died then
 end
 local want, picks = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
 local first, order = i + 2, i + 2 + picks
-local out, empty, touched = {}, {}, {}
+local out, empty, touched = {1}, {}, {}
 local function take(queue)
   if empty[queue] then return nil end
   local job = redis.call('RPOPLPUSH', prefix .. 'queue:' .. queue, wip .. queue)
@@ -108,6 +114,7 @@ PREFETCH_MAX = 10  # times the floor
 PREFETCH_WORK = 0.1  # seconds of work a worker may hold beyond its running jobs
 RATE_WINDOW = 0.1  # seconds over which the job rate that sizes the prefetch is counted
 ACK_MAX_AGE = 0.03
+LEASE_WAIT = 0.05  # how often a thread waiting for the lease to be renewed looks again
 
 
 class QueueOrder:
@@ -158,7 +165,11 @@ class Fetcher:
         identity: str,
         queues: QueueOrder,
         concurrency: int,
+        ttl: float = 60.0,
+        info: str = "{}",
     ) -> None:
+        """``ttl`` is the heartbeat TTL that each round trip extends, ``info`` the heartbeat's
+        info field, for a worker that must recreate its entry (kiq.lease)."""
         self.redis_url = redis_url
         self.keys = keys
         self.identity = identity
@@ -170,6 +181,10 @@ class Fetcher:
         self._window_acks = 0
         self.conn = connect(redis_url, name=f"kiq-fetch-{identity}")
         self.recovery = Recovery(self.conn, keys)
+        self.ttl_ms = int(ttl * 1000)
+        self.lease = Lease(ttl)
+        self._reclaimer = Reclaimer(self.conn, keys, identity, ttl, queues.names, info)
+        self._lapsed = False
         self._script = self.conn.register_script(ACK_AND_FETCH)
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
@@ -220,10 +235,13 @@ class Fetcher:
     def _wait_for_work(self) -> str | None:
         """Wait until a buffered job may start or the worker stops fetching (None), or a queue
         needs a watcher (its name, now this thread's to watch). Called with the lock held."""
-        while not (self._buffer and self._running < self.concurrency) and self._fetching:
-            if self._idle and self._unwatched:
+        while self._fetching:
+            startable = self._buffer and self._running < self.concurrency
+            if startable and self.lease.valid():
+                return None
+            if self._idle and self._unwatched and not startable:
                 return self._unwatched.pop()
-            self._work_ready.wait()
+            self._work_ready.wait(LEASE_WAIT if startable else None)  # a job waits for the lease
         return None
 
     def done(self, unit: Unit, outcome: Outcome) -> None:
@@ -299,11 +317,26 @@ class Fetcher:
     def busy(self) -> int:
         return self._running
 
+    def renewed(self, sent_at: float) -> None:
+        """Redis found this worker's entry alive in a call sent at ``sent_at`` (monotonic)."""
+        with self._lock:
+            if self.lease.renew(sent_at):
+                self._work_ready.notify_all()
+
+    def lapsed(self) -> None:
+        """This worker's entry had expired: start nothing until the fetcher has reclaimed it."""
+        with self._lock:
+            self._lapsed = True
+            self.lease.end()
+            self._wake.notify()
+
     # -- fetcher thread -------------------------------------------------
 
     def _due(self) -> bool:
         """Whether a round trip is worth making now (called with the lock held)."""
-        if self._giveback or self._resync or (self._closing and self._acks):
+        if self._giveback or self._resync or (self._closing and self._acks) or self._lapsed:
+            return True
+        if self._buffer and not self.lease.valid():
             return True
         if self._acks and (self._idle or time.monotonic() - self._first_ack_at >= ACK_MAX_AGE):
             return True
@@ -353,12 +386,20 @@ class Fetcher:
                 order = self.queues.order() if want > 0 else []
                 picks = self.queues.picks(want) if want > 0 else []
             try:
+                if self._lapsed:
+                    self._reclaim()
                 if self._resync:
                     self._resync = False
                     self._requeue_strays()
                 if giveback:
                     self.recovery.give_back(self.identity, [(u.queue, u.payload) for u in giveback])
                 jobs = self._round_trip(acks, max(want, 0), picks, order)
+            except Lapsed:
+                with self._lock:
+                    self._acks[:0] = acks
+                    self._giveback[:0] = giveback
+                self.lapsed()
+                continue
             except Exception as error:
                 if not isinstance(error, redis.RedisError):
                     self.log.exception("fetch failed unexpectedly")
@@ -404,18 +445,50 @@ class Fetcher:
 
     def _round_trip(self, acks: list[tuple[Unit, Outcome]], want: int, picks: list[str],
                     order: list[str]) -> list[Unit]:
-        if not acks and want == 0:
+        """Send ``acks`` and take up to ``want`` jobs; raises Lapsed if the worker's entry expired."""
+        if not acks and want == 0 and self.lease.valid():
             return []
-        now = time.time()
+        now, sent = time.time(), time.monotonic()
         args: list[str | bytes | float | int] = [
-            self.keys.prefix, self.identity, now, day(now), now - DEAD_TIMEOUT, len(acks)
+            self.keys.prefix, self.identity, now, day(now), now - DEAD_TIMEOUT, self.ttl_ms, len(acks)
         ]
         for unit, outcome in acks:
             args += [unit.queue, wire(unit.payload), outcome.action, outcome.payload, outcome.score,
                      "1" if outcome.failed else "0"]
         args += [want, len(picks), *picks, *order]
         flat = self._script(args=args)
-        return [Unit(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+        if flat[0] == 0:
+            raise Lapsed(self.identity)
+        self.renewed(sent)
+        return [Unit(flat[i], flat[i + 1]) for i in range(1, len(flat), 2)]
+
+    def _reclaim(self) -> None:
+        """Recreate this worker's entry, and drop the jobs it holds that a sweep requeued."""
+        with self._lock:
+            held = dict(self._held)
+        sent = time.monotonic()
+        swept, kept = self._reclaimer.reclaim(held)
+        with self._lock:
+            self._lapsed = False
+            buffered = running = 0
+            for unit, count in held.items():
+                lost = count - kept.get(unit, count)
+                # Copies of one payload are alike: count the ones already started as lost first.
+                in_buffer = self._buffer.count(unit)
+                from_buffer = max(0, lost - (count - in_buffer))
+                for _ in range(lost):
+                    self._release([unit])
+                for _ in range(from_buffer):
+                    self._buffer.remove(unit)
+                buffered += from_buffer
+                running += lost - from_buffer
+        self.renewed(sent)
+        if swept:
+            self.log.warning("this worker's heartbeat expired and another master requeued its jobs; "
+                             "jobs not started are left to their queues, running ones may run twice",
+                             dropped=buffered, running=running)
+        else:
+            self.log.warning("this worker's heartbeat had expired; registered again, no job was requeued")
 
     def _receive(self, jobs: list[Unit], idle: bool) -> None:
         with self._lock:

@@ -38,6 +38,35 @@ def rss_kb(pid: int | None = None) -> int:
     return 0
 
 
+# ARGV: prefix, identity, TTL in ms, "1" to create the entry (the first beat) or "0", info,
+# busy, beat, quiet, rss, rtt_us, how many kiq:wip members follow, the members, then the
+# running jobs as (thread id, JSON) pairs. Returns {0} if the entry had expired (and "0"),
+# else {1, the oldest remote signal or false}.
+# The TTL is extended first: a write that Redis accepts even at ``maxmemory``, after which the
+# script's other writes are accepted too, so liveness never hangs on one refused write.
+BEAT = """
+local prefix, identity, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local key = prefix .. identity
+if redis.call('PEXPIRE', key, ttl) == 0 and ARGV[4] == '0' then return {0} end
+local members = tonumber(ARGV[11])
+for _, work in ipairs({key .. ':work', key .. ':workers'}) do
+  redis.call('UNLINK', work)
+  for i = 12 + members, #ARGV, 2 do redis.call('HSET', work, ARGV[i], ARGV[i + 1]) end
+  if #ARGV >= 12 + members then redis.call('PEXPIRE', work, 2 * ttl) end
+end
+redis.call('SADD', prefix .. 'processes', identity)
+redis.call('HSET', key, 'info', ARGV[5], 'busy', ARGV[6], 'beat', ARGV[7], 'quiet', ARGV[8],
+  'rss', ARGV[9], 'rtt_us', ARGV[10])
+redis.call('PEXPIRE', key, ttl)
+for i = 12, 11 + members do redis.call('SADD', prefix .. 'kiq:wip', ARGV[i]) end
+return {1, redis.call('RPOP', key .. '-signals')}
+"""
+
+
+class Lapsed(Exception):
+    """The process's entry had expired: it may have been swept (see kiq.lease)."""
+
+
 class Heartbeat:
     """Writes one process's heartbeat; ``beat`` returns a remote signal name, if any."""
 
@@ -60,36 +89,24 @@ class Heartbeat:
         self.running = running
         self.ttl_ms = int(ttl * 1000)
         self.wip = list(wip)
+        self._script = conn.register_script(BEAT)
 
-    def beat(self, quiet: bool) -> str | None:
-        key = self.keys.process(self.identity)
-        work: dict[Any, Any] = {tid: json.dumps(job) for tid, job in self.running().items()}
+    def beat(self, quiet: bool, create: bool = False) -> str | None:
+        """Refresh the entry; raises Lapsed if it had expired, unless ``create`` (the first beat).
+
+        The running jobs are kept twice the TTL: a master sweeping this process after its entry
+        expired reads them to tell running jobs from prefetched ones (kiq.recovery)."""
+        work = [item for tid, job in self.running().items() for item in (tid, json.dumps(job))]
         started = time.monotonic()
         self.conn.ping()
         rtt_us = int((time.monotonic() - started) * 1_000_000)
-        pipe = self.conn.pipeline(transaction=True)
-        for work_key in (self.keys.work(self.identity), self.keys.workers(self.identity)):
-            pipe.unlink(work_key)
-            if work:
-                pipe.hset(work_key, mapping=work)
-                pipe.pexpire(work_key, 2 * self.ttl_ms)  # for a sweep after the process key expired
-        pipe.sadd(self.keys.processes, self.identity)
-        pipe.hset(
-            key,
-            mapping={
-                "info": self.info,
-                "busy": len(work),
-                "beat": time.time(),
-                "quiet": "true" if quiet else "false",
-                "rss": rss_kb(),
-                "rtt_us": rtt_us,
-            },
-        )
-        pipe.pexpire(key, self.ttl_ms)
-        if self.wip:
-            pipe.sadd(self.keys.wip_registry, *self.wip)
-        pipe.rpop(self.keys.signals(self.identity))
-        return pipe.execute()[-1]  # type: ignore[no-any-return]
+        args: list[Any] = [self.keys.prefix, self.identity, self.ttl_ms, "1" if create else "0", self.info,
+                           len(work) // 2, time.time(), "true" if quiet else "false", rss_kb(), rtt_us,
+                           len(self.wip), *self.wip, *work]
+        reply = self._script(args=args)
+        if reply[0] == 0:
+            raise Lapsed(self.identity)
+        return reply[1]  # type: ignore[no-any-return]
 
     def clear(self) -> None:
         pipe = self.conn.pipeline(transaction=False)

@@ -74,7 +74,8 @@ end
 
 # ARGV: prefix, identity, how many queue names follow, the queue names, then the digests of
 # the jobs it was running. Requeues the identity's lists of those queues and any other the
-# registry names, and forgets the process. Returns queue, count, queue, count, ...
+# registry names, forgets the process, and leaves a tombstone (as SWEEP does) so that a late
+# round trip of that worker drops what it still holds. Returns queue, count, queue, count, ...
 REQUEUE_ALL = _REQUEUE_LIST + """
 local prefix, identity, named = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local mark = identity .. '|'
@@ -91,8 +92,9 @@ for member in pairs(members) do
 end
 redis.call('SREM', prefix .. 'processes', identity)
 redis.call('DEL', prefix .. identity, prefix .. identity .. ':work', prefix .. identity .. ':workers')
+redis.call('SET', prefix .. 'kiq:swept:' .. identity, '1', 'EX', __MEMORY__)
 return moved
-"""
+""".replace("__MEMORY__", str(RECOVERY_MEMORY))
 
 # ARGV: prefix, seconds to keep a tombstone. Requeues the lists of every identity whose
 # heartbeat expired (a vanished host), counting towards poison the jobs its last heartbeat

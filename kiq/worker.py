@@ -83,15 +83,17 @@ class Worker:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         setproctitle.setproctitle(f"kiq worker {self.index} [starting]")
         signals = SignalQueue(WORKER_SIGNALS)
+        self.heartbeat = self._heartbeat()
         self.fetcher = Fetcher(
             self.config.redis_url,
             self.keys,
             self.identity,
             QueueOrder(self.config.queues, self.config.strict),
             self.config.concurrency,
+            ttl=self.config.heartbeat_ttl,
+            info=self.heartbeat.info,
         )
         self._start_event_loop()
-        self.heartbeat = self._heartbeat()
         if not self._first_beat(signals) or not self.fetcher.start(alive=self._wanted):
             self.log.warning("stopped before taking any job")
             return 0
@@ -296,7 +298,7 @@ class Worker:
         takes an in-progress list without a live heartbeat for an orphan. While Redis does
         not answer, keep trying, unless told to stop or orphaned (then False)."""
         pause = 0.0
-        while not self._beat_once():
+        while not self._beat_once(create=True):
             pause = min(5.0, max(0.1, pause * 2))
             if signal.SIGTERM in signals.wait(pause):
                 self.stopping = True
@@ -315,13 +317,20 @@ class Worker:
             self._beat_once()
             self.beat_done.wait(self.config.heartbeat_interval)
 
-    def _beat_once(self) -> bool:
+    def _beat_once(self, create: bool = False) -> bool:
+        """One heartbeat; a beat that finds the entry expired leaves it to the fetcher to
+        register again and find out whether this worker was swept (kiq.lease)."""
+        sent = time.monotonic()
         try:
-            remote = self.heartbeat.beat(self.quiet)
+            remote = self.heartbeat.beat(self.quiet, create)
+        except heartbeat.Lapsed:
+            self.fetcher.lapsed()
+            return False
         except Exception as error:  # the heartbeat must outlive any Redis trouble
             self.beat_outage.failed(error)
             return False
         self.beat_outage.recovered()
+        self.fetcher.renewed(sent)
         if remote in REMOTE_SIGNALS:
             self.log.info("signal from redis", signal=remote)
             if remote == "TERM":

@@ -535,3 +535,64 @@ def test_an_acknowledgement_after_the_job_was_requeued_files_no_retry(redis_serv
     assert r.zcard("retry") == 0 and r.zcard("dead") == 0
     assert consume(r, "default") == ["j0"]
     assert r.get("stat:failed") == "2"  # it did run, and fail
+
+
+# Liveness: a worker whose entry expired (kiq.lease)
+
+
+def take_all(takers: Takers, timeout: float = 1.5) -> list[str]:
+    """Take and acknowledge jobs, as a worker's threads do, until none comes within ``timeout``."""
+    taken = []
+    while True:
+        try:
+            unit = takers.get(timeout=timeout)
+        except queue.Empty:
+            return taken
+        taken.append(unit.payload)
+        takers.done(unit, SUCCESS)
+
+
+def test_a_swept_worker_starts_none_of_the_jobs_it_had_prefetched(redis_server, r, make_fetcher):
+    push(r, "default", *(f"j{n}" for n in range(5)))
+    fetcher = make_fetcher(concurrency=1)
+    running = take(fetcher)
+    wait_for(lambda: len(wip(r)) == 5)  # one running, four prefetched
+    # It is paused past its TTL: its entry expires, another master sweeps it, and by the time
+    # it runs again its lease has run out. (Nothing takes from its buffer meanwhile.)
+    r.delete(IDENT)
+    Recovery(connect(redis_server.url), Keys()).sweep()
+    fetcher.lease.end()
+    fetcher.done(running, SUCCESS)
+    # It starts none of the jobs it held: they are back on the queue, where it takes each once.
+    # The one it was running then runs again (nothing can prevent that once it was requeued).
+    assert sorted(take_all(Takers(fetcher))) == ["j0", "j1", "j2", "j3", "j4"]
+    assert r.llen("queue:default") == 0 and wip(r) == []
+    assert r.exists(IDENT) and not r.exists(f"kiq:swept:{IDENT}")
+    assert r.get("stat:processed") == "6"
+
+
+def test_a_worker_whose_entry_expired_unswept_keeps_its_jobs(r, make_fetcher):
+    push(r, "default", *(f"j{n}" for n in range(5)))
+    fetcher = make_fetcher(concurrency=1)
+    running = take(fetcher)
+    wait_for(lambda: len(wip(r)) == 5)
+    r.delete(IDENT)  # expired, but nobody swept it
+    fetcher.lease.end()
+    fetcher.done(running, SUCCESS)
+    assert sorted(take_all(Takers(fetcher))) == ["j1", "j2", "j3", "j4"]
+    assert r.sismember("processes", IDENT) and r.exists(IDENT)
+
+
+def test_jobs_held_when_redis_lost_its_data_go_back_in_progress(r, make_fetcher):
+    """No tombstone, and the jobs are gone from the in-progress list: Redis restarted without
+    its data. The worker holds the only copies: they go back into its list, and run once."""
+    push(r, "default", *(f"j{n}" for n in range(5)))
+    fetcher = make_fetcher(concurrency=1)
+    running = take(fetcher)
+    wait_for(lambda: len(wip(r)) == 5)
+    r.flushall()
+    fetcher.lease.end()
+    fetcher.done(running, SUCCESS)
+    wait_for(lambda: sorted(wip(r)) == ["j1", "j2", "j3", "j4"])
+    assert sorted(take_all(Takers(fetcher))) == ["j1", "j2", "j3", "j4"]
+    assert wip(r) == []

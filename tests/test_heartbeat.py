@@ -9,10 +9,11 @@ import time
 from typing import Any
 
 import pytest
+import redis
 
 import kiq
 from kiq.connection import connect
-from kiq.heartbeat import Heartbeat, identity
+from kiq.heartbeat import Heartbeat, Lapsed, identity
 from kiq.keys import Keys
 
 IDENT = "web-1:4242:0a1b2c3d4e5f"
@@ -62,7 +63,7 @@ def test_identity_is_hostname_pid_nonce():
 
 def test_beat_registers_the_process(r, beat):
     before = time.time()
-    assert beat.beat(quiet=False) is None
+    assert beat.beat(create=True, quiet=False) is None
     after = time.time()
     assert r.smembers("processes") == {IDENT}
     process = sidekiq_6_process(r, IDENT)
@@ -79,32 +80,33 @@ def test_beat_registers_the_process(r, beat):
 
 
 def test_entry_expires_about_sixty_seconds_after_a_beat(r, beat):
-    beat.beat(quiet=False)
+    beat.beat(create=True, quiet=False)
     assert 55 <= r.ttl(IDENT) <= 60
 
 
 def test_ttl_can_be_set(r, redis_server, running):
     running.jobs = {"processor-0": {"queue": "q", "payload": "{}", "run_at": 1}}
-    Heartbeat(connect(redis_server.url), Keys(), IDENT, INFO, running, ttl=15).beat(quiet=False)
-    for key in (IDENT, f"{IDENT}:work", f"{IDENT}:workers"):
-        assert 10 <= r.ttl(key) <= 15
+    Heartbeat(connect(redis_server.url), Keys(), IDENT, INFO, running, ttl=15).beat(create=True, quiet=False)
+    assert 10 <= r.ttl(IDENT) <= 15
+    for key in (f"{IDENT}:work", f"{IDENT}:workers"):
+        assert 25 <= r.ttl(key) <= 30
 
 
 def test_sub_second_ttl_keeps_the_entry(r, redis_server, running):
-    Heartbeat(connect(redis_server.url), Keys(), IDENT, INFO, running, ttl=0.5).beat(quiet=False)
+    Heartbeat(connect(redis_server.url), Keys(), IDENT, INFO, running, ttl=0.5).beat(create=True, quiet=False)
     assert r.exists(IDENT)
     assert 0 < r.pttl(IDENT) <= 500
 
 
 def test_quiet_is_the_string_true(r, beat):
-    beat.beat(quiet=True)
+    beat.beat(create=True, quiet=True)
     assert r.hget(IDENT, "quiet") == "true"
-    beat.beat(quiet=False)
+    beat.beat(create=True, quiet=False)
     assert r.hget(IDENT, "quiet") == "false"
 
 
 def test_rss_is_this_process_in_kilobytes(r, beat):
-    beat.beat(quiet=False)
+    beat.beat(create=True, quiet=False)
     with open(f"/proc/{os.getpid()}/status") as status:
         line = next(line for line in status if line.startswith("VmRSS:"))
     expected = int(line.split()[1])
@@ -112,10 +114,10 @@ def test_rss_is_this_process_in_kilobytes(r, beat):
 
 
 def test_beat_time_advances(r, beat):
-    beat.beat(quiet=False)
+    beat.beat(create=True, quiet=False)
     first = float(r.hget(IDENT, "beat"))
     time.sleep(0.01)
-    beat.beat(quiet=False)
+    beat.beat(create=True, quiet=False)
     assert float(r.hget(IDENT, "beat")) > first
 
 
@@ -124,24 +126,24 @@ def test_running_jobs_in_work_and_workers(r, beat, running):
         "processor-0": {"queue": "critical", "payload": '{"class":"A","args":[1]}', "run_at": 1_700_000_100},
         "processor-3": {"queue": "default", "payload": '{"class":"B","args":[]}', "run_at": 1_700_000_200},
     }
-    beat.beat(quiet=False)
+    beat.beat(create=True, quiet=False)
     for key in (f"{IDENT}:work", f"{IDENT}:workers"):
         stored = {tid: json.loads(value) for tid, value in r.hgetall(key).items()}
         assert stored == running.jobs
-        assert 55 <= r.ttl(key) <= 60
+        assert 115 <= r.ttl(key) <= 120  # twice the TTL: a sweep after the entry expired reads them
     assert r.hget(IDENT, "busy") == "2"
 
 
 def test_finished_jobs_leave_work_and_workers(r, beat, running):
     running.jobs = {"processor-0": {"queue": "q", "payload": "{}", "run_at": 1},
                     "processor-1": {"queue": "q", "payload": "{}", "run_at": 2}}
-    beat.beat(quiet=False)
+    beat.beat(create=True, quiet=False)
     running.jobs = {"processor-1": {"queue": "q", "payload": "{}", "run_at": 2}}
-    beat.beat(quiet=False)
+    beat.beat(create=True, quiet=False)
     assert set(r.hkeys(f"{IDENT}:work")) == {"processor-1"}
     assert set(r.hkeys(f"{IDENT}:workers")) == {"processor-1"}
     running.jobs = {}
-    beat.beat(quiet=False)
+    beat.beat(create=True, quiet=False)
     assert not r.exists(f"{IDENT}:work", f"{IDENT}:workers")
     assert r.hget(IDENT, "busy") == "0"
 
@@ -150,23 +152,23 @@ def test_remote_signals_come_back_in_the_order_sent(r, beat):
     # Sidekiq's Web UI (Sidekiq::Process#signal) LPUSHes; the process pops from the other end.
     r.lpush(f"{IDENT}-signals", "TSTP")
     r.lpush(f"{IDENT}-signals", "TERM")
-    assert beat.beat(quiet=False) == "TSTP"
-    assert beat.beat(quiet=True) == "TERM"
-    assert beat.beat(quiet=True) is None
+    assert beat.beat(create=True, quiet=False) == "TSTP"
+    assert beat.beat(create=True, quiet=True) == "TERM"
+    assert beat.beat(create=True, quiet=True) is None
     assert not r.exists(f"{IDENT}-signals")
 
 
 def test_another_processs_signal_is_not_ours(r, beat):
     r.lpush("web-2:1:ffff-signals", "TERM")
-    assert beat.beat(quiet=False) is None
+    assert beat.beat(create=True, quiet=False) is None
     assert r.llen("web-2:1:ffff-signals") == 1
 
 
 def test_clear_removes_everything(r, beat, running, redis_server):
     other = Heartbeat(connect(redis_server.url), Keys(), "web-2:1:ffff", INFO, running)
     running.jobs = {"processor-0": {"queue": "q", "payload": "{}", "run_at": 1}}
-    beat.beat(quiet=False)
-    other.beat(quiet=False)
+    beat.beat(create=True, quiet=False)
+    other.beat(create=True, quiet=False)
     beat.clear()
     assert r.smembers("processes") == {"web-2:1:ffff"}
     assert not r.exists(IDENT, f"{IDENT}:work", f"{IDENT}:workers")
@@ -177,8 +179,33 @@ def test_namespace(r, redis_server, running):
     running.jobs = {"processor-0": {"queue": "q", "payload": "{}", "run_at": 1}}
     beat = Heartbeat(connect(redis_server.url), Keys("app"), IDENT, INFO, running)
     r.lpush(f"app:{IDENT}-signals", "TSTP")
-    assert beat.beat(quiet=False) == "TSTP"
+    assert beat.beat(create=True, quiet=False) == "TSTP"
     assert set(r.keys("*")) == {"app:processes", f"app:{IDENT}", f"app:{IDENT}:work", f"app:{IDENT}:workers"}
     assert sidekiq_6_process(r, IDENT, prefix="app:")["busy"] == 1
     beat.clear()
     assert r.keys("*") == []
+
+
+def test_a_beat_that_finds_its_entry_expired_says_so_and_writes_nothing(r, beat, running):
+    beat.beat(create=True, quiet=False)
+    r.delete(IDENT)  # expired: a pause or partition longer than the TTL
+    running.jobs = {"processor-0": {"queue": "q", "payload": "{}", "run_at": 1}}
+    with pytest.raises(Lapsed):
+        beat.beat(quiet=False)
+    assert not r.exists(IDENT) and not r.exists(f"{IDENT}:work")
+
+
+def test_a_beat_at_maxmemory_keeps_the_entry_alive(r, redis_server, beat):
+    """With ``noeviction``, Redis refuses writes that may grow memory; the heartbeat extends
+    its TTL first, which Redis accepts, and then the rest of its writes with it."""
+    beat.beat(create=True, quiet=False)
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", r.info("memory")["used_memory"])
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            r.lpush("queue:default", "x" * 1000)
+        r.expire(IDENT, 2)
+        beat.beat(quiet=True)
+        assert r.ttl(IDENT) > 50 and r.hget(IDENT, "quiet") == "true"
+    finally:
+        r.config_set("maxmemory", 0)

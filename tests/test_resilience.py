@@ -74,6 +74,32 @@ def test_a_crash_charges_towards_poison_only_the_jobs_that_were_running(start_ki
     assert [r.get(f"kiq:recoveries:{jid}") for jid in quick] == [None] * 6
 
 
+def test_a_worker_paused_past_its_ttl_starts_none_of_the_jobs_it_had_prefetched(start_kiq, client, r):
+    """SIGSTOP longer than the heartbeat TTL: the master sweeps the worker's jobs back to their
+    queue. Resumed, the worker must not start the jobs it had prefetched as well."""
+    import sample_jobs
+
+    kiq = start_kiq(processes=1, concurrency=1, heartbeat_interval=0.3, heartbeat_ttl=2)
+    [worker] = kiq.wait_workers(1)
+    identity = identity_of(r, worker)
+    sample_jobs.SlowJob.perform_later("slow", 5.0)  # still running when the worker stops
+    wait_for(lambda: r.llen("started") == 1)
+    for n in range(5):
+        sample_jobs.RecordJob.perform_later(f"q{n}")
+    wait_for(lambda: r.llen(f"kiq:wip:{identity}|default") == 6)  # one running, five prefetched
+    os.kill(worker, signal.SIGSTOP)
+    try:
+        wait_for(lambda: r.exists(f"kiq:swept:{identity}"), timeout=20)
+    finally:
+        os.kill(worker, signal.SIGCONT)
+    wait_for(lambda: r.llen("results") >= 7, timeout=20)  # the running job runs again, once
+    time.sleep(1.0)  # long enough for a second run of any of them
+    results = r.lrange("results", 0, -1)
+    assert sorted(results) == ["q0", "q1", "q2", "q3", "q4", "slow", "slow"], results
+    assert "another master requeued its jobs" in kiq.log()
+    assert kiq.workers() == [worker]
+
+
 def identity_of(r, pid: int) -> str:
     return wait_for(lambda: next((p for p in r.smembers("processes") if f":{pid}:" in p), None))
 

@@ -1,0 +1,108 @@
+"""A worker's lease on the jobs it holds: it starts one only while Redis still counts it alive.
+
+Any master requeues the in-progress jobs of a process whose ``IDENTITY`` key expired
+(kiq.recovery's sweep). A worker that was only paused (SIGSTOP, a long GC pause, a network
+partition, Redis refusing its writes) then holds jobs that are back on their queues, and
+starting them would run them twice. So every call that finds the worker's key alive extends
+the key's TTL and renews the lease until most of that TTL has passed, counted from before the
+call was sent: until then no sweep can have taken the worker's jobs. Once the lease has run
+out, the worker starts nothing until Redis has answered again.
+
+If the key is gone, the worker reclaims: one script recreates the key and says how many copies
+of each job the worker holds are still in its in-progress lists. A job that is not was requeued
+by a sweep (which leaves a tombstone, ``kiq:swept:IDENTITY``) and is dropped; without a
+tombstone, Redis lost its data (a restart without persistence), this worker holds the only
+copy, and the job goes back into its list.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis
+
+from kiq.connection import wire
+from kiq.keys import Keys
+
+SHARE = 0.9  # of the TTL that a renewal lets the worker start jobs for
+
+# ARGV: prefix, identity, TTL in ms, info, now, how many queues follow, the queues, then
+# (queue, payload, copies held) triples. Returns 1 if a sweep took the worker's jobs, then
+# the copies of each triple's job that are still this worker's.
+RECLAIM = """
+local prefix, identity, ttl, info, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local queues = tonumber(ARGV[6])
+local tombstone = prefix .. 'kiq:swept:' .. identity
+local swept = redis.call('EXISTS', tombstone) == 1
+local lists, out = {}, {swept and 1 or 0}
+for i = 7 + queues, #ARGV, 3 do
+  local wip = prefix .. 'kiq:wip:' .. identity .. '|' .. ARGV[i]
+  local job, held = ARGV[i + 1], tonumber(ARGV[i + 2])
+  if not lists[wip] then
+    lists[wip] = {}
+    for _, present in ipairs(redis.call('LRANGE', wip, 0, -1)) do
+      lists[wip][present] = (lists[wip][present] or 0) + 1
+    end
+  end
+  local kept = math.min(held, lists[wip][job] or 0)
+  lists[wip][job] = (lists[wip][job] or 0) - kept
+  if not swept then
+    for _ = kept + 1, held do redis.call('LPUSH', wip, job) end
+    kept = held
+  end
+  out[#out + 1] = kept
+end
+local key = prefix .. identity
+redis.call('HSET', key, 'info', info, 'beat', now, 'busy', 0, 'quiet', 'false')
+redis.call('PEXPIRE', key, ttl)
+redis.call('SADD', prefix .. 'processes', identity)
+for i = 7, 6 + queues do redis.call('SADD', prefix .. 'kiq:wip', identity .. '|' .. ARGV[i]) end
+redis.call('DEL', tombstone)
+return out
+"""
+
+
+class Lease:
+    """Until when (``time.monotonic()``) the worker may start the jobs it holds."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self.until = 0.0
+
+    def renew(self, sent_at: float) -> bool:
+        """Redis found the key alive in a call sent at ``sent_at``; True if the lease had run out."""
+        expired = not self.valid()
+        self.until = max(self.until, sent_at + SHARE * self.ttl)
+        return expired
+
+    def valid(self) -> bool:
+        return time.monotonic() < self.until
+
+    def end(self) -> None:
+        self.until = 0.0
+
+
+class Reclaimer:
+    """Runs RECLAIM for one worker."""
+
+    def __init__(self, conn: redis.Redis, keys: Keys, identity: str, ttl: float, queues: Sequence[str],
+                 info: str) -> None:
+        self.keys = keys
+        self.identity = identity
+        self.ttl_ms = int(ttl * 1000)
+        self.queues = list(queues)
+        self.info = info
+        self._script = conn.register_script(RECLAIM)
+
+    def reclaim(self, held: Mapping[Any, int]) -> tuple[bool, dict[Any, int]]:
+        """Recreate the worker's key; returns whether it was swept, and how many copies of each
+        held unit (a ``(queue, payload)`` pair, with the count held) are still its own."""
+        units = list(held.items())
+        args: list[str | bytes | int | float] = [self.keys.prefix, self.identity, self.ttl_ms, self.info,
+                                                 time.time(), len(self.queues), *self.queues]
+        for (queue, payload), count in units:
+            args += [queue, wire(payload), count]
+        reply = self._script(args=args)
+        return reply[0] == 1, {unit: int(kept) for (unit, _), kept in zip(units, reply[1:], strict=True)}
