@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no me
 EXIT_NOT_FOUND = 1
 EXIT_CONFIG = 2
 EXIT_REDIS = 3
+REDIS_URL_HELP = ("Redis URL (default: config, KIQ_REDIS_URL, REDIS_URL, local). Any local user can read "
+                  "a flag: give a password in the config file or KIQ_REDIS_URL.")
 
 
 def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,7 +35,7 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
                   help="Take redis_url and namespace from this config file.")
-    @click.option("--redis-url", help="Redis URL (default: config, KIQ_REDIS_URL, REDIS_URL, local).")
+    @click.option("--redis-url", help=REDIS_URL_HELP)
     @click.option("--namespace", help="Key prefix.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
     @functools.wraps(command)
@@ -245,7 +247,7 @@ def process_command(name: str, help_text: str) -> click.Command:
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="Config file with periodic entries and the modules (require) that declare more.")
 @click.option("-r", "--require", "require", multiple=True, help="Module that declares entries. Repeatable.")
-@click.option("--redis-url", help="Redis URL (default: config, KIQ_REDIS_URL, REDIS_URL, local).")
+@click.option("--redis-url", help=REDIS_URL_HELP)
 @click.option("--namespace", help="Key prefix.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str | None, namespace: str | None,
