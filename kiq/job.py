@@ -37,6 +37,9 @@ class Job:
     worker is then replaced, since a Python thread cannot be stopped from outside.
     ``active_job = True`` enqueues in Rails Active Job's Sidekiq shape, for a Ruby
     Active Job class of the same name (kiq runs jobs of either shape).
+    ``backtrace`` is Sidekiq's option of that name: ``True`` (or a number of lines) keeps a
+    failure's backtrace in its retry and dead entries (``error_backtrace``), where
+    ``kiq retries show JID`` and Sidekiq's Web UI show it.
     """
 
     queue: ClassVar[str] = "default"
@@ -44,6 +47,7 @@ class Job:
     job_name: ClassVar[str] = ""
     timeout: ClassVar[float | None] = None
     active_job: ClassVar[bool] = False
+    backtrace: ClassVar[bool | int] = False
     _kiq_callbacks: ClassVar[dict[str, list[str]]] = callbacks.collect(object)
     _kiq_retry_rules: ClassVar[list[callbacks.RetryRule]] = []
     _kiq_discard_on: ClassVar[tuple[type[BaseException], ...]] = ()
@@ -61,6 +65,7 @@ class Job:
         super().__init_subclass__(**kwargs)
         if "job_name" not in cls.__dict__:
             cls.job_name = cls.__name__
+        backtrace_lines(cls.backtrace, f"{cls.__qualname__}.backtrace")
         cls._kiq_callbacks = callbacks.collect(cls)
         register(cls)
 
@@ -100,9 +105,12 @@ class Job:
         wait_until: float | dt.datetime | None = None,
         queue: str | None = None,
         retry: bool | int | None = None,
+        backtrace: bool | int | None = None,
     ) -> Options:
         """Options for the next enqueue, as in ``Job.set(wait=timedelta(hours=1)).perform_later(42)``."""
-        return Options(cls, wait=wait, wait_until=wait_until, queue=queue, retry=retry)
+        if backtrace is not None:
+            backtrace_lines(backtrace, "set(backtrace=...)")
+        return Options(cls, wait=wait, wait_until=wait_until, queue=queue, retry=retry, backtrace=backtrace)
 
     @classmethod
     def perform_now(cls, *args: Any, **kwargs: Any) -> Any:
@@ -121,6 +129,7 @@ class Options:
     wait_until: float | dt.datetime | None = None
     queue: str | None = None
     retry: bool | int | None = None
+    backtrace: bool | int | None = None
 
     def at(self) -> float | None:
         """When the job is due, as epoch seconds, or None for now."""
@@ -140,7 +149,8 @@ class Options:
         adapter, at = current(), self.at()
 
         def enqueue() -> Enqueued:
-            return adapter.enqueue(self.job, args, kwargs, queue=self.queue, retry=self.retry, at=at)
+            return adapter.enqueue(self.job, args, kwargs, queue=self.queue, retry=self.retry, at=at,
+                                   backtrace=self.backtrace)
 
         table = self.job._kiq_callbacks
         if not (table["before_enqueue"] or table["around_enqueue"] or table["after_enqueue"]):
@@ -160,9 +170,14 @@ class Options:
         for index, args in enumerate(args_list):
             if not arguments.accepts(args, _NO_KWARGS):
                 arguments.check(args, _NO_KWARGS, f"args_list[{index}]: ")
-        return current().enqueue_bulk(
-            self.job, args_list, queue=self.queue, retry=self.retry, at=self.at(), batch_size=batch_size
-        )
+        return current().enqueue_bulk(self.job, args_list, queue=self.queue, retry=self.retry, at=self.at(),
+                                      backtrace=self.backtrace, batch_size=batch_size)
+
+
+def backtrace_lines(value: object, name: str) -> None:
+    """Refuse a ``backtrace`` option Sidekiq would not read: it is True, False or a number of lines."""
+    if not (isinstance(value, bool) or (type(value) is int and value >= 0)):
+        raise TypeError(f"{name} is True, False or a number of lines, not {value!r}")
 
 
 _NO_KWARGS: dict[str, Any] = {}

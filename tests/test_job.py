@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -359,3 +360,38 @@ def test_the_quick_check_never_lets_through_a_call_that_perform_refuses():
                 else:
                     with pytest.raises(TypeError):
                         arguments.check(args, kwargs)
+
+
+# Sidekiq's backtrace option
+
+
+class JobTestTraced(kiq.Job):
+    backtrace = True
+
+    def perform(self, value: int) -> None:
+        pass
+
+
+def test_backtrace_option_from_the_class_and_from_set(client, r):
+    JobTestMailer.perform_later("a")
+    JobTestTraced.perform_later(1)
+    JobTestTraced.set(backtrace=3).perform_later(2)
+    JobTestTraced.set(backtrace=False).perform_later(3)
+    JobTestMailer.set(backtrace=True).perform_bulk([["b"], ["c"]])
+    mail = [json.loads(raw) for raw in r.lrange("queue:mail", 0, -1)]
+    traced = {json.loads(raw)["args"][0]: json.loads(raw) for raw in r.lrange("queue:default", 0, -1)}
+    assert ["backtrace" in job for job in mail] == [True, True, False]
+    assert all(job["backtrace"] is True for job in mail[:2])
+    assert traced[1]["backtrace"] is True and traced[2]["backtrace"] == 3
+    assert "backtrace" not in traced[3]
+
+
+@pytest.mark.parametrize("value", ["yes", -1, 2.5, None])
+def test_a_backtrace_option_sidekiq_would_not_read_is_refused(value):
+    reason = " is True, False or a number of lines, not "
+    if value is not None:
+        with pytest.raises(TypeError, match=re.escape(f"set(backtrace=...){reason}{value!r}")):
+            JobTestMailer.set(backtrace=value)
+    with pytest.raises(TypeError, match=re.escape(f"JobTestBadTrace.backtrace{reason}{value!r}")):
+        class JobTestBadTrace(kiq.Job):
+            backtrace = value  # type: ignore[assignment]
