@@ -146,7 +146,7 @@ def set_command(name: str, attribute: str, actions: Sequence[str], help_text: st
             listing(entries.jobs(0, limit), as_json)
             return
         if action == "show":
-            show(entries, jids, as_json)
+            show(entries, jids, everything, as_json)
             return
         if bool(jids) == everything:
             raise click.UsageError(f"{action} needs job ids or --all (not both)")
@@ -176,10 +176,10 @@ def listing(jobs: list[Job], as_json: bool) -> None:
 WHEN = {"retry": "next try", "dead": "died", "schedule": "due"}
 
 
-def show(entries: SortedSet, jids: tuple[str, ...], as_json: bool) -> None:
+def show(entries: SortedSet, jids: tuple[str, ...], everything: bool, as_json: bool) -> None:
     """Each named job whole: its fields, its last error and the backtrace it kept."""
-    if not jids:
-        raise click.UsageError("show needs job ids")
+    if not jids or everything:
+        raise click.UsageError("show needs job ids (not --all)")
     found = {jid: entries.find(jid) for jid in jids}
     shown = [job for job in found.values() if job is not None]
     if as_json:

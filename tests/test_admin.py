@@ -617,6 +617,8 @@ def test_default_redis_url_comes_from_the_environment(redis_server, r):
 
 USAGE_ERRORS = [
     (["retries", "retry"], "needs job ids or --all"),
+    (["retries", "show"], "show needs job ids (not --all)"),
+    (["dead", "show", "--all"], "show needs job ids (not --all)"),
     (["dead", "delete", "--all", "0" * 24], "not both"),
     (["dead", "kill", "--all"], "Invalid value"),
     (["quiet"], "needs process identities or --all"),
