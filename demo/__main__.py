@@ -14,8 +14,17 @@ import redis
 
 import kiq
 from kiq.config import load
+from kiq.connection import DEFAULT_URL, redact
 
 CONFIG = "config/kiq.yml"
+
+
+def where(url: str) -> str:
+    """Where the URL came from, as config.load chose it."""
+    for name in ("KIQ_REDIS_URL", "REDIS_URL"):
+        if os.environ.get(name) == url:
+            return name
+    return "the default" if url == DEFAULT_URL else CONFIG
 
 
 def ensure_redis(url: str) -> None:
@@ -23,11 +32,13 @@ def ensure_redis(url: str) -> None:
     try:
         redis.Redis.from_url(url, socket_timeout=2).ping()
         return
+    except redis.AuthenticationError as error:
+        sys.exit(f"demo: Redis at {redact(url)} refused the login ({error}); check KIQ_REDIS_URL")
     except redis.ConnectionError:
         pass
     parts = urlsplit(url)
     if parts.hostname not in ("127.0.0.1", "localhost"):
-        sys.exit(f"demo: no Redis answers at {parts.hostname}; start one or set KIQ_REDIS_URL")
+        sys.exit(f"demo: no Redis answers at {redact(url)}; start one or set KIQ_REDIS_URL")
     binary = shutil.which("redis-server")
     if binary is None:
         sys.exit("demo: redis-server is not installed (run `make system-deps`)")
@@ -58,6 +69,9 @@ def enqueue_demo_jobs() -> None:
 
 def main() -> None:
     config = load(CONFIG)
+    namespace = f", namespace {config.namespace!r}" if config.namespace else ""
+    print(f"demo: writing demo jobs to Redis at {redact(config.redis_url)}{namespace} "
+          f"(from {where(config.redis_url)}; set KIQ_REDIS_URL to choose another)", file=sys.stderr)
     ensure_redis(config.redis_url)
     kiq.configure(config.redis_url, config.namespace)
     enqueue_demo_jobs()

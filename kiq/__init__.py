@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from kiq import globalid
+from kiq import adapters, globalid
 from kiq.client import Client, Enqueued, configure
 from kiq.job import Job, JobNameError
 from kiq.periodic import periodic
@@ -17,6 +17,7 @@ __all__ = [
     "Job",
     "JobNameError",
     "SerializationError",
+    "adapters",
     "configure",
     "globalid",
     "periodic",

@@ -35,11 +35,11 @@ NAMES = ("redis", "async", "inline", "test")
 class Adapter(Protocol):
     def enqueue(self, job: type[Job] | str, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
                 *, queue: str | None = None, retry: bool | int | None = None,
-                at: float | None = None) -> Enqueued: ...
+                at: float | None = None, backtrace: bool | int | None = None) -> Enqueued: ...
 
     def enqueue_bulk(self, job: type[Job] | str, args_list: Iterable[Sequence[Any]], *,
                      queue: str | None = None, retry: bool | int | None = None, at: float | None = None,
-                     batch_size: int = 1000) -> list[str]: ...
+                     backtrace: bool | int | None = None, batch_size: int = 1000) -> list[str]: ...
 
 
 class RedisAdapter:
@@ -47,14 +47,15 @@ class RedisAdapter:
 
     def enqueue(self, job: type[Job] | str, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
                 *, queue: str | None = None, retry: bool | int | None = None,
-                at: float | None = None) -> Enqueued:
-        return default_client().enqueue(job, args, kwargs, queue=queue, retry=retry, at=at)
+                at: float | None = None, backtrace: bool | int | None = None) -> Enqueued:
+        return default_client().enqueue(job, args, kwargs, queue=queue, retry=retry, at=at,
+                                        backtrace=backtrace)
 
     def enqueue_bulk(self, job: type[Job] | str, args_list: Iterable[Sequence[Any]], *,
                      queue: str | None = None, retry: bool | int | None = None, at: float | None = None,
-                     batch_size: int = 1000) -> list[str]:
+                     backtrace: bool | int | None = None, batch_size: int = 1000) -> list[str]:
         return default_client().enqueue_bulk(job, args_list, queue=queue, retry=retry, at=at,
-                                              batch_size=batch_size)
+                                              backtrace=backtrace, batch_size=batch_size)
 
 
 class LocalAdapter:
@@ -62,15 +63,15 @@ class LocalAdapter:
 
     def enqueue(self, job: type[Job] | str, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
                 *, queue: str | None = None, retry: bool | int | None = None,
-                at: float | None = None) -> Enqueued:
-        payload = payload_for(job, args, kwargs, queue, retry, at)
+                at: float | None = None, backtrace: bool | int | None = None) -> Enqueued:
+        payload = payload_for(job, args, kwargs, queue, retry, at, backtrace=backtrace)
         self.accept(_round_trip(payload))
         return Enqueued(payload["jid"], payload["class"], payload["queue"], payload.get("at"))
 
     def enqueue_bulk(self, job: type[Job] | str, args_list: Iterable[Sequence[Any]], *,
                      queue: str | None = None, retry: bool | int | None = None, at: float | None = None,
-                     batch_size: int = 1000) -> list[str]:
-        payloads = [payload_for(job, args, None, queue, retry, at) for args in args_list]
+                     backtrace: bool | int | None = None, batch_size: int = 1000) -> list[str]:
+        payloads = [payload_for(job, args, None, queue, retry, at, backtrace=backtrace) for args in args_list]
         for payload in payloads:
             self.accept(_round_trip(payload))
         return [payload["jid"] for payload in payloads]

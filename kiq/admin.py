@@ -26,6 +26,8 @@ if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no me
 EXIT_NOT_FOUND = 1
 EXIT_CONFIG = 2
 EXIT_REDIS = 3
+REDIS_URL_HELP = ("Redis URL (default: config, KIQ_REDIS_URL, REDIS_URL, local). Any local user can read "
+                  "a flag: give a password in the config file or KIQ_REDIS_URL.")
 
 
 def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -33,7 +35,7 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
 
     @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
                   help="Take redis_url and namespace from this config file.")
-    @click.option("--redis-url", help="Redis URL (default: config, KIQ_REDIS_URL, REDIS_URL, local).")
+    @click.option("--redis-url", help=REDIS_URL_HELP)
     @click.option("--namespace", help="Key prefix.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
     @functools.wraps(command)
@@ -129,10 +131,10 @@ def processes(api: API, as_json: bool) -> None:
 
 
 def set_command(name: str, attribute: str, actions: Sequence[str], help_text: str) -> click.Command:
-    """``kiq NAME [list|ACTION...] [JID...] [--all]`` for one sorted set."""
+    """``kiq NAME [list|show|ACTION...] [JID...] [--all]`` for one sorted set."""
 
     @click.command(name=name, help=help_text)
-    @click.argument("action", type=click.Choice(["list", *actions]), default="list")
+    @click.argument("action", type=click.Choice(["list", "show", *actions]), default="list")
     @click.argument("jids", nargs=-1)
     @click.option("--all", "everything", is_flag=True, help="Act on every entry.")
     @click.option("--limit", type=int, default=50, show_default=True, help="Entries to list.")
@@ -142,6 +144,9 @@ def set_command(name: str, attribute: str, actions: Sequence[str], help_text: st
         entries: SortedSet = getattr(api, attribute)
         if action == "list":
             listing(entries.jobs(0, limit), as_json)
+            return
+        if action == "show":
+            show(entries, jids, everything, as_json)
             return
         if bool(jids) == everything:
             raise click.UsageError(f"{action} needs job ids or --all (not both)")
@@ -168,6 +173,49 @@ def listing(jobs: list[Job], as_json: bool) -> None:
                                                     "args"], rows)
 
 
+WHEN = {"retry": "next try", "dead": "died", "schedule": "due"}
+
+
+def show(entries: SortedSet, jids: tuple[str, ...], everything: bool, as_json: bool) -> None:
+    """Each named job whole: its fields, its last error and the backtrace it kept."""
+    if not jids or everything:
+        raise click.UsageError("show needs job ids (not --all)")
+    found = {jid: entries.find(jid) for jid in jids}
+    shown = [job for job in found.values() if job is not None]
+    if as_json:
+        click.echo(json.dumps([{"set": entries.name, "at": job.score, "job": job.payload,
+                                "backtrace": job.backtrace} for job in shown], indent=2, default=str))
+    else:
+        click.echo("\n\n".join(describe(job, WHEN[entries.name]) for job in shown))
+    missing = [jid for jid, job in found.items() if job is None]
+    if missing:
+        click.echo(f"not found: {' '.join(missing)}", err=True)
+        sys.exit(EXIT_NOT_FOUND)
+
+
+def describe(job: Job, when: str) -> str:
+    """One job as lines of ``label  value``, then its backtrace."""
+    payload = job.payload
+    fields: list[tuple[str, Any]] = [("jid", job.jid), ("class", job.job_class), ("queue", job.queue),
+                                     ("args", json.dumps(job.args))]
+    if "kwargs" in payload:
+        fields.append(("kwargs", json.dumps(payload["kwargs"])))
+    fields += [(when, _ago(job.score)), ("retry", payload.get("retry", True))]
+    if "retry_count" in payload:
+        fields.append(("retry count", payload["retry_count"]))
+    for key, label in (("failed_at", "failed"), ("retried_at", "retried")):
+        if key in payload:
+            fields.append((label, _ago(job.time(key))))
+    if job.error:
+        fields.append(("error", job.error))
+    lines = [f"{label:<12}{value}" for label, value in fields]
+    if job.backtrace:
+        lines += ["backtrace   (innermost first)", *(f"  {frame}" for frame in job.backtrace)]
+    elif job.error:
+        lines.append("backtrace   none kept (set backtrace = True on the job class to keep one)")
+    return "\n".join(lines)
+
+
 def bulk(entries: SortedSet, action: str, as_json: bool) -> int:
     """Apply ``action`` to every entry, with a progress bar on a terminal."""
     method = getattr(entries, f"{action}_all")
@@ -179,11 +227,14 @@ def bulk(entries: SortedSet, action: str, as_json: bool) -> int:
 
 
 retries = set_command("retries", "retries", ["retry", "delete", "kill"],
-                      "List the retry set, or retry now / delete / kill (to dead) some or --all of it.")
+                      "List the retry set, show some jobs of it whole (with their error and backtrace), "
+                      "or retry now / delete / kill (to dead) some or --all of it.")
 dead = set_command("dead", "dead", ["retry", "delete"],
-                   "List the dead set, or retry / delete some or --all of it.")
+                   "List the dead set, show some jobs of it whole (with their error and backtrace), "
+                   "or retry / delete some or --all of it.")
 scheduled = set_command("scheduled", "scheduled", ["retry", "delete"],
-                        "List scheduled jobs, or enqueue now (retry) / delete some or --all of them.")
+                        "List scheduled jobs, show some of them whole, or enqueue now (retry) / delete "
+                        "some or --all of them.")
 
 
 @click.command()
@@ -245,7 +296,7 @@ def process_command(name: str, help_text: str) -> click.Command:
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
               help="Config file with periodic entries and the modules (require) that declare more.")
 @click.option("-r", "--require", "require", multiple=True, help="Module that declares entries. Repeatable.")
-@click.option("--redis-url", help="Redis URL (default: config, KIQ_REDIS_URL, REDIS_URL, local).")
+@click.option("--redis-url", help=REDIS_URL_HELP)
 @click.option("--namespace", help="Key prefix.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str | None, namespace: str | None,

@@ -19,7 +19,7 @@ import redis
 
 from kiq.connection import connect, url_from_env, wire
 from kiq.keys import Keys, day
-from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT
+from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT, decode_backtrace
 from kiq.scheduler import MOVE
 
 BATCH = 100
@@ -77,11 +77,21 @@ class Job:
     def enqueued_at(self) -> float | None:
         return _epoch(self.payload.get("enqueued_at"))
 
+    def time(self, key: str) -> float | None:
+        """A time field (``failed_at``, ``retried_at``...) as epoch seconds, whoever wrote it."""
+        return _epoch(self.payload.get(key))
+
     @property
     def error(self) -> str:
         if "error_class" not in self.payload:
             return ""
         return f"{self.payload['error_class']}: {self.payload.get('error_message', '')}"
+
+    @property
+    def backtrace(self) -> list[str]:
+        """The frames of the last failure's ``error_backtrace``, innermost first (the job's
+        ``backtrace`` option asks for one); empty when the job kept none."""
+        return decode_backtrace(self.payload.get("error_backtrace"))
 
     def summary(self) -> dict[str, Any]:
         """What a listing shows of the job."""

@@ -31,7 +31,8 @@ def main() -> None:
 @click.option("-p", "--processes", type=int, help="Worker processes to fork.")
 @click.option("--concurrency", type=int, help="Threads per worker process.")
 @click.option("-r", "--require", "require", multiple=True, help="Module that defines jobs. Repeatable.")
-@click.option("--redis-url", help="Redis URL (default: KIQ_REDIS_URL, REDIS_URL, then local).")
+@click.option("--redis-url", help="Redis URL (default: KIQ_REDIS_URL, REDIS_URL, then local). Any local "
+              "user can read a flag: give a password in the config file or KIQ_REDIS_URL.")
 @click.option("--namespace", help="Prefix for every Redis key.")
 @click.option("-t", "--timeout", type=float, help="Seconds a graceful stop waits for running jobs.")
 @click.option("--metrics-port", type=int, help="Port of the /metrics endpoint (0 turns it off).")

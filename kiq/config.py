@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiq import log
-from kiq.connection import url_from_env
+from kiq.connection import ENCODE_PASSWORD, unencoded_password, url_from_env
 
 
 class ConfigError(ValueError):
@@ -216,3 +216,5 @@ def _validate(config: Config) -> None:
         raise ConfigError("log.format", f"must be one of {', '.join(log.FORMATS)}")
     if "://" not in config.redis_url:
         raise ConfigError("redis_url", "must be a URL such as redis://127.0.0.1:6379/0")
+    if unencoded_password(config.redis_url):
+        raise ConfigError("redis_url", ENCODE_PASSWORD)

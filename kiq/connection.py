@@ -7,7 +7,9 @@ than ``BLOCKING_SOCKET_TIMEOUT``.
 
 from __future__ import annotations
 
+import itertools
 import os
+import re
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -24,6 +26,7 @@ SOCKET_TIMEOUT = 5.0
 BLOCKING_SOCKET_TIMEOUT = 10.0
 SENTINEL_SCHEMES = ("sentinel://", "redis+sentinel://")
 RETRY_PAUSE_MAX = 5.0
+ENCODE_PASSWORD = "a password in the Redis URL must percent-encode / ? # as %2F %3F %23"
 T = TypeVar("T")
 
 
@@ -53,6 +56,8 @@ def connect(url: str, *, blocking: bool = False, name: str = "kiq", retry: bool 
         "socket_connect_timeout": SOCKET_TIMEOUT,
         "client_name": name,
     }
+    if unencoded_password(url):
+        raise ValueError(ENCODE_PASSWORD)
     if not url.startswith("unix://"):
         options["socket_keepalive"] = True
     if not retry:
@@ -92,16 +97,100 @@ def wire(text: str) -> bytes:
 
 
 def redact(url: str) -> str:
-    """The URL with any password replaced, for logs, titles and metrics."""
-    parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    query = "&".join(
-        f"{key}=***" if "password" in key else f"{key}={value}" for key, value in parse_qsl(parts.query)
-    )
-    if at and ":" in userinfo:
-        userinfo = userinfo.split(":", 1)[0] + ":***"
-    netloc = f"{userinfo}@{hosts}" if at else hosts
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "")
+    """The URL with every password replaced by ``***``, for logs and messages.
+
+    Users write special characters in passwords raw as often as percent-encoded, and a raw
+    ``/``, ``?`` or ``#`` moves where a URL parser ends the host part. So the URL is read
+    both ways: as redis-py reads it (``urlsplit``: the userinfo password, query parameters
+    whose name contains ``password``, and what a raw ``&`` or ``#`` cut off such a value),
+    and with the userinfo ending at the last ``@``. Whatever either reading takes for a
+    password is hidden; everything else is shown as written. User names are shown.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    hidden = [False] * len(rest)
+    for start, end in _password_spans(rest):
+        hidden[start:end] = [True] * (end - start)
+    shown = []
+    position = 0
+    for secret, run in itertools.groupby(hidden):
+        length = len(list(run))
+        shown.append("***" if secret else rest[position : position + length])
+        position += length
+    return (f"{scheme}://" if sep else "") + "".join(shown)
+
+
+def unencoded_password(url: str) -> bool:
+    """Whether the URL's userinfo password holds a raw ``/``, ``?`` or ``#``: redis-py would
+    read the URL cut short there, its host part ending in part of the password (which its
+    error then names). An ``@`` further on in a URL whose host part reads plainly belongs
+    to a path or a query."""
+    rest = url.partition("://")[2] or url
+    netloc_end = _first(rest, "/?#")
+    past_host = _last_userinfo_end(rest, netloc_end, _query_passwords(rest, netloc_end)) > netloc_end
+    return past_host and not _plain_hosts(rest[:netloc_end])
+
+
+def _password_spans(rest: str) -> list[tuple[int, int]]:
+    """Where ``rest`` (a URL after ``scheme://``) may hold a password, read both ways."""
+    netloc_end = _first(rest, "/?#")
+    spans = _query_passwords(rest, netloc_end)
+    as_redis_py = rest.rfind("@", 0, netloc_end)
+    for userinfo_end in (as_redis_py, _last_userinfo_end(rest, netloc_end, spans)):
+        colon = rest.find(":", 0, max(userinfo_end, 0))
+        if colon >= 0:
+            spans.append((colon + 1, userinfo_end))
+    return spans
+
+
+def _last_userinfo_end(rest: str, netloc_end: int, query_passwords: list[tuple[int, int]]) -> int:
+    """Where the userinfo ends when a password may hold raw special characters: at the last
+    ``@``, unless that one is in a query password of a URL whose hosts read plainly."""
+    last_at = rest.rfind("@")
+    if any(start <= last_at < end for start, end in query_passwords) and _plain_hosts(rest[:netloc_end]):
+        return rest.rfind("@", 0, netloc_end)
+    return last_at
+
+
+def _first(text: str, chars: str, start: int = 0) -> int:
+    """Index of the first of ``chars`` in ``text`` from ``start``, or ``len(text)``."""
+    return min((i for i in (text.find(c, start) for c in chars) if i >= 0), default=len(text))
+
+
+def _query_passwords(rest: str, netloc_end: int) -> list[tuple[int, int]]:
+    """Spans of ``rest`` (a URL after ``scheme://``) that hold query password values: the value
+    of each parameter whose name contains ``password``, together with what a raw ``&`` or
+    ``#`` in it cut off (following items without ``=``, then the fragment)."""
+    fragment = _first(rest, "#", netloc_end)
+    question = rest.find("?", netloc_end, fragment)
+    if question < 0:
+        return []
+    spans: list[tuple[int, int]] = []
+    inside, position = False, question + 1
+    for item in rest[question + 1 : fragment].split("&"):
+        key, equals, _ = item.partition("=")
+        if equals and "password" in key.lower():
+            spans.append((position + len(key) + 1, position + len(item)))
+            inside = True
+        elif equals:
+            inside = False
+        elif inside:  # a raw & in the password before this part
+            spans.append((position - 1, position + len(item)))
+        position += len(item) + 1
+    if inside and fragment < len(rest):  # a raw # in the last password
+        spans.append((fragment, len(rest)))
+    return spans
+
+
+def _plain_hosts(netloc: str) -> bool:
+    """Whether a host part (after any userinfo) is hosts with numeric ports, as a URL whose
+    password has no raw special characters has."""
+    hosts = netloc.rpartition("@")[2]
+    return all(_HOST.fullmatch(host) for host in hosts.split(","))
+
+
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]*\]|[^:\[\]]*)(:[0-9]*)?")
 
 
 def server_version(conn: redis.Redis) -> tuple[int, ...]:

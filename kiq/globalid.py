@@ -3,7 +3,9 @@
 An argument that is a record of an ORM is stored as ``{"_aj_globalid": "gid://APP/User/42"}``,
 Active Job's shape, so Rails and kiq pass records to each other by reference. Locators do the
 ORM work and are pluggable: register() adds one; SQLAlchemyLocator and DjangoLocator ship here
-and import their ORM only when used, so neither is needed to run kiq.
+and import their ORM only when used, so neither is needed to run kiq. Both load only the models
+they are given (an allow-list): a payload comes from whoever can write to Redis, and a job
+must not receive a row of a model it never expected.
 
 ``app`` names this application in the URIs it writes (``KIQ_GLOBALID_APP``, else ``"kiq"``;
 change it with configure()). A URI of another app is refused when located: set the same app
@@ -20,7 +22,6 @@ thread calls release().
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import logging
 import os
@@ -222,14 +223,15 @@ def locate(gid: str | GlobalID) -> object:
             "(see kiq.globalid.configure(app=...))"
         )
     candidates = list(_locators)
+    reasons = []
     for locator in candidates:
         try:
             return locator.locate(parsed.model_name, parsed.model_id)
-        except UnknownModelError:
-            continue
+        except UnknownModelError as error:
+            reasons.append(str(error))
     if not candidates:
         raise UnknownModelError(f"no global ID locator is registered to find model {parsed.model_name!r}")
-    raise UnknownModelError(f"no registered locator knows model {parsed.model_name!r}")
+    raise UnknownModelError(f"no registered locator knows model {parsed.model_name!r}: {'; '.join(reasons)}")
 
 
 # Resources that live as long as a job
@@ -305,9 +307,20 @@ def release() -> None:
     _stack()[0].close()
 
 
-def _named_models(models: Iterable[type] | Mapping[str, type] | None) -> dict[str, type]:
-    if models is None:
-        return {}
+Models = Iterable[type] | Mapping[str, type]
+
+
+def _allowed(locator: str, models: Models | None, base: object = None) -> Models:
+    """The allow-list a locator was given; without one, TypeError says what to write."""
+    if models is None or base is not None or isinstance(models, type):
+        raise TypeError(
+            f"{locator} needs models=[...], the models jobs may receive: a global ID naming any other "
+            "model fails its job instead of loading that row (see docs/globalid.md)"
+        )
+    return models
+
+
+def _named_models(models: Models) -> dict[str, type]:
     if isinstance(models, Mapping):
         return dict(models)
     named: dict[str, type] = {}
@@ -318,22 +331,8 @@ def _named_models(models: Iterable[type] | Mapping[str, type] | None) -> dict[st
     return named
 
 
-class _Names:
-    """Model names both ways. Explicit names always hold; an automatic name that two
-    models share (or that an explicit name took) names neither of them."""
-
-    def __init__(self, explicit: Mapping[str, type], automatic: Iterable[tuple[type, str]] = ()) -> None:
-        self.classes: dict[str, type] = dict(explicit)
-        self.names: dict[type, str] = {model: name for name, model in explicit.items()}
-        pending = [(model, name) for model, name in automatic if model not in self.names]
-        counts = Counter(name for _, name in pending)
-        self.shared: set[str] = set()
-        for model, name in pending:
-            if counts[name] > 1 or name in self.classes:
-                self.shared.add(name)
-            else:
-                self.classes[name] = model
-                self.names[model] = name
+def _not_allowed(locator: str, model_name: str) -> UnknownModelError:
+    return UnknownModelError(f"{model_name!r} is not one of the models this {locator} may load (its models=)")
 
 
 # SQLAlchemy
@@ -352,29 +351,28 @@ class SQLAlchemyLocator:
     ``sqlalchemy.orm.object_session(record)``. Changes the job does not commit
     are rolled back when the session closes.
 
-    Models are the classes mapped by ``base`` (a declarative base or a
-    ``registry``), named by their class name, and those in ``models``: a list,
-    or a mapping that gives names of its own (``{"Admin::User": AdminUser}``,
-    to match a Ruby class). A class name that two mapped classes share must be
-    given in ``models``. Primary keys must be single-column; the id string is
-    converted to the key column's Python type.
+    ``models`` is the allow-list, and is required: the mapped classes that jobs may
+    receive, as a list (named by class name) or a mapping that gives names of its own
+    (``{"Admin::User": AdminUser}``, to match a Ruby class). A payload comes from whoever
+    can write to Redis, so a global ID naming any other model fails its job rather than
+    loading that row, and a record of any other model is not enqueued. ``base=`` (which
+    once allowed every class of a declarative base) is refused with that advice. Primary
+    keys must be single-column; the id string is converted to the key column's Python type.
 
-    Enqueue after the transaction that created the record has committed, or
-    the worker may look for it before it exists.
+    Enqueue after the transaction that created the record has committed, or the worker
+    may look for it before it exists.
     """
 
     def __init__(
         self,
         session_factory: Callable[[], Any],
-        base: Any = None,
-        models: Iterable[type] | Mapping[str, type] | None = None,
+        models: Models | None = None,
+        *,
+        base: object = None,
     ) -> None:
-        if base is None and models is None:
-            raise TypeError("SQLAlchemyLocator needs base= (a declarative base or registry) or models=")
         self.session_factory = session_factory
-        self.base = base
-        self.models = _named_models(models)
-        self._names: tuple[int, _Names] | None = None
+        self.classes = _named_models(_allowed("SQLAlchemyLocator", models, base))
+        self.names = {model: name for name, model in self.classes.items()}
 
     def identify(self, obj: object) -> tuple[str, object] | None:
         if isinstance(obj, type):
@@ -385,47 +383,25 @@ class SQLAlchemyLocator:
         state = inspect(obj, raiseerr=False)
         if not isinstance(state, InstanceState):
             return None
-        model = state.mapper.class_
-        table = self._table()
-        name = table.names.get(model)
+        name = self.names.get(state.mapper.class_)
         if name is None:
-            if model.__name__ in table.shared:
-                raise SerializationError(
-                    f"two mapped classes are named {model.__name__}: name them in "
-                    "SQLAlchemyLocator(models={name: class})"
-                )
             return None
-        self._key(model, name, SerializationError)
+        self._key(state.mapper.class_, name, SerializationError)
         identity = state.identity
         if identity is None or identity[0] is None:
             raise SerializationError(f"{name} is not saved yet: flush or commit it before enqueueing")
         return name, identity[0]
 
     def locate(self, model_name: str, model_id: str) -> object:
-        table = self._table()
-        model = table.classes.get(model_name)
+        model = self.classes.get(model_name)
         if model is None:
-            if model_name in table.shared:
-                raise LocateError(f"two mapped classes are named {model_name}: name them in models=")
-            raise UnknownModelError(f"no mapped class named {model_name!r}")
+            raise _not_allowed("SQLAlchemyLocator", model_name)
         key = self._convert(model, model_name, model_id)
         session = scoped_resource(self, self._open_session)
         record = session.get(model, key)
         if record is None:
             raise RecordNotFoundError(f"{model_name} with id {model_id!r} not found")
         return record
-
-    def _table(self) -> _Names:
-        """Names of the mapped classes, rebuilt when the registry maps more classes."""
-        mappers: Iterable[Any] = ()
-        if self.base is not None:
-            mappers = getattr(self.base, "registry", self.base).mappers
-        mappers = list(mappers)
-        if self._names is not None and self._names[0] == len(mappers):
-            return self._names[1]
-        names = _Names(self.models, ((mapper.class_, mapper.class_.__name__) for mapper in mappers))
-        self._names = (len(mappers), names)
-        return names
 
     @staticmethod
     def _key(model: type, name: str, error: type[Exception]) -> Any:
@@ -470,24 +446,41 @@ class SQLAlchemyLocator:
 class DjangoLocator:
     """Locates Django model instances through their model's default manager (``.get(pk=id)``).
 
-    A model is named by its class name; where two installed apps have a model
-    of the same class name, both are named ``app_label.ClassName``, and that
-    form is always accepted when locating. ``models`` (a list, or a mapping
-    with names of its own such as ``{"Admin::User": User}``) limits the
-    locator to those models. A default manager that filters rows (soft
-    deletes) makes the rows it hides not found.
+    ``models`` is the allow-list, and is required: the models that jobs may receive. A
+    payload comes from whoever can write to Redis, so a global ID naming any other model
+    fails its job rather than loading that row, and a record of any other model is not
+    enqueued. Given as a list, a model is named by its class name; where two listed models
+    share a class name, both are named ``app_label.ClassName``, and that form is always
+    accepted when locating. A mapping gives names of its own (``{"Admin::User": User}``).
+    A default manager that filters rows (soft deletes) makes the rows it hides not found.
     """
 
-    def __init__(self, models: Iterable[type] | Mapping[str, type] | None = None) -> None:
-        self.models = _named_models(models) if models is not None else None
-        self._names: tuple[object, _Names] | None = None
+    def __init__(self, models: Models | None = None) -> None:
+        models = _allowed("DjangoLocator", models)
+        self.shared: set[str] = set()
+        if isinstance(models, Mapping):
+            self.classes = dict(models)
+            self.names = {model: name for name, model in self.classes.items()}
+        else:
+            self._name(list(models))
+
+    def _name(self, models: list[Any]) -> None:
+        """Each model by its class name where that is unique among ``models``, else by
+        ``app_label.ClassName``; the latter form finds every one of them."""
+        counts = Counter(model.__name__ for model in models)
+        self.shared = {name for name, count in counts.items() if count > 1}
+        self.classes, self.names = {}, {}
+        for model in models:
+            full = f"{model._meta.app_label}.{model.__name__}"
+            name = model.__name__ if counts[model.__name__] == 1 else full
+            self.classes[full] = self.classes[name] = model
+            self.names[model] = name
 
     def identify(self, obj: object) -> tuple[str, object] | None:
         django_models: Any = importlib.import_module("django.db.models")
         if not isinstance(obj, django_models.Model):
             return None
-        model: Any = type(obj)
-        name = self._table().names.get(model)
+        name = self.names.get(type(obj))
         if name is None:
             return None
         key = obj.pk
@@ -500,7 +493,11 @@ class DjangoLocator:
         return name, key
 
     def locate(self, model_name: str, model_id: str) -> object:
-        model = self._model(model_name)
+        model: Any = self.classes.get(model_name)
+        if model is None:
+            if model_name in self.shared:
+                raise LocateError(f"two apps have a model named {model_name}: use app_label.{model_name}")
+            raise _not_allowed("DjangoLocator", model_name)
         exceptions: Any = importlib.import_module("django.core.exceptions")
         try:
             key = model._meta.pk.to_python(model_id)
@@ -510,40 +507,6 @@ class DjangoLocator:
             return model._default_manager.get(pk=key)
         except model.DoesNotExist:
             raise RecordNotFoundError(f"{model_name} with id {model_id!r} not found") from None
-
-    def _model(self, model_name: str) -> Any:
-        table = self._table()
-        model = table.classes.get(model_name)
-        if model is not None:
-            return model
-        if model_name in table.shared:
-            raise LocateError(f"two apps have a model named {model_name}: use app_label.{model_name}")
-        if self.models is None and "." in model_name:
-            apps: Any = importlib.import_module("django.apps").apps
-            app_label, _, name = model_name.partition(".")
-            with contextlib.suppress(LookupError):
-                return apps.get_model(app_label, name)
-        raise UnknownModelError(f"no Django model named {model_name!r}")
-
-    def _table(self) -> _Names:
-        if self.models is not None:
-            if self._names is None:
-                self._names = (None, _Names(self.models))
-            return self._names[1]
-        apps: Any = importlib.import_module("django.apps").apps
-        installed = apps.get_models()  # cached by Django until the registry changes
-        if self._names is not None and self._names[0] is installed:
-            return self._names[1]
-        counts = Counter(model.__name__ for model in installed)
-
-        def name(model: Any) -> str:
-            unique = counts[model.__name__] == 1
-            return str(model.__name__ if unique else f"{model._meta.app_label}.{model.__name__}")
-
-        names = _Names({}, ((model, name(model)) for model in installed))
-        names.shared.update(shared for shared, count in counts.items() if count > 1)
-        self._names = (installed, names)
-        return names
 
 
 serialize.locate_global_id = locate

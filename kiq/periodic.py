@@ -45,7 +45,7 @@ from kiq import log
 from kiq.client import build_payload
 from kiq.config import ConfigError
 from kiq.cron import Cron, CronError, last_at_or_before, next_after, parse
-from kiq.job import Job
+from kiq.job import Job, lookup
 from kiq.keys import Keys
 from kiq.serialize import SerializationError, serialize_args, serialize_kwargs
 
@@ -159,9 +159,13 @@ class Entry:
         return next_after(self.schedule, moment, self.zone)
 
     def payload(self, tick: int) -> dict[str, Any]:
-        """The job hash for ``tick``; the ``periodic`` field names the entry and the tick."""
+        """The job hash for ``tick``; the ``periodic`` field names the entry and the tick. The job
+        class's ``backtrace`` option applies, as to any enqueue of it."""
         payload = build_payload(self.job, self.args, self.kwargs or None, queue=self.queue, retry=self.retry)
         payload["periodic"] = {"name": self.name, "tick": tick}
+        job_class = lookup(self.job)
+        if job_class is not None and job_class.backtrace:
+            payload["backtrace"] = job_class.backtrace
         return payload
 
 

@@ -22,6 +22,7 @@ DEAD_TIMEOUT = 180 * 24 * 3600
 MAX_MESSAGE = 10_000
 MAX_COUNT = 500  # a larger retry_count counts as this one (its backoff is some 2,000 years)
 MAX_DELAY = 100 * 365 * 24 * 3600.0
+MAX_BACKTRACE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,22 @@ def compress_backtrace(error: BaseException, limit: int | None = None) -> str:
     if limit is not None:
         frames = frames[:limit]
     return base64.encodebytes(zlib.compress(json.dumps(frames).encode())).decode()
+
+
+def decode_backtrace(stored: object) -> list[str]:
+    """The frames of an ``error_backtrace`` as ``compress_backtrace`` (and Sidekiq 6 and later)
+    writes it, or as the plain list older Sidekiqs wrote; ``[]`` for none, or for anything
+    unreadable. At most ``MAX_BACKTRACE`` bytes are inflated, whatever a payload claims."""
+    if isinstance(stored, list):
+        return [str(frame) for frame in stored]
+    if not isinstance(stored, str):
+        return []
+    try:
+        text = zlib.decompressobj().decompress(base64.b64decode(stored), MAX_BACKTRACE)
+        frames = json.loads(text)
+    except (ValueError, zlib.error):
+        return []
+    return [str(frame) for frame in frames] if isinstance(frames, list) else []
 
 
 def _dump(job: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 
-from globalid_models import Base, User
+from globalid_models import User
 from sample_jobs import conn
 from sqlalchemy import create_engine
 from sqlalchemy.orm import scoped_session, sessionmaker
@@ -17,7 +17,7 @@ from kiq import globalid
 
 engine = create_engine(f"sqlite:///{os.environ['KIQ_TEST_GLOBALID_DB']}")
 Session = scoped_session(sessionmaker(engine))
-globalid.register(globalid.SQLAlchemyLocator(Session, base=Base))
+globalid.register(globalid.SQLAlchemyLocator(Session, models=[User]))  # jobs may receive Users, nothing else
 
 
 class LocatedUserJob(kiq.Job):

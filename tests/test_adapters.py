@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import subprocess
+import sys
 import threading
 import time
 
@@ -158,3 +160,15 @@ def test_discard_on_drops_without_retry_anywhere():
     DiscardedJob.perform_later()
     assert adapter.drain(5)
     assert adapter.dead == []
+
+
+def test_adapters_are_reachable_after_a_plain_import_kiq():
+    """docs/jobs.md's ``kiq.adapters.use("async")`` in a fresh interpreter that imported only kiq."""
+    code = "\n".join([
+        "import kiq",
+        "adapter = kiq.adapters.use('async')",
+        "print(type(adapter).__name__)",
+    ])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            check=True)
+    assert result.stdout.strip() == "AsyncAdapter"

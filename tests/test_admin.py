@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import signal
@@ -17,6 +18,7 @@ from conftest import ROOT, alive, free_port, sample_env, wait_for
 
 from kiq.client import Client
 from kiq.keys import day
+from kiq.retry import decode_backtrace
 
 NOW = time.time()
 FAST_BEATS = {"heartbeat_interval": 0.2, "heartbeat_ttl": 5}
@@ -465,6 +467,67 @@ def test_dead_retry_all_runs_really_dead_jobs_again(redis_server, r, client, sta
     assert all(e["retry_count"] == 1 and "retried_at" in e for e in entries)
 
 
+TRACED = """
+import kiq
+
+
+class AdminTracedJob(kiq.Job):
+    backtrace = True
+    retry = 1
+
+    def perform(self, token):
+        explode(token)
+
+
+def explode(token):
+    raise ValueError(f"traced {token}")
+"""
+
+
+def test_retries_and_dead_show_the_backtrace_a_worker_kept(redis_server, r, client, start_kiq, tmp_path):
+    """``backtrace = True`` on the class (and ``set(backtrace=2)``) reach a real worker, whose failure
+    keeps Sidekiq's ``error_backtrace``; ``show`` prints the job, its error and those frames."""
+    module = tmp_path / "traced_jobs.py"  # start_kiq puts tmp_path on the workers' path
+    module.write_text(TRACED)
+    spec = importlib.util.spec_from_file_location("traced_jobs", module)
+    assert spec is not None and spec.loader is not None
+    traced = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(traced)
+    url = redis_server.url
+    start_kiq(require=["traced_jobs"], **FAST_BEATS)
+    retried = traced.AdminTracedJob.perform_later("a")
+    died = traced.AdminTracedJob.set(retry=0, backtrace=2).perform_later("b")
+    wait_for(lambda: r.zcard("retry") == 1 and r.zcard("dead") == 1, timeout=30)
+
+    [entry] = [json.loads(raw) for raw in r.zrange("retry", 0, 0)]
+    frames = decode_backtrace(entry["error_backtrace"])
+    assert frames[0].startswith(f"{module}:") and frames[0].endswith(":in explode"), frames
+    assert frames[1].startswith(f"{module}:") and frames[1].endswith(":in perform"), frames
+    assert len(frames) > 2  # kiq's own frames follow
+    shown = ok(url, "retries", "show", retried.jid)
+    assert f"jid         {retried.jid}" in shown and "class       AdminTracedJob" in shown
+    assert "error       ValueError: traced a" in shown
+    listed = shown.split("backtrace   (innermost first)\n")[1].splitlines()
+    assert listed == [f"  {frame}" for frame in frames]
+    [data] = ok_json(url, "retries", "show", retried.jid)
+    assert data["set"] == "retry" and data["job"]["jid"] == retried.jid and data["backtrace"] == frames
+
+    [dead] = ok_json(url, "dead", "show", died.jid)
+    assert dead["set"] == "dead" and dead["job"]["backtrace"] == 2 and dead["backtrace"] == frames[:2]
+    assert "ValueError: traced b" in ok(url, "dead", "show", died.jid)
+
+    missing = kiq(url, "dead", "show", died.jid, "0" * 24)
+    assert missing.returncode == 1 and f"not found: {'0' * 24}" in missing.stderr
+    assert "traced b" in missing.stdout
+
+
+def test_show_says_when_a_failed_job_kept_no_backtrace(redis_server, r):
+    r.zadd("dead", {dump(sidekiq_failure(1)): NOW})
+    [entry] = r.zrange("dead", 0, 0)
+    shown = ok(redis_server.url, "dead", "show", json.loads(entry)["jid"])
+    assert "backtrace   none kept (set backtrace = True on the job class to keep one)" in shown
+
+
 # -- quiet and stop against a running kiq -------------------------------------
 
 
@@ -554,6 +617,8 @@ def test_default_redis_url_comes_from_the_environment(redis_server, r):
 
 USAGE_ERRORS = [
     (["retries", "retry"], "needs job ids or --all"),
+    (["retries", "show"], "show needs job ids (not --all)"),
+    (["dead", "show", "--all"], "show needs job ids (not --all)"),
     (["dead", "delete", "--all", "0" * 24], "not both"),
     (["dead", "kill", "--all"], "Invalid value"),
     (["quiet"], "needs process identities or --all"),

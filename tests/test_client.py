@@ -129,6 +129,46 @@ def test_jids_do_not_repeat_after_the_app_seeds_random_or_forks():
     assert not set(child) & set(parent)
 
 
+def _untemper(value: int) -> int:
+    """The Mersenne Twister state word behind one 32-bit output (its tempering undone)."""
+    value ^= value >> 18
+    value ^= (value << 15) & 0xEFC60000
+    result = value
+    for _ in range(4):
+        result = value ^ ((result << 7) & 0x9D2C5680)
+    value = result & 0xFFFFFFFF
+    result = value
+    for _ in range(2):
+        result = value ^ (result >> 11)
+    return result
+
+
+def _clone_generator(jids: list[str]) -> random.Random:
+    """A Mersenne Twister in the state that made ``jids`` (208 of them: 624 words), had they
+    come from one: ``getrandbits(96)`` draws three words, the least significant first."""
+    words = [int(jid[start : start + 8], 16) for jid in jids for start in (16, 8, 0)]
+    clone = random.Random()
+    clone.setstate((3, (*(_untemper(word) for word in words[-624:]), 624), None))
+    return clone
+
+
+def test_a_jid_cannot_be_predicted_from_the_jids_before_it():
+    """Sidekiq's jids come from SecureRandom: an app may hand one out as a token. From 208 jids
+    of a seeded generator (Python's random, whatever its seed) the next ones follow."""
+    clone = _clone_generator([kiq.client.new_jid() for _ in range(208)])
+    predicted = f"{clone.getrandbits(96):024x}"
+    predicted_bulk = f"{clone.getrandbits(96 * 3):072x}"
+    assert kiq.client.new_jid() != predicted
+    assert "".join(kiq.client.new_jids(3)) != predicted_bulk
+
+
+def test_the_clone_predicts_a_seeded_generator():
+    """The check above would catch a seeded generator: it predicts one."""
+    generator = random.Random(os.urandom(16))
+    clone = _clone_generator([f"{generator.getrandbits(96):024x}" for _ in range(208)])
+    assert clone.getrandbits(96) == generator.getrandbits(96)
+
+
 def test_lpush_keeps_each_queue_fifo(client, r):
     for n in range(5):
         ClientPlainJob.perform_later(n)

@@ -304,6 +304,16 @@ def test_invalid_override_names_its_key(overrides, key):
     assert raised.value.key == key
 
 
+@pytest.mark.parametrize("url", ["redis://kiq:s3/cr@127.0.0.1/0", "redis://:s3#cr@127.0.0.1/0",
+                                 "unix://kiq:s3?cr@/run/redis.sock"])
+def test_a_raw_special_character_in_the_password_is_a_bad_url_that_hides_it(url):
+    """redis-py would read the URL cut short and name part of the password in its error."""
+    with pytest.raises(ConfigError) as raised:
+        load(None, {"redis_url": url})
+    assert raised.value.key == "redis_url"
+    assert "percent-encode" in str(raised.value) and "s3" not in str(raised.value)
+
+
 @pytest.mark.parametrize(
     ("settings", "key"),
     [({"processes": 2.5}, "processes"), ({"max_jobs": 0.5}, "max_jobs"),

@@ -12,9 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import descendants, free_port, run_python, title, wait_for
 
-from kiq.connection import connect
-
-pytestmark = pytest.mark.slow
+from kiq.connection import connect, redact
 
 
 class Servers:
@@ -37,6 +35,76 @@ class Servers:
             if process.poll() is None:
                 process.kill()
                 process.wait(10)
+
+
+# (URL, its redacted form, the password it holds). Passwords are written raw, as users write
+# them, and percent-encoded; a raw / ? # moves where a URL parser ends the host part.
+REDACTED = [
+    ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0", ""),
+    ("redis://:s3cret@redis.internal:6379/0", "redis://:***@redis.internal:6379/0", "s3cret"),
+    ("redis://kiq:s3cret@redis.internal:6379/0", "redis://kiq:***@redis.internal:6379/0", "s3cret"),
+    ("rediss://kiq:s3cret@redis.internal:6380/0?ssl_ca_certs=/etc/kiq/ca.crt",
+     "rediss://kiq:***@redis.internal:6380/0?ssl_ca_certs=/etc/kiq/ca.crt", "s3cret"),
+    ("redis://kiq:pa/ss@redis.internal:6379/0", "redis://kiq:***@redis.internal:6379/0", "pa/ss"),
+    ("redis://kiq:pa#ss@redis.internal:6379/0", "redis://kiq:***@redis.internal:6379/0", "pa#ss"),
+    ("redis://kiq:pa?ss@redis.internal:6379/0", "redis://kiq:***@redis.internal:6379/0", "pa?ss"),
+    ("redis://kiq:pa@ss@redis.internal:6379/0", "redis://kiq:***@redis.internal:6379/0", "pa@ss"),
+    ("redis://:pa/ss#x?y@z@10.0.0.1/0", "redis://:***@10.0.0.1/0", "pa/ss#x?y@z"),
+    ("redis://kiq:pa:ss@redis.internal/0", "redis://kiq:***@redis.internal/0", "pa:ss"),
+    ("redis://kiq:pa%2Fs%23s%3Fx%40y@redis.internal/0", "redis://kiq:***@redis.internal/0",
+     "pa%2Fs%23s%3Fx%40y"),
+    ("redis://me@corp:s3cret@redis.internal/0", "redis://me@corp:***@redis.internal/0", "s3cret"),
+    ("redis://kiq@redis.internal/0", "redis://kiq@redis.internal/0", ""),
+    ("redis://:pa/ss@[::1]:6379/0", "redis://:***@[::1]:6379/0", "pa/ss"),
+    ("unix://kiq:s3cret@/run/redis/redis.sock?db=0", "unix://kiq:***@/run/redis/redis.sock?db=0", "s3cret"),
+    ("unix://kiq:pa/ss@/run/redis/redis.sock?db=0", "unix://kiq:***@/run/redis/redis.sock?db=0", "pa/ss"),
+    ("unix:///run/redis/redis.sock?password=s3cret&db=0", "unix:///run/redis/redis.sock?password=***&db=0",
+     "s3cret"),
+    ("unix:///run/redis/redis.sock?db=0&password=pa@ss", "unix:///run/redis/redis.sock?db=0&password=***",
+     "pa@ss"),
+    ("unix:///run/redis/redis.sock?db=0&password=pa/s?s@x#y", "unix:///run/redis/redis.sock?db=0&password=***",
+     "pa/s?s@x#y"),
+    ("unix:///run/redis/redis.sock?password=pa&ss&db=0", "unix:///run/redis/redis.sock?password=***&db=0",
+     "pa&ss"),
+    ("redis://10.0.0.1:6379/0?password=pa@ss", "redis://10.0.0.1:6379/0?password=***", "pa@ss"),
+    ("redis://kiq:s3cret@10.0.0.1/0?Password=pa@ss", "redis://kiq:***@10.0.0.1/0?Password=***",
+     "s3cret pa@ss"),
+    ("redis://kiq:pa?password=x@10.0.0.1/0", "redis://kiq:***", "pa?password=x"),
+    ("redis://kiq:12?k=v@10.0.0.1/0", "redis://kiq:***@10.0.0.1/0", "12?k=v"),
+    ("sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3/mymaster/0",
+     "sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3/mymaster/0", ""),
+    ("sentinel://kiq:s3cret@10.0.0.1:26379,10.0.0.2:26379/mymaster/0?sentinel_password=s3nt",
+     "sentinel://kiq:***@10.0.0.1:26379,10.0.0.2:26379/mymaster/0?sentinel_password=***", "s3cret s3nt"),
+    ("redis+sentinel://:pa/ss@10.0.0.1,10.0.0.2:26380/mymaster?sentinel_password=s/3#nt",
+     "redis+sentinel://:***@10.0.0.1,10.0.0.2:26380/mymaster?sentinel_password=***", "pa/ss s/3#nt"),
+    ("redis://10.0.0.1/0?password=pa#ss", "redis://10.0.0.1/0?password=***", "pa#ss"),
+]
+
+
+@pytest.mark.parametrize(("url", "shown", "passwords"), REDACTED)
+def test_redact_hides_every_password(url: str, shown: str, passwords: str) -> None:
+    assert redact(url) == shown
+    assert not any(password in shown for password in passwords.split())
+
+
+@pytest.mark.parametrize(("url", "refused"), [
+    ("redis://kiq:s3/cr@127.0.0.1/0", True),
+    ("sentinel://:s3#cr@10.0.0.1,10.0.0.2/mymaster", True),
+    ("redis://kiq:s3%2Fcr@127.0.0.1/0", False),
+    ("redis://kiq:s3@cr@127.0.0.1/0", False),  # redis-py reads a raw @ as meant
+    ("redis://127.0.0.1/0?password=s3@cr#x", False),
+    ("unix:///run/a@b/redis.sock?db=0", False),
+    ("rediss://127.0.0.1:6380/0?ssl_ca_certs=/etc/a@b/ca.crt", False),
+])
+def test_connect_refuses_a_raw_special_character_in_the_password(url: str, refused: bool) -> None:
+    """Without the check, redis-py's error for the first URL is "Port could not be cast to
+    integer value as 's3'"."""
+    if refused:
+        with pytest.raises(ValueError, match="percent-encode") as raised:
+            connect(url)
+        assert "s3" not in str(raised.value)
+    else:
+        connect(url)  # builds the client; it connects when first used
 
 
 @pytest.fixture
@@ -84,6 +152,7 @@ def run_one_job(start_kiq, url: str, **settings: object):
     return kiq
 
 
+@pytest.mark.slow
 def test_unix_socket(start_kiq, servers, tmp_path, monkeypatch):
     sock = tmp_path / "redis.sock"
     servers.start("--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no")
@@ -93,6 +162,7 @@ def test_unix_socket(start_kiq, servers, tmp_path, monkeypatch):
     run_one_job(start_kiq, url)
 
 
+@pytest.mark.slow
 def test_acl_user_and_password_never_shown(start_kiq, servers, monkeypatch):
     port = free_port()
     servers.start("--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
@@ -120,6 +190,7 @@ def make_certificates(directory: Path) -> None:
             "-out", "server.crt", "-days", "1", "-extfile", "ext")
 
 
+@pytest.mark.slow
 def test_tls_with_a_self_signed_ca(start_kiq, servers, tmp_path, monkeypatch):
     make_certificates(tmp_path)
     port = free_port()
@@ -133,12 +204,14 @@ def test_tls_with_a_self_signed_ca(start_kiq, servers, tmp_path, monkeypatch):
     run_one_job(start_kiq, url)
 
 
+@pytest.mark.slow
 def test_warns_when_redis_may_evict_jobs(start_kiq, redis_server, r):
     r.config_set("maxmemory-policy", "allkeys-lru")
     kiq = start_kiq()
     wait_for(lambda: "maxmemory-policy" in kiq.log())
 
 
+@pytest.mark.slow
 def test_sentinel_failover_under_load(start_kiq, servers, tmp_path, monkeypatch):
     primary, replica, sentinel = free_port(), free_port(), free_port()
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from conftest import ROOT, wait_for
 from globalid_models import Base, Membership, Post, Tag, User
-from sqlalchemy import create_engine, inspect, select
+from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.orm import Session, object_session, scoped_session, sessionmaker
 
 import kiq
@@ -201,7 +201,7 @@ def test_kiq_imports_without_sqlalchemy_or_django() -> None:
         "sys.modules['sqlalchemy'] = sys.modules['django'] = None\n"
         "import kiq, kiq.processor, kiq.worker\n"
         "from kiq.serialize import serialize\n"
-        "kiq.globalid.SQLAlchemyLocator(lambda: None, models=[]); kiq.globalid.DjangoLocator()\n"
+        "kiq.globalid.SQLAlchemyLocator(lambda: None, models=[]); kiq.globalid.DjangoLocator(models=[])\n"
         "try:\n"
         "    serialize(object())\n"
         "except kiq.SerializationError as error:\n"
@@ -251,7 +251,7 @@ def db(tmp_path: Path) -> Iterator[Db]:
 
 @pytest.fixture
 def sqla(db: Db) -> globalid.SQLAlchemyLocator:
-    return globalid.register(globalid.SQLAlchemyLocator(db.Session, base=Base))
+    return globalid.register(globalid.SQLAlchemyLocator(db.Session, models=[User, Post]))
 
 
 def assert_closed_after_the_job(db: Db, model: Any) -> None:
@@ -318,7 +318,7 @@ def test_a_deleted_record_is_a_deserialization_error_a_job_can_discard(
 
 def test_a_database_that_is_down_is_retried_not_discarded(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'missing' / 'app.db'}")
-    globalid.register(globalid.SQLAlchemyLocator(sessionmaker(engine), base=Base))
+    globalid.register(globalid.SQLAlchemyLocator(sessionmaker(engine), models=[User]))
     payload = {"class": "GidDiscardJob", "args": [{"_aj_globalid": "gid://testapp/User/1"}],
                "jid": "a" * 24, "queue": "default", "retry": True, "created_at": time.time()}
     outcome = processor.run(GidDiscardJob, payload, "default")
@@ -364,7 +364,8 @@ def test_locate_outside_a_job_keeps_the_session_until_release(db: Db, sqla: Any)
     assert not db.Session.registry.has() and inspect(user).detached
 
 
-def test_unsaved_and_composite_records_fail_at_enqueue(db: Db, sqla: Any) -> None:
+def test_unsaved_and_composite_records_fail_at_enqueue(db: Db) -> None:
+    globalid.register(globalid.SQLAlchemyLocator(db.Session, models=[User, Membership]))
     adapters.use("test")
     with pytest.raises(kiq.SerializationError, match=r"^args\[0\]: User is not saved yet"):
         GidUserJob.perform_later(User(name="new"))
@@ -397,6 +398,77 @@ def test_string_keys_and_ruby_names(db: Db) -> None:
     assert found[0].slug == "a b/c"  # type: ignore[index]
     with pytest.raises(globalid.UnknownModelError):
         globalid.locate("gid://testapp/User/1")  # only the names given
+
+
+def test_a_locator_without_an_allow_list_is_refused(db: Db) -> None:
+    needs = r"^SQLAlchemyLocator needs models=\[\.\.\.\], the models jobs may receive: a global ID naming"
+    with pytest.raises(TypeError, match=needs):
+        globalid.SQLAlchemyLocator(db.Session)
+    with pytest.raises(TypeError, match=needs):
+        globalid.SQLAlchemyLocator(db.Session, Base)  # a base, where the models go
+    with pytest.raises(TypeError, match=needs):
+        globalid.SQLAlchemyLocator(db.Session, base=Base)  # which once allowed every mapped class
+    with pytest.raises(TypeError, match=r"^DjangoLocator needs models=\[\.\.\.\]"):
+        globalid.DjangoLocator()
+
+
+class SqlLog:
+    """The SQL an engine runs, to see which tables a lookup read."""
+
+    def __init__(self, engine: Any) -> None:
+        self.statements: list[str] = []
+        event.listen(engine, "before_cursor_execute", self.record)
+
+    def record(self, conn: Any, cursor: Any, statement: str, *rest: Any) -> None:
+        self.statements.append(statement)
+
+
+def test_a_model_outside_the_allow_list_fails_the_job_without_loading_the_row(
+    db: Db, client: Any, r: Any
+) -> None:
+    """A payload pushed by whoever can write to Redis names a Post for a job given Users only."""
+    globalid.register(globalid.SQLAlchemyLocator(db.Session, models=[User]))
+    sql = SqlLog(db.engine)
+    for model, key in (("Post", 1), ("Membership", "1"), ("User", 1)):
+        r.lpush("queue:default", json.dumps({
+            "class": "GidDiscardJob", "args": [{"_aj_globalid": f"gid://testapp/{model}/{key}"}],
+            "jid": f"{model[0]}" * 24, "queue": "default", "retry": 3, "created_at": time.time()}))
+    for _ in ("Post", "Membership"):
+        outcome = processor.process("default", r.rpop("queue:default"))
+        assert (outcome.failed, outcome.action) == (True, "")  # failed (and discarded), never run
+        assert sql.statements == []
+    assert seen == []
+    assert processor.process("default", r.rpop("queue:default")) == SUCCESS
+    assert [run["name"] for run in seen] == ["Ada"] and len(sql.statements) == 1
+    with pytest.raises(kiq.DeserializationError) as raised:
+        deserialize({"_aj_globalid": "gid://testapp/Post/1"})
+    assert str(raised.value) == ("cannot locate gid://testapp/Post/1: no registered locator knows model "
+                                 "'Post': 'Post' is not one of the models this SQLAlchemyLocator may load "
+                                 "(its models=)")
+    assert len(sql.statements) == 1
+    with Session(db.engine) as session:
+        post = session.get(Post, 1)
+    with pytest.raises(kiq.SerializationError, match="cannot serialize object of type Post"):
+        GidArticleJob.perform_later(post)  # nor can one be enqueued
+
+
+@pytest.mark.slow
+def test_a_worker_refuses_a_model_outside_the_allow_list(
+    db: Db, start_kiq: Any, r: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """globalid_jobs lets a job receive Users only: a real worker fails a payload naming a Post."""
+    monkeypatch.setenv("KIQ_TEST_GLOBALID_DB", str(db.path))
+    monkeypatch.setenv("KIQ_GLOBALID_APP", APP)
+    start_kiq(require=["sample_jobs", "globalid_jobs"], concurrency=2)
+    r.sadd("queues", "default")
+    r.lpush("queue:default", json.dumps({
+        "class": "LocatedUserJob", "args": [{"_aj_globalid": "gid://testapp/Post/1"}], "jid": "p" * 24,
+        "queue": "default", "retry": 3, "created_at": time.time()}))
+    [failed] = wait_for(lambda: r.zrange("retry", 0, -1), timeout=20)
+    entry = json.loads(failed)
+    assert entry["error_class"] == "kiq.serialize.DeserializationError"
+    assert "'Post' is not one of the models this SQLAlchemyLocator may load" in entry["error_message"]
+    assert r.lrange("located", 0, -1) == []
 
 
 @pytest.mark.slow
@@ -441,7 +513,7 @@ def django_models(tmp_path_factory: pytest.TempPathFactory) -> Any:
 
 @pytest.fixture
 def django(django_models: Any) -> Iterator[Any]:
-    globalid.register(globalid.DjangoLocator())
+    globalid.register(globalid.DjangoLocator(models=django_models))
     yield django_models
     for model in django_models:
         model.objects.all().delete()
@@ -486,6 +558,27 @@ def test_django_unsaved_records_fail_at_enqueue(django: Any) -> None:
         GidArticleJob.perform_later(article_model(title="draft"))
     with pytest.raises(kiq.SerializationError, match="Article is not saved yet"):
         GidArticleJob.perform_later(article_model(id=99, title="draft with an id"))
+
+
+def test_django_loads_only_the_models_it_was_given(django: Any) -> None:
+    article_model, note_model, _ = django
+    article = article_model.objects.create(title="allowed")
+    note = note_model.objects.create(text="not for jobs")
+    globalid.unregister(globalid.locators()[0])
+    only_articles = globalid.register(globalid.DjangoLocator(models=[article_model]))
+    assert globalid.locate(f"gid://testapp/Article/{article.pk}") == article
+    for name in ("Note", "djangoapp.Note", "djangoother.Note", "auth.User"):
+        refused = f"'{name}' is not one of the models this DjangoLocator may load"
+        with pytest.raises(kiq.DeserializationError, match=refused):
+            deserialize({"_aj_globalid": f"gid://testapp/{name}/{note.pk}"})
+    adapters.use("test")
+    with pytest.raises(kiq.SerializationError, match="cannot serialize object of type Note"):
+        GidArticleJob.perform_later(note)
+    globalid.unregister(only_articles)
+    globalid.register(globalid.DjangoLocator(models={"Blog::Post": article_model}))
+    assert serialize([article]) == [{"_aj_globalid": f"gid://testapp/Blog::Post/{article.pk}"}]
+    with pytest.raises(kiq.DeserializationError, match="'Article' is not one of the models"):
+        deserialize({"_aj_globalid": f"gid://testapp/Article/{article.pk}"})
 
 
 def test_django_shared_class_names_take_the_app_label(django: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -246,3 +247,151 @@ def test_perform_without_definition_raises():
 
     with pytest.raises(NotImplementedError):
         JobTestEmpty.perform_now()
+
+
+# Arguments are checked against perform in the caller
+
+
+def test_a_misspelt_keyword_fails_in_the_caller_and_enqueues_nothing(client, r):
+    with pytest.raises(TypeError) as raised:
+        JobTestMailer.perform_later("ada@example.com", subjet="welcome")
+    assert str(raised.value) == ("JobTestMailer.perform(to, subject='hi'): "
+                                 "got an unexpected keyword argument 'subjet'")
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        JobTestMailer.set(queue="other", wait=60).perform_later("a", "b", "c")
+    with pytest.raises(TypeError, match="missing a required argument: 'to'"):
+        JobTestMailer.perform_later(subject="no one")
+    assert r.keys("*") == []
+    JobTestMailer.perform_later(to="ada@example.com", subject="welcome")
+    assert r.llen("queue:mail") == 1
+
+
+def test_perform_bulk_names_the_index_of_the_bad_job_and_enqueues_none(client, r):
+    with pytest.raises(TypeError) as raised:
+        JobTestMailer.perform_bulk([["a"], ["b", "s"], ["c", "s", "extra"], []])
+    assert str(raised.value) == ("args_list[2]: JobTestMailer.perform(to, subject='hi'): "
+                                 "too many positional arguments")
+    with pytest.raises(TypeError, match=r"args_list\[1\]: a job's arguments are a list or tuple, not str"):
+        JobTestMailer.set(queue="other").perform_bulk([["a"], "b"])
+    assert r.keys("*") == []
+    assert len(JobTestMailer.perform_bulk(iter([["a"], ("b", "s")]))) == 2
+
+
+@pytest.mark.parametrize("adapter", ["async", "inline", "test"])
+def test_every_adapter_checks_the_arguments(adapter):
+    from kiq import adapters
+
+    used = adapters.use(adapter)
+    try:
+        with pytest.raises(TypeError, match="unexpected keyword argument 'subjet'"):
+            JobTestMailer.perform_later("a", subjet="x")
+        with pytest.raises(TypeError, match=r"args_list\[0\]: .*missing a required argument"):
+            JobTestMailer.perform_bulk([[]])
+        if isinstance(used, adapters.TestAdapter):
+            assert used.enqueued == []
+    finally:
+        adapters.use("redis")
+
+
+class JobTestStatic(kiq.Job):
+    @staticmethod
+    def perform(value: int) -> None:
+        pass
+
+
+class JobTestVarArgs(kiq.Job):
+    def perform(*args: Any) -> None:  # self arrives in args
+        pass
+
+
+class JobTestAsync(kiq.Job):
+    async def perform(self, value: int, *, flag: bool) -> None:
+        pass
+
+
+def test_the_check_reads_perform_as_the_worker_calls_it(client, r):
+    JobTestStatic.perform_later(1)
+    with pytest.raises(TypeError, match="too many positional"):
+        JobTestStatic.perform_later(1, 2)
+    JobTestVarArgs.perform_later(1, 2, 3)
+    JobTestAsync.perform_later(1, flag=True)
+    with pytest.raises(TypeError, match="missing a required argument: 'flag'"):
+        JobTestAsync.perform_later(1)
+    assert r.llen("queue:default") == 3
+
+
+def _shapes() -> Iterator[Any]:
+    """perform signatures of every parameter kind, as functions without self."""
+    sources = [
+        "def f(): pass", "def f(a): pass", "def f(a, b=1): pass", "def f(a, /, b): pass",
+        "def f(a, /, b=2, *, c): pass", "def f(a=1, /, *args, c=3, **kw): pass", "def f(*, c, d=4): pass",
+        "def f(a, *args): pass", "def f(a, **kw): pass", "def f(a, /, **kw): pass",
+        "def f(a, b, /, c=3): pass",
+    ]
+    for source in sources:
+        namespace: dict[str, Any] = {}
+        exec(source, namespace)
+        yield namespace["f"]
+
+
+def test_the_quick_check_never_lets_through_a_call_that_perform_refuses():
+    """Every call of a few arguments to every shape of signature, against a real call."""
+    import inspect
+    import itertools
+
+    names = ["a", "b", "c", "d", "kw", "e"]
+    for function in _shapes():
+        class Shaped(kiq.Job):
+            perform = staticmethod(function)
+
+        arguments = job_module.arguments_of(Shaped)
+        signature = inspect.signature(function)
+        for count in range(4):
+            for keys in itertools.chain.from_iterable(itertools.combinations(names, k) for k in range(4)):
+                args, kwargs = tuple(range(count)), dict.fromkeys(keys, 0)
+                try:
+                    function(*args, **kwargs)
+                    runs = True
+                except TypeError:
+                    runs = False
+                assert not arguments.accepts(args, kwargs) or runs, (signature, args, kwargs)
+                if runs:
+                    arguments.check(args, kwargs)
+                else:
+                    with pytest.raises(TypeError):
+                        arguments.check(args, kwargs)
+
+
+# Sidekiq's backtrace option
+
+
+class JobTestTraced(kiq.Job):
+    backtrace = True
+
+    def perform(self, value: int) -> None:
+        pass
+
+
+def test_backtrace_option_from_the_class_and_from_set(client, r):
+    JobTestMailer.perform_later("a")
+    JobTestTraced.perform_later(1)
+    JobTestTraced.set(backtrace=3).perform_later(2)
+    JobTestTraced.set(backtrace=False).perform_later(3)
+    JobTestMailer.set(backtrace=True).perform_bulk([["b"], ["c"]])
+    mail = [json.loads(raw) for raw in r.lrange("queue:mail", 0, -1)]
+    traced = {json.loads(raw)["args"][0]: json.loads(raw) for raw in r.lrange("queue:default", 0, -1)}
+    assert ["backtrace" in job for job in mail] == [True, True, False]
+    assert all(job["backtrace"] is True for job in mail[:2])
+    assert traced[1]["backtrace"] is True and traced[2]["backtrace"] == 3
+    assert "backtrace" not in traced[3]
+
+
+@pytest.mark.parametrize("value", ["yes", -1, 2.5, None])
+def test_a_backtrace_option_sidekiq_would_not_read_is_refused(value):
+    reason = " is True, False or a number of lines, not "
+    if value is not None:
+        with pytest.raises(TypeError, match=re.escape(f"set(backtrace=...){reason}{value!r}")):
+            JobTestMailer.set(backtrace=value)
+    with pytest.raises(TypeError, match=re.escape(f"JobTestBadTrace.backtrace{reason}{value!r}")):
+        class JobTestBadTrace(kiq.Job):
+            backtrace = value  # type: ignore[assignment]

@@ -370,3 +370,15 @@ def test_a_redis_failure_leaves_the_ticks_to_try_again(redis_server, r):
     assert periodic.fire_due(seconds(start, 1.5)) == len(ticks_between(start, seconds(start, 1.5)))
     fired = per_tick(redis_server.client(), "every-second")
     assert set(fired) == set(ticks_between(start, seconds(start, 1.5)))
+
+
+class PeriodicTracedJob(kiq.Job):
+    backtrace = 5
+
+    def perform(self) -> None:
+        pass
+
+
+def test_a_periodic_job_carries_its_class_backtrace_option():
+    assert entry(job="PeriodicTracedJob").payload(1)["backtrace"] == 5
+    assert "backtrace" not in entry().payload(1)

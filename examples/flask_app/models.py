@@ -1,4 +1,4 @@
-"""The example app's data: one SQLAlchemy model, and kiq's global-ID locator for it."""
+"""The example app's data: one SQLAlchemy model, and kiq's global-ID locator allowed to load it."""
 
 from __future__ import annotations
 
@@ -32,4 +32,5 @@ with engine.begin() as connection:
     for table in Base.metadata.sorted_tables:
         connection.execute(CreateTable(table, if_not_exists=True))
 globalid.configure(app="example")
-globalid.register(globalid.SQLAlchemyLocator(Session, base=Base))
+# The models a job may receive as arguments: a payload naming any other fails its job.
+globalid.register(globalid.SQLAlchemyLocator(Session, models=[User]))
