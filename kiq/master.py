@@ -30,7 +30,7 @@ import setproctitle
 
 from kiq import exporter, log, metrics
 from kiq.config import Config, ConfigError
-from kiq.connection import Outage, connect, redact
+from kiq.connection import Outage, RedisRefused, check_access, connect, redact, refusal
 from kiq.keys import Keys
 from kiq.recovery import Recovery
 from kiq.scheduler import Scheduler
@@ -309,14 +309,21 @@ class Master:
         return 1.0
 
     def _wait_for_redis(self) -> bool:
-        """Ping until Redis answers, logging once; False if told to stop meanwhile."""
+        """Ping until Redis answers, logging once; False if told to stop meanwhile.
+
+        Raises RedisRefused if Redis answers but refuses kiq's login or commands: that is
+        a setting to fix, not an outage to wait out.
+        """
         pause = 0.0
         while True:
             try:
-                self.conn.ping()
+                check_access(self.conn, self.keys.access_check, self.keys.schedule_channel)
                 self._check_eviction()
                 return True
             except redis.RedisError as error:
+                hint = refusal(error)
+                if hint:
+                    raise RedisRefused(f"{hint} ({redact(self.config.redis_url)}): {error}") from error
                 if pause == 0.0:
                     self.log.error("redis unreachable, retrying", redis=redact(self.config.redis_url),
                                    error=str(error))
