@@ -98,6 +98,16 @@ def _sentinel_primary(url: str, options: dict[str, Any]) -> redis.Redis:
     return primary
 
 
+def disconnect(conn: redis.Redis) -> None:
+    """Close every socket of a client from ``connect``, its Sentinels' included; the
+    client connects again when next used. Before a fork, so that no socket crosses it."""
+    pool = conn.connection_pool
+    pool.disconnect()
+    manager = getattr(pool, "sentinel_manager", None)
+    for sentinel in manager.sentinels if manager else []:
+        sentinel.connection_pool.disconnect()
+
+
 def wire(text: str) -> bytes:
     """A string read from Redis, as the exact bytes to send back (hiredis cannot encode surrogates)."""
     return text.encode("utf-8", "surrogateescape")

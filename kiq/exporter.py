@@ -3,8 +3,13 @@
 Each scrape builds a fresh registry from the multiprocess samples directory
 and one collector that reads queue sizes, latencies and set sizes from Redis,
 so values that Redis already knows are computed once, in the master, when
-asked for. The HTTP thread takes the master's fork lock around a scrape, so
-the master never forks while a scrape holds a lock.
+asked for.
+The HTTP thread takes the master's fork lock around a scrape, so the master
+never forks while a scrape holds a lock.
+
+A port that cannot be bound (most often: still held by the workers of a master
+that was killed, finishing their jobs) is tried again in the background until
+it can.
 """
 
 from __future__ import annotations
@@ -14,15 +19,18 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from collections.abc import Callable, Iterator
+from typing import Any, TextIO, cast
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import redis
 from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
+from kiq import log
 from kiq.metrics import ENV
+
+BIND_PAUSE_MAX = 5.0
 
 
 class RedisCollector:
@@ -124,10 +132,29 @@ class _Quiet(WSGIRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not worth a log line each."""
 
+    def get_stderr(self) -> TextIO:
+        """A failed scrape's traceback goes out through the log's stream, under its lock."""
+        return cast(TextIO, log.stream)
 
-def serve(host: str, port: int, conn: redis.Redis, prefix: str, lock: threading.Lock) -> WSGIServer:
-    """Serve /metrics on a daemon thread; ``lock`` keeps a scrape and a fork apart."""
+
+def serve(host: str, port: int, conn: redis.Redis, prefix: str, lock: threading.Lock) -> None:
+    """Serve /metrics from a daemon thread, binding the port as soon as it is free;
+    ``lock`` keeps a scrape and a fork apart."""
     app = make_wsgi_app(Scrape(conn, prefix, lock))
-    server = make_server(host, port, app, handler_class=_Quiet)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
+    threading.Thread(target=_bind_and_serve, args=(host, port, app), name="metrics", daemon=True).start()
+
+
+def _bind_and_serve(host: str, port: int, app: Callable[..., Any]) -> None:
+    logger = log.get("kiq.metrics")
+    pause = 0.0
+    while True:
+        try:
+            server = make_server(host, port, app, handler_class=_Quiet)
+        except OSError as error:
+            if not pause:
+                logger.error("cannot serve metrics yet, retrying", host=host, port=port, error=str(error))
+            pause = min(BIND_PAUSE_MAX, max(0.5, pause * 2))
+            time.sleep(pause)
+            continue
+        logger.info("serving metrics", url=f"http://{host}:{port}/metrics")
+        server.serve_forever()

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import redis
 import setproctitle
 
-from kiq import exporter, log, metrics
+from kiq import exporter, inherited, log, metrics
 from kiq.config import Config, ConfigError
 from kiq.connection import Outage, RedisRefused, check_access, connect, redact, refusal
 from kiq.keys import Keys
@@ -102,14 +102,8 @@ class Master:
         if not self.config.metrics_port:
             return
         conn = connect(self.config.redis_url, name="kiq-metrics")
-        try:
-            exporter.serve(self.config.metrics_host, self.config.metrics_port, conn, self.keys.prefix,
-                           self.fork_lock)
-        except OSError as error:
-            self.log.error("cannot serve metrics", host=self.config.metrics_host,
-                           port=self.config.metrics_port, error=str(error))
-            return
-        self.log.info("serving metrics", url=f"http://{self.config.metrics_host}:{self.config.metrics_port}/metrics")
+        exporter.serve(self.config.metrics_host, self.config.metrics_port, conn, self.keys.prefix,
+                       self.fork_lock)
 
     def _boot(self) -> None:
         """Start the first generation and wait until it has loaded the app (or failed to)."""
@@ -181,6 +175,7 @@ class Master:
         """In the child: never return into the master's code."""
         code = 1
         try:
+            inherited.close_sockets()
             self.signals.close()
             os.close(read_fd)
             for gen in self._in_state("loading"):

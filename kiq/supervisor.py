@@ -36,7 +36,7 @@ import setproctitle
 
 from kiq import heartbeat, log, metrics
 from kiq.config import Config, ConfigError
-from kiq.connection import Outage, connect
+from kiq.connection import Outage, connect, disconnect
 from kiq.job import registered
 from kiq.keys import Keys
 from kiq.periodic import Periodic, check_jobs, declared, merge
@@ -171,6 +171,7 @@ class Supervisor:
     def _spawn(self, slot: Slot) -> None:
         nonce = secrets.token_hex(6)
         parent = os.getpid()
+        disconnect(self.conn)  # the worker builds its own
         pid = os.fork()
         if pid == 0:
             self._become_worker(slot.index, nonce, parent)
