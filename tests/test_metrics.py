@@ -201,3 +201,22 @@ def test_a_metrics_port_taken_at_start_is_served_once_free(start_kiq):
     wait_for(lambda: answers(port), timeout=20)
     assert kiq.log().count("cannot serve metrics") == 1
     assert "serving metrics" in kiq.log()
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(60)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_silent_or_half_sent_request_holds_up_no_scrape_and_is_closed(metrics_kiq):
+    _, port = metrics_kiq
+    with socket.create_connection(("127.0.0.1", port)) as idle, \
+            socket.create_connection(("127.0.0.1", port)) as partial:
+        partial.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # slowloris: never ends
+        for _ in range(3):
+            assert value(scrape(port), "kiq_worker_processes") == 2
+        assert closed_by_server(idle) and closed_by_server(partial)
+    assert value(scrape(port), "kiq_worker_processes") == 2
