@@ -69,7 +69,12 @@ FORKS = textwrap.dedent("""
 
     read_fd, write_fd = os.pipe()  # stderr: a pipe drained here, so nothing piles up in memory
     os.dup2(write_fd, 2)
-    threading.Thread(target=lambda: [os.read(read_fd, 1 << 16) for _ in iter(int, 1)], daemon=True).start()
+
+    def drain():
+        while True:
+            os.read(read_fd, 1 << 16)
+
+    threading.Thread(target=drain, daemon=True).start()
     log.setup("info", "json")
     big = "x" * 200_000  # longer than a pipe holds: each write waits with its locks held
 
