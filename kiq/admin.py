@@ -19,6 +19,7 @@ import click
 import redis
 
 from kiq.config import Config, ConfigError, load
+from kiq.connection import refusal
 
 if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no metrics code early
     from kiq.api import API, Job, SortedSet
@@ -48,7 +49,7 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             command(api=api, as_json=as_json, **kwargs)
         except redis.RedisError as error:
-            click.echo(f"kiq: redis unavailable: {error}", err=True)
+            click.echo(f"kiq: {refusal(error) or 'redis unavailable'}: {error}", err=True)
             sys.exit(EXIT_REDIS)
 
     return wrapper

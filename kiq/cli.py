@@ -15,6 +15,7 @@ from kiq.config import ConfigError, load
 
 EXIT_CONFIG = 2
 EXIT_APP_LOAD = 3
+EXIT_REDIS_REFUSED = 5
 
 
 @click.group()
@@ -55,6 +56,7 @@ def start(config_path: str | None, queues: tuple[str, ...], require: tuple[str, 
 
 def _start(config_path: str | None, queues: tuple[str, ...], require: tuple[str, ...],
            flags: dict[str, Any]) -> None:
+    from kiq.connection import RedisRefused
     from kiq.master import Master
     from kiq.supervisor import AppLoadError
 
@@ -77,6 +79,9 @@ def _start(config_path: str | None, queues: tuple[str, ...], require: tuple[str,
     except AppLoadError as error:
         click.echo(f"kiq: {error}", err=True)
         sys.exit(EXIT_APP_LOAD)
+    except RedisRefused as error:
+        click.echo(f"kiq: {error}", err=True)
+        sys.exit(EXIT_REDIS_REFUSED)
     sys.exit(code)
 
 

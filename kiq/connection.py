@@ -16,6 +16,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    AuthenticationError,
+    AuthenticationWrongNumberOfArgsError,
+    AuthorizationError,
+    NoPermissionError,
+)
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -27,7 +33,13 @@ BLOCKING_SOCKET_TIMEOUT = 10.0
 SENTINEL_SCHEMES = ("sentinel://", "redis+sentinel://")
 RETRY_PAUSE_MAX = 5.0
 ENCODE_PASSWORD = "a password in the Redis URL must percent-encode / ? # as %2F %3F %23"
+LOGIN_REFUSED = (AuthenticationError, AuthorizationError, AuthenticationWrongNumberOfArgsError)
+ACCESS_CHECK = "return redis.call('DEL', KEYS[1])"
 T = TypeVar("T")
+
+
+class RedisRefused(RuntimeError):
+    """Redis answered, but refused kiq's login or one of its commands: waiting does not fix that."""
 
 
 def url_from_env() -> str:
@@ -89,6 +101,16 @@ def _sentinel_primary(url: str, options: dict[str, Any]) -> redis.Redis:
     sentinel = Sentinel(hosts, sentinel_kwargs=sentinel_options, **options)
     primary: redis.Redis = sentinel.master_for(path[0], redis_class=redis.Redis)
     return primary
+
+
+def disconnect(conn: redis.Redis) -> None:
+    """Close every socket of a client from ``connect``, its Sentinels' included; the
+    client connects again when next used. Before a fork, so that no socket crosses it."""
+    pool = conn.connection_pool
+    pool.disconnect()
+    manager = getattr(pool, "sentinel_manager", None)
+    for sentinel in manager.sentinels if manager else []:
+        sentinel.connection_pool.disconnect()
 
 
 def wire(text: str) -> bytes:
@@ -193,6 +215,31 @@ def _plain_hosts(netloc: str) -> bool:
 _HOST = re.compile(r"(\[[0-9A-Fa-f:.]*\]|[^:\[\]]*)(:[0-9]*)?")
 
 
+def refusal(error: BaseException) -> str | None:
+    """What to check when ``error`` is Redis refusing kiq rather than being out of reach, else None.
+
+    A wrong password, an unknown or disabled ACL user, a user name sent to a Redis without
+    ACLs (``WRONGPASS``, ``NOAUTH``, ``ERR AUTH``), or a user without a command, key or
+    channel that kiq needs (``NOPERM``).
+    """
+    if isinstance(error, LOGIN_REFUSED):
+        return "redis refused the login: check the password and the ACL user in the Redis URL"
+    if isinstance(error, NoPermissionError):
+        return "redis refused a command: check the ACL user's permissions (commands, keys and channels)"
+    return None
+
+
+def check_access(conn: redis.Redis, key: str, channel: str) -> None:
+    """Raise Redis's error unless kiq can log in, run a script that writes ``key`` and publish
+    on ``channel``: one command of each kind kiq needs, none of which changes any data
+    (``key`` never exists). An ACL user made with too few rights fails here, at start,
+    instead of in a worker's first fetch or the scheduler's first subscribe.
+    """
+    conn.ping()
+    conn.eval(ACCESS_CHECK, 1, key)
+    conn.publish(channel, "access-check")
+
+
 def server_version(conn: redis.Redis) -> tuple[int, ...]:
     info = conn.info("server")
     return tuple(int(part) for part in str(info["redis_version"]).split(".")[:3])
@@ -211,7 +258,11 @@ class Outage:
         """Note a failed call; returns the next pause after ``pause``."""
         if not self.down:
             self.down = True
-            self.log.warning("redis unavailable, retrying", where=self.what, error=str(error))
+            hint = refusal(error)
+            if hint:
+                self.log.error(hint + "; retrying", where=self.what, error=str(error))
+            else:
+                self.log.warning("redis unavailable, retrying", where=self.what, error=str(error))
         return min(RETRY_PAUSE_MAX, max(0.1, pause * 2))
 
     def recovered(self) -> float:

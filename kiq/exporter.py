@@ -3,8 +3,16 @@
 Each scrape builds a fresh registry from the multiprocess samples directory
 and one collector that reads queue sizes, latencies and set sizes from Redis,
 so values that Redis already knows are computed once, in the master, when
-asked for. The HTTP thread takes the master's fork lock around a scrape, so
-the master never forks while a scrape holds a lock.
+asked for.
+
+Each connection gets its own thread and a socket timeout, as prometheus_client's
+own server does threads: a client that connects and sends nothing, or half a
+request, holds only its thread, and only until the timeout. Each scrape takes the
+master's fork lock while it collects, so the master never forks while a scrape
+holds a lock; reading the request and writing the answer happen outside it.
+
+A port that cannot be bound (another program holds it) is tried again in the
+background until it can.
 """
 
 from __future__ import annotations
@@ -12,17 +20,23 @@ from __future__ import annotations
 import glob
 import json
 import os
+import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from socketserver import ThreadingMixIn
+from typing import Any, TextIO, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
 from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
+from kiq import log
 from kiq.metrics import ENV
+
+REQUEST_TIMEOUT = 10.0  # seconds a connection may stay silent, reading or writing
+BIND_PAUSE_MAX = 5.0
 
 
 class RedisCollector:
@@ -120,14 +134,45 @@ class Scrape:
             yield from registry.collect()
 
 
-class _Quiet(WSGIRequestHandler):
+class _Handler(WSGIRequestHandler):
+    timeout = REQUEST_TIMEOUT
+
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not worth a log line each."""
 
+    def get_stderr(self) -> TextIO:
+        """A failed scrape's traceback goes out through the log's stream, under its lock."""
+        return cast(TextIO, log.stream)
 
-def serve(host: str, port: int, conn: redis.Redis, prefix: str, lock: threading.Lock) -> WSGIServer:
-    """Serve /metrics on a daemon thread; ``lock`` keeps a scrape and a fork apart."""
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that timed out or hung up: its own business, not worth a traceback."""
+        log.get("kiq.metrics").debug("metrics connection ended early", client=client_address[0],
+                                     error=repr(sys.exc_info()[1]))
+
+
+def serve(host: str, port: int, conn: redis.Redis, prefix: str, lock: threading.Lock) -> None:
+    """Serve /metrics from a daemon thread, binding the port as soon as it is free;
+    ``lock`` keeps a scrape and a fork apart."""
     app = make_wsgi_app(Scrape(conn, prefix, lock))
-    server = make_server(host, port, app, handler_class=_Quiet)
-    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
-    return server
+    threading.Thread(target=_bind_and_serve, args=(host, port, app), name="metrics", daemon=True).start()
+
+
+def _bind_and_serve(host: str, port: int, app: Callable[..., Any]) -> None:
+    logger = log.get("kiq.metrics")
+    pause = 0.0
+    while True:
+        try:
+            server = make_server(host, port, app, server_class=_Server, handler_class=_Handler)
+        except OSError as error:
+            if not pause:
+                logger.error("cannot serve metrics yet, retrying", host=host, port=port, error=str(error))
+            pause = min(BIND_PAUSE_MAX, max(0.5, pause * 2))
+            time.sleep(pause)
+            continue
+        logger.info("serving metrics", url=f"http://{host}:{port}/metrics")
+        server.serve_forever()

@@ -33,6 +33,7 @@ class Keys:
         self.wip_registry = p + "kiq:wip"
         self.poison = p + "kiq:poison"
         self.schedule_channel = p + "kiq:schedule-wakeup"
+        self.access_check = p + "kiq:access-check"  # never exists: the master's start-up check deletes it
 
     def queue(self, name: str) -> str:
         return f"{self.prefix}queue:{name}"

@@ -2,12 +2,21 @@
 
 The standard library's loggers (redis-py, click) go through the same renderer,
 so a log shipper sees one format.
+
+Every line reaches stderr through ``stream``, which writes and flushes it under
+one lock that each fork takes first. The master forks while its scheduler and
+metrics threads may be logging; a child forked while another thread was inside a
+write would inherit that thread's locks (structlog's per-file lock, and the lock
+of ``sys.stderr``'s buffer, which Python does not renew in a child) and hang at
+its first line. The standard library renews its own handler locks after a fork,
+but not the stream's.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import os
 import sys
 import threading
 import traceback
@@ -19,6 +28,7 @@ LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("auto", "json", "console")
 
 _level = logging.NOTSET  # setup()'s threshold; lines below it are dropped
+_write_lock = threading.Lock()
 
 _job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("kiq_job", default=None)
 
@@ -51,6 +61,38 @@ def _merge_job(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str
     return event_dict
 
 
+class _Stderr:
+    """A file-like stderr for log lines: each write is written and flushed whole, under
+    the lock that forks wait for."""
+
+    def write(self, text: str) -> int:
+        with _write_lock:
+            sys.stderr.write(text)
+            sys.stderr.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        """Each write is flushed already."""
+
+
+stream = _Stderr()
+os.register_at_fork(before=_write_lock.acquire, after_in_parent=_write_lock.release,
+                    after_in_child=_write_lock.release)
+
+
+class _Writer:
+    """structlog's logger: one rendered line per call, through ``stream``."""
+
+    def msg(self, message: str) -> None:
+        stream.write(message + "\n")
+
+    debug = info = warn = warning = error = err = critical = exception = fatal = failure = log = msg
+
+
+def _writer(*args: Any) -> _Writer:
+    return _Writer()
+
+
 def setup(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and the standard library's root logger for this process."""
     if fmt == "auto":
@@ -72,10 +114,10 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.WriteLoggerFactory(sys.stderr),
+        logger_factory=_writer,
         cache_logger_on_first_use=True,  # an unbound proxy costs a bind per call, even when filtered
     )
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],

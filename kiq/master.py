@@ -27,9 +27,9 @@ from dataclasses import dataclass
 import redis
 import setproctitle
 
-from kiq import exporter, log, metrics
+from kiq import exporter, inherited, log, metrics
 from kiq.config import Config, ConfigError
-from kiq.connection import Outage, connect, redact
+from kiq.connection import Outage, RedisRefused, check_access, connect, redact, refusal
 from kiq.keys import Keys
 from kiq.recovery import Recovery
 from kiq.scheduler import Scheduler
@@ -101,14 +101,8 @@ class Master:
         if not self.config.metrics_port:
             return
         conn = connect(self.config.redis_url, name="kiq-metrics")
-        try:
-            exporter.serve(self.config.metrics_host, self.config.metrics_port, conn, self.keys.prefix,
-                           self.fork_lock)
-        except OSError as error:
-            self.log.error("cannot serve metrics", host=self.config.metrics_host,
-                           port=self.config.metrics_port, error=str(error))
-            return
-        self.log.info("serving metrics", url=f"http://{self.config.metrics_host}:{self.config.metrics_port}/metrics")
+        exporter.serve(self.config.metrics_host, self.config.metrics_port, conn, self.keys.prefix,
+                       self.fork_lock)
 
     def _boot(self) -> None:
         """Start the first generation and wait until it has loaded the app (or failed to)."""
@@ -180,6 +174,7 @@ class Master:
         """In the child: never return into the master's code."""
         code = 1
         try:
+            inherited.close_sockets()
             self.signals.close()
             os.close(read_fd)
             for gen in self._in_state("loading"):
@@ -308,14 +303,21 @@ class Master:
         return 1.0
 
     def _wait_for_redis(self) -> bool:
-        """Ping until Redis answers, logging once; False if told to stop meanwhile."""
+        """Ping until Redis answers, logging once; False if told to stop meanwhile.
+
+        Raises RedisRefused if Redis answers but refuses kiq's login or commands: that is
+        a setting to fix, not an outage to wait out.
+        """
         pause = 0.0
         while True:
             try:
-                self.conn.ping()
+                check_access(self.conn, self.keys.access_check, self.keys.schedule_channel)
                 self._check_eviction()
                 return True
             except redis.RedisError as error:
+                hint = refusal(error)
+                if hint:
+                    raise RedisRefused(f"{hint} ({redact(self.config.redis_url)}): {error}") from error
                 if pause == 0.0:
                     self.log.error("redis unreachable, retrying", redis=redact(self.config.redis_url),
                                    error=str(error))

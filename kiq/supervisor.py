@@ -36,7 +36,7 @@ import setproctitle
 
 from kiq import heartbeat, log, metrics
 from kiq.config import Config, ConfigError
-from kiq.connection import Outage, connect
+from kiq.connection import Outage, connect, disconnect
 from kiq.fetch import thread_count
 from kiq.job import registered
 from kiq.keys import Keys
@@ -176,6 +176,7 @@ class Supervisor:
         nonce = secrets.token_hex(6)
         parent = os.getpid()
         ledger = Ledger(thread_count(self.config.concurrency, len(self.config.queues)))
+        disconnect(self.conn)  # the worker builds its own
         pid = os.fork()
         if pid == 0:
             self._become_worker(slot.index, nonce, parent, ledger)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import descendants, free_port, run_python, title, wait_for
+from conftest import ROOT, descendants, free_port, run_python, title, wait_for
 
 from kiq.connection import connect, redact
 
@@ -248,3 +249,86 @@ def test_sentinel_failover_under_load(start_kiq, servers, tmp_path, monkeypatch)
     assert set(results(url)) == {str(i) for i in range(total)}
     assert kiq.process.poll() is None
     print(f"failover to all {total} jobs done: {time.monotonic() - killed:.1f}s")
+
+
+def acl_server(servers: Servers, *users: str) -> int:
+    """A redis-server with the default user off and ``users`` (each one ACL SETUSER rule string)."""
+    port = free_port()
+    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--user", "default", "off"]
+    for user in users:
+        args += ["--user", *user.split()]
+    servers.start(*args)
+    wait_for(answers(f"redis://kiq:s3cr3t-pw@127.0.0.1:{port}/0"))
+    return port
+
+
+REFUSED_LOGINS = {
+    "wrong password": "redis://kiq:wrong-pw@127.0.0.1:{port}/0",
+    "no password (NOAUTH)": "redis://127.0.0.1:{port}/0",
+    "unknown ACL user": "redis://nobody:wrong-pw@127.0.0.1:{port}/0",
+}
+
+
+@pytest.mark.parametrize("url", REFUSED_LOGINS.values(), ids=REFUSED_LOGINS.keys())
+def test_a_refused_login_at_start_exits_5_with_one_line(start_kiq, servers, url):
+    port = acl_server(servers, "kiq on >s3cr3t-pw ~* &* +@all")
+    kiq = start_kiq(redis_url=url.format(port=port))
+    assert kiq.wait(timeout=30) == 5
+    lines = kiq.log().strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("kiq: redis refused the login: check the password and the ACL user")
+    assert f"127.0.0.1:{port}" in lines[0] and "wrong-pw" not in lines[0]
+
+
+MISSING_RIGHTS = {
+    "no kiq keys": "kiq on >s3cr3t-pw ~app:* &* +@all",
+    "no channels": "kiq on >s3cr3t-pw ~* resetchannels +@all",
+    "no scripts": "kiq on >s3cr3t-pw ~* &* +@all -@scripting",
+}
+
+
+@pytest.mark.parametrize("user", MISSING_RIGHTS.values(), ids=MISSING_RIGHTS.keys())
+def test_an_acl_user_without_the_rights_kiq_needs_exits_5_at_start(start_kiq, servers, user):
+    port = acl_server(servers, user)
+    kiq = start_kiq(redis_url=f"redis://kiq:s3cr3t-pw@127.0.0.1:{port}/0")
+    assert kiq.wait(timeout=30) == 5
+    lines = kiq.log().strip().splitlines()
+    assert len(lines) == 1 and "redis refused a command: check the ACL user's permissions" in lines[0], lines
+    assert "NOPERM" in lines[0] or "no permissions" in lines[0].lower()
+    assert "s3cr3t" not in lines[0]
+    assert kiq.workers() == [] and not kiq.generations()
+
+
+def test_operator_commands_say_what_to_check_when_the_login_is_refused(servers):
+    port = acl_server(servers, "kiq on >s3cr3t-pw ~* &* +@all")
+    done = subprocess.run([sys.executable, "-m", "kiq", "stats", "--redis-url",
+                           f"redis://kiq:wrong-pw@127.0.0.1:{port}/0"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 3
+    assert done.stderr.startswith("kiq: redis refused the login: check the password"), done.stderr
+    assert "wrong-pw" not in done.stderr
+
+
+def test_workers_refused_later_keep_trying_and_say_why(start_kiq, servers):
+    """A password rotated under running workers: existing connections keep working until Redis
+    drops them; new ones are refused. Exiting would not help (a restarted kiq reads the same
+    URL), so every process keeps its jobs and retries, logging once what to check."""
+    port = acl_server(servers, "kiq on >s3cr3t-pw ~* &* +@all", "admin on >admin-pw ~* &* +@all")
+    url = f"redis://kiq:s3cr3t-pw@127.0.0.1:{port}/0"
+    admin = connect(f"redis://admin:admin-pw@127.0.0.1:{port}/0")
+    kiq = start_kiq(redis_url=url, processes=1, concurrency=2)
+    [worker] = kiq.wait_workers(1)
+    run_python("import sample_jobs\nsample_jobs.RecordJob.perform_later('before')\n", url)
+    wait_for(lambda: admin.lrange("results", 0, -1) == ["before"], timeout=20)
+    admin.acl_setuser("kiq", enabled=True, reset_passwords=True, passwords=["+rotated-pw"])
+    admin.client_kill_filter(user="kiq")
+    wait_for(lambda: "redis refused the login" in kiq.log(), timeout=30)
+    assert kiq.process.poll() is None and kiq.workers() == [worker]
+    refused = [line for line in kiq.log().splitlines() if "redis refused the login" in line]
+    assert all('"level": "error"' in line and "s3cr3t" not in line for line in refused), refused
+    admin.acl_setuser("kiq", enabled=True, reset_passwords=True, passwords=["+s3cr3t-pw"])
+    run_python("import sample_jobs\nsample_jobs.RecordJob.perform_later('after')\n", url)
+    wait_for(lambda: admin.lrange("results", 0, -1) == ["before", "after"], timeout=30)
+    wait_for(lambda: "redis available again" in kiq.log(), timeout=15)
+    assert kiq.workers() == [worker]

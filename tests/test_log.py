@@ -118,3 +118,56 @@ def test_lines_about_a_payload_that_cannot_run_name_it_not_the_previous_job() ->
 def test_the_console_format_shows_the_traceback_too() -> None:
     output = run_failures("console")
     assert "Traceback (most recent call last)" in output and "in inner" in output
+
+
+
+FORKS = textwrap.dedent("""
+    import logging, os, signal, structlog, threading, time
+    from kiq import log
+
+    read_fd, write_fd = os.pipe()  # stderr: a pipe drained here, so nothing piles up in memory
+    os.dup2(write_fd, 2)
+
+    def drain():
+        while True:
+            os.read(read_fd, 1 << 16)
+
+    threading.Thread(target=drain, daemon=True).start()
+    log.setup("info", "json")
+    big = "x" * 200_000  # longer than a pipe holds: each write waits with its locks held
+
+    def chatter(emit):
+        while True:
+            emit(big)
+
+    threading.Thread(target=chatter, args=(lambda m: structlog.get_logger("t").info(m),), daemon=True).start()
+    threading.Thread(target=chatter, args=(logging.getLogger("t").warning,), daemon=True).start()
+    outcomes = []
+    for _ in range(4):
+        time.sleep(0.05)
+        pid = os.fork()
+        if pid == 0:
+            structlog.get_logger("child").info("child line")
+            logging.getLogger("child").warning("child stdlib line")
+            os._exit(0)
+        deadline = time.monotonic() + 10
+        while not (status := os.waitpid(pid, os.WNOHANG))[0]:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                outcomes.append("hung")
+                break
+            time.sleep(0.01)
+        else:
+            outcomes.append(os.waitstatus_to_exitcode(status[1]))
+    print(outcomes, flush=True)
+""")
+
+
+def test_a_child_forked_while_other_threads_log_can_log() -> None:
+    """The master forks while its scheduler and metrics threads may be writing a line: the
+    child exits only once both of its lines went through (structlog's and the standard
+    library's), instead of hanging on a lock a thread of its parent held."""
+    done = subprocess.run([sys.executable, "-c", FORKS], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300, check=True)
+    assert done.stdout.strip() == "[0, 0, 0, 0]", done.stdout

@@ -6,11 +6,12 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import urllib.request
 
 import pytest
-from conftest import free_port, run_python, wait_for
+from conftest import alive, free_port, run_python, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.slow
@@ -163,3 +164,59 @@ def test_promtool_accepts_the_live_exposition(metrics_kiq, redis_server, r):
     assert check.returncode == 0, check.stdout + check.stderr
     for family in text_string_to_metric_families(text):
         assert family.documentation, f"{family.name} has no HELP text"
+
+
+def answers(port: int) -> bool:
+    try:
+        return "kiq_worker_processes" in scrape(port)
+    except OSError:
+        return False
+
+
+def test_a_new_master_serves_metrics_while_the_killed_ones_workers_finish(start_kiq, client, r):
+    """Orphaned workers finish their jobs after their master's SIGKILL; they must not keep its port."""
+    import sample_jobs
+
+    port = free_port()
+    old = start_kiq(processes=1, timeout=60, metrics={"host": "127.0.0.1", "port": port})
+    [worker] = old.wait_workers(1)
+    wait_for(lambda: answers(port))
+    sample_jobs.SlowJob.perform_later("long", 40)
+    wait_for(lambda: r.llen("started") == 1)
+    os.kill(old.pid, signal.SIGKILL)
+    new = start_kiq(processes=1, metrics={"host": "127.0.0.1", "port": port})
+    new.wait_workers(1)
+    wait_for(lambda: answers(port), timeout=20)
+    assert alive(worker) and r.llen("results") == 0, "the orphan is still finishing its job"
+
+
+def test_a_metrics_port_taken_at_start_is_served_once_free(start_kiq):
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        kiq = start_kiq(metrics={"host": "127.0.0.1", "port": port})
+        kiq.wait_workers(1)
+        wait_for(lambda: "cannot serve metrics yet, retrying" in kiq.log())
+    wait_for(lambda: answers(port), timeout=20)
+    assert kiq.log().count("cannot serve metrics") == 1
+    assert "serving metrics" in kiq.log()
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    sock.settimeout(60)
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+
+
+def test_a_silent_or_half_sent_request_holds_up_no_scrape_and_is_closed(metrics_kiq):
+    _, port = metrics_kiq
+    with socket.create_connection(("127.0.0.1", port)) as idle, \
+            socket.create_connection(("127.0.0.1", port)) as partial:
+        partial.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # slowloris: never ends
+        for _ in range(3):
+            assert value(scrape(port), "kiq_worker_processes") == 2
+        assert closed_by_server(idle) and closed_by_server(partial)
+    assert value(scrape(port), "kiq_worker_processes") == 2
