@@ -99,7 +99,6 @@ class Supervisor:
     def run(self, ready_fd: int) -> int:
         """The generation's whole life; reports app loading on ``ready_fd``; returns the exit code."""
         setproctitle.setproctitle(f"kiq generation {self.generation} [loading]")
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.signals = SignalQueue(SUPERVISOR_SIGNALS)
         try:
             load_app(self.config.require)

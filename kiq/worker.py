@@ -4,8 +4,9 @@ Its supervisor forks it; it builds its own Redis connections, never its
 parent's. TERM (or ``TERM`` in its signals list, as Sidekiq's Web UI sends it)
 stops it: stop fetching, give back jobs not started, wait up to ``timeout`` for
 running jobs, requeue whatever is still unfinished, exit. TSTP quiets it (no
-new jobs, running ones finish). USR1 logs every thread's stack. SIGINT is
-ignored, so a terminal's Ctrl-C reaches only the master, which stops everyone.
+new jobs, running ones finish). USR1 logs every thread's stack. INT, QUIT and
+HUP are dropped (kiq.signals), so a terminal's Ctrl-C or hang-up reaches only
+the master, which stops or reloads everyone.
 
 The main thread also watches job timeouts: a job past its class's ``timeout``
 is failed into the retry set at once, its thread is abandoned, and the worker
@@ -73,7 +74,6 @@ class Worker:
 
     def run(self) -> int:
         """The process's whole life; returns its exit code."""
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         setproctitle.setproctitle(f"kiq worker {self.index} [starting]")
         signals = SignalQueue(WORKER_SIGNALS)
         self.fetcher = Fetcher(
