@@ -31,6 +31,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from types import TracebackType
 
 import setproctitle
 
@@ -39,7 +40,7 @@ from kiq.config import Config, ConfigError
 from kiq.connection import Outage, connect
 from kiq.job import registered
 from kiq.keys import Keys
-from kiq.periodic import Periodic, check_jobs, declared, merge
+from kiq.periodic import Entry, Periodic, check_jobs, declared, merge
 from kiq.recovery import Recovery
 from kiq.signals import SignalQueue, kill
 from kiq.worker import EXIT_REMOTE_STOP, Worker
@@ -105,8 +106,11 @@ class Supervisor:
             entries = merge(self.config.periodic, declared())
             check_jobs(entries, registered())
         except (AppLoadError, ConfigError) as error:
+            if isinstance(error, AppLoadError):
+                self.log.error("cannot load the app", error=str(error), exc_info=error.__cause__)
             _report(ready_fd, f"error {error}")
             return EXIT_APP_LOAD
+        self._loaded(entries)
         self.conn = connect(self.config.redis_url, name="kiq-supervisor")
         self.recovery = Recovery(self.conn, self.keys)
         self.periodic = Periodic(self.conn, self.keys, entries)
@@ -131,6 +135,16 @@ class Supervisor:
                 self.stopping = True
         self._stop_workers()
         return 0
+
+    def _loaded(self, entries: list[Entry]) -> None:
+        """Say what the app registered: a ``require`` that names the wrong module imports
+        fine and registers nothing, and every job then fails as an unknown class."""
+        jobs = sorted(registered())
+        self.log.info("app loaded", require=self.config.require, jobs=jobs,
+                      periodic=[entry.name for entry in entries])
+        if not jobs:
+            self.log.warning("no job classes loaded: list the modules that define them in require",
+                             require=self.config.require)
 
     # -- signals --------------------------------------------------------
 
@@ -333,7 +347,17 @@ def load_app(modules: list[str]) -> None:
         try:
             importlib.import_module(name)
         except Exception as error:
-            raise AppLoadError(f"cannot load {name!r}: {type(error).__name__}: {error}") from error
+            raise AppLoadError(f"cannot load {name!r}: {type(error).__name__}: {error}") from (
+                error.with_traceback(_app_frames(error.__traceback__)))
+
+
+def _app_frames(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` from the first frame of the app's own code: the frames of this function's
+    caller and of importlib above it say nothing about what failed."""
+    while tb is not None and (tb.tb_frame.f_code.co_filename in (__file__, importlib.__file__)
+                              or tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")):
+        tb = tb.tb_next
+    return tb
 
 
 def describe(status: int) -> str:
