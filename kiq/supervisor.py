@@ -40,7 +40,7 @@ from kiq.config import Config, ConfigError
 from kiq.connection import Outage, connect
 from kiq.job import registered
 from kiq.keys import Keys
-from kiq.periodic import Entry, Periodic, check_jobs, declared, merge
+from kiq.periodic import Entry, Periodic, bind_jobs, declared, merge
 from kiq.recovery import Recovery
 from kiq.signals import SignalQueue, kill
 from kiq.worker import EXIT_REMOTE_STOP, Worker
@@ -103,8 +103,7 @@ class Supervisor:
         self.signals = SignalQueue(SUPERVISOR_SIGNALS)
         try:
             load_app(self.config.require)
-            entries = merge(self.config.periodic, declared())
-            check_jobs(entries, registered())
+            entries = bind_jobs(merge(self.config.periodic, declared()), registered())
         except (AppLoadError, ConfigError) as error:
             if isinstance(error, AppLoadError):
                 self.log.error("cannot load the app", error=str(error), exc_info=error.__cause__)
@@ -318,8 +317,9 @@ class Supervisor:
         return [s.pid for s in self.slots if s.pid] + list(self.retiring)
 
     def _fire_periodic(self) -> None:
-        """Enqueue periodic jobs whose tick has come; Redis decides which master's try counts."""
-        if self.quiet or not self.periodic.entries:
+        """Enqueue periodic jobs whose tick has come; Redis decides which master's try counts.
+        A quiet generation enqueues them too: quiet stops taking jobs, not producing them."""
+        if not self.periodic.entries:
             return
         fired = self.outage.attempt(self.periodic.fire_due)
         if fired:
@@ -328,7 +328,7 @@ class Supervisor:
     def _next_wakeup(self) -> float:
         """Seconds until something is due: a worker to start or a periodic tick (at most 1)."""
         due = [s.spawn_at - time.monotonic() for s in self.slots if not s.pid and not self.quiet]
-        tick = self.periodic.next_wakeup() if self.periodic.entries and not self.quiet else None
+        tick = self.periodic.next_wakeup() if self.periodic.entries else None
         if tick is not None:
             due.append((tick - dt.datetime.now(dt.timezone.utc)).total_seconds())
         return min([1.0, *due]) if due else 1.0
