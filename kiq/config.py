@@ -36,6 +36,7 @@ class Config:
     strict: bool = True
     timeout: float = 25.0
     boot_timeout: float = 60.0
+    worker_timeout: float = 30.0
     max_memory_mb: int = 0
     max_jobs: int = 0
     metrics_host: str = "127.0.0.1"
@@ -206,7 +207,7 @@ def _validate(config: Config) -> None:
             raise ConfigError(key, "must be positive")
     if config.heartbeat_ttl <= config.heartbeat_interval:
         raise ConfigError("heartbeat_ttl", "must be longer than heartbeat_interval")
-    for key in ("timeout", "max_memory_mb", "max_jobs"):
+    for key in ("timeout", "max_memory_mb", "max_jobs", "worker_timeout"):
         if getattr(config, key) < 0:
             raise ConfigError(key, "must not be negative")
     if not 0 <= config.metrics_port <= 65535:

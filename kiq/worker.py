@@ -11,11 +11,19 @@ the master, which stops or reloads everyone.
 The main thread also watches job timeouts: a job past its class's ``timeout``
 is failed into the retry set at once, its thread is abandoned, and the worker
 asks its supervisor to replace it. It asks the same after ``max_jobs`` jobs.
+
+The main thread writes ``PID beat`` on the control pipe about once a second,
+from boot to exit, graceful stop included: the supervisor kills a worker that
+falls silent (``worker_timeout``). A job stuck in C code that holds the GIL, or
+a SIGSTOP, silences it. The Redis heartbeat is no substitute: only masters
+sweeping for lost hosts read it, after ``heartbeat_ttl``, and they requeue the
+jobs of a worker that may still be running them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import threading
@@ -61,6 +69,7 @@ class Worker:
         self.keys = Keys(config.namespace)
         self.parent = parent
         self.control_fd = control_fd
+        self.pid = os.getpid()
         self.quiet = False
         self.stopping = False
         self.exit_code = 0
@@ -85,10 +94,10 @@ class Worker:
         )
         self._start_event_loop()
         self.heartbeat = self._heartbeat()
-        if not self._first_beat(signals) or not self.fetcher.start(alive=self._wanted):
+        if not self._first_beat(signals) or not self.fetcher.start(alive=self._booting):
             self.log.warning("stopped before taking any job")
             return 0
-        os.write(self.control_fd, f"{os.getpid()} ready\n".encode())
+        self._tell("ready")
         threads = [self._start(f"processor-{n}", self._process) for n in range(self.fetcher.threads)]
         beat = self._start("heartbeat", self._beat)
         self.log.info("worker started", identity=self.identity, queues=self.config.queue_names,
@@ -96,6 +105,7 @@ class Worker:
         metrics.workers.set(1)
         metrics.threads.set(self.config.concurrency)
         while not self.stopping:
+            self._tell("beat")
             self._title()
             metrics.busy_threads.set(self.fetcher.busy)
             for signum in signals.wait(1.0):
@@ -143,11 +153,16 @@ class Worker:
         self.fetcher.quiet()
         deadline = time.monotonic() + self.config.timeout
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            while thread.is_alive() and time.monotonic() < deadline:
+                self._tell("beat")
+                thread.join(min(1.0, max(0.0, deadline - time.monotonic())))
+        self._tell("beat")
         self.fetcher.close()
+        self._tell("beat")
         self.beat_done.set()
         beat.join(self.config.heartbeat_interval + 1)
         metrics.flush()
+        self._tell("beat")
         moved = self.fetcher.recovery.requeue_all(self.identity, crashed=False)
         if moved:
             self.log.warning("timeout: requeued unfinished jobs", jobs=moved)
@@ -202,7 +217,14 @@ class Worker:
         if reason in self.asked:
             return
         self.asked.add(reason)
-        os.write(self.control_fd, f"{os.getpid()} {reason}\n".encode())
+        self._tell(reason)
+
+    def _tell(self, message: str) -> None:
+        """One line to the supervisor. The pipe is non-blocking: a line that does not fit is
+        dropped rather than wedge this worker behind a supervisor that stopped reading; and
+        one to a supervisor that is gone is dropped too (the main loop notices the orphaning)."""
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(self.control_fd, f"{self.pid} {message}\n".encode())
 
     # -- heartbeat ------------------------------------------------------
 
@@ -230,12 +252,15 @@ class Worker:
             pause = min(5.0, max(0.1, pause * 2))
             if signal.SIGTERM in signals.wait(pause):
                 self.stopping = True
-            if not self._wanted():
+            if not self._booting():
                 return False
         return True
 
-    def _wanted(self) -> bool:
-        """Still worth starting: not told to stop, and the supervisor is still there."""
+    def _booting(self) -> bool:
+        """Between tries while Redis does not answer at boot: beat to the supervisor (this
+        worker is waiting, not stuck) and say whether starting is still worth it: not told
+        to stop, and the supervisor is still there."""
+        self._tell("beat")
         return not self.stopping and os.getppid() == self.parent
 
     def _beat(self) -> None:

@@ -31,6 +31,7 @@ log: {format: json, level: debug}
 heartbeat_interval: 2
 heartbeat_ttl: 30
 boot_timeout: 90
+worker_timeout: 10
 """
 
 
@@ -73,6 +74,7 @@ def test_defaults_without_file_or_flags():
         heartbeat_interval=5.0,
         heartbeat_ttl=60.0,
         boot_timeout=60.0,
+        worker_timeout=30.0,
     )
 
 
@@ -101,6 +103,7 @@ def test_every_documented_key_is_read_from_the_file(tmp_path):
         heartbeat_interval=2.0,
         heartbeat_ttl=30.0,
         boot_timeout=90.0,
+        worker_timeout=10.0,
     )
     assert config.queue_names == ["critical", "default", "low"]
 
@@ -289,6 +292,7 @@ def test_non_integer_weights_in_pairs_are_rejected(weight):
         ({"heartbeat_interval": 30, "heartbeat_ttl": 20}, "heartbeat_ttl"),
         ({"boot_timeout": 0}, "boot_timeout"),
         ({"boot_timeout": "soon"}, "boot_timeout"),
+        ({"worker_timeout": -1}, "worker_timeout"),
     ],
 )
 def test_invalid_setting_names_its_key(tmp_path, settings, key):
