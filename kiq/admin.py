@@ -304,14 +304,15 @@ def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str |
              as_json: bool) -> None:
     """Periodic entries with their last and next run."""
     from kiq.connection import connect
+    from kiq.job import registered
     from kiq.keys import Keys
-    from kiq.periodic import declared, describe, merge
+    from kiq.periodic import bind_jobs, declared, describe, merge
     from kiq.supervisor import AppLoadError, load_app
 
     config = settings(config_path, redis_url, namespace)
     try:
         load_app([*config.require, *require])
-        entries = merge(config.periodic, declared())
+        entries = bind_jobs(merge(config.periodic, declared()), registered())
     except (AppLoadError, ConfigError) as error:
         click.echo(f"kiq: {error}", err=True)
         sys.exit(EXIT_CONFIG)

@@ -35,6 +35,8 @@ class Config:
     queues: list[tuple[str, int]] = field(default_factory=lambda: [("default", 1)])
     strict: bool = True
     timeout: float = 25.0
+    boot_timeout: float = 60.0
+    worker_timeout: float = 30.0
     max_memory_mb: int = 0
     max_jobs: int = 0
     metrics_host: str = "127.0.0.1"
@@ -200,12 +202,12 @@ def _validate(config: Config) -> None:
     for key in ("processes", "concurrency"):
         if getattr(config, key) < 1:
             raise ConfigError(key, "must be at least 1")
-    for key in ("heartbeat_interval", "heartbeat_ttl"):
+    for key in ("heartbeat_interval", "heartbeat_ttl", "boot_timeout"):
         if getattr(config, key) <= 0:
             raise ConfigError(key, "must be positive")
     if config.heartbeat_ttl <= config.heartbeat_interval:
         raise ConfigError("heartbeat_ttl", "must be longer than heartbeat_interval")
-    for key in ("timeout", "max_memory_mb", "max_jobs"):
+    for key in ("timeout", "max_memory_mb", "max_jobs", "worker_timeout"):
         if getattr(config, key) < 0:
             raise ConfigError(key, "must not be negative")
     if not 0 <= config.metrics_port <= 65535:

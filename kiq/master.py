@@ -7,6 +7,9 @@ copy-on-write). A reload (HUP) re-reads the config and starts a new
 generation; once it has loaded the app, the older generations are told to
 stop, so their workers finish their jobs and exit while the new ones already
 work. A config or app that fails to load leaves the running generation alone.
+The master never blocks on a loading generation, so it hears TERM and HUP while
+an import hangs; a generation that has not loaded the app within
+``boot_timeout``, or that a newer HUP supersedes, is killed.
 
 Signal handlers only queue the signal (kiq.signals); the main loop calls one
 short method per signal. The scheduler thread does its Redis work under
@@ -64,12 +67,15 @@ class Master:
         self.restart_at: float | None = None
         self.stopping = False
         self.quiet = False
+        self.booted = False  # a generation has loaded the app since the start
+        self.load_error = ""  # why the app never loaded, if it did not
         self.exit_code = 0
         self.fork_lock = threading.Lock()
         self.log = log.get("kiq.master")
 
     def run(self) -> int:
-        """Run until TERM or INT; returns the exit code. Raises AppLoadError if the app never loads."""
+        """Run until TERM or INT; returns the exit code. Raises AppLoadError if the first
+        generation fails to load the app, or does not within ``boot_timeout``."""
         setproctitle.setproctitle("kiq master [booting]")
         self.signals = SignalQueue(MASTER_SIGNALS)
         self.conn = connect(self.config.redis_url, name="kiq-master")
@@ -82,7 +88,7 @@ class Master:
         self.scheduler.start()
         self._serve_metrics()
         self.log.info("master started", pid=os.getpid(), redis=redact(self.config.redis_url))
-        self._boot()
+        self._start_generation(self.config)
         while not self.stopping:
             self._title()
             loading = [g.ready_fd for g in self.generations if g.state == "loading"]
@@ -94,6 +100,8 @@ class Master:
             self._sweep_if_due()
         self._stop_generations()
         self.scheduler.stop()
+        if self.load_error:
+            raise AppLoadError(self.load_error)
         self.log.info("master stopped")
         return self.exit_code
 
@@ -103,16 +111,6 @@ class Master:
         conn = connect(self.config.redis_url, name="kiq-metrics")
         exporter.serve(self.config.metrics_host, self.config.metrics_port, conn, self.keys.prefix,
                        self.fork_lock)
-
-    def _boot(self) -> None:
-        """Start the first generation and wait until it has loaded the app (or failed to)."""
-        first = self._start_generation(self.config)
-        message = _read_report(first.ready_fd, block=True)
-        if message != "ok":
-            self._wait_exit(first)
-            self.scheduler.stop()
-            raise AppLoadError((message or "generation died while loading the app").removeprefix("error "))
-        self._promote(first)
 
     # -- signals --------------------------------------------------------
 
@@ -146,8 +144,9 @@ class Master:
             if getattr(config, key) != getattr(self.config, key):
                 self.log.warning("setting needs a restart to change; keeping the old value", key=key)
                 setattr(config, key, getattr(self.config, key))
+        self._check_loading()
         for gen in self._in_state("loading"):
-            self._retire(gen)
+            self._kill_loading(gen)
         self.quiet = False
         self.log.info("reloading", generation=self.counter + 1)
         self._start_generation(config)
@@ -187,18 +186,33 @@ class Master:
             os._exit(code)
 
     def _check_loading(self) -> None:
+        """Promote the generations that loaded the app; give up on those that failed, or
+        that are still at it after ``boot_timeout`` (an import that hangs)."""
         for gen in self._in_state("loading"):
-            message = _read_report(gen.ready_fd, block=False)
+            message = _read_report(gen.ready_fd)
             if message == "ok":
                 self._promote(gen)
             elif message:
                 os.close(gen.ready_fd)
                 gen.state = "retiring"
                 self._load_failed(gen, message.removeprefix("error "))
+            elif time.monotonic() - gen.started > gen.config.boot_timeout:
+                self._kill_loading(gen)
+                self._load_failed(gen, f"generation {gen.number} did not load the app within "
+                                       f"{gen.config.boot_timeout:g}s (boot_timeout): does a require "
+                                       "module hang at import?")
+
+    def _kill_loading(self, gen: Generation) -> None:
+        """SIGKILL a generation that is still loading the app: it has no job and no worker
+        yet, and the import that holds it may never return to hear a TERM."""
+        os.close(gen.ready_fd)
+        gen.state = "retiring"
+        kill(gen.pid, signal.SIGKILL)
 
     def _promote(self, gen: Generation) -> None:
         """``gen`` loaded the app: it becomes current and every other generation retires."""
         gen.state = "current"
+        self.booted = True
         os.close(gen.ready_fd)
         for other in self.generations:
             if other is not gen and other.state != "retiring":
@@ -211,7 +225,8 @@ class Master:
 
     def _retire(self, gen: Generation) -> None:
         if gen.state == "loading":
-            os.close(gen.ready_fd)
+            self._kill_loading(gen)
+            return
         gen.state = "retiring"
         kill(gen.pid, signal.SIGTERM)
 
@@ -246,7 +261,12 @@ class Master:
         self._restart_later(time.monotonic() - gen.started)
 
     def _load_failed(self, gen: Generation, error: str) -> None:
-        """A new generation could not load the app: keep the running one, or try again later."""
+        """A new generation could not load the app: keep the running one, or try again later;
+        at the start, stop (exit code 3): an app that never loaded is not worth retrying."""
+        if not self.booted:
+            self.load_error = error
+            self.stopping = True
+            return
         if self._in_state("current"):
             self.log.error("reload failed, keeping the running generation", generation=gen.number,
                            error=error)
@@ -277,9 +297,9 @@ class Master:
     def _stop_generations(self) -> None:
         for gen in self.generations:
             if gen.state == "loading":
-                os.close(gen.ready_fd)
-                gen.state = "retiring"
-            kill(gen.pid, signal.SIGTERM)
+                self._kill_loading(gen)
+            else:
+                kill(gen.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.config.timeout + 2 * KILL_GRACE
         while self.generations and time.monotonic() < deadline:
             self.signals.wait(0.1)
@@ -337,6 +357,8 @@ class Master:
             self.log.warning("redis may evict jobs: set maxmemory-policy to noeviction", policy=policy)
 
     def _title(self) -> None:
+        if not self.booted:
+            return  # still "kiq master [booting]"
         current = self._in_state("current")
         number = current[0].number if current else self.counter
         processes = current[0].processes if current else 0
@@ -344,9 +366,8 @@ class Master:
         setproctitle.setproctitle(f"kiq master [gen {number}] {processes} workers{state}")
 
 
-def _read_report(fd: int, block: bool) -> str:
+def _read_report(fd: int) -> str:
     """The line a generation wrote on its ready pipe: "ok", "error ...", or "" if none yet (or EOF)."""
-    os.set_blocking(fd, block)
     try:
         data = os.read(fd, 4096)
     except BlockingIOError:

@@ -19,7 +19,7 @@ from prometheus_client import Counter, Gauge, Histogram, multiprocess
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
                     60.0, 120.0, 300.0, 600.0)
-RESTART_REASONS = ("crash", "memory", "max_jobs", "reload", "timeout")
+RESTART_REASONS = ("crash", "memory", "max_jobs", "reload", "timeout", "unresponsive")
 UNKNOWN_CLASS = "(unknown)"
 
 processed = Counter("kiq_jobs_processed", "Jobs that finished running, whatever the outcome.",

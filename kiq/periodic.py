@@ -1,9 +1,11 @@
 """Periodic (cron) jobs: their entries, and enqueueing each tick exactly once however many masters run.
 
 Entries come from ``periodic:`` in the config file (``entries_from_config``) or
-from Python (``kiq.periodic(...)`` in a required module). The master's
-scheduler thread owns one ``Periodic`` and calls ``fire_due`` when
-``next_wakeup`` says a tick is due.
+from Python (``kiq.periodic(...)`` in a required module). An entry that names
+no queue or retry takes its job class's, which are known only once the app is
+imported: each generation binds the entries to the classes (``bind_jobs``),
+owns one ``Periodic`` and calls ``fire_due`` when ``next_wakeup`` says a tick
+is due, quiet or not.
 
 Exactly once: every master tries to enqueue every tick of every entry, and the
 FIRE script decides in Redis, atomically, which try wins. For entry E and tick
@@ -30,11 +32,12 @@ entry list (``update``) can never fire a tick twice.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
 from collections import deque
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -52,6 +55,7 @@ from kiq.serialize import SerializationError, serialize_args, serialize_kwargs
 WINDOW = 3600.0  # seconds a tick may be late and still fire; also how long fired ticks are remembered
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 CONFIG_KEYS = ("name", "cron", "class", "args", "kwargs", "queue", "tz", "catch_up", "retry")
+INHERITED = frozenset({"queue", "retry"})  # what an entry that does not give them takes from its job class
 
 # KEYS: queues set, then per item: state hash, fired-ticks sorted set, queue list.
 # ARGV: window, caller's now, then per item: mode (init, due, catchup), tick,
@@ -108,6 +112,7 @@ class Entry:
     tz: str = "UTC"
     catch_up: bool = False
     retry: bool | int = True
+    from_job: frozenset[str] = frozenset()  # "queue", "retry": not given, so bind_jobs takes the job class's
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
@@ -143,6 +148,8 @@ class Entry:
             raise self.error("catch_up", f"must be true or false, not {self.catch_up!r}")
         if not isinstance(self.retry, (bool, int)) or self.retry < 0:
             raise self.error("retry", f"must be true, false or a number of retries, not {self.retry!r}")
+        if not self.from_job <= INHERITED:
+            raise ValueError(f"from_job names settings other than {', '.join(sorted(INHERITED))}")
 
     def error(self, key: str, message: str) -> ConfigError:
         return ConfigError(f"periodic.{self.name}.{key}", message)
@@ -189,14 +196,17 @@ def periodic(
     """Declare a periodic job: ``kiq.periodic("0 3 * * *", CleanupJob, name="nightly-cleanup")``.
 
     ``job`` is a job class (its wire name, queue and retry are the defaults) or a
-    wire name. Declaring one name twice differently raises ConfigError.
+    wire name (whose class gives them once the app is loaded). Declaring one name
+    twice differently raises ConfigError.
     """
     if not isinstance(args, (list, tuple)):
         raise ConfigError(f"periodic.{name}.args", f"must be a list or tuple, not {args!r}")
+    from_job: frozenset[str] = frozenset()
     if isinstance(job, type) and issubclass(job, Job):
         wire, default_queue, default_retry = job.job_name, job.queue, job.retry
     elif isinstance(job, str):
         wire, default_queue, default_retry = job, "default", True
+        from_job = frozenset(key for key, value in (("queue", queue), ("retry", retry)) if value is None)
     else:
         raise ConfigError(f"periodic.{name}.class", f"must be a kiq.Job subclass or a job name, not {job!r}")
     entry = Entry(
@@ -209,6 +219,7 @@ def periodic(
         tz=tz.key if isinstance(tz, ZoneInfo) else tz,
         catch_up=catch_up,
         retry=default_retry if retry is None else retry,
+        from_job=from_job,
     )
     existing = _declared.get(name)
     if existing is not None and existing != entry:
@@ -258,6 +269,7 @@ def entries_from_config(raw: Any) -> list[Entry]:
             tz=item.get("tz") or "UTC",
             catch_up=item.get("catch_up", False),
             retry=item.get("retry", True),
+            from_job=frozenset(key for key in INHERITED if item.get(key) is None),
         ))
     return merge(entries)
 
@@ -273,14 +285,22 @@ def merge(*groups: Iterable[Entry]) -> list[Entry]:
     return list(seen.values())
 
 
-def check_jobs(entries: Iterable[Entry], known: Collection[str]) -> None:
-    """Raise ConfigError for the first entry whose job is not in ``known`` wire names.
+def bind_jobs(entries: Iterable[Entry], classes: Mapping[str, type[Job]]) -> list[Entry]:
+    """The entries, each with the settings it did not give (``from_job``) taken from its
+    job class in ``classes`` (wire name -> class); ConfigError for the first entry whose
+    job is not there.
 
     Run where the app is imported (a generation), with ``kiq.job.registered()``.
     """
+    bound = []
     for entry in entries:
-        if entry.job not in known:
+        job = classes.get(entry.job)
+        if job is None:
             raise entry.error("class", f"unknown job {entry.job!r}: no job class has this name")
+        settings: dict[str, Any] = {"queue": job.queue, "retry": job.retry}
+        bound.append(dataclasses.replace(entry, **{key: settings[key] for key in entry.from_job},
+                                         from_job=frozenset()))
+    return bound
 
 
 # -- firing ---------------------------------------------------------------------

@@ -4,6 +4,11 @@ The handlers are empty: Python's wakeup fd writes each signal's number into a
 pipe, and ``wait`` reads them back. Logging, reaping or taking a lock inside a
 handler can deadlock (the handler runs between two bytecodes of whatever the
 main thread was doing); here that cannot happen.
+
+A terminal sends INT (Ctrl-C), QUIT (Ctrl-\\) and HUP (hang-up) to its whole
+foreground process group, and only the master acts on them: it stops on INT
+and reloads on HUP. A child drops them (``close``) through a handler that does
+nothing rather than SIG_IGN, which a program that a job executes would inherit.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import select
 import signal
 from collections.abc import Iterable, Sequence
 from types import FrameType
+
+TERMINAL = (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP)
 
 
 def _ignore(signum: int, frame: FrameType | None) -> None:
@@ -45,10 +52,11 @@ class SignalQueue:
             return []
 
     def close(self) -> None:
-        """Give the signals back to their defaults, as a freshly forked child must."""
+        """Give the signals back to their defaults, as a freshly forked child must, except
+        the terminal's, which a child drops."""
         signal.set_wakeup_fd(-1)
-        for signum in self.signums:
-            signal.signal(signum, signal.SIG_DFL)
+        for signum in {*self.signums, *TERMINAL}:
+            signal.signal(signum, _ignore if signum in TERMINAL else signal.SIG_DFL)
         os.close(self.read_fd)
         os.close(self.write_fd)
 

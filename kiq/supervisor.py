@@ -17,10 +17,19 @@ to be replaced (after ``max_jobs`` jobs, or a job past its timeout) by
 writing ``PID REASON``; the supervisor also
 replaces workers above ``max_memory_mb``. A replacement starts before the old
 worker is told to finish its jobs and exit.
+
+Liveness is observed here, not promised by the worker (as gunicorn's arbiter
+kills a silent worker): each worker's main thread writes ``PID beat`` about
+once a second, and one silent for longer than ``worker_timeout`` (before it
+is ready: ``boot_timeout``) is SIGKILLed and handled as a crash: its jobs are
+requeued and a replacement starts. Graceful stops beat too, so a retiring
+worker is judged the same way.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import datetime as dt
 import functools
 import importlib
@@ -31,6 +40,7 @@ import sys
 import time
 import traceback
 from dataclasses import dataclass
+from types import TracebackType
 
 import setproctitle
 
@@ -41,7 +51,7 @@ from kiq.fetch import thread_count
 from kiq.job import registered
 from kiq.keys import Keys
 from kiq.ledger import Ledger
-from kiq.periodic import Periodic, check_jobs, declared, merge
+from kiq.periodic import Entry, Periodic, bind_jobs, declared, merge
 from kiq.recovery import Recovery
 from kiq.signals import SignalQueue, kill
 from kiq.worker import EXIT_REMOTE_STOP, Worker
@@ -73,6 +83,8 @@ class Slot:
     ready: bool = False
     spawn_at: float = 0.0
     ledger: Ledger | None = None  # the running worker's (kiq.ledger)
+    heard: float = 0.0  # when the worker last wrote on the control pipe, or was spawned
+    killed: str = ""  # why the supervisor SIGKILLed it ("unresponsive"), until it is reaped
 
 
 @dataclass
@@ -82,7 +94,10 @@ class Retiring:
     pid: int
     identity: str
     reason: str
-    ledger: Ledger | None
+    ready: bool
+    heard: float
+    ledger: Ledger | None = None
+    killed: str = ""
 
 
 class Supervisor:
@@ -96,6 +111,7 @@ class Supervisor:
         self.stopping = False
         self.quiet = False
         self.unrecovered: list[tuple[str, list[str]]] = []  # dead identities, with their running jobs
+        self.control_buffer = b""  # the start of a line not yet whole
         self.next_memory_check = 0.0
         self.outage = Outage("requeue of dead workers' jobs")
         self.log = log.get("kiq.supervisor").bind(generation=generation)
@@ -103,20 +119,22 @@ class Supervisor:
     def run(self, ready_fd: int) -> int:
         """The generation's whole life; reports app loading on ``ready_fd``; returns the exit code."""
         setproctitle.setproctitle(f"kiq generation {self.generation} [loading]")
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         self.signals = SignalQueue(SUPERVISOR_SIGNALS)
         try:
             load_app(self.config.require)
-            entries = merge(self.config.periodic, declared())
-            check_jobs(entries, registered())
+            entries = bind_jobs(merge(self.config.periodic, declared()), registered())
         except (AppLoadError, ConfigError) as error:
+            if isinstance(error, AppLoadError):
+                self.log.error("cannot load the app", error=str(error), exc_info=error.__cause__)
             _report(ready_fd, f"error {error}")
             return EXIT_APP_LOAD
+        self._loaded(entries)
         self.conn = connect(self.config.redis_url, name="kiq-supervisor")
         self.recovery = Recovery(self.conn, self.keys)
         self.periodic = Periodic(self.conn, self.keys, entries)
         self.control_read, self.control_write = os.pipe()
         os.set_blocking(self.control_read, False)
+        os.set_blocking(self.control_write, False)  # the workers' end: see Worker._tell
         self._spawn_due()
         _report(ready_fd, "ok")
         while not self.stopping:
@@ -125,6 +143,7 @@ class Supervisor:
             for signum in self.signals.wait(self._next_wakeup(), also=[self.control_read]):
                 self._handle(signum)
             self._read_control()
+            self._kill_silent()
             self._check_memory()
             self._fire_periodic()
             self._reap()
@@ -136,6 +155,16 @@ class Supervisor:
                 self.stopping = True
         self._stop_workers()
         return 0
+
+    def _loaded(self, entries: list[Entry]) -> None:
+        """Say what the app registered: a ``require`` that names the wrong module imports
+        fine and registers nothing, and every job then fails as an unknown class."""
+        jobs = sorted(registered())
+        self.log.info("app loaded", require=self.config.require, jobs=jobs,
+                      periodic=[entry.name for entry in entries])
+        if not jobs:
+            self.log.warning("no job classes loaded: list the modules that define them in require",
+                             require=self.config.require)
 
     # -- signals --------------------------------------------------------
 
@@ -182,7 +211,7 @@ class Supervisor:
             self._become_worker(slot.index, nonce, parent, ledger)
         slot.pid, slot.identity, slot.started = pid, heartbeat.identity(pid, nonce), time.monotonic()
         slot.ledger = ledger
-        slot.ready = False
+        slot.ready, slot.heard, slot.killed = False, slot.started, ""
         self.log.info("worker spawned", worker=slot.index, pid=pid)
 
     def _become_worker(self, index: int, nonce: str, parent: int, ledger: Ledger) -> None:
@@ -200,7 +229,8 @@ class Supervisor:
 
     def _retire(self, slot: Slot, reason: str) -> None:
         """Tell the slot's worker to finish its jobs and exit; the slot is free again."""
-        self.retiring[slot.pid] = Retiring(slot.pid, slot.identity, reason, slot.ledger)
+        self.retiring[slot.pid] = Retiring(slot.pid, slot.identity, reason, slot.ready, slot.heard,
+                                           ledger=slot.ledger)
         kill(slot.pid, signal.SIGTERM)
         slot.pid, slot.spawn_at = 0, 0.0
 
@@ -215,25 +245,47 @@ class Supervisor:
         self.log.info("replacing worker", worker=slot.index, pid=pid, reason=reason)
         if reason in metrics.RESTART_REASONS:
             metrics.restarts.labels(reason).inc()
-        old = Slot(slot.index, slot.pid, slot.identity, ledger=slot.ledger)
+        old = dataclasses.replace(slot)
         self._spawn(slot)
         self._retire(old, reason)
 
     def _read_control(self) -> None:
-        try:
-            data = os.read(self.control_read, 4096)
-        except BlockingIOError:
-            return
-        for line in data.decode().splitlines():
-            pid, _, message = line.partition(" ")
-            if not pid.isdigit():
+        """Every whole line the workers wrote: ``PID beat``, ``PID ready`` or ``PID REASON``."""
+        with contextlib.suppress(BlockingIOError):
+            while data := os.read(self.control_read, 65536):
+                self.control_buffer += data
+        *lines, self.control_buffer = self.control_buffer.split(b"\n")
+        now = time.monotonic()
+        for line in lines:
+            pid_text, _, message = line.decode(errors="replace").partition(" ")
+            if not pid_text.isdigit():
                 continue
-            if message == "ready":
-                for slot in self.slots:
-                    if slot.pid == int(pid):
-                        slot.ready, slot.boot_failures = True, 0
-            else:
-                self._recycle(int(pid), message)
+            pid = int(pid_text)
+            worker = self._find(pid)
+            if worker is not None:
+                worker.heard = now
+            if message == "ready" and isinstance(worker, Slot):
+                worker.ready, worker.boot_failures = True, 0
+            elif message not in ("beat", "ready"):
+                self._recycle(pid, message)
+
+    def _find(self, pid: int) -> Slot | Retiring | None:
+        return self.retiring.get(pid) or next((s for s in self.slots if s.pid == pid), None)
+
+    def _kill_silent(self) -> None:
+        """SIGKILL every worker silent for too long: stuck in C code holding the GIL, or
+        stopped. It is reaped as a crash: its jobs are requeued and its slot refilled."""
+        now = time.monotonic()
+        workers: list[Slot | Retiring] = [*self.slots, *self.retiring.values()]
+        for worker in workers:
+            if not worker.pid or worker.killed:
+                continue
+            limit = self.config.worker_timeout if worker.ready else self.config.boot_timeout
+            if limit and now - worker.heard > limit:
+                self.log.error("worker unresponsive, killing", pid=worker.pid, ready=worker.ready,
+                               silent_s=round(now - worker.heard, 1), limit_s=limit)
+                worker.killed = "unresponsive"
+                kill(worker.pid, signal.SIGKILL)
 
     def _check_memory(self) -> None:
         if not self.config.max_memory_mb or time.monotonic() < self.next_memory_check:
@@ -259,7 +311,8 @@ class Supervisor:
         retired = self.retiring.pop(pid, None)
         if retired is not None:
             self.unrecovered.append((retired.identity, _running(retired.ledger)))
-            self.log.info("worker retired", pid=pid, reason=retired.reason, status=describe(status))
+            self.log.info("worker retired", pid=pid, reason=retired.reason,
+                          status=describe(status, retired.killed))
             return
         slot = next((s for s in self.slots if s.pid == pid), None)
         if slot is None:
@@ -272,10 +325,10 @@ class Supervisor:
             self.slots.remove(slot)
             return
         if not self.stopping:
-            metrics.restarts.labels("crash").inc()
+            metrics.restarts.labels(slot.killed or "crash").inc()
         level = "info" if self.stopping and os.WIFEXITED(status) else "warning"
-        getattr(self.log, level)("worker exited", worker=slot.index, pid=pid, status=describe(status),
-                                 lived_s=round(lived, 1))
+        getattr(self.log, level)("worker exited", worker=slot.index, pid=pid,
+                                 status=describe(status, slot.killed), lived_s=round(lived, 1))
         slot.failures = slot.failures + 1 if lived < YOUNG else 0
         slot.boot_failures = 0 if slot.ready else slot.boot_failures + 1
         delay = 0.0 if slot.failures == 0 else min(30.0, 0.5 * 2 ** (slot.failures - 1))
@@ -301,6 +354,8 @@ class Supervisor:
         deadline = time.monotonic() + self.config.timeout + KILL_GRACE
         while self._alive() and time.monotonic() < deadline:
             self.signals.wait(0.1)
+            self._read_control()
+            self._kill_silent()
             self._reap()
         for pid in self._alive():
             self.log.warning("worker did not stop in time, killing", pid=pid)
@@ -313,8 +368,9 @@ class Supervisor:
         return [s.pid for s in self.slots if s.pid] + list(self.retiring)
 
     def _fire_periodic(self) -> None:
-        """Enqueue periodic jobs whose tick has come; Redis decides which master's try counts."""
-        if self.quiet or not self.periodic.entries:
+        """Enqueue periodic jobs whose tick has come; Redis decides which master's try counts.
+        A quiet generation enqueues them too: quiet stops taking jobs, not producing them."""
+        if not self.periodic.entries:
             return
         fired = self.outage.attempt(self.periodic.fire_due)
         if fired:
@@ -323,7 +379,7 @@ class Supervisor:
     def _next_wakeup(self) -> float:
         """Seconds until something is due: a worker to start or a periodic tick (at most 1)."""
         due = [s.spawn_at - time.monotonic() for s in self.slots if not s.pid and not self.quiet]
-        tick = self.periodic.next_wakeup() if self.periodic.entries and not self.quiet else None
+        tick = self.periodic.next_wakeup() if self.periodic.entries else None
         if tick is not None:
             due.append((tick - dt.datetime.now(dt.timezone.utc)).total_seconds())
         return min([1.0, *due]) if due else 1.0
@@ -342,7 +398,8 @@ def load_app(modules: list[str]) -> None:
         try:
             importlib.import_module(name)
         except Exception as error:
-            raise AppLoadError(f"cannot load {name!r}: {type(error).__name__}: {error}") from error
+            raise AppLoadError(f"cannot load {name!r}: {type(error).__name__}: {error}") from (
+                error.with_traceback(_app_frames(error.__traceback__)))
 
 
 def _running(ledger: Ledger | None) -> list[str]:
@@ -354,9 +411,21 @@ def _running(ledger: Ledger | None) -> list[str]:
     return running
 
 
-def describe(status: int) -> str:
+def _app_frames(tb: TracebackType | None) -> TracebackType | None:
+    """``tb`` from the first frame of the app's own code: the frames of this function's
+    caller and of importlib above it say nothing about what failed."""
+    while tb is not None and (tb.tb_frame.f_code.co_filename in (__file__, importlib.__file__)
+                              or tb.tb_frame.f_code.co_filename.startswith("<frozen importlib")):
+        tb = tb.tb_next
+    return tb
+
+
+def describe(status: int, cause: str = "") -> str:
+    """An exit status in words; ``cause`` is why kiq itself killed the process, if it did."""
     if os.WIFSIGNALED(status):
         name = signal.Signals(os.WTERMSIG(status)).name
+        if cause:
+            return f"killed by {name} ({cause})"
         return f"killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
     return f"exit code {os.WEXITSTATUS(status)}"
 

@@ -4,17 +4,26 @@ Its supervisor forks it; it builds its own Redis connections, never its
 parent's. TERM (or ``TERM`` in its signals list, as Sidekiq's Web UI sends it)
 stops it: stop fetching, give back jobs not started, wait up to ``timeout`` for
 running jobs, requeue whatever is still unfinished, exit. TSTP quiets it (no
-new jobs, running ones finish). USR1 logs every thread's stack. SIGINT is
-ignored, so a terminal's Ctrl-C reaches only the master, which stops everyone.
+new jobs, running ones finish). USR1 logs every thread's stack. INT, QUIT and
+HUP are dropped (kiq.signals), so a terminal's Ctrl-C or hang-up reaches only
+the master, which stops or reloads everyone.
 
 The main thread also watches job timeouts: a job past its class's ``timeout``
 is failed into the retry set at once, its thread is abandoned, and the worker
 asks its supervisor to replace it. It asks the same after ``max_jobs`` jobs.
+
+The main thread writes ``PID beat`` on the control pipe about once a second,
+from boot to exit, graceful stop included: the supervisor kills a worker that
+falls silent (``worker_timeout``). A job stuck in C code that holds the GIL, or
+a SIGSTOP, silences it. The Redis heartbeat is no substitute: only masters
+sweeping for lost hosts read it, after ``heartbeat_ttl``, and they requeue the
+jobs of a worker that may still be running them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import signal
@@ -66,6 +75,7 @@ class Worker:
         self.keys = Keys(config.namespace)
         self.parent = parent
         self.control_fd = control_fd
+        self.pid = os.getpid()
         self.quiet = False
         self.stopping = False
         self.exit_code = 0
@@ -80,7 +90,6 @@ class Worker:
 
     def run(self) -> int:
         """The process's whole life; returns its exit code."""
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
         setproctitle.setproctitle(f"kiq worker {self.index} [starting]")
         signals = SignalQueue(WORKER_SIGNALS)
         self.heartbeat = self._heartbeat()
@@ -94,10 +103,10 @@ class Worker:
             info=self.heartbeat.info,
         )
         self._start_event_loop()
-        if not self._first_beat(signals) or not self.fetcher.start(alive=self._wanted):
+        if not self._first_beat(signals) or not self.fetcher.start(alive=self._booting):
             self.log.warning("stopped before taking any job")
             return 0
-        os.write(self.control_fd, f"{os.getpid()} ready\n".encode())
+        self._tell("ready")
         self.threads = [self._start_processor(n) for n in range(self.fetcher.threads)]
         beat = self._start("heartbeat", self._beat)
         self.log.info("worker started", identity=self.identity, queues=self.config.queue_names,
@@ -105,6 +114,7 @@ class Worker:
         metrics.workers.set(1)
         metrics.threads.set(self.config.concurrency)
         while not self.stopping:
+            self._tell("beat")
             self._title()
             metrics.busy_threads.set(self.fetcher.busy)
             for signum in signals.wait(1.0):
@@ -153,11 +163,16 @@ class Worker:
         self.fetcher.quiet()
         deadline = time.monotonic() + self.config.timeout
         for thread in threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            while thread.is_alive() and time.monotonic() < deadline:
+                self._tell("beat")
+                thread.join(min(1.0, max(0.0, deadline - time.monotonic())))
+        self._tell("beat")
         self.fetcher.close()
+        self._tell("beat")
         self.beat_done.set()
         beat.join(self.config.heartbeat_interval + 1)
         metrics.flush()
+        self._tell("beat")
         moved = self._requeue_unfinished(max(deadline, time.monotonic()) + FINAL_REQUEUE_PATIENCE)
         if moved:
             self.log.warning("timeout: requeued unfinished jobs", jobs=moved)
@@ -179,6 +194,7 @@ class Worker:
                     return 0
                 pause = outage.failed(error, pause)
                 time.sleep(pause)
+                self._tell("beat")
 
     # -- processor threads ----------------------------------------------
 
@@ -274,7 +290,14 @@ class Worker:
         if reason in self.asked:
             return
         self.asked.add(reason)
-        os.write(self.control_fd, f"{os.getpid()} {reason}\n".encode())
+        self._tell(reason)
+
+    def _tell(self, message: str) -> None:
+        """One line to the supervisor. The pipe is non-blocking: a line that does not fit is
+        dropped rather than wedge this worker behind a supervisor that stopped reading; and
+        one to a supervisor that is gone is dropped too (the main loop notices the orphaning)."""
+        with contextlib.suppress(BlockingIOError, BrokenPipeError):
+            os.write(self.control_fd, f"{self.pid} {message}\n".encode())
 
     # -- heartbeat ------------------------------------------------------
 
@@ -302,12 +325,15 @@ class Worker:
             pause = min(5.0, max(0.1, pause * 2))
             if signal.SIGTERM in signals.wait(pause):
                 self.stopping = True
-            if not self._wanted():
+            if not self._booting():
                 return False
         return True
 
-    def _wanted(self) -> bool:
-        """Still worth starting: not told to stop, and the supervisor is still there."""
+    def _booting(self) -> bool:
+        """Between tries while Redis does not answer at boot: beat to the supervisor (this
+        worker is waiting, not stuck) and say whether starting is still worth it: not told
+        to stop, and the supervisor is still there."""
+        self._tell("beat")
         return not self.stopping and os.getppid() == self.parent
 
     def _beat(self) -> None:

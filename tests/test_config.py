@@ -30,6 +30,8 @@ metrics: {host: 0.0.0.0, port: 9300}
 log: {format: json, level: debug}
 heartbeat_interval: 2
 heartbeat_ttl: 30
+boot_timeout: 90
+worker_timeout: 10
 """
 
 
@@ -71,6 +73,8 @@ def test_defaults_without_file_or_flags():
         tag="",
         heartbeat_interval=5.0,
         heartbeat_ttl=60.0,
+        boot_timeout=60.0,
+        worker_timeout=30.0,
     )
 
 
@@ -98,6 +102,8 @@ def test_every_documented_key_is_read_from_the_file(tmp_path):
         tag="blue",
         heartbeat_interval=2.0,
         heartbeat_ttl=30.0,
+        boot_timeout=90.0,
+        worker_timeout=10.0,
     )
     assert config.queue_names == ["critical", "default", "low"]
 
@@ -284,6 +290,9 @@ def test_non_integer_weights_in_pairs_are_rejected(weight):
         ({"heartbeat_ttl": -1}, "heartbeat_ttl"),
         ({"heartbeat_ttl": 5}, "heartbeat_ttl"),
         ({"heartbeat_interval": 30, "heartbeat_ttl": 20}, "heartbeat_ttl"),
+        ({"boot_timeout": 0}, "boot_timeout"),
+        ({"boot_timeout": "soon"}, "boot_timeout"),
+        ({"worker_timeout": -1}, "worker_timeout"),
     ],
 )
 def test_invalid_setting_names_its_key(tmp_path, settings, key):

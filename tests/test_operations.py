@@ -137,6 +137,25 @@ def test_ttin_ttou_and_tstp_change_what_processes_shows(start_kiq, r, client):
     assert "quiet" in title(kiq.pid)
 
 
+def test_terminal_signals_sent_to_a_worker_or_a_supervisor_do_not_stop_them(start_kiq, r, client):
+    """A terminal's hang-up (HUP), Ctrl-\\ (QUIT) or Ctrl-C (INT) reaches every process of
+    its foreground group; only the master acts on them."""
+    import sample_jobs
+
+    kiq = start_kiq(processes=1)
+    [worker] = kiq.wait_workers(1)
+    [supervisor] = kiq.generations()
+    for pid in (worker, supervisor):
+        for signum in (signal.SIGHUP, signal.SIGQUIT, signal.SIGINT):
+            os.kill(pid, signum)
+    time.sleep(1.0)
+    sample_jobs.RecordJob.perform_later("after")
+    wait_for(lambda: r.lrange("results", 0, -1) == ["after"])
+    assert kiq.workers() == [worker]
+    assert kiq.generations() == [supervisor]
+    assert "exited" not in kiq.log()
+
+
 def test_signals_list_quiets_and_stops_one_worker_as_the_web_ui_does(start_kiq, r):
     kiq = start_kiq(processes=2, heartbeat_interval=0.2, heartbeat_ttl=5)
     kiq.wait_workers(2)

@@ -20,7 +20,7 @@ import kiq
 from kiq.config import ConfigError
 from kiq.connection import connect
 from kiq.keys import Keys
-from kiq.periodic import Entry, Periodic, check_jobs, clear, declared, describe, entries_from_config, merge
+from kiq.periodic import Entry, Periodic, bind_jobs, clear, declared, describe, entries_from_config, merge
 from kiq.processor import decode
 
 UTC = dt.timezone.utc
@@ -86,9 +86,10 @@ def test_entries_from_config_read_every_key():
     ])
     assert nightly == Entry(name="nightly-cleanup", cron="0 3 * * *", job="PeriodicCleanupJob", args=(1, "a"),
                             kwargs={"dry_run": True}, queue="low", tz="Europe/Berlin", catch_up=True, retry=2)
-    assert hourly == Entry(name="hourly", cron="@hourly", job="Billing::InvoiceJob")
+    assert hourly == Entry(name="hourly", cron="@hourly", job="Billing::InvoiceJob",
+                           from_job=frozenset({"queue", "retry"}))
     assert (hourly.queue, hourly.tz, hourly.catch_up, hourly.retry, hourly.args) == (
-        "default", "UTC", False, True, ())
+        "default", "UTC", False, True, ())  # until bind_jobs gives it its class's
     assert entries_from_config(None) == []
     assert entries_from_config([]) == []
 
@@ -166,11 +167,26 @@ def test_declared_entries_are_validated_too():
     assert declared() == []
 
 
+def test_entries_that_name_no_queue_or_retry_take_their_job_classes():
+    from_file = entries_from_config([
+        NIGHTLY,
+        {**NIGHTLY, "name": "given", "queue": "low", "retry": False},
+        {**NIGHTLY, "name": "no-retry-given", "retry": 0},
+    ])
+    by_name = kiq.periodic("@daily", "PeriodicCleanupJob", name="by-name")
+    bound = bind_jobs([*from_file, by_name], kiq.job.registered())
+    assert [(e.name, e.queue, e.retry) for e in bound] == [
+        ("nightly-cleanup", "maintenance", 3), ("given", "low", False), ("no-retry-given", "maintenance", 0),
+        ("by-name", "maintenance", 3)]
+    assert all(e.from_job == frozenset() for e in bound)
+    assert bound[0].payload(0)["queue"] == "maintenance"
+
+
 def test_unknown_jobs_and_names_used_twice_across_file_and_python():
     entries = entries_from_config([NIGHTLY, {**NIGHTLY, "name": "ruby", "class": "Billing::InvoiceJob"}])
-    check_jobs(entries[:1], kiq.job.registered())
+    bind_jobs(entries[:1], kiq.job.registered())
     with pytest.raises(ConfigError, match=r"^periodic.ruby.class: unknown job 'Billing::InvoiceJob'"):
-        check_jobs(entries, kiq.job.registered())
+        bind_jobs(entries, kiq.job.registered())
     kiq.periodic("@daily", PeriodicCleanupJob, name="nightly-cleanup")
     with pytest.raises(ConfigError, match=r"^periodic.nightly-cleanup: two entries have this name"):
         merge(entries, declared())

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 
 import pytest
@@ -50,6 +51,36 @@ def test_python_declared_entries_run_and_kiq_periodic_lists_them(start_kiq, r, r
     rows = {row["name"]: row for row in json.loads(listing.stdout)}
     assert rows["from-python"]["last"] is not None and rows["from-python"]["class"] == "RecordJob"
     assert "nightly" not in rows  # not in this command's config
+
+
+def test_a_file_entry_that_names_no_queue_uses_its_job_classs(start_kiq, r, tmp_path):
+    (tmp_path / "report_jobs.py").write_text(textwrap.dedent("""
+        import kiq, sample_jobs
+        class ReportTickJob(kiq.Job):
+            queue = "reports"
+            def perform(self):
+                sample_jobs.conn().rpush("reports", self.payload["queue"])
+    """))
+    start_kiq(processes=1, queues=["reports"], require=["sample_jobs", "report_jobs"],
+              periodic=[{"name": "reports", "cron": "* * * * * *", "class": "ReportTickJob"}])
+    wait_for(lambda: r.llen("reports") >= 2, timeout=20)
+    assert set(r.lrange("reports", 0, -1)) == {"reports"}
+    assert r.llen("queue:default") == 0
+
+
+def test_a_quiet_master_still_enqueues_its_periodic_ticks(start_kiq, r):
+    kiq = start_kiq(processes=1, concurrency=2, periodic=[EVERY_SECOND], heartbeat_interval=0.2,
+                    heartbeat_ttl=5)
+    kiq.wait_workers(1)
+    wait_for(lambda: r.llen("ticks") >= 1, timeout=20)
+    kiq.signal(signal.SIGTSTP)
+    wait_for(lambda: (p := r.smembers("processes")) and all(r.hget(i, "quiet") == "true" for i in p))
+    time.sleep(0.5)
+    ran = r.llen("ticks")
+    wait_for(lambda: r.llen("queue:default") >= 3, timeout=20)
+    assert r.llen("ticks") == ran, "quiet workers took no job"
+    waiting = [json.loads(raw)["periodic"]["name"] for raw in r.lrange("queue:default", 0, -1)]
+    assert set(waiting) == {"every-second"}
 
 
 def test_unknown_job_in_a_periodic_entry_is_a_clear_error_at_start(start_kiq):

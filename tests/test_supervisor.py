@@ -6,11 +6,13 @@ import base64
 import json
 import os
 import signal
+import textwrap
 import time
+import urllib.request
 
 import pytest
 import redis
-from conftest import run_python, wait_for
+from conftest import free_port, run_python, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -244,3 +246,64 @@ def test_master_waits_for_redis_then_starts(start_kiq, redis_server, r):
     kiq.wait_workers(1, timeout=15)
     kiq.signal(signal.SIGTERM)
     assert kiq.wait() == 0
+
+
+def restarts(port: int, reason: str) -> str:
+    """The restart counter's sample line for ``reason`` on the master's /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return next((line for line in text.splitlines()
+                 if line.startswith(f'kiq_worker_restarts_total{{reason="{reason}"}}')), "")
+
+
+def test_a_stopped_worker_is_killed_replaced_and_its_job_runs_again(start_kiq, client, r):
+    import sample_jobs
+
+    port = free_port()
+    kiq = start_kiq(processes=1, concurrency=2, worker_timeout=3, timeout=10,
+                    metrics={"host": "127.0.0.1", "port": port})
+    [stopped] = kiq.wait_workers(1)
+    sample_jobs.SlowJob.perform_later("stuck", 1.0)
+    wait_for(lambda: r.llen("started") == 1)
+    os.kill(stopped, signal.SIGSTOP)
+    [replacement] = wait_for(lambda: (w := kiq.workers()) and stopped not in w and w, timeout=30)
+    wait_for(lambda: r.lrange("results", 0, -1) == ["stuck"], timeout=20)
+    assert r.lrange("started", 0, -1) == [f"stuck:{stopped}", f"stuck:{replacement}"]
+    log = kiq.log()
+    assert "worker unresponsive, killing" in log and "killed by SIGKILL (unresponsive)" in log
+    assert restarts(port, "unresponsive").endswith(" 1.0")
+    assert restarts(port, "crash") == ""
+
+    # a graceful stop that takes longer than worker_timeout keeps beating, so it is not killed
+    sample_jobs.SlowJob.perform_later("last", 5.0)
+    wait_for(lambda: r.llen("started") == 3)
+    kiq.signal(signal.SIGTERM)
+    assert kiq.wait(60) == 0
+    assert r.lrange("results", 0, -1) == ["stuck", "last"]
+    assert kiq.log().count("worker unresponsive") == 1
+
+
+GIL_JOB = textwrap.dedent("""
+    import os
+    import kiq, sample_jobs
+
+    class GilJob(kiq.Job):
+        def perform(self, token):
+            runs = sample_jobs.conn().incr("gil-runs")
+            sample_jobs.conn().rpush("started", f"{token}:{os.getpid()}")
+            if runs == 1:
+                sum(range(10**12))  # one C call: it never lets go of the GIL until it returns
+            sample_jobs.conn().rpush("results", token)
+""")
+
+
+def test_a_worker_stuck_in_c_code_holding_the_gil_is_killed_and_its_job_runs_again(
+        start_kiq, client, r, tmp_path):
+    (tmp_path / "gil_jobs.py").write_text(GIL_JOB)
+    kiq = start_kiq(processes=1, concurrency=2, worker_timeout=3, require=["sample_jobs", "gil_jobs"])
+    [stuck] = kiq.wait_workers(1)
+    client.enqueue("GilJob", ["held"])
+    [replacement] = wait_for(lambda: (w := kiq.workers()) and stuck not in w and w, timeout=30)
+    wait_for(lambda: r.lrange("results", 0, -1) == ["held"], timeout=20)
+    assert r.lrange("started", 0, -1) == [f"held:{stuck}", f"held:{replacement}"]
+    assert "worker unresponsive, killing" in kiq.log()
