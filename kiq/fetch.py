@@ -185,6 +185,7 @@ class Fetcher:
         self.lease = Lease(ttl)
         self._reclaimer = Reclaimer(self.conn, keys, identity, ttl, queues.names, info)
         self._lapsed = False
+        self._retry_now = threading.Event()
         self._script = self.conn.register_script(ACK_AND_FETCH)
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
@@ -329,6 +330,7 @@ class Fetcher:
             self._lapsed = True
             self.lease.end()
             self._wake.notify()
+        self._retry_now.set()
 
     # -- fetcher thread -------------------------------------------------
 
@@ -408,7 +410,8 @@ class Fetcher:
                     self._giveback[:0] = giveback
                     self._resync = True
                 pause = self._outage.failed(error, pause)
-                time.sleep(pause)
+                self._retry_now.wait(pause)  # or sooner: the heartbeat found Redis back (lapsed)
+                self._retry_now.clear()
                 continue
             pause = self._outage.recovered()
             with self._lock:

@@ -31,6 +31,8 @@ class Keys:
         self.processed = p + "stat:processed"
         self.failed = p + "stat:failed"
         self.wip_registry = p + "kiq:wip"
+        self.wip_prefix = p + "kiq:wip:"
+        self.orphan_check = p + "kiq:orphan-check"
         self.poison = p + "kiq:poison"
         self.schedule_channel = p + "kiq:schedule-wakeup"
         self.access_check = p + "kiq:access-check"  # never exists: the master's start-up check deletes it
@@ -58,7 +60,7 @@ class Keys:
         Its member in ``kiq:wip`` is ``identity|queue``; identities never
         contain ``|``, so the pair splits back unambiguously.
         """
-        return f"{self.prefix}kiq:wip:{identity}|{queue}"
+        return f"{self.wip_prefix}{identity}|{queue}"
 
     def periodic(self, name: str) -> str:
         """A periodic entry's state hash: ``last`` tick, its ``jid`` and ``enqueued_at``,

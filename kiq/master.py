@@ -32,12 +32,13 @@ import setproctitle
 
 from kiq import exporter, inherited, log, metrics
 from kiq.config import Config, ConfigError
-from kiq.connection import Outage, RedisRefused, check_access, connect, redact, refusal
+from kiq.connection import RedisRefused, check_access, connect, redact, refusal
 from kiq.keys import Keys
 from kiq.recovery import Recovery
 from kiq.scheduler import Scheduler
 from kiq.signals import SignalQueue, kill
 from kiq.supervisor import EXIT_APP_LOAD, EXIT_BOOT_FAILED, KILL_GRACE, AppLoadError, Supervisor, describe
+from kiq.sweep import Sweeper
 
 MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN,
                   signal.SIGTTOU, signal.SIGTSTP, signal.SIGUSR1)
@@ -82,8 +83,8 @@ class Master:
         if not self._wait_for_redis():
             return 0
         self.recovery = Recovery(self.conn, self.keys)
-        self.next_sweep = 0.0
-        self.sweep_outage = Outage("recovery sweep")
+        self.sweeper = Sweeper(self.conn, self.keys, self.recovery, self.config.heartbeat_interval,
+                               self.config.heartbeat_ttl)
         self.scheduler = Scheduler(self.config.redis_url, self.keys, self.fork_lock)
         self.scheduler.start()
         self._serve_metrics()
@@ -97,7 +98,7 @@ class Master:
             self._check_loading()
             self._reap()
             self._restart_if_due()
-            self._sweep_if_due()
+            self.sweeper.sweep_if_due()
         self._stop_generations()
         self.scheduler.stop()
         if self.load_error:
@@ -284,15 +285,6 @@ class Master:
         self.restart_at = None
         if not self._in_state("current") and not self._in_state("loading"):
             self._start_generation(self.config)
-
-    def _sweep_if_due(self) -> None:
-        """Requeue the jobs of processes whose heartbeat expired: a host that vanished."""
-        if time.monotonic() < self.next_sweep:
-            return
-        self.next_sweep = time.monotonic() + self.config.heartbeat_interval
-        moved = self.sweep_outage.attempt(self.recovery.sweep)
-        if moved:
-            self.log.warning("requeued jobs of processes whose heartbeat expired", jobs=moved)
 
     def _stop_generations(self) -> None:
         for gen in self.generations:

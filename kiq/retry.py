@@ -84,8 +84,8 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
     if error is not None and (lines is True or (type(lines) is int and lines > 0)):
         job["error_backtrace"] = compress_backtrace(error, None if lines is True else lines)
     previous = job.get("retry_count")
-    if type(previous) is int and previous >= 0:
-        job["retry_count"] = min(previous + 1, MAX_COUNT)
+    if type(previous) is int:  # -1 after a manual retry, which gives a try back (as in Sidekiq)
+        job["retry_count"] = min(max(previous + 1, 0), MAX_COUNT)
         job["retried_at"] = now
     else:
         job["failed_at"] = now

@@ -100,6 +100,55 @@ def test_a_worker_paused_past_its_ttl_starts_none_of_the_jobs_it_had_prefetched(
     assert kiq.workers() == [worker]
 
 
+def test_a_redis_restart_longer_than_the_ttl_requeues_no_running_job(start_kiq, client, redis_server, r):
+    """Redis down for longer than the heartbeat TTL, then back with its data: every heartbeat
+    has expired, yet no master sweeps the live workers of another, so no job runs twice and
+    none is counted towards the poison-pill limit."""
+    import sample_jobs
+
+    persistent = ("--appendonly", "yes", "--appendfsync", "always")
+    redis_server.stop()
+    redis_server.start(*persistent)
+    fast = {"heartbeat_interval": 0.3, "heartbeat_ttl": 2}
+    first = start_kiq(processes=1, concurrency=2, **fast)
+    first.wait_workers(1)
+    second = start_kiq(processes=1, concurrency=2, **fast)
+    second.wait_workers(1)
+    jids = [sample_jobs.SlowJob.perform_later(f"s{n}", 12).jid for n in range(4)]
+    wait_for(lambda: r.llen("started") == 4, timeout=15)
+    redis_server.stop()
+    time.sleep(4)  # twice the TTL
+    redis_server.start(*persistent)
+    wait_for(lambda: r.llen("results") == 4, timeout=30)
+    assert r.llen("started") == 4, r.lrange("started", 0, -1)
+    assert [r.get(f"kiq:recoveries:{jid}") for jid in jids] == [None] * 4
+    for kiq in (first, second):
+        assert "requeued jobs of processes whose heartbeat expired" not in kiq.log()
+
+
+def test_a_vanished_host_s_list_missing_from_the_registry_is_still_recovered(start_kiq, client, r):
+    """A worker swept while paused lost its registry entry; it died with its host before its
+    next beat put it back. The next master to start finds the list by its key."""
+    import sample_jobs
+
+    fast = {"heartbeat_interval": 0.3, "heartbeat_ttl": 2}
+    doomed = start_kiq(processes=1, concurrency=2, **fast)
+    doomed.wait_workers(1)
+    for n in range(2):
+        sample_jobs.SlowJob.perform_later(f"j{n}", 30)
+    wait_for(lambda: r.llen("started") == 2)
+    everyone = [doomed.pid, *descendants(doomed.pid)]
+    for pid in everyone:
+        os.kill(pid, signal.SIGSTOP)
+    r.delete("kiq:wip")
+    for pid in everyone:
+        os.kill(pid, signal.SIGKILL)
+    survivor = start_kiq(processes=1, concurrency=2, **fast)
+    survivor.wait_workers(1)
+    wait_for(lambda: r.llen("started") == 4, timeout=20)
+    assert "requeued jobs of processes whose heartbeat expired" in survivor.log()
+
+
 def identity_of(r, pid: int) -> str:
     return wait_for(lambda: next((p for p in r.smembers("processes") if f":{pid}:" in p), None))
 

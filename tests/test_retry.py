@@ -201,3 +201,12 @@ def test_backtrace_option_stores_the_innermost_lines_as_sidekiq_compresses_them(
     frames = json.loads(zlib.decompress(base64.b64decode(payload["error_backtrace"])))
     assert len(frames) == lines
     assert frames[0].endswith(":in _raise_from_inner") and "test_retry.py:" in frames[0]
+
+
+def test_a_manual_retry_s_given_back_try_counts_from_zero_again():
+    """Sidekiq's retry from the Web UI or the API decrements retry_count (to -1 for a job that
+    failed once); the next failure is its retry number 0 again, a retry, not a first failure."""
+    job = {"class": "A", "args": [], "jid": "j", "retry": 3, "retry_count": -1, "failed_at": 1.0}
+    outcome = failure(job, "E", "again", now=100.0)
+    assert outcome.action == "retry"
+    assert job["retry_count"] == 0 and job["retried_at"] == 100.0 and job["failed_at"] == 1.0

@@ -1,0 +1,97 @@
+"""When a master may take another process for dead, and finding lists nobody registered.
+
+Any master requeues the jobs of processes whose heartbeat entry expired (``Recovery.sweep``).
+An entry also expires while its process is alive: after a Redis outage or restart, or while
+this master could not reach Redis, every entry may have lapsed at once. So a master sweeps
+only once Redis has been up, and reachable from here, for a whole heartbeat TTL: by then every
+live worker has beaten again (or has reclaimed its entry, kiq.lease), and a sweep that finds a
+target alive leaves it alone, atomically, in the script.
+
+The sweep finds in-progress lists through the ``kiq:wip`` registry, which is a cache: a list
+whose member was removed while its worker lived (a sweep of a paused worker that then died
+before its next beat) is out of it. So each master, at its start and then at most once an hour
+across all masters, scans the keyspace for ``kiq:wip:*`` keys, a stretch per sweep, and puts
+every list it finds back in the registry for the sweep to judge, as Sidekiq Pro's super_fetch
+looks for orphaned private queues.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+
+import redis
+
+from kiq import log
+from kiq.connection import Outage
+from kiq.keys import Keys
+from kiq.recovery import Recovery
+
+ORPHAN_CHECK_EVERY = 3600.0  # seconds between keyspace scans, across all masters
+SCAN_COUNT = 1000
+SCAN_CALLS = 10  # SCAN calls per sweep, so a large keyspace never holds up the master's loop
+
+
+class Sweeper:
+    def __init__(self, conn: redis.Redis, keys: Keys, recovery: Recovery, interval: float,
+                 ttl: float) -> None:
+        """Sweeps every ``interval`` seconds; ``ttl`` is the heartbeat TTL."""
+        self.conn = conn
+        self.keys = keys
+        self.recovery = recovery
+        self.interval = interval
+        self.ttl = ttl
+        self.next_sweep = 0.0
+        self.reachable_since: float | None = float("-inf")  # None while this master cannot reach Redis
+        self.cursor: int | None = 0  # the orphan check under way (a SCAN cursor), or None
+        self.next_orphan_check = time.monotonic() + ORPHAN_CHECK_EVERY
+        self.outage = Outage("recovery sweep")
+        self.log = log.get("kiq.master")
+
+    def sweep_if_due(self) -> None:
+        now = time.monotonic()
+        if now < self.next_sweep:
+            return
+        self.next_sweep = now + self.interval
+        try:
+            if self._redis_up_for(now) < self.ttl:
+                return
+            self._check_orphans(now)
+            moved = self.recovery.sweep()
+        except redis.RedisError as error:
+            self.reachable_since = None
+            self.outage.failed(error)
+            return
+        self.outage.recovered()
+        if moved:
+            self.log.warning("requeued jobs of processes whose heartbeat expired", jobs=moved)
+
+    def _redis_up_for(self, now: float) -> float:
+        """Seconds for which Redis has been running and this master reaching it."""
+        if self.reachable_since is None:
+            self.reachable_since = now
+        try:
+            uptime = float(self.conn.info("server")["uptime_in_seconds"])
+        except redis.ResponseError:  # INFO disabled (some managed services): this master's view only
+            uptime = float("inf")
+        return min(uptime, now - self.reachable_since)
+
+    def _check_orphans(self, now: float) -> None:
+        if self.cursor is None and now >= self.next_orphan_check:
+            self.next_orphan_check = now + ORPHAN_CHECK_EVERY
+            if self.conn.set(self.keys.orphan_check, "1", nx=True, ex=int(ORPHAN_CHECK_EVERY)):
+                self.cursor = 0
+        if self.cursor is None:
+            return
+        match = _glob_escape(self.keys.wip_prefix) + "*"
+        for _ in range(SCAN_CALLS):
+            cursor, found = self.conn.scan(self.cursor, match=match, count=SCAN_COUNT)
+            if found:
+                self.conn.sadd(self.keys.wip_registry, *(key[len(self.keys.wip_prefix):] for key in found))
+            self.cursor = int(cursor) or None
+            if self.cursor is None:
+                return
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
