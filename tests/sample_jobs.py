@@ -202,3 +202,12 @@ class ThreadKillerJob(kiq.Job):
 
         threading.Thread(target=kill, daemon=True).start()
         conn().rpush("results", "killer")
+
+
+class FileJob(kiq.Job):
+    """Appends its token to a file after a pause: a record of each run that writes nothing to Redis."""
+
+    def perform(self, path: str, token: str, seconds: float = 0.0) -> None:
+        time.sleep(seconds)
+        with open(path, "a") as runs:
+            runs.write(token + "\n")

@@ -8,6 +8,7 @@ import signal
 import time
 
 import pytest
+import redis
 from conftest import alive, descendants, run_python, wait_for
 
 pytestmark = pytest.mark.slow
@@ -147,6 +148,31 @@ def test_a_vanished_host_s_list_missing_from_the_registry_is_still_recovered(sta
     survivor.wait_workers(1)
     wait_for(lambda: r.llen("started") == 4, timeout=20)
     assert "requeued jobs of processes whose heartbeat expired" in survivor.log()
+
+
+def test_a_redis_at_maxmemory_gets_no_live_worker_swept(start_kiq, client, r, tmp_path):
+    """At maxmemory with noeviction, Redis refuses every write that may grow memory. A worker's
+    liveness must not hang on one of them: its heartbeat and its fetches extend its entry first,
+    which Redis accepts, so it is never swept and no job runs twice."""
+    import sample_jobs
+
+    kiq = start_kiq(processes=1, concurrency=2, heartbeat_interval=0.3, heartbeat_ttl=2)
+    kiq.wait_workers(1)
+    path = tmp_path / "runs"
+    jobs = 300
+    sample_jobs.FileJob.perform_bulk([[str(path), f"t{n}", 0.03] for n in range(jobs)])  # 4.5 s of work
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            r.lpush("queue:default", "refused")
+        wait_for(lambda: path.exists() and len(path.read_text().split()) >= jobs, timeout=60)
+        time.sleep(2.5)  # past the TTL: a sweep would have requeued what the worker held
+    finally:
+        r.config_set("maxmemory", 0)
+    runs = path.read_text().split()
+    assert len(runs) == len(set(runs)) == jobs
+    assert "requeued jobs of processes whose heartbeat expired" not in kiq.log()
 
 
 def identity_of(r, pid: int) -> str:
