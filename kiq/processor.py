@@ -143,7 +143,7 @@ def failed(job_class: type[jobs.Job], payload: dict[str, Any], error: BaseExcept
     """
     try:
         decision, delay = callbacks.decide(job_class, error, payload)
-    except Exception:
+    except BaseException:  # the app's own code: a wait callable may raise anything
         logger.exception("retry_on/discard_on rules raised; the job's retry policy decides instead")
         decision, delay = "default", 0.0
     if decision == "discard":
@@ -220,7 +220,7 @@ def error_text(error: BaseException) -> str:
     """``str(error)``, or a stand-in when the error's own ``__str__`` raises."""
     try:
         return str(error)
-    except Exception:
+    except BaseException:  # a hostile __str__ may raise anything
         return f"<{error_name(error)} whose str() raised>"
 
 
