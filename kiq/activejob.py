@@ -17,21 +17,11 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from kiq.payload import ACTIVE_JOB_WRAPPER
 from kiq.serialize import deserialize, deserialize_args, serialize, serialize_args
 
-WRAPPER = "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper"
-WRAPPERS = frozenset({WRAPPER, "Sidekiq::ActiveJob::Wrapper"})  # Rails 6/7.0, and Sidekiq 7.1+
+WRAPPER = ACTIVE_JOB_WRAPPER
 KEYWORDS = "_aj_ruby2_keywords"
-
-
-def job_data(payload: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The Active Job data of a wrapper payload, or None if ``payload`` is not one."""
-    if payload.get("class") not in WRAPPERS:
-        return None
-    args = payload.get("args")
-    if isinstance(args, list) and len(args) == 1 and isinstance(args[0], dict):
-        return args[0]
-    return None
 
 
 def arguments(data: Mapping[str, Any]) -> tuple[list[Any], dict[str, Any]]:

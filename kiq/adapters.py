@@ -25,9 +25,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
-from kiq import activejob
 from kiq.client import Enqueued, default_client, payload_for
 from kiq.job import Job, lookup
+from kiq.payload import job_name
 
 NAMES = ("redis", "async", "inline", "test")
 
@@ -175,8 +175,7 @@ def _round_trip(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def _job_class(payload: dict[str, Any]) -> type[Job]:
-    data = activejob.job_data(payload)
-    name = str(data.get("job_class")) if data is not None else payload["class"]
+    name = job_name(payload)
     job_class = lookup(name)
     if job_class is None:
         raise LookupError(f"no job class registered as {name!r}")

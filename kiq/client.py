@@ -9,7 +9,6 @@ is FIFO.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -22,6 +21,7 @@ from kiq import activejob
 from kiq.connection import connect, url_from_env
 from kiq.job import Job
 from kiq.keys import Keys
+from kiq.payload import new_jid, new_jids
 from kiq.serialize import serialize_args, serialize_kwargs
 
 
@@ -36,21 +36,6 @@ class Enqueued:
 
 
 _compact = json.JSONEncoder(separators=(",", ":")).encode
-
-
-def new_jid() -> str:
-    """24 hex digits read from the operating system's CSPRNG, as Sidekiq's ``SecureRandom.hex(12)``.
-
-    An app may hand a jid out as a token (a status URL, say), so no jid may be predictable
-    from another: a seeded generator in the process would be, from 624 of its outputs.
-    """
-    return os.urandom(12).hex()
-
-
-def new_jids(count: int) -> list[str]:
-    """``count`` jids from one read of the CSPRNG."""
-    token = os.urandom(12 * count).hex()
-    return [token[start : start + 24] for start in range(0, 24 * count, 24)]
 
 
 def build_payload(

@@ -7,43 +7,20 @@ registry are ever instantiated.
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
-import json
 import logging
 import time
 from typing import Any
 
 from kiq import activejob, callbacks, globalid, log, retry
 from kiq import job as jobs
-from kiq.client import new_jid
+from kiq.payload import INVALID_CLASS, InvalidPayloadError, decode, job_data, job_name, wrap_invalid
 from kiq.retry import Outcome
 from kiq.serialize import deserialize_args, deserialize_kwargs
 
-INVALID_CLASS = "kiq.InvalidPayload"
 UNKNOWN_CLASS_ERROR = "kiq.UnknownJobError"
 
 logger = log.get("kiq.job")
-
-_raw_decode = json.JSONDecoder().raw_decode
-
-
-def _loads(raw: str) -> Any:
-    """``json.loads``, without its whitespace regex and two Python frames for the payloads
-    clients write: on a worker that has been idle, that cold code took about 30 of the 90 us
-    of decoding one (see docs/design.md)."""
-    try:
-        value, end = _raw_decode(raw)
-        if end == len(raw):
-            return value
-    except ValueError:
-        pass
-    return json.loads(raw)  # whitespace around the document, or the error to report
-
-
-class InvalidPayloadError(ValueError):
-    """A payload kiq cannot run."""
-
 
 def process(queue: str, raw: str) -> Outcome:
     """Run the job in ``raw`` (taken from ``queue``) and return what to acknowledge; never
@@ -74,8 +51,7 @@ def prepare(queue: str, raw: str) -> tuple[type[jobs.Job], dict[str, Any]] | Out
         log.bind_job({"queue": queue})
         logger.error("invalid payload", error=str(error))
         return retry.dead(wrap_invalid(queue, raw, str(error)))
-    data = activejob.job_data(payload)
-    name = str(data.get("job_class")) if data is not None else payload["class"]
+    name = job_name(payload)
     log.bind_job({"jid": payload["jid"], "queue": queue, "class": name})
     job_class = jobs.lookup(name)
     if job_class is None and name == INVALID_CLASS:
@@ -125,7 +101,7 @@ def execute(job_class: type[jobs.Job], payload: dict[str, Any]) -> Any:
     count = payload.get("retry_count")
     job.executions = count + 2 if isinstance(count, int) else 1
     with globalid.scope():  # records located for the job stay usable until it ends
-        data = activejob.job_data(payload)
+        data = job_data(payload)
         if data is not None:
             job.arguments, job.kwargs = activejob.arguments(data)
         else:
@@ -159,53 +135,6 @@ def unhandled(queue: str, raw: str, error: BaseException) -> Outcome:
     Builds only strings, so it cannot fail the same way."""
     return retry.dead(wrap_invalid(queue, raw, f"kiq could not handle this job: {describe(error)}",
                                    error_class="kiq.UnhandledJobError"))
-
-
-def decode(raw: str) -> dict[str, Any]:
-    """The payload as a dict with the fields kiq needs, or InvalidPayloadError saying what is wrong."""
-    try:
-        payload = _loads(raw)
-    except (ValueError, RecursionError):
-        raise InvalidPayloadError("payload is not valid JSON") from None
-    if not isinstance(payload, dict):
-        raise InvalidPayloadError("payload is not a JSON object")
-    if not isinstance(payload.get("class"), str) or not payload["class"]:
-        raise InvalidPayloadError("payload has no 'class' string")
-    if not isinstance(payload.get("args"), list):
-        raise InvalidPayloadError("payload has no 'args' list")
-    if not isinstance(payload.get("jid"), str):
-        raise InvalidPayloadError("payload has no 'jid' string")
-    if not isinstance(payload.get("kwargs", {}), dict):
-        raise InvalidPayloadError("payload's 'kwargs' is not an object")
-    return payload
-
-
-def wrap_invalid(queue: str, raw: str, reason: str,
-                 error_class: str = "kiq.InvalidPayloadError") -> dict[str, Any]:
-    """A readable job hash that carries an unreadable payload into the dead set.
-
-    Sidekiq's Web UI parses every dead entry, so the raw text travels as the
-    only argument of a job hash rather than as the entry itself. Bytes that are
-    not UTF-8 are kept exactly in ``raw_base64``.
-    """
-    now = time.time()
-    data = raw.encode("utf-8", "surrogateescape")
-    text = data.decode("utf-8", "replace")
-    wrapped: dict[str, Any] = {
-        "class": INVALID_CLASS,
-        "args": [text],
-        "jid": new_jid(),
-        "queue": queue,
-        "retry": False,
-        "created_at": now,
-        "error_class": error_class,
-        "error_message": reason,
-        "failed_at": now,
-        "retry_count": 0,
-    }
-    if text != raw:
-        wrapped["raw_base64"] = base64.b64encode(data).decode()
-    return wrapped
 
 
 def error_name(error: BaseException) -> str:

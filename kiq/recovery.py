@@ -30,7 +30,7 @@ import redis
 from kiq import metrics
 from kiq.connection import wire
 from kiq.keys import Keys
-from kiq.processor import InvalidPayloadError, decode, wrap_invalid
+from kiq.payload import InvalidPayloadError, decode, mark_failed, wrap_invalid
 from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT
 
 POISON_LIMIT = 3
@@ -267,6 +267,4 @@ def _poisoned(raw: str, now: float) -> dict[str, object]:
         payload = decode(raw)
     except InvalidPayloadError:
         return wrap_invalid("", raw, reason)
-    payload.update(error_class="kiq.PoisonPill", error_message=reason, failed_at=now)
-    payload.setdefault("retry_count", 0)
-    return payload
+    return mark_failed(payload, "kiq.PoisonPill", reason, now)

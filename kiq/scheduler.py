@@ -22,7 +22,7 @@ import redis
 from kiq import log
 from kiq.connection import Outage, connect, wire
 from kiq.keys import Keys
-from kiq.processor import InvalidPayloadError, decode, wrap_invalid
+from kiq.payload import InvalidPayloadError, decode, wrap_invalid
 from kiq.retry import DEAD_MAX_JOBS
 
 # ARGV: prefix, sorted set, now, then (old payload, queue, new payload)

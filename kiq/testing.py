@@ -34,6 +34,7 @@ from typing import Any
 from kiq import activejob, adapters, callbacks, retry
 from kiq.adapters import TestAdapter
 from kiq.job import Job, lookup
+from kiq.payload import job_data, job_name
 from kiq.serialize import deserialize_args, deserialize_kwargs
 
 __all__ = ["DEFAULT_LIMIT", "JobRecord", "Jobs", "Performing", "RecordingAdapter", "test_adapter"]
@@ -69,8 +70,7 @@ class JobRecord:
 
     def __init__(self, payload: Payload) -> None:
         self.payload = payload
-        data = activejob.job_data(payload)
-        self.job_name: str = str(data["job_class"]) if data is not None else str(payload["class"])
+        self.job_name: str = job_name(payload)
         self.job: type[Job] | None = lookup(self.job_name)
         self.queue: str = str(payload["queue"])
         self.jid: str = str(payload["jid"])
@@ -81,7 +81,7 @@ class JobRecord:
 
     @cached_property
     def _arguments(self) -> tuple[list[Any], dict[str, Any]]:
-        data = activejob.job_data(self.payload)
+        data = job_data(self.payload)
         if data is not None:
             return activejob.arguments(data)
         return deserialize_args(self.payload["args"]), deserialize_kwargs(self.payload.get("kwargs") or {})

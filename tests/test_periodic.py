@@ -20,8 +20,8 @@ import kiq
 from kiq.config import ConfigError
 from kiq.connection import connect
 from kiq.keys import Keys
+from kiq.payload import decode
 from kiq.periodic import Entry, Periodic, bind_jobs, clear, declared, describe, entries_from_config, merge
-from kiq.processor import decode
 
 UTC = dt.timezone.utc
 JID = re.compile(r"[0-9a-f]{24}")

@@ -16,7 +16,8 @@ import pytest
 import kiq
 from kiq.callbacks import retry_on
 from kiq.client import build_payload
-from kiq.processor import INVALID_CLASS, process
+from kiq.payload import INVALID_CLASS
+from kiq.processor import process
 from kiq.retry import SUCCESS
 
 CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
