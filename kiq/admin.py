@@ -18,15 +18,13 @@ from typing import TYPE_CHECKING, Any
 import click
 import redis
 
+from kiq import exits
 from kiq.config import Config, ConfigError, load
 from kiq.connection import refusal
 
 if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no metrics code early
     from kiq.api import API, Job, SortedSet
 
-EXIT_NOT_FOUND = 1
-EXIT_CONFIG = 2
-EXIT_REDIS = 3
 REDIS_URL_HELP = ("Redis URL (default: config, KIQ_REDIS_URL, REDIS_URL, local). Any local user can read "
                   "a flag: give a password in the config file or KIQ_REDIS_URL.")
 
@@ -50,7 +48,7 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
             command(api=api, as_json=as_json, **kwargs)
         except redis.RedisError as error:
             click.echo(f"kiq: {refusal(error) or 'redis unavailable'}: {error}", err=True)
-            sys.exit(EXIT_REDIS)
+            sys.exit(exits.REDIS_UNREACHABLE)
 
     return wrapper
 
@@ -61,7 +59,7 @@ def settings(config_path: str | None, redis_url: str | None, namespace: str | No
         return load(config_path, {"redis_url": redis_url, "namespace": namespace})
     except ConfigError as error:
         click.echo(f"kiq: bad config: {error}", err=True)
-        sys.exit(EXIT_CONFIG)
+        sys.exit(exits.CONFIG)
 
 
 def emit(as_json: bool, data: Any, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -162,7 +160,7 @@ def set_command(name: str, attribute: str, actions: Sequence[str], help_text: st
         click.echo(json.dumps(report) if as_json else f"{action}: {done} job(s)"
                    + (f"; not found: {' '.join(missing)}" if missing else ""))
         if missing:
-            sys.exit(EXIT_NOT_FOUND)
+            sys.exit(exits.NOT_FOUND)
 
     return command
 
@@ -191,7 +189,7 @@ def show(entries: SortedSet, jids: tuple[str, ...], everything: bool, as_json: b
     missing = [jid for jid, job in found.items() if job is None]
     if missing:
         click.echo(f"not found: {' '.join(missing)}", err=True)
-        sys.exit(EXIT_NOT_FOUND)
+        sys.exit(exits.NOT_FOUND)
 
 
 def describe(job: Job, when: str) -> str:
@@ -288,7 +286,7 @@ def process_command(name: str, help_text: str) -> click.Command:
                    else "\n".join([f"{name}: {ident}" for ident in sent]
                                   + [f"not found: {ident}" for ident in missing]))
         if missing:
-            sys.exit(EXIT_NOT_FOUND)
+            sys.exit(exits.NOT_FOUND)
 
     return command
 
@@ -315,12 +313,12 @@ def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str |
         entries = bind_jobs(merge(config.periodic, declared()), registered())
     except (AppLoadError, ConfigError) as error:
         click.echo(f"kiq: {error}", err=True)
-        sys.exit(EXIT_CONFIG)
+        sys.exit(exits.CONFIG)
     try:
         rows = describe(connect(config.redis_url, retry=True), Keys(config.namespace), entries)
     except redis.RedisError as error:
         click.echo(f"kiq: redis unavailable: {error}", err=True)
-        sys.exit(EXIT_REDIS)
+        sys.exit(exits.REDIS_UNREACHABLE)
     table_rows = [[row["name"], row["cron"], row["tz"], row["class"], row["queue"],
                    row["last"].isoformat() if row["last"] else "-", row["next"].isoformat()] for row in rows]
     emit(as_json, rows, ["name", "cron", "tz", "class", "queue", "last", "next"], table_rows)

@@ -10,12 +10,8 @@ from typing import Any
 
 import click
 
-from kiq import __version__, log
+from kiq import __version__, exits, log
 from kiq.config import ConfigError, load
-
-EXIT_CONFIG = 2
-EXIT_APP_LOAD = 3
-EXIT_REDIS_REFUSED = 5
 
 
 @click.group()
@@ -72,16 +68,16 @@ def _start(config_path: str | None, queues: tuple[str, ...], require: tuple[str,
         config = load(config_path, overrides)
     except ConfigError as error:
         click.echo(f"kiq: bad config: {error}", err=True)
-        sys.exit(EXIT_CONFIG)
+        sys.exit(exits.CONFIG)
     log.setup(config.log_level, config.log_format)
     try:
         code = Master(config, reload=lambda: load(config_path, overrides)).run()
     except AppLoadError as error:
         click.echo(f"kiq: {error}", err=True)
-        sys.exit(EXIT_APP_LOAD)
+        sys.exit(exits.APP_LOAD)
     except RedisRefused as error:
         click.echo(f"kiq: {error}", err=True)
-        sys.exit(EXIT_REDIS_REFUSED)
+        sys.exit(exits.REDIS_REFUSED)
     sys.exit(code)
 
 

@@ -30,14 +30,14 @@ from dataclasses import dataclass
 import redis
 import setproctitle
 
-from kiq import exporter, inherited, log, metrics
+from kiq import exits, exporter, inherited, log, metrics
 from kiq.config import Config, ConfigError
 from kiq.connection import RedisRefused, check_access, connect, redact, refusal
 from kiq.keys import Keys
 from kiq.recovery import Recovery
 from kiq.scheduler import Scheduler
 from kiq.signals import SignalQueue, kill
-from kiq.supervisor import EXIT_APP_LOAD, EXIT_BOOT_FAILED, KILL_GRACE, AppLoadError, Supervisor, describe
+from kiq.supervisor import KILL_GRACE, AppLoadError, Supervisor, describe
 from kiq.sweep import Sweeper
 
 MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN,
@@ -255,7 +255,7 @@ class Master:
             return
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
         self.log.error("generation exited unexpectedly", generation=gen.number, status=describe(status))
-        if code in (EXIT_BOOT_FAILED, EXIT_APP_LOAD) and not self._in_state("current"):
+        if code in (exits.BOOT_FAILED, exits.APP_LOAD) and not self._in_state("current"):
             self.exit_code = code
             self.stopping = True
             return

@@ -10,7 +10,7 @@ signal; the main loop calls one short method per signal.
 When a worker dies, for any reason, its in-progress jobs are requeued at once
 and a replacement starts, after a pause that grows while workers die young.
 If every worker keeps dying while booting, the supervisor gives up with
-``EXIT_BOOT_FAILED`` instead of spinning.
+``exits.BOOT_FAILED`` instead of spinning.
 
 A worker says ``PID ready`` on the control pipe once it takes jobs, and asks
 to be replaced (after ``max_jobs`` jobs, or a job past its timeout) by
@@ -44,7 +44,7 @@ from types import TracebackType
 
 import setproctitle
 
-from kiq import heartbeat, log, metrics
+from kiq import exits, heartbeat, log, metrics
 from kiq.config import Config, ConfigError
 from kiq.connection import Outage, connect, disconnect
 from kiq.fetch import thread_count
@@ -54,10 +54,8 @@ from kiq.ledger import Ledger
 from kiq.periodic import Entry, Periodic, bind_jobs, declared, merge
 from kiq.recovery import Recovery
 from kiq.signals import SignalQueue, kill
-from kiq.worker import EXIT_REMOTE_STOP, Worker
+from kiq.worker import Worker
 
-EXIT_APP_LOAD = 3
-EXIT_BOOT_FAILED = 4
 SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP,
                       signal.SIGUSR1)
 YOUNG = 5.0  # a worker that dies sooner than this after its start failed to boot
@@ -127,7 +125,7 @@ class Supervisor:
             if isinstance(error, AppLoadError):
                 self.log.error("cannot load the app", error=str(error), exc_info=error.__cause__)
             _report(ready_fd, f"error {error}")
-            return EXIT_APP_LOAD
+            return exits.APP_LOAD
         self._loaded(entries)
         self.conn = connect(self.config.redis_url, name="kiq-supervisor")
         self.recovery = Recovery(self.conn, self.keys)
@@ -149,7 +147,7 @@ class Supervisor:
             self._reap()
             if self._boot_failed():
                 self.log.error("every worker failed to boot; giving up (see the errors above)")
-                return EXIT_BOOT_FAILED
+                return exits.BOOT_FAILED
             if os.getppid() != self.master_pid:
                 self.log.warning("master is gone, stopping")
                 self.stopping = True
@@ -320,7 +318,7 @@ class Supervisor:
         self.unrecovered.append((slot.identity, _running(slot.ledger)))
         slot.ledger = None
         lived = time.monotonic() - slot.started
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_REMOTE_STOP:
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == exits.REMOTE_STOP:
             self.log.info("worker stopped on request", worker=slot.index, pid=pid)
             self.slots.remove(slot)
             return

@@ -35,7 +35,7 @@ from typing import Any
 import redis
 import setproctitle
 
-from kiq import heartbeat, job, log, metrics
+from kiq import exits, heartbeat, job, log, metrics
 from kiq.config import Config
 from kiq.connection import Outage, connect
 from kiq.fetch import Fetcher, QueueOrder, Unit
@@ -46,7 +46,6 @@ from kiq.retry import Outcome
 from kiq.signals import SignalQueue
 
 WORKER_SIGNALS = (signal.SIGTERM, signal.SIGTSTP, signal.SIGUSR1)
-EXIT_REMOTE_STOP = 10  # stopped through the signals list: the supervisor does not replace it
 REMOTE_SIGNALS = {"TERM": signal.SIGTERM, "TSTP": signal.SIGTSTP, "TTIN": signal.SIGUSR1}
 FINAL_REQUEUE_PATIENCE = 3.0  # seconds past the stop timeout; the supervisor waits 5 before SIGKILL
 
@@ -360,7 +359,7 @@ class Worker:
         if remote in REMOTE_SIGNALS:
             self.log.info("signal from redis", signal=remote)
             if remote == "TERM":
-                self.exit_code = EXIT_REMOTE_STOP
+                self.exit_code = exits.REMOTE_STOP
             os.kill(os.getpid(), REMOTE_SIGNALS[remote])
         return True
 
