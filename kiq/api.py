@@ -19,6 +19,7 @@ import redis
 
 from kiq.connection import connect, url_from_env, wire
 from kiq.keys import Keys, day
+from kiq.payload import epoch_seconds
 from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT, decode_backtrace
 from kiq.scheduler import MOVE
 
@@ -75,11 +76,11 @@ class Job:
 
     @property
     def enqueued_at(self) -> float | None:
-        return _epoch(self.payload.get("enqueued_at"))
+        return epoch_seconds(self.payload.get("enqueued_at"))
 
     def time(self, key: str) -> float | None:
         """A time field (``failed_at``, ``retried_at``...) as epoch seconds, whoever wrote it."""
-        return _epoch(self.payload.get(key))
+        return epoch_seconds(self.payload.get(key))
 
     @property
     def error(self) -> str:
@@ -356,9 +357,4 @@ def _pages(jobs: Callable[[int, int], list[Job]]) -> Iterator[Job]:
         start += BATCH
 
 
-def _epoch(value: Any) -> float | None:
-    """Epoch seconds from a payload field (Sidekiq 8 writes integer milliseconds)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    return value / 1000.0 if value > 1e11 else float(value)
 

@@ -34,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from kiq import log
 from kiq.metrics import ENV
+from kiq.payload import epoch_seconds
 
 REQUEST_TIMEOUT = 10.0  # seconds a connection may stay silent, reading or writing
 BIND_PAUSE_MAX = 5.0
@@ -85,12 +86,10 @@ def _age(raw: str | None, now: float) -> float:
         return 0.0
     try:
         payload = json.loads(raw)
-        at = float(payload.get("enqueued_at") or payload.get("created_at") or now)
-    except (ValueError, TypeError, AttributeError):
+        at = epoch_seconds(payload.get("enqueued_at")) or epoch_seconds(payload.get("created_at"))
+    except (ValueError, AttributeError):
         return 0.0
-    if at > 1e11:
-        at /= 1000.0
-    return max(0.0, now - at)
+    return max(0.0, now - at) if at is not None else 0.0
 
 
 class Samples:

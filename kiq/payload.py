@@ -95,6 +95,14 @@ def mark_failed(job: dict[str, Any], error_class: str, message: str, now: float)
     return job
 
 
+def epoch_seconds(value: Any) -> float | None:
+    """Epoch seconds from a time field (``enqueued_at``, ``created_at``...): float seconds as
+    Sidekiq before 8 writes them, or the integer milliseconds of Sidekiq 8; None for anything else."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value / 1000.0 if value > 1e11 else float(value)
+
+
 def job_data(payload: Mapping[str, Any]) -> dict[str, Any] | None:
     """The Active Job data of a wrapper payload, or None if ``payload`` is not one."""
     if payload.get("class") not in ACTIVE_JOB_WRAPPERS:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import ast
 
+import pytest
 from conftest import ROOT
 
-from kiq.payload import ACTIVE_JOB_WRAPPER, job_data, job_name, mark_failed, new_jids
+from kiq.payload import ACTIVE_JOB_WRAPPER, epoch_seconds, job_data, job_name, mark_failed, new_jids
 
 
 def test_a_plain_payload_names_its_class():
@@ -70,3 +71,11 @@ def _kiq_modules(node: ast.stmt) -> list[str]:
     if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kiq."):
         return [node.module.split(".")[1]]
     return []
+
+
+@pytest.mark.parametrize(("value", "seconds"), [
+    (1_700_000_000.25, 1_700_000_000.25), (1_700_000_000_250, 1_700_000_000.25), (1_700_000_000, 1_700_000_000.0),
+    ("1700000000", None), (True, None), (None, None),
+])
+def test_epoch_seconds_reads_sidekiq_s_seconds_and_sidekiq_8_s_milliseconds(value, seconds):
+    assert epoch_seconds(value) == seconds
