@@ -23,7 +23,7 @@ from kiq.keys import Keys
 
 
 def identity(pid: int, nonce: str) -> str:
-    """Sidekiq's ``hostname:pid:hex``; the master and the worker both derive it."""
+    """Sidekiq's ``hostname:pid:hex``; the supervisor (from the pid it forked) and the worker derive it."""
     return f"{socket.gethostname()}:{pid}:{nonce}"
 
 

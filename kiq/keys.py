@@ -1,4 +1,7 @@
-"""Every Redis key kiq reads or writes, built in one place.
+"""The names of kiq's Redis keys, as Python code builds them.
+
+The Lua scripts build the same names from the prefix they are given (kiq.fetch,
+kiq.recovery, kiq.lease, kiq.heartbeat); docs/redis.md lists every key.
 
 Without a namespace the names are Sidekiq's own (see docs/redis.md), so Ruby
 Sidekiq, its API and its Web UI see kiq's data. kiq's private keys start with

@@ -326,7 +326,7 @@ class _Item:
 
 
 class Periodic:
-    """Enqueues the due ticks of a list of entries; one per scheduler thread.
+    """Enqueues the due ticks of a list of entries; one per generation, in its supervisor.
 
     Not thread-safe: one thread calls ``fire_due``, ``next_wakeup`` and ``update``.
     """

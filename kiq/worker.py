@@ -1,4 +1,7 @@
-"""A worker process: ``concurrency`` processor threads fed by one fetcher, plus a heartbeat.
+"""A worker process: ``concurrency`` job slots fed by one fetcher, plus a heartbeat.
+
+Its processor threads are one per slot and one per queue (the spare ones watch idle queues),
+and at most ``concurrency`` of them run a job at once.
 
 Its supervisor forks it; it builds its own Redis connections, never its
 parent's. TERM (or ``TERM`` in its signals list, as Sidekiq's Web UI sends it)
