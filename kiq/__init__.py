@@ -4,7 +4,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from kiq import adapters, globalid
+from kiq import adapters, globalid, middleware
 from kiq.client import Client, Enqueued, configure
 from kiq.job import Job, JobNameError
 from kiq.periodic import periodic
@@ -20,5 +20,6 @@ __all__ = [
     "adapters",
     "configure",
     "globalid",
+    "middleware",
     "periodic",
 ]

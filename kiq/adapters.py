@@ -25,6 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol
 
+from kiq import middleware
 from kiq.client import Enqueued, default_client, payload_for
 from kiq.job import Job, lookup
 from kiq.payload import job_name
@@ -65,16 +66,22 @@ class LocalAdapter:
                 *, queue: str | None = None, retry: bool | int | None = None,
                 at: float | None = None, backtrace: bool | int | None = None) -> Enqueued:
         payload = payload_for(job, args, kwargs, queue, retry, at, backtrace=backtrace)
-        self.accept(_round_trip(payload))
+        self._accept_all([payload])
         return Enqueued(payload["jid"], payload["class"], payload["queue"], payload.get("at"))
 
     def enqueue_bulk(self, job: type[Job] | str, args_list: Iterable[Sequence[Any]], *,
                      queue: str | None = None, retry: bool | int | None = None, at: float | None = None,
                      backtrace: bool | int | None = None, batch_size: int = 1000) -> list[str]:
         payloads = [payload_for(job, args, None, queue, retry, at, backtrace=backtrace) for args in args_list]
+        self._accept_all(payloads)
+        return [payload["jid"] for payload in payloads]
+
+    def _accept_all(self, payloads: list[dict[str, Any]]) -> None:
+        """Take jobs as a push would: through the middleware's enqueue hooks, as JSON."""
+        middleware.before_enqueue(payloads)
         for payload in payloads:
             self.accept(_round_trip(payload))
-        return [payload["jid"] for payload in payloads]
+        middleware.after_enqueue(payloads)
 
     def accept(self, payload: dict[str, Any]) -> None:
         raise NotImplementedError

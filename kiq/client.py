@@ -17,7 +17,7 @@ from typing import Any
 
 import redis
 
-from kiq import activejob
+from kiq import activejob, middleware
 from kiq.connection import connect, url_from_env
 from kiq.job import Job
 from kiq.keys import Keys
@@ -115,7 +115,8 @@ class Client:
         """
         args_list = list(args_list)
         jids = new_jids(len(args_list))
-        if not isinstance(job, str) and job.active_job:  # each payload nests its own job_id and args
+        if middleware.enqueue_hooks() or (not isinstance(job, str) and job.active_job):
+            # each job's own hash: for the middleware's hooks, or to nest Active Job's job_id and args
             payloads = [payload_for(job, args, None, queue, retry, at, jid, backtrace)
                         for args, jid in zip(args_list, jids, strict=True)]
             for start in range(0, len(payloads), batch_size):
@@ -143,6 +144,10 @@ class Client:
         and Web UI's "add to queue") through its client, which files a job that still has
         ``at`` back in the schedule instead of its queue.
         """
+        hooked = [dict(payload) for payload in payloads] if middleware.enqueue_hooks() else None
+        if hooked is not None:
+            middleware.before_enqueue(hooked)
+            payloads = hooked
         by_queue: dict[str, list[str]] = {}
         scheduled: dict[str, float] = {}
         for payload in payloads:
@@ -152,6 +157,8 @@ class Client:
             else:
                 by_queue.setdefault(payload["queue"], []).append(_compact(payload))
         self._send(by_queue, scheduled)
+        if hooked is not None:
+            middleware.after_enqueue(hooked)
         return [payload["jid"] for payload in payloads]
 
     def _send(self, by_queue: Mapping[str, list[str]], scheduled: Mapping[str, float]) -> None:

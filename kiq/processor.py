@@ -12,7 +12,7 @@ import logging
 import time
 from typing import Any
 
-from kiq import activejob, callbacks, globalid, log, retry
+from kiq import activejob, callbacks, globalid, log, middleware, retry
 from kiq import job as jobs
 from kiq.payload import INVALID_CLASS, InvalidPayloadError, decode, job_data, job_name, wrap_invalid
 from kiq.retry import Outcome
@@ -108,7 +108,7 @@ def execute(job_class: type[jobs.Job], payload: dict[str, Any]) -> Any:
             job.arguments = deserialize_args(payload["args"])
             kwargs = payload.get("kwargs")
             job.kwargs = deserialize_kwargs(kwargs) if kwargs else {}
-        return job.execute()
+        return middleware.perform(job, job.execute)
 
 
 def failed(job_class: type[jobs.Job], payload: dict[str, Any], error: BaseException) -> Outcome:
