@@ -107,13 +107,3 @@ class Heartbeat:
         if reply[0] == 0:
             raise Lapsed(self.identity)
         return reply[1]  # type: ignore[no-any-return]
-
-    def clear(self) -> None:
-        pipe = self.conn.pipeline(transaction=False)
-        pipe.srem(self.keys.processes, self.identity)
-        pipe.unlink(
-            self.keys.process(self.identity),
-            self.keys.work(self.identity),
-            self.keys.workers(self.identity),
-        )
-        pipe.execute()

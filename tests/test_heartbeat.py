@@ -164,17 +164,6 @@ def test_another_processs_signal_is_not_ours(r, beat):
     assert r.llen("web-2:1:ffff-signals") == 1
 
 
-def test_clear_removes_everything(r, beat, running, redis_server):
-    other = Heartbeat(connect(redis_server.url), Keys(), "web-2:1:ffff", INFO, running)
-    running.jobs = {"processor-0": {"queue": "q", "payload": "{}", "run_at": 1}}
-    beat.beat(create=True, quiet=False)
-    other.beat(create=True, quiet=False)
-    beat.clear()
-    assert r.smembers("processes") == {"web-2:1:ffff"}
-    assert not r.exists(IDENT, f"{IDENT}:work", f"{IDENT}:workers")
-    assert r.exists("web-2:1:ffff", "web-2:1:ffff:work", "web-2:1:ffff:workers") == 3
-
-
 def test_namespace(r, redis_server, running):
     running.jobs = {"processor-0": {"queue": "q", "payload": "{}", "run_at": 1}}
     beat = Heartbeat(connect(redis_server.url), Keys("app"), IDENT, INFO, running)
@@ -182,8 +171,6 @@ def test_namespace(r, redis_server, running):
     assert beat.beat(create=True, quiet=False) == "TSTP"
     assert set(r.keys("*")) == {"app:processes", f"app:{IDENT}", f"app:{IDENT}:work", f"app:{IDENT}:workers"}
     assert sidekiq_6_process(r, IDENT, prefix="app:")["busy"] == 1
-    beat.clear()
-    assert r.keys("*") == []
 
 
 def test_a_beat_that_finds_its_entry_expired_says_so_and_writes_nothing(r, beat, running):
