@@ -5,7 +5,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from kiq import adapters, globalid, middleware
-from kiq.client import Client, Enqueued, configure
+from kiq.adapters import configure
+from kiq.client import Client, Enqueued
 from kiq.job import Job, JobNameError
 from kiq.periodic import periodic
 from kiq.serialize import DeserializationError, SerializationError

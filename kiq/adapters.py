@@ -23,11 +23,15 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from kiq import middleware
-from kiq.client import Enqueued, default_client, payload_for
-from kiq.job import Job, lookup
+from kiq.client import Client, Enqueued, default_client, payload_for, set_default
+from kiq.processor import execute, run
+from kiq.registry import lookup
+
+if TYPE_CHECKING:
+    from kiq.job import Job
 from kiq.payload import job_name
 
 NAMES = ("redis", "async", "inline", "test")
@@ -91,8 +95,6 @@ class InlineAdapter(LocalAdapter):
     """Runs each job as soon as it is enqueued (``wait`` is ignored); errors reach the caller."""
 
     def accept(self, payload: dict[str, Any]) -> None:
-        from kiq.processor import execute
-
         execute(_job_class(payload), payload)
 
 
@@ -133,8 +135,6 @@ class AsyncAdapter(LocalAdapter):
         self.pool.submit(self._run, payload)
 
     def _run(self, payload: dict[str, Any]) -> None:
-        from kiq.processor import run
-
         try:
             outcome = run(_job_class(payload), payload, payload["queue"])
             if outcome.action == "retry":
@@ -170,8 +170,6 @@ class TestAdapter(LocalAdapter):
             self.perform(payload)
 
     def perform(self, payload: dict[str, Any]) -> None:
-        from kiq.processor import execute
-
         execute(_job_class(payload), payload)
         self.performed.append(payload)
 
@@ -217,3 +215,13 @@ def current() -> Adapter:
             if _current is None:
                 _current = create(os.environ.get("KIQ_ADAPTER") or "redis")
     return _current
+
+
+def configure(redis_url: str | None = None, namespace: str | None = None,
+              adapter: str | None = None) -> Client:
+    """Set where ``perform_later`` enqueues (otherwise ``KIQ_REDIS_URL``, ``REDIS_URL``, local),
+    and, with ``adapter``, how ("redis", "async", "inline" or "test"; otherwise ``KIQ_ADAPTER``)."""
+    client = set_default(Client(redis_url, namespace))
+    if adapter is not None:
+        use(adapter)
+    return client

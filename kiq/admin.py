@@ -302,9 +302,9 @@ def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str |
              as_json: bool) -> None:
     """Periodic entries with their last and next run."""
     from kiq.connection import connect
-    from kiq.job import registered
     from kiq.keys import Keys
     from kiq.periodic import bind_jobs, declared, describe, merge
+    from kiq.registry import registered
     from kiq.supervisor import AppLoadError, load_app
 
     config = settings(config_path, redis_url, namespace)

@@ -13,16 +13,18 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from kiq import activejob, middleware
 from kiq.connection import connect, url_from_env
-from kiq.job import Job
 from kiq.keys import Keys
 from kiq.payload import new_jid, new_jids
 from kiq.serialize import serialize_args, serialize_kwargs
+
+if TYPE_CHECKING:
+    from kiq.job import Job
 
 
 @dataclass(frozen=True)
@@ -217,19 +219,12 @@ _default: Client | None = None
 _default_lock = threading.Lock()
 
 
-def configure(
-    redis_url: str | None = None, namespace: str | None = None, adapter: str | None = None
-) -> Client:
-    """Set where ``perform_later`` enqueues (otherwise ``KIQ_REDIS_URL``, ``REDIS_URL``, local),
-    and, with ``adapter``, how ("redis", "async", "inline" or "test"; otherwise ``KIQ_ADAPTER``)."""
+def set_default(client: Client) -> Client:
+    """Make ``client`` the one ``perform_later`` enqueues through (kiq.adapters.configure)."""
     global _default
     with _default_lock:
-        _default = Client(redis_url, namespace)
-    if adapter is not None:
-        from kiq import adapters
-
-        adapters.use(adapter)
-    return _default
+        _default = client
+    return client
 
 
 def default_client() -> Client:

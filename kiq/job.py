@@ -1,7 +1,6 @@
-"""The job class users subclass, modelled on Rails' Active Job, and the registry of job classes.
+"""The job class users subclass, modelled on Rails' Active Job.
 
-Only classes registered here ever run in a worker: a payload naming any other
-class is refused, so a payload can never make kiq import or call arbitrary code.
+Each subclass registers itself (kiq.registry) under its wire name when it is defined.
 """
 
 from __future__ import annotations
@@ -14,17 +13,13 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from kiq import callbacks
+from kiq import adapters, callbacks
+from kiq.registry import JobNameError, lookup, register, registered
 
 if TYPE_CHECKING:
     from kiq.client import Enqueued
 
-_registry: dict[str, type[Job]] = {}
-
-
-class JobNameError(TypeError):
-    """Two job classes claim one wire name."""
-
+__all__ = ["Job", "JobNameError", "Options", "lookup", "registered"]
 
 class Job:
     """Base class of every job: define ``perform`` and enqueue with ``perform_later``.
@@ -143,10 +138,8 @@ class Options:
         return None
 
     def perform_later(self, *args: Any, **kwargs: Any) -> Enqueued:
-        from kiq.adapters import current
-
         arguments_of(self.job).check(args, kwargs)
-        adapter, at = current(), self.at()
+        adapter, at = adapters.current(), self.at()
 
         def enqueue() -> Enqueued:
             return adapter.enqueue(self.job, args, kwargs, queue=self.queue, retry=self.retry, at=at,
@@ -163,15 +156,13 @@ class Options:
         return enqueued
 
     def perform_bulk(self, args_list: Iterable[Sequence[Any]], batch_size: int = 1000) -> list[str]:
-        from kiq.adapters import current
-
         args_list = list(args_list)
         arguments = arguments_of(self.job)
         for index, args in enumerate(args_list):
             if not arguments.accepts(args, _NO_KWARGS):
                 arguments.check(args, _NO_KWARGS, f"args_list[{index}]: ")
-        return current().enqueue_bulk(self.job, args_list, queue=self.queue, retry=self.retry, at=self.at(),
-                                      backtrace=self.backtrace, batch_size=batch_size)
+        return adapters.current().enqueue_bulk(self.job, args_list, queue=self.queue, retry=self.retry,
+                                               at=self.at(), backtrace=self.backtrace, batch_size=batch_size)
 
 
 def backtrace_lines(value: object, name: str) -> None:
@@ -278,33 +269,3 @@ def _run_in_new_loop(awaitable: Awaitable[Any]) -> Any:
 
 run_coroutine: Callable[[Awaitable[Any]], Any] = _run_in_new_loop
 """How ``execute`` completes an ``async def perform``; a worker process points it at its own loop."""
-
-
-def register(cls: type[Job]) -> None:
-    """Make ``cls`` runnable under its wire name; a second class with that name is an error.
-
-    Re-registering the same class (same module and qualified name, as after a
-    module reload) replaces the old entry.
-    """
-    name = cls.job_name
-    if not name:
-        raise JobNameError(f"{cls.__qualname__}.job_name must not be empty")
-    existing = _registry.get(name)
-    if existing is not None and _origin(existing) != _origin(cls):
-        raise JobNameError(
-            f"job name {name!r} is used by both {_origin(existing)} and {_origin(cls)}; "
-            "set job_name on one of them"
-        )
-    _registry[name] = cls
-
-
-def lookup(name: str) -> type[Job] | None:
-    return _registry.get(name)
-
-
-def registered() -> dict[str, type[Job]]:
-    return dict(_registry)
-
-
-def _origin(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"

@@ -10,13 +10,16 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiq import activejob, callbacks, globalid, log, middleware, retry
-from kiq import job as jobs
 from kiq.payload import INVALID_CLASS, InvalidPayloadError, decode, job_data, job_name, wrap_invalid
+from kiq.registry import lookup
 from kiq.retry import Outcome
 from kiq.serialize import deserialize_args, deserialize_kwargs
+
+if TYPE_CHECKING:
+    from kiq.job import Job
 
 UNKNOWN_CLASS_ERROR = "kiq.UnknownJobError"
 
@@ -36,7 +39,7 @@ def process(queue: str, raw: str) -> Outcome:
         return unhandled(queue, raw, error)
 
 
-def prepare(queue: str, raw: str) -> tuple[type[jobs.Job], dict[str, Any]] | Outcome:
+def prepare(queue: str, raw: str) -> tuple[type[Job], dict[str, Any]] | Outcome:
     """The job class and payload to run, or the outcome of a payload that cannot run.
 
     A payload kiq cannot read goes to the dead set at once. One that names a class no
@@ -53,7 +56,7 @@ def prepare(queue: str, raw: str) -> tuple[type[jobs.Job], dict[str, Any]] | Out
         return retry.dead(wrap_invalid(queue, raw, str(error)))
     name = job_name(payload)
     log.bind_job({"jid": payload["jid"], "queue": queue, "class": name})
-    job_class = jobs.lookup(name)
+    job_class = lookup(name)
     if job_class is None and name == INVALID_CLASS:
         logger.error("invalid payload", error="a wrapped invalid payload was put back in a queue")
         return retry.dead(payload)  # retried from the dead set by hand: back it goes, as it was
@@ -73,7 +76,7 @@ def timed_out(payload: dict[str, Any], seconds: float) -> Outcome:
     return outcome
 
 
-def run(job_class: type[jobs.Job], payload: dict[str, Any], queue: str) -> Outcome:
+def run(job_class: type[Job], payload: dict[str, Any], queue: str) -> Outcome:
     """Run a job and turn what happened into the outcome to acknowledge; never raises."""
     log.bind_job({"jid": payload["jid"], "queue": queue, "class": job_class.job_name})
     if log.enabled(logging.DEBUG):
@@ -92,7 +95,7 @@ def run(job_class: type[jobs.Job], payload: dict[str, Any], queue: str) -> Outco
     return retry.SUCCESS
 
 
-def execute(job_class: type[jobs.Job], payload: dict[str, Any]) -> Any:
+def execute(job_class: type[Job], payload: dict[str, Any]) -> Any:
     """Rebuild the job from its payload and run it with its callbacks; raises what the job raises."""
     job = job_class()
     job.jid = payload["jid"]
@@ -111,7 +114,7 @@ def execute(job_class: type[jobs.Job], payload: dict[str, Any]) -> Any:
         return middleware.perform(job, job.execute)
 
 
-def failed(job_class: type[jobs.Job], payload: dict[str, Any], error: BaseException) -> Outcome:
+def failed(job_class: type[Job], payload: dict[str, Any], error: BaseException) -> Outcome:
     """What a failure means: the class's discard_on/retry_on rules first, then its retry policy.
 
     A rule that raises (a ``retry_on`` wait callable, say) is logged and the job's own retry

@@ -48,11 +48,11 @@ from kiq import exits, heartbeat, log, metrics
 from kiq.config import Config, ConfigError
 from kiq.connection import Outage, connect, disconnect
 from kiq.fetch import thread_count
-from kiq.job import registered
 from kiq.keys import Keys
 from kiq.ledger import Ledger
 from kiq.periodic import Entry, Periodic, bind_jobs, declared, merge
 from kiq.recovery import Recovery
+from kiq.registry import registered
 from kiq.signals import SignalQueue, kill
 from kiq.worker import Worker
 

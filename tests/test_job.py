@@ -14,16 +14,17 @@ import pytest
 import kiq
 import kiq.client
 from kiq import job as job_module
+from kiq import registry as registry_module
 from kiq.job import JobNameError, lookup, registered
 
 
 @pytest.fixture(autouse=True)
 def registry() -> Iterator[None]:
     """Leave the process-wide registry as each test found it."""
-    saved = dict(job_module._registry)
+    saved = dict(registry_module._registry)
     yield
-    job_module._registry.clear()
-    job_module._registry.update(saved)
+    registry_module._registry.clear()
+    registry_module._registry.update(saved)
 
 
 class JobTestMailer(kiq.Job):

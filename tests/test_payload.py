@@ -3,10 +3,7 @@ exercised through kiq.processor in test_processor.py)."""
 
 from __future__ import annotations
 
-import ast
-
 import pytest
-from conftest import ROOT
 
 from kiq.payload import ACTIVE_JOB_WRAPPER, epoch_seconds, job_data, job_name, mark_failed, new_jids
 
@@ -37,40 +34,6 @@ def test_mark_failed_writes_sidekiq_s_fields_and_keeps_a_retry_count():
 def test_jids_are_24_hex_digits_and_distinct():
     jids = new_jids(1000)
     assert len(set(jids)) == 1000 and all(len(j) == 24 and int(j, 16) >= 0 for j in jids)
-
-
-def test_the_layers_below_the_job_runtime_never_import_it():
-    """The scheduler, recovery and the fetcher run in the master or below the job runtime: reading
-    payloads must not pull in job classes, arguments, global IDs or adapters (the import graph of
-    kiq's modules, read from their source: module-level imports only)."""
-    runtime = {"processor", "job", "activejob", "globalid", "serialize", "adapters", "client", "callbacks"}
-    for module in ("payload", "scheduler", "recovery", "sweep", "fetch", "lease", "ledger", "heartbeat"):
-        reached = imports_of(module)
-        assert not runtime & reached, f"kiq.{module} imports {sorted(runtime & reached)}"
-
-
-def imports_of(module: str) -> set[str]:
-    """The kiq modules that ``kiq.<module>`` imports at module level, directly or not."""
-    seen: set[str] = set()
-    todo = [module]
-    while todo:
-        tree = ast.parse((ROOT / "kiq" / f"{todo.pop()}.py").read_text())
-        for node in tree.body:
-            for name in _kiq_modules(node):
-                if name not in seen and (ROOT / "kiq" / f"{name}.py").exists():
-                    seen.add(name)
-                    todo.append(name)
-    return seen
-
-
-def _kiq_modules(node: ast.stmt) -> list[str]:
-    if isinstance(node, ast.Import):
-        return [alias.name.split(".")[1] for alias in node.names if alias.name.startswith("kiq.")]
-    if isinstance(node, ast.ImportFrom) and node.module == "kiq":
-        return [alias.name for alias in node.names]
-    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("kiq."):
-        return [node.module.split(".")[1]]
-    return []
 
 
 @pytest.mark.parametrize(("value", "seconds"), [
