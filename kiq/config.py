@@ -17,12 +17,9 @@ from typing import Any
 
 from kiq import log
 from kiq.connection import ENCODE_PASSWORD, unencoded_password, url_from_env
+from kiq.errors import ConfigError
 
-
-class ConfigError(ValueError):
-    def __init__(self, key: str, message: str) -> None:
-        super().__init__(f"{key}: {message}")
-        self.key = key
+__all__ = ["Config", "ConfigError", "load", "parse_queues"]
 
 
 @dataclass

@@ -46,8 +46,8 @@ import redis
 
 from kiq import log
 from kiq.client import build_payload
-from kiq.config import ConfigError
 from kiq.cron import Cron, CronError, last_at_or_before, next_after, parse
+from kiq.errors import ConfigError
 from kiq.job import Job, lookup
 from kiq.keys import Keys
 from kiq.serialize import SerializationError, serialize_args, serialize_kwargs

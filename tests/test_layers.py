@@ -11,9 +11,6 @@ from conftest import ROOT
 PACKAGE = ROOT / "kiq"
 RUNTIME = {"processor", "job", "registry", "activejob", "globalid", "serialize", "adapters", "client",
            "callbacks", "middleware", "testing"}
-# config <-> periodic: the config file's periodic entries are read by kiq.periodic, which
-# needs ConfigError; the one cycle left, to be split (#16).
-ALLOWED = {("config", "periodic")}
 
 
 def edges(module: str, everywhere: bool = True) -> set[str]:
@@ -49,7 +46,7 @@ def modules() -> list[str]:
 def test_no_module_imports_itself_through_others():
     cycles = sorted(
         (module, other) for module in modules() for other in edges(module)
-        if module in reached(other) and (module, other) not in ALLOWED and (other, module) not in ALLOWED
+        if module in reached(other)
     )
     assert not cycles, f"import cycles through: {cycles}"
 
