@@ -245,6 +245,21 @@ def server_version(conn: redis.Redis) -> tuple[int, ...]:
     return tuple(int(part) for part in str(info["redis_version"]).split(".")[:3])
 
 
+def keep_trying(attempt: Callable[[], bool], wait: Callable[[float], bool]) -> bool:
+    """Call ``attempt`` until it returns True: the one loop that waits for Redis at a start.
+
+    Between tries, ``wait(pause)`` sleeps (a pause growing from 0.1 s to 5 s) and says whether
+    to go on; when it says no (told to stop, orphaned), so does this. ``attempt`` reports and
+    absorbs its own Redis errors.
+    """
+    pause = 0.0
+    while not attempt():
+        pause = min(RETRY_PAUSE_MAX, max(0.1, pause * 2))
+        if not wait(pause):
+            return False
+    return True
+
+
 class Outage:
     """Logs a Redis outage once when it starts and once when it ends, however many
     threads notice it; each thread keeps its own growing pause."""

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import redis
 
 from kiq import log
-from kiq.connection import Outage, connect, server_version, wire
+from kiq.connection import Outage, connect, keep_trying, server_version, wire
 from kiq.heartbeat import Lapsed
 from kiq.keys import Keys, day
 from kiq.lease import Lease, Reclaimer
@@ -276,23 +276,28 @@ class Fetcher:
     def start(self, alive: Callable[[], bool] = lambda: True) -> bool:
         """Register the in-progress lists and start the threads, waiting out a Redis outage
         while ``alive()``; False if it gave up."""
-        pause = 0.0
-        while True:
-            try:
-                self.conn.sadd(self.keys.wip_registry, *(f"{self.identity}|{q}" for q in self.queues.names))
-                self._blocking = "BLMOVE" if server_version(self.conn) >= (6, 2) else "BRPOPLPUSH"
-                break
-            except redis.RedisError as error:
-                pause = self._outage.failed(error, pause)
-                time.sleep(pause)
-                if not alive():
-                    return False
+        def wait(seconds: float) -> bool:
+            time.sleep(seconds)
+            return alive()
+
+        if not keep_trying(self._register, wait):
+            return False
         self._outage.recovered()
         name = f"kiq-wait-{self.identity}"
         self._watch_conns = {q: connect(self.redis_url, blocking=True, name=name) for q in self.queues.names}
         self._unwatched = list(self.queues.names)
         self._thread.start()
         return True
+
+    def _register(self) -> bool:
+        """Register the in-progress lists and learn the blocking move Redis has; False if Redis failed."""
+        try:
+            self.conn.sadd(self.keys.wip_registry, *(f"{self.identity}|{q}" for q in self.queues.names))
+            self._blocking = "BLMOVE" if server_version(self.conn) >= (6, 2) else "BRPOPLPUSH"
+            return True
+        except redis.RedisError as error:
+            self._outage.failed(error)
+            return False
 
     def quiet(self) -> None:
         """Stop taking jobs; jobs taken but not started go back to the front of their queues."""

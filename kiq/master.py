@@ -32,7 +32,7 @@ import setproctitle
 
 from kiq import exits, exporter, inherited, log, metrics
 from kiq.config import Config, ConfigError
-from kiq.connection import RedisRefused, check_access, connect, redact, refusal
+from kiq.connection import RedisRefused, check_access, connect, keep_trying, redact, refusal
 from kiq.keys import Keys
 from kiq.recovery import Recovery
 from kiq.scheduler import Scheduler
@@ -67,6 +67,7 @@ class Master:
         self.crashes = 0
         self.restart_at: float | None = None
         self.stopping = False
+        self.redis_reported = False  # "redis unreachable" logged while waiting at start
         self.quiet = False
         self.booted = False  # a generation has loaded the app since the start
         self.load_error = ""  # why the app never loaded, if it did not
@@ -315,29 +316,31 @@ class Master:
         return 1.0
 
     def _wait_for_redis(self) -> bool:
-        """Ping until Redis answers, logging once; False if told to stop meanwhile.
+        """Try Redis until it lets kiq in, logging once; False if told to stop meanwhile."""
+        return keep_trying(self._redis_ready, self._wait_for_signals)
 
-        Raises RedisRefused if Redis answers but refuses kiq's login or commands: that is
-        a setting to fix, not an outage to wait out.
-        """
-        pause = 0.0
-        while True:
-            try:
-                check_access(self.conn, self.keys.access_check, self.keys.schedule_channel)
-                self._check_eviction()
-                return True
-            except redis.RedisError as error:
-                hint = refusal(error)
-                if hint:
-                    raise RedisRefused(f"{hint} ({redact(self.config.redis_url)}): {error}") from error
-                if pause == 0.0:
-                    self.log.error("redis unreachable, retrying", redis=redact(self.config.redis_url),
-                                   error=str(error))
-                pause = min(5.0, max(0.2, pause * 2))
-            for signum in self.signals.wait(pause):
-                self._handle(signum)
-            if self.stopping:
-                return False
+    def _redis_ready(self) -> bool:
+        """Whether Redis answers and lets kiq in. Raises RedisRefused if it answers but refuses
+        kiq's login or commands: that is a setting to fix, not an outage to wait out."""
+        try:
+            check_access(self.conn, self.keys.access_check, self.keys.schedule_channel)
+            self._check_eviction()
+            return True
+        except redis.RedisError as error:
+            hint = refusal(error)
+            if hint:
+                raise RedisRefused(f"{hint} ({redact(self.config.redis_url)}): {error}") from error
+            if not self.redis_reported:
+                self.redis_reported = True
+                self.log.error("redis unreachable, retrying", redis=redact(self.config.redis_url),
+                               error=str(error))
+            return False
+
+    def _wait_for_signals(self, seconds: float) -> bool:
+        """Handle the signals that arrive within ``seconds``; False once told to stop."""
+        for signum in self.signals.wait(seconds):
+            self._handle(signum)
+        return not self.stopping
 
     def _check_eviction(self) -> None:
         """Warn when Redis may evict keys: an evicted queue or in-progress list loses jobs."""

@@ -40,7 +40,7 @@ import setproctitle
 
 from kiq import exits, heartbeat, job, log, metrics
 from kiq.config import Config
-from kiq.connection import Outage, connect
+from kiq.connection import Outage, connect, keep_trying
 from kiq.fetch import Fetcher, QueueOrder, Unit
 from kiq.keys import Keys
 from kiq.ledger import Ledger
@@ -322,14 +322,12 @@ class Worker:
         """Be in ``processes`` before taking any job: a master sweeping for vanished hosts
         takes an in-progress list without a live heartbeat for an orphan. While Redis does
         not answer, keep trying, unless told to stop or orphaned (then False)."""
-        pause = 0.0
-        while not self._beat_once(create=True):
-            pause = min(5.0, max(0.1, pause * 2))
-            if signal.SIGTERM in signals.wait(pause):
+        def wait(seconds: float) -> bool:
+            if signal.SIGTERM in signals.wait(seconds):
                 self.stopping = True
-            if not self._booting():
-                return False
-        return True
+            return self._booting()
+
+        return keep_trying(lambda: self._beat_once(create=True), wait)
 
     def _booting(self) -> bool:
         """Between tries while Redis does not answer at boot: beat to the supervisor (this

@@ -332,3 +332,12 @@ def test_workers_refused_later_keep_trying_and_say_why(start_kiq, servers):
     wait_for(lambda: admin.lrange("results", 0, -1) == ["before", "after"], timeout=30)
     wait_for(lambda: "redis available again" in kiq.log(), timeout=15)
     assert kiq.workers() == [worker]
+
+
+def test_keep_trying_waits_with_a_growing_pause_and_stops_when_told():
+    from kiq.connection import keep_trying
+
+    tries, pauses = iter([False, False, False, True]), []
+    assert keep_trying(lambda: next(tries), lambda pause: pauses.append(pause) or True)
+    assert pauses == [0.1, 0.2, 0.4]
+    assert not keep_trying(lambda: False, lambda pause: False)
