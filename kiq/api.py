@@ -20,25 +20,24 @@ import redis
 from kiq.connection import connect, url_from_env, wire
 from kiq.keys import Keys, day
 from kiq.payload import epoch_seconds
-from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT, decode_backtrace
+from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE
 
 BATCH = 100
 Progress = Callable[[int], None]
 
-# ARGV: prefix, sorted set, now, cutoff, then payloads: each moves to the dead set.
-KILL = """
-local prefix, set, now, cutoff, killed = ARGV[1], ARGV[2], ARGV[3], ARGV[4], 0
-for i = 5, #ARGV do
+# ARGV: prefix, sorted set, now, then payloads: each moves to the dead set.
+KILL = TRIM_DEAD + """
+local prefix, set, now, killed = ARGV[1], ARGV[2], ARGV[3], 0
+for i = 4, #ARGV do
   if redis.call('ZREM', set, ARGV[i]) == 1 then
     redis.call('ZADD', prefix .. 'dead', now, ARGV[i])
     killed = killed + 1
   end
 end
-redis.call('ZREMRANGEBYSCORE', prefix .. 'dead', '-inf', cutoff)
-redis.call('ZREMRANGEBYRANK', prefix .. 'dead', 0, -(__DEAD_MAX__ + 1))
+trim_dead(prefix .. 'dead', now)
 return killed
-""".replace("__DEAD_MAX__", str(DEAD_MAX_JOBS))
+"""
 
 
 @dataclass(frozen=True)
@@ -237,7 +236,7 @@ class SortedSet:
         if not jobs or self.name == "dead":
             return 0
         now = time.time()
-        args: list[str | bytes | float] = [self.api.keys.prefix, self.key, now, now - DEAD_TIMEOUT]
+        args: list[str | bytes | float] = [self.api.keys.prefix, self.key, now]
         args += [wire(job.raw) for job in jobs]
         return int(self.api.redis.register_script(KILL)(args=args))
 

@@ -35,22 +35,22 @@ from kiq.heartbeat import Lapsed
 from kiq.keys import Keys, day
 from kiq.lease import Lease, Reclaimer
 from kiq.recovery import Recovery
-from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT, Outcome
+from kiq.retry import TRIM_DEAD, Outcome
 
-# ARGV: prefix, identity, now, day, dead cutoff, heartbeat TTL in ms, number of
+# ARGV: prefix, identity, now, day, heartbeat TTL in ms, number of
 # acks, then per ack (queue, payload, action, new payload, score, failed), then how
 # many jobs to take, how many per-job queue picks follow, the picks, and the order
 # in which to try every queue when a pick is empty. Returns {0} and does nothing if
 # the worker's IDENTITY key has expired (kiq.lease), else 1, queue, payload, queue, ...
 # Extending the key's TTL comes first: Redis accepts it even at maxmemory, and then
 # the rest of the script.
-ACK_AND_FETCH = """
-local prefix, identity, now, today, cutoff = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-if redis.call('PEXPIRE', prefix .. identity, ARGV[6]) == 0 then return {0} end
+ACK_AND_FETCH = TRIM_DEAD + """
+local prefix, identity, now, today = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('PEXPIRE', prefix .. identity, ARGV[5]) == 0 then return {0} end
 local wip = prefix .. 'kiq:wip:' .. identity .. '|'
-local i = 8
+local i = 7
 local processed, failed, died = 0, 0, false
-for _ = 1, tonumber(ARGV[7]) do
+for _ = 1, tonumber(ARGV[6]) do
   local queue, job, action = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   -- A job no longer in progress here was requeued (a stop, a sweep): filing it in retry
   -- or dead as well would run it twice.
@@ -76,10 +76,7 @@ if failed > 0 then
   redis.call('INCRBY', prefix .. 'stat:failed:' .. today, failed)
   redis.call('EXPIRE', prefix .. 'stat:failed:' .. today, ttl)
 end
-if died then
-  redis.call('ZREMRANGEBYSCORE', prefix .. 'dead', '-inf', cutoff)
-  redis.call('ZREMRANGEBYRANK', prefix .. 'dead', 0, -(__DEAD_MAX__ + 1))
-end
+if died then trim_dead(prefix .. 'dead', now) end
 local want, picks = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
 local first, order = i + 2, i + 2 + picks
 local out, empty, touched = {1}, {}, {}
@@ -106,7 +103,7 @@ for slot = 1, want do
 end
 for queue in pairs(touched) do redis.call('SADD', prefix .. 'kiq:wip', identity .. '|' .. queue) end
 return out
-""".replace("__DEAD_MAX__", str(DEAD_MAX_JOBS))
+"""
 
 BLOCK_SECONDS = 1
 PREFETCH_MIN = 20
@@ -458,7 +455,7 @@ class Fetcher:
             return []
         now, sent = time.time(), time.monotonic()
         args: list[str | bytes | float | int] = [
-            self.keys.prefix, self.identity, now, day(now), now - DEAD_TIMEOUT, self.ttl_ms, len(acks)
+            self.keys.prefix, self.identity, now, day(now), self.ttl_ms, len(acks)
         ]
         for unit, outcome in acks:
             args += [unit.queue, wire(unit.payload), outcome.action, outcome.payload, outcome.score,

@@ -31,7 +31,7 @@ from kiq import metrics
 from kiq.connection import wire
 from kiq.keys import Keys
 from kiq.payload import InvalidPayloadError, decode, mark_failed, wrap_invalid
-from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT
+from kiq.retry import TRIM_DEAD
 
 POISON_LIMIT = 3
 RECOVERY_MEMORY = 24 * 3600
@@ -177,20 +177,19 @@ end
 return moved
 """
 
-# ARGV: prefix, now, dead cutoff, then (poison payload, dead payload) pairs.
-BURY = """
-local prefix, now, cutoff = ARGV[1], ARGV[2], ARGV[3]
+# ARGV: prefix, now, then (poison payload, dead payload) pairs.
+BURY = TRIM_DEAD + """
+local prefix, now = ARGV[1], ARGV[2]
 local buried = 0
-for i = 4, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   if redis.call('LREM', prefix .. 'kiq:poison', 1, ARGV[i]) == 1 then
     redis.call('ZADD', prefix .. 'dead', now, ARGV[i + 1])
     buried = buried + 1
   end
 end
-redis.call('ZREMRANGEBYSCORE', prefix .. 'dead', '-inf', cutoff)
-redis.call('ZREMRANGEBYRANK', prefix .. 'dead', 0, -(__DEAD_MAX__ + 1))
+trim_dead(prefix .. 'dead', now)
 return buried
-""".replace("__DEAD_MAX__", str(DEAD_MAX_JOBS))
+"""
 
 
 class Recovery:
@@ -243,7 +242,7 @@ class Recovery:
         buried = 0
         while raws := self.conn.lrange(self.keys.poison, 0, 99):
             now = time.time()
-            args: list[str | bytes | float] = [self.keys.prefix, now, now - DEAD_TIMEOUT]
+            args: list[str | bytes | float] = [self.keys.prefix, now]
             for raw in map(str, raws):
                 args += [wire(raw), json.dumps(_poisoned(raw, now), separators=(",", ":"))]
             buried += int(self._bury(args=args))

@@ -25,6 +25,16 @@ MAX_DELAY = 100 * 365 * 24 * 3600.0
 MAX_BACKTRACE = 1 << 20
 
 
+# For the scripts that add to the dead set: trims it as Sidekiq does, to the entries of the
+# last DEAD_TIMEOUT seconds before ``now`` and at most DEAD_MAX_JOBS of them.
+TRIM_DEAD = """
+local function trim_dead(dead, now)
+  redis.call('ZREMRANGEBYSCORE', dead, '-inf', tonumber(now) - __TIMEOUT__)
+  redis.call('ZREMRANGEBYRANK', dead, 0, -(__MAX__ + 1))
+end
+""".replace("__TIMEOUT__", str(DEAD_TIMEOUT)).replace("__MAX__", str(DEAD_MAX_JOBS))
+
+
 @dataclass(frozen=True)
 class Outcome:
     """The end of one job, acknowledged together with its in-progress entry.

@@ -23,18 +23,18 @@ from kiq import log
 from kiq.connection import Outage, connect, wire
 from kiq.keys import Keys
 from kiq.payload import InvalidPayloadError, decode, wrap_invalid
-from kiq.retry import DEAD_MAX_JOBS
+from kiq.retry import TRIM_DEAD
 
 # ARGV: prefix, sorted set, now, then (old payload, queue, new payload)
 # triples; an empty queue sends the new payload to the dead set instead.
-MOVE = """
+MOVE = TRIM_DEAD + """
 local prefix, set, now, moved = ARGV[1], ARGV[2], ARGV[3], 0
 for i = 4, #ARGV, 3 do
   if redis.call('ZREM', set, ARGV[i]) == 1 then
     local queue = ARGV[i + 1]
     if queue == '' then
       redis.call('ZADD', prefix .. 'dead', now, ARGV[i + 2])
-      redis.call('ZREMRANGEBYRANK', prefix .. 'dead', 0, -(__DEAD_MAX__ + 1))
+      trim_dead(prefix .. 'dead', now)
     else
       redis.call('SADD', prefix .. 'queues', queue)
       redis.call('LPUSH', prefix .. 'queue:' .. queue, ARGV[i + 2])
@@ -43,7 +43,7 @@ for i = 4, #ARGV, 3 do
   end
 end
 return moved
-""".replace("__DEAD_MAX__", str(DEAD_MAX_JOBS))
+"""
 
 BATCH = 100
 MAX_SLEEP = 5.0

@@ -11,6 +11,7 @@ import pytest
 
 from kiq.connection import connect
 from kiq.keys import Keys
+from kiq.retry import DEAD_TIMEOUT
 from kiq.scheduler import BATCH, Scheduler
 
 
@@ -148,6 +149,14 @@ def test_unparseable_retry_entry_goes_to_dead_too(redis_server, r, conn):
     [dead] = r.zrange("dead", 0, -1)
     assert json.loads(dead)["args"] == ["garbage"]
     assert r.zcard("retry") == 0
+
+
+def test_an_unparseable_entry_filed_in_dead_trims_it_by_age_as_every_writer_does(redis_server, r, conn):
+    ancient, recent = "ancient", "recent"
+    r.zadd("dead", {ancient: time.time() - DEAD_TIMEOUT - 3600, recent: time.time() - DEAD_TIMEOUT + 3600})
+    add(r, "retry", "garbage", 1.0)
+    scheduler(redis_server.url).enqueue_due(conn)
+    assert r.zrange("dead", 0, 0) == [recent] and r.zcard("dead") == 2
 
 
 def test_payload_keeps_its_meaning(redis_server, r, conn):
