@@ -76,7 +76,7 @@ class Job:
 
         def body() -> Any:
             result = self.perform(*self.arguments, **self.kwargs)
-            if result is not None and inspect.isawaitable(result):  # isawaitable(None) alone took 0.7 us
+            if result is not None and inspect.isawaitable(result):  # most jobs return None (bench/notes.md)
                 return run_coroutine(result)
             return result
 

@@ -30,8 +30,8 @@ _raw_decode = json.JSONDecoder().raw_decode
 
 def _loads(raw: str) -> Any:
     """``json.loads``, without its whitespace regex and two Python frames for the payloads
-    clients write: on a worker that has been idle, that cold code took about 30 of the 90 us
-    of decoding one (see docs/design.md)."""
+    clients write (which have no whitespace around them); ``json.loads`` only for the others,
+    or for its error (bench/notes.md)."""
     try:
         value, end = _raw_decode(raw)
         if end == len(raw):
