@@ -361,7 +361,7 @@ class Fetcher:
         the floor and ``PREFETCH_MAX`` times the floor.
 
         Short jobs get the larger batches: fewer round trips and thread wakeups per job, and
-        processors that seldom find the buffer empty (measured in docs/design.md). Slow jobs
+        processors that seldom find the buffer empty (measured in bench/notes.md). Slow jobs
         stay at the floor, so that a worker holds no long jobs that another worker could start.
         """
         self._window_acks += acked
