@@ -328,7 +328,8 @@ class _Item:
 class Periodic:
     """Enqueues the due ticks of a list of entries; one per generation, in its supervisor.
 
-    Not thread-safe: one thread calls ``fire_due``, ``next_wakeup`` and ``update``.
+    Not thread-safe: one thread calls ``fire_due`` and ``next_wakeup``. A reload starts a new
+    generation, with a new ``Periodic``: the ticks already fired are in Redis, so none fires twice.
     """
 
     def __init__(
@@ -347,26 +348,12 @@ class Periodic:
         self.log = log.get("kiq.periodic")
         self.enqueued: deque[tuple[str, int]] = deque(maxlen=1000)  # (entry, tick) this instance pushed
         self._fire = conn.register_script(FIRE)
-        self._states: dict[str, _State] = {}
-        self.update(entries, now=now)
+        start = _aware(now)
+        self._states = {entry.name: _State(entry, start) for entry in merge(entries)}
 
     @property
     def entries(self) -> list[Entry]:
         return [state.entry for state in self._states.values()]
-
-    def update(self, entries: Iterable[Entry], *, now: dt.datetime | None = None) -> None:
-        """Use a new entry list (after a reload). An entry whose cron and time zone did not
-        change keeps its place; a new or changed one fires only ticks after ``now``."""
-        start = _aware(now)
-        states: dict[str, _State] = {}
-        for entry in merge(entries):
-            state = self._states.get(entry.name)
-            if state is not None and (state.entry.cron, state.entry.tz) == (entry.cron, entry.tz):
-                state.entry = entry
-            else:
-                state = _State(entry, start)
-            states[entry.name] = state
-        self._states = states
 
     def next_wakeup(self, now: dt.datetime | None = None) -> dt.datetime | None:
         """When the next tick of any entry is due (UTC); None without entries.

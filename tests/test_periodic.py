@@ -354,26 +354,24 @@ def test_describe_shows_last_and_next(redis_server, r, conn):
 
 
 def test_a_reload_never_fires_a_tick_twice(redis_server, r, conn):
+    """A reload is a new generation with a new Periodic, even one whose clock starts earlier:
+    the ticks the old one fired are in Redis, and none fires twice."""
     start = now()
     periodic = Periodic(conn, Keys(), [entry(args=(1,))], now=start)
     first = periodic.fire_due(seconds(start, 2.5))
     assert first >= 2
-    periodic.update([entry(args=(2,))], now=seconds(start, 2.5))  # same schedule: keeps its place
-    assert periodic.fire_due(seconds(start, 2.5)) == 0
-    # a new generation's Periodic, even one that starts earlier
     generation = Periodic(connect(redis_server.url), Keys(), [entry(args=(2,))], now=start)
     assert generation.fire_due(seconds(start, 2.5)) == 0
-    assert periodic.fire_due(seconds(start, 3.5)) == 1
+    assert generation.fire_due(seconds(start, 3.5)) == 1
     assert jobs(r)[-1]["args"] == [2]
-    periodic.update([entry(cron="*/2 * * * * *")], now=seconds(start, 3.5))  # changed: starts from the reload
-    assert periodic.fire_due(seconds(start, 3.5)) == 0
-    periodic.fire_due(seconds(start, 6.5))
+    every_two = entry(cron="*/2 * * * * *")
+    changed = Periodic(connect(redis_server.url), Keys(), [every_two], now=seconds(start, 3.5))
+    assert changed.fire_due(seconds(start, 3.5)) == 0
+    changed.fire_due(seconds(start, 6.5))
     generation.fire_due(seconds(start, 6.5))
     counts = per_tick(r, "every-second")
     assert set(counts.values()) == {1}
-    periodic.update([])
-    assert periodic.next_wakeup() is None
-    assert periodic.fire_due(seconds(start, 9)) == 0
+    assert Periodic(conn, Keys(), []).next_wakeup() is None
 
 
 def test_a_redis_failure_leaves_the_ticks_to_try_again(redis_server, r):
