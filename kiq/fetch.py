@@ -271,13 +271,16 @@ class Fetcher:
     # -- lifecycle ------------------------------------------------------
 
     def start(self, alive: Callable[[], bool] = lambda: True) -> bool:
-        """Register the in-progress lists and start the threads, waiting out a Redis outage
-        while ``alive()``; False if it gave up."""
+        """Start the threads once Redis says which blocking move it has, waiting out an outage
+        while ``alive()``; False if it gave up. The in-progress lists are registered by the
+        worker's heartbeat (its first beat comes before this) and by the first round trip of a
+        fetcher without one: both are scripts that Redis runs even at ``maxmemory``, where a
+        plain ``SADD`` is refused."""
         def wait(seconds: float) -> bool:
             time.sleep(seconds)
             return alive()
 
-        if not keep_trying(self._register, wait):
+        if not keep_trying(self._learn_server, wait):
             return False
         self._outage.recovered()
         name = f"kiq-wait-{self.identity}"
@@ -286,10 +289,9 @@ class Fetcher:
         self._thread.start()
         return True
 
-    def _register(self) -> bool:
-        """Register the in-progress lists and learn the blocking move Redis has; False if Redis failed."""
+    def _learn_server(self) -> bool:
+        """Learn the blocking move Redis has; False if Redis failed."""
         try:
-            self.conn.sadd(self.keys.wip_registry, *(f"{self.identity}|{q}" for q in self.queues.names))
             self._blocking = "BLMOVE" if server_version(self.conn) >= (6, 2) else "BRPOPLPUSH"
             return True
         except redis.RedisError as error:

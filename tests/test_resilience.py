@@ -175,6 +175,22 @@ def test_a_redis_at_maxmemory_gets_no_live_worker_swept(start_kiq, client, r, tm
     assert "requeued jobs of processes whose heartbeat expired" not in kiq.log()
 
 
+def test_a_worker_starts_and_works_while_redis_is_at_maxmemory(start_kiq, client, r, tmp_path):
+    """A plain SADD is refused at maxmemory; a worker starting then must still register and work."""
+    import sample_jobs
+
+    path = tmp_path / "runs"
+    sample_jobs.FileJob.perform_bulk([[str(path), f"t{n}"] for n in range(20)])
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    try:
+        kiq = start_kiq(processes=1, concurrency=2)
+        kiq.wait_workers(1)
+        wait_for(lambda: path.exists() and len(path.read_text().split()) == 20, timeout=30)
+    finally:
+        r.config_set("maxmemory", 0)
+
+
 def identity_of(r, pid: int) -> str:
     return wait_for(lambda: next((p for p in r.smembers("processes") if f":{pid}:" in p), None))
 
