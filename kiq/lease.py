@@ -55,7 +55,7 @@ for i = 7 + queues, #ARGV, 3 do
   out[#out + 1] = kept
 end
 local key = prefix .. identity
-redis.call('HSET', key, 'info', info, 'beat', now, 'busy', 0, 'quiet', 'false')
+redis.call('HSET', key, 'info', info, 'beat', now)  -- the next beat writes the rest
 redis.call('PEXPIRE', key, ttl)
 redis.call('SADD', prefix .. 'processes', identity)
 for i = 7, 6 + queues do redis.call('SADD', prefix .. 'kiq:wip', identity .. '|' .. ARGV[i]) end

@@ -55,17 +55,17 @@ def prepare(queue: str, raw: str) -> tuple[type[Job], dict[str, Any]] | Outcome:
         logger.error("invalid payload", error=str(error))
         return retry.dead(wrap_invalid(queue, raw, str(error)))
     name = job_name(payload)
-    log.bind_job({"jid": payload["jid"], "queue": queue, "class": name})
     job_class = lookup(name)
-    if job_class is None and name == INVALID_CLASS:
+    if job_class is not None:
+        return job_class, payload  # run() binds the job's log fields
+    log.bind_job({"jid": payload["jid"], "queue": queue, "class": name})
+    if name == INVALID_CLASS:
         logger.error("invalid payload", error="a wrapped invalid payload was put back in a queue")
         return retry.dead(payload)  # retried from the dead set by hand: back it goes, as it was
-    if job_class is None:
-        message = f"no job class registered as {name!r}; is its module in the workers' require list?"
-        outcome = retry.failure(payload, UNKNOWN_CLASS_ERROR, message)
-        logger.error("unknown job class", error=message, **_fate(outcome, payload))
-        return outcome
-    return job_class, payload
+    message = f"no job class registered as {name!r}; is its module in the workers' require list?"
+    outcome = retry.failure(payload, UNKNOWN_CLASS_ERROR, message)
+    logger.error("unknown job class", error=message, **_fate(outcome, payload))
+    return outcome
 
 
 def timed_out(payload: dict[str, Any], seconds: float) -> Outcome:

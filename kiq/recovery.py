@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -70,6 +70,14 @@ local function requeue(prefix, member, running)
   redis.call('SREM', prefix .. 'kiq:wip', member)
   return moved
 end
+
+-- forget(prefix, identity): a process whose jobs were requeued leaves ``processes`` and
+-- its entries, and a tombstone for a worker that was only paused to find (kiq.lease).
+local function forget(prefix, identity)
+  redis.call('SREM', prefix .. 'processes', identity)
+  redis.call('DEL', prefix .. identity, prefix .. identity .. ':work', prefix .. identity .. ':workers')
+  redis.call('SET', prefix .. 'kiq:swept:' .. identity, '1', 'EX', __MEMORY__)
+end
 """.replace("__LIMIT__", str(POISON_LIMIT)).replace("__MEMORY__", str(RECOVERY_MEMORY))
 
 # ARGV: prefix, identity, how many queue names follow, the queue names, then the digests of
@@ -90,19 +98,18 @@ for member in pairs(members) do
   moved[#moved + 1] = string.sub(member, #mark + 1)
   moved[#moved + 1] = requeue(prefix, member, running)
 end
-redis.call('SREM', prefix .. 'processes', identity)
-redis.call('DEL', prefix .. identity, prefix .. identity .. ':work', prefix .. identity .. ':workers')
-redis.call('SET', prefix .. 'kiq:swept:' .. identity, '1', 'EX', __MEMORY__)
+forget(prefix, identity)
 return moved
-""".replace("__MEMORY__", str(RECOVERY_MEMORY))
+"""
 
-# ARGV: prefix, seconds to keep a tombstone. Requeues the lists of every identity whose
+# ARGV: prefix, then members found outside the registry (kiq.sweep's orphan check).
+# Requeues the lists of every identity whose
 # heartbeat expired (a vanished host), counting towards poison the jobs its last heartbeat
 # listed as running, drops such identities from ``processes``, and leaves a tombstone
 # (``kiq:swept:IDENTITY``) for a worker that was only paused to find when it comes back.
 # Returns queue, count, queue, count, ...
 SWEEP = _REQUEUE_LIST + """
-local prefix, memory = ARGV[1], ARGV[2]
+local prefix = ARGV[1]
 local function running_of(identity)
   local running = {}
   for _, entry in ipairs(redis.call('HVALS', prefix .. identity .. ':work')) do
@@ -114,20 +121,20 @@ local function running_of(identity)
   end
   return running
 end
+local members = {}
+for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do members[member] = true end
+for i = 2, #ARGV do members[ARGV[i]] = true end
 local moved, swept = {}, {}
-for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do
-  local bar = string.find(member, '|', 1, true)
-  local identity = string.sub(member, 1, bar - 1)
-  if redis.call('EXISTS', prefix .. identity) == 0 then
+for member in pairs(members) do
+  local bar = string.find(member, '|', 1, true)  -- a member without one is none of kiq's: skipped
+  local identity = bar and string.sub(member, 1, bar - 1)
+  if identity and redis.call('EXISTS', prefix .. identity) == 0 then
     swept[identity] = swept[identity] or running_of(identity)
     moved[#moved + 1] = string.sub(member, bar + 1)
     moved[#moved + 1] = requeue(prefix, member, swept[identity])
   end
 end
-for identity in pairs(swept) do
-  redis.call('DEL', prefix .. identity .. ':work', prefix .. identity .. ':workers')
-  redis.call('SET', prefix .. 'kiq:swept:' .. identity, '1', 'EX', memory)
-end
+for identity in pairs(swept) do forget(prefix, identity) end
 for _, identity in ipairs(redis.call('SMEMBERS', prefix .. 'processes')) do
   if redis.call('EXISTS', prefix .. identity) == 0 then
     redis.call('SREM', prefix .. 'processes', identity)
@@ -219,9 +226,10 @@ class Recovery:
         self.bury_poison()
         return _total(counts, "crash")
 
-    def sweep(self) -> int:
-        """Requeue the jobs of every process whose heartbeat expired; returns how many."""
-        counts = self._sweep(args=[self.keys.prefix, RECOVERY_MEMORY])
+    def sweep(self, unregistered: Iterable[str] = ()) -> int:
+        """Requeue the jobs of every process whose heartbeat expired; returns how many. The
+        lists are those of the registry, and ``unregistered`` ones (``identity|queue``)."""
+        counts = self._sweep(args=[self.keys.prefix, *unregistered])
         self.bury_poison()
         return _total(counts, "host_lost")
 

@@ -10,8 +10,8 @@ target alive leaves it alone, atomically, in the script.
 The sweep finds in-progress lists through the ``kiq:wip`` registry, which is a cache: a list
 whose member was removed while its worker lived (a sweep of a paused worker that then died
 before its next beat) is out of it. So each master, at its start and then at most once an hour
-across all masters, scans the keyspace for ``kiq:wip:*`` keys, a stretch per sweep, and puts
-every list it finds back in the registry for the sweep to judge, as Sidekiq Pro's super_fetch
+across all masters, scans the keyspace for ``kiq:wip:*`` keys, a stretch per sweep, and hands
+every list it finds to the sweep to judge with the registry's, as Sidekiq Pro's super_fetch
 looks for orphaned private queues.
 """
 
@@ -56,8 +56,7 @@ class Sweeper:
         try:
             if self._redis_up_for(now) < self.ttl:
                 return
-            self._check_orphans(now)
-            moved = self.recovery.sweep()
+            moved = self.recovery.sweep(self._orphan_check(now))
         except redis.RedisError as error:
             self.reachable_since = None
             self.outage.failed(error)
@@ -76,21 +75,31 @@ class Sweeper:
             uptime = float("inf")
         return min(uptime, now - self.reachable_since)
 
-    def _check_orphans(self, now: float) -> None:
+    def _orphan_check(self, now: float) -> list[str]:
+        """A stretch of the orphan check, if one is under way or due: the in-progress lists it
+        found (``identity|queue``), for this sweep to judge with the registry's. Nothing is
+        written for them, so the check works when Redis refuses writes (at ``maxmemory``)."""
         if self.cursor is None and now >= self.next_orphan_check:
             self.next_orphan_check = now + ORPHAN_CHECK_EVERY
-            if self.conn.set(self.keys.orphan_check, "1", nx=True, ex=int(ORPHAN_CHECK_EVERY)):
+            if self._claim_orphan_check():
                 self.cursor = 0
-        if self.cursor is None:
-            return
+        found: list[str] = []
         match = _glob_escape(self.keys.wip_prefix) + "*"
         for _ in range(SCAN_CALLS):
-            cursor, found = self.conn.scan(self.cursor, match=match, count=SCAN_COUNT)
-            if found:
-                self.conn.sadd(self.keys.wip_registry, *(key[len(self.keys.wip_prefix):] for key in found))
-            self.cursor = int(cursor) or None
             if self.cursor is None:
-                return
+                break
+            cursor, keys = self.conn.scan(self.cursor, match=match, count=SCAN_COUNT)
+            found += [str(key)[len(self.keys.wip_prefix):] for key in keys]
+            self.cursor = int(cursor) or None
+        return found
+
+    def _claim_orphan_check(self) -> bool:
+        """This hour's check across all masters, if no other master took it. A Redis that
+        refuses the write (at ``maxmemory``) gives it to everyone: the check only reads."""
+        try:
+            return bool(self.conn.set(self.keys.orphan_check, "1", nx=True, ex=int(ORPHAN_CHECK_EVERY)))
+        except redis.ResponseError:
+            return True
 
 
 def _glob_escape(text: str) -> str:

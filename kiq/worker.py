@@ -221,6 +221,8 @@ class Worker:
                 if not finished:
                     return
         except BaseException as error:
+            with self.lock:
+                self.running.pop(tid, None)  # or the heartbeat and the timeout watch would still see it
             if unit is not None:
                 self.fetcher.done(unit, unhandled(unit.queue, unit.payload, error))
             self.log.exception("processor thread died; starting another", thread=tid)
@@ -244,8 +246,9 @@ class Worker:
                 outcome = run(job_class, payload, unit.queue)
         except BaseException as error:
             outcome = unhandled(unit.queue, unit.payload, error)
+            log.bind_job({"queue": unit.queue})  # not the fields of whichever job came before
             self.log.error("kiq could not handle a job; it goes to the dead set as it came",
-                           queue=unit.queue, error=describe(error), exc_info=error)
+                           error=describe(error), exc_info=error)
         with self.lock:
             state = self.running.pop(tid, None)
         if state is not None and state.abandoned:

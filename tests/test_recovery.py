@@ -304,3 +304,11 @@ def test_requeue_strays_gives_back_what_the_worker_does_not_hold(r, conn):
     assert Recovery(conn, Keys()).requeue_strays(DEAD, ["b", "d"]) == 2
     assert consume(r, "default") == ["a", "c"]
     assert sorted(r.lrange(f"kiq:wip:{DEAD}|default", 0, -1)) == ["b", "d"]
+
+
+def test_a_registry_member_that_is_none_of_kiq_s_does_not_stop_the_sweep(r, conn):
+    push(r, "default", "a")
+    take(r, DEAD, "default", 1)
+    r.sadd("kiq:wip", "not-a-member-of-kiq")
+    assert Recovery(conn, Keys()).sweep() == 1
+    assert consume(r, "default") == ["a"]

@@ -89,3 +89,20 @@ def test_the_orphan_check_runs_once_an_hour_across_masters(redis_server, r):
     first.sweep_if_due()  # another master already checked this hour
     assert r.lrange("queue:default", 0, -1) == ["j"]
     assert 3500 < r.ttl("kiq:orphan-check") <= 3600
+
+
+def test_the_orphan_check_and_the_sweep_work_while_redis_refuses_writes(redis_server, r):
+    """At maxmemory a plain SADD or SET is refused: the check registers nothing, it hands what it
+    found to the sweep script, which Redis runs once its first write (a move) is made."""
+    orphan(r)
+    wait_for(lambda: uptime(r) >= 1, timeout=10)
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    try:
+        sweep = sweeper(redis_server.url, ttl=1.0)
+        sweep.cursor, sweep.next_orphan_check = None, 0.0  # the hourly check, not the start's
+        sweep.sweep_if_due()
+        assert r.lrange("queue:default", 0, -1) == ["j"]
+        assert sweep.reachable_since is not None
+    finally:
+        r.config_set("maxmemory", 0)
