@@ -34,8 +34,9 @@ SHARE = 0.9  # of the TTL that a renewal lets the worker start jobs for
 RECLAIM = """
 local prefix, identity, ttl, info, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local queues = tonumber(ARGV[6])
-local tombstone = prefix .. 'kiq:swept:' .. identity
-local swept = redis.call('EXISTS', tombstone) == 1
+-- Deleting the tombstone tells whether there was one, and is a write Redis accepts at
+-- maxmemory, after which it accepts the script's other writes too.
+local swept = redis.call('DEL', prefix .. 'kiq:swept:' .. identity) == 1
 local lists, out = {}, {swept and 1 or 0}
 for i = 7 + queues, #ARGV, 3 do
   local wip = prefix .. 'kiq:wip:' .. identity .. '|' .. ARGV[i]
@@ -59,7 +60,6 @@ redis.call('HSET', key, 'info', info, 'beat', now)  -- the next beat writes the 
 redis.call('PEXPIRE', key, ttl)
 redis.call('SADD', prefix .. 'processes', identity)
 for i = 7, 6 + queues do redis.call('SADD', prefix .. 'kiq:wip', identity .. '|' .. ARGV[i]) end
-redis.call('DEL', tombstone)
 return out
 """
 

@@ -598,3 +598,21 @@ def test_jobs_held_when_redis_lost_its_data_go_back_in_progress(r, make_fetcher)
     wait_for(lambda: sorted(wip(r)) == ["j1", "j2", "j3", "j4"])
     assert sorted(take_all(Takers(fetcher))) == ["j1", "j2", "j3", "j4"]
     assert wip(r) == []
+
+
+def test_a_worker_reclaims_its_entry_while_redis_refuses_writes(redis_server, r, make_fetcher):
+    push(r, "default", *(f"j{n}" for n in range(3)))
+    fetcher = make_fetcher(concurrency=1)
+    running = take(fetcher)
+    wait_for(lambda: len(wip(r)) == 3)
+    r.delete(IDENT)
+    Recovery(connect(redis_server.url), Keys()).sweep()
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", 1)
+    try:
+        fetcher.lease.end()
+        fetcher.done(running, SUCCESS)
+        wait_for(lambda: r.exists(IDENT) and not r.exists(f"kiq:swept:{IDENT}"))
+    finally:
+        r.config_set("maxmemory", 0)
+    assert sorted(take_all(Takers(fetcher))) == ["j0", "j1", "j2"]
