@@ -122,16 +122,20 @@ local function running_of(identity)
   return running
 end
 local members = {}
-for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do members[member] = true end
-for i = 2, #ARGV do members[ARGV[i]] = true end
+for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do members[member] = 'registered' end
+for i = 2, #ARGV do members[ARGV[i]] = members[ARGV[i]] or 'found' end
 local moved, swept = {}, {}
-for member in pairs(members) do
+for member, source in pairs(members) do
   local bar = string.find(member, '|', 1, true)  -- a member without one is none of kiq's: skipped
   local identity = bar and string.sub(member, 1, bar - 1)
   if identity and redis.call('EXISTS', prefix .. identity) == 0 then
     swept[identity] = swept[identity] or running_of(identity)
     moved[#moved + 1] = string.sub(member, bar + 1)
     moved[#moved + 1] = requeue(prefix, member, swept[identity])
+  elseif identity and source == 'found' then
+    -- Its owner still looks alive: registered, the next sweeps judge it again. Best effort:
+    -- at maxmemory Redis refuses the add, and the next orphan check finds the list again.
+    redis.pcall('SADD', prefix .. 'kiq:wip', member)
   end
 end
 for identity in pairs(swept) do forget(prefix, identity) end

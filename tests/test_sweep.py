@@ -106,3 +106,15 @@ def test_the_orphan_check_and_the_sweep_work_while_redis_refuses_writes(redis_se
         assert sweep.reachable_since is not None
     finally:
         r.config_set("maxmemory", 0)
+
+
+def test_a_list_found_while_its_owner_still_looks_alive_is_swept_once_it_expires(redis_server, r):
+    orphan(r)
+    r.set(DEAD, "beating")  # its entry has not expired yet
+    wait_for(lambda: uptime(r) >= 1, timeout=10)
+    sweep = sweeper(redis_server.url, ttl=1.0)
+    sweep.sweep_if_due()  # the start's orphan check finds the list
+    assert r.llen("queue:default") == 0
+    r.delete(DEAD)  # now it expires
+    sweep.sweep_if_due()  # no orphan check this time
+    assert r.lrange("queue:default", 0, -1) == ["j"]
