@@ -84,10 +84,6 @@ def flush() -> None:
     with _lock:
         pending, _pending = _pending, {}
     for labels, counts in pending.items():
-        processed.labels(*labels).inc(counts.processed)
-        for metric, amount in ((failed, counts.failed), (retried, counts.retried), (dead, counts.dead)):
-            if amount:
-                metric.labels(*labels).inc(amount)
         # Histogram has no way to add many observations at once: add to the sum and bucket
         # values that observe() adds to (prometheus_client's own attributes; the buckets a
         # scrape shows are checked in tests/test_metrics.py).
@@ -96,6 +92,11 @@ def flush() -> None:
         for bucket, amount in zip(histogram._buckets, counts.buckets, strict=True):
             if amount:
                 bucket.inc(amount)
+        for metric, amount in ((failed, counts.failed), (retried, counts.retried), (dead, counts.dead)):
+            if amount:
+                metric.labels(*labels).inc(amount)
+        # last, so a scrape that counts a job processed also sees its duration and outcome
+        processed.labels(*labels).inc(counts.processed)
 
 
 def mark_dead(pid: int) -> None:

@@ -62,10 +62,11 @@ def test_metrics_follow_jobs_as_they_run_and_fail(metrics_kiq, redis_server, r):
         redis_server.url,
     )
     wait_for(lambda: r.llen("results") == 41 and r.zcard("retry") == 3 and r.zcard("dead") == 1)
-    # workers write what they counted about once a second
-    after = wait_for(lambda: (t := scrape(port)) and value(
-        t, "kiq_jobs_processed_total", queue="default", **{"class": "RecordJob"}) == 40 and value(
-        t, "kiq_jobs_processed_total", queue="default", **{"class": "SlowJob"}) == 1 and t)
+    # workers write what they counted about once a second, a job's processed count last
+    expected = {"RecordJob": 40, "SlowJob": 1, "FailJob": 3, "StraightToDeadJob": 1}
+    after = wait_for(lambda: (t := scrape(port)) and all(
+        value(t, "kiq_jobs_processed_total", queue="default", **{"class": name}) == count
+        for name, count in expected.items()) and t)
     fail = {"queue": "default", "class": "FailJob"}
     assert value(after, "kiq_jobs_failed_total", **fail) == 3
     assert value(after, "kiq_jobs_retried_total", **fail) == 3
