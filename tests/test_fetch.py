@@ -559,6 +559,7 @@ def test_a_swept_worker_starts_none_of_the_jobs_it_had_prefetched(redis_server, 
     fetcher = make_fetcher(concurrency=1)
     running = take(fetcher)
     wait_for(lambda: len(wip(r)) == 5)  # one running, four prefetched
+    wait_for(lambda: fetcher._idle)  # its next round trip, which finds the queue empty, is made
     # It is paused past its TTL: its entry expires, another master sweeps it, and by the time
     # it runs again its lease has run out. (Nothing takes from its buffer meanwhile.)
     r.delete(IDENT)
@@ -605,6 +606,7 @@ def test_a_worker_reclaims_its_entry_while_redis_refuses_writes(redis_server, r,
     fetcher = make_fetcher(concurrency=1)
     running = take(fetcher)
     wait_for(lambda: len(wip(r)) == 3)
+    wait_for(lambda: fetcher._idle)  # no round trip of its own can find its entry gone before the sweep
     r.delete(IDENT)
     Recovery(connect(redis_server.url), Keys()).sweep()
     r.config_set("maxmemory-policy", "noeviction")
