@@ -176,6 +176,7 @@ return buried
 """
 
 Running = list[tuple[str, str | None]]  # per job a process was running: its digest, its counter
+UNREADABLE = (ValueError, AttributeError, RecursionError)  # not JSON, not an object, nested too deep
 
 
 class Recovery:
@@ -299,7 +300,7 @@ class Recovery:
         for entry in work:
             try:
                 payload = json.loads(entry).get("payload")
-            except (ValueError, AttributeError):
+            except UNREADABLE:
                 continue
             if isinstance(payload, str):
                 running.append((_digest(payload), self._counter(payload)))
@@ -309,7 +310,7 @@ class Recovery:
         """The recovery counter of a payload's jid; None for a payload without one."""
         try:
             jid = json.loads(payload).get("jid")
-        except (ValueError, AttributeError):
+        except UNREADABLE:
             return None
         return self.keys.recoveries(jid) if isinstance(jid, str) else None
 
