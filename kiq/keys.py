@@ -1,7 +1,8 @@
 """The names of kiq's Redis keys, as Python code builds them.
 
-The Lua scripts build the same names from the prefix they are given (kiq.fetch,
-kiq.recovery, kiq.lease, kiq.heartbeat); docs/redis.md lists every key.
+Some Lua scripts build the same names from the prefix they are given (kiq.recovery,
+kiq.lease, kiq.heartbeat); kiq.roundtrip's gets them from here, through KEYS[].
+docs/redis.md lists every key.
 
 Without a namespace the names are Sidekiq's own (see docs/redis.md), so Ruby
 Sidekiq, its API and its Web UI see kiq's data. kiq's private keys start with
@@ -39,6 +40,13 @@ class Keys:
         self.poison = p + "kiq:poison"
         self.schedule_channel = p + "kiq:schedule-wakeup"
         self.access_check = p + "kiq:access-check"  # never exists: the master's start-up check deletes it
+
+    def processed_on(self, date: str) -> str:
+        """Jobs processed on a UTC date (``day()``), as Sidekiq counts them."""
+        return f"{self.processed}:{date}"
+
+    def failed_on(self, date: str) -> str:
+        return f"{self.failed}:{date}"
 
     def queue(self, name: str) -> str:
         return f"{self.prefix}queue:{name}"
