@@ -41,11 +41,11 @@ FILL_BATCH = 1000
 FLOOR_QUEUE, FLOOR_WIP = "bench:floor", "bench:floor:wip"
 
 
-def fill(client: redis.Redis, jobs: int) -> None:
+def fill(client: redis.Redis, jobs: int, queue: str = QUEUE) -> None:
     """LPUSH ``jobs`` kiq payloads of the benchmark's no-op job."""
     template = json.dumps(build_payload("BenchNoop", []), separators=(",", ":"))
     jid = json.loads(template)["jid"]
-    key = Keys().queue(QUEUE)
+    key = Keys().queue(queue)
     pipe = client.pipeline(transaction=False)
     for start in range(0, jobs, FILL_BATCH):
         batch = [template.replace(jid, f"{n:024x}") for n in range(start, min(jobs, start + FILL_BATCH))]

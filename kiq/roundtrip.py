@@ -126,6 +126,9 @@ class Unit(NamedTuple):
     payload: str
 
 
+Ack = tuple[Unit, Outcome]
+
+
 class QueueOrder:
     """Weighted (``critical: 3, default: 1`` takes critical first 3 times in 4) or strict order."""
 
@@ -147,9 +150,6 @@ class QueueOrder:
         if self.strict or len(self.names) == 1:
             return []
         return random.choices(self._pool, k=count)
-
-
-Ack = tuple[Unit, Outcome]
 
 
 class RoundTrip:
@@ -180,20 +180,28 @@ class RoundTrip:
         now = time.time()
         if not self._today[0] <= now < self._today[1]:
             self._new_day(now)
+        number = self._number
+        reply = self._script(keys=self._keys, args=[
+            now, self.ttl_ms, *self._members, len(acks), *self._acknowledgements(acks),
+            want, len(picks), *[number[name] for name in picks], *[number[name] for name in order],
+        ])
+        if reply[0] == 0:
+            raise Lapsed(self.identity)
+        names = self.queues
+        return [Unit(names[reply[i] - 1], reply[i + 1]) for i in range(1, len(reply), 2)]
+
+    def _acknowledgements(self, acks: Sequence[Ack]) -> list[bytes | str | float]:
+        """The script's arguments for ``acks``: a job that succeeded needs its queue and payload
+        alone, the common case kept short since a batch may carry hundreds."""
         number, failed_number = self._number, self._failed_number
-        args: list[bytes | str | float | int] = [now, self.ttl_ms, *self._members, len(acks)]
+        args: list[bytes | str | float] = []
         for unit, outcome in acks:
             if outcome.failed or outcome.action:
                 args += [failed_number[unit.queue], wire(unit.payload), outcome.action, outcome.payload,
                          outcome.score, "1" if outcome.failed else "0"]
             else:
                 args += [number[unit.queue], wire(unit.payload)]
-        args += [want, len(picks), *[number[name] for name in picks], *[number[name] for name in order]]
-        reply = self._script(keys=self._keys, args=args)
-        if reply[0] == 0:
-            raise Lapsed(self.identity)
-        names = self.queues
-        return [Unit(names[reply[i] - 1], reply[i + 1]) for i in range(1, len(reply), 2)]
+        return args
 
     def _new_day(self, now: float) -> None:
         """Work out the keys for the UTC day of ``now`` (a clock set back may also need it)."""
