@@ -1,7 +1,7 @@
 """The Redis ceiling for kiq's own command pattern, with no job code and no threads.
 
 Each of ``processes`` loops (one connection each) does what a kiq worker's
-fetcher does per batch: one EVALSHA of ``kiq.fetch.ACK_AND_FETCH`` that
+fetcher does per batch: one round trip (``kiq.roundtrip.RoundTrip.send``) that
 acknowledges the k jobs it fetched last time and fetches k new ones. The queue
 is filled beforehand with payloads shaped like kiq's; jobs/s = all jobs
 fetched / the longest loop's time. Runs in kiq's virtualenv:
@@ -31,21 +31,21 @@ import redis
 from bench import jobs
 from bench.measure import percentile
 from kiq.client import build_payload
-from kiq.connection import connect, wire
-from kiq.fetch import ACK_AND_FETCH
-from kiq.keys import Keys, day
-from kiq.retry import DEAD_TIMEOUT
+from kiq.connection import connect
+from kiq.keys import Keys
+from kiq.retry import SUCCESS
+from kiq.roundtrip import Ack, RoundTrip
 
 QUEUE = "default"
 FILL_BATCH = 1000
 FLOOR_QUEUE, FLOOR_WIP = "bench:floor", "bench:floor:wip"
 
 
-def fill(client: redis.Redis, jobs: int) -> None:
+def fill(client: redis.Redis, jobs: int, queue: str = QUEUE) -> None:
     """LPUSH ``jobs`` kiq payloads of the benchmark's no-op job."""
     template = json.dumps(build_payload("BenchNoop", []), separators=(",", ":"))
     jid = json.loads(template)["jid"]
-    key = Keys().queue(QUEUE)
+    key = Keys().queue(queue)
     pipe = client.pipeline(transaction=False)
     for start in range(0, jobs, FILL_BATCH):
         batch = [template.replace(jid, f"{n:024x}") for n in range(start, min(jobs, start + FILL_BATCH))]
@@ -57,24 +57,19 @@ def fill(client: redis.Redis, jobs: int) -> None:
 
 def loop(redis_url: str, k: int, start_at: float, seconds: float, identity: str) -> dict[str, float]:
     conn = connect(redis_url, name=f"bench-ceiling-{identity}")
-    script = conn.register_script(ACK_AND_FETCH)
     keys = Keys()
-    acks: list[tuple[str, str]] = []
+    trip = RoundTrip(conn, keys, identity, [QUEUE], ttl=60.0)
+    conn.hset(keys.process(identity), "beat", time.time())  # the entry that every round trip extends
+    acks: list[Ack] = []
     fetched = 0
     time.sleep(max(0.0, start_at - time.time()))
     began = time.time()
     end = time.perf_counter() + seconds
     while True:
-        now = time.time()
-        args: list[str | bytes | float | int] = [keys.prefix, identity, now, day(now), now - DEAD_TIMEOUT,
-                                                 len(acks)]
-        for queue, payload in acks:
-            args += [queue, wire(payload), "", "", 0.0, "0"]
-        args += [k, 0, QUEUE]  # take k, no per-job picks, from the one queue
-        flat = script(args=args)
-        acks = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
-        fetched += len(acks)
-        if not acks or time.perf_counter() >= end:
+        units = trip.send(acks, k, [], [QUEUE])  # take k, no per-job picks, from the one queue
+        acks = [(unit, SUCCESS) for unit in units]
+        fetched += len(units)
+        if not units or time.perf_counter() >= end:
             break
     return {"jobs": fetched, "began": began, "ended": time.time()}
 

@@ -1,111 +1,41 @@
-"""Taking jobs from Redis into a worker, and acknowledging them, in batches.
+"""A worker's fetcher: the jobs it holds, and the one thread that moves them to and from Redis.
 
-One fetcher thread per worker process does all of the job traffic with Redis.
-Each round trip is one Lua call that acknowledges the jobs finished since the
-last call (removing them from the in-progress list, filing retries and dead
-jobs, counting stats) and moves up to N new jobs from the queues, in weighted
-or strict order, into this worker's in-progress lists. A job is therefore
-always in Redis: in its queue, in an in-progress list, or in a sorted set.
-
-When every queue is empty the fetcher goes idle, and for each queue one of the
-threads waiting in ``take`` blocks in BLMOVE (BRPOPLPUSH before Redis 6.2) and
-runs the job it catches itself: a job pushed to an idle worker starts at once,
-without waking another thread first. The worker runs one thread per job slot
-and one per queue, so that every queue has a thread to watch it while at most
+Processor threads never talk to Redis for kiq: they ``take`` a job from the fetcher's buffer
+and report it ``done``. The fetcher thread makes every round trip (kiq.roundtrip): one script
+call that sends the acknowledgements gathered since the last one and takes as many jobs as the
+worker has room for. When a round trip finds every queue empty the worker is idle, and threads
+waiting in ``take`` watch the queues (kiq.watch) until a job comes. The worker runs one thread
+per job slot and one per queue, so that every queue has a watcher while at most
 ``concurrency`` jobs run.
 
-Otherwise processor threads never talk to Redis for kiq: they ``take`` a unit
-from the local buffer and report it ``done``.
+The processor threads, the fetcher thread and the watchers share the state here under one
+lock: the buffer of jobs taken but not started (already in Redis's in-progress lists), the
+count of every job Redis holds for this worker (to find strays after a lost reply, and to
+reclaim after a lapse), the acknowledgements and give-backs waiting for the next round trip,
+and the lease (kiq.lease), without which no job starts. Threads in ``take`` wait on
+``_work_ready`` (a job to start, or a queue to watch); the fetcher thread waits on ``_wake``
+(a round trip to make).
 """
 
 from __future__ import annotations
 
-import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from collections.abc import Callable
 
 import redis
 
 from kiq import log
-from kiq.connection import Outage, connect, keep_trying, server_version, wire
+from kiq.connection import Outage, connect, keep_trying
 from kiq.heartbeat import Lapsed
-from kiq.keys import Keys, day
+from kiq.keys import Keys
 from kiq.lease import Lease, Reclaimer
 from kiq.recovery import Recovery
-from kiq.retry import TRIM_DEAD, Outcome
+from kiq.retry import Outcome
+from kiq.roundtrip import Ack, QueueOrder, RoundTrip, Unit
+from kiq.watch import Watchers
 
-# ARGV: prefix, identity, now, day, heartbeat TTL in ms, number of
-# acks, then per ack (queue, payload, action, new payload, score, failed), then how
-# many jobs to take, how many per-job queue picks follow, the picks, and the order
-# in which to try every queue when a pick is empty. Returns {0} and does nothing if
-# the worker's IDENTITY key has expired (kiq.lease), else 1, queue, payload, queue, ...
-# Extending the key's TTL comes first: Redis accepts it even at maxmemory, and then
-# the rest of the script.
-ACK_AND_FETCH = TRIM_DEAD + """
-local prefix, identity, now, today = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-if redis.call('PEXPIRE', prefix .. identity, ARGV[5]) == 0 then return {0} end
-local wip = prefix .. 'kiq:wip:' .. identity .. '|'
-local i = 7
-local processed, failed, died = 0, 0, false
-for _ = 1, tonumber(ARGV[6]) do
-  local queue, job, action = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  -- A job no longer in progress here was requeued (a stop, a sweep): filing it in retry
-  -- or dead as well would run it twice.
-  local held = redis.call('LREM', wip .. queue, -1, job) == 1
-  if held and action == 'retry' then
-    redis.call('ZADD', prefix .. 'retry', ARGV[i + 4], ARGV[i + 3])
-  elseif held and action == 'dead' then
-    redis.call('ZADD', prefix .. 'dead', ARGV[i + 4], ARGV[i + 3])
-    died = true
-  end
-  processed = processed + 1
-  if ARGV[i + 5] == '1' then failed = failed + 1 end
-  i = i + 6
-end
-local ttl = 5 * 365 * 24 * 3600
-if processed > 0 then
-  redis.call('INCRBY', prefix .. 'stat:processed', processed)
-  redis.call('INCRBY', prefix .. 'stat:processed:' .. today, processed)
-  redis.call('EXPIRE', prefix .. 'stat:processed:' .. today, ttl)
-end
-if failed > 0 then
-  redis.call('INCRBY', prefix .. 'stat:failed', failed)
-  redis.call('INCRBY', prefix .. 'stat:failed:' .. today, failed)
-  redis.call('EXPIRE', prefix .. 'stat:failed:' .. today, ttl)
-end
-if died then trim_dead(prefix .. 'dead', now) end
-local want, picks = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-local first, order = i + 2, i + 2 + picks
-local out, empty, touched = {1}, {}, {}
-local function take(queue)
-  if empty[queue] then return nil end
-  local job = redis.call('RPOPLPUSH', prefix .. 'queue:' .. queue, wip .. queue)
-  if not job then empty[queue] = true end
-  return job
-end
-for slot = 1, want do
-  local queue, job = ARGV[first + slot - 1], nil
-  if slot <= picks then job = take(queue) end
-  if not job then
-    for q = order, #ARGV do
-      queue = ARGV[q]
-      job = take(queue)
-      if job then break end
-    end
-  end
-  if not job then break end
-  out[#out + 1] = queue
-  out[#out + 1] = job
-  touched[queue] = true
-end
-for queue in pairs(touched) do redis.call('SADD', prefix .. 'kiq:wip', identity .. '|' .. queue) end
-return out
-"""
-
-BLOCK_SECONDS = 1
 PREFETCH_MIN = 20
 PREFETCH_MAX = 10  # times the floor
 PREFETCH_WORK = 0.1  # seconds of work a worker may hold beyond its running jobs
@@ -114,42 +44,9 @@ ACK_MAX_AGE = 0.03
 LEASE_WAIT = 0.05  # how often a thread waiting for the lease to be renewed looks again
 
 
-class QueueOrder:
-    """Weighted (``critical: 3, default: 1`` takes critical first 3 times in 4) or strict order."""
-
-    def __init__(self, queues: Sequence[tuple[str, int]], strict: bool) -> None:
-        self.names = [name for name, _ in queues]
-        self.strict = strict
-        self._pool = [name for name, weight in queues for _ in range(max(weight, 1))]
-
-    def order(self) -> list[str]:
-        if self.strict or len(self.names) == 1:
-            return self.names
-        pool = self._pool[:]
-        random.shuffle(pool)
-        return list(dict.fromkeys(pool))
-
-    def picks(self, count: int) -> list[str]:
-        """A weighted queue for each of ``count`` jobs, so that a batch keeps the proportions
-        a job-at-a-time fetch would have; none in strict order."""
-        if self.strict or len(self.names) == 1:
-            return []
-        return random.choices(self._pool, k=count)
-
-
 def thread_count(concurrency: int, queues: int) -> int:
     """Threads a worker runs to take jobs: one per job slot, and one per queue to watch."""
     return concurrency + queues
-
-
-class Unit(NamedTuple):
-    """One job taken from ``queue``, still in this worker's in-progress list.
-
-    A tuple: one is made, hashed and compared for every job, and a frozen dataclass cost
-    several times as much."""
-
-    queue: str
-    payload: str
 
 
 class Fetcher:
@@ -167,8 +64,6 @@ class Fetcher:
     ) -> None:
         """``ttl`` is the heartbeat TTL that each round trip extends, ``info`` the heartbeat's
         info field, for a worker that must recreate its entry (kiq.lease)."""
-        self.redis_url = redis_url
-        self.keys = keys
         self.identity = identity
         self.queues = queues
         self.concurrency = concurrency
@@ -178,12 +73,11 @@ class Fetcher:
         self._window_acks = 0
         self.conn = connect(redis_url, name=f"kiq-fetch-{identity}")
         self.recovery = Recovery(self.conn, keys)
-        self.ttl_ms = int(ttl * 1000)
+        self.round_trip = RoundTrip(self.conn, keys, identity, queues.names, ttl)
         self.lease = Lease(ttl)
         self._reclaimer = Reclaimer(self.conn, keys, identity, ttl, queues.names, info)
         self._lapsed = False
         self._retry_now = threading.Event()
-        self._script = self.conn.register_script(ACK_AND_FETCH)
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
         self._wake = threading.Condition(self._lock)
@@ -191,17 +85,16 @@ class Fetcher:
         self._giveback: list[Unit] = []
         self._held: dict[Unit, int] = {}  # taken from Redis, not yet acknowledged or given back
         self._resync = False
-        self._acks: list[tuple[Unit, Outcome]] = []
+        self._acks: list[Ack] = []
         self._first_ack_at = 0.0
         self._running = 0
         self._fetching = True
         self._closing = False
         self._idle = False  # the last fetch found every queue empty
-        self._unwatched: list[str] = []  # queues that no thread blocks on
-        self._watch_conns: dict[str, redis.Redis] = {}
-        self._blocking = "BLMOVE"
-        self._thread = threading.Thread(target=self._run, name="fetcher", daemon=True)
         self._outage = Outage("fetch")
+        self.watchers = Watchers(redis_url, keys, identity, queues.names, self._work_ready, self._caught,
+                                 self._lost, self._outage)
+        self._thread = threading.Thread(target=self._run, name="fetcher", daemon=True)
         self.log = log.get("kiq.fetch")
 
     # -- processor side -------------------------------------------------
@@ -214,8 +107,8 @@ class Fetcher:
     def take(self) -> Unit | None:
         """The next job to run, waiting for one; None once the worker stops fetching.
 
-        While the worker is idle the wait may be spent watching a queue (``_watch``);
-        a job caught there is this thread's to run, unless every slot is busy.
+        While the worker is idle the wait may be spent watching a queue (kiq.watch); a job
+        caught there is this thread's to run, unless every slot is busy.
         """
         while True:
             with self._lock:
@@ -228,7 +121,7 @@ class Fetcher:
                     if self._due():
                         self._wake.notify()
                     return unit
-            self._watch(queue)
+            self.watchers.watch(queue)
 
     def _wait_for_work(self) -> str | None:
         """Wait until a buffered job may start or the worker stops fetching (None), or a queue
@@ -237,8 +130,8 @@ class Fetcher:
             startable = self._buffer and self._running < self.concurrency
             if startable and self.lease.valid():
                 return None
-            if self._idle and self._unwatched and not startable:
-                return self._unwatched.pop()
+            if self._idle and not startable and (queue := self.watchers.claim()) is not None:
+                return queue
             self._work_ready.wait(LEASE_WAIT if startable else None)  # a job waits for the lease
         return None
 
@@ -268,6 +161,29 @@ class Fetcher:
         elif self._due():
             self._wake.notify()
 
+    # -- watcher side (kiq.watch), called with the lock held -------------
+
+    def _caught(self, unit: Unit | None) -> bool:
+        """File what a watcher's wait brought (a job, or None); whether it should wait again."""
+        if unit is not None:
+            self._hold([unit])
+            if self._fetching:
+                self._buffer.append(unit)
+                self._idle = False
+            else:
+                self._giveback.append(unit)
+            self._wake.notify()  # to look for more, or to give the job back
+            return False
+        if self._idle and self._fetching:
+            return True
+        if self._closing:
+            self._wake.notify()  # it may be the last watcher that close() waits for
+        return False
+
+    def _lost(self) -> None:
+        """A watcher's wait failed: its move may have happened, the reply lost."""
+        self._resync = True
+
     # -- lifecycle ------------------------------------------------------
 
     def start(self, alive: Callable[[], bool] = lambda: True) -> bool:
@@ -280,23 +196,11 @@ class Fetcher:
             time.sleep(seconds)
             return alive()
 
-        if not keep_trying(self._learn_server, wait):
+        if not keep_trying(lambda: self.watchers.open(self.conn), wait):
             return False
         self._outage.recovered()
-        name = f"kiq-wait-{self.identity}"
-        self._watch_conns = {q: connect(self.redis_url, blocking=True, name=name) for q in self.queues.names}
-        self._unwatched = list(self.queues.names)
         self._thread.start()
         return True
-
-    def _learn_server(self) -> bool:
-        """Learn the blocking move Redis has; False if Redis failed."""
-        try:
-            self._blocking = "BLMOVE" if server_version(self.conn) >= (6, 2) else "BRPOPLPUSH"
-            return True
-        except redis.RedisError as error:
-            self._outage.failed(error)
-            return False
 
     def quiet(self) -> None:
         """Stop taking jobs; jobs taken but not started go back to the front of their queues."""
@@ -309,8 +213,8 @@ class Fetcher:
 
     def close(self, timeout: float = 5.0) -> None:
         """Send the last acknowledgements and give-backs, then stop the fetcher. It waits for
-        the threads watching queues to leave them (within ``BLOCK_SECONDS``): a job one of them
-        catches now goes back too."""
+        the threads watching queues to leave them (within ``kiq.watch.BLOCK_SECONDS``): a job
+        one of them catches now goes back too."""
         self.quiet()
         with self._lock:
             self._closing = True
@@ -379,40 +283,21 @@ class Fetcher:
                 self._set_prefetch(wanted)
 
     def _run(self) -> None:
+        """The fetcher thread: a round trip whenever one is due, until the fetcher is closed
+        and has nothing left to send. A failed one keeps what it was to send for the next."""
         pause = 0.0
-        while True:
-            with self._lock:
-                while not self._due():
-                    if self._closing and not self._acks and self._watching() == 0:
-                        return
-                    self._wake.wait(ACK_MAX_AGE if self._acks else 0.5)
-                acks, self._acks = self._acks, []
-                giveback, self._giveback = self._giveback, []
-                want = self.capacity - len(self._buffer) - self._running if self._fetching else 0
-                order = self.queues.order() if want > 0 else []
-                picks = self.queues.picks(want) if want > 0 else []
+        while (due := self._next()) is not None:
+            acks, giveback, want = due
             try:
-                if self._lapsed:
-                    self._reclaim()
-                if self._resync:
-                    self._resync = False
-                    self._requeue_strays()
-                if giveback:
-                    self.recovery.give_back(self.identity, [(u.queue, u.payload) for u in giveback])
-                jobs = self._round_trip(acks, max(want, 0), picks, order)
+                jobs = self._exchange(acks, giveback, want)
             except Lapsed:
-                with self._lock:
-                    self._acks[:0] = acks
-                    self._giveback[:0] = giveback
+                self._keep(acks, giveback)
                 self.lapsed()
                 continue
             except Exception as error:
                 if not isinstance(error, redis.RedisError):
                     self.log.exception("fetch failed unexpectedly")
-                with self._lock:
-                    self._acks[:0] = acks
-                    self._giveback[:0] = giveback
-                    self._resync = True
+                self._keep(acks, giveback, resync=True)
                 pause = self._outage.failed(error, pause)
                 self._retry_now.wait(pause)  # or sooner: the heartbeat found Redis back (lapsed)
                 self._retry_now.clear()
@@ -423,6 +308,44 @@ class Fetcher:
                 self._release(giveback)
             self._adapt_prefetch(len(acks))
             self._receive(jobs, idle=want > 0 and not jobs)
+
+    def _next(self) -> tuple[list[Ack], list[Unit], int] | None:
+        """Wait until a round trip is due; then what it sends and how many jobs it wants. None
+        once closed with nothing to send and no watcher left to catch a job."""
+        with self._lock:
+            while not self._due():
+                if self._closing and not self._acks and self.watchers.watching == 0:
+                    return None
+                self._wake.wait(ACK_MAX_AGE if self._acks else 0.5)
+            acks, self._acks = self._acks, []
+            giveback, self._giveback = self._giveback, []
+            want = self.capacity - len(self._buffer) - self._running if self._fetching else 0
+            return acks, giveback, max(want, 0)
+
+    def _keep(self, acks: list[Ack], giveback: list[Unit], resync: bool = False) -> None:
+        """Put back what a failed round trip was to send, ahead of what came since."""
+        with self._lock:
+            self._acks[:0] = acks
+            self._giveback[:0] = giveback
+            self._resync = self._resync or resync
+
+    def _exchange(self, acks: list[Ack], giveback: list[Unit], want: int) -> list[Unit]:
+        """Everything one turn of the fetcher sends: a reclaim after a lapse, a resync after a
+        failed call, give-backs, then the round trip (skipped when it has nothing to do)."""
+        if self._lapsed:
+            self._reclaim()
+        if self._resync:
+            self._resync = False
+            self._requeue_strays()
+        if giveback:
+            self.recovery.give_back(self.identity, [(u.queue, u.payload) for u in giveback])
+        if not acks and want == 0 and self.lease.valid():
+            return []
+        picks, order = (self.queues.picks(want), self.queues.order()) if want else ([], [])
+        sent = time.monotonic()
+        jobs = self.round_trip.send(acks, want, picks, order)
+        self.renewed(sent)
+        return jobs
 
     def _hold(self, units: list[Unit]) -> None:
         """Count units that Redis now holds for this worker (called with the lock held)."""
@@ -449,25 +372,6 @@ class Fetcher:
         moved = self.recovery.requeue_strays(self.identity, [u.payload for u in held])
         if moved:
             self.log.warning("requeued jobs whose fetch reply was lost", jobs=moved)
-
-    def _round_trip(self, acks: list[tuple[Unit, Outcome]], want: int, picks: list[str],
-                    order: list[str]) -> list[Unit]:
-        """Send ``acks`` and take up to ``want`` jobs; raises Lapsed if the worker's entry expired."""
-        if not acks and want == 0 and self.lease.valid():
-            return []
-        now, sent = time.time(), time.monotonic()
-        args: list[str | bytes | float | int] = [
-            self.keys.prefix, self.identity, now, day(now), self.ttl_ms, len(acks)
-        ]
-        for unit, outcome in acks:
-            args += [unit.queue, wire(unit.payload), outcome.action, outcome.payload, outcome.score,
-                     "1" if outcome.failed else "0"]
-        args += [want, len(picks), *picks, *order]
-        flat = self._script(args=args)
-        if flat[0] == 0:
-            raise Lapsed(self.identity)
-        self.renewed(sent)
-        return [Unit(flat[i], flat[i + 1]) for i in range(1, len(flat), 2)]
 
     def _reclaim(self) -> None:
         """Recreate this worker's entry, and drop the jobs it holds that a sweep requeued."""
@@ -507,59 +411,6 @@ class Fetcher:
             self._work_ready.notify(min(len(jobs), self.concurrency - self._running))
             if idle:
                 self._idle = True
-                self._work_ready.notify(len(self._unwatched))
+                self._work_ready.notify(len(self.watchers.free))
             elif jobs:
                 self._idle = False
-
-    def _watching(self) -> int:
-        return len(self.queues.names) - len(self._unwatched)
-
-    # -- watching a queue while idle --------------------------------------
-
-    def _watch(self, queue: str) -> None:
-        """Block on ``queue`` while the worker is idle. A job that arrives goes to the buffer,
-        where this thread, back in ``take``, picks it up; the fetcher wakes to look for more.
-        A thread that dies here leaves the queue to the next watcher."""
-        try:
-            self._watch_until_caught(queue)
-        except BaseException:
-            with self._lock:
-                self._unwatched.append(queue)
-                self._work_ready.notify()
-            raise
-
-    def _watch_until_caught(self, queue: str) -> None:
-        conn = self._watch_conns[queue]
-        src, dst = self.keys.queue(queue), self.keys.wip(self.identity, queue)
-        pause = 0.0
-        while True:
-            try:
-                if self._blocking == "BLMOVE":
-                    job = conn.blmove(src, dst, BLOCK_SECONDS, "RIGHT", "LEFT")
-                else:
-                    job = conn.brpoplpush(src, dst, BLOCK_SECONDS)
-                pause = self._outage.recovered()
-            except redis.RedisError as error:
-                job = None
-                with self._lock:
-                    self._resync = True
-                pause = self._outage.failed(error, pause)
-                time.sleep(pause)
-            with self._lock:
-                if job is not None:
-                    self._caught(Unit(queue, str(job)))
-                if job is not None or not (self._idle and self._fetching):
-                    self._unwatched.append(queue)
-                    if self._closing:
-                        self._wake.notify()
-                    return
-
-    def _caught(self, unit: Unit) -> None:
-        """File a job a watcher took from Redis (called with the lock held)."""
-        self._hold([unit])
-        if not self._fetching:
-            self._giveback.append(unit)
-        else:
-            self._buffer.append(unit)
-            self._idle = False
-        self._wake.notify()

@@ -44,15 +44,15 @@ class Keys:
         self.schedule_channel = p + "kiq:schedule-wakeup"
         self.access_check = p + "kiq:access-check"  # never exists: the master's start-up check deletes it
 
+    def processed_on(self, date: str) -> str:
+        """Jobs processed on a UTC date (``day()``), as Sidekiq counts them."""
+        return f"{self.processed}:{date}"
+
+    def failed_on(self, date: str) -> str:
+        return f"{self.failed}:{date}"
+
     def queue(self, name: str) -> str:
         return f"{self.prefix}queue:{name}"
-
-    def processed_on(self, day: str) -> str:
-        """Jobs processed on a UTC date (``day()``), as Sidekiq counts them."""
-        return f"{self.processed}:{day}"
-
-    def failed_on(self, day: str) -> str:
-        return f"{self.failed}:{day}"
 
     def process(self, identity: str) -> str:
         return self.prefix + identity

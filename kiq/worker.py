@@ -41,11 +41,12 @@ import setproctitle
 from kiq import exits, heartbeat, job, log, metrics
 from kiq.config import Config
 from kiq.connection import Outage, connect, keep_trying
-from kiq.fetch import Fetcher, QueueOrder, Unit
+from kiq.fetch import Fetcher
 from kiq.keys import Keys, member
 from kiq.ledger import Ledger
 from kiq.processor import describe, prepare, run, timed_out, unhandled
 from kiq.retry import Outcome
+from kiq.roundtrip import QueueOrder, Unit
 from kiq.signals import SignalQueue
 
 WORKER_SIGNALS = (signal.SIGTERM, signal.SIGTSTP, signal.SIGUSR1)

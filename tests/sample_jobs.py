@@ -190,7 +190,7 @@ class ThreadKillerJob(kiq.Job):
             for ident, frame in sys._current_frames().items():
                 current: object = frame
                 while current is not None:
-                    if current.f_code.co_name == "_watch":  # type: ignore[attr-defined]
+                    if current.f_code.co_name == "watch" and current.f_code.co_filename.endswith("watch.py"):  # type: ignore[attr-defined]
                         return ident
                     current = current.f_back  # type: ignore[attr-defined]
             return None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import json
 import queue
 import threading
@@ -14,11 +13,12 @@ import redis
 from conftest import wait_for
 
 from kiq.connection import connect
-from kiq.fetch import PREFETCH_MAX, PREFETCH_MIN, Fetcher, QueueOrder, Unit
+from kiq.fetch import PREFETCH_MAX, PREFETCH_MIN, Fetcher
 from kiq.heartbeat import Heartbeat
 from kiq.keys import Keys
 from kiq.recovery import Recovery
 from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT, SUCCESS, Outcome
+from kiq.roundtrip import QueueOrder, Unit
 
 IDENT = "host:1:abc"
 MakeFetcher = Callable[..., Fetcher]
@@ -50,7 +50,7 @@ def unblock_watchers(r, fetcher: Fetcher, timeout: float = 3.0) -> None:
     quiet, it then leaves its queue and its take() returns None.
     """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and fetcher._watching():
+    while time.monotonic() < deadline and fetcher.watchers.watching:
         for client in r.client_list():
             if client["name"] == f"kiq-wait-{fetcher.identity}" and "b" in client["flags"]:
                 r.client_unblock(client["id"])
@@ -335,7 +335,7 @@ def test_namespace(r, make_fetcher):
     assert not r.exists("stat:processed", "stat:failed", "retry", "kiq:wip")
 
 
-# Idle workers and queue order
+# Idle workers and strict order
 
 
 def test_idle_fetcher_picks_up_a_new_job_at_once_on_every_queue(r, make_fetcher):
@@ -415,35 +415,6 @@ def test_strict_order_drains_queues_in_the_order_given(r, make_fetcher):
         got.append(unit.payload)
         fetcher.done(unit, SUCCESS)
     assert got == [f"{name}{n}" for name in "cab" for n in range(5)]
-
-
-def test_strict_order_is_fixed():
-    order = QueueOrder([("c", 1), ("a", 1), ("b", 1)], strict=True)
-    assert all(order.order() == ["c", "a", "b"] for _ in range(100))
-    assert QueueOrder([("only", 5)], strict=False).order() == ["only"]
-
-
-@pytest.mark.parametrize(
-    "weights",
-    [{"critical": 3, "default": 1}, {"a": 3, "b": 2, "c": 1}, {"x": 1, "y": 1}, {"big": 10, "small": 1}],
-)
-def test_weighted_order_puts_each_queue_first_in_proportion_to_its_weight(weights):
-    order = QueueOrder(list(weights.items()), strict=False)
-    samples = 20_000
-    first: collections.Counter[str] = collections.Counter()
-    for _ in range(samples):
-        names = order.order()
-        assert sorted(names) == sorted(weights)  # every queue, once, every time
-        first[names[0]] += 1
-    total = sum(weights.values())
-    for name, weight in weights.items():
-        # 20,000 samples: the standard error is under 0.0036, so 0.02 is more than 5 sigma.
-        assert abs(first[name] / samples - weight / total) < 0.02, (name, first)
-
-
-def test_weighted_order_varies():
-    order = QueueOrder([("a", 1), ("b", 1), ("c", 1)], strict=False)
-    assert len({tuple(order.order()) for _ in range(500)}) == 6
 
 
 # Quiet and close

@@ -20,11 +20,6 @@ from kiq.keys import Keys, member, owner
 
 PACKAGE = ROOT / "kiq"
 
-# kiq.fetch's ACK_AND_FETCH still builds its key names from the prefix it is given: it is
-# converted on the fetch-split branch, with the fetcher's other key names, and the lead removes
-# this exception when merging that branch. Module -> the one script (and the prefix it is passed).
-EXCEPTIONS = {"fetch": "ACK_AND_FETCH"}
-
 KEYLESS = {"TIME", "PUBLISH", "PING", "ECHO"}
 ALL_KEYS = {"DEL", "UNLINK", "EXISTS", "TOUCH", "MGET"}
 TWO_KEYS = {"RPOPLPUSH", "LMOVE", "SMOVE", "RENAME"}
@@ -118,6 +113,12 @@ def sources(lua: str, name: str) -> list[str] | None:
     return found
 
 
+def key_function(lua: str, name: str) -> bool:
+    """Whether ``name`` is a local function that only returns one of ``KEYS[]``."""
+    found = re.search(rf"\blocal\s+function\s+{name}\s*\([^)]*\)\s*return\s+(.*?)\s+end\b", lua)
+    return bool(found and DECLARED.fullmatch(found.group(1)))
+
+
 def parameter(lua: str, name: str) -> bool:
     return bool(re.search(rf"\bfunction\s+\w+\s*\([^)]*\b{name}\b", lua))
 
@@ -135,6 +136,8 @@ def undeclared(lua: str, expression: str, seen: frozenset[str] = frozenset()) ->
         return f"builds the key {expression!r} with '..'"
     if "ARGV" in expression:
         return f"takes the key {expression!r} from ARGV"
+    if (call := re.fullmatch(r"([A-Za-z_]\w*)\(.*\)", expression)) and key_function(lua, call.group(1)):
+        return None
     if not re.fullmatch(r"[A-Za-z_]\w*", expression):
         return f"uses {expression!r} as a key"
     values = sources(lua, expression)
@@ -212,13 +215,11 @@ def lua_strings(lua: str) -> list[str]:
 def test_every_script_is_found():
     assert {"heartbeat.BEAT", "lease.RECLAIM", "recovery.REQUEUE_ALL", "recovery.SWEEP", "recovery.GIVE_BACK",
             "recovery.REQUEUE_STRAYS", "recovery.BURY", "scheduler.MOVE", "api.KILL", "periodic.FIRE",
-            "retry.TRIM_DEAD", "connection.ACCESS_CHECK", "fetch.ACK_AND_FETCH"} <= set(scripts())
+            "retry.TRIM_DEAD", "connection.ACCESS_CHECK", "roundtrip.ACK_AND_FETCH"} <= set(scripts())
 
 
 def test_every_script_receives_every_key_it_touches_in_KEYS():
-    excepted = {f"{module}.{name}" for module, name in EXCEPTIONS.items()}
-    problems = {name: found for name, lua in scripts().items()
-                if name not in excepted and (found := script_problems(lua))}
+    problems = {name: found for name, lua in scripts().items() if (found := script_problems(lua))}
     assert not problems, problems
 
 
@@ -238,14 +239,10 @@ def module_problems(module: str, fragments: set[str]) -> list[str]:
     skip = {id(body[0].value) for node in ast.walk(tree)  # docstrings
             if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
             and (body := node.body) and isinstance(body[0], ast.Expr)}
-    skip |= {id(inner) for node in tree.body if isinstance(node, ast.Assign)
-             and any(isinstance(t, ast.Name) and t.id == EXCEPTIONS.get(module) for t in node.targets)
-             for inner in ast.walk(node)}
     problems = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Attribute) and re.fullmatch(r"(\w+_)?prefix", node.attr):
-            if module not in EXCEPTIONS:
-                problems.append(f"{module}:{node.lineno} reads .{node.attr}")
+            problems.append(f"{module}:{node.lineno} reads .{node.attr}")
         elif isinstance(node, (ast.JoinedStr, ast.BinOp)) and (named := extended(node, names)):
             problems.append(f"{module}:{node.lineno} builds a name from Keys' {named}")
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in skip:
@@ -267,6 +264,7 @@ def test_the_reading_finds_keys_built_in_a_script():
         "for _, key in ipairs(KEYS) do redis.call('GET', key) end": "other than KEYS",
         "redis.call('GET', other)": "without saying",
         "redis.call(ARGV[1], KEYS[1])": "named at run time",
+        "local function wip(q) return 'kiq:wip:' .. q end\nredis.call('LLEN', wip(1))": "uses 'wip(1)'",
     }
     for lua, reason in bad.items():
         problems = script_problems(lua)
@@ -281,6 +279,7 @@ def test_the_reading_accepts_keys_from_KEYS():
         "trim(KEYS[2], ARGV[1])",
         "redis.call('SREM', KEYS[1], ARGV[1] .. '|' .. ARGV[2])",  # a member, not a key
         "local t = redis.call('TIME')",
+        "local function wip(q) return KEYS[8 + 2 * q] end\nredis.call('LLEN', wip(1))",
     ]
     for lua in good:
         assert script_problems(lua) == [], lua

@@ -54,8 +54,8 @@ def test_no_module_imports_itself_through_others():
 def test_the_layers_below_the_job_runtime_never_import_it():
     """The scheduler, recovery and the fetcher run in the master or below the job runtime: reading
     payloads must not pull in job classes, arguments, global IDs or adapters."""
-    below = ("payload", "scheduler", "recovery", "sweep", "fetch", "lease", "ledger", "heartbeat", "keys",
-             "connection")
+    below = ("payload", "scheduler", "recovery", "sweep", "fetch", "roundtrip", "watch", "lease", "ledger",
+             "heartbeat", "keys", "connection")
     for module in below:
         assert not RUNTIME & reached(module), f"kiq.{module} imports {sorted(RUNTIME & reached(module))}"
 

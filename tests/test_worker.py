@@ -7,9 +7,10 @@ import threading
 import time
 
 from kiq.config import Config
-from kiq.fetch import Fetcher, QueueOrder
+from kiq.fetch import Fetcher
 from kiq.keys import Keys
 from kiq.ledger import Ledger
+from kiq.roundtrip import QueueOrder
 from kiq.worker import Worker
 
 IDENT = "host:1:abc"

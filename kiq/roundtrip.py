@@ -1,0 +1,213 @@
+"""A worker's round trip to Redis: acknowledge the jobs it finished and take new ones, in one call.
+
+The fetcher (kiq.fetch) makes every round trip through ``RoundTrip.send``, one call of the
+ACK_AND_FETCH script, which atomically, for one worker:
+
+1. extends the worker's entry (its heartbeat key); if the entry has expired, does nothing
+   else and ``send`` raises Lapsed (kiq.lease);
+2. removes each finished job from the worker's in-progress list, files it in ``retry`` or
+   ``dead`` when its outcome says so and the job was still there, and counts the stats;
+3. moves up to the wanted number of jobs from the queues into the worker's in-progress lists,
+   each from its weighted pick or else from the first queue in the round trip's order that
+   has one, and registers those lists in ``kiq:wip``.
+
+So a job is always in Redis: in its queue, in an in-progress list, or in a sorted set. Every
+key reaches the script through ``KEYS[]`` (Redis's rule for scripts, which Redis Cluster
+enforces); the list is worked out once and again when the UTC day, and so the daily stat
+keys, changes.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import redis
+
+from kiq.connection import wire
+from kiq.heartbeat import Lapsed
+from kiq.keys import Keys, day
+from kiq.retry import TRIM_DEAD, Outcome
+
+DAY = 24 * 3600
+STAT_TTL = 5 * 365 * DAY
+
+# KEYS: the worker's entry, retry, dead, stat:processed, stat:failed, today's stat:processed:DATE
+# and stat:failed:DATE, kiq:wip, then for each queue Q of the worker (Q = 1, 2, ...) its
+# queue:NAME and its in-progress list kiq:wip:IDENTITY|NAME.
+# ARGV: now, the heartbeat TTL in ms, each queue's member of kiq:wip (IDENTITY|NAME), how many
+# acknowledgements follow, then each one: Q, PAYLOAD for a job that succeeded, or
+# -Q, PAYLOAD, ACTION, NEW PAYLOAD, SCORE, FAILED for any other end; then how many jobs to take,
+# how many per-job picks follow, the picks, and the order in which to try every queue when a
+# pick is empty (queues by Q).
+# Returns {0} if the worker's entry has expired, else 1, Q, PAYLOAD, Q, PAYLOAD, ...
+# Extending the entry comes first: Redis accepts it even at maxmemory, and then the rest of
+# the script.
+ACK_AND_FETCH = TRIM_DEAD + """
+if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 0 then return {0} end
+local queues = (#KEYS - 8) / 2
+local function queue(q) return KEYS[7 + 2 * q] end
+local function wip(q) return KEYS[8 + 2 * q] end
+local i = 4 + queues
+local processed, failed, died = 0, 0, false
+for _ = 1, tonumber(ARGV[3 + queues]) do
+  local q, job = tonumber(ARGV[i]), ARGV[i + 1]
+  if q > 0 then
+    redis.call('LREM', wip(q), -1, job)
+    i = i + 2
+  else
+    -- A job no longer in progress here was requeued (a stop, a sweep): filing it in retry
+    -- or dead as well would run it twice.
+    local held = redis.call('LREM', wip(-q), -1, job) == 1
+    local action = ARGV[i + 2]
+    if held and action == 'retry' then
+      redis.call('ZADD', KEYS[2], ARGV[i + 4], ARGV[i + 3])
+    elseif held and action == 'dead' then
+      redis.call('ZADD', KEYS[3], ARGV[i + 4], ARGV[i + 3])
+      died = true
+    end
+    if ARGV[i + 5] == '1' then failed = failed + 1 end
+    i = i + 6
+  end
+  processed = processed + 1
+end
+if processed > 0 then
+  redis.call('INCRBY', KEYS[4], processed)
+  redis.call('INCRBY', KEYS[6], processed)
+  redis.call('EXPIRE', KEYS[6], __STAT_TTL__)
+end
+if failed > 0 then
+  redis.call('INCRBY', KEYS[5], failed)
+  redis.call('INCRBY', KEYS[7], failed)
+  redis.call('EXPIRE', KEYS[7], __STAT_TTL__)
+end
+if died then trim_dead(KEYS[3], ARGV[1]) end
+local want, picks = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
+local first, order = i + 2, i + 2 + picks
+local out, empty, touched = {1}, {}, {}
+local function take(q)
+  if empty[q] then return nil end
+  local job = redis.call('RPOPLPUSH', queue(q), wip(q))
+  if not job then empty[q] = true end
+  return job
+end
+for slot = 1, want do
+  local q, job = nil, nil
+  if slot <= picks then
+    q = tonumber(ARGV[first + slot - 1])
+    job = take(q)
+  end
+  if not job then
+    for o = order, #ARGV do
+      q = tonumber(ARGV[o])
+      job = take(q)
+      if job then break end
+    end
+  end
+  if not job then break end
+  out[#out + 1] = q
+  out[#out + 1] = job
+  touched[q] = true
+end
+for q in pairs(touched) do redis.call('SADD', KEYS[8], ARGV[2 + q]) end
+return out
+""".replace("__STAT_TTL__", str(STAT_TTL))
+
+
+class Unit(NamedTuple):
+    """One job taken from ``queue``, still in this worker's in-progress list.
+
+    A tuple: one is made, hashed and compared for every job, and a frozen dataclass cost
+    several times as much."""
+
+    queue: str
+    payload: str
+
+
+Ack = tuple[Unit, Outcome]
+
+
+class QueueOrder:
+    """Weighted (``critical: 3, default: 1`` takes critical first 3 times in 4) or strict order."""
+
+    def __init__(self, queues: Sequence[tuple[str, int]], strict: bool) -> None:
+        self.names = [name for name, _ in queues]
+        self.strict = strict
+        self._pool = [name for name, weight in queues for _ in range(max(weight, 1))]
+
+    def order(self) -> list[str]:
+        if self.strict or len(self.names) == 1:
+            return self.names
+        pool = self._pool[:]
+        random.shuffle(pool)
+        return list(dict.fromkeys(pool))
+
+    def picks(self, count: int) -> list[str]:
+        """A weighted queue for each of ``count`` jobs, so that a batch keeps the proportions
+        a job-at-a-time fetch would have; none in strict order."""
+        if self.strict or len(self.names) == 1:
+            return []
+        return random.choices(self._pool, k=count)
+
+
+class RoundTrip:
+    """ACK_AND_FETCH for one worker: its keys, its arguments and its reply."""
+
+    def __init__(self, conn: redis.Redis, keys: Keys, identity: str, queues: Sequence[str],
+                 ttl: float) -> None:
+        """``queues`` are every queue the worker takes from, ``ttl`` its heartbeat TTL, which
+        each call extends."""
+        self.keys = keys
+        self.identity = identity
+        self.queues = list(queues)
+        self.ttl_ms = int(ttl * 1000)
+        # Sent as bytes, which redis-py passes on without encoding them again for every call.
+        self._number = {name: wire(str(q)) for q, name in enumerate(self.queues, 1)}
+        self._failed_number = {name: wire(f"-{q}") for q, name in enumerate(self.queues, 1)}
+        self._members = [wire(f"{identity}|{name}") for name in self.queues]
+        self._queue_keys = [wire(key) for name in self.queues
+                            for key in (keys.queue(name), keys.wip(identity, name))]
+        self._keys: list[bytes] = []
+        self._today = (0.0, 0.0)  # the UTC day that the stat keys in _keys count, from and until
+        self._script = conn.register_script(ACK_AND_FETCH)
+
+    def send(self, acks: Sequence[Ack], want: int, picks: Sequence[str], order: Sequence[str]) -> list[Unit]:
+        """Acknowledge ``acks`` and take up to ``want`` jobs: the n-th from ``picks[n]`` if it has
+        one, else from the first queue in ``order`` that has one. Raises Lapsed if the worker's
+        entry had expired, having done nothing."""
+        now = time.time()
+        if not self._today[0] <= now < self._today[1]:
+            self._new_day(now)
+        number = self._number
+        reply = self._script(keys=self._keys, args=[
+            now, self.ttl_ms, *self._members, len(acks), *self._acknowledgements(acks),
+            want, len(picks), *[number[name] for name in picks], *[number[name] for name in order],
+        ])
+        if reply[0] == 0:
+            raise Lapsed(self.identity)
+        names = self.queues
+        return [Unit(names[reply[i] - 1], reply[i + 1]) for i in range(1, len(reply), 2)]
+
+    def _acknowledgements(self, acks: Sequence[Ack]) -> list[bytes | str | float]:
+        """The script's arguments for ``acks``: a job that succeeded needs its queue and payload
+        alone, the common case kept short since a batch may carry hundreds."""
+        number, failed_number = self._number, self._failed_number
+        args: list[bytes | str | float] = []
+        for unit, outcome in acks:
+            if outcome.failed or outcome.action:
+                args += [failed_number[unit.queue], wire(unit.payload), outcome.action, outcome.payload,
+                         outcome.score, "1" if outcome.failed else "0"]
+            else:
+                args += [number[unit.queue], wire(unit.payload)]
+        return args
+
+    def _new_day(self, now: float) -> None:
+        """Work out the keys for the UTC day of ``now`` (a clock set back may also need it)."""
+        start = now // DAY * DAY
+        self._today = (start, start + DAY)
+        date, keys = day(now), self.keys
+        fixed = [keys.process(self.identity), keys.retry, keys.dead, keys.processed, keys.failed,
+                 keys.processed_on(date), keys.failed_on(date), keys.wip_registry]
+        self._keys = [wire(key) for key in fixed] + self._queue_keys

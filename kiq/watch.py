@@ -1,0 +1,114 @@
+"""The idle watchers: while every queue of a worker is empty, a thread blocks on each queue.
+
+When a round trip finds every queue empty the worker is idle, and polling would leave a job
+pushed now waiting for the next poll. Instead, for each queue, one of the threads waiting in
+``Fetcher.take`` blocks in BLMOVE (BRPOPLPUSH before Redis 6.2) on that queue's own
+connection, which moves a job into the worker's in-progress list the moment it is pushed. The
+watcher hands the job to the fetcher, whose buffer that same thread then takes it from: a job
+pushed to an idle worker starts at once, without waking another thread first.
+
+The watchers share the fetcher's lock. Which queues are free to watch changes together with
+the fetcher's idle state: a queue freed while the worker is idle must have a thread woken to
+watch it, or a job pushed there would wait until the next round trip, which an idle worker
+does not make.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+import redis
+
+from kiq.connection import Outage, connect, server_version
+from kiq.keys import Keys
+from kiq.roundtrip import Unit
+
+BLOCK_SECONDS = 1
+
+
+class Watchers:
+    """The watch connections of one worker, which of its queues no thread watches, and the
+    wait on one queue.
+
+    A watcher reports the end of each wait to ``caught`` (the job, or None if none came), with
+    the shared lock held: the fetcher files the job and says whether to wait again. A wait
+    that failed is reported to ``lost`` first (lock held too): the move may have happened, its
+    reply lost with the connection."""
+
+    def __init__(self, redis_url: str, keys: Keys, identity: str, queues: Sequence[str],
+                 ready: threading.Condition, caught: Callable[[Unit | None], bool],
+                 lost: Callable[[], None], outage: Outage) -> None:
+        """``ready`` is the condition, on the shared lock, that threads wait on in ``take``."""
+        self.redis_url = redis_url
+        self.keys = keys
+        self.identity = identity
+        self.queues = list(queues)
+        self.free = list(queues)  # queues that no thread watches (guarded by the shared lock)
+        self.blocking = "BLMOVE"
+        self._ready = ready
+        self._caught = caught
+        self._lost = lost
+        self._outage = outage
+        self._conns: dict[str, redis.Redis] = {}
+
+    def open(self, conn: redis.Redis) -> bool:
+        """Learn through ``conn`` which blocking move Redis has, then make a connection for
+        each queue; False if Redis failed."""
+        try:
+            self.blocking = "BLMOVE" if server_version(conn) >= (6, 2) else "BRPOPLPUSH"
+        except redis.RedisError as error:
+            self._outage.failed(error)
+            return False
+        name = f"kiq-wait-{self.identity}"
+        self._conns = {queue: connect(self.redis_url, blocking=True, name=name) for queue in self.queues}
+        return True
+
+    @property
+    def watching(self) -> int:
+        """How many queues a thread watches now."""
+        return len(self.queues) - len(self.free)
+
+    def claim(self) -> str | None:
+        """A queue that no thread watches, now the caller's to watch (lock held)."""
+        return self.free.pop() if self.free else None
+
+    def watch(self, queue: str) -> None:
+        """Wait on ``queue`` until a job comes or the fetcher wants no more waiting, then free
+        it. A thread that dies here frees the queue too, and wakes another to take it up:
+        without that, an idle worker would never take a job from that queue again."""
+        try:
+            self._wait(queue)
+        except BaseException:
+            with self._ready:
+                self.free.append(queue)
+                self._ready.notify()
+            raise
+
+    def _wait(self, queue: str) -> None:
+        conn = self._conns[queue]
+        source, target = self.keys.queue(queue), self.keys.wip(self.identity, queue)
+        pause = 0.0
+        while True:
+            try:
+                job = self._move(conn, source, target)
+                pause = self._outage.recovered()
+            except redis.RedisError as error:
+                job = None
+                with self._ready:
+                    self._lost()
+                pause = self._outage.failed(error, pause)
+                time.sleep(pause)
+            with self._ready:
+                if not self._caught(None if job is None else Unit(queue, job)):
+                    self.free.append(queue)
+                    return
+
+    def _move(self, conn: redis.Redis, source: str, target: str) -> str | None:
+        """Move a job pushed to ``source`` into ``target``; None if none came within BLOCK_SECONDS."""
+        if self.blocking == "BLMOVE":
+            job = conn.blmove(source, target, BLOCK_SECONDS, "RIGHT", "LEFT")
+        else:
+            job = conn.brpoplpush(source, target, BLOCK_SECONDS)
+        return None if job is None else str(job)
