@@ -65,6 +65,11 @@ class Keys:
         """
         return f"{self.wip_prefix}{identity}|{queue}"
 
+    def daily(self, counter: str, date: str) -> str:
+        """One day's count of ``counter`` (``processed`` or ``failed``), as Sidekiq keeps it:
+        ``stat:processed:2026-12-01``."""
+        return f"{counter}:{date}"
+
     def periodic(self, name: str) -> str:
         """A periodic entry's state hash: ``last`` tick, its ``jid`` and ``enqueued_at``,
         ``schedule`` and ``since`` (when that schedule was first seen)."""
