@@ -1,0 +1,69 @@
+"""Data in Sidekiq's layout for the dashboard's tests, written the way Sidekiq 6.4 and kiq write it."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from typing import Any
+
+import redis
+
+SCRIPT = "<script>alert('x')</script>"
+
+
+def dump(job: dict[str, Any]) -> str:
+    """Compact JSON without ASCII escapes, like Ruby's JSON.generate."""
+    return json.dumps(job, separators=(",", ":"), ensure_ascii=False)
+
+
+def jid(n: int) -> str:
+    return f"{n:024x}"
+
+
+def job(n: int, queue: str = "default", job_class: str = "RecordJob", **extra: Any) -> dict[str, Any]:
+    now = time.time()
+    payload: dict[str, Any] = {"retry": True, "queue": queue, "class": job_class, "args": [f"t{n}"],
+                               "jid": jid(n), "created_at": now - 300, "enqueued_at": now - 300}
+    payload.update(extra)
+    return payload
+
+
+def failure(n: int, queue: str = "default", **extra: Any) -> dict[str, Any]:
+    fields = {"retry_count": 3, "error_class": "RuntimeError", "error_message": f"boom {n}",
+              "failed_at": time.time() - 200, "retried_at": time.time() - 100}
+    return job(n, queue, **{**fields, **extra})
+
+
+def push(r: redis.Redis, queue: str, *jobs: dict[str, Any]) -> None:
+    """Enqueue as a Sidekiq client does: SADD queues, LPUSH (oldest pushed first)."""
+    r.sadd("queues", queue)
+    for each in jobs:
+        r.lpush(f"queue:{queue}", dump(each))
+
+
+def add(r: redis.Redis, key: str, *scored: tuple[dict[str, Any], float]) -> None:
+    """Entries of ``schedule``, ``retry`` or ``dead`` with their scores."""
+    r.zadd(key, {dump(each): score for each, score in scored})
+
+
+def heartbeat(r: redis.Redis, ident: str, busy: int = 0, quiet: bool = False, tag: str = "shop",
+              running: dict[str, Any] | None = None) -> None:
+    """A live process as a kiq or Sidekiq worker's heartbeat leaves it; ``running`` maps thread
+    ids to running job hashes."""
+    info = {"hostname": ident.split(":")[0], "pid": int(ident.split(":")[1]), "started_at": time.time() - 60,
+            "tag": tag, "concurrency": 10, "queues": ["critical", "default"], "labels": [], "identity": ident}
+    r.sadd("processes", ident)
+    r.hset(ident, mapping={"info": json.dumps(info), "busy": busy, "beat": time.time(),
+                           "quiet": "true" if quiet else "false", "rss": 40960})
+    r.expire(ident, 60)
+    for tid, payload in (running or {}).items():
+        work = {"queue": payload["queue"], "payload": dump(payload), "run_at": int(time.time() - 7)}
+        r.hset(f"{ident}:work", tid, json.dumps(work))
+
+
+def csrf(html: str) -> str:
+    """The CSRF token a page's forms carry."""
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found, "no form with a CSRF token on this page"
+    return found.group(1)
