@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import ROOT
-from webdata import SCRIPT, add, csrf, dump, failure, heartbeat, jid, job, push
+from webdata import SCRIPT, add, csrf, dump, failure, fill, heartbeat, jid, job, push
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Response
@@ -59,19 +59,6 @@ def key(r: redis.Redis, set_key: str, n: int) -> str:
 def jids(html: str) -> list[str]:
     """The jids a page lists, in order."""
     return re.findall(r"<code>([0-9a-f]{24})</code>", html)
-
-
-def fill(r: redis.Redis) -> None:
-    """A little of everything, with a <script> in each place a job's text is shown."""
-    now = time.time()
-    push(r, "default", *(job(n) for n in range(3)), job(3, args=[SCRIPT]))
-    push(r, "critical", job(10, "critical"))
-    add(r, "schedule", (job(20, at=now + 600), now + 600), (job(21, args=[SCRIPT]), now + 700))
-    add(r, "retry", (failure(30), now + 60), (failure(31, error_message=SCRIPT), now + 90))
-    add(r, "dead", (failure(40), now - 60), (failure(41, args=[SCRIPT]), now - 30))
-    heartbeat(r, "web-1:101:0a0a", busy=1, tag=SCRIPT, running={"tid-1": job(50, args=[SCRIPT])})
-    r.set("stat:processed", 1234)
-    r.set("stat:failed", 56)
 
 
 # -- pages -----------------------------------------------------------------
@@ -501,3 +488,12 @@ kiq.cli.main()
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "kiq web needs the web extra: pip install 'kiq[web]'" in done.stderr
+
+
+def test_busy_shows_a_generation_column_only_where_a_process_stores_one(web, r):
+    heartbeat(r, "web-1:101:0a0a")
+    assert "<th>generation</th>" not in page(web, "/busy")
+    info = json.loads(r.hget("web-1:101:0a0a", "info"))
+    r.hset("web-1:101:0a0a", "info", json.dumps({**info, "generation": 7}))
+    html = page(web, "/busy")
+    assert "<th>generation</th>" in html and "<td>7</td>" in html

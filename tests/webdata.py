@@ -62,6 +62,19 @@ def heartbeat(r: redis.Redis, ident: str, busy: int = 0, quiet: bool = False, ta
         r.hset(f"{ident}:work", tid, json.dumps(work))
 
 
+def fill(r: redis.Redis) -> None:
+    """A little of everything, with a <script> in each place a job's text is shown."""
+    now = time.time()
+    push(r, "default", *(job(n) for n in range(3)), job(3, args=[SCRIPT]))
+    push(r, "critical", job(10, "critical"))
+    add(r, "schedule", (job(20, at=now + 600), now + 600), (job(21, args=[SCRIPT]), now + 700))
+    add(r, "retry", (failure(30), now + 60), (failure(31, error_message=SCRIPT), now + 90))
+    add(r, "dead", (failure(40), now - 60), (failure(41, args=[SCRIPT]), now - 30))
+    heartbeat(r, "web-1:101:0a0a", busy=1, tag=SCRIPT, running={"tid-1": job(50, args=[SCRIPT])})
+    r.set("stat:processed", 1234)
+    r.set("stat:failed", 56)
+
+
 def csrf(html: str) -> str:
     """The CSRF token a page's forms carry."""
     found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
