@@ -167,6 +167,10 @@ def test_a_payload_that_is_not_utf8_or_json_still_renders(web, redis_server):
     raw.zadd("dead", {b"\xff not json": time.time()})
     assert "\ufffd" in page(web, "/queues/default")
     page(web, "/dead")
+    [(_, score)] = raw.zrange("dead", 0, -1, withscores=True)
+    done(post(web, "/dead", {"action": "delete", "key": f"{score!r}-"}), "/dead?done=delete&count=1")
+    done(post(web, "/queues/default", {"action": "delete", "jid": ""}), "/queues/default?done=delete&count=1")
+    assert raw.lrange("queue:default", 0, -1) == [b'{"class":"X","args":["\xff\xfe"],"jid":"aa"}']
 
 
 # -- CSRF and read-only ----------------------------------------------------
