@@ -160,6 +160,18 @@ def test_pages_forbid_inline_scripts_and_outside_resources(web):
     assert web.get("/").headers["X-Content-Type-Options"] == "nosniff"
 
 
+def test_pages_render_what_other_writers_leave_out(web, r):
+    r.sadd("processes", "old:1:aa")
+    r.hset("old:1:aa", mapping={"info": json.dumps({"hostname": "old"}), "beat": time.time()})
+    r.hset("old:1:aa:workers", "tid", json.dumps({"payload": {"class": "Bare"}}))  # Sidekiq 6's, no run_at
+    push(r, "default", {"class": "Bare"})
+    add(r, "retry", ({"class": "Bare", "error_class": "E"}, time.time()))
+    for url in ("/", "/busy", "/queues/default", "/retries", "/search?q=Bare", f"/retries/{time.time()}-"):
+        page(web, url, 404 if url.startswith("/retries/") else 200)
+    [(_, score)] = r.zrange("retry", 0, -1, withscores=True)
+    assert "Bare" in page(web, f"/retries/{score!r}-") and "Bare" in page(web, "/busy")
+
+
 def test_a_payload_that_is_not_utf8_or_json_still_renders(web, redis_server):
     raw = redis.Redis.from_url(redis_server.url)
     raw.sadd("queues", "default")

@@ -13,24 +13,26 @@ ARGS_SHOWN = 120  # characters of a job's arguments a listing shows; the job's o
 
 
 def environment() -> jinja2.Environment:
+    """Templates that render a field another writer left out (an old Sidekiq's process info, a
+    hand-made payload) as empty, instead of failing the page."""
     env = jinja2.Environment(loader=jinja2.PackageLoader("kiq.web", "templates"), autoescape=True,
-                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                             undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(ago=ago, utc=utc, compact=compact, pretty=pretty, short=short,
                        duration=duration)
     return env
 
 
-def ago(epoch: float | None, now: float | None = None) -> str:
-    """``12 s ago`` or ``in 3 min``, for a time in epoch seconds."""
-    if not epoch:
+def ago(epoch: Any, now: float | None = None) -> str:
+    """``12 s ago`` or ``in 3 min``, for a time in epoch seconds; "-" for anything else."""
+    if not isinstance(epoch, (int, float)) or not epoch:
         return "-"
     seconds = (time.time() if now is None else now) - epoch
     text = duration(abs(seconds))
     return f"{text} ago" if seconds >= 0 else f"in {text}"
 
 
-def duration(seconds: float | None) -> str:
-    if seconds is None:
+def duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
         return "-"
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
@@ -38,10 +40,14 @@ def duration(seconds: float | None) -> str:
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
 
 
-def utc(epoch: float | dt.datetime | None) -> str:
-    if epoch is None or epoch == 0:
+def utc(epoch: Any) -> str:
+    """The time (epoch seconds or a datetime) in UTC; "-" for anything else."""
+    if isinstance(epoch, dt.datetime):
+        moment = epoch
+    elif isinstance(epoch, (int, float)) and epoch:
+        moment = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+    else:
         return "-"
-    moment = epoch if isinstance(epoch, dt.datetime) else dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
