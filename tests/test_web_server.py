@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import ROOT, free_port, sample_env, wait_for
-from webdata import heartbeat, jid, job, push
+from webdata import accepts, heartbeat, jid, job, push
 
 Started = Callable[..., tuple[subprocess.Popen[str], int]]
 
@@ -45,14 +45,6 @@ def kiq_web(redis_server, tmp_path: Path) -> Iterator[Started]:
         if process.poll() is None:
             process.terminate()
         process.communicate(timeout=10)
-
-
-def accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def get(port: int, path: str = "/", auth: tuple[str, str] | None = None) -> tuple[int, str]:

@@ -1,9 +1,11 @@
-"""Data in Sidekiq's layout for the dashboard's tests, written the way Sidekiq 6.4 and kiq write it."""
+"""For the dashboard's tests: data in Sidekiq's layout, written the way Sidekiq 6.4 and kiq write it,
+and what a test reads back from a page or a server."""
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import time
 from typing import Any
 
@@ -80,3 +82,12 @@ def csrf(html: str) -> str:
     found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
     assert found, "no form with a CSRF token on this page"
     return found.group(1)
+
+
+def accepts(port: int) -> bool:
+    """Whether a server listens on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
