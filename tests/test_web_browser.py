@@ -12,16 +12,18 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ROOT, free_port, sample_env, wait_for
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import UnexpectedAlertPresentException, WebDriverException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.support.wait import WebDriverWait
 from webdata import SCRIPT, accepts, add, failure, fill
 
 CHROMIUM = shutil.which("chromium")
@@ -90,11 +92,25 @@ def heading(browser: WebDriver) -> str:
 
 
 def text_of(browser: WebDriver, css: str) -> str:
-    """The text of the first element ``css`` selects; "" while the page is being replaced."""
+    """The text of the first element ``css`` selects; "" while the page is being replaced (an
+    alert, which a script injected through a job would raise, still fails the test)."""
     try:
         return browser.find_element(By.CSS_SELECTOR, css).text
-    except (NoSuchElementException, StaleElementReferenceException):
+    except UnexpectedAlertPresentException:
+        raise
+    except WebDriverException:
         return ""
+
+
+def navigate(browser: WebDriver, action: Callable[[], object], confirm: bool = False) -> None:
+    """Click (``action``), accept the confirmation it asks for if ``confirm``, and wait until the
+    page it leads to has replaced this one and loaded."""
+    old = browser.find_element(By.TAG_NAME, "html")
+    action()
+    if confirm:
+        browser.switch_to.alert.accept()
+    WebDriverWait(browser, 15).until(staleness_of(old))
+    WebDriverWait(browser, 15).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 
 def test_clicking_through_every_page(browser, dashboard, screens, r):
@@ -110,25 +126,25 @@ def test_clicking_through_every_page(browser, dashboard, screens, r):
     pages = (("busy", "Busy"), ("queues", "Queues"), ("scheduled", "Scheduled"), ("retries", "Retries"),
              ("dead", "Dead"), ("periodic", "Periodic"), ("search", "Search"))
     for name, title in pages:
-        browser.find_element(By.ID, f"nav-{name}").click()
+        navigate(browser, browser.find_element(By.ID, f"nav-{name}").click)
         wait_for(lambda title=title: heading(browser).startswith(title))
         assert "active" in browser.find_element(By.ID, f"nav-{name}").get_attribute("class")
         screens.save(name)
         if name == "busy":  # a script in a tag and in a running job's arguments shows as text
             assert SCRIPT in text_of(browser, "#processes") and SCRIPT in text_of(browser, "#running")
         if name == "retries":
-            browser.find_element(By.CSS_SELECTOR, "a[rel=next]").click()
+            navigate(browser, browser.find_element(By.CSS_SELECTOR, "a[rel=next]").click)
             wait_for(lambda: "page 2 of 2" in text_of(browser, ".pager"))
             assert "page=2" in browser.current_url
-            browser.find_element(By.CSS_SELECTOR, "a[rel=first]").click()
+            navigate(browser, browser.find_element(By.CSS_SELECTOR, "a[rel=first]").click)
             wait_for(lambda: "page 1 of 2" in text_of(browser, ".pager"))
-            browser.find_element(By.CSS_SELECTOR, "#jobs tbody tr a").click()  # the first job's own page
+            navigate(browser, browser.find_element(By.CSS_SELECTOR, "#jobs tbody tr a").click)  # its own page
             wait_for(lambda: "in retries" in heading(browser))
             assert "RuntimeError: boom 30" in text_of(browser, "#job")
             screens.save("retry-job")
     search = browser.find_element(By.NAME, "q")
     search.send_keys("alert")
-    search.submit()
+    navigate(browser, search.submit)
     wait_for(lambda: "contain" in text_of(browser, "main"))
     assert SCRIPT in text_of(browser, "main")  # found, and shown as text
     screens.save("search-results")
@@ -137,8 +153,7 @@ def test_clicking_through_every_page(browser, dashboard, screens, r):
     browser.find_element(By.CSS_SELECTOR, "button[value=clear]").click()
     browser.switch_to.alert.dismiss()  # asked first: dismissed, nothing happens
     assert r.llen("queue:default") == 4
-    browser.find_element(By.CSS_SELECTOR, "button[value=clear]").click()
-    browser.switch_to.alert.accept()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "button[value=clear]").click, confirm=True)
     wait_for(lambda: "job(s) cleared" in text_of(browser, "main"))
     assert not r.exists("queue:default")
     screens.save("cleared")
@@ -154,7 +169,7 @@ def test_retrying_a_job_from_the_retries_page_runs_it_on_a_worker(browser, dashb
     boxes = browser.find_elements(By.CSS_SELECTOR, "input[name=key]")
     assert len(boxes) == 2
     boxes[0].click()
-    browser.find_element(By.CSS_SELECTOR, "button[value=retry]").click()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, "button[value=retry]").click)
     wait_for(lambda: "1 job(s) enqueued to run now" in text_of(browser, "main"))
     wait_for(lambda: r.lrange("results", 0, -1) == ["from-the-browser"], timeout=20)
     assert r.zcard("retry") == 1
@@ -171,7 +186,7 @@ def test_quieting_and_stopping_a_process_from_busy(browser, dashboard, screens, 
     row = f"tr[data-identity='{identity}']"
     assert text_of(browser, f"{row} .state") == "running"
     screens.save("busy-running")
-    browser.find_element(By.CSS_SELECTOR, f"{row} button[value=quiet]").click()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, f"{row} button[value=quiet]").click)
     wait_for(lambda: "1 process(es) asked to quiet" in text_of(browser, "main"))
 
     def quiet_shown() -> bool:
@@ -180,8 +195,7 @@ def test_quieting_and_stopping_a_process_from_busy(browser, dashboard, screens, 
 
     wait_for(quiet_shown, timeout=15, interval=0.3)
     screens.save("busy-quiet")
-    browser.find_element(By.CSS_SELECTOR, f"{row} button[value=stop]").click()
-    browser.switch_to.alert.accept()
+    navigate(browser, browser.find_element(By.CSS_SELECTOR, f"{row} button[value=stop]").click, confirm=True)
     wait_for(lambda: "1 process(es) asked to stop" in text_of(browser, "main"))
 
     def gone() -> bool:
