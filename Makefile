@@ -1,7 +1,8 @@
 # kiq: `make run` starts a demo, `make test` runs every test. Both set up what they need.
 VENV ?= .venv
 PY := $(VENV)/bin/python
-SYSTEM_PACKAGES := redis-server redis-sentinel openssl prometheus ruby-sidekiq ruby-activejob ruby-globalid ruby-rack ruby-webrick
+SYSTEM_PACKAGES := redis-server redis-sentinel openssl prometheus ruby-sidekiq ruby-activejob ruby-globalid ruby-rack ruby-webrick \
+                   chromium chromium-driver
 
 .PHONY: install system-deps run test lint bench soak chaos clean
 

@@ -1,5 +1,5 @@
-"""The operator's commands: stats, queues, processes, retries, dead, scheduled, enqueue, quiet, stop,
-periodic.
+"""The operator's commands: stats, queues, processes, retries, dead, scheduled, find, enqueue, quiet,
+stop, periodic.
 
 Tables for people, ``--json`` for scripts. Exit codes a script can trust:
 0 done, 1 some named job or process was not found, 2 bad usage or config,
@@ -23,7 +23,8 @@ from kiq.config import Config, ConfigError, load
 from kiq.connection import refusal
 
 if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no metrics code early
-    from kiq.api import API, Job, SortedSet
+    from kiq.api import API, Found, Job, SortedSet
+    from kiq.periodic import Entry
 
 REDIS_URL_HELP = ("Redis URL (default: config, KIQ_REDIS_URL, REDIS_URL, local). Any local user can read "
                   "a flag: give a password in the config file or KIQ_REDIS_URL.")
@@ -199,7 +200,9 @@ def describe(job: Job, when: str) -> str:
                                      ("args", json.dumps(job.args))]
     if "kwargs" in payload:
         fields.append(("kwargs", json.dumps(payload["kwargs"])))
-    fields += [(when, _ago(job.score)), ("retry", payload.get("retry", True))]
+    if job.score is not None:  # a sorted set's entry; a job in a queue or running has none
+        fields.append((when, _ago(job.score)))
+    fields.append(("retry", payload.get("retry", True)))
     if "retry_count" in payload:
         fields.append(("retry count", payload["retry_count"]))
     for key, label in (("failed_at", "failed"), ("retried_at", "retried")):
@@ -234,6 +237,35 @@ dead = set_command("dead", "dead", ["retry", "delete"],
 scheduled = set_command("scheduled", "scheduled", ["retry", "delete"],
                         "List scheduled jobs, show some of them whole, or enqueue now (retry) / delete "
                         "some or --all of them.")
+
+
+@click.command()
+@click.argument("jid")
+@connection_options
+def find(api: API, as_json: bool, jid: str) -> None:
+    """Where the job JID is: waiting in a queue, scheduled, retrying, dead or running; each place
+    with the job whole. Exits 1 if it is nowhere (it ran, or never was)."""
+    from kiq.api import find as find_job
+
+    found = find_job(jid, api)
+    if as_json:
+        click.echo(json.dumps([{"place": each.place, "name": each.name, "at": each.job.score,
+                                "since": each.since, "job": each.job.payload} for each in found],
+                              indent=2, default=str))
+    elif found:
+        click.echo("\n\n".join(f"{_place(each)}\n{describe(each.job, WHEN.get(each.place, ''))}"
+                                for each in found))
+    if not found:
+        click.echo(f"not found: {jid}", err=True)
+        sys.exit(exits.NOT_FOUND)
+
+
+def _place(found: Found) -> str:
+    if found.place == "queue":
+        return f"waiting in queue {found.name}"
+    if found.place == "running":
+        return f"running in {found.name}, started {_ago(found.since)}"
+    return {"schedule": "scheduled", "retry": "in the retry set", "dead": "in the dead set"}[found.place]
 
 
 @click.command()
@@ -303,17 +335,10 @@ def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str |
     """Periodic entries with their last and next run."""
     from kiq.connection import connect
     from kiq.keys import Keys
-    from kiq.periodic import bind_jobs, declared, describe, merge
-    from kiq.registry import registered
-    from kiq.supervisor import AppLoadError, load_app
+    from kiq.periodic import describe
 
     config = settings(config_path, redis_url, namespace)
-    try:
-        load_app([*config.require, *require])
-        entries = bind_jobs(merge(config.periodic, declared()), registered())
-    except (AppLoadError, ConfigError) as error:
-        click.echo(f"kiq: {error}", err=True)
-        sys.exit(exits.CONFIG)
+    entries = periodic_entries(config, require)
     try:
         rows = describe(connect(config.redis_url, retry=True), Keys(config.namespace), entries)
     except redis.RedisError as error:
@@ -324,7 +349,22 @@ def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str |
     emit(as_json, rows, ["name", "cron", "tz", "class", "queue", "last", "next"], table_rows)
 
 
+def periodic_entries(config: Config, require: Sequence[str]) -> list[Entry]:
+    """The config file's periodic entries and those its ``require`` modules (and ``require``)
+    declare, bound to their job classes; or exit 2 with the reason."""
+    from kiq.periodic import bind_jobs, declared, merge
+    from kiq.registry import registered
+    from kiq.supervisor import AppLoadError, load_app
+
+    try:
+        load_app([*config.require, *require])
+        return bind_jobs(merge(config.periodic, declared()), registered())
+    except (AppLoadError, ConfigError) as error:
+        click.echo(f"kiq: {error}", err=True)
+        sys.exit(exits.CONFIG)
+
+
 quiet = process_command("quiet", "Ask processes to stop taking jobs (as Sidekiq's Web UI Quiet button).")
 stop = process_command("stop", "Ask processes to finish their jobs and exit (as the Web UI Stop button).")
 
-COMMANDS = (stats, queues, processes, retries, dead, scheduled, enqueue, quiet, stop, periodic)
+COMMANDS = (stats, queues, processes, retries, dead, scheduled, find, enqueue, quiet, stop, periodic)

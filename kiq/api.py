@@ -357,3 +357,151 @@ def _pages(jobs: Callable[[int, int], list[Job]]) -> Iterator[Job]:
 
 
 
+# -- windows, search and history, for the dashboard (kiq.web) and ``kiq find`` ----------------
+
+SCAN_WINDOW = 500  # entries read per round trip while filtering or searching
+Window = Callable[[int, int], list[Job]]
+PLACES = ("queue", "schedule", "retry", "dead", "running")
+
+
+@dataclass(frozen=True)
+class QueueSummary:
+    name: str
+    size: int
+    latency: float  # seconds the oldest waiting job has waited
+
+
+@dataclass(frozen=True)
+class Found:
+    """A job and where it is: ``place`` is one of PLACES; ``name`` is the queue's name, or for a
+    running job the identity of the process running it; ``since`` is when it started running."""
+
+    place: str
+    name: str
+    job: Job
+    since: float | None = None
+
+
+def queue_summaries(api: API) -> list[QueueSummary]:
+    """Every known queue with its size and latency, in one round trip after the queue names."""
+    names = sorted(str(name) for name in api.redis.smembers(api.keys.queues))
+    pipe = api.redis.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(api.keys.queue(name))
+        pipe.lindex(api.keys.queue(name), -1)
+    replies = pipe.execute()
+    now = time.time()
+    found = []
+    for index, name in enumerate(names):
+        size, oldest = replies[2 * index: 2 * index + 2]
+        at = Job.parse(str(oldest)).enqueued_at if oldest is not None else None
+        found.append(QueueSummary(name, int(size), max(0.0, now - at) if at else 0.0))
+    return found
+
+
+def history(api: API, days: int, now: float | None = None) -> list[tuple[str, int, int]]:
+    """(date, processed, failed) for each of the last ``days`` UTC days, oldest first, from
+    Sidekiq's daily counters."""
+    moment = time.time() if now is None else now
+    dates = [day(moment - 86400 * back) for back in reversed(range(days))]
+    keys = [api.keys.daily(counter, date) for date in dates for counter in (api.keys.processed,
+                                                                             api.keys.failed)]
+    values = [int(value or 0) for value in api.redis.mget(keys)] if keys else []
+    return [(date, values[2 * i], values[2 * i + 1]) for i, date in enumerate(dates)]
+
+
+def redis_info(api: API) -> dict[str, Any]:
+    """What the dashboard shows of the Redis server: version, memory, clients, uptime."""
+    info: dict[str, Any] = api.redis.info()
+    names = ("redis_version", "used_memory_human", "used_memory_peak_human", "connected_clients",
+             "uptime_in_days", "maxmemory_policy")
+    return {name: info.get(name, "") for name in names}
+
+
+def queue_window(queue: Queue, start: int, count: int, newest_first: bool = False) -> list[Job]:
+    """``count`` jobs of a queue from position ``start``, next to run (or newest) first."""
+    if not newest_first:
+        return queue.jobs(start, count)
+    return [Job.parse(str(raw)) for raw in queue.api.redis.lrange(queue.key, start, start + count - 1)]
+
+
+def sorted_window(entries: SortedSet, start: int, count: int, newest_first: bool = False) -> list[Job]:
+    """``count`` entries from position ``start``, soonest (or with ``newest_first`` latest) first."""
+    found: list[tuple[str, float]] = entries.api.redis.zrange(  # type: ignore[assignment]
+        entries.key, start, start + count - 1, desc=newest_first, withscores=True)
+    return [Job.parse(str(raw), float(score)) for raw, score in found]
+
+
+def entry(entries: SortedSet, score: float, jid: str) -> Job | None:
+    """The entry of ``jid`` at exactly ``score``: one lookup by score, however large the set."""
+    found: list[tuple[str, float]] = entries.api.redis.zrangebyscore(  # type: ignore[assignment]
+        entries.key, repr(score), repr(score), withscores=True)
+    return next((job for job in (Job.parse(str(raw), float(when)) for raw, when in found)
+                 if job.jid == jid), None)
+
+
+def contains(job: Job, text: str) -> bool:
+    """Whether ``text`` appears in the job as stored (class, jid, arguments, error), ignoring case;
+    a text with non-ASCII letters is also looked for in the decoded payload, where JSON's
+    ``\\u`` escapes are undone."""
+    needle = text.lower()
+    if needle in job.raw.lower():
+        return True
+    return not needle.isascii() and needle in json.dumps(job.payload, ensure_ascii=False).lower()
+
+
+def matching(window: Window, text: str, skip: int, count: int) -> tuple[list[Job], bool]:
+    """The ``count`` jobs containing ``text`` after the first ``skip`` such jobs, read a window at
+    a time in the window's order (so memory stays bounded), and whether any more follow."""
+    found: list[Job] = []
+    start = 0
+    while len(found) <= skip + count and (batch := window(start, SCAN_WINDOW)):
+        found += [job for job in batch if contains(job, text)]
+        start += SCAN_WINDOW
+    return found[skip: skip + count], len(found) > skip + count
+
+
+def running(process: Process) -> list[Found]:
+    """The jobs a process is running, whoever wrote its work hash (Sidekiq 7 and 8 and kiq store
+    the payload as JSON text, Sidekiq 6 as a hash)."""
+    found = []
+    for work in process.running:
+        payload = work.get("payload")
+        raw = payload if isinstance(payload, str) else json.dumps(payload)
+        since = epoch_seconds(work.get("run_at"))
+        found.append(Found("running", process.identity, Job.parse(raw), since))
+    return found
+
+
+def search(api: API, text: str, limit: int = 25) -> dict[str, list[Found]]:
+    """Jobs containing ``text`` (a jid, a class, an argument...) in every place, at most ``limit``
+    per place, keyed by place."""
+    places: dict[str, list[Found]] = {place: [] for place in PLACES}
+    for queue in api.queues():
+        want = limit - len(places["queue"])
+        if want > 0:
+            places["queue"] += [Found("queue", queue.name, job)
+                                for job in matching(queue.jobs, text, 0, want)[0]]
+    for entries in (api.scheduled, api.retries, api.dead):
+        places[entries.name] = [Found(entries.name, entries.name, job)
+                                for job in matching(entries.jobs, text, 0, limit)[0]]
+    places["running"] = [found for process in api.processes() for found in running(process)
+                         if contains(found.job, text)][:limit]
+    return places
+
+
+def find(jid: str, api: API | None = None) -> list[Found]:
+    """Everywhere the job ``jid`` is: waiting in a queue, scheduled, in the retry or dead set, or
+    running (a job can be in two places for a moment, or for good if it was pushed twice).
+    Queues are read a window at a time; the sets are scanned in Redis for the jid."""
+    api = api or API()
+    found = []
+    for queue in api.queues():
+        jobs, _ = matching(queue.jobs, jid, 0, SCAN_WINDOW)
+        found += [Found("queue", queue.name, job) for job in jobs if job.jid == jid]
+    for entries in (api.scheduled, api.retries, api.dead):
+        job = entries.find(jid)
+        if job is not None:
+            found.append(Found(entries.name, entries.name, job))
+    found += [each for process in api.processes() for each in running(process) if each.job.jid == jid]
+    return found

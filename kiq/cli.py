@@ -85,10 +85,12 @@ def _start(config_path: str | None, queues: tuple[str, ...], require: tuple[str,
 def _add_operator_commands() -> None:
     from kiq.admin import COMMANDS
     from kiq.generate import generate
+    from kiq.web.command import web
 
     for command in COMMANDS:
         main.add_command(command)
     main.add_command(generate)
+    main.add_command(web)
 
 
 _add_operator_commands()

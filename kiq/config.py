@@ -44,6 +44,8 @@ class Config:
     heartbeat_interval: float = 5.0
     heartbeat_ttl: float = 60.0
     periodic: list[Any] = field(default_factory=list)  # kiq.periodic.Entry, checked at load
+    web_user: str = "kiq"  # HTTP basic auth of ``kiq web``, on when a password is set
+    web_password: str = ""
 
     @property
     def queue_names(self) -> list[str]:
@@ -91,12 +93,15 @@ def _read(path: str) -> dict[str, Any]:
 def _build(raw: dict[str, Any]) -> Config:
     config = Config()
     known = {f.name for f in dataclasses.fields(Config)} - {"strict", "metrics_host", "metrics_port",
-                                                           "log_format", "log_level", "periodic"}
+                                                           "log_format", "log_level", "periodic",
+                                                           "web_user", "web_password"}
     for key, value in raw.items():
         if key == "metrics":
             _section(config, "metrics", value, {"host": "metrics_host", "port": "metrics_port"})
         elif key == "log":
             _section(config, "log", value, {"format": "log_format", "level": "log_level"})
+        elif key == "web":
+            _section(config, "web", value, {"user": "web_user", "password": "web_password"})
         elif key == "queues":
             config.queues, config.strict = parse_queues(value)
         elif key == "periodic":
@@ -110,6 +115,7 @@ def _build(raw: dict[str, Any]) -> Config:
     config.redis_url = config.redis_url or url_from_env()
     if "namespace" not in raw:
         config.namespace = os.environ.get("KIQ_NAMESPACE", "")
+    config.web_password = config.web_password or os.environ.get("KIQ_WEB_PASSWORD", "")
     _validate(config)
     return config
 

@@ -92,6 +92,11 @@ class Keys:
         """The ``kiq:wip`` member of an in-progress list's key."""
         return key[len(self.wip_prefix):]
 
+    def daily(self, counter: str, date: str) -> str:
+        """One day's count of ``counter`` (``processed`` or ``failed``), as Sidekiq keeps it:
+        ``stat:processed:2026-12-01``."""
+        return f"{counter}:{date}"
+
     def periodic(self, name: str) -> str:
         """A periodic entry's state hash: ``last`` tick, its ``jid`` and ``enqueued_at``,
         ``schedule`` and ``since`` (when that schedule was first seen)."""

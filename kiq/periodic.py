@@ -36,6 +36,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
+import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,7 +46,7 @@ from zoneinfo import ZoneInfo
 import redis
 
 from kiq import log
-from kiq.client import build_payload
+from kiq.client import Client, build_payload
 from kiq.cron import Cron, CronError, last_at_or_before, next_after, parse
 from kiq.errors import ConfigError
 from kiq.job import Job, lookup
@@ -431,6 +432,15 @@ class Periodic:
             args += [item.mode, str(item.tick), f"{entry.cron}|{entry.tz}", entry.queue,
                      json.dumps(payload, separators=(",", ":")), str(payload.get("jid", ""))]
         return [int(flag) for flag in self._fire(keys=keys, args=args)]
+
+
+def enqueue_now(client: Client, entry: Entry) -> str:
+    """Enqueue one run of ``entry`` now, outside its schedule (the dashboard's "enqueue now"); returns
+    its jid. Its ``periodic`` field names the entry, this moment as the tick, and ``manual``. No
+    tick is recorded: the schedule goes on as before."""
+    payload = entry.payload(int(time.time()))
+    payload["periodic"]["manual"] = True
+    return client.push(payload)
 
 
 def describe(conn: redis.Redis, keys: Keys, entries: Iterable[Entry], now: dt.datetime | None = None

@@ -355,6 +355,28 @@ def test_dead_retry_all_moves_thousands_of_sidekiq_dead_jobs(redis_server, r):
 # -- enqueue ---------------------------------------------------------------
 
 
+def test_find_tells_where_a_job_is_and_exits_1_when_it_is_nowhere(redis_server, r):
+    url = redis_server.url
+    r.sadd("queues", "default")
+    r.lpush("queue:default", dump(sidekiq_job(1)))
+    r.zadd("retry", {dump(sidekiq_failure(1)): NOW + 60})  # the same jid in two places
+    heartbeat(r, "web-1:101:0a0a0a0a0a0a", busy=1)
+    work = {"queue": "default", "payload": dump(sidekiq_job(2)), "run_at": int(NOW - 5)}
+    r.hset("web-1:101:0a0a0a0a0a0a:work", "tid-7", json.dumps(work))
+
+    raw, text, running, missing = kiq_many(url, [["find", jid(1), "--json"], ["find", jid(1)],
+                                                 ["find", jid(2)], ["find", jid(3)]])
+    assert raw.returncode == text.returncode == running.returncode == 0, (raw.stderr, text.stderr)
+    data = json.loads(raw.stdout)
+    assert [(each["place"], each["name"]) for each in data] == [("queue", "default"), ("retry", "retry")]
+    assert data[1]["at"] == pytest.approx(NOW + 60) and data[1]["job"]["error_message"] == "boom 1"
+    assert text.stdout.startswith("waiting in queue default\njid         " + jid(1))
+    assert "\n\nin the retry set\n" in text.stdout and "RuntimeError: boom 1" in text.stdout
+    assert re.match(r"running in web-1:101:0a0a0a0a0a0a, started \d+s ago\n", running.stdout)
+    assert "\nat " not in running.stdout  # a running job has no time in a sorted set
+    assert (missing.returncode, missing.stdout, missing.stderr) == (1, "", f"not found: {jid(3)}\n")
+
+
 def test_enqueue_then_a_running_kiq_runs_it(redis_server, r, start_kiq):
     url = redis_server.url
     record, echo, later = outputs(
@@ -685,6 +707,6 @@ def test_unreachable_redis_exits_3(redis_server, r):
 def test_help_lists_every_operator_command():
     done = kiq(None, "--help", env=sample_env(""))
     assert done.returncode == 0
-    for command in ("stats", "queues", "processes", "retries", "dead", "scheduled", "enqueue", "quiet",
-                    "stop"):
+    for command in ("stats", "queues", "processes", "retries", "dead", "scheduled", "find", "enqueue",
+                    "quiet", "stop", "web"):
         assert f"  {command}" in done.stdout

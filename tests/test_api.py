@@ -10,7 +10,21 @@ import pytest
 import redis
 from conftest import wait_for
 
-from kiq.api import API, BATCH, Job
+from kiq.api import (
+    API,
+    BATCH,
+    SCAN_WINDOW,
+    Job,
+    contains,
+    entry,
+    find,
+    history,
+    matching,
+    queue_summaries,
+    queue_window,
+    search,
+    sorted_window,
+)
 from kiq.keys import day
 from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT
 
@@ -509,3 +523,104 @@ def test_job_parse_tolerates_anything():
     assert (job.queue, job.score, job.enqueued_at) == ("default", 3.0, pytest.approx(NOW - 100))
     assert Job.parse(dump(payload(jid(1), enqueued_at=int(NOW * 1000)))).enqueued_at == pytest.approx(NOW)
     assert Job.parse(dump(payload(jid(1), enqueued_at=True))).enqueued_at is None
+
+
+# -- windows, search and history (kiq.web, kiq find) -------------------------
+
+
+def test_queue_summaries_give_size_and_latency_in_one_round_trip(api, r):
+    now = time.time()
+    push(r, "default", payload(jid(1), enqueued_at=now - 30), payload(jid(2)))
+    push(r, "low", payload(jid(3), "low", enqueued_at=int((now - 12) * 1000)))
+    r.sadd("queues", "empty")
+    found = {q.name: q for q in queue_summaries(api)}
+    assert list(found) == ["default", "empty", "low"]
+    assert (found["default"].size, found["empty"].size, found["low"].size) == (2, 0, 1)
+    assert 29.5 < found["default"].latency < 35 and 11.5 < found["low"].latency < 17
+    assert found["empty"].latency == 0.0
+
+
+def test_history_reads_sidekiqs_daily_counters_oldest_first(api, r):
+    now = time.time()
+    r.set(f"stat:processed:{day(now)}", 30)
+    r.set(f"stat:failed:{day(now)}", 3)
+    r.set(f"stat:processed:{day(now - 86400 * 2)}", 10)
+    rows = history(api, 3, now)
+    assert rows == [(day(now - 86400 * 2), 10, 0), (day(now - 86400), 0, 0), (day(now), 30, 3)]
+    assert history(api, 0) == []
+
+
+def test_windows_read_from_either_end(api, r):
+    push(r, "default", *(payload(jid(n)) for n in range(10)))
+    queue = api.queue("default")
+    assert [job.jid for job in queue_window(queue, 2, 3)] == [jid(2), jid(3), jid(4)]
+    assert [job.jid for job in queue_window(queue, 2, 3, newest_first=True)] == [jid(7), jid(6), jid(5)]
+    r.zadd("retry", {dump(failed(n)): NOW + n for n in range(10)})
+    assert [job.jid for job in sorted_window(api.retries, 0, 2)] == [jid(0), jid(1)]
+    assert [job.jid for job in sorted_window(api.retries, 1, 2, newest_first=True)] == [jid(8), jid(7)]
+
+
+def test_entry_finds_a_job_by_its_exact_score_and_jid(api, r):
+    r.zadd("retry", {dump(failed(n)): NOW + n / 3 for n in range(5)})
+    found = entry(api.retries, NOW + 2 / 3, jid(2))
+    assert found is not None and found.jid == jid(2) and found.score == NOW + 2 / 3
+    assert entry(api.retries, NOW + 2 / 3, jid(3)) is None
+    assert entry(api.retries, NOW + 0.5, jid(2)) is None
+
+
+def test_matching_pages_through_matches_in_order_ignoring_case(api, r):
+    r.zadd("dead", {dump(payload(jid(n), error_message="Needle" if n % 7 == 0 else "hay")): NOW + n
+                    for n in range(1200)})
+
+    def window(start: int, count: int) -> list[Job]:
+        return sorted_window(api.dead, start, count)
+
+    first, more = matching(window, "needle", 0, 5)
+    assert [job.jid for job in first] == [jid(n) for n in range(0, 35, 7)] and more
+    last, more = matching(window, "NEEDLE", 170, 5)
+    assert [job.jid for job in last] == [jid(1190), jid(1197)] and not more
+    assert contains(Job.parse(dump(payload(jid(1), args=["café"])).replace("é", "\\u00e9")), "CAFÉ")
+
+
+def test_find_tells_every_place_a_jid_is(api, r):
+    push(r, "default", *(payload(jid(n)) for n in range(SCAN_WINDOW + 10)))
+    push(r, "low", payload(jid(7), "low"))  # the same job pushed twice
+    r.zadd("schedule", {dump(payload(jid(9001))): NOW + 60})
+    r.zadd("retry", {dump(failed(9002)): NOW + 60})
+    r.zadd("dead", {dump(failed(9003)): NOW})
+    r.zadd("dead", {dump(payload(jid(9999), args=[jid(9003)])): NOW})  # names it, but is another job
+    r.sadd("processes", "web-1:1:aa")
+    r.hset("web-1:1:aa", mapping={"info": json.dumps({"hostname": "web-1"}), "busy": 1, "beat": NOW})
+    work = {"queue": "default", "payload": dump(payload(jid(9004))), "run_at": int(NOW)}
+    r.hset("web-1:1:aa:work", "tid", json.dumps(work))
+    sidekiq6 = {"queue": "default", "payload": payload(jid(9005)), "run_at": int(NOW)}
+    r.hset("web-1:1:aa:workers", "tid", json.dumps(sidekiq6))  # read only when :work is empty
+
+    where = {n: [(f.place, f.name) for f in find(jid(n), api)] for n in (7, SCAN_WINDOW + 5, 9001, 9002, 9003,
+                                                                         9004, 4242)}
+    assert where == {7: [("queue", "default"), ("queue", "low")], SCAN_WINDOW + 5: [("queue", "default")],
+                     9001: [("schedule", "schedule")], 9002: [("retry", "retry")], 9003: [("dead", "dead")],
+                     9004: [("running", "web-1:1:aa")], 4242: []}
+    [running] = find(jid(9004), api)
+    assert running.since == int(NOW) and running.job.job_class == "RecordJob"
+    r.delete("web-1:1:aa:work")
+    assert [(f.place, f.job.jid) for f in find(jid(9005), api)] == [("running", jid(9005))]
+
+
+def test_find_with_no_api_finds_redis_like_the_client(redis_server, r, monkeypatch):
+    monkeypatch.setenv("KIQ_REDIS_URL", redis_server.url)
+    monkeypatch.delenv("KIQ_NAMESPACE", raising=False)
+    push(r, "default", payload(jid(1)))
+    assert [f.place for f in find(jid(1))] == ["queue"]
+
+
+def test_search_looks_in_every_place_up_to_a_limit(api, r):
+    push(r, "default", *(payload(jid(n), args=["order-42"]) for n in range(5)))
+    push(r, "low", *(payload(jid(n), "low", args=["order-42"]) for n in range(5, 8)))
+    r.zadd("retry", {dump(payload(jid(n), args=["ORDER-42"])): NOW + n for n in range(10, 14)})
+    r.zadd("dead", {dump(failed(20)): NOW})
+    found = search(api, "order-42", limit=6)
+    assert [f.job.jid for f in found["queue"]] == [jid(n) for n in range(6)]
+    assert [f.name for f in found["queue"]] == ["default"] * 5 + ["low"]
+    assert [f.job.jid for f in found["retry"]] == [jid(n) for n in range(10, 14)]
+    assert found["dead"] == found["schedule"] == found["running"] == []

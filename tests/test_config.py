@@ -39,6 +39,7 @@ worker_timeout: 10
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("KIQ_REDIS_URL", raising=False)
     monkeypatch.delenv("REDIS_URL", raising=False)
+    monkeypatch.delenv("KIQ_WEB_PASSWORD", raising=False)
 
 
 def write(tmp_path: Path, text: str, name: str = "kiq.yml") -> str:
@@ -239,6 +240,15 @@ def test_non_integer_weights_in_pairs_are_rejected(weight):
     assert raised.value.key == "queues"
 
 
+def test_the_web_dashboards_user_and_password_from_the_file_or_the_environment(tmp_path, monkeypatch):
+    assert (load().web_user, load().web_password) == ("kiq", "")
+    config = load_yaml(tmp_path, {"web": {"user": "ops", "password": "pw from file"}})
+    assert (config.web_user, config.web_password) == ("ops", "pw from file")
+    monkeypatch.setenv("KIQ_WEB_PASSWORD", "pw from env")
+    assert load().web_password == "pw from env"
+    assert load_yaml(tmp_path, {"web": {"password": "pw from file"}}).web_password == "pw from file"
+
+
 # Invalid settings: each names its key
 
 
@@ -293,6 +303,9 @@ def test_non_integer_weights_in_pairs_are_rejected(weight):
         ({"boot_timeout": 0}, "boot_timeout"),
         ({"boot_timeout": "soon"}, "boot_timeout"),
         ({"worker_timeout": -1}, "worker_timeout"),
+        ({"web": "secret"}, "web"),
+        ({"web": {"pass": "x"}}, "web.pass"),
+        ({"web": {"password": 1234}}, "web.password"),
     ],
 )
 def test_invalid_setting_names_its_key(tmp_path, settings, key):

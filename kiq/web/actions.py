@@ -1,0 +1,70 @@
+"""What each button does. Every one is a POST that kiq.web.application has already checked
+(CSRF token, read-only mode); each changes Redis through kiq.api, as the ``kiq`` commands do,
+then sends the browser back to the page it came from."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from werkzeug.exceptions import BadRequest, NotFound
+from werkzeug.wrappers import Response
+
+from kiq.client import Client
+from kiq.periodic import enqueue_now
+from kiq.web import pages
+
+if TYPE_CHECKING:
+    from kiq.web.application import View
+
+SET_ACTIONS = {"scheduled": ("retry", "delete", "kill"), "retries": ("retry", "delete", "kill"),
+               "dead": ("retry", "delete")}
+
+
+def signal(view: View) -> Response:
+    """Quiet or stop one process (``identity``), or every live one (``all``)."""
+    action = view.request.form.get("action")
+    if action not in ("quiet", "stop"):
+        raise BadRequest(f"unknown action {action!r}")
+    live = {process.identity for process in view.api.processes()}
+    wanted = live if view.request.form.get("all") else {view.request.form.get("identity", "")}
+    targets = sorted(wanted & live)
+    for identity in targets:
+        getattr(view.api, action)(identity)
+    return view.done(action, len(targets))
+
+
+def change_queue(view: View, name: str) -> Response:
+    """Delete one job (by ``jid``) from a queue, or clear the queue."""
+    queue = view.api.queue(name)
+    action = view.request.form.get("action")
+    if action == "delete":
+        return view.done("delete", int(queue.delete(view.request.form.get("jid", ""))))
+    if action == "clear":
+        return view.done("clear", queue.clear(), "queues")
+    raise BadRequest(f"unknown action {action!r}")
+
+
+def change_set(view: View, kind: str) -> Response:
+    """Retry (run now), delete or kill the chosen entries of a sorted set: those named by ``key``
+    fields (a selection, or one job from its own page), or with ``ACTION-all`` every entry."""
+    action, _, scope = view.request.form.get("action", "").partition("-")
+    if action not in SET_ACTIONS[kind] or scope not in ("", "all"):
+        raise BadRequest(f"unknown action {action!r} for {kind}")
+    entries = pages.entries_of(view, kind)
+    if scope == "all":
+        return view.done(action, int(getattr(entries, f"{action}_all")()))
+    jobs = [job for key in view.request.form.getlist("key") if (job := pages.entry_at(view, kind, key))]
+    done = int(getattr(entries, action)(jobs))
+    if view.request.form.get("from") == "job":
+        return view.done(action, done, "sorted_set", kind=kind)
+    return view.done(action, done)
+
+
+def enqueue_periodic(view: View) -> Response:
+    """Enqueue one run of a periodic entry now, outside its schedule."""
+    name = view.request.form.get("name")
+    entry = next((entry for entry in view.dashboard.periodic if entry.name == name), None)
+    if entry is None:
+        raise NotFound(f"no periodic entry named {name!r}")
+    enqueue_now(Client(namespace=view.api.keys.namespace, connection=view.api.redis), entry)
+    return view.done("enqueue", 1)

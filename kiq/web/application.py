@@ -1,0 +1,168 @@
+"""The dashboard's WSGI application: routing, the security every request goes through, and
+rendering. What each page shows is in kiq.web.pages; what each button does, in kiq.web.actions.
+
+Every request: a session cookie is set if missing (its id signs the CSRF tokens); a POST is
+refused in read-only mode, or without the token of its own session; pages carry a strict
+Content-Security-Policy (scripts, styles and images only from the dashboard itself).
+"""
+
+from __future__ import annotations
+
+import mimetypes
+import os
+from collections.abc import Callable, Iterable
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+import redis
+from werkzeug.exceptions import Forbidden, HTTPException, NotFound
+from werkzeug.routing import Map, MapAdapter, Rule
+from werkzeug.wrappers import Request, Response
+
+from kiq import __version__
+from kiq.api import API
+from kiq.web import actions, csrf, pages, render
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from kiq.periodic import Entry
+
+SETS = "any(scheduled, retries, dead)"
+URLS = Map([
+    Rule("/", endpoint="dashboard", methods=["GET"]),
+    Rule("/stats.json", endpoint="stats", methods=["GET"]),
+    Rule("/busy", endpoint="busy", methods=["GET"]),
+    Rule("/busy", endpoint="signal", methods=["POST"]),
+    Rule("/queues", endpoint="queues", methods=["GET"]),
+    Rule("/queues/<name>", endpoint="queue", methods=["GET"]),
+    Rule("/queues/<name>", endpoint="change_queue", methods=["POST"]),
+    Rule(f"/<{SETS}:kind>", endpoint="sorted_set", methods=["GET"]),
+    Rule(f"/<{SETS}:kind>", endpoint="change_set", methods=["POST"]),
+    Rule(f"/<{SETS}:kind>/<key>", endpoint="job", methods=["GET"]),
+    Rule("/periodic", endpoint="periodic", methods=["GET"]),
+    Rule("/periodic", endpoint="enqueue_periodic", methods=["POST"]),
+    Rule("/search", endpoint="search", methods=["GET"]),
+    Rule("/static/<name>", endpoint="static", methods=["GET"]),
+], strict_slashes=False)
+HANDLERS: dict[str, Callable[..., Response]] = {
+    "dashboard": pages.dashboard, "stats": pages.stats, "busy": pages.busy, "queues": pages.queues,
+    "queue": pages.queue, "sorted_set": pages.sorted_set, "job": pages.job, "periodic": pages.periodic,
+    "search": pages.search, "signal": actions.signal, "change_queue": actions.change_queue,
+    "change_set": actions.change_set, "enqueue_periodic": actions.enqueue_periodic,
+}
+POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+          "connect-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'")
+STATIC = resources.files("kiq.web").joinpath("static")
+
+
+class Dashboard:
+    """The WSGI application ``kiq.web.app()`` returns."""
+
+    def __init__(self, api: API, *, read_only: bool = False, periodic: Iterable[Entry] = (),
+                 secret: bytes | None = None) -> None:
+        self.api = api
+        self.read_only = read_only
+        self.periodic = list(periodic)
+        self.secret = secret or os.urandom(32)
+        self.templates = render.environment()
+        self.templates.filters["key"] = pages.key_of
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        return self.respond(Request(environ))(environ, start_response)
+
+    def respond(self, request: Request) -> Response:
+        urls = URLS.bind_to_environ(request.environ)
+        session = request.cookies.get(csrf.COOKIE) or ""
+        fresh = not session
+        view = View(self, request, urls, session or csrf.new_session())
+        try:
+            endpoint, values = urls.match()
+            if request.method == "POST":
+                self.check(request, session)
+            response = static(**values) if endpoint == "static" else HANDLERS[endpoint](view, **values)
+        except HTTPException as error:
+            response = view.render("error.html", error=error, status=error.code or 500)
+        except redis.RedisError as error:
+            response = view.render("error.html", error=None, redis_error=f"{type(error).__name__}: {error}",
+                                   status=503)
+        if fresh:
+            response.set_cookie(csrf.COOKIE, view.session, path=request.script_root + "/", httponly=True,
+                                samesite="Lax", secure=request.is_secure)
+        response.headers.update({"Content-Security-Policy": POLICY, "X-Content-Type-Options": "nosniff",
+                                 "Referrer-Policy": "same-origin"})
+        response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    def check(self, request: Request, session: str) -> None:
+        if self.read_only:
+            raise Forbidden("This dashboard is read-only: it changes nothing.")
+        if not csrf.valid(self.secret, session, request.form.get(csrf.FIELD)):
+            raise Forbidden("The form's security token is missing or does not match this browser's "
+                            "session: reload the page and try again.")
+
+
+class View:
+    """One request as a page or an action sees it, with what templates need to build links."""
+
+    def __init__(self, dashboard: Dashboard, request: Request, urls: MapAdapter, session: str) -> None:
+        self.dashboard = dashboard
+        self.api = dashboard.api
+        self.request = request
+        self.urls = urls
+        self.session = session
+        self.read_only = dashboard.read_only
+
+    @property
+    def csrf(self) -> str:
+        return csrf.token(self.dashboard.secret, self.session)
+
+    def url(self, endpoint: str, **values: Any) -> str:
+        return self.urls.build(endpoint, values)
+
+    def static(self, name: str) -> str:
+        return self.url("static", name=name, v=__version__)
+
+    @property
+    def path(self) -> str:
+        """This page's path, without its query string."""
+        return self.request.script_root + self.request.path
+
+    def here(self, **changes: Any) -> str:
+        """This page's path with its query string changed (a None value drops that argument)."""
+        args: dict[str, Any] = {key: value for key, value in self.request.args.items()
+                                if key not in ("done", "count")}
+        args.update(changes)
+        query = urlencode(sorted((key, value) for key, value in args.items() if value is not None))
+        return self.path + (f"?{query}" if query else "")
+
+    def render(self, template: str, status: int = 200, **context: Any) -> Response:
+        html = self.dashboard.templates.get_template(template).render(view=self, **context)
+        return Response(utf8(html), status, content_type="text/html; charset=utf-8")
+
+    def done(self, action: str, count: int, endpoint: str | None = None, **values: Any) -> Response:
+        """After a change, back to the page it was made from (its query string kept, so the same
+        page of the same filtered list), or to ``endpoint``, saying what was done."""
+        target = self.url(endpoint, **values) if endpoint else self.here()
+        joiner = "&" if "?" in target else "?"
+        return Response(status=303, headers={"Location": f"{target}{joiner}"
+                                             f"{urlencode({'done': action, 'count': count})}"})
+
+
+def utf8(text: str) -> bytes:
+    """The page as UTF-8; bytes of a payload that were not UTF-8 (read with surrogate escapes,
+    kiq.connection) show as U+FFFD."""
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode()
+
+
+def static(name: str) -> Response:
+    """A file the package ships in kiq/web/static; any other name is not found."""
+    path = STATIC.joinpath(name)
+    if "/" in name or name.startswith(".") or not path.is_file():
+        raise NotFound()
+    mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return Response(path.read_bytes(), mimetype=mimetype, headers={"Cache-Control": "max-age=86400"})

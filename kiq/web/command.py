@@ -1,0 +1,93 @@
+"""``kiq web``: the dashboard on its own, served by waitress (a threaded WSGI server).
+
+It binds 127.0.0.1 unless told otherwise, and refuses any address other people could reach
+unless a password is set (``web.password`` in the config file or ``KIQ_WEB_PASSWORD``): the
+dashboard can delete every job. Importing this module needs only kiq's core; the ``web`` extra
+is imported when the command runs.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import sys
+from typing import TYPE_CHECKING
+
+import click
+
+from kiq import exits
+from kiq.admin import REDIS_URL_HELP, periodic_entries, settings
+
+if TYPE_CHECKING:
+    from waitress.server import BaseWSGIServer, MultiSocketServer
+
+EXTRA = "kiq web needs the web extra: pip install 'kiq[web]'"
+
+
+@click.command()
+@click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
+              help="Config file: redis_url, namespace, periodic entries, web.user and web.password.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on; other than loopback only with a password.")
+@click.option("--port", default=9292, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0: any free port, printed at the start).")
+@click.option("--read-only", is_flag=True, help="Show everything, change nothing (no buttons, POST refused).")
+@click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
+              help="Requests served at once.")
+@click.option("-r", "--require", "require", multiple=True,
+              help="Module that declares periodic entries. Repeatable.")
+@click.option("--redis-url", help=REDIS_URL_HELP)
+@click.option("--namespace", help="Key prefix.")
+def web(config_path: str | None, host: str, port: int, read_only: bool, threads: int,
+        require: tuple[str, ...], redis_url: str | None, namespace: str | None) -> None:
+    """Serve the web dashboard (docs/web.md)."""
+    config = settings(config_path, redis_url, namespace)
+    if not config.web_password and not loopback(host):
+        click.echo(f"kiq web: refusing to listen on {host} without a password: anyone who reaches it "
+                   "could delete every job. Set web.password in the config file (or KIQ_WEB_PASSWORD) "
+                   "to require HTTP basic auth, or listen on 127.0.0.1 behind your own proxy.", err=True)
+        sys.exit(exits.CONFIG)
+    try:
+        from waitress.server import create_server
+
+        import kiq.web
+        from kiq.web.auth import BasicAuth
+    except ImportError as error:
+        click.echo(f"{EXTRA} ({error})", err=True)
+        sys.exit(exits.CONFIG)
+    entries = periodic_entries(config, require)
+    application = kiq.web.app(config.redis_url, config.namespace, read_only=read_only, periodic=entries)
+    password = config.web_password
+    served = BasicAuth(application, config.web_user, password) if password else application
+    server = create_server(served, host=host, port=port, threads=threads, ident="kiq")
+    for address, bound in listening(server):
+        shown = f"[{address}]" if ":" in str(address) else address
+        click.echo(f"kiq web: serving http://{shown}:{bound}/{' read-only' if read_only else ''}"
+                   f"{' with basic auth' if password else ''}", err=True)
+    try:
+        server.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.close()
+
+
+def listening(server: MultiSocketServer | BaseWSGIServer) -> list[tuple[str, int]]:
+    """The (address, port) pairs a server listens on: a name such as localhost may give two."""
+    from waitress.server import MultiSocketServer
+
+    if isinstance(server, MultiSocketServer):
+        return list(server.effective_listen)
+    assert server.socket is not None
+    address, port = server.socket.getsockname()[:2]
+    return [(str(address), int(port))]
+
+
+def loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (127.0.0.0/8, ::1)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except socket.gaierror:
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(str(address).split("%")[0]).is_loopback
+                                   for address in addresses)

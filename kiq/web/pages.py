@@ -1,0 +1,126 @@
+"""What each page shows: every handler reads one window of its list (kiq.web.paging) and renders.
+
+The query string holds all of a page's state (page, per, filter, order, days), so every page
+can be bookmarked and reloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING
+
+from werkzeug.exceptions import NotFound
+from werkzeug.wrappers import Response
+
+from kiq import api as kiq_api
+from kiq.api import Job, SortedSet
+from kiq.periodic import describe
+from kiq.web import charts, paging
+
+if TYPE_CHECKING:
+    from kiq.web.application import View
+
+DAYS = (7, 30, 90)
+SET_TITLES = {"scheduled": "Scheduled", "retries": "Retries", "dead": "Dead"}
+NEWEST_FIRST = {"scheduled": False, "retries": False, "dead": True}  # the default order of each set
+
+
+def dashboard(view: View) -> Response:
+    api = view.api
+    days = paging.choice(view.request.args.get("days"), DAYS, 30)
+    daily = kiq_api.history(api, days)
+    processes = api.processes()
+    return view.render("dashboard.html", stats=api.stats(), days=days, choices=DAYS, daily=daily,
+                       chart=charts.daily_bars(daily), queues=kiq_api.queue_summaries(api)[:10],
+                       threads=sum(int(p.info.get("concurrency") or 0) for p in processes),
+                       redis=kiq_api.redis_info(api))
+
+
+def stats(view: View) -> Response:
+    """The dashboard's live numbers, polled by its script."""
+    s = view.api.stats()
+    data = {"time": time.time(), "processed": s.processed, "failed": s.failed, "busy": s.busy,
+            "enqueued": s.enqueued, "scheduled": s.scheduled, "retries": s.retries, "dead": s.dead,
+            "processes": s.processes}
+    return Response(json.dumps(data), content_type="application/json")
+
+
+def busy(view: View) -> Response:
+    processes = view.api.processes()
+    page = paging.of(paging.Paging.parse(view.request.args), processes,
+                     lambda p: " ".join([p.identity, str(p.info.get("tag", "")),
+                                         " ".join(p.info.get("queues", []))]))
+    running = [found for process in page.items for found in kiq_api.running(process)]
+    return view.render("busy.html", page=page, running=running, now=time.time(), count=len(processes),
+                       busy=sum(p.busy for p in processes),
+                       threads=sum(int(p.info.get("concurrency") or 0) for p in processes))
+
+
+def queues(view: View) -> Response:
+    page = paging.of(paging.Paging.parse(view.request.args), kiq_api.queue_summaries(view.api),
+                     lambda q: q.name)
+    return view.render("queues.html", page=page)
+
+
+def queue(view: View, name: str) -> Response:
+    q = view.api.queue(name)
+    newest = view.request.args.get("order") == "newest"
+
+    def window(start: int, count: int) -> list[Job]:
+        return kiq_api.queue_window(q, start, count, newest)
+
+    page = paging.jobs(paging.Paging.parse(view.request.args), window, q.size)
+    return view.render("queue.html", name=name, page=page, newest=newest, latency=q.latency())
+
+
+def sorted_set(view: View, kind: str) -> Response:
+    entries = entries_of(view, kind)
+    order = view.request.args.get("order")
+    newest = order == "desc" if order in ("asc", "desc") else NEWEST_FIRST[kind]
+
+    def window(start: int, count: int) -> list[Job]:
+        return kiq_api.sorted_window(entries, start, count, newest)
+
+    page = paging.jobs(paging.Paging.parse(view.request.args), window, entries.size)
+    return view.render("sorted_set.html", kind=kind, title=SET_TITLES[kind], page=page, newest=newest,
+                       now=time.time())
+
+
+def job(view: View, kind: str, key: str) -> Response:
+    found = entry_at(view, kind, key)
+    if found is None:
+        raise NotFound("No such job here: it may have run, moved or been deleted since.")
+    return view.render("job.html", kind=kind, title=SET_TITLES[kind], job=found, key=key)
+
+
+def periodic(view: View) -> Response:
+    entries = view.dashboard.periodic
+    rows = describe(view.api.redis, view.api.keys, entries) if entries else []
+    page = paging.of(paging.Paging.parse(view.request.args), rows,
+                     lambda row: f"{row['name']} {row['class']} {row['queue']}")
+    return view.render("periodic.html", page=page, declared=bool(entries))
+
+
+def search(view: View) -> Response:
+    text = view.request.args.get("q", "").strip()
+    places = kiq_api.search(view.api, text) if text else {}
+    return view.render("search.html", text=text, places=places, limit=25, titles=SET_TITLES)
+
+
+def entries_of(view: View, kind: str) -> SortedSet:
+    return {"scheduled": view.api.scheduled, "retries": view.api.retries, "dead": view.api.dead}[kind]
+
+
+def entry_at(view: View, kind: str, key: str) -> Job | None:
+    """The entry a page's key names: ``SCORE-JID``, as Sidekiq's Web UI names them."""
+    score, _, jid = key.partition("-")
+    try:
+        when = float(score)
+    except ValueError:
+        return None
+    return kiq_api.entry(entries_of(view, kind), when, jid)
+
+
+def key_of(job: Job) -> str:
+    return f"{job.score!r}-{job.jid}"

@@ -1,0 +1,65 @@
+"""The templates' environment: autoescaping on for every template, and the filters pages use."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from typing import Any
+
+import jinja2
+
+ARGS_SHOWN = 120  # characters of a job's arguments a listing shows; the job's own page shows all
+
+
+def environment() -> jinja2.Environment:
+    """Templates that render a field another writer left out (an old Sidekiq's process info, a
+    hand-made payload) as empty, instead of failing the page."""
+    env = jinja2.Environment(loader=jinja2.PackageLoader("kiq.web", "templates"), autoescape=True,
+                             undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters.update(ago=ago, utc=utc, compact=compact, pretty=pretty, short=short,
+                       duration=duration)
+    return env
+
+
+def ago(epoch: Any, now: float | None = None) -> str:
+    """``12 s ago`` or ``in 3 min``, for a time in epoch seconds; "-" for anything else."""
+    if not isinstance(epoch, (int, float)) or not epoch:
+        return "-"
+    seconds = (time.time() if now is None else now) - epoch
+    text = duration(abs(seconds))
+    return f"{text} ago" if seconds >= 0 else f"in {text}"
+
+
+def duration(seconds: Any) -> str:
+    if not isinstance(seconds, (int, float)):
+        return "-"
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f} {unit}"
+    return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+def utc(epoch: Any) -> str:
+    """The time (epoch seconds or a datetime) in UTC; "-" for anything else."""
+    if isinstance(epoch, dt.datetime):
+        moment = epoch
+    elif isinstance(epoch, (int, float)) and epoch:
+        moment = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+    else:
+        return "-"
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def compact(value: Any) -> str:
+    """JSON as a payload shows it, keeping non-ASCII text readable."""
+    return json.dumps(value, ensure_ascii=False, separators=(", ", ": "), default=str)
+
+
+def pretty(value: Any) -> str:
+    """JSON over several lines, for a job's own page."""
+    return json.dumps(value, ensure_ascii=False, indent=2, default=str)
+
+
+def short(text: str, limit: int = ARGS_SHOWN) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -1,0 +1,515 @@
+"""The dashboard as a WSGI application (kiq.web), through Werkzeug's test client, on a real Redis:
+every page, every action, escaping, CSRF, read-only mode and the paging windows."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import pytest
+import redis
+from conftest import ROOT
+from webdata import SCRIPT, add, csrf, dump, failure, fill, heartbeat, jid, job, push
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+from werkzeug.test import Client, TestResponse
+from werkzeug.wrappers import Response
+
+import kiq.web
+from kiq.periodic import Entry
+from kiq.web.auth import BasicAuth
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+@pytest.fixture
+def web(redis_server) -> Client:
+    return Client(kiq.web.app(redis_server.url))
+
+
+def page(client: Client, url: str, status: int = 200) -> str:
+    response = client.get(url)
+    assert response.status_code == status, (url, response.status_code, response.text[:2000])
+    return response.text
+
+
+def post(client: Client, url: str, data: dict[str, Any], form_page: str | None = None) -> TestResponse:
+    """A POST as the page's own form sends it: the token comes from ``form_page`` (default ``url``)."""
+    token = csrf(page(client, form_page or url))
+    return client.post(url, data={**data, "csrf": token})
+
+
+def done(response: TestResponse, location: str) -> None:
+    assert response.status_code == 303, response.text[:2000]
+    assert response.headers["Location"] == location, response.headers["Location"]
+
+
+def key(r: redis.Redis, set_key: str, n: int) -> str:
+    """A sorted-set entry's key as the pages name it (SCORE-JID)."""
+    for raw, score in r.zrange(set_key, 0, -1, withscores=True):
+        if json.loads(raw)["jid"] == jid(n):
+            return f"{score!r}-{jid(n)}"
+    raise AssertionError(f"{jid(n)} not in {set_key}")
+
+
+def jids(html: str) -> list[str]:
+    """The jids a page lists, in order."""
+    return re.findall(r"<code>([0-9a-f]{24})</code>", html)
+
+
+# -- pages -----------------------------------------------------------------
+
+
+PAGES = {
+    "/": ["Dashboard", "1,234", "56", "processed", "Redis", "version"],
+    "/stats.json": ['"processed": 1234', '"retries": 2'],
+    "/busy": ["web-1:101:0a0a", "1 / 10", "40.0 MB", "critical, default", jid(50), "running"],
+    "/queues": ["default", "critical"],
+    "/queues/default": [jid(0), jid(3), "RecordJob", "4 waiting"],
+    "/scheduled": [jid(20), jid(21), "2 job(s)"],
+    "/retries": [jid(30), jid(31), "RuntimeError", "boom 30"],
+    "/dead": [jid(40), jid(41), "boom 40"],
+    "/periodic": ["given no periodic entries"],
+    "/search?q=RecordJob": [jid(0), jid(20), jid(30), jid(40), jid(50)],
+}
+
+
+@pytest.mark.parametrize("url", PAGES)
+def test_every_page_shows_its_data(web, r, url):
+    fill(r)
+    html = page(web, url)
+    for text in PAGES[url]:
+        assert text in html, (url, text)
+
+
+def test_a_job_page_shows_every_field_the_error_and_the_backtrace(web, r):
+    trace = ["app/jobs.py:10:in `perform'", "kiq/processor.py:99:in `run'"]
+    add(r, "retry", (failure(30, error_backtrace=trace, kwargs={"size": "large"}), time.time() + 60))
+    html = page(web, f"/retries/{key(r, 'retry', 30)}")
+    for text in (jid(30), "RuntimeError", "boom 30", "app/jobs.py:10:in `perform&#39;", "&#34;large&#34;",
+                 "retry count", "failed", "retried", "next retry"):
+        assert text in html, text
+
+
+def test_a_job_page_says_when_no_backtrace_was_kept_and_404s_for_a_gone_job(web, r):
+    add(r, "dead", (failure(40), time.time()))
+    assert "none kept" in page(web, f"/dead/{key(r, 'dead', 40)}")
+    page(web, f"/dead/123.5-{jid(40)}", 404)
+    page(web, "/dead/not-a-key", 404)
+    page(web, "/nowhere", 404)
+
+
+def test_the_dashboard_draws_the_daily_history_from_sidekiqs_counters(web, r):
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    r.set(f"stat:processed:{today}", 321)
+    r.set(f"stat:failed:{today}", 12)
+    html = page(web, "/?days=7")
+    assert f"{today}: 321 processed, 12 failed" in html
+    assert html.count("<rect class=\"processed\"") == 7
+    assert page(web, "/?days=90").count("<rect class=\"processed\"") == 90
+    assert page(web, "/?days=5").count("<rect class=\"processed\"") == 30  # not a choice: the default
+
+
+def test_stats_json_is_what_the_live_chart_polls(web, r):
+    fill(r)
+    data = json.loads(page(web, "/stats.json"))
+    assert {key: data[key] for key in ("processed", "failed", "busy", "enqueued", "scheduled", "retries",
+                                       "dead", "processes")} == {
+        "processed": 1234, "failed": 56, "busy": 1, "enqueued": 5, "scheduled": 2, "retries": 2, "dead": 2,
+        "processes": 1}
+    assert abs(data["time"] - time.time()) < 5
+
+
+def test_static_assets_ship_in_the_package(web):
+    css = web.get("/static/kiq.css")
+    assert css.status_code == 200 and css.mimetype == "text/css" and b"--accent" in css.data
+    assert web.get("/static/kiq.js").mimetype == "text/javascript"
+    assert web.get("/static/missing.css").status_code == 404
+    assert web.get("/static/..%2Fapplication.py").status_code == 404
+    links = re.findall(r'(?:src|href)="([^"]*)"', page(web, "/"))
+    assert links and all(link.startswith("/") for link in links), links  # nothing from another site
+
+
+# -- escaping --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["/busy", "/queues/default", "/scheduled", "/retries", "/dead",
+                                 "/search?q=alert"])
+def test_a_script_in_a_job_renders_as_text(web, r, url):
+    fill(r)
+    html = page(web, url)
+    assert "<script>alert" not in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+
+
+def test_a_script_on_a_job_page_and_in_a_queue_name_renders_as_text(web, r):
+    add(r, "dead", (failure(41, args=[SCRIPT], error_message=SCRIPT), time.time()))
+    push(r, "<b>evil</b>", job(1, "<b>evil</b>"))
+    for html in (page(web, f"/dead/{key(r, 'dead', 41)}"), page(web, "/queues"), page(web, "/search?q=evil")):
+        assert "<script>alert" not in html and "<b>evil" not in html
+    assert "&lt;b&gt;evil&lt;/b&gt;" in page(web, "/queues")
+
+
+def test_pages_forbid_inline_scripts_and_outside_resources(web):
+    policy = web.get("/").headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "default-src 'none'" in policy
+    assert web.get("/").headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_pages_render_what_other_writers_leave_out(web, r):
+    r.sadd("processes", "old:1:aa")
+    r.hset("old:1:aa", mapping={"info": json.dumps({"hostname": "old"}), "beat": time.time()})
+    r.hset("old:1:aa:workers", "tid", json.dumps({"payload": {"class": "Bare"}}))  # Sidekiq 6's, no run_at
+    push(r, "default", {"class": "Bare"})
+    add(r, "retry", ({"class": "Bare", "error_class": "E"}, time.time()))
+    for url in ("/", "/busy", "/queues/default", "/retries", "/search?q=Bare", f"/retries/{time.time()}-"):
+        page(web, url, 404 if url.startswith("/retries/") else 200)
+    [(_, score)] = r.zrange("retry", 0, -1, withscores=True)
+    assert "Bare" in page(web, f"/retries/{score!r}-") and "Bare" in page(web, "/busy")
+
+
+def test_a_payload_that_is_not_utf8_or_json_still_renders(web, redis_server):
+    raw = redis.Redis.from_url(redis_server.url)
+    raw.sadd("queues", "default")
+    raw.lpush("queue:default", b'{"class":"X","args":["\xff\xfe"],"jid":"aa"}', b"not json at all")
+    raw.zadd("dead", {b"\xff not json": time.time()})
+    assert "\ufffd" in page(web, "/queues/default")
+    page(web, "/dead")
+    [(_, score)] = raw.zrange("dead", 0, -1, withscores=True)
+    done(post(web, "/dead", {"action": "delete", "key": f"{score!r}-"}), "/dead?done=delete&count=1")
+    done(post(web, "/queues/default", {"action": "delete", "jid": ""}), "/queues/default?done=delete&count=1")
+    assert raw.lrange("queue:default", 0, -1) == [b'{"class":"X","args":["\xff\xfe"],"jid":"aa"}']
+
+
+# -- CSRF and read-only ----------------------------------------------------
+
+
+def test_a_post_without_the_sessions_token_is_refused_and_changes_nothing(web, r, redis_server):
+    add(r, "retry", (failure(30), time.time() + 60))
+    entry = key(r, "retry", 30)
+    assert web.post("/retries", data={"action": "delete", "key": entry}).status_code == 403
+    assert web.post("/retries", data={"action": "delete", "key": entry, "csrf": "0" * 64}).status_code == 403
+    other = Client(kiq.web.app(redis_server.url))
+    token = csrf(page(other, "/retries"))  # another browser's token, or another app's secret
+    assert web.post("/retries", data={"action": "delete", "key": entry, "csrf": token}).status_code == 403
+    own = csrf(page(web, "/retries"))
+    accepted = web.post("/retries", data={"action": "delete", "key": entry, "csrf": own})
+    assert accepted.status_code == 303  # this browser's own token from this app
+    assert r.zcard("retry") == 0
+
+
+def test_the_session_cookie_is_http_only_and_same_site(web):
+    cookie = web.get("/").headers["Set-Cookie"]
+    assert all(part in cookie for part in ("kiq_session=", "HttpOnly", "SameSite=Lax", "Path=/"))
+    assert "Set-Cookie" not in web.get("/").headers  # set once per browser
+
+
+def test_read_only_hides_every_button_and_refuses_every_post(redis_server, r):
+    fill(r)
+    secret = b"s" * 32
+    reader = Client(kiq.web.app(redis_server.url, read_only=True, secret=secret))
+    writer = Client(kiq.web.app(redis_server.url, secret=secret))
+    entries = [Entry("hourly", "0 * * * *", "RecordJob")]
+    periodic = Client(kiq.web.app(redis_server.url, read_only=True, periodic=entries))
+    for url in ("/busy", "/queues/default", "/scheduled", "/retries", "/dead",
+                f"/retries/{key(r, 'retry', 30)}"):
+        html = page(reader, url)
+        assert "read-only" in html and 'method="post"' not in html and "<button" not in html.replace(
+            '<button type="submit">', ""), url
+    assert 'method="post"' not in page(periodic, "/periodic")
+    cookie = writer.get("/").headers["Set-Cookie"].split(";")[0].split("=")[1]
+    reader.set_cookie("kiq_session", cookie)
+    token = csrf(page(writer, "/retries"))
+    for url, data in (("/retries", {"action": "delete-all"}), ("/queues/default", {"action": "clear"}),
+                      ("/busy", {"action": "stop", "all": "1"}), ("/periodic", {"name": "hourly"})):
+        refused = reader.post(url, data={**data, "csrf": token})
+        assert refused.status_code == 403 and "read-only" in refused.text, url
+    assert (r.zcard("retry"), r.llen("queue:default"), r.llen("web-1:101:0a0a-signals")) == (2, 4, 0)
+
+
+def test_a_get_never_changes_anything(web, r):
+    fill(r)
+    for url in ("/retries?action=delete-all", "/queues/default?action=clear", "/busy?action=stop&all=1"):
+        page(web, url)
+    assert (r.zcard("retry"), r.llen("queue:default"), r.llen("web-1:101:0a0a-signals")) == (2, 4, 0)
+
+
+# -- actions ---------------------------------------------------------------
+
+
+def test_retries_retry_delete_and_kill_a_selection(web, r):
+    now = time.time()
+    add(r, "retry", *((failure(n), now + 60 + n) for n in range(6)))
+    done(post(web, "/retries?page=1&q=RuntimeError", {"action": "retry", "key": [key(r, "retry", 0),
+                                                                               key(r, "retry", 1)]}),
+         "/retries?page=1&q=RuntimeError&done=retry&count=2")
+    queued = [json.loads(raw) for raw in r.lrange("queue:default", 0, -1)]
+    assert sorted(each["jid"] for each in queued) == [jid(0), jid(1)]
+    assert all(each["retry_count"] == 2 for each in queued)  # a manual retry spends no try
+    done(post(web, "/retries", {"action": "delete", "key": key(r, "retry", 2)}),
+         "/retries?done=delete&count=1")
+    done(post(web, "/retries", {"action": "kill", "key": [key(r, "retry", 3), key(r, "retry", 4)]}),
+         "/retries?done=kill&count=2")
+    assert [json.loads(raw)["jid"] for raw in r.zrange("retry", 0, -1)] == [jid(5)]
+    assert sorted(json.loads(raw)["jid"] for raw in r.zrange("dead", 0, -1)) == [jid(3), jid(4)]
+    assert "2 job(s) moved to the dead set" in page(web, "/retries?done=kill&count=2")
+
+
+def test_every_entry_of_a_set_at_once(web, r):
+    now = time.time()
+    add(r, "retry", *((failure(n), now + n) for n in range(120)))
+    done(post(web, "/retries", {"action": "kill-all"}), "/retries?done=kill&count=120")
+    assert (r.zcard("retry"), r.zcard("dead")) == (0, 120)
+    done(post(web, "/dead", {"action": "retry-all"}), "/dead?done=retry&count=120")
+    assert (r.zcard("dead"), r.llen("queue:default")) == (0, 120)
+    add(r, "schedule", *((job(n), now + 600) for n in range(3)))
+    done(post(web, "/scheduled", {"action": "delete-all"}), "/scheduled?done=delete&count=3")
+    assert r.zcard("schedule") == 0
+
+
+def test_scheduled_run_now_and_dead_retry_from_the_jobs_own_page(web, r):
+    add(r, "schedule", (job(20), time.time() + 600))
+    add(r, "dead", (failure(40), time.time()))
+    entry = key(r, "schedule", 20)
+    done(post(web, "/scheduled", {"action": "retry", "key": entry, "from": "job"}, f"/scheduled/{entry}"),
+         "/scheduled?done=retry&count=1")
+    entry = key(r, "dead", 40)
+    done(post(web, "/dead", {"action": "retry", "key": entry, "from": "job"}, f"/dead/{entry}"),
+         "/dead?done=retry&count=1")
+    assert sorted(json.loads(raw)["jid"] for raw in r.lrange("queue:default", 0, -1)) == [jid(20), jid(40)]
+    assert r.zcard("schedule") == r.zcard("dead") == 0
+
+
+def test_an_action_a_set_does_not_offer_is_a_bad_request(web, r):
+    add(r, "dead", (failure(40), time.time()))
+    for action in ("kill", "explode", "retry-some"):
+        assert post(web, "/dead", {"action": action, "key": key(r, "dead", 40)}).status_code == 400
+    assert r.zcard("dead") == 1
+
+
+def test_a_queue_deletes_one_job_and_clears_after_confirming(web, r):
+    push(r, "default", *(job(n) for n in range(3)))
+    done(post(web, "/queues/default?page=1", {"action": "delete", "jid": jid(1)}),
+         "/queues/default?page=1&done=delete&count=1")
+    assert [json.loads(raw)["jid"] for raw in r.lrange("queue:default", 0, -1)] == [jid(2), jid(0)]
+    html = page(web, "/queues/default")
+    assert 'data-confirm="Delete the queue default and every job in it?"' in html
+    done(post(web, "/queues/default", {"action": "clear"}), "/queues?done=clear&count=2")
+    assert not r.exists("queue:default") and not r.sismember("queues", "default")
+
+
+def test_busy_quiets_and_stops_one_process_or_all(web, r):
+    heartbeat(r, "web-1:101:0a0a")
+    heartbeat(r, "web-2:202:0b0b")
+    done(post(web, "/busy", {"action": "quiet", "identity": "web-1:101:0a0a"}), "/busy?done=quiet&count=1")
+    assert r.lrange("web-1:101:0a0a-signals", 0, -1) == ["TSTP"] and not r.exists("web-2:202:0b0b-signals")
+    done(post(web, "/busy", {"action": "stop", "all": "1"}), "/busy?done=stop&count=2")
+    assert r.lrange("web-2:202:0b0b-signals", 0, -1) == ["TERM"]
+    assert r.lrange("web-1:101:0a0a-signals", 0, -1) == ["TERM", "TSTP"]
+    done(post(web, "/busy", {"action": "quiet", "identity": "gone:1:ff"}), "/busy?done=quiet&count=0")
+    assert not r.exists("gone:1:ff-signals")  # a process that is not live gets no signals list
+
+
+def test_busy_shows_a_quiet_process_as_quiet_without_a_quiet_button(web, r):
+    heartbeat(r, "web-1:101:0a0a", quiet=True)
+    html = page(web, "/busy")
+    assert 'class="badge quiet">quiet' in html and 'value="quiet">Quiet</button>' not in html
+
+
+def test_periodic_lists_entries_and_enqueues_one_now(redis_server, r):
+    entries = [Entry("nightly", "0 3 * * *", "RecordJob", args=("n",), tz="Europe/Berlin", queue="low"),
+               Entry("hourly", "0 * * * *", "RecordJob")]
+    web = Client(kiq.web.app(redis_server.url, periodic=entries))
+    html = page(web, "/periodic")
+    assert "nightly" in html and "0 3 * * *" in html and "Europe/Berlin" in html and "never" in html
+    assert "hourly" not in page(web, "/periodic?q=night")
+    done(post(web, "/periodic", {"name": "nightly"}), "/periodic?done=enqueue&count=1")
+    [raw] = r.lrange("queue:low", 0, -1)
+    payload = json.loads(raw)
+    assert payload["class"] == "RecordJob" and payload["args"] == ["n"]
+    assert payload["periodic"]["name"] == "nightly" and payload["periodic"]["manual"] is True
+    assert r.zcard("kiq:periodic:nightly:ticks") == 0  # no tick recorded: the schedule is untouched
+    assert post(web, "/periodic", {"name": "missing"}).status_code == 404
+
+
+# -- paging windows and filters --------------------------------------------
+
+
+def commands_during(redis_server, action) -> list[str]:
+    """The commands Redis ran while ``action`` ran, as MONITOR shows them (quotes removed)."""
+    seen: list[str] = []
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def watch() -> None:
+        with redis_server.client().monitor() as monitor:
+            ready.set()
+            for command in monitor.listen():
+                seen.append(command["command"])
+                if stop.is_set() and command["command"] == "PING":
+                    return
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    ready.wait(5)
+    time.sleep(0.1)
+    action()
+    stop.set()
+    redis_server.client().ping()
+    thread.join(5)
+    return seen
+
+
+def test_a_page_reads_one_window_of_a_large_set(web, r, redis_server):
+    now = time.time()
+    with r.pipeline() as pipe:
+        for start in range(0, 5000, 1000):
+            pipe.zadd("retry", {dump(failure(n)): now + n for n in range(start, start + 1000)})
+        pipe.execute()
+    html = ""
+
+    def read() -> None:
+        nonlocal html
+        html = page(web, "/retries?page=3&per=50")
+
+    commands = commands_during(redis_server, read)
+    assert [c for c in commands if c.startswith("ZRANGE")] == ["ZRANGE retry 100 149 WITHSCORES"]
+    assert [jid(n) for n in range(100, 150)] == jids(html)
+    assert "page 3 of 100 · 5,000 in all" in html
+    assert 'href="/retries?page=4&amp;per=50" rel="next"' in html and 'rel="last"' in html
+    latest = page(web, "/retries?order=desc")
+    assert jids(latest)[:2] == [jid(4999), jid(4998)]
+
+
+def test_a_filtered_page_reads_windows_only_until_it_is_full(web, r, redis_server):
+    now = time.time()
+    add(r, "retry", *((failure(n, error_message="rare" if n % 100 == 7 else "common"), now + n)
+                      for n in range(3000)))
+    html = ""
+
+    def read() -> None:
+        nonlocal html
+        html = page(web, "/retries?q=RARE&per=25")
+
+    commands = commands_during(redis_server, read)
+    ranges = [c for c in commands if c.startswith("ZRANGE")]
+    assert ranges == ["ZRANGE retry 0 499 WITHSCORES", "ZRANGE retry 500 999 WITHSCORES",
+                      "ZRANGE retry 1000 1499 WITHSCORES", "ZRANGE retry 1500 1999 WITHSCORES",
+                      "ZRANGE retry 2000 2499 WITHSCORES", "ZRANGE retry 2500 2999 WITHSCORES"]
+    assert jids(html) == [jid(n) for n in range(7, 3000, 100)][:25]
+    assert "of the matches" in html and 'rel="next"' in html
+    second = page(web, "/retries?q=RARE&per=25&page=2")
+    assert jids(second) == [jid(n) for n in range(2507, 3000, 100)]
+    assert 'rel="next"' not in second
+
+
+def test_a_queue_pages_oldest_or_newest_first_and_filters(web, r):
+    push(r, "default", *(job(n) for n in range(60)))
+    assert jids(page(web, "/queues/default?page=2"))[:2] == [jid(25), jid(26)]
+    assert jids(page(web, "/queues/default?order=newest"))[:2] == [jid(59), jid(58)]
+    assert jids(page(web, "/queues/default?q=t42")) == [jid(42)]
+
+
+def test_busy_and_queues_page_and_filter_their_lists(web, r):
+    for n in range(30):
+        heartbeat(r, f"host-{n:02d}:{n + 100}:ab", tag="web" if n % 2 else "batch")
+        push(r, f"queue-{n:02d}", job(n, f"queue-{n:02d}"))
+    busy = page(web, "/busy")
+    assert "host-00:100:ab" in busy and "host-25:125:ab" not in busy and "page 1 of 2" in busy
+    assert "host-25:125:ab" in page(web, "/busy?page=2")
+    filtered = page(web, "/busy?q=batch")
+    assert "host-00:100:ab" in filtered and "host-01:101:ab" not in filtered
+    assert "queue-29" in page(web, "/queues?page=2") and "queue-29" not in page(web, "/queues")
+    assert "queue-07" in page(web, "/queues?q=07") and "queue-08" not in page(web, "/queues?q=07")
+
+
+def test_nonsense_in_the_query_string_falls_back_to_defaults(web, r):
+    push(r, "default", job(1))
+    for query in ("page=-3", "page=x", "per=7", "per=", "order=sideways"):
+        assert jid(1) in page(web, f"/queues/default?{query}")
+    assert "Last 30 days" in page(web, "/?days=x")
+
+
+# -- search ----------------------------------------------------------------
+
+
+def test_search_finds_a_jid_a_class_or_an_argument_everywhere(web, r):
+    fill(r)
+    push(r, "default", job(60, job_class="InvoiceJob", args=["customer-777"]))
+    html = page(web, "/search?q=customer-777")
+    assert jid(60) in html and "queue default" in html and "1 job(s) contain" in html
+    running = page(web, f"/search?q={jid(50)}")
+    assert 'href="/busy?q=web-1:101:0a0a"' in running
+    retry = page(web, f"/search?q={jid(30)}")
+    assert f'href="/retries/{key(r, "retry", 30)}"' in retry
+    assert "0 job(s) contain" in page(web, "/search?q=nothing-like-this")
+
+
+# -- mounting, auth, Redis down ---------------------------------------------
+
+
+def test_mounted_under_a_prefix_every_link_form_and_cookie_keeps_it(redis_server, r):
+    fill(r)
+
+    def host(environ: Any, start_response: Any) -> Any:
+        return Response("the host app")(environ, start_response)
+
+    mounted = Client(DispatcherMiddleware(host, {"/admin/kiq": kiq.web.app(redis_server.url)}))
+    first = mounted.get("/admin/kiq/retries")
+    assert "Path=/admin/kiq/" in first.headers["Set-Cookie"]
+    links = re.findall(r'(?:href|src|action)="([^"]+)"', first.text)
+    assert links and all(link.startswith("/admin/kiq/") for link in links), links
+    assert mounted.get("/admin/kiq/static/kiq.css").status_code == 200
+    assert page(mounted, "/") == "the host app"
+    done(post(mounted, "/admin/kiq/retries", {"action": "delete", "key": key(r, "retry", 30)}),
+         "/admin/kiq/retries?done=delete&count=1")
+
+
+def test_basic_auth_asks_for_the_password(redis_server):
+    guarded = Client(BasicAuth(kiq.web.app(redis_server.url), "kiq", "pa:ss wörd"))
+    asked = guarded.get("/")
+    assert asked.status_code == 401 and asked.headers["WWW-Authenticate"].startswith('Basic realm="kiq"')
+    assert guarded.get("/", auth=("kiq", "wrong")).status_code == 401
+    assert guarded.get("/", auth=("someone", "pa:ss wörd")).status_code == 401
+    assert guarded.get("/", headers={"Authorization": "Basic !!!"}).status_code == 401
+    assert guarded.get("/", auth=("kiq", "pa:ss wörd")).status_code == 200
+
+
+def test_redis_down_is_a_clear_503_not_a_traceback(redis_server):
+    web = Client(kiq.web.app(redis_server.url))
+    redis_server.stop()
+    response = web.get("/retries")
+    assert response.status_code == 503 and "Redis is not answering" in response.text
+    assert "Traceback" not in response.text
+
+
+def test_kiq_imports_and_runs_its_commands_without_the_web_extra():
+    """Werkzeug, Jinja2 and waitress blocked: kiq, its client and CLI load; ``kiq web`` says what to
+    install."""
+    code = """
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("werkzeug", "jinja2", "waitress", "markupsafe"):
+            raise ImportError(f"blocked {name}")
+sys.meta_path.insert(0, Block())
+import kiq, kiq.api, kiq.client, kiq.cli, kiq.web
+sys.argv = ["kiq", "web"]
+kiq.cli.main()
+"""
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "kiq web needs the web extra: pip install 'kiq[web]'" in done.stderr
+
+
+def test_busy_shows_a_generation_column_only_where_a_process_stores_one(web, r):
+    heartbeat(r, "web-1:101:0a0a")
+    assert "<th>generation</th>" not in page(web, "/busy")
+    info = json.loads(r.hget("web-1:101:0a0a", "info"))
+    r.hset("web-1:101:0a0a", "info", json.dumps({**info, "generation": 7}))
+    html = page(web, "/busy")
+    assert "<th>generation</th>" in html and "<td>7</td>" in html

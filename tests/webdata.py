@@ -1,0 +1,93 @@
+"""For the dashboard's tests: data in Sidekiq's layout, written the way Sidekiq 6.4 and kiq write it,
+and what a test reads back from a page or a server."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import time
+from typing import Any
+
+import redis
+
+SCRIPT = "<script>alert('x')</script>"
+
+
+def dump(job: dict[str, Any]) -> str:
+    """Compact JSON without ASCII escapes, like Ruby's JSON.generate."""
+    return json.dumps(job, separators=(",", ":"), ensure_ascii=False)
+
+
+def jid(n: int) -> str:
+    return f"{n:024x}"
+
+
+def job(n: int, queue: str = "default", job_class: str = "RecordJob", **extra: Any) -> dict[str, Any]:
+    now = time.time()
+    payload: dict[str, Any] = {"retry": True, "queue": queue, "class": job_class, "args": [f"t{n}"],
+                               "jid": jid(n), "created_at": now - 300, "enqueued_at": now - 300}
+    payload.update(extra)
+    return payload
+
+
+def failure(n: int, queue: str = "default", **extra: Any) -> dict[str, Any]:
+    fields = {"retry_count": 3, "error_class": "RuntimeError", "error_message": f"boom {n}",
+              "failed_at": time.time() - 200, "retried_at": time.time() - 100}
+    return job(n, queue, **{**fields, **extra})
+
+
+def push(r: redis.Redis, queue: str, *jobs: dict[str, Any]) -> None:
+    """Enqueue as a Sidekiq client does: SADD queues, LPUSH (oldest pushed first)."""
+    r.sadd("queues", queue)
+    for each in jobs:
+        r.lpush(f"queue:{queue}", dump(each))
+
+
+def add(r: redis.Redis, key: str, *scored: tuple[dict[str, Any], float]) -> None:
+    """Entries of ``schedule``, ``retry`` or ``dead`` with their scores."""
+    r.zadd(key, {dump(each): score for each, score in scored})
+
+
+def heartbeat(r: redis.Redis, ident: str, busy: int = 0, quiet: bool = False, tag: str = "shop",
+              running: dict[str, Any] | None = None) -> None:
+    """A live process as a kiq or Sidekiq worker's heartbeat leaves it; ``running`` maps thread
+    ids to running job hashes."""
+    info = {"hostname": ident.split(":")[0], "pid": int(ident.split(":")[1]), "started_at": time.time() - 60,
+            "tag": tag, "concurrency": 10, "queues": ["critical", "default"], "labels": [], "identity": ident}
+    r.sadd("processes", ident)
+    r.hset(ident, mapping={"info": json.dumps(info), "busy": busy, "beat": time.time(),
+                           "quiet": "true" if quiet else "false", "rss": 40960})
+    r.expire(ident, 60)
+    for tid, payload in (running or {}).items():
+        work = {"queue": payload["queue"], "payload": dump(payload), "run_at": int(time.time() - 7)}
+        r.hset(f"{ident}:work", tid, json.dumps(work))
+
+
+def fill(r: redis.Redis) -> None:
+    """A little of everything, with a <script> in each place a job's text is shown."""
+    now = time.time()
+    push(r, "default", *(job(n) for n in range(3)), job(3, args=[SCRIPT]))
+    push(r, "critical", job(10, "critical"))
+    add(r, "schedule", (job(20, at=now + 600), now + 600), (job(21, args=[SCRIPT]), now + 700))
+    add(r, "retry", (failure(30), now + 60), (failure(31, error_message=SCRIPT), now + 90))
+    add(r, "dead", (failure(40), now - 60), (failure(41, args=[SCRIPT]), now - 30))
+    heartbeat(r, "web-1:101:0a0a", busy=1, tag=SCRIPT, running={"tid-1": job(50, args=[SCRIPT])})
+    r.set("stat:processed", 1234)
+    r.set("stat:failed", 56)
+
+
+def csrf(html: str) -> str:
+    """The CSRF token a page's forms carry."""
+    found = re.search(r'name="csrf" value="([0-9a-f]+)"', html)
+    assert found, "no form with a CSRF token on this page"
+    return found.group(1)
+
+
+def accepts(port: int) -> bool:
+    """Whether a server listens on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
