@@ -166,7 +166,9 @@ def script_problems(lua: str) -> list[str]:
 
 
 def modules() -> list[str]:
-    return sorted(path.stem for path in PACKAGE.glob("*.py") if path.stem not in ("__init__", "__main__"))
+    """kiq's modules as paths below the package, without ``.py`` (``web/app`` for kiq.web.app)."""
+    return sorted(str(path.relative_to(PACKAGE).with_suffix("")) for path in PACKAGE.rglob("*.py")
+                  if path.stem not in ("__init__", "__main__"))
 
 
 def scripts() -> dict[str, str]:
@@ -176,7 +178,7 @@ def scripts() -> dict[str, str]:
         tree = ast.parse((PACKAGE / f"{module}.py").read_text())
         assigned = {target.id for node in tree.body if isinstance(node, ast.Assign)
                     for target in node.targets if isinstance(target, ast.Name)}
-        values = vars(importlib.import_module(f"kiq.{module}"))
+        values = vars(importlib.import_module("kiq." + module.replace("/", ".")))
         for name in sorted(assigned):
             if isinstance(values.get(name), str) and CALL.search(values[name]):
                 found[f"{module}.{name}"] = values[name]
@@ -228,8 +230,8 @@ def test_no_module_but_keys_builds_a_key_name():
     name of one of Keys' names, or reads the prefix that Keys puts in front of every name."""
     fragments = layout_fragments()
     assert {"queue:", "stat:processed", ":work", "-signals", "kiq:wip:", "kiq:swept:"} <= fragments
-    problems = [problem for path in sorted(PACKAGE.glob("*.py")) if path.stem != "keys"
-                for problem in module_problems(path.stem, fragments)]
+    problems = [problem for module in modules() if module != "keys"
+                for problem in module_problems(module, fragments)]
     assert not problems, problems
 
 
