@@ -63,7 +63,7 @@ def collect(cls: type) -> dict[str, list[str]]:
     return {kind: [name for name, k in found.items() if k == kind] for kind in KINDS}
 
 
-def run(instance: Any, phase: str, body: Callable[[], T]) -> T:
+def around(instance: Any, phase: str, body: Callable[[], T]) -> T:
     """Call ``body`` inside ``instance``'s callbacks for ``phase`` ("enqueue" or "perform")."""
     table: dict[str, list[str]] = type(instance)._kiq_callbacks
     before, around, after = table["before_" + phase], table["around_" + phase], table["after_" + phase]

@@ -94,7 +94,7 @@ class Fetcher:
         self._outage = Outage("fetch")
         self.watchers = Watchers(redis_url, keys, identity, queues.names, self._work_ready, self._caught,
                                  self._lost, self._outage)
-        self._thread = threading.Thread(target=self._run, name="fetcher", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="fetcher", daemon=True)
         self.log = log.get("kiq.fetch")
 
     # -- processor side -------------------------------------------------
@@ -282,7 +282,7 @@ class Fetcher:
             with self._lock:
                 self._set_prefetch(wanted)
 
-    def _run(self) -> None:
+    def _loop(self) -> None:
         """The fetcher thread: a round trip whenever one is due, until the fetcher is closed
         and has nothing left to send. A failed one keeps what it was to send for the next."""
         pause = 0.0

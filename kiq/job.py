@@ -80,7 +80,7 @@ class Job:
                 return run_coroutine(result)
             return result
 
-        return callbacks.run(self, "perform", body)
+        return callbacks.around(self, "perform", body)
 
     @classmethod
     def perform_later(cls, *args: Any, **kwargs: Any) -> Enqueued:
@@ -151,7 +151,7 @@ class Options:
         job = self.job()
         job.arguments, job.kwargs = list(args), dict(kwargs)
         job.queue_name = self.queue or self.job.queue
-        enqueued = callbacks.run(job, "enqueue", enqueue)
+        enqueued = callbacks.around(job, "enqueue", enqueue)
         job.jid = enqueued.jid
         return enqueued
 

@@ -59,7 +59,7 @@ class Scheduler:
         self.lock = lock
         self.stopped = threading.Event()
         self.log = log.get("kiq.scheduler")
-        self.thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        self.thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -101,7 +101,7 @@ class Scheduler:
         payload["enqueued_at"] = time.time()
         return str(payload.get("queue") or "default"), json.dumps(payload, separators=(",", ":"))
 
-    def _run(self) -> None:
+    def _loop(self) -> None:
         conn = connect(self.redis_url, name="kiq-scheduler")
         outage = Outage("scheduler")
         pause = 0.0
