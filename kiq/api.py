@@ -21,21 +21,21 @@ from kiq.connection import connect, url_from_env, wire
 from kiq.keys import Keys, day
 from kiq.payload import epoch_seconds
 from kiq.retry import TRIM_DEAD, decode_backtrace
-from kiq.scheduler import MOVE
+from kiq.scheduler import MOVE, move_call
 
 BATCH = 100
 Progress = Callable[[int], None]
 
-# ARGV: prefix, sorted set, now, then payloads: each moves to the dead set.
+# KEYS: the sorted set, dead. ARGV: now, then payloads: each moves to the dead set.
 KILL = TRIM_DEAD + """
-local prefix, set, now, killed = ARGV[1], ARGV[2], ARGV[3], 0
-for i = 4, #ARGV do
-  if redis.call('ZREM', set, ARGV[i]) == 1 then
-    redis.call('ZADD', prefix .. 'dead', now, ARGV[i])
+local now, killed = ARGV[1], 0
+for i = 2, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[2], now, ARGV[i])
     killed = killed + 1
   end
 end
-trim_dead(prefix .. 'dead', now)
+trim_dead(KEYS[2], now)
 return killed
 """
 
@@ -177,10 +177,10 @@ class Queue:
 class SortedSet:
     """``schedule``, ``retry`` or ``dead``: jobs ordered by when (due, or died)."""
 
-    def __init__(self, api: API, name: str) -> None:
+    def __init__(self, api: API, name: str, key: str) -> None:
         self.api = api
         self.name = name
-        self.key = api.keys.prefix + name
+        self.key = key
 
     def size(self) -> int:
         return int(self.api.redis.zcard(self.key))
@@ -217,7 +217,7 @@ class SortedSet:
         it gets exactly one more try (as it does in Sidekiq)."""
         if not jobs:
             return 0
-        args: list[str | bytes | float] = [self.api.keys.prefix, self.key, time.time()]
+        moves: list[tuple[str, str, str]] = []
         for job in jobs:
             if not job.payload:
                 continue  # not a job hash: it stays where it is, for a person to look at
@@ -226,19 +226,19 @@ class SortedSet:
             payload["enqueued_at"] = time.time()
             if self.name == "retry" and isinstance(payload.get("retry_count"), int):
                 payload["retry_count"] -= 1
-            args += [wire(job.raw), job.queue, json.dumps(payload, separators=(",", ":"))]
-        if len(args) == 3:
+            moves.append((job.raw, job.queue, json.dumps(payload, separators=(",", ":"))))
+        if not moves:
             return 0
-        return int(self.api.redis.register_script(MOVE)(args=args))
+        move = self.api.redis.register_script(MOVE)
+        return int(move(**move_call(self.api.keys, self.key, time.time(), moves)))
 
     def kill(self, jobs: list[Job]) -> int:
         """Move entries to the dead set."""
         if not jobs or self.name == "dead":
             return 0
         now = time.time()
-        args: list[str | bytes | float] = [self.api.keys.prefix, self.key, now]
-        args += [wire(job.raw) for job in jobs]
-        return int(self.api.redis.register_script(KILL)(args=args))
+        args: list[str | bytes | float] = [now, *(wire(job.raw) for job in jobs)]
+        return int(self.api.redis.register_script(KILL)(keys=[self.key, self.api.keys.dead], args=args))
 
     def retry_all(self, progress: Progress | None = None) -> int:
         return self._all(self.retry, progress)
@@ -279,9 +279,9 @@ class API:
     ) -> None:
         self.keys = Keys.using(namespace)
         self.redis = connection or connect(redis_url or url_from_env(), name="kiq-api", retry=True)
-        self.scheduled = SortedSet(self, "schedule")
-        self.retries = SortedSet(self, "retry")
-        self.dead = SortedSet(self, "dead")
+        self.scheduled = SortedSet(self, "schedule", self.keys.schedule)
+        self.retries = SortedSet(self, "retry", self.keys.retry)
+        self.dead = SortedSet(self, "dead", self.keys.dead)
 
     def queue(self, name: str) -> Queue:
         return Queue(self, name)
@@ -295,7 +295,7 @@ class API:
         identities = [str(ident) for ident in self.redis.smembers(k.processes)]
         today = day()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.mget(k.processed, k.failed, f"{k.processed}:{today}", f"{k.failed}:{today}")
+        pipe.mget(k.processed, k.failed, k.processed_on(today), k.failed_on(today))
         pipe.zcard(k.schedule)
         pipe.zcard(k.retry)
         pipe.zcard(k.dead)

@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
 from kiq import log
+from kiq.keys import Keys
 from kiq.metrics import ENV
 from kiq.payload import epoch_seconds
 
@@ -43,23 +44,23 @@ BIND_PAUSE_MAX = 5.0
 class RedisCollector:
     """Values read from Redis at scrape time, in the master only."""
 
-    def __init__(self, conn: redis.Redis, prefix: str) -> None:
+    def __init__(self, conn: redis.Redis, keys: Keys) -> None:
         self.conn = conn
-        self.prefix = prefix
+        self.keys = keys
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        p = self.prefix
-        queues = sorted(str(queue) for queue in self.conn.smembers(p + "queues"))
+        k = self.keys
+        queues = sorted(str(queue) for queue in self.conn.smembers(k.queues))
         started = time.perf_counter()
         self.conn.ping()
         rtt = time.perf_counter() - started
         pipe = self.conn.pipeline(transaction=False)
         for queue in queues:
-            pipe.llen(f"{p}queue:{queue}")
-            pipe.lindex(f"{p}queue:{queue}", -1)
-        for key in ("schedule", "retry", "dead"):
-            pipe.zcard(p + key)
-        pipe.scard(p + "processes")
+            pipe.llen(k.queue(queue))
+            pipe.lindex(k.queue(queue), -1)
+        for key in (k.schedule, k.retry, k.dead):
+            pipe.zcard(key)
+        pipe.scard(k.processes)
         replies = pipe.execute()
         size = GaugeMetricFamily("kiq_queue_size", "Jobs waiting in a queue.", labels=["queue"])
         latency = GaugeMetricFamily("kiq_queue_latency_seconds",
@@ -119,16 +120,16 @@ class Samples:
 class Scrape:
     """A collector that builds a fresh registry for each scrape, as multiprocess mode requires."""
 
-    def __init__(self, conn: redis.Redis, prefix: str, lock: threading.Lock) -> None:
+    def __init__(self, conn: redis.Redis, keys: Keys, lock: threading.Lock) -> None:
         self.conn = conn
-        self.prefix = prefix
+        self.keys = keys
         self.lock = lock
         self.samples = Samples(os.environ[ENV])
 
     def collect(self) -> Iterator[Any]:
         registry = CollectorRegistry()
         registry.register(self.samples)
-        registry.register(RedisCollector(self.conn, self.prefix))
+        registry.register(RedisCollector(self.conn, self.keys))
         with self.lock:
             yield from registry.collect()
 
@@ -154,10 +155,10 @@ class _Server(ThreadingMixIn, WSGIServer):
                                      error=repr(sys.exc_info()[1]))
 
 
-def serve(host: str, port: int, conn: redis.Redis, prefix: str, lock: threading.Lock) -> None:
+def serve(host: str, port: int, conn: redis.Redis, keys: Keys, lock: threading.Lock) -> None:
     """Serve /metrics from a daemon thread, binding the port as soon as it is free;
     ``lock`` keeps a scrape and a fork apart."""
-    app = make_wsgi_app(Scrape(conn, prefix, lock))
+    app = make_wsgi_app(Scrape(conn, keys, lock))
     threading.Thread(target=_bind_and_serve, args=(host, port, app), name="metrics", daemon=True).start()
 
 

@@ -38,28 +38,29 @@ def rss_kb(pid: int | None = None) -> int:
     return 0
 
 
-# ARGV: prefix, identity, TTL in ms, "1" to create the entry (the first beat) or "0", info,
-# busy, beat, quiet, rss, rtt_us, how many kiq:wip members follow, the members, then the
-# running jobs as (thread id, JSON) pairs. Returns {0} if the entry had expired (and "0"),
-# else {1, the oldest remote signal or false}.
+# KEYS: IDENTITY, IDENTITY:work, IDENTITY:workers, processes, kiq:wip, IDENTITY-signals.
+# ARGV: identity, TTL in ms, "1" to create the entry (the first beat) or "0", info, busy, beat,
+# quiet, rss, rtt_us, how many kiq:wip members follow, the members, then the running jobs as
+# (thread id, JSON) pairs. Returns {0} if the entry had expired (and "0"), else {1, the oldest
+# remote signal or false}.
 # The TTL is extended first: a write that Redis accepts even at ``maxmemory``, after which the
 # script's other writes are accepted too, so liveness never hangs on one refused write.
 BEAT = """
-local prefix, identity, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local key = prefix .. identity
-if redis.call('PEXPIRE', key, ttl) == 0 and ARGV[4] == '0' then return {0} end
-local members = tonumber(ARGV[11])
-for _, work in ipairs({key .. ':work', key .. ':workers'}) do
+local key, ttl = KEYS[1], tonumber(ARGV[2])
+if redis.call('PEXPIRE', key, ttl) == 0 and ARGV[3] == '0' then return {0} end
+local members = tonumber(ARGV[10])
+for w = 2, 3 do
+  local work = KEYS[w]
   redis.call('UNLINK', work)
-  for i = 12 + members, #ARGV, 2 do redis.call('HSET', work, ARGV[i], ARGV[i + 1]) end
-  if #ARGV >= 12 + members then redis.call('PEXPIRE', work, 2 * ttl) end
+  for i = 11 + members, #ARGV, 2 do redis.call('HSET', work, ARGV[i], ARGV[i + 1]) end
+  if #ARGV >= 11 + members then redis.call('PEXPIRE', work, 2 * ttl) end
 end
-redis.call('SADD', prefix .. 'processes', identity)
-redis.call('HSET', key, 'info', ARGV[5], 'busy', ARGV[6], 'beat', ARGV[7], 'quiet', ARGV[8],
-  'rss', ARGV[9], 'rtt_us', ARGV[10])
+redis.call('SADD', KEYS[4], ARGV[1])
+redis.call('HSET', key, 'info', ARGV[4], 'busy', ARGV[5], 'beat', ARGV[6], 'quiet', ARGV[7],
+  'rss', ARGV[8], 'rtt_us', ARGV[9])
 redis.call('PEXPIRE', key, ttl)
-for i = 12, 11 + members do redis.call('SADD', prefix .. 'kiq:wip', ARGV[i]) end
-return {1, redis.call('RPOP', key .. '-signals')}
+for i = 11, 10 + members do redis.call('SADD', KEYS[5], ARGV[i]) end
+return {1, redis.call('RPOP', KEYS[6])}
 """
 
 
@@ -83,12 +84,13 @@ class Heartbeat:
         """``wip`` lists this process's members of ``kiq:wip``: each beat registers them again, so
         a worker whose heartbeat lapsed and was swept is found again if it dies later."""
         self.conn = conn
-        self.keys = keys
         self.identity = ident
         self.info = json.dumps({**info, "identity": ident, "version": __version__})
         self.running = running
         self.ttl_ms = int(ttl * 1000)
         self.wip = list(wip)
+        self._keys = [keys.process(ident), keys.work(ident), keys.workers(ident), keys.processes,
+                      keys.wip_registry, keys.signals(ident)]
         self._script = conn.register_script(BEAT)
 
     def beat(self, quiet: bool, create: bool = False) -> str | None:
@@ -100,10 +102,10 @@ class Heartbeat:
         started = time.monotonic()
         self.conn.ping()
         rtt_us = int((time.monotonic() - started) * 1_000_000)
-        args: list[Any] = [self.keys.prefix, self.identity, self.ttl_ms, "1" if create else "0", self.info,
-                           len(work) // 2, time.time(), "true" if quiet else "false", rss_kb(), rtt_us,
+        args: list[Any] = [self.identity, self.ttl_ms, "1" if create else "0", self.info, len(work) // 2,
+                           time.time(), "true" if quiet else "false", rss_kb(), rtt_us,
                            len(self.wip), *self.wip, *work]
-        reply = self._script(args=args)
+        reply = self._script(keys=self._keys, args=args)
         if reply[0] == 0:
             raise Lapsed(self.identity)
         return reply[1]  # type: ignore[no-any-return]

@@ -1,7 +1,10 @@
-"""The names of kiq's Redis keys, as Python code builds them.
+"""The names of kiq's Redis keys: every one is built here, for Python code and Lua scripts alike.
 
-The Lua scripts build the same names from the prefix they are given (kiq.fetch,
-kiq.recovery, kiq.lease, kiq.heartbeat); docs/redis.md lists every key.
+A Lua script never builds a key name: its caller passes every key the script touches in
+``KEYS[]``, as Redis asks of scripts (and as Redis Cluster will require). Where a script's
+keys depend on data (the queue a due job goes to, the lists of a process found dead), the
+caller reads that data first and the script checks again, atomically, before it writes.
+docs/redis.md lists every key.
 
 Without a namespace the names are Sidekiq's own (see docs/redis.md), so Ruby
 Sidekiq, its API and its Web UI see kiq's data. kiq's private keys start with
@@ -11,6 +14,7 @@ Sidekiq, its API and its Web UI see kiq's data. kiq's private keys start with
 from __future__ import annotations
 
 import os
+import re
 import time
 
 
@@ -43,6 +47,13 @@ class Keys:
     def queue(self, name: str) -> str:
         return f"{self.prefix}queue:{name}"
 
+    def processed_on(self, day: str) -> str:
+        """Jobs processed on a UTC date (``day()``), as Sidekiq counts them."""
+        return f"{self.processed}:{day}"
+
+    def failed_on(self, day: str) -> str:
+        return f"{self.failed}:{day}"
+
     def process(self, identity: str) -> str:
         return self.prefix + identity
 
@@ -57,13 +68,29 @@ class Keys:
     def signals(self, identity: str) -> str:
         return f"{self.prefix}{identity}-signals"
 
-    def wip(self, identity: str, queue: str) -> str:
-        """A worker's in-progress list for one queue.
+    def swept(self, identity: str) -> str:
+        """The tombstone a sweep or a requeue at reap leaves for a process (kiq.lease)."""
+        return f"{self.prefix}kiq:swept:{identity}"
 
-        Its member in ``kiq:wip`` is ``identity|queue``; identities never
-        contain ``|``, so the pair splits back unambiguously.
-        """
-        return f"{self.wip_prefix}{identity}|{queue}"
+    def recoveries(self, jid: str) -> str:
+        """How many times a job was requeued while running (kiq.recovery's poison pills)."""
+        return f"{self.prefix}kiq:recoveries:{jid}"
+
+    def wip(self, identity: str, queue: str) -> str:
+        """A worker's in-progress list for one queue; its member in ``kiq:wip`` is ``member()``."""
+        return self.wip_prefix + member(identity, queue)
+
+    def wip_of(self, registered: str) -> str:
+        """The in-progress list of a ``kiq:wip`` member."""
+        return self.wip_prefix + registered
+
+    def wip_pattern(self) -> str:
+        """A SCAN pattern matching every in-progress list of this namespace, and no other's."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.wip_prefix) + "*"
+
+    def member_of_wip(self, key: str) -> str:
+        """The ``kiq:wip`` member of an in-progress list's key."""
+        return key[len(self.wip_prefix):]
 
     def periodic(self, name: str) -> str:
         """A periodic entry's state hash: ``last`` tick, its ``jid`` and ``enqueued_at``,
@@ -76,6 +103,18 @@ class Keys:
         Entry names never contain ``:``, so this cannot clash with another entry's hash.
         """
         return f"{self.prefix}kiq:periodic:{name}:ticks"
+
+
+def member(identity: str, queue: str) -> str:
+    """A ``kiq:wip`` member: ``identity|queue``. Identities never contain ``|``, so the pair
+    splits back unambiguously (``owner``)."""
+    return f"{identity}|{queue}"
+
+
+def owner(registered: str) -> tuple[str, str] | None:
+    """``(identity, queue)`` of a ``kiq:wip`` member, or None for one that is none of kiq's."""
+    identity, bar, queue = registered.partition("|")
+    return (identity, queue) if bar else None
 
 
 def day(now: float | None = None) -> str:

@@ -24,22 +24,23 @@ from typing import Any
 import redis
 
 from kiq.connection import wire
-from kiq.keys import Keys
+from kiq.keys import Keys, member
 
 SHARE = 0.9  # of the TTL that a renewal lets the worker start jobs for
 
-# ARGV: prefix, identity, TTL in ms, info, now, how many queues follow, the queues, then
-# (queue, payload, copies held) triples. Returns 1 if a sweep took the worker's jobs, then
-# the copies of each triple's job that are still this worker's.
+# KEYS: kiq:swept:IDENTITY, IDENTITY, processes, kiq:wip, then the worker's in-progress lists.
+# ARGV: identity, TTL in ms, info, now, how many kiq:wip members follow, the members, then
+# (position in KEYS of the job's in-progress list, payload, copies held) triples. Returns 1 if a
+# sweep took the worker's jobs, then the copies of each triple's job that are still this worker's.
 RECLAIM = """
-local prefix, identity, ttl, info, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-local queues = tonumber(ARGV[6])
+local identity, ttl, info, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local members = tonumber(ARGV[5])
 -- Deleting the tombstone tells whether there was one, and is a write Redis accepts at
 -- maxmemory, after which it accepts the script's other writes too.
-local swept = redis.call('DEL', prefix .. 'kiq:swept:' .. identity) == 1
+local swept = redis.call('DEL', KEYS[1]) == 1
 local lists, out = {}, {swept and 1 or 0}
-for i = 7 + queues, #ARGV, 3 do
-  local wip = prefix .. 'kiq:wip:' .. identity .. '|' .. ARGV[i]
+for i = 6 + members, #ARGV, 3 do
+  local wip = KEYS[tonumber(ARGV[i])]
   local job, held = ARGV[i + 1], tonumber(ARGV[i + 2])
   if not lists[wip] then
     lists[wip] = {}
@@ -55,11 +56,10 @@ for i = 7 + queues, #ARGV, 3 do
   end
   out[#out + 1] = kept
 end
-local key = prefix .. identity
-redis.call('HSET', key, 'info', info, 'beat', now)  -- the next beat writes the rest
-redis.call('PEXPIRE', key, ttl)
-redis.call('SADD', prefix .. 'processes', identity)
-for i = 7, 6 + queues do redis.call('SADD', prefix .. 'kiq:wip', identity .. '|' .. ARGV[i]) end
+redis.call('HSET', KEYS[2], 'info', info, 'beat', now)  -- the next beat writes the rest
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('SADD', KEYS[3], identity)
+for i = 6, 5 + members do redis.call('SADD', KEYS[4], ARGV[i]) end
 return out
 """
 
@@ -89,20 +89,23 @@ class Reclaimer:
 
     def __init__(self, conn: redis.Redis, keys: Keys, identity: str, ttl: float, queues: Sequence[str],
                  info: str) -> None:
-        self.keys = keys
         self.identity = identity
         self.ttl_ms = int(ttl * 1000)
-        self.queues = list(queues)
+        self.members = [member(identity, queue) for queue in queues]
         self.info = info
+        self._keys = [keys.swept(identity), keys.process(identity), keys.processes, keys.wip_registry,
+                      *(keys.wip(identity, queue) for queue in queues)]
+        self._lists = {queue: 5 + n for n, queue in enumerate(queues)}  # where its list is in KEYS[]
         self._script = conn.register_script(RECLAIM)
 
     def reclaim(self, held: Mapping[Any, int]) -> tuple[bool, dict[Any, int]]:
         """Recreate the worker's key; returns whether it was swept, and how many copies of each
-        held unit (a ``(queue, payload)`` pair, with the count held) are still its own."""
+        held unit (a ``(queue, payload)`` pair of one of the worker's queues, with the count
+        held) are still its own."""
         units = list(held.items())
-        args: list[str | bytes | int | float] = [self.keys.prefix, self.identity, self.ttl_ms, self.info,
-                                                 time.time(), len(self.queues), *self.queues]
+        args: list[str | bytes | int | float] = [self.identity, self.ttl_ms, self.info, time.time(),
+                                                 len(self.members), *self.members]
         for (queue, payload), count in units:
-            args += [queue, wire(payload), count]
-        reply = self._script(args=args)
+            args += [self._lists[queue], wire(payload), count]
+        reply = self._script(keys=self._keys, args=args)
         return reply[0] == 1, {unit: int(kept) for (unit, _), kept in zip(units, reply[1:], strict=True)}

@@ -111,7 +111,7 @@ class Master:
         if not self.config.metrics_port:
             return
         conn = connect(self.config.redis_url, name="kiq-metrics")
-        exporter.serve(self.config.metrics_host, self.config.metrics_port, conn, self.keys.prefix,
+        exporter.serve(self.config.metrics_host, self.config.metrics_port, conn, self.keys,
                        self.fork_lock)
 
     # -- signals --------------------------------------------------------

@@ -15,11 +15,15 @@ a vanished host. A job counted ``POISON_LIMIT`` times is a poison pill: it goes 
 the reason, so it stops killing workers.
 
 Each script runs atomically in Redis, so masters sweeping at the same time
-never requeue a job twice.
+never requeue a job twice. A script touches only the keys its caller declares
+(kiq.keys), so the caller reads first which lists a process has and the jids of
+the jobs it was running; the sweep's script then checks again that the process
+has no heartbeat before it moves anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Iterable, Sequence
@@ -29,178 +33,150 @@ import redis
 
 from kiq import metrics
 from kiq.connection import wire
-from kiq.keys import Keys
+from kiq.keys import Keys, owner
 from kiq.payload import InvalidPayloadError, decode, mark_failed, wrap_invalid
 from kiq.retry import TRIM_DEAD
 
 POISON_LIMIT = 3
 RECOVERY_MEMORY = 24 * 3600
 
-# requeue(prefix, member, running): move one in-progress list back to its queue. ``running``
-# maps SHA-1 digests of the payloads the process was running when it died to how many times;
-# only those jobs count a recovery towards the poison-pill limit (see Recovery.requeue_all).
-_REQUEUE_LIST = """
-local function requeue(prefix, member, running)
-  local queue = string.sub(member, string.find(member, '|', 1, true) + 1)
-  local src = prefix .. 'kiq:wip:' .. member
-  local dst = prefix .. 'queue:' .. queue
+# The scripts that requeue a process's lists (REQUEUE_ALL, SWEEP) take one process each, with
+# KEYS: kiq:wip, processes, queues, kiq:poison, IDENTITY, IDENTITY:work, IDENTITY:workers,
+# kiq:swept:IDENTITY, then per list its in-progress list and its queue, then the recovery counters
+# of the jobs it was running. ARGV: identity, how many lists, per list its queue and "1" if it was
+# found outside the registry (else "0"), then per job it was running the payload's SHA-1 digest
+# and the position of its counter in KEYS (0 for a payload without a jid: it counts nothing).
+_REQUEUE_LISTS = """
+local identity, lists = ARGV[1], tonumber(ARGV[2])
+local running = {}
+for i = 3 + 2 * lists, #ARGV, 2 do
+  local entry = running[ARGV[i]] or {count = 0, counter = tonumber(ARGV[i + 1])}
+  entry.count = entry.count + 1
+  running[ARGV[i]] = entry
+end
+
+-- requeue(list): move the list-th in-progress list back to its queue. Only the jobs the
+-- process was running count a recovery towards the poison-pill limit.
+local function requeue(list)
+  local queue = ARGV[1 + 2 * list]
+  local src, dst = KEYS[7 + 2 * list], KEYS[8 + 2 * list]
   local moved = 0
   local job = redis.call('LPOP', src)
   while job do
     local poisoned = false
-    local digest = next(running) and redis.sha1hex(job)
-    if digest and (running[digest] or 0) > 0 then
-      running[digest] = running[digest] - 1
-      local ok, decoded = pcall(cjson.decode, job)
-      if ok and type(decoded) == 'table' and type(decoded['jid']) == 'string' then
-        local key = prefix .. 'kiq:recoveries:' .. decoded['jid']
-        poisoned = redis.call('INCR', key) >= __LIMIT__
-        redis.call('EXPIRE', key, __MEMORY__)
+    local entry = next(running) and running[redis.sha1hex(job)]
+    if entry and entry.count > 0 then
+      entry.count = entry.count - 1
+      if entry.counter > 0 then
+        local counter = KEYS[entry.counter]
+        poisoned = redis.call('INCR', counter) >= __LIMIT__
+        redis.call('EXPIRE', counter, __MEMORY__)
       end
     end
     if poisoned then
-      redis.call('RPUSH', prefix .. 'kiq:poison', job)
+      redis.call('RPUSH', KEYS[4], job)
     else
       redis.call('RPUSH', dst, job)
       moved = moved + 1
     end
     job = redis.call('LPOP', src)
   end
-  if moved > 0 then redis.call('SADD', prefix .. 'queues', queue) end
-  redis.call('SREM', prefix .. 'kiq:wip', member)
+  if moved > 0 then redis.call('SADD', KEYS[3], queue) end
+  redis.call('SREM', KEYS[1], identity .. '|' .. queue)
   return moved
 end
 
--- forget(prefix, identity): a process whose jobs were requeued leaves ``processes`` and
--- its entries, and a tombstone for a worker that was only paused to find (kiq.lease).
-local function forget(prefix, identity)
-  redis.call('SREM', prefix .. 'processes', identity)
-  redis.call('DEL', prefix .. identity, prefix .. identity .. ':work', prefix .. identity .. ':workers')
-  redis.call('SET', prefix .. 'kiq:swept:' .. identity, '1', 'EX', __MEMORY__)
+-- Requeues every list, then the process leaves ``processes`` and its entries, and a tombstone
+-- for a worker that was only paused to find (kiq.lease). Returns queue, count, queue, count, ...
+local function requeue_all()
+  local moved = {}
+  for list = 1, lists do
+    moved[#moved + 1] = ARGV[1 + 2 * list]
+    moved[#moved + 1] = requeue(list)
+  end
+  redis.call('SREM', KEYS[2], identity)
+  redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
+  redis.call('SET', KEYS[8], '1', 'EX', __MEMORY__)
+  return moved
 end
 """.replace("__LIMIT__", str(POISON_LIMIT)).replace("__MEMORY__", str(RECOVERY_MEMORY))
 
-# ARGV: prefix, identity, how many queue names follow, the queue names, then the digests of
-# the jobs it was running. Requeues the identity's lists of those queues and any other the
-# registry names, forgets the process, and leaves a tombstone (as SWEEP does) so that a late
-# round trip of that worker drops what it still holds. Returns queue, count, queue, count, ...
-REQUEUE_ALL = _REQUEUE_LIST + """
-local prefix, identity, named = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local mark = identity .. '|'
-local members, running = {}, {}
-for i = 4, 3 + named do members[mark .. ARGV[i]] = true end
-for i = 4 + named, #ARGV do running[ARGV[i]] = (running[ARGV[i]] or 0) + 1 end
-for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do
-  if string.sub(member, 1, #mark) == mark then members[member] = true end
-end
-local moved = {}
-for member in pairs(members) do
-  moved[#moved + 1] = string.sub(member, #mark + 1)
-  moved[#moved + 1] = requeue(prefix, member, running)
-end
-forget(prefix, identity)
-return moved
+# Requeues a process that is gone: its supervisor reaped it, or it stops and requeues its own.
+REQUEUE_ALL = _REQUEUE_LISTS + """
+return requeue_all()
 """
 
-# ARGV: prefix, then members found outside the registry (kiq.sweep's orphan check).
-# Requeues the lists of every identity whose
-# heartbeat expired (a vanished host), counting towards poison the jobs its last heartbeat
-# listed as running, drops such identities from ``processes``, and leaves a tombstone
-# (``kiq:swept:IDENTITY``) for a worker that was only paused to find when it comes back.
-# Returns queue, count, queue, count, ...
-SWEEP = _REQUEUE_LIST + """
-local prefix = ARGV[1]
-local function running_of(identity)
-  local running = {}
-  for _, entry in ipairs(redis.call('HVALS', prefix .. identity .. ':work')) do
-    local ok, work = pcall(cjson.decode, entry)
-    if ok and type(work) == 'table' and type(work['payload']) == 'string' then
-      local digest = redis.sha1hex(work['payload'])
-      running[digest] = (running[digest] or 0) + 1
-    end
+# Requeues a process whose heartbeat expired (a vanished host), if it still has none: its
+# caller found it so without a lock. A process with lists that still looks alive keeps them;
+# those found outside the registry are registered, so that later sweeps judge them again
+# (best effort: at maxmemory Redis refuses the add, and the next orphan check finds them again).
+# A process without lists leaves ``processes``.
+SWEEP = _REQUEUE_LISTS + """
+if redis.call('EXISTS', KEYS[5]) == 1 then
+  for list = 1, lists do
+    if ARGV[2 + 2 * list] == '1' then redis.pcall('SADD', KEYS[1], identity .. '|' .. ARGV[1 + 2 * list]) end
   end
-  return running
+  return {}
 end
-local members = {}
-for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do members[member] = 'registered' end
-for i = 2, #ARGV do members[ARGV[i]] = members[ARGV[i]] or 'found' end
-local moved, swept = {}, {}
-for member, source in pairs(members) do
-  local bar = string.find(member, '|', 1, true)  -- a member without one is none of kiq's: skipped
-  local identity = bar and string.sub(member, 1, bar - 1)
-  if identity and redis.call('EXISTS', prefix .. identity) == 0 then
-    swept[identity] = swept[identity] or running_of(identity)
-    moved[#moved + 1] = string.sub(member, bar + 1)
-    moved[#moved + 1] = requeue(prefix, member, swept[identity])
-  elseif identity and source == 'found' then
-    -- Its owner still looks alive: registered, the next sweeps judge it again. Best effort:
-    -- at maxmemory Redis refuses the add, and the next orphan check finds the list again.
-    redis.pcall('SADD', prefix .. 'kiq:wip', member)
-  end
+if lists == 0 then
+  redis.call('SREM', KEYS[2], identity)
+  return {}
 end
-for identity in pairs(swept) do forget(prefix, identity) end
-for _, identity in ipairs(redis.call('SMEMBERS', prefix .. 'processes')) do
-  if redis.call('EXISTS', prefix .. identity) == 0 then
-    redis.call('SREM', prefix .. 'processes', identity)
-  end
-end
-return moved
+return requeue_all()
 """
 
-# Gives back jobs a worker took but never started. ARGV: prefix, identity,
-# then queue/payload pairs, newest first. Returns the number requeued.
+# Gives back jobs a worker took but never started. KEYS: per queue the worker's in-progress
+# list and the queue. ARGV: (which of those pairs, payload) pairs, newest first. Returns the
+# number requeued.
 GIVE_BACK = """
-local prefix, identity = ARGV[1], ARGV[2]
 local moved = 0
-for i = 3, #ARGV, 2 do
-  local queue, job = ARGV[i], ARGV[i + 1]
-  if redis.call('LREM', prefix .. 'kiq:wip:' .. identity .. '|' .. queue, -1, job) == 1 then
-    redis.call('RPUSH', prefix .. 'queue:' .. queue, job)
+for i = 1, #ARGV, 2 do
+  local pair = tonumber(ARGV[i])
+  if redis.call('LREM', KEYS[2 * pair - 1], -1, ARGV[i + 1]) == 1 then
+    redis.call('RPUSH', KEYS[2 * pair], ARGV[i + 1])
     moved = moved + 1
   end
 end
 return moved
 """
 
-# ARGV: prefix, identity, then the payloads the worker holds. Requeues every
-# other job in the identity's lists, oldest at the front.
+# KEYS: per registered list of a worker the list and its queue. ARGV: the payloads the worker
+# holds. Requeues every other job in those lists, oldest at the front.
 REQUEUE_STRAYS = """
-local prefix, identity = ARGV[1], ARGV[2]
 local held = {}
-for i = 3, #ARGV do held[ARGV[i]] = (held[ARGV[i]] or 0) + 1 end
-local mark = identity .. '|'
+for i = 1, #ARGV do held[ARGV[i]] = (held[ARGV[i]] or 0) + 1 end
 local moved = 0
-for _, member in ipairs(redis.call('SMEMBERS', prefix .. 'kiq:wip')) do
-  if string.sub(member, 1, #mark) == mark then
-    local src = prefix .. 'kiq:wip:' .. member
-    local dst = prefix .. 'queue:' .. string.sub(member, #mark + 1)
-    for _, job in ipairs(redis.call('LRANGE', src, 0, -1)) do
-      if (held[job] or 0) > 0 then
-        held[job] = held[job] - 1
-      else
-        redis.call('LREM', src, 1, job)
-        redis.call('RPUSH', dst, job)
-        moved = moved + 1
-      end
+for pair = 1, #KEYS / 2 do
+  local src, dst = KEYS[2 * pair - 1], KEYS[2 * pair]
+  for _, job in ipairs(redis.call('LRANGE', src, 0, -1)) do
+    if (held[job] or 0) > 0 then
+      held[job] = held[job] - 1
+    else
+      redis.call('LREM', src, 1, job)
+      redis.call('RPUSH', dst, job)
+      moved = moved + 1
     end
   end
 end
 return moved
 """
 
-# ARGV: prefix, now, then (poison payload, dead payload) pairs.
+# KEYS: kiq:poison, dead. ARGV: now, then (poison payload, dead payload) pairs.
 BURY = TRIM_DEAD + """
-local prefix, now = ARGV[1], ARGV[2]
+local now = ARGV[1]
 local buried = 0
-for i = 3, #ARGV, 2 do
-  if redis.call('LREM', prefix .. 'kiq:poison', 1, ARGV[i]) == 1 then
-    redis.call('ZADD', prefix .. 'dead', now, ARGV[i + 1])
+for i = 2, #ARGV, 2 do
+  if redis.call('LREM', KEYS[1], 1, ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[2], now, ARGV[i + 1])
     buried = buried + 1
   end
 end
-trim_dead(prefix .. 'dead', now)
+trim_dead(KEYS[2], now)
 return buried
 """
+
+Running = list[tuple[str, str | None]]  # per job a process was running: its digest, its counter
+UNREADABLE = (ValueError, AttributeError, RecursionError)  # not JSON, not an object, nested too deep
 
 
 class Recovery:
@@ -224,7 +200,9 @@ class Recovery:
         worker requeueing its own unfinished jobs at a stop passes none, and ``crashed=False``
         keeps them out of the recovered metric.
         """
-        counts = self._requeue_all(args=[self.keys.prefix, identity, len(queues), *queues, *running])
+        lists = dict.fromkeys([*queues, *self._registered(identity)], False)
+        counted = self._counted(identity, lists, running) if running else []
+        counts = self._requeue_all(**self._lists_call(identity, lists, counted))
         if not crashed:
             return _total(counts, None)
         self.bury_poison()
@@ -232,33 +210,127 @@ class Recovery:
 
     def sweep(self, unregistered: Iterable[str] = ()) -> int:
         """Requeue the jobs of every process whose heartbeat expired; returns how many. The
-        lists are those of the registry, and ``unregistered`` ones (``identity|queue``)."""
-        counts = self._sweep(args=[self.keys.prefix, *unregistered])
+        lists are those of the registry, and ``unregistered`` ones (``identity|queue``).
+
+        Which processes look dead is read first, then one script per such process checks
+        again and requeues its lists, so a process whose entry is back keeps its jobs."""
+        owners = self._owners(unregistered)
+        pipe = self.conn.pipeline(transaction=False)
+        for identity in owners:
+            pipe.exists(self.keys.process(identity))
+        suspects = [identity for (identity, lists), alive in zip(owners.items(), pipe.execute(), strict=True)
+                    if not alive or any(lists.values())]
+        for identity in suspects:
+            pipe.hvals(self.keys.work(identity))
+        total = 0
+        for identity, work in zip(suspects, pipe.execute(), strict=True):
+            running = self._running_of(work)
+            total += _total(self._sweep(**self._lists_call(identity, owners[identity], running)), "host_lost")
         self.bury_poison()
-        return _total(counts, "host_lost")
+        return total
 
     def give_back(self, identity: str, jobs: Sequence[tuple[str, str]]) -> int:
         """Requeue ``(queue, payload)`` pairs, oldest first in ``jobs``, at the queue's front."""
         if not jobs:
             return 0
-        args: list[str | bytes] = [self.keys.prefix, identity]
+        pairs: dict[str, int] = {}
+        keys: list[str] = []
+        args: list[str | bytes | int] = []
         for queue, payload in reversed(jobs):
-            args += [queue, wire(payload)]
-        return int(self._give_back(args=args))
+            if queue not in pairs:
+                pairs[queue] = len(pairs) + 1
+                keys += [self.keys.wip(identity, queue), self.keys.queue(queue)]
+            args += [pairs[queue], wire(payload)]
+        return int(self._give_back(keys=keys, args=args))
 
     def requeue_strays(self, identity: str, held: Sequence[str]) -> int:
-        return int(self._requeue_strays(args=[self.keys.prefix, identity, *map(wire, held)]))
+        keys = [key for queue in self._registered(identity)
+                for key in (self.keys.wip(identity, queue), self.keys.queue(queue))]
+        if not keys:
+            return 0
+        return int(self._requeue_strays(keys=keys, args=list(map(wire, held))))
 
     def bury_poison(self) -> int:
         """Move poison pills to the dead set with the reason; returns how many."""
         buried = 0
         while raws := self.conn.lrange(self.keys.poison, 0, 99):
             now = time.time()
-            args: list[str | bytes | float] = [self.keys.prefix, now]
+            args: list[str | bytes | float] = [now]
             for raw in map(str, raws):
                 args += [wire(raw), json.dumps(_poisoned(raw, now), separators=(",", ":"))]
-            buried += int(self._bury(args=args))
+            buried += int(self._bury(keys=[self.keys.poison, self.keys.dead], args=args))
         return buried
+
+    def _registered(self, identity: str) -> list[str]:
+        """The queues of ``identity``'s lists that the registry names."""
+        found = (owner(str(registered)) for registered in self.conn.smembers(self.keys.wip_registry))
+        return [pair[1] for pair in found if pair and pair[0] == identity]
+
+    def _owners(self, unregistered: Iterable[str]) -> dict[str, dict[str, bool]]:
+        """Every process the sweep judges: those in ``processes`` or owning a list, each with its
+        lists' queues (True for a list found only outside the registry). A registry member
+        that is none of kiq's is skipped."""
+        pipe = self.conn.pipeline(transaction=False)
+        pipe.smembers(self.keys.processes)
+        pipe.smembers(self.keys.wip_registry)
+        processes, registered = pipe.execute()
+        owners: dict[str, dict[str, bool]] = {str(identity): {} for identity in processes}
+        for found, members in ((False, registered), (True, unregistered)):
+            for pair in filter(None, map(owner, map(str, members))):
+                owners.setdefault(pair[0], {}).setdefault(pair[1], found)
+        return owners
+
+    def _counted(self, identity: str, lists: dict[str, bool], running: Sequence[str]) -> Running:
+        """The jobs of ``running`` (digests from the ledger) with the counters of the payloads
+        they match in ``identity``'s lists."""
+        pipe = self.conn.pipeline(transaction=False)
+        for queue in lists:
+            pipe.lrange(self.keys.wip(identity, queue), 0, -1)
+        wanted = set(running)
+        counters: dict[str, str | None] = {}
+        for payload in (str(job) for jobs in pipe.execute() for job in jobs):
+            digest = _digest(payload)
+            if digest in wanted:
+                counters[digest] = self._counter(payload)
+        return [(digest, counters[digest]) for digest in running if digest in counters]
+
+    def _running_of(self, work: Iterable[str]) -> Running:
+        """The jobs a process's last heartbeat listed as running (``IDENTITY:work``), with their counters."""
+        running: Running = []
+        for entry in work:
+            try:
+                payload = json.loads(entry).get("payload")
+            except UNREADABLE:
+                continue
+            if isinstance(payload, str):
+                running.append((_digest(payload), self._counter(payload)))
+        return running
+
+    def _counter(self, payload: str) -> str | None:
+        """The recovery counter of a payload's jid; None for a payload without one."""
+        try:
+            jid = json.loads(payload).get("jid")
+        except UNREADABLE:
+            return None
+        return self.keys.recoveries(jid) if isinstance(jid, str) else None
+
+    def _lists_call(self, identity: str, lists: dict[str, bool], running: Running) -> dict[str, Any]:
+        """KEYS and ARGV of REQUEUE_ALL or SWEEP for ``identity``'s ``lists`` (queue: found
+        outside the registry)."""
+        k = self.keys
+        keys = [k.wip_registry, k.processes, k.queues, k.poison, k.process(identity), k.work(identity),
+                k.workers(identity), k.swept(identity)]
+        args: list[str | int] = [identity, len(lists)]
+        for queue, found in lists.items():
+            keys += [k.wip(identity, queue), k.queue(queue)]
+            args += [queue, "1" if found else "0"]
+        counters: dict[str, int] = {}
+        for digest, counter in running:
+            if counter is not None and counter not in counters:
+                keys.append(counter)
+                counters[counter] = len(keys)
+            args += [digest, counters[counter] if counter is not None else 0]
+        return {"keys": keys, "args": args}
 
 
 def _total(counts: list[Any], reason: str | None) -> int:
@@ -279,3 +351,8 @@ def _poisoned(raw: str, now: float) -> dict[str, object]:
     except InvalidPayloadError:
         return wrap_invalid("", raw, reason)
     return mark_failed(payload, "kiq.PoisonPill", reason, now)
+
+
+def _digest(payload: str) -> str:
+    """The SHA-1 digest of a payload's bytes, as kiq.ledger and Lua's ``redis.sha1hex`` write it."""
+    return hashlib.sha1(wire(payload), usedforsecurity=False).hexdigest()

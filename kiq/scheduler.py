@@ -16,6 +16,8 @@ import contextlib
 import json
 import threading
 import time
+from collections.abc import Sequence
+from typing import Any
 
 import redis
 
@@ -25,26 +27,26 @@ from kiq.keys import Keys
 from kiq.payload import InvalidPayloadError, decode, wrap_invalid
 from kiq.retry import TRIM_DEAD
 
-# ARGV: prefix, sorted set, now, then (old payload, queue, new payload)
-# triples; an empty queue sends the new payload to the dead set instead.
+# KEYS: the sorted set, dead, queues, then the lists of the queues the jobs go to (see
+# ``move_call``). ARGV: now, how many queues, their names (in the order of their lists), then
+# (old payload, which of those queues or 0 for the dead set, new payload) triples.
 MOVE = TRIM_DEAD + """
-local prefix, set, now, moved = ARGV[1], ARGV[2], ARGV[3], 0
-for i = 4, #ARGV, 3 do
-  if redis.call('ZREM', set, ARGV[i]) == 1 then
-    local queue = ARGV[i + 1]
-    if queue == '' then
-      redis.call('ZADD', prefix .. 'dead', now, ARGV[i + 2])
-      trim_dead(prefix .. 'dead', now)
+local now, queues, moved = ARGV[1], tonumber(ARGV[2]), 0
+for i = 3 + queues, #ARGV, 3 do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    local target = tonumber(ARGV[i + 1])
+    if target == 0 then
+      redis.call('ZADD', KEYS[2], now, ARGV[i + 2])
+      trim_dead(KEYS[2], now)
     else
-      redis.call('SADD', prefix .. 'queues', queue)
-      redis.call('LPUSH', prefix .. 'queue:' .. queue, ARGV[i + 2])
+      redis.call('SADD', KEYS[3], ARGV[2 + target])
+      redis.call('LPUSH', KEYS[3 + target], ARGV[i + 2])
       moved = moved + 1
     end
   end
 end
 return moved
 """
-
 BATCH = 100
 MAX_SLEEP = 5.0
 
@@ -78,10 +80,8 @@ class Scheduler:
                 due = conn.zrangebyscore(zset, "-inf", time.time() if now is None else now, 0, BATCH)
                 if not due:
                     break
-                args: list[str | bytes | float] = [self.keys.prefix, zset, time.time()]
-                for raw in map(str, due):
-                    args += [wire(raw), *self._requeued(raw)]
-                moved += int(move(args=args))
+                jobs = [(raw, *self._requeued(raw)) for raw in map(str, due)]
+                moved += int(move(**move_call(self.keys, zset, time.time(), jobs)))
                 if len(due) < BATCH:
                     break
         return moved
@@ -92,7 +92,7 @@ class Scheduler:
         return min(due) if due else None
 
     def _requeued(self, raw: str) -> tuple[str, str]:
-        """(queue, new payload) for a due job; an unreadable one goes to dead wrapped."""
+        """(queue, new payload) for a due job; an unreadable one goes to dead wrapped (queue "")."""
         try:
             payload = decode(raw)
         except InvalidPayloadError as error:
@@ -121,3 +121,16 @@ class Scheduler:
                 pause = outage.failed(error, pause)
                 pubsub = None
                 self.stopped.wait(pause)
+
+
+def move_call(keys: Keys, zset: str, now: float, jobs: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+    """KEYS and ARGV of MOVE for ``(old payload, queue, new payload)`` triples taken from ``zset``;
+    an empty queue sends the new payload to the dead set."""
+    queues: dict[str, int] = {}
+    args: list[str | bytes | float | int] = []
+    for raw, queue, payload in jobs:
+        if queue and queue not in queues:
+            queues[queue] = len(queues) + 1
+        args += [wire(raw), queues.get(queue, 0), payload]
+    return {"keys": [zset, keys.dead, keys.queues, *map(keys.queue, queues)],
+            "args": [now, len(queues), *queues, *args]}

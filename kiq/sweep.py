@@ -17,7 +17,6 @@ looks for orphaned private queues.
 
 from __future__ import annotations
 
-import re
 import time
 
 import redis
@@ -84,12 +83,12 @@ class Sweeper:
             if self._claim_orphan_check():
                 self.cursor = 0
         found: list[str] = []
-        match = _glob_escape(self.keys.wip_prefix) + "*"
+        match = self.keys.wip_pattern()
         for _ in range(SCAN_CALLS):
             if self.cursor is None:
                 break
             cursor, keys = self.conn.scan(self.cursor, match=match, count=SCAN_COUNT)
-            found += [str(key)[len(self.keys.wip_prefix):] for key in keys]
+            found += [self.keys.member_of_wip(str(key)) for key in keys]
             self.cursor = int(cursor) or None
         return found
 
@@ -101,6 +100,3 @@ class Sweeper:
         except redis.ResponseError:
             return True
 
-
-def _glob_escape(text: str) -> str:
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)

@@ -43,7 +43,7 @@ from kiq import exits, heartbeat, job, log, metrics, middleware
 from kiq.config import Config
 from kiq.connection import Outage, connect, keep_trying
 from kiq.fetch import Fetcher, QueueOrder, Unit
-from kiq.keys import Keys
+from kiq.keys import Keys, member
 from kiq.ledger import Ledger
 from kiq.metrics import record
 from kiq.processor import describe, prepare, run, timed_out, unhandled
@@ -374,7 +374,7 @@ class Worker:
             "labels": [],
         }
         conn = connect(self.config.redis_url, name=f"kiq-beat-{self.identity}")
-        wip = [f"{self.identity}|{queue}" for queue in self.config.queue_names]
+        wip = [member(self.identity, queue) for queue in self.config.queue_names]
         return heartbeat.Heartbeat(conn, self.keys, self.identity, info, self._work,
                                    ttl=self.config.heartbeat_ttl, wip=wip)
 

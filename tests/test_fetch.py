@@ -542,6 +542,14 @@ def test_an_acknowledgement_after_the_job_was_requeued_files_no_retry(redis_serv
 # Liveness: a worker whose entry expired (kiq.lease)
 
 
+def settle(fetcher: Fetcher) -> None:
+    """Wait for the round trip that follows a first take (there is room in the buffer again)
+    to find the queue empty: from then on the fetcher calls Redis only when the test makes it.
+    A round trip between the test's deleting the entry and its sweep would reclaim the entry
+    before the sweep (a clean-clone CI run under load did that)."""
+    wait_for(lambda: fetcher._idle)
+
+
 def take_all(takers: Takers, timeout: float = 1.5) -> list[str]:
     """Take and acknowledge jobs, as a worker's threads do, until none comes within ``timeout``."""
     taken = []
@@ -559,6 +567,7 @@ def test_a_swept_worker_starts_none_of_the_jobs_it_had_prefetched(redis_server, 
     fetcher = make_fetcher(concurrency=1)
     running = take(fetcher)
     wait_for(lambda: len(wip(r)) == 5)  # one running, four prefetched
+    settle(fetcher)
     # It is paused past its TTL: its entry expires, another master sweeps it, and by the time
     # it runs again its lease has run out. (Nothing takes from its buffer meanwhile.)
     r.delete(IDENT)
@@ -605,6 +614,7 @@ def test_a_worker_reclaims_its_entry_while_redis_refuses_writes(redis_server, r,
     fetcher = make_fetcher(concurrency=1)
     running = take(fetcher)
     wait_for(lambda: len(wip(r)) == 3)
+    settle(fetcher)
     r.delete(IDENT)
     Recovery(connect(redis_server.url), Keys()).sweep()
     r.config_set("maxmemory-policy", "noeviction")

@@ -312,3 +312,17 @@ def test_a_registry_member_that_is_none_of_kiq_s_does_not_stop_the_sweep(r, conn
     r.sadd("kiq:wip", "not-a-member-of-kiq")
     assert Recovery(conn, Keys()).sweep() == 1
     assert consume(r, "default") == ["a"]
+
+
+def test_a_running_payload_nested_too_deep_is_requeued_but_counts_nothing(r, conn):
+    """Its jid cannot be read, so no recovery is counted; the job still goes back, whether the
+    ledger or the last heartbeat says it was running."""
+    deep = "[" * 100_000 + "]" * 100_000
+    push(r, "default", deep)
+    take(r, DEAD, "default", 1)
+    assert Recovery(conn, Keys()).requeue_all(DEAD, ["default"], [digest(deep)]) == 1
+    take(r, DEAD, "default", 1)
+    r.hset(f"{DEAD}:work", "t1", json.dumps({"queue": "default", "payload": deep, "run_at": 0}))
+    assert Recovery(conn, Keys()).sweep() == 1
+    assert consume(r, "default") == [deep]
+    assert r.keys("kiq:recoveries:*") == []
