@@ -101,6 +101,19 @@ def test_sidekiq_payload_without_kwargs_field(calls):
     assert calls == [("b" * 24, (1,), {})]
 
 
+class ProcQueueJob(kiq.Job):
+    def perform(self) -> None:
+        CALLS.append((self.jid, (self.queue_name,), {}))
+
+
+def test_in_a_worker_queue_name_is_the_queue_the_job_was_taken_from(calls):
+    """Not whatever the payload's ``queue`` field says: kiq's members label lines and metrics
+    with it, and those labels must stay few."""
+    text = raw("ProcQueueJob", [], queue="made-up-by-whoever-wrote-this")
+    assert process("default", text) == SUCCESS
+    assert [args for _, args, _ in calls] == [("default",)]
+
+
 # Failures
 
 
