@@ -25,7 +25,8 @@ workers import their ``require`` modules before they fork)::
   ``call()`` and return its result; an error raised in one fails the job as ``perform`` would.
 
 Periodic ticks, and jobs the scheduler moves from the schedule or retry sets, are not enqueues
-by the app: no enqueue hooks run for them. With no middleware added, nothing here runs at all.
+by the app: no enqueue hooks run for them. With no middleware added by the app, none of its
+hooks costs anything.
 
 kiq's own per-job concerns are members of the server chain too, ahead of every one the app
 adds (``add_builtin``; ``builtins()`` lists them): ``kiq.processor.JobLog`` (the job's log
@@ -33,9 +34,10 @@ fields) in every process that runs jobs from their payload, then ``kiq.worker.Jo
 (its Prometheus counts) in a worker, as Sidekiq 7 records its metrics in a server middleware.
 They wrap more than the app's members do: the job's arguments being loaded, the app's
 members, ``perform``, and kiq's retry decision. So their ``call()`` never raises for what the
-job raised; it returns the job's ``kiq.retry.Outcome`` (failed or not, retried, dead), which
-is what a member that counts or traces jobs needs. The inline and test adapters, which raise
-a job's error to the caller, run only the app's members.
+job raised; it returns the job's ``kiq.retry.Outcome`` (failed or not, retried, dead): a
+member that counts jobs needs the outcome, which only exists once kiq has decided it (a
+server middleware in Sidekiq sees the error, and Sidekiq counts retries elsewhere). The
+inline and test adapters, which raise a job's error to the caller, run only the app's members.
 """
 
 from __future__ import annotations
