@@ -44,6 +44,7 @@ class Job:
     active_job: ClassVar[bool] = False
     backtrace: ClassVar[bool | int] = False
     _kiq_callbacks: ClassVar[dict[str, list[str]]] = callbacks.collect(object)
+    _kiq_perform_callbacks: ClassVar[bool] = False  # any before/around/after_perform callback
     _kiq_retry_rules: ClassVar[list[callbacks.RetryRule]] = []
     _kiq_discard_on: ClassVar[tuple[type[BaseException], ...]] = ()
 
@@ -61,7 +62,8 @@ class Job:
         if "job_name" not in cls.__dict__:
             cls.job_name = cls.__name__
         backtrace_lines(cls.backtrace, f"{cls.__qualname__}.backtrace")
-        cls._kiq_callbacks = callbacks.collect(cls)
+        table = cls._kiq_callbacks = callbacks.collect(cls)
+        cls._kiq_perform_callbacks = any(table[f"{when}_perform"] for when in ("before", "around", "after"))
         register(cls)
 
     def perform(self, *args: Any, **kwargs: Any) -> Any:
@@ -73,14 +75,15 @@ class Job:
         An ``async def perform`` runs to completion on ``run_coroutine``: the
         worker's event loop in a worker process, ``asyncio.run`` elsewhere.
         """
+        if type(self)._kiq_perform_callbacks:
+            return callbacks.around(self, "perform", self._call_perform)
+        return self._call_perform()  # most jobs have no callbacks: no callback machinery (bench/notes.md)
 
-        def body() -> Any:
-            result = self.perform(*self.arguments, **self.kwargs)
-            if result is not None and inspect.isawaitable(result):  # most jobs return None (bench/notes.md)
-                return run_coroutine(result)
-            return result
-
-        return callbacks.around(self, "perform", body)
+    def _call_perform(self) -> Any:
+        result = self.perform(*self.arguments, **self.kwargs)
+        if result is not None and inspect.isawaitable(result):  # most jobs return None (bench/notes.md)
+            return run_coroutine(result)
+        return result
 
     @classmethod
     def perform_later(cls, *args: Any, **kwargs: Any) -> Enqueued:

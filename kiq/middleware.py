@@ -25,12 +25,25 @@ workers import their ``require`` modules before they fork)::
   ``call()`` and return its result; an error raised in one fails the job as ``perform`` would.
 
 Periodic ticks, and jobs the scheduler moves from the schedule or retry sets, are not enqueues
-by the app: no enqueue hooks run for them. With no middleware added, nothing here runs at all.
+by the app: no enqueue hooks run for them. With no middleware added by the app, none of its
+hooks costs anything.
+
+kiq's own per-job concerns are members of the server chain too, ahead of every one the app
+adds (``add_builtin``; ``builtins()`` lists them): ``kiq.processor.JobLog`` (the job's log
+fields) in every process that runs jobs from their payload, then ``kiq.worker.JobMetrics``
+(its Prometheus counts) in a worker, as Sidekiq 7 records its metrics in a server middleware.
+They wrap more than the app's members do: the job's arguments being loaded, the app's
+members, ``perform``, and kiq's retry decision. So their ``call()`` never raises for what the
+job raised; it returns the job's ``kiq.retry.Outcome`` (failed or not, retried, dead): a
+member that counts jobs needs the outcome, which only exists once kiq has decided it (a
+server middleware in Sidekiq sees the error, and Sidekiq counts retries elsewhere). The
+inline and test adapters, which raise a job's error to the caller, run only the app's members.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -51,33 +64,63 @@ class Middleware:
         return call()
 
 
+Around = Callable[["Job", Callable[[], Any]], Any]
+
+
+def _call(job: Job, call: Callable[[], Any]) -> Any:
+    return call()
+
+
 _installed: list[Middleware] = []
 _enqueue: list[Middleware] = []  # those that override an enqueue hook, so that others cost nothing
 _perform: list[Middleware] = []
+_builtin: list[Middleware] = []  # kiq's own server members, ahead of the app's
+_serve_first: Around = _call  # the first one's around_perform, called without a partial
+_serve: list[Around] = []  # the around_perform of each of the others, innermost first
 
 
 def add(middleware: Middleware) -> None:
     """Append ``middleware`` to the chain (the same instance twice is an error)."""
-    if not isinstance(middleware, Middleware):
-        raise TypeError(f"{middleware!r} is not a kiq.middleware.Middleware")
-    if middleware in _installed:
-        raise ValueError(f"{middleware!r} is already added")
+    _check(middleware)
     _installed.append(middleware)
     _sort()
 
 
+def add_builtin(middleware: Middleware) -> None:
+    """Append one of kiq's own members to the head of the server chain: after kiq's earlier
+    ones, ahead of every member the app adds, whenever the app adds it."""
+    _check(middleware)
+    _builtin.append(middleware)
+    _sort()
+
+
 def remove(middleware: Middleware) -> None:
-    _installed.remove(middleware)
+    """Take ``middleware`` out of the chain, an app's member or one of kiq's own."""
+    (_builtin if middleware in _builtin else _installed).remove(middleware)
     _sort()
 
 
 def clear() -> None:
+    """Take out every member the app added (kiq's own stay)."""
     _installed.clear()
     _sort()
 
 
 def installed() -> list[Middleware]:
+    """The members the app added, in order."""
     return list(_installed)
+
+
+def builtins() -> list[Middleware]:
+    """kiq's own members of the server chain, in order (the first outermost)."""
+    return list(_builtin)
+
+
+def _check(middleware: Middleware) -> None:
+    if not isinstance(middleware, Middleware):
+        raise TypeError(f"{middleware!r} is not a kiq.middleware.Middleware")
+    if middleware in _installed or middleware in _builtin:
+        raise ValueError(f"{middleware!r} is already added")
 
 
 def _sort() -> None:
@@ -86,6 +129,9 @@ def _sort() -> None:
 
     _enqueue[:] = [m for m in _installed if overrides(m, "before_enqueue", "after_enqueue")]
     _perform[:] = [m for m in _installed if overrides(m, "around_perform")]
+    global _serve_first
+    _serve[:] = [m.around_perform for m in reversed(_builtin[1:])]
+    _serve_first = _builtin[0].around_perform if _builtin else _call
 
 
 def enqueue_hooks() -> bool:
@@ -105,8 +151,20 @@ def after_enqueue(payloads: Sequence[dict[str, Any]]) -> None:
             middleware.after_enqueue(payload)
 
 
+def serve(job: Job, attempt: Callable[[Job], Any]) -> Any:
+    """``attempt(job)`` (the job, the app's members inside it, and its outcome) inside kiq's
+    own members.
+
+    The ``call`` each member gets is a ``partial``, built here once per job: no closure, and
+    no check that a member called it, since these are kiq's own."""
+    call = partial(attempt, job)
+    for around in _serve:
+        call = partial(around, job, call)
+    return _serve_first(job, call)
+
+
 def perform(job: Job, call: Callable[[], Any]) -> Any:
-    """Run ``call`` (the job's run) inside every ``around_perform`` hook."""
+    """Run ``call`` (the job's run) inside every ``around_perform`` hook the app added."""
     if not _perform:
         return call()
     for middleware in reversed(_perform):

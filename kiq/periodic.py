@@ -37,7 +37,6 @@ import datetime as dt
 import json
 import re
 import time
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -347,7 +346,6 @@ class Periodic:
         self.keys = keys
         self.window = dt.timedelta(seconds=window)
         self.log = log.get("kiq.periodic")
-        self.enqueued: deque[tuple[str, int]] = deque(maxlen=1000)  # (entry, tick) this instance pushed
         self._fire = conn.register_script(FIRE)
         start = _aware(now)
         self._states = {entry.name: _State(entry, start) for entry in merge(entries)}
@@ -365,9 +363,10 @@ class Periodic:
         """
         return min((state.next for state in self._states.values()), default=None)
 
-    def fire_due(self, now: dt.datetime | None = None) -> int:
-        """Try every tick due by ``now`` (default: the clock) in one script call; returns
-        how many jobs this call enqueued (ticks another master fired first are not counted).
+    def fire_due(self, now: dt.datetime | None = None) -> list[tuple[str, int]]:
+        """Try every tick due by ``now`` (default: the clock) in one script call; returns the
+        ticks this call enqueued a job for, as (entry name, epoch seconds), not those another
+        master fired first.
 
         If Redis fails, nothing is marked done here and the next call tries the same
         ticks again; the script makes a repeated try harmless.
@@ -378,20 +377,19 @@ class Periodic:
         for state in self._states.values():
             items += self._plan(state, moment, advanced)
         if not items:
-            return 0
+            return []
         results = self._run(items, moment)
         for state, following in advanced:
             state.next = following
-        count = 0
+        fired = []
         for item, pushed in zip(items, results, strict=True):
             if item.mode == "init":
                 item.state.ready = True
             if item.startup:
                 item.state.catch_up = None
             if pushed:
-                count += 1
-                self.enqueued.append((item.state.entry.name, item.tick))
-        return count
+                fired.append((item.state.entry.name, item.tick))
+        return fired
 
     def _plan(self, state: _State, now: dt.datetime,
               advanced: list[tuple[_State, dt.datetime]]) -> list[_Item]:

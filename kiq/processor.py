@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from kiq import activejob, callbacks, globalid, log, middleware, retry
@@ -25,18 +26,23 @@ UNKNOWN_CLASS_ERROR = "kiq.UnknownJobError"
 
 logger = log.get("kiq.job")
 
-def process(queue: str, raw: str) -> Outcome:
-    """Run the job in ``raw`` (taken from ``queue``) and return what to acknowledge; never
-    raises (the worker's processor threads guard the same steps the same way)."""
-    try:
-        prepared = prepare(queue, raw)
-        if isinstance(prepared, Outcome):
-            return prepared
-        return run(*prepared, queue)
-    except BaseException as error:
-        logger.error("kiq could not handle a job; it goes to the dead set as it came",
-                     error=describe(error), exc_info=error)
-        return unhandled(queue, raw, error)
+
+class JobLog(middleware.Middleware):
+    """kiq's first member of the server chain: every line logged while a job runs names it.
+
+    It binds the job's ``jid``, ``queue`` and ``class`` before anything else of the job runs,
+    so the lines of the app's middleware, of loading its arguments and of ``perform`` carry
+    them, and they stay bound until the thread's next job: the ``fail`` line written after the
+    retry decision carries them too. A payload that never becomes a job (unreadable, or
+    naming no registered class) is bound by ``prepare`` instead.
+    """
+
+    def around_perform(self, job: Job, call: Callable[[], Any]) -> Any:
+        log.bind_job({"jid": job.jid, "queue": job.queue_name, "class": job.job_name})
+        return call()
+
+
+middleware.add_builtin(JobLog())
 
 
 def prepare(queue: str, raw: str) -> tuple[type[Job], dict[str, Any]] | Outcome:
@@ -77,18 +83,24 @@ def timed_out(payload: dict[str, Any], seconds: float) -> Outcome:
 
 
 def run(job_class: type[Job], payload: dict[str, Any], queue: str) -> Outcome:
-    """Run a job and turn what happened into the outcome to acknowledge; never raises."""
-    log.bind_job({"jid": payload["jid"], "queue": queue, "class": job_class.job_name})
+    """Run a job taken from ``queue`` through the whole server chain and return the outcome to
+    acknowledge: kiq's own members around ``attempt``. A job's failure never raises here."""
+    return middleware.serve(_job(job_class, payload, queue), attempt)  # type: ignore[no-any-return]
+
+
+def attempt(job: Job) -> Outcome:
+    """Run the job (the app's middleware inside) and turn what happened into its outcome, with
+    the ``done`` or ``fail`` line; the innermost step of the server chain."""
     if log.enabled(logging.DEBUG):
         logger.debug("start")
     started = time.perf_counter()
     try:
-        execute(job_class, payload)
+        perform(job)
     except BaseException as error:  # SystemExit from a job is a failure too, as in Sidekiq
         elapsed = _ms(started)
-        outcome = failed(job_class, payload, error)
+        outcome = failed(type(job), job.payload, error)
         logger.warning("fail", elapsed_ms=elapsed, error=describe(error), exc_info=error,
-                       **_fate(outcome, payload))
+                       **_fate(outcome, job.payload))
         return outcome
     if log.enabled(logging.INFO):
         logger.info("done", elapsed_ms=_ms(started))
@@ -96,13 +108,14 @@ def run(job_class: type[Job], payload: dict[str, Any], queue: str) -> Outcome:
 
 
 def execute(job_class: type[Job], payload: dict[str, Any]) -> Any:
-    """Rebuild the job from its payload and run it with its callbacks; raises what the job raises."""
-    job = job_class()
-    job.jid = payload["jid"]
-    job.payload = payload
-    job.queue_name = str(payload.get("queue") or job_class.queue)
-    count = payload.get("retry_count")
-    job.executions = count + 2 if isinstance(count, int) else 1
+    """Rebuild the job from its payload and run it with the app's middleware and its callbacks,
+    without kiq's own members (the inline and test adapters); raises what the job raises."""
+    return perform(_job(job_class, payload, str(payload.get("queue") or job_class.queue)))
+
+
+def perform(job: Job) -> Any:
+    """Load the job's arguments and run it inside the app's middleware and its callbacks."""
+    payload = job.payload
     with globalid.scope():  # records located for the job stay usable until it ends
         data = job_data(payload)
         if data is not None:
@@ -112,6 +125,18 @@ def execute(job_class: type[Job], payload: dict[str, Any]) -> Any:
             kwargs = payload.get("kwargs")
             job.kwargs = deserialize_kwargs(kwargs) if kwargs else {}
         return middleware.perform(job, job.execute)
+
+
+def _job(job_class: type[Job], payload: dict[str, Any], queue: str) -> Job:
+    """The job as its payload describes it, arguments not loaded yet; ``queue_name`` is the
+    queue it was taken from (the labels of its log lines and metrics, which must stay few)."""
+    job = job_class()
+    job.jid = payload["jid"]
+    job.payload = payload
+    job.queue_name = queue
+    count = payload.get("retry_count")
+    job.executions = count + 2 if isinstance(count, int) else 1
+    return job
 
 
 def failed(job_class: type[Job], payload: dict[str, Any], error: BaseException) -> Outcome:

@@ -372,7 +372,7 @@ class Supervisor:
             return
         fired = self.outage.attempt(self.periodic.fire_due)
         if fired:
-            self.log.debug("periodic jobs enqueued", jobs=fired)
+            self.log.debug("periodic jobs enqueued", jobs=len(fired))
 
     def _next_wakeup(self) -> float:
         """Seconds until something is due: a worker to start or a periodic tick (at most 1)."""

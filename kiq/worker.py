@@ -32,37 +32,71 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Awaitable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
 
 import redis
 import setproctitle
 
-from kiq import exits, heartbeat, job, log, metrics
+from kiq import exits, heartbeat, job, log, metrics, middleware
 from kiq.config import Config
 from kiq.connection import Outage, connect, keep_trying
 from kiq.fetch import Fetcher
 from kiq.keys import Keys, member
 from kiq.ledger import Ledger
+from kiq.metrics import record
 from kiq.processor import describe, prepare, run, timed_out, unhandled
 from kiq.retry import Outcome
 from kiq.roundtrip import QueueOrder, Unit
 from kiq.signals import SignalQueue
+
+if TYPE_CHECKING:
+    from kiq.job import Job
 
 WORKER_SIGNALS = (signal.SIGTERM, signal.SIGTSTP, signal.SIGUSR1)
 REMOTE_SIGNALS = {"TERM": signal.SIGTERM, "TSTP": signal.SIGTSTP, "TTIN": signal.SIGUSR1}
 FINAL_REQUEUE_PATIENCE = 3.0  # seconds past the stop timeout; the supervisor waits 5 before SIGKILL
 
 
+class JobMetrics(middleware.Middleware):
+    """A worker's Prometheus counts of its jobs, as kiq's member of the server chain after the
+    log fields and ahead of the app's members (Sidekiq 7 records its metrics in a server
+    middleware too); the worker adds it as it starts. The app's middleware counts in a job's
+    duration, as in Sidekiq.
+
+    kiq's members stand outside the retry decision (kiq.middleware): ``call()`` returns the
+    job's outcome, retry or dead included, rather than raising what the job raised. So each
+    job is one ``metrics.record`` with its outcome, which keeps ``metrics.flush``'s promise (a
+    scrape that counts a job processed sees its duration and outcome too); counting retries
+    and dead jobs apart, where the decision is made, would let a flush fall in between.
+
+    Counted elsewhere, where their fate is decided: payloads that never become a job, and jobs
+    kiq itself failed on (the processor thread); a job past its ``timeout`` (the timeout
+    watch). ``ending`` is asked as a job that has a ``timeout`` ends: False if the watch has
+    failed it already, else the job is out of the watch's reach and counted here.
+    """
+
+    def __init__(self, ending: Callable[[], bool]) -> None:
+        self.ending = ending
+
+    def around_perform(self, job: Job, call: Callable[[], Any]) -> Any:
+        started = perf_counter()
+        outcome: Outcome = call()
+        if not job.timeout or self.ending():
+            record(job.queue_name, job.job_name, perf_counter() - started, outcome.failed, outcome.action)
+        return outcome
+
+
 class Running:
     """A job on a processor thread; ``abandoned`` once its timeout failed it."""
 
-    __slots__ = ("abandoned", "payload", "run_at", "started", "timeout", "unit")
+    __slots__ = ("abandoned", "job_class", "payload", "run_at", "started", "unit")
 
-    def __init__(self, unit: Unit, payload: dict[str, Any], timeout: float | None) -> None:
+    def __init__(self, unit: Unit, payload: dict[str, Any], job_class: type[Job]) -> None:
         self.unit = unit
         self.payload = payload
-        self.timeout = timeout
+        self.job_class = job_class
         self.started = time.monotonic()
         self.run_at = int(time.time())
         self.abandoned = False
@@ -106,6 +140,7 @@ class Worker:
             info=self.heartbeat.info,
         )
         self._start_event_loop()
+        middleware.add_builtin(JobMetrics(self._ending))
         if not self._first_beat(signals) or not self.fetcher.start(alive=self._booting):
             self.log.warning("stopped before taking any job")
             return 0
@@ -232,8 +267,12 @@ class Worker:
                 self.dead_threads.append(slot)
 
     def _handle_unit(self, tid: str, unit: Unit) -> bool:
-        """Run one job and acknowledge it, whatever happens; False if its timeout abandoned it."""
-        name, started = metrics.UNKNOWN_CLASS, time.perf_counter()
+        """Run one job and acknowledge it, whatever happens; False if its timeout abandoned it.
+
+        A job that ran through the server chain was counted there (JobMetrics); one that did
+        not reach it, or that kiq itself failed on, is counted here."""
+        name: str | None = metrics.UNKNOWN_CLASS  # None: counted by the chain
+        started = time.perf_counter()
         try:
             prepared = prepare(unit.queue, unit.payload)
             if isinstance(prepared, Outcome):
@@ -242,9 +281,9 @@ class Worker:
                 job_class, payload = prepared
                 name = job_class.job_name
                 with self.lock:
-                    self.running[tid] = Running(unit, payload, job_class.timeout)
-                started = time.perf_counter()
+                    self.running[tid] = Running(unit, payload, job_class)
                 outcome = run(job_class, payload, unit.queue)
+                name = None
         except BaseException as error:
             outcome = unhandled(unit.queue, unit.payload, error)
             log.bind_job({"queue": unit.queue})  # not the fields of whichever job came before
@@ -254,14 +293,29 @@ class Worker:
             state = self.running.pop(tid, None)
         if state is not None and state.abandoned:
             return False  # the watchdog already failed this job; this thread is done for
-        self._finish(unit, outcome, name, time.perf_counter() - started)
+        self._finish(unit, outcome, name, started)
         return True
 
-    def _finish(self, unit: Unit, outcome: Outcome, job_class: str, seconds: float) -> None:
-        """Acknowledge ``unit``; nothing after the acknowledgement raises into the thread."""
+    def _ending(self) -> bool:
+        """JobMetrics asks, in a processor thread whose job (one with a timeout) has just ended:
+        False if the timeout watch has failed and counted it already; else the job leaves
+        ``running``, out of the watch's reach, and is this thread's to count and acknowledge."""
+        tid = threading.current_thread().name
+        with self.lock:
+            state = self.running.get(tid)
+            if state is not None and state.abandoned:
+                return False
+            self.running.pop(tid, None)
+            return True
+
+    def _finish(self, unit: Unit, outcome: Outcome, name: str | None, started: float) -> None:
+        """Acknowledge ``unit`` and count a job the chain did not (``name``, the class label);
+        nothing after the acknowledgement raises into the thread."""
         self.fetcher.done(unit, outcome)
         try:
-            metrics.record(unit.queue, job_class, seconds, outcome.failed, outcome.action)
+            if name is not None:
+                seconds = time.perf_counter() - started
+                metrics.record(unit.queue, name, seconds, outcome.failed, outcome.action)
             self.jobs_done += 1
             if self.config.max_jobs and self.jobs_done >= self.config.max_jobs:
                 self._ask_replacement("max_jobs")
@@ -269,20 +323,23 @@ class Worker:
             self.log.exception("could not count a finished job")
 
     def _watch_timeouts(self) -> None:
+        """Fail each job past its class's ``timeout`` and count it here, where its fate is
+        decided: its thread is abandoned, and JobMetrics will not count it again."""
         now = time.monotonic()
         with self.lock:
             late = [r for r in self.running.values()
-                    if r.timeout and not r.abandoned and now - r.started > r.timeout]
+                    if r.job_class.timeout and not r.abandoned and now - r.started > r.job_class.timeout]
             for state in late:
                 state.abandoned = True
         for state in late:
-            assert state.timeout is not None
+            timeout = state.job_class.timeout
+            assert timeout is not None
             try:
-                outcome = timed_out(state.payload, state.timeout)
+                outcome = timed_out(state.payload, timeout)
             except Exception as error:
                 outcome = unhandled(state.unit.queue, state.unit.payload, error)
             self.fetcher.abandon(state.unit, outcome)
-            metrics.record(state.unit.queue, state.payload["class"], state.timeout, True, outcome.action)
+            metrics.record(state.unit.queue, state.job_class.job_name, timeout, True, outcome.action)
             self._ask_replacement("timeout")
 
     def _replace_dead_threads(self) -> None:

@@ -45,6 +45,16 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+def process(queue: str, raw: str) -> Any:
+    """The outcome of a payload taken from ``queue``, through the steps a worker's processor
+    thread takes (kiq.worker): ``prepare``, then ``run`` for a payload that names a job."""
+    from kiq.processor import prepare, run
+    from kiq.retry import Outcome
+
+    prepared = prepare(queue, raw)
+    return prepared if isinstance(prepared, Outcome) else run(*prepared, queue)
+
+
 def children(pid: int) -> list[int]:
     """Pids whose parent is ``pid``, read from /proc."""
     found = []

@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from sample_jobs import conn
 
 import kiq
@@ -21,6 +22,7 @@ class Tenant(kiq.middleware.Middleware):
 
     def around_perform(self, job: kiq.Job, call: Callable[[], Any]) -> Any:
         token = tenant.set(str(job.payload.get("tenant", "")))
+        structlog.get_logger("tenant").info("tenant set", tenant=tenant.get())
         try:
             return call()
         finally:
@@ -30,6 +32,7 @@ class Tenant(kiq.middleware.Middleware):
 class TenantJob(kiq.Job):
     def perform(self, token: str) -> None:
         conn().rpush("tenants", f"{token}:{tenant.get()}:{os.getpid()}")
+        conn().rpush("chain", " ".join(type(member).__name__ for member in kiq.middleware.builtins()))
 
 
 TENANT = Tenant()

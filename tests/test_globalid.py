@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, wait_for
+from conftest import ROOT, process, wait_for
 from globalid_models import Base, Membership, Post, Tag, User
 from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.orm import Session, object_session, scoped_session, sessionmaker
@@ -288,7 +288,7 @@ def test_redis_payload_runs_in_the_processor(db: Db, sqla: Any, client: Any, r: 
     payload = json.loads(raw)
     assert payload["args"] == [{"_aj_globalid": "gid://testapp/User/2"}]
     assert payload["kwargs"] == {"friend": {"_aj_globalid": "gid://testapp/User/1"}}
-    assert processor.process("default", raw) == SUCCESS
+    assert process("default", raw) == SUCCESS
     [run] = seen
     assert (run["name"], run["titles"], run["friend"]) == ("Brian", [], "Ada")
     assert_closed_after_the_job(db, run["model"])
@@ -301,9 +301,9 @@ def test_a_deleted_record_is_a_deserialization_error_a_job_can_discard(
     GidDiscardJob.perform_later(db.user(1))
     GidUserJob.perform_later(db.user(1))
     db.delete_user(1)
-    outcome = processor.process("default", r.rpop("queue:default"))
+    outcome = process("default", r.rpop("queue:default"))
     assert (outcome.failed, outcome.action) == (True, "")  # discarded, not retried
-    outcome = processor.process("default", r.rpop("queue:default"))
+    outcome = process("default", r.rpop("queue:default"))
     assert outcome.action == "retry"
     failed = json.loads(outcome.payload)
     assert failed["error_class"] == "kiq.serialize.DeserializationError"
@@ -434,11 +434,11 @@ def test_a_model_outside_the_allow_list_fails_the_job_without_loading_the_row(
             "class": "GidDiscardJob", "args": [{"_aj_globalid": f"gid://testapp/{model}/{key}"}],
             "jid": f"{model[0]}" * 24, "queue": "default", "retry": 3, "created_at": time.time()}))
     for _ in ("Post", "Membership"):
-        outcome = processor.process("default", r.rpop("queue:default"))
+        outcome = process("default", r.rpop("queue:default"))
         assert (outcome.failed, outcome.action) == (True, "")  # failed (and discarded), never run
         assert sql.statements == []
     assert seen == []
-    assert processor.process("default", r.rpop("queue:default")) == SUCCESS
+    assert process("default", r.rpop("queue:default")) == SUCCESS
     assert [run["name"] for run in seen] == ["Ada"] and len(sql.statements) == 1
     with pytest.raises(kiq.DeserializationError) as raised:
         deserialize({"_aj_globalid": "gid://testapp/Post/1"})
@@ -530,7 +530,7 @@ def test_django_round_trip(django: Any, client: Any, r: Any) -> None:
     GidArticleJob.perform_later(article)
     raw = r.rpop("queue:default")
     assert json.loads(raw)["args"] == [{"_aj_globalid": f"gid://testapp/Article/{article.pk}"}]
-    assert processor.process("default", raw) == SUCCESS
+    assert process("default", raw) == SUCCESS
     assert seen[1]["title"] == "Hello"
 
 
@@ -541,9 +541,9 @@ def test_django_missing_record_is_discarded(django: Any, client: Any, r: Any) ->
     GidDiscardArticleJob.perform_later(article)
     GidArticleJob.perform_later(article)
     article.delete()
-    outcome = processor.process("default", r.rpop("queue:default"))
+    outcome = process("default", r.rpop("queue:default"))
     assert (outcome.failed, outcome.action) == (True, "")
-    outcome = processor.process("default", r.rpop("queue:default"))
+    outcome = process("default", r.rpop("queue:default"))
     assert outcome.action == "retry"
     assert json.loads(outcome.payload)["error_class"] == "kiq.serialize.DeserializationError"
     assert seen == []

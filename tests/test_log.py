@@ -15,6 +15,10 @@ CODE = textwrap.dedent("""
     from kiq.client import build_payload
     import json
 
+    def process(queue, raw):  # a worker's processor thread: prepare, then run
+        prepared = processor.prepare(queue, raw)
+        return prepared if isinstance(prepared, kiq.retry.Outcome) else processor.run(*prepared, queue)
+
     class TaggingJob(kiq.Job):
         queue = "mail"
         def perform(self, tag):
@@ -29,7 +33,7 @@ CODE = textwrap.dedent("""
     log.setup(sys.argv[1], "json")
     for cls, args in ((TaggingJob, ["first"]), (PlainJob, [])):
         raw = json.dumps(build_payload(cls.job_name, args, queue=cls.queue))
-        print(processor.process(cls.queue, raw))
+        print(process(cls.queue, raw))
 """)
 
 
@@ -67,6 +71,10 @@ FAILURES = textwrap.dedent("""
     from kiq import log, processor
     from kiq.client import build_payload
 
+    def process(queue, raw):  # a worker's processor thread: prepare, then run
+        prepared = processor.prepare(queue, raw)
+        return prepared if isinstance(prepared, kiq.retry.Outcome) else processor.run(*prepared, queue)
+
     def inner(value):
         raise ValueError(f"bad value {value}")
 
@@ -84,8 +92,8 @@ FAILURES = textwrap.dedent("""
     for name, args, fields in jobs:
         payload = build_payload(name, args)
         payload.update(fields)
-        processor.process("default", json.dumps(payload))
-    processor.process("default", "not json")
+        process("default", json.dumps(payload))
+    process("default", "not json")
 """)
 
 
@@ -119,6 +127,53 @@ def test_the_console_format_shows_the_traceback_too() -> None:
     output = run_failures("console")
     assert "Traceback (most recent call last)" in output and "in inner" in output
 
+
+
+MIDDLEWARE = textwrap.dedent("""
+    import sys, json, time, structlog, kiq
+    from kiq import log, middleware, processor
+    from kiq.client import build_payload
+
+    class Noting(middleware.Middleware):
+        def around_perform(self, job, call):
+            structlog.get_logger("app").info("before the job")
+            time.sleep(0.05)
+            return call()
+
+    class QuietJob(kiq.Job):
+        queue = "mail"
+        def perform(self):
+            pass
+
+    log.setup("info", "json")
+    middleware.add(Noting())
+    if sys.argv[1] == "without":  # kiq's log member taken out of the chain
+        [member] = [m for m in middleware.builtins() if isinstance(m, processor.JobLog)]
+        middleware.remove(member)
+    payload = build_payload("QuietJob", [], queue="mail")
+    processor.run(QuietJob, payload, "mail")
+    print(payload["jid"])
+""")
+
+
+def run_middleware(chain: str) -> tuple[str, list[dict[str, object]]]:
+    done = subprocess.run([sys.executable, "-c", MIDDLEWARE, chain], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=True)
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    return done.stdout.strip(), lines
+
+
+def test_a_line_the_apps_middleware_logs_names_the_job_and_its_time_counts() -> None:
+    jid, lines = run_middleware("with")
+    by_event = {line["event"]: line for line in lines}
+    noted = by_event["before the job"]
+    assert (noted["jid"], noted["class"], noted["queue"]) == (jid, "QuietJob", "mail")
+    assert float(by_event["done"]["elapsed_ms"]) >= 50  # type: ignore[arg-type]
+
+
+def test_the_job_fields_are_bound_by_kiqs_log_member_of_the_chain() -> None:
+    _, lines = run_middleware("without")
+    assert [line.get("jid") for line in lines if line["event"] in ("before the job", "done")] == [None, None]
 
 
 FORKS = textwrap.dedent("""

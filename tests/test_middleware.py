@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -80,8 +81,6 @@ def test_the_redis_client_pushes_what_the_hooks_made(client, r):
     MwJob.perform_later(3)
     MwJob.perform_bulk([[4], [5]])
     MwJob.set(wait=60).perform_later(6)
-    import json
-
     queued = [json.loads(raw) for raw in r.lrange("queue:default", 0, -1)]
     scheduled = [json.loads(raw) for raw in r.zrange("schedule", 0, -1)]
     assert sorted(job["args"][0] for job in queued) == [3, 4, 5]
@@ -133,3 +132,10 @@ def test_a_tenant_travels_from_the_enqueuing_process_to_a_real_worker(start_kiq,
         middleware_sample.tenant.reset(token)
     wait_for(lambda: r.llen("tenants") == 2)
     assert sorted(r.lrange("tenants", 0, -1)) == [f"job-acme:acme:{worker}", f"job-globex:globex:{worker}"]
+    # kiq's own members come first, though the app added its own before the worker started
+    assert r.lrange("chain", 0, -1) == ["JobLog JobMetrics"] * 2
+    lines = [json.loads(line) for line in kiq_process.log().splitlines() if line.startswith("{")]
+    set_lines = {line["tenant"]: line for line in lines if line["event"] == "tenant set"}
+    done = {line["jid"]: line for line in lines if line["event"] == "done"}
+    assert set(set_lines) == {"acme", "globex"} and {line["jid"] for line in set_lines.values()} == set(done)
+    assert all(line["class"] == "TenantJob" and line["queue"] == "default" for line in set_lines.values())

@@ -12,12 +12,13 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from conftest import process
 
 import kiq
 from kiq.callbacks import retry_on
 from kiq.client import build_payload
 from kiq.payload import INVALID_CLASS
-from kiq.processor import process
+from kiq.processor import prepare, unhandled
 from kiq.retry import SUCCESS
 
 CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
@@ -98,6 +99,19 @@ def test_sidekiq_payload_without_kwargs_field(calls):
                        "retry": True, "created_at": 1.0, "enqueued_at": 2.0})
     assert process("default", text) == SUCCESS
     assert calls == [("b" * 24, (1,), {})]
+
+
+class ProcQueueJob(kiq.Job):
+    def perform(self) -> None:
+        CALLS.append((self.jid, (self.queue_name,), {}))
+
+
+def test_in_a_worker_queue_name_is_the_queue_the_job_was_taken_from(calls):
+    """Not whatever the payload's ``queue`` field says: kiq's members label lines and metrics
+    with it, and those labels must stay few."""
+    text = raw("ProcQueueJob", [], queue="made-up-by-whoever-wrote-this")
+    assert process("default", text) == SUCCESS
+    assert [args for _, args, _ in calls] == [("default",)]
 
 
 # Failures
@@ -346,22 +360,27 @@ def test_crafted_retry_count_ends_in_the_dead_set_or_a_retry_not_an_overflow(cou
 
 def test_unknown_class_nested_too_deep_to_write_back_goes_to_dead_as_it_came():
     """The deepest payload kiq can read, in a thread as fresh as a processor's, is too deep to
-    write back from the retry code further down the stack (RecursionError there)."""
+    write back from the retry code further down the stack (RecursionError there): the
+    processor thread hands it to ``unhandled``, which files it in the dead set as it came
+    (tests/test_hostile.py sends such payloads to real workers)."""
 
-    def deepest_readable() -> tuple[str, Any]:
+    def deepest_readable() -> tuple[str, BaseException]:
         for depth in range(1000, 0, -1):
             nested = "[" * depth + "]" * depth
             text = '{"class": "Nope", "args": [' + nested + '], "jid": "0123456789abcdef01234567"}'
-            outcome = process("default", text)
-            if json.loads(outcome.payload)["error_class"] != "kiq.InvalidPayloadError":
-                return text, outcome
+            try:
+                outcome = prepare("default", text)
+            except RecursionError as error:
+                return text, error
+            assert json.loads(outcome.payload)["error_class"] == "kiq.InvalidPayloadError", depth
         raise AssertionError("unreachable")
 
-    results: list[tuple[str, Any]] = []
+    results: list[tuple[str, BaseException]] = []
     thread = threading.Thread(target=lambda: results.append(deepest_readable()))
     thread.start()
     thread.join()
-    [(text, outcome)] = results
+    [(text, error)] = results
+    outcome = unhandled("default", text, error)
     assert outcome.action == "dead"
     wrapped = json.loads(outcome.payload)
     assert wrapped["args"] == [text]
