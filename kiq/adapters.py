@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from kiq import middleware
 from kiq.client import Client, Enqueued, default_client, payload_for, set_default
-from kiq.processor import execute, run
+from kiq.processor import execute, handle
 from kiq.registry import lookup
 
 if TYPE_CHECKING:
@@ -132,11 +132,11 @@ class AsyncAdapter(LocalAdapter):
     def _submit(self, payload: dict[str, Any]) -> None:
         with self.finished:
             self.running += 1
-        self.pool.submit(self._run, payload)
+        self.pool.submit(self._perform, payload)
 
-    def _run(self, payload: dict[str, Any]) -> None:
+    def _perform(self, payload: dict[str, Any]) -> None:
         try:
-            outcome = run(_job_class(payload), payload, payload["queue"])
+            outcome = handle(_job_class(payload), payload, payload["queue"])
             if outcome.action == "retry":
                 again = json.loads(outcome.payload)
                 again["at"] = outcome.score

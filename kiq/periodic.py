@@ -378,7 +378,7 @@ class Periodic:
             items += self._plan(state, moment, advanced)
         if not items:
             return []
-        results = self._run(items, moment)
+        results = self._try(items, moment)
         for state, following in advanced:
             state.next = following
         fired = []
@@ -419,7 +419,8 @@ class Periodic:
         seconds = int(tick.timestamp())
         return _Item(state, mode, seconds, state.entry.payload(seconds), startup)
 
-    def _run(self, items: list[_Item], now: dt.datetime) -> list[int]:
+    def _try(self, items: list[_Item], now: dt.datetime) -> list[int]:
+        """Offer every item's tick to the FIRE script in one call; per item 1 if it enqueued."""
         keys = [self.keys.queues]
         args: list[str | float] = [self.window.total_seconds(), now.timestamp()]
         for item in items:

@@ -63,7 +63,7 @@ def prepare(queue: str, raw: str) -> tuple[type[Job], dict[str, Any]] | Outcome:
     name = job_name(payload)
     job_class = lookup(name)
     if job_class is not None:
-        return job_class, payload  # run() binds the job's log fields
+        return job_class, payload  # handle() binds the job's log fields
     log.bind_job({"jid": payload["jid"], "queue": queue, "class": name})
     if name == INVALID_CLASS:
         logger.error("invalid payload", error="a wrapped invalid payload was put back in a queue")
@@ -82,7 +82,7 @@ def timed_out(payload: dict[str, Any], seconds: float) -> Outcome:
     return outcome
 
 
-def run(job_class: type[Job], payload: dict[str, Any], queue: str) -> Outcome:
+def handle(job_class: type[Job], payload: dict[str, Any], queue: str) -> Outcome:
     """Run a job taken from ``queue`` through the whole server chain and return the outcome to
     acknowledge: kiq's own members around ``attempt``. A job's failure never raises here."""
     return middleware.serve(_job(job_class, payload, queue), attempt)  # type: ignore[no-any-return]

@@ -46,7 +46,7 @@ from kiq.fetch import Fetcher
 from kiq.keys import Keys, member
 from kiq.ledger import Ledger
 from kiq.metrics import record
-from kiq.processor import describe, prepare, run, timed_out, unhandled
+from kiq.processor import describe, handle, prepare, timed_out, unhandled
 from kiq.retry import Outcome
 from kiq.roundtrip import QueueOrder, Unit
 from kiq.signals import SignalQueue
@@ -282,7 +282,7 @@ class Worker:
                 name = job_class.job_name
                 with self.lock:
                     self.running[tid] = Running(unit, payload, job_class)
-                outcome = run(job_class, payload, unit.queue)
+                outcome = handle(job_class, payload, unit.queue)
                 name = None
         except BaseException as error:
             outcome = unhandled(unit.queue, unit.payload, error)

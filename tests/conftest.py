@@ -48,11 +48,11 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
 def process(queue: str, raw: str) -> Any:
     """The outcome of a payload taken from ``queue``, through the steps a worker's processor
     thread takes (kiq.worker): ``prepare``, then ``run`` for a payload that names a job."""
-    from kiq.processor import prepare, run
+    from kiq.processor import handle, prepare
     from kiq.retry import Outcome
 
     prepared = prepare(queue, raw)
-    return prepared if isinstance(prepared, Outcome) else run(*prepared, queue)
+    return prepared if isinstance(prepared, Outcome) else handle(*prepared, queue)
 
 
 def children(pid: int) -> list[int]:

@@ -9,7 +9,7 @@ import pytest
 
 import kiq
 from kiq import activejob, adapters
-from kiq.processor import prepare, run
+from kiq.processor import handle, prepare
 from kiq.retry import Outcome
 
 received: list[tuple[list, dict]] = []
@@ -64,7 +64,7 @@ def test_a_rails_payload_runs_as_the_python_job_of_that_name():
     assert not isinstance(prepared, Outcome)
     job_class, payload = prepared
     assert job_class is AjEchoJob
-    assert run(job_class, payload, "default").failed is False
+    assert handle(job_class, payload, "default").failed is False
     [(args, kwargs)] = received
     assert args == [1, "two", {"k": [3]}]
     at = dt.datetime(2026, 11, 29, 13, 27, 21, 123456, tzinfo=dt.timezone.utc)
@@ -94,7 +94,7 @@ def test_active_job_classes_are_enqueued_in_rails_shape(client, r):
     }
     prepared = prepare("mailers", raw)
     assert not isinstance(prepared, Outcome)
-    run(*prepared, "mailers")
+    handle(*prepared, "mailers")
     assert received == [([5, {"a": 1}], {"when": dt.date(2026, 1, 2)})]
 
 

@@ -20,7 +20,7 @@ from kiq.callbacks import (
     retry_on,
 )
 from kiq.client import build_payload
-from kiq.processor import run
+from kiq.processor import handle
 
 calls: list[str] = []
 
@@ -147,7 +147,7 @@ class PolicyJob(kiq.Job):
 
 
 def attempt(payload: dict) -> tuple[str, dict]:
-    outcome = run(PolicyJob, payload, "default")
+    outcome = handle(PolicyJob, payload, "default")
     return outcome.action or ("discard" if outcome.failed else "done"), json.loads(outcome.payload or "{}")
 
 
@@ -165,13 +165,13 @@ def test_retry_on_uses_its_own_wait_then_falls_through_to_the_retry_policy():
 
 def test_retry_on_wait_is_the_score():
     payload = build_payload("PolicyJob", ["timeout"])
-    outcome = run(PolicyJob, payload, "default")
+    outcome = handle(PolicyJob, payload, "default")
     assert outcome.score - json.loads(outcome.payload)["failed_at"] == pytest.approx(30, abs=0.5)
 
 
 def test_discard_on_drops_the_job_and_other_errors_use_sidekiq_backoff():
     assert attempt(build_payload("PolicyJob", ["gone"]))[0] == "discard"
-    outcome = run(PolicyJob, build_payload("PolicyJob", ["other"]), "default")
+    outcome = handle(PolicyJob, build_payload("PolicyJob", ["other"]), "default")
     assert outcome.action == "retry"
     assert 15 <= outcome.score - json.loads(outcome.payload)["failed_at"] <= 25
 
