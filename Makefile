@@ -31,6 +31,10 @@ bench: install system-deps
 bench-web: install system-deps
 	$(PY) bench/web_pages.py $(BENCH_WEB_ARGS)
 
+# The README's pictures of the dashboard (docs/images/*.png), from the demo in headless Chromium (about 1 min).
+screenshots: install system-deps
+	$(PY) -m demo.screenshots
+
 # kiq's worker memory over a million jobs (about 2 minutes on 2 cores).
 soak: install system-deps
 	$(PY) bench/soak.py $(SOAK_ARGS)
