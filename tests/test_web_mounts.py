@@ -174,6 +174,8 @@ def test_every_page_and_link_under_the_mount_and_a_post_with_its_token(site, r):
         assert on_page and all(link.startswith(f"{MOUNT}/") for link in on_page), (path, on_page)
         found.update(on_page)
     assert f"{MOUNT}/queues/caf%C3%A9" in found
+    bare = visitor.get(MOUNT)  # the prefix alone: the dashboard, or a redirect to it
+    assert "<title>Dashboard" in bare.text or bare.headers["Location"].endswith(f"{MOUNT}/"), bare
     for link in sorted(found):
         visitor.page(link)  # every link and form target answers 200
     assert job(60)["jid"] in visitor.page(f"{MOUNT}/queues/caf%C3%A9")
