@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := redis-server redis-sentinel openssl prometheus ruby-sidekiq ruby-activejob ruby-globalid ruby-rack ruby-webrick \
                    chromium chromium-driver
 
-.PHONY: install system-deps run test lint bench soak chaos clean
+.PHONY: install system-deps run test lint bench bench-web soak chaos screenshots clean
 
 install: $(VENV)/.installed
 
@@ -26,6 +26,14 @@ test: install system-deps
 
 bench: install system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+# The dashboard's page times on a Redis of 100,000 retries and 50 busy processes (about 15 s).
+bench-web: install system-deps
+	$(PY) bench/web_pages.py $(BENCH_WEB_ARGS)
+
+# The README's pictures of the dashboard (docs/images/*.png), from the demo in headless Chromium (about 1 min).
+screenshots: install system-deps
+	$(PY) -m demo.screenshots
 
 # kiq's worker memory over a million jobs (about 2 minutes on 2 cores).
 soak: install system-deps

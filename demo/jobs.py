@@ -32,3 +32,22 @@ class FlakyJob(kiq.Job):
     def perform(self, n: int) -> None:
         if random.random() < 0.3:
             raise ConnectionError(f"upstream timed out for {n}")
+
+
+class BuildReportJob(kiq.Job):
+    """Takes a few seconds, to show running jobs (``make screenshots``)."""
+
+    queue = "reports"
+
+    def perform(self, report: str, month: str) -> None:
+        time.sleep(random.uniform(4, 12))
+
+
+class ImportFeedJob(kiq.Job):
+    """Always fails and is not retried, to show the dead set (``make screenshots``)."""
+
+    queue = "low"
+    retry = 0
+
+    def perform(self, url: str) -> None:
+        raise ValueError(f"not a feed: {url} answered with HTML")
