@@ -321,7 +321,7 @@ def test_a_database_that_is_down_is_retried_not_discarded(tmp_path: Path) -> Non
     globalid.register(globalid.SQLAlchemyLocator(sessionmaker(engine), models=[User]))
     payload = {"class": "GidDiscardJob", "args": [{"_aj_globalid": "gid://testapp/User/1"}],
                "jid": "a" * 24, "queue": "default", "retry": True, "created_at": time.time()}
-    outcome = processor.run(GidDiscardJob, payload, "default")
+    outcome = processor.handle(GidDiscardJob, payload, "default")
     assert outcome.action == "retry"
     assert json.loads(outcome.payload)["error_class"] == "sqlalchemy.exc.OperationalError"
     engine.dispose()

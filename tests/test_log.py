@@ -15,9 +15,9 @@ CODE = textwrap.dedent("""
     from kiq.client import build_payload
     import json
 
-    def process(queue, raw):  # a worker's processor thread: prepare, then run
+    def process(queue, raw):  # a worker's processor thread: prepare, then handle
         prepared = processor.prepare(queue, raw)
-        return prepared if isinstance(prepared, kiq.retry.Outcome) else processor.run(*prepared, queue)
+        return prepared if isinstance(prepared, kiq.retry.Outcome) else processor.handle(*prepared, queue)
 
     class TaggingJob(kiq.Job):
         queue = "mail"
@@ -71,9 +71,9 @@ FAILURES = textwrap.dedent("""
     from kiq import log, processor
     from kiq.client import build_payload
 
-    def process(queue, raw):  # a worker's processor thread: prepare, then run
+    def process(queue, raw):  # a worker's processor thread: prepare, then handle
         prepared = processor.prepare(queue, raw)
-        return prepared if isinstance(prepared, kiq.retry.Outcome) else processor.run(*prepared, queue)
+        return prepared if isinstance(prepared, kiq.retry.Outcome) else processor.handle(*prepared, queue)
 
     def inner(value):
         raise ValueError(f"bad value {value}")
@@ -151,7 +151,7 @@ MIDDLEWARE = textwrap.dedent("""
         [member] = [m for m in middleware.builtins() if isinstance(m, processor.JobLog)]
         middleware.remove(member)
     payload = build_payload("QuietJob", [], queue="mail")
-    processor.run(QuietJob, payload, "mail")
+    processor.handle(QuietJob, payload, "mail")
     print(payload["jid"])
 """)
 
