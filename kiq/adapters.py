@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from kiq import middleware
@@ -82,10 +83,11 @@ class LocalAdapter:
 
     def _accept_all(self, payloads: list[dict[str, Any]]) -> None:
         """Take jobs as a push would: through the middleware's enqueue hooks, as JSON."""
-        middleware.before_enqueue(payloads)
+        middleware.enqueue(payloads, partial(self._accept_each, payloads))
+
+    def _accept_each(self, payloads: list[dict[str, Any]]) -> None:
         for payload in payloads:
             self.accept(_round_trip(payload))
-        middleware.after_enqueue(payloads)
 
     def accept(self, payload: dict[str, Any]) -> None:
         raise NotImplementedError

@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -146,10 +147,15 @@ class Client:
         and Web UI's "add to queue") through its client, which files a job that still has
         ``at`` back in the schedule instead of its queue.
         """
-        hooked = [dict(payload) for payload in payloads] if middleware.enqueue_hooks() else None
-        if hooked is not None:
-            middleware.before_enqueue(hooked)
-            payloads = hooked
+        if not middleware.enqueue_hooks():
+            self._push(payloads)
+            return [payload["jid"] for payload in payloads]
+        hooked = [dict(payload) for payload in payloads]  # copies: the hooks change these, not the caller's
+        middleware.enqueue(hooked, partial(self._push, hooked))
+        return [payload["jid"] for payload in hooked]
+
+    def _push(self, payloads: Sequence[Mapping[str, Any]]) -> None:
+        """Encode and send; a scheduled entry without its ``at``."""
         by_queue: dict[str, list[str]] = {}
         scheduled: dict[str, float] = {}
         for payload in payloads:
@@ -159,9 +165,6 @@ class Client:
             else:
                 by_queue.setdefault(payload["queue"], []).append(_compact(payload))
         self._send(by_queue, scheduled)
-        if hooked is not None:
-            middleware.after_enqueue(hooked)
-        return [payload["jid"] for payload in payloads]
 
     def _send(self, by_queue: Mapping[str, list[str]], scheduled: Mapping[str, float]) -> None:
         """One round trip: encoded jobs onto their queues, encoded entries into the schedule."""

@@ -9,6 +9,7 @@ names the key, so the CLI can print one clear line and exit with code 2.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import os
 from collections.abc import Mapping
@@ -20,6 +21,9 @@ from kiq.connection import ENCODE_PASSWORD, unencoded_password, url_from_env
 from kiq.errors import ConfigError
 
 __all__ = ["Config", "ConfigError", "load", "parse_queues"]
+
+SPAN_NAMINGS = ("queue", "job_class")  # kiq.otel's options, as Ruby's Sidekiq instrumentation names them
+PROPAGATION_STYLES = ("link", "child")
 
 
 @dataclass
@@ -46,6 +50,9 @@ class Config:
     periodic: list[Any] = field(default_factory=list)  # kiq.periodic.Entry, checked at load
     web_user: str = "kiq"  # HTTP basic auth of ``kiq web``, on when a password is set
     web_password: str = ""
+    tracing: bool = False  # OpenTelemetry spans and log fields (kiq.otel), on in each worker at boot
+    tracing_span_naming: str = "queue"
+    tracing_propagation_style: str = "link"
 
     @property
     def queue_names(self) -> list[str]:
@@ -94,7 +101,8 @@ def _build(raw: dict[str, Any]) -> Config:
     config = Config()
     known = {f.name for f in dataclasses.fields(Config)} - {"strict", "metrics_host", "metrics_port",
                                                            "log_format", "log_level", "periodic",
-                                                           "web_user", "web_password"}
+                                                           "web_user", "web_password", "tracing",
+                                                           "tracing_span_naming", "tracing_propagation_style"}
     for key, value in raw.items():
         if key == "metrics":
             _section(config, "metrics", value, {"host": "metrics_host", "port": "metrics_port"})
@@ -102,6 +110,8 @@ def _build(raw: dict[str, Any]) -> Config:
             _section(config, "log", value, {"format": "log_format", "level": "log_level"})
         elif key == "web":
             _section(config, "web", value, {"user": "web_user", "password": "web_password"})
+        elif key == "tracing":
+            _tracing(config, value)
         elif key == "queues":
             config.queues, config.strict = parse_queues(value)
         elif key == "periodic":
@@ -128,6 +138,16 @@ def _section(config: Config, name: str, value: Any, fields: dict[str, str]) -> N
             raise ConfigError(f"{name}.{key}", "unknown setting")
         attr = fields[key]
         setattr(config, attr, _checked(f"{name}.{key}", item, getattr(config, attr)))
+
+
+def _tracing(config: Config, value: Any) -> None:
+    """``tracing: true``, or a mapping of its options, which turns it on too."""
+    if isinstance(value, dict):
+        _section(config, "tracing", value, {"span_naming": "tracing_span_naming",
+                                            "propagation_style": "tracing_propagation_style"})
+        config.tracing = True
+    else:
+        config.tracing = _checked("tracing", value, config.tracing)
 
 
 def _checked(key: str, value: Any, default: Any) -> Any:
@@ -223,3 +243,21 @@ def _validate(config: Config) -> None:
         raise ConfigError("redis_url", "must be a URL such as redis://127.0.0.1:6379/0")
     if unencoded_password(config.redis_url):
         raise ConfigError("redis_url", ENCODE_PASSWORD)
+    _validate_tracing(config)
+
+
+def _validate_tracing(config: Config) -> None:
+    if config.tracing_span_naming not in SPAN_NAMINGS:
+        raise ConfigError("tracing.span_naming", f"must be one of {', '.join(SPAN_NAMINGS)}")
+    if config.tracing_propagation_style not in PROPAGATION_STYLES:
+        raise ConfigError("tracing.propagation_style", f"must be one of {', '.join(PROPAGATION_STYLES)}")
+    if config.tracing and not _installed("opentelemetry.trace"):
+        raise ConfigError("tracing", "needs the OpenTelemetry API: pip install 'kiq[otel]'")
+
+
+def _installed(module: str) -> bool:
+    """Whether ``module`` can be imported (its parent packages are imported to find out)."""
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False

@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 import traceback
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -31,6 +32,7 @@ _level = logging.NOTSET  # setup()'s threshold; lines below it are dropped
 _write_lock = threading.Lock()
 
 _job: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("kiq_job", default=None)
+_span_ids: Callable[[], tuple[str, str] | None] | None = None  # kiq.otel's, while it is instrumented
 
 
 def bind_job(fields: dict[str, Any]) -> None:
@@ -58,6 +60,22 @@ def _merge_job(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str
     if fields:
         for key, value in fields.items():
             event_dict.setdefault(key, value)
+    return event_dict
+
+
+def trace_ids(source: Callable[[], tuple[str, str] | None] | None) -> None:
+    """Where lines find the current span's ``trace_id`` and ``span_id`` (hex), or None for
+    nowhere: kiq.otel sets it when it instruments and clears it when it stops."""
+    global _span_ids
+    _span_ids = source
+
+
+def _add_trace_ids(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """The current span's ids, while a span is current; one test of a global when tracing is off."""
+    if _span_ids is not None:
+        ids = _span_ids()
+        if ids is not None:
+            event_dict["trace_id"], event_dict["span_id"] = ids
     return event_dict
 
 
@@ -105,6 +123,7 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     shared: list[Any] = [
         structlog.contextvars.merge_contextvars,
         _merge_job,
+        _add_trace_ids,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

@@ -19,6 +19,9 @@ workers import their ``require`` modules before they fork)::
 - ``before_enqueue`` hooks run in the order added, on each job hash before it is pushed,
   with every adapter (a bulk enqueue calls them once per job). They may change the hash; an
   error raised there fails the enqueue in the caller, and nothing of that call is pushed.
+- ``around_push`` hooks nest, the first added outermost, around the push itself, once per
+  push with every job hash it sends (one job, or a batch of a bulk enqueue), after the
+  ``before_enqueue`` hooks: each must call ``call()``, which raises what the push raised.
 - ``after_enqueue`` hooks run in the reverse order once the jobs are pushed.
 - ``around_perform`` hooks nest, the first added outermost, around the job's ``perform`` and
   its callbacks: in the worker, and in the inline, async and test adapters. Each must call
@@ -38,6 +41,8 @@ job raised; it returns the job's ``kiq.retry.Outcome`` (failed or not, retried, 
 member that counts jobs needs the outcome, which only exists once kiq has decided it (a
 server middleware in Sidekiq sees the error, and Sidekiq counts retries elsewhere). The
 inline and test adapters, which raise a job's error to the caller, run only the app's members.
+A member of kiq's may have enqueue hooks too (``kiq.otel``'s tracing member wraps each push):
+they run ahead of the app's, the outermost.
 """
 
 from __future__ import annotations
@@ -56,6 +61,10 @@ class Middleware:
     def before_enqueue(self, payload: dict[str, Any]) -> None:
         """Called with each job hash about to be pushed; may change it."""
 
+    def around_push(self, payloads: Sequence[dict[str, Any]], call: Callable[[], None]) -> None:
+        """Wraps one push of ``payloads`` (their ``before_enqueue`` hooks have run): call ``call()``."""
+        call()
+
     def after_enqueue(self, payload: dict[str, Any]) -> None:
         """Called with each job hash once it is pushed."""
 
@@ -72,9 +81,10 @@ def _call(job: Job, call: Callable[[], Any]) -> Any:
 
 
 _installed: list[Middleware] = []
-_enqueue: list[Middleware] = []  # those that override an enqueue hook, so that others cost nothing
+_enqueue: list[Middleware] = []  # those that override before or after_enqueue, so that others cost nothing
+_push: list[Middleware] = []  # those that override around_push
 _perform: list[Middleware] = []
-_builtin: list[Middleware] = []  # kiq's own server members, ahead of the app's
+_builtin: list[Middleware] = []  # kiq's own members, ahead of the app's
 _serve_first: Around = _call  # the first one's around_perform, called without a partial
 _serve: list[Around] = []  # the around_perform of each of the others, innermost first
 
@@ -127,7 +137,8 @@ def _sort() -> None:
     def overrides(middleware: Middleware, *hooks: str) -> bool:
         return any(getattr(type(middleware), hook) is not getattr(Middleware, hook) for hook in hooks)
 
-    _enqueue[:] = [m for m in _installed if overrides(m, "before_enqueue", "after_enqueue")]
+    _enqueue[:] = [m for m in (*_builtin, *_installed) if overrides(m, "before_enqueue", "after_enqueue")]
+    _push[:] = [m for m in (*_builtin, *_installed) if overrides(m, "around_push")]
     _perform[:] = [m for m in _installed if overrides(m, "around_perform")]
     global _serve_first
     _serve[:] = [m.around_perform for m in reversed(_builtin[1:])]
@@ -136,19 +147,39 @@ def _sort() -> None:
 
 def enqueue_hooks() -> bool:
     """Whether any middleware has an enqueue hook (a bulk enqueue then builds each job's hash)."""
-    return bool(_enqueue)
+    return bool(_enqueue or _push)
 
 
-def before_enqueue(payloads: Sequence[dict[str, Any]]) -> None:
+def enqueue(payloads: Sequence[dict[str, Any]], push: Callable[[], None]) -> None:
+    """``push()`` the job hashes through every enqueue hook: ``before_enqueue`` on each, then
+    ``push`` inside the ``around_push`` hooks, then ``after_enqueue`` on each. An error raised
+    anywhere fails the enqueue in the caller; none after a failed push."""
     for middleware in _enqueue:
         for payload in payloads:
             middleware.before_enqueue(payload)
-
-
-def after_enqueue(payloads: Sequence[dict[str, Any]]) -> None:
+    call = push
+    for middleware in reversed(_push):
+        call = _wrap_push(middleware, payloads, call)
+    call()
     for middleware in reversed(_enqueue):
         for payload in payloads:
             middleware.after_enqueue(payload)
+
+
+def _wrap_push(middleware: Middleware, payloads: Sequence[dict[str, Any]],
+               inner: Callable[[], None]) -> Callable[[], None]:
+    def call() -> None:
+        called = []
+
+        def proceed() -> None:
+            called.append(True)
+            inner()
+
+        middleware.around_push(payloads, proceed)
+        if not called:
+            raise RuntimeError(f"{type(middleware).__name__}.around_push did not call call()")
+
+    return call
 
 
 def serve(job: Job, attempt: Callable[[Job], Any]) -> Any:

@@ -151,7 +151,7 @@ def failed(job_class: type[Job], payload: dict[str, Any], error: BaseException) 
         logger.exception("retry_on/discard_on rules raised; the job's retry policy decides instead")
         decision, delay = "default", 0.0
     if decision == "discard":
-        return Outcome(failed=True)
+        return Outcome(failed=True, error=error)
     return retry.failure(payload, error_name(error), error_text(error),
                          delay=delay if decision == "retry" else None, error=error)
 

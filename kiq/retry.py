@@ -13,7 +13,7 @@ import random
 import time
 import traceback
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_MAX_RETRIES = 25
@@ -41,12 +41,15 @@ class Outcome:
 
     ``action`` is ``""`` (done or dropped), ``"retry"`` or ``"dead"``; ``payload``
     and ``score`` are the new job hash and its sorted-set score for the latter two.
+    ``error`` is what the job raised, for kiq's members of the server chain, which see the
+    outcome and not the exception (a tracing span records it); it is never stored.
     """
 
     failed: bool
     action: str = ""
     payload: str = ""
     score: float = 0.0
+    error: BaseException | None = field(default=None, compare=False, repr=False)
 
 
 SUCCESS = Outcome(failed=False)
@@ -77,14 +80,15 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
 
     ``delay`` (from a ``retry_on`` rule) retries after that many seconds whatever the job's
     ``retry`` limit says; one that is not a number of seconds from now to a century falls back
-    to the backoff. ``error`` gives the backtrace a job's ``backtrace`` option asks for.
+    to the backoff. ``error`` gives the backtrace a job's ``backtrace`` option asks for, and
+    goes with the outcome.
     """
     now = time.time() if now is None else now
     if delay is not None and not 0 <= delay <= MAX_DELAY:  # also false for NaN
         delay = None
     limit = max_retries(job.get("retry", True))
     if limit is None and delay is None:
-        return Outcome(failed=True)
+        return Outcome(failed=True, error=error)
     retry_queue = job.get("retry_queue")
     if isinstance(retry_queue, str) and retry_queue:
         job["queue"] = retry_queue
@@ -102,18 +106,18 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
         job["retry_count"] = 0
     count = job["retry_count"]
     if delay is not None:
-        return Outcome(True, "retry", _dump(job), now + delay)
+        return Outcome(True, "retry", _dump(job), now + delay, error)
     if limit is not None and count < limit:
-        return Outcome(True, "retry", _dump(job), now + backoff(count))
+        return Outcome(True, "retry", _dump(job), now + backoff(count), error)
     if job.get("dead") is False:
-        return Outcome(failed=True)
-    return dead(job, now)
+        return Outcome(failed=True, error=error)
+    return dead(job, now, error)
 
 
-def dead(job: dict[str, Any], now: float | None = None) -> Outcome:
+def dead(job: dict[str, Any], now: float | None = None, error: BaseException | None = None) -> Outcome:
     """Send ``job`` to the dead set as it is."""
     now = time.time() if now is None else now
-    return Outcome(True, "dead", _dump(job), now)
+    return Outcome(True, "dead", _dump(job), now, error)
 
 
 def compress_backtrace(error: BaseException, limit: int | None = None) -> str:

@@ -30,6 +30,7 @@ import contextlib
 import functools
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -140,6 +141,8 @@ class Worker:
             info=self.heartbeat.info,
         )
         self._start_event_loop()
+        if self.config.tracing:
+            self._instrument()
         middleware.add_builtin(JobMetrics(self._ending))
         if not self._first_beat(signals) or not self.fetcher.start(alive=self._booting):
             self.log.warning("stopped before taking any job")
@@ -183,6 +186,14 @@ class Worker:
 
         job.run_coroutine = run_on_loop
 
+    def _instrument(self) -> None:
+        """Trace from the config: kiq.otel's member goes after the log fields, ahead of the
+        metrics, so its span holds every line and the whole job. Imported only here."""
+        from kiq.otel import KiqInstrumentor
+
+        KiqInstrumentor().instrument(span_naming=self.config.tracing_span_naming,
+                                     propagation_style=self.config.tracing_propagation_style)
+
     def _handle(self, signum: int) -> None:
         if signum == signal.SIGTERM:
             self.stopping = True
@@ -215,6 +226,9 @@ class Worker:
         if moved:
             self.log.warning("timeout: requeued unfinished jobs", jobs=moved)
         self.ledger.stopped()
+        tracing = sys.modules.get("kiq.otel")  # loaded where tracing is on, by the config or the app
+        if tracing is not None:
+            tracing.KiqInstrumentor().flush()  # a worker ends in os._exit: no atexit flushes for it
         self.log.info("worker stopped")
 
     def _requeue_unfinished(self, deadline: float) -> int:
