@@ -252,6 +252,25 @@ def test_the_web_dashboards_user_and_password_from_the_file_or_the_environment(t
 # Invalid settings: each names its key
 
 
+def test_tracing_is_off_by_default_and_on_with_true_or_a_mapping_of_its_options(tmp_path):
+    default = load()
+    assert (default.tracing, default.tracing_span_naming, default.tracing_propagation_style) == (
+        False, "queue", "link")
+    assert load_yaml(tmp_path, {"tracing": True}).tracing is True
+    config = load_yaml(tmp_path, {"tracing": {"span_naming": "job_class", "propagation_style": "child"}})
+    assert (config.tracing, config.tracing_span_naming, config.tracing_propagation_style) == (
+        True, "job_class", "child")
+    assert load_yaml(tmp_path, {"tracing": False}).tracing is False
+
+
+def test_tracing_without_the_opentelemetry_api_names_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "opentelemetry", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "opentelemetry.trace", None)
+    with pytest.raises(ConfigError, match=r"^tracing: needs the OpenTelemetry API: pip install 'kiq\[otel\]"):
+        load_yaml(tmp_path, {"tracing": True})
+    assert load_yaml(tmp_path, {"tracing": False}).tracing is False
+
+
 @pytest.mark.parametrize(
     ("settings", "key"),
     [
@@ -306,6 +325,11 @@ def test_the_web_dashboards_user_and_password_from_the_file_or_the_environment(t
         ({"web": "secret"}, "web"),
         ({"web": {"pass": "x"}}, "web.pass"),
         ({"web": {"password": 1234}}, "web.password"),
+        ({"tracing": "yes"}, "tracing"),
+        ({"tracing": ["on"]}, "tracing"),
+        ({"tracing": {"span_naming": "class"}}, "tracing.span_naming"),
+        ({"tracing": {"propagation_style": "none"}}, "tracing.propagation_style"),
+        ({"tracing": {"sampler": "always"}}, "tracing.sampler"),
     ],
 )
 def test_invalid_setting_names_its_key(tmp_path, settings, key):

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from conftest import ROOT
 
 CODE = textwrap.dedent("""
@@ -174,6 +175,46 @@ def test_a_line_the_apps_middleware_logs_names_the_job_and_its_time_counts() -> 
 def test_the_job_fields_are_bound_by_kiqs_log_member_of_the_chain() -> None:
     _, lines = run_middleware("without")
     assert [line.get("jid") for line in lines if line["event"] in ("before the job", "done")] == [None, None]
+
+
+TRACED = textwrap.dedent("""
+    import json, logging, structlog, sys
+    from opentelemetry.sdk.trace import TracerProvider
+    from kiq import log, processor
+    from kiq.client import build_payload
+    from kiq.otel import KiqInstrumentor
+    import kiq
+
+    class LoggingJob(kiq.Job):
+        def perform(self):
+            structlog.get_logger("app").info("from structlog")
+            logging.getLogger("app").warning("from logging")
+
+    def run():
+        payload = build_payload("LoggingJob", [])
+        processor.handle(LoggingJob, payload, "default")
+
+    log.setup("info", "json")
+    KiqInstrumentor().instrument(tracer_provider=TracerProvider())
+    run()
+    structlog.get_logger("app").info("between jobs")
+    KiqInstrumentor().uninstrument()
+    run()
+""")
+
+
+def test_lines_written_while_a_traced_job_runs_carry_its_trace_and_span_ids() -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="the OpenTelemetry SDK is not installed")
+    done = subprocess.run([sys.executable, "-c", TRACED], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60, check=True)
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    traced, untraced = lines[:3], lines[4:]
+    assert [line["event"] for line in traced] == ["from structlog", "from logging", "done"]
+    assert len({(line["trace_id"], line["span_id"]) for line in traced}) == 1
+    assert len(str(traced[0]["trace_id"])) == 32 and len(str(traced[0]["span_id"])) == 16
+    assert lines[3]["event"] == "between jobs" and "trace_id" not in lines[3]
+    assert [line["event"] for line in untraced] == ["from structlog", "from logging", "done"]
+    assert all("trace_id" not in line and "span_id" not in line for line in untraced)
 
 
 FORKS = textwrap.dedent("""

@@ -7,10 +7,12 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+import redis
 from conftest import wait_for
 
 import kiq
 from kiq import adapters, middleware
+from kiq.connection import connect
 
 EVENTS: list[str] = []
 
@@ -139,3 +141,63 @@ def test_a_tenant_travels_from_the_enqueuing_process_to_a_real_worker(start_kiq,
     done = {line["jid"]: line for line in lines if line["event"] == "done"}
     assert set(set_lines) == {"acme", "globex"} and {line["jid"] for line in set_lines.values()} == set(done)
     assert all(line["class"] == "TenantJob" and line["queue"] == "default" for line in set_lines.values())
+
+
+class Pushing(middleware.Middleware):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def around_push(self, payloads: Any, call: Callable[[], None]) -> None:
+        EVENTS.append(f"{self.name}:push:{[p['args'] for p in payloads]}:{[p.get('seen') for p in payloads]}")
+        try:
+            call()
+        except Exception as error:
+            EVENTS.append(f"{self.name}:failed:{type(error).__name__}")
+            raise
+        EVENTS.append(f"{self.name}:pushed")
+
+
+def test_around_push_hooks_nest_around_each_push_after_the_before_hooks(client, r):
+    middleware.add(Pushing("outer"))
+    middleware.add(Recording("m"))
+    middleware.add(Pushing("inner"))
+    MwJob.perform_bulk([[1], [2], [3]], batch_size=2)
+    assert EVENTS == [
+        "m:before:[1]", "m:before:[2]",
+        "outer:push:[[1], [2]]:[['m'], ['m']]", "inner:push:[[1], [2]]:[['m'], ['m']]", "inner:pushed",
+        "outer:pushed", "m:after:[1]", "m:after:[2]",
+        "m:before:[3]", "outer:push:[[3]]:[['m']]", "inner:push:[[3]]:[['m']]", "inner:pushed",
+        "outer:pushed", "m:after:[3]",
+    ]
+    assert r.llen("queue:default") == 3
+
+
+def test_around_push_sees_a_failed_push_whose_error_reaches_the_caller(redis_server, client):
+    middleware.add(Pushing("m"))
+    redis_server.stop()
+    with pytest.raises(redis.ConnectionError):
+        kiq.Client(redis_server.url, connection=connect(redis_server.url)).enqueue(MwJob, [1])
+    assert EVENTS == ["m:push:[[1]]:[None]", "m:failed:ConnectionError"]
+
+
+def test_an_around_push_that_does_not_call_fails_the_enqueue_and_pushes_nothing(client, r):
+    class Swallowing(middleware.Middleware):
+        def around_push(self, payloads: Any, call: Callable[[], None]) -> None:
+            pass
+
+    middleware.add(Swallowing())
+    with pytest.raises(RuntimeError, match=r"Swallowing\.around_push did not call call"):
+        MwJob.perform_later(1)
+    assert r.llen("queue:default") == 0
+
+
+def test_kiqs_own_enqueue_hooks_run_ahead_of_the_apps(client):
+    own = Pushing("kiq")
+    middleware.add(Pushing("app"))
+    middleware.add_builtin(own)
+    try:
+        MwJob.perform_later(1)
+    finally:
+        middleware.remove(own)
+    assert EVENTS[:2] == ["kiq:push:[[1]]:[None]", "app:push:[[1]]:[None]"]
+    assert own not in middleware.installed()

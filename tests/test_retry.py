@@ -160,6 +160,14 @@ def test_success_is_not_a_failure():
     assert retry.SUCCESS.action == ""
 
 
+def test_an_outcome_carries_the_error_for_kiqs_members_but_compares_without_it():
+    error = ValueError("boom")
+    for payload in (job(retry=2), job(retry=0), job(retry=False), job(retry=0, dead=False)):
+        outcome = failure(payload, "ValueError", "boom", now=NOW, error=error)
+        assert outcome.error is error
+    assert failure(job(retry=False), "E", "m", now=NOW, error=error) == Outcome(failed=True)
+
+
 # Sidekiq's per-job options
 
 
