@@ -309,7 +309,8 @@ def test_a_worker_imports_opentelemetry_only_with_tracing_and_links_runs_by_defa
     plain = start_kiq(require=["otel_jobs"])
     client.enqueue("ModulesJob")
     assert json.loads(wait_for(lambda: r.lpop("otel:modules"))) == redis_py_imports(client.redis_url)
-    plain.kill_all()
+    plain.signal(signal.SIGTERM)  # a stop: a SIGKILLed worker's blocked moves could take the next job
+    assert plain.wait() == 0
 
     traced.instrument()
     start_kiq(require=["otel_jobs", "otel_export"], tracing={"span_naming": "job_class"})
