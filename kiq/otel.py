@@ -26,14 +26,14 @@ in the config, or the app instrumenting), so it costs nothing otherwise.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 try:
     from opentelemetry import context, propagate, trace
     from opentelemetry.propagators.textmap import Getter
     from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
-except ImportError as missing:  # pragma: no cover - depends on what is installed
+except ImportError as missing:
     raise ImportError(f"kiq.otel needs the OpenTelemetry API: pip install 'kiq[otel]' ({missing})") from None
 
 from kiq import __version__, log, middleware
@@ -89,10 +89,11 @@ class Tracing(middleware.Middleware):
 
     def _send(self, payload: dict[str, Any]) -> Span:
         name = job_name(payload)
+        queue = str(payload.get("queue") or "default")  # a scheduled entry may come without one
         span = self.tracer.start_span(
-            f"send {name if self.by_class else payload['queue']}",
+            f"send {name if self.by_class else queue}",
             kind=SpanKind.PRODUCER,
-            attributes=_attributes("send", payload["queue"], payload["jid"], name, payload),
+            attributes=_attributes("send", queue, payload["jid"], name, payload),
         )
         propagate.inject(payload, context=trace.set_span_in_context(span))
         return span
@@ -112,8 +113,8 @@ class Tracing(middleware.Middleware):
         token = context.attach(trace.set_span_in_context(span, parent))  # the payload's baggage too
         try:
             outcome: Outcome = call()
-            if outcome.failed:
-                _failed(span, outcome)
+            if outcome.failed and outcome.error is not None:  # retried, dead, dropped or discarded
+                _record(span, outcome.error)
             return outcome
         except BaseException as error:  # kiq itself failed on the job
             _record(span, error)
@@ -137,14 +138,6 @@ def _attributes(operation: str, queue: str, jid: Any, job_class: str,
     if type(count) is int:
         attributes["messaging.sidekiq.retry_count"] = count
     return attributes
-
-
-def _failed(span: Span, outcome: Outcome) -> None:
-    """A job that failed: retried, dead, dropped or discarded."""
-    if outcome.error is not None:
-        _record(span, outcome.error)
-    else:
-        span.set_status(Status(StatusCode.ERROR, outcome.action or "failed"))
 
 
 def _record(span: Span, error: BaseException) -> None:
@@ -171,6 +164,8 @@ class KiqInstrumentor:
 
     _instance: KiqInstrumentor | None = None
     _lock = threading.Lock()
+    _member: Tracing | None
+    _provider: trace.TracerProvider | None
 
     def __new__(cls) -> KiqInstrumentor:
         with cls._lock:
@@ -181,18 +176,12 @@ class KiqInstrumentor:
                 cls._instance = instance
             return cls._instance
 
-    _member: Tracing | None
-    _provider: trace.TracerProvider | None
-
     @property
     def is_instrumented_by_opentelemetry(self) -> bool:
         return self._member is not None
 
-    def instrumentation_dependencies(self) -> Collection[str]:
-        return ()  # kiq instruments itself: nothing else to look for
-
     def instrument(self, *, tracer_provider: trace.TracerProvider | None = None, span_naming: str = "queue",
-                   propagation_style: str = "link", **_: Any) -> None:
+                   propagation_style: str = "link") -> None:
         """Add the tracing member to kiq's middleware; a second call changes nothing."""
         _check("span_naming", span_naming, SPAN_NAMINGS)
         _check("propagation_style", propagation_style, PROPAGATION_STYLES)
@@ -207,7 +196,7 @@ class KiqInstrumentor:
             middleware.add_builtin(self._member)
             log.trace_ids(_current_ids)
 
-    def uninstrument(self, **_: Any) -> None:
+    def uninstrument(self) -> None:
         """Take the tracing member out; nothing to do if it is not in."""
         with self._lock:
             if self._member is None:

@@ -153,6 +153,15 @@ def test_a_run_starts_a_trace_linked_to_its_enqueue_by_default(traced):
     assert run.status.status_code == StatusCode.UNSET
 
 
+def test_the_async_adapter_traces_its_runs_too(traced):
+    traced.instrument()
+    pool = adapters.use("async")
+    jid = otel_jobs.TracedJob.perform_later("a").jid
+    assert pool.drain()  # type: ignore[attr-defined]
+    [send], [run] = traced.spans(SpanKind.PRODUCER), traced.spans(SpanKind.CONSUMER)
+    assert jid_of(send) == jid_of(run) == jid and links(run) == [ids(send)]
+
+
 SEEN: list[Any] = []
 
 
