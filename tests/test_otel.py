@@ -201,13 +201,13 @@ def test_a_failed_run_is_an_error_span_and_its_retry_a_new_trace_linked_to_the_e
 
 
 @discard_on(KeyError)
-class DiscardedJob(kiq.Job):
+class DiscardedOnKeyErrorJob(kiq.Job):
     def perform(self) -> None:
         raise KeyError("gone")
 
 
 @pytest.mark.parametrize(("job", "action", "description"), [
-    (otel_jobs.FailsForGoodJob, "dead", "RuntimeError: doomed"), (DiscardedJob, "", "KeyError: 'gone'")])
+    (otel_jobs.FailsForGoodJob, "dead", "RuntimeError: doomed"), (DiscardedOnKeyErrorJob, "", "KeyError: 'gone'")])
 def test_a_job_that_dies_or_is_discarded_is_an_error_span(traced, job, action, description):
     traced.instrument()
     outcome = process("default", json.dumps(enqueued_with_test_adapter(job)))
