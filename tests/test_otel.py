@@ -207,7 +207,9 @@ class DiscardedOnKeyErrorJob(kiq.Job):
 
 
 @pytest.mark.parametrize(("job", "action", "description"), [
-    (otel_jobs.FailsForGoodJob, "dead", "RuntimeError: doomed"), (DiscardedOnKeyErrorJob, "", "KeyError: 'gone'")])
+    (otel_jobs.FailsForGoodJob, "dead", "RuntimeError: doomed"),
+    (DiscardedOnKeyErrorJob, "", "KeyError: 'gone'"),
+])
 def test_a_job_that_dies_or_is_discarded_is_an_error_span(traced, job, action, description):
     traced.instrument()
     outcome = process("default", json.dumps(enqueued_with_test_adapter(job)))
