@@ -152,7 +152,7 @@ def test_clicking_through_every_page(browser, dashboard, screens, r):
             assert text_of(browser, "#metrics tbody tr td").startswith("<script>")  # "<" sorts before "R"
             navigate(browser, browser.find_element(By.LINK_TEXT, "RecordJob").click)
             wait_for(lambda: heading(browser) == "Metrics / RecordJob")
-            assert text_of(browser, "#totals tbody tr").startswith("last hour 382 25 ")  # 17 minutes, 21 + 0-3
+            assert text_of(browser, "#totals tbody tr").startswith("last hour 382 25 ")  # 17 x 21 + 0-3
             assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline")) == 2  # processed, failed
             assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart circle.p99")) == 17  # 1 every 3 min
             screens.save("metrics-class")
