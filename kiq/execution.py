@@ -16,6 +16,8 @@ no round trip of their own. The records expire ``metrics_retention`` after their
 from __future__ import annotations
 
 import bisect
+import operator
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +34,9 @@ BOUNDS_MS = (20, 30, 45, 65, 100, 150, 225, 335, 500, 750, 1100, 1700, 2500, 380
              20000, 30000, 45000, 65000, 100000, 150000, 225000, 335000)
 BUCKETS = len(BOUNDS_MS) + 1
 EMPTY = (0,) * BUCKETS
+COUNTERS = struct.Struct(f">{BUCKETS}H")  # a histogram as Redis keeps it: a big-endian u16 per bucket
 FIELDS = ("p", "f", "ms")  # a class's fields in a minute's hash: CLASS|p, CLASS|f, CLASS|ms
+SLOTS = {field: slot for slot, field in enumerate(FIELDS)}
 SATURATED = 0xFFFF  # a bucket's counter stops there (u16, OVERFLOW SAT)
 RETENTION = 72 * 3600  # seconds, the default of ``metrics_retention``
 # Sidekiq's histogram keys name the minute by its day of the month only, so a record must be
@@ -107,20 +111,25 @@ class ClassMetrics:
         return percentile(self.histogram, share)
 
     def __add__(self, other: ClassMetrics) -> ClassMetrics:
-        histogram = tuple(a + b for a, b in zip(self.histogram, other.histogram, strict=True))
         return ClassMetrics(self.name, self.processed + other.processed, self.failed + other.failed,
-                            self.ms + other.ms, histogram)
+                            self.ms + other.ms, tuple(map(operator.add, self.histogram, other.histogram)))
 
 
 def read_classes(conn: redis.Redis, keys: Keys, minutes: int, now: float | None = None) -> list[ClassMetrics]:
     """Every class's metrics over the ``minutes`` minutes up to ``now``, by name: one pipeline of
     ``HGETALL`` for the minutes' hashes, then the histograms of the minutes in which each class
     had jobs succeed."""
-    found: dict[str, ClassMetrics] = {}
+    counts: dict[str, list[int]] = {}
+    histograms: dict[str, list[int]] = {}
     for metrics in _read_minutes(conn, keys, _minutes(minutes, now), None).values():
-        for each in metrics:
-            found[each.name] = found[each.name] + each if each.name in found else each
-    return sorted(found.values(), key=lambda each: each.name)
+        for each in metrics:  # added up in lists: a day of minutes is tens of thousands of records
+            total = counts.setdefault(each.name, [0, 0, 0])
+            total[0] += each.processed
+            total[1] += each.failed
+            total[2] += each.ms
+            histograms[each.name] = list(map(operator.add, histograms.get(each.name, EMPTY), each.histogram))
+    return [ClassMetrics(name, processed, failed, ms, tuple(histograms[name]))
+            for name, (processed, failed, ms) in sorted(counts.items())]
 
 
 def read_series(conn: redis.Redis, keys: Keys, job_class: str, minutes: int,
@@ -143,9 +152,13 @@ def _read_minutes(conn: redis.Redis, keys: Keys, minutes: list[int],
     names = [minute_names(minute) for minute in minutes]
     pipe = conn.pipeline(transaction=False)
     for hash_name, _ in names:
-        pipe.hgetall(keys.job_metrics(hash_name))
-    counted = [(minute, window, _counts(fields, job_class))
-               for minute, (_, window), fields in zip(minutes, names, pipe.execute(), strict=True)]
+        if job_class is None:
+            pipe.hgetall(keys.job_metrics(hash_name))
+        else:
+            pipe.hmget(keys.job_metrics(hash_name), [f"{job_class}|{field}" for field in FIELDS])
+    replies = pipe.execute()
+    counted = [(minute, window, _counts(reply) if job_class is None else _counts_of(job_class, reply))
+               for minute, (_, window), reply in zip(minutes, names, replies, strict=True)]
     timed = [keys.job_histogram(name, window) for _, window, counts in counted
              for name, (processed, failed, _) in counts.items() if processed > failed]
     histograms = iter(_get(conn, timed))  # in the order of ``timed``, read in the same order below
@@ -155,14 +168,20 @@ def _read_minutes(conn: redis.Redis, keys: Keys, minutes: list[int],
             for minute, _, counts in counted}
 
 
-def _counts(fields: dict[str, str], job_class: str | None) -> dict[str, list[int]]:
-    """Each class's processed, failed and ms in one minute's hash (``job_class``'s alone if given)."""
+def _counts(fields: dict[str, str]) -> dict[str, list[int]]:
+    """Each class's processed, failed and ms in one minute's hash."""
     counts: dict[str, list[int]] = {}
     for field, value in fields.items():
         name, _, metric = field.rpartition("|")
-        if metric in FIELDS and job_class in (None, name):
-            counts.setdefault(name, [0, 0, 0])[FIELDS.index(metric)] = int(value)
+        slot = SLOTS.get(metric)
+        if slot is not None:
+            counts.setdefault(name, [0, 0, 0])[slot] = int(value)
     return counts
+
+
+def _counts_of(job_class: str, values: list[str | None]) -> dict[str, list[int]]:
+    """One class's processed, failed and ms in one minute's hash, read with HMGET."""
+    return {job_class: [int(value or 0) for value in values]} if values[0] is not None else {}
 
 
 def _get(conn: redis.Redis, names: list[str]) -> list[str | None]:
@@ -176,8 +195,7 @@ def _get(conn: redis.Redis, names: list[str]) -> list[str | None]:
 def counters(raw: str | None) -> tuple[int, ...]:
     """A histogram's counters from the string Redis keeps them in (as kiq.connection reads it):
     big-endian u16s, as long as the highest bucket ever written; absent ones are 0."""
-    data = wire(raw or "")[: 2 * BUCKETS].ljust(2 * BUCKETS, b"\0")
-    return tuple(int.from_bytes(data[i: i + 2], "big") for i in range(0, 2 * BUCKETS, 2))
+    return COUNTERS.unpack(wire(raw or "")[: COUNTERS.size].ljust(COUNTERS.size, b"\0"))
 
 
 def percentile(histogram: Sequence[int], share: float) -> float | None:

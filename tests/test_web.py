@@ -574,6 +574,7 @@ def test_metrics_filter_on_the_class_name(web, r):
     assert [row[0] for row in metric_rows(page(web, "/metrics?q=billing"))] == ["Billing::InvoiceJob"]
     assert "No job of a class matching this filter" in page(web, "/metrics?q=nothing")
     assert "last 1 h" in page(web, "/metrics?hours=5&sort=x&order=y")  # not choices: the defaults
+    assert "last 1 h" in page(web, "/metrics?hours=72")  # a class's page only: the table reads every class
     r.flushdb()
     assert "No job finished in the last 1 h" in page(web, "/metrics")
 
@@ -598,6 +599,7 @@ def test_a_class_s_metrics_page_totals_the_hour_and_the_day_and_charts_each_minu
     day = page(web, "/metrics/ReportJob?hours=24")
     assert "Jobs per 12 minutes" in day and day.count('<rect class="hover"') == 2 * 120
     assert "processed 10, failed 0" in day
+    assert page(web, "/metrics/ReportJob?hours=72").count("Jobs per 36 minutes") == 1
 
 
 def test_a_class_without_records_has_an_empty_metrics_page(web, r):

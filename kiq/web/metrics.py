@@ -18,7 +18,8 @@ from kiq.web import charts, paging, render
 if TYPE_CHECKING:
     from kiq.web.application import View
 
-HOURS = (1, 8, 24, 72)
+HOURS = (1, 8, 24, 72)  # a class's page; it reads only that class's fields of each minute
+TABLE_HOURS = (1, 8, 24)  # the table of every class reads every field, and each class's histograms
 POINTS = 120  # at most this many points per chart: a longer period adds up several minutes a point
 SHARES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
 
@@ -38,7 +39,7 @@ COLUMNS: dict[str, Callable[[ClassMetrics], Any]] = {  # a column's value, None 
 
 
 def classes(view: View) -> Response:
-    hours = paging.choice(view.request.args.get("hours"), HOURS)
+    hours = paging.choice(view.request.args.get("hours"), TABLE_HOURS)
     found = view.api.job_metrics(minutes=hours * 60)
     text = view.request.args.get("q", "").strip()
     if text:
@@ -49,8 +50,9 @@ def classes(view: View) -> Response:
     # A heading's link: the other way round for the column sorted on, else that column's first order.
     orders = {key: first_order(key) for key in COLUMNS}
     orders[column] = "asc" if descending else "desc"
-    return view.render("metrics.html", rows=ordered(found, column, descending), hours=hours, choices=HOURS,
-                       column=column, descending=descending, orders=orders, text=text, shares=SHARES)
+    return view.render("metrics.html", rows=ordered(found, column, descending), hours=hours,
+                       choices=TABLE_HOURS, column=column, descending=descending, orders=orders, text=text,
+                       shares=SHARES)
 
 
 def first_order(column: str) -> str:
