@@ -47,18 +47,15 @@ MAX_RETENTION = 27 * 24 * 3600
 class Tally:
     """What one worker finished of one class in one minute (epoch seconds // 60)."""
 
-    __slots__ = ("buckets", "failed", "job_class", "minute", "processed", "seconds")
+    __slots__ = ("buckets", "failed", "job_class", "minute", "ms", "processed", "seconds")
 
     def __init__(self, job_class: str, minute: int) -> None:
         self.job_class = job_class
         self.minute = minute
         self.processed = self.failed = 0
         self.seconds = 0.0  # run time of the jobs that succeeded
+        self.ms = 0  # the same in whole milliseconds, once taken (``Tallies.take``)
         self.buckets = [0] * BUCKETS
-
-    @property
-    def ms(self) -> int:
-        return round(self.seconds * 1000)
 
 
 class Tallies:
@@ -73,6 +70,7 @@ class Tallies:
         self._open: dict[tuple[int, str], Tally] = {}
         self._minute = -1
         self._current: dict[str, Tally] = {}  # the tallies of _minute, by class
+        self._carried: dict[str, float] = {}  # by class, the fraction of a millisecond not yet sent
 
     def add(self, job_class: str, seconds: float, failed: bool) -> None:
         minute = int(time.time()) // 60
@@ -90,8 +88,15 @@ class Tallies:
             tally.buckets[0 if ms < BOUNDS_MS[0] else bisect.bisect_right(BOUNDS_MS, ms)] += 1
 
     def take(self) -> list[Tally]:
+        """The tallies since the last call, their run times in whole milliseconds: what a
+        tally leaves of a millisecond goes with the class's next one, so that jobs shorter than
+        a millisecond, a few to a round trip, still add up."""
         taken = list(self._open.values())
         self._open, self._minute, self._current = {}, -1, {}
+        for tally in taken:
+            exact = tally.seconds * 1000 + self._carried.get(tally.job_class, 0.0)
+            tally.ms = int(exact)
+            self._carried[tally.job_class] = exact - tally.ms
         return taken
 
 

@@ -39,8 +39,21 @@ def test_each_run_falls_in_sidekiqs_bucket_for_its_milliseconds(monkeypatch):
         expected[bucket] += 1
     assert tally.buckets == expected
     assert (tally.job_class, tally.minute, tally.processed, tally.failed) == ("Job", MINUTE, 11, 0)
-    assert tally.ms == round(sum(runs) * 1000)
+    assert tally.ms == int(sum(runs) * 1000)
     assert tallies.take() == []  # taken once
+
+
+def test_milliseconds_left_over_by_one_tally_go_with_the_next(monkeypatch):
+    """A round trip may carry one short job of a class: each tally's milliseconds are whole,
+    and the fraction left goes with the class's next tally, so short jobs still add up."""
+    at(monkeypatch, MINUTE * 60 + 5)
+    tallies, sent = Tallies(), []
+    for _ in range(8):
+        tallies.add("Quick", 0.00025, failed=False)
+        tallies.add("Other", 0.0011, failed=False)
+        sent += tallies.take()
+    assert sum(t.ms for t in sent if t.job_class == "Quick") == 2  # 8 x 0.25 ms
+    assert [t.ms for t in sent if t.job_class == "Other"] == [1, 1, 1, 1, 1, 1, 1, 1]  # 8.8 ms: 0.8 to come
 
 
 def test_failed_runs_count_without_a_run_time_and_each_class_and_minute_apart(monkeypatch):
