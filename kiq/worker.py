@@ -347,6 +347,7 @@ class Worker:
             self._ask_replacement("timeout")
 
     def _record(self, queue: str, name: str, seconds: float, outcome: Outcome) -> None:
+        """Count a job the chain did not; a failure to count keeps no job from being acknowledged."""
         try:
             metrics.record(queue, name, seconds, outcome.failed, outcome.action)
         except Exception:
