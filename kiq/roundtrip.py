@@ -214,7 +214,7 @@ class RoundTrip:
             self._new_day(now)
         number = self._number
         keys: list[bytes] = self._keys  # worked out once, for every round trip without tallies
-        recorded: list[str | int] = []
+        recorded: list[bytes | int] = []
         if tallies:
             keys, recorded = self._tallies(tallies)
         reply = self._script(keys=keys, args=[
@@ -240,17 +240,17 @@ class RoundTrip:
                 args += [number[unit.queue], wire(unit.payload)]
         return args
 
-    def _tallies(self, tallies: Sequence[Tally]) -> tuple[list[bytes], list[str | int]]:
+    def _tallies(self, tallies: Sequence[Tally]) -> tuple[list[bytes], list[bytes | int]]:
         """The script's keys with those of ``tallies`` added, and the tallies' arguments: the
         counts, and each histogram bucket that has any."""
         keys = self._keys[:]
-        args: list[str | int] = []
+        args: list[bytes | int] = []
         for tally in tallies:
             minute, window = minute_names(tally.minute)
             keys.append(wire(self.keys.job_metrics(minute)))
             keys.append(wire(self.keys.job_histogram(tally.job_class, window)))
             filled = [(index, count) for index, count in enumerate(tally.buckets) if count]
-            args += [tally.job_class, tally.processed, tally.failed, tally.ms, len(filled)]
+            args += [wire(tally.job_class), tally.processed, tally.failed, tally.ms, len(filled)]
             for index, count in filled:
                 args += [index, count]
         return keys, args
