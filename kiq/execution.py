@@ -62,7 +62,7 @@ class Tallies:
     """A worker's tallies since they were last taken. Not thread-safe: kiq.metrics calls it
     under the lock it takes for every finished job anyway.
 
-    Called for every job, so kept short (about a quarter of a microsecond): the current
+    Called for every job, so kept short (about 0.3 us): the current
     minute's tallies are looked up by class alone, and a run under 20 ms, the common case,
     skips the search for its bucket."""
 
