@@ -1,4 +1,5 @@
-"""Reading and managing kiq's data from any Python app: stats, queues, sets, processes.
+"""Reading and managing kiq's data from any Python app: stats, queues, sets, processes, and the
+execution metrics of each job class.
 
 This is the operator's view (the CLI is built on it); the worker side never
 imports it. It works on any data in Sidekiq's layout, whoever wrote it, and
@@ -17,7 +18,9 @@ from typing import Any
 
 import redis
 
+from kiq import execution
 from kiq.connection import connect, url_from_env, wire
+from kiq.execution import ClassMetrics
 from kiq.keys import Keys, day
 from kiq.payload import epoch_seconds
 from kiq.retry import TRIM_DEAD, decode_backtrace
@@ -332,6 +335,19 @@ class API:
             found.append(Process(ident, json.loads(info), int(busy or 0), float(beat or 0),
                                  quiet == "true", int(rss or 0), running))
         return found
+
+    def job_metrics(self, minutes: int = 60, now: float | None = None) -> list[ClassMetrics]:
+        """Each job class's count, failures, run time and run-time histogram over the last
+        ``minutes`` minutes (up to ``now``), by class name, from the records that kiq's workers
+        and Sidekiq 7's keep per minute (kiq.execution). ``percentile(0.95)`` of one is its p95
+        run time in milliseconds, of the jobs that succeeded."""
+        return execution.read_classes(self.redis, self.keys, minutes, now)
+
+    def job_series(self, job_class: str, minutes: int = 60,
+                   now: float | None = None) -> list[tuple[int, ClassMetrics]]:
+        """One class's metrics in each of the last ``minutes`` minutes, oldest first: (minute,
+        metrics), the minute as epoch seconds // 60, and zeros for a minute without jobs."""
+        return execution.read_series(self.redis, self.keys, job_class, minutes, now)
 
     def quiet(self, identity: str) -> None:
         """Ask a process to stop taking jobs (Sidekiq's TSTP)."""

@@ -19,6 +19,7 @@ from typing import Any
 from kiq import log
 from kiq.connection import ENCODE_PASSWORD, unencoded_password, url_from_env
 from kiq.errors import ConfigError
+from kiq.execution import MAX_RETENTION, RETENTION
 
 __all__ = ["Config", "ConfigError", "load", "parse_queues"]
 
@@ -42,6 +43,7 @@ class Config:
     max_jobs: int = 0
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9191
+    metrics_retention: int = RETENTION  # seconds the execution metrics per class and minute are kept
     log_format: str = "auto"
     log_level: str = "info"
     tag: str = ""
@@ -233,6 +235,10 @@ def _validate(config: Config) -> None:
     for key in ("timeout", "max_memory_mb", "max_jobs", "worker_timeout"):
         if getattr(config, key) < 0:
             raise ConfigError(key, "must not be negative")
+    if not 1 <= config.metrics_retention <= MAX_RETENTION:
+        days = MAX_RETENTION // 86400
+        raise ConfigError("metrics_retention", f"must be from 1 to {MAX_RETENTION} seconds ({days} days): "
+                          "Sidekiq's histogram keys name a minute by its day of the month only")
     if not 0 <= config.metrics_port <= 65535:
         raise ConfigError("metrics.port", "must be a port number (0 turns metrics off)")
     if config.log_level not in log.LEVELS:

@@ -15,6 +15,10 @@ reclaim after a lapse), the acknowledgements and give-backs waiting for the next
 and the lease (kiq.lease), without which no job starts. Threads in ``take`` wait on
 ``_work_ready`` (a job to start, or a queue to watch); the fetcher thread waits on ``_wake``
 (a round trip to make).
+
+The worker's tallies of its finished jobs (kiq.execution) ride with the acknowledgements: each
+job is tallied before it is acknowledged, so the round trip that sends its acknowledgement, or
+an earlier one, takes its tally along, and a round trip without acknowledgements takes none.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import redis
 
 from kiq import log
 from kiq.connection import Outage, connect, keep_trying
+from kiq.execution import RETENTION, Tally
 from kiq.heartbeat import Lapsed
 from kiq.keys import Keys
 from kiq.lease import Lease, Reclaimer
@@ -61,9 +66,12 @@ class Fetcher:
         concurrency: int,
         ttl: float = 60.0,
         info: str = "{}",
+        tallies: Callable[[], list[Tally]] = list,
+        retention: int = RETENTION,
     ) -> None:
         """``ttl`` is the heartbeat TTL that each round trip extends, ``info`` the heartbeat's
-        info field, for a worker that must recreate its entry (kiq.lease)."""
+        info field, for a worker that must recreate its entry (kiq.lease); ``tallies`` hands over
+        the tallies of the jobs finished since it was last called, kept ``retention`` seconds."""
         self.identity = identity
         self.queues = queues
         self.concurrency = concurrency
@@ -73,7 +81,7 @@ class Fetcher:
         self._window_acks = 0
         self.conn = connect(redis_url, name=f"kiq-fetch-{identity}")
         self.recovery = Recovery(self.conn, keys)
-        self.round_trip = RoundTrip(self.conn, keys, identity, queues.names, ttl)
+        self.round_trip = RoundTrip(self.conn, keys, identity, queues.names, ttl, retention)
         self.lease = Lease(ttl)
         self._reclaimer = Reclaimer(self.conn, keys, identity, ttl, queues.names, info)
         self._lapsed = False
@@ -86,6 +94,8 @@ class Fetcher:
         self._held: dict[Unit, int] = {}  # taken from Redis, not yet acknowledged or given back
         self._resync = False
         self._acks: list[Ack] = []
+        self._tallies = tallies
+        self._unsent: list[Tally] = []  # tallies of a round trip that failed
         self._first_ack_at = 0.0
         self._running = 0
         self._fetching = True
@@ -287,17 +297,17 @@ class Fetcher:
         and has nothing left to send. A failed one keeps what it was to send for the next."""
         pause = 0.0
         while (due := self._next()) is not None:
-            acks, giveback, want = due
+            acks, tallies, giveback, want = due
             try:
-                jobs = self._exchange(acks, giveback, want)
+                jobs = self._exchange(acks, tallies, giveback, want)
             except Lapsed:
-                self._keep(acks, giveback)
+                self._keep(acks, tallies, giveback)
                 self.lapsed()
                 continue
             except Exception as error:
                 if not isinstance(error, redis.RedisError):
                     self.log.exception("fetch failed unexpectedly")
-                self._keep(acks, giveback, resync=True)
+                self._keep(acks, tallies, giveback, resync=True)
                 pause = self._outage.failed(error, pause)
                 self._retry_now.wait(pause)  # or sooner: the heartbeat found Redis back (lapsed)
                 self._retry_now.clear()
@@ -309,7 +319,7 @@ class Fetcher:
             self._adapt_prefetch(len(acks))
             self._receive(jobs, idle=want > 0 and not jobs)
 
-    def _next(self) -> tuple[list[Ack], list[Unit], int] | None:
+    def _next(self) -> tuple[list[Ack], list[Tally], list[Unit], int] | None:
         """Wait until a round trip is due; then what it sends and how many jobs it wants. None
         once closed with nothing to send and no watcher left to catch a job."""
         with self._lock:
@@ -318,18 +328,23 @@ class Fetcher:
                     return None
                 self._wake.wait(ACK_MAX_AGE if self._acks else 0.5)
             acks, self._acks = self._acks, []
+            tallies: list[Tally] = []
+            if acks:
+                tallies, self._unsent = self._unsent + self._tallies(), []
             giveback, self._giveback = self._giveback, []
             want = self.capacity - len(self._buffer) - self._running if self._fetching else 0
-            return acks, giveback, max(want, 0)
+            return acks, tallies, giveback, max(want, 0)
 
-    def _keep(self, acks: list[Ack], giveback: list[Unit], resync: bool = False) -> None:
+    def _keep(self, acks: list[Ack], tallies: list[Tally], giveback: list[Unit],
+              resync: bool = False) -> None:
         """Put back what a failed round trip was to send, ahead of what came since."""
         with self._lock:
             self._acks[:0] = acks
+            self._unsent[:0] = tallies
             self._giveback[:0] = giveback
             self._resync = self._resync or resync
 
-    def _exchange(self, acks: list[Ack], giveback: list[Unit], want: int) -> list[Unit]:
+    def _exchange(self, acks: list[Ack], tallies: list[Tally], giveback: list[Unit], want: int) -> list[Unit]:
         """Everything one turn of the fetcher sends: a reclaim after a lapse, a resync after a
         failed call, give-backs, then the round trip (skipped when it has nothing to do)."""
         if self._lapsed:
@@ -343,7 +358,7 @@ class Fetcher:
             return []
         picks, order = (self.queues.picks(want), self.queues.order()) if want else ([], [])
         sent = time.monotonic()
-        jobs = self.round_trip.send(acks, want, picks, order)
+        jobs = self.round_trip.send(acks, want, picks, order, tallies)
         self.renewed(sent)
         return jobs
 

@@ -97,6 +97,16 @@ class Keys:
         ``stat:processed:2026-12-01``."""
         return f"{counter}:{date}"
 
+    def job_metrics(self, minute: str) -> str:
+        """Sidekiq 7's execution metrics of one UTC minute (``minute_names``' first name): a hash
+        of ``CLASS|p``, ``CLASS|f`` and ``CLASS|ms`` (kiq.execution)."""
+        return f"{self.prefix}j|{minute}"
+
+    def job_histogram(self, job_class: str, window: str) -> str:
+        """Sidekiq 7's histogram of one class's run times in one UTC minute (``minute_names``'
+        second name): ``HardJob-05-09:7``."""
+        return f"{self.prefix}{job_class}-{window}"
+
     def periodic(self, name: str) -> str:
         """A periodic entry's state hash: ``last`` tick, its ``jid`` and ``enqueued_at``,
         ``schedule`` and ``since`` (when that schedule was first seen)."""
@@ -120,6 +130,15 @@ def owner(registered: str) -> tuple[str, str] | None:
     """``(identity, queue)`` of a ``kiq:wip`` member, or None for one that is none of kiq's."""
     identity, bar, queue = registered.partition("|")
     return (identity, queue) if bar else None
+
+
+def minute_names(minute: int) -> tuple[str, str]:
+    """How Sidekiq 7's metrics keys name a UTC minute (``minute``: epoch seconds // 60): in the
+    hash's name year, month and day, then hour and minute unpadded (``20261205|9:7``); in a
+    histogram's only the day of the month and the hour padded (``05-09:7``)."""
+    t = time.gmtime(minute * 60)
+    return (f"{t.tm_year:04d}{t.tm_mon:02d}{t.tm_mday:02d}|{t.tm_hour}:{t.tm_min}",
+            f"{t.tm_mday:02d}-{t.tm_hour:02d}:{t.tm_min}")
 
 
 def day(now: float | None = None) -> str:

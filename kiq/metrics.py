@@ -1,4 +1,5 @@
-"""Prometheus metrics recorded in every worker and supervisor process.
+"""Prometheus metrics recorded in every worker and supervisor process, and a worker's tallies of
+its jobs per class and minute (kiq.execution), which its fetcher takes to Redis.
 
 The master points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory before
 anything imports prometheus_client (see kiq.cli), so every process writes its
@@ -15,6 +16,8 @@ import os
 import threading
 
 from prometheus_client import Counter, Gauge, Histogram, multiprocess
+
+from kiq.execution import Tallies, Tally
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -53,10 +56,12 @@ class _Counts:
 
 _lock = threading.Lock()
 _pending: dict[tuple[str, str], _Counts] = {}
+_tallies = Tallies()
 
 
 def record(queue: str, job_class: str, seconds: float, failed_: bool, action: str) -> None:
-    """Count one finished job in this process; ``flush`` writes the counts to the samples file.
+    """Count one finished job in this process; ``flush`` writes the counts to the samples file,
+    and the fetcher takes the tallies of its class (``tallies``) to Redis.
 
     The processor threads call this for every job. prometheus_client's multiprocess values
     take a lock and check the pid on each increment, three of them per job for the counter
@@ -76,6 +81,15 @@ def record(queue: str, job_class: str, seconds: float, failed_: bool, action: st
             counts.retried += 1
         elif action == "dead":
             counts.dead += 1
+        if job_class != UNKNOWN_CLASS:  # a payload that never became a job has no class to count
+            _tallies.add(job_class, seconds, failed_)
+
+
+def tallies() -> list[Tally]:
+    """The tallies of the jobs counted since the last call (the fetcher's, before each round trip
+    that acknowledges jobs)."""
+    with _lock:
+        return _tallies.take()
 
 
 def flush() -> None:

@@ -7,14 +7,16 @@ ACK_AND_FETCH script, which atomically, for one worker:
    else and ``send`` raises Lapsed (kiq.lease);
 2. removes each finished job from the worker's in-progress list, files it in ``retry`` or
    ``dead`` when its outcome says so and the job was still there, and counts the stats;
-3. moves up to the wanted number of jobs from the queues into the worker's in-progress lists,
+3. adds the worker's tallies of the jobs it finished, per class and minute, to Sidekiq 7's
+   execution metrics (kiq.execution);
+4. moves up to the wanted number of jobs from the queues into the worker's in-progress lists,
    each from its weighted pick or else from the first queue in the round trip's order that
    has one, and registers those lists in ``kiq:wip``.
 
 So a job is always in Redis: in its queue, in an in-progress list, or in a sorted set. Every
 key reaches the script through ``KEYS[]`` (Redis's rule for scripts, which Redis Cluster
 enforces); the list is worked out once and again when the UTC day, and so the daily stat
-keys, changes.
+keys, changes; the metrics keys of each tally are added to it.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from typing import NamedTuple
 import redis
 
 from kiq.connection import wire
+from kiq.execution import RETENTION, Tally
 from kiq.heartbeat import Lapsed
-from kiq.keys import Keys, day
+from kiq.keys import Keys, day, minute_names
 from kiq.retry import TRIM_DEAD, Outcome
 
 DAY = 24 * 3600
@@ -36,23 +39,29 @@ STAT_TTL = 5 * 365 * DAY
 
 # KEYS: the worker's entry, retry, dead, stat:processed, stat:failed, today's stat:processed:DATE
 # and stat:failed:DATE, kiq:wip, then for each queue Q of the worker (Q = 1, 2, ...) its
-# queue:NAME and its in-progress list kiq:wip:IDENTITY|NAME.
-# ARGV: now, the heartbeat TTL in ms, each queue's member of kiq:wip (IDENTITY|NAME), how many
-# acknowledgements follow, then each one: Q, PAYLOAD for a job that succeeded, or
-# -Q, PAYLOAD, ACTION, NEW PAYLOAD, SCORE, FAILED for any other end; then how many jobs to take,
-# how many per-job picks follow, the picks, and the order in which to try every queue when a
-# pick is empty (queues by Q).
+# queue:NAME and its in-progress list kiq:wip:IDENTITY|NAME, then for each tally T (T = 1, 2, ...)
+# its minute's metrics hash j|DATE|H:M and its class's histogram CLASS-DD-HH:M.
+# ARGV: now, the heartbeat TTL in ms, how many tallies, the metrics' retention in seconds, each
+# queue's member of kiq:wip (IDENTITY|NAME), how many acknowledgements follow, then each one:
+# Q, PAYLOAD for a job that succeeded, or -Q, PAYLOAD, ACTION, NEW PAYLOAD, SCORE, FAILED for any
+# other end; then each tally: CLASS, PROCESSED, FAILED, MS, how many histogram buckets follow,
+# and each bucket's INDEX (from 0) and COUNT; then how many jobs to take, how many per-job picks
+# follow, the picks, and the order in which to try every queue when a pick is empty (queues by Q).
 # Returns {0} if the worker's entry has expired, else 1, Q, PAYLOAD, Q, PAYLOAD, ...
 # Extending the entry comes first: Redis accepts it even at maxmemory, and then the rest of
 # the script.
 ACK_AND_FETCH = TRIM_DEAD + """
 if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 0 then return {0} end
-local queues = (#KEYS - 8) / 2
+local tallies = tonumber(ARGV[3])
+local queues = (#KEYS - 8 - 2 * tallies) / 2
+local tallied = 8 + 2 * queues
 local function queue(q) return KEYS[7 + 2 * q] end
 local function wip(q) return KEYS[8 + 2 * q] end
-local i = 4 + queues
+local function minute(t) return KEYS[tallied + 2 * t - 1] end
+local function histogram(t) return KEYS[tallied + 2 * t] end
+local i = 6 + queues
 local processed, failed, died = 0, 0, false
-for _ = 1, tonumber(ARGV[3 + queues]) do
+for _ = 1, tonumber(ARGV[5 + queues]) do
   local q, job = tonumber(ARGV[i]), ARGV[i + 1]
   if q > 0 then
     redis.call('LREM', wip(q), -1, job)
@@ -84,6 +93,27 @@ if failed > 0 then
   redis.call('EXPIRE', KEYS[7], __STAT_TTL__)
 end
 if died then trim_dead(KEYS[3], ARGV[1]) end
+-- As Sidekiq 7 records them: run time and histogram for the jobs that succeeded only. Best
+-- effort (pcall): a metrics key of another type must not stop the acknowledgements.
+for t = 1, tallies do
+  local class, buckets = ARGV[i], tonumber(ARGV[i + 4])
+  redis.pcall('HINCRBY', minute(t), class .. '|p', ARGV[i + 1])
+  if ARGV[i + 2] ~= '0' then redis.pcall('HINCRBY', minute(t), class .. '|f', ARGV[i + 2]) end
+  if buckets > 0 then
+    redis.pcall('HINCRBY', minute(t), class .. '|ms', ARGV[i + 3])
+    local counts = {'OVERFLOW', 'SAT'}
+    for b = i + 5, i + 3 + 2 * buckets, 2 do
+      counts[#counts + 1] = 'INCRBY'
+      counts[#counts + 1] = 'u16'
+      counts[#counts + 1] = '#' .. ARGV[b]
+      counts[#counts + 1] = ARGV[b + 1]
+    end
+    redis.pcall('BITFIELD', histogram(t), unpack(counts))
+    redis.call('EXPIRE', histogram(t), ARGV[4])
+  end
+  redis.call('EXPIRE', minute(t), ARGV[4])
+  i = i + 5 + 2 * buckets
+end
 local want, picks = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
 local first, order = i + 2, i + 2 + picks
 local out, empty, touched = {1}, {}, {}
@@ -111,7 +141,7 @@ for slot = 1, want do
   out[#out + 1] = job
   touched[q] = true
 end
-for q in pairs(touched) do redis.call('SADD', KEYS[8], ARGV[2 + q]) end
+for q in pairs(touched) do redis.call('SADD', KEYS[8], ARGV[4 + q]) end
 return out
 """.replace("__STAT_TTL__", str(STAT_TTL))
 
@@ -156,13 +186,14 @@ class RoundTrip:
     """ACK_AND_FETCH for one worker: its keys, its arguments and its reply."""
 
     def __init__(self, conn: redis.Redis, keys: Keys, identity: str, queues: Sequence[str],
-                 ttl: float) -> None:
+                 ttl: float, retention: int = RETENTION) -> None:
         """``queues`` are every queue the worker takes from, ``ttl`` its heartbeat TTL, which
-        each call extends."""
+        each call extends, ``retention`` the seconds execution metrics are kept."""
         self.keys = keys
         self.identity = identity
         self.queues = list(queues)
         self.ttl_ms = int(ttl * 1000)
+        self.retention = retention
         # Sent as bytes, which redis-py passes on without encoding them again for every call.
         self._number = {name: wire(str(q)) for q, name in enumerate(self.queues, 1)}
         self._failed_number = {name: wire(f"-{q}") for q, name in enumerate(self.queues, 1)}
@@ -173,16 +204,22 @@ class RoundTrip:
         self._today = (0.0, 0.0)  # the UTC day that the stat keys in _keys count, from and until
         self._script = conn.register_script(ACK_AND_FETCH)
 
-    def send(self, acks: Sequence[Ack], want: int, picks: Sequence[str], order: Sequence[str]) -> list[Unit]:
-        """Acknowledge ``acks`` and take up to ``want`` jobs: the n-th from ``picks[n]`` if it has
-        one, else from the first queue in ``order`` that has one. Raises Lapsed if the worker's
-        entry had expired, having done nothing."""
+    def send(self, acks: Sequence[Ack], want: int, picks: Sequence[str], order: Sequence[str],
+             tallies: Sequence[Tally] = ()) -> list[Unit]:
+        """Acknowledge ``acks``, record ``tallies`` and take up to ``want`` jobs: the n-th from
+        ``picks[n]`` if it has one, else from the first queue in ``order`` that has one. Raises
+        Lapsed if the worker's entry had expired, having done nothing."""
         now = time.time()
         if not self._today[0] <= now < self._today[1]:
             self._new_day(now)
         number = self._number
-        reply = self._script(keys=self._keys, args=[
-            now, self.ttl_ms, *self._members, len(acks), *self._acknowledgements(acks),
+        keys: list[bytes] = self._keys  # worked out once, for every round trip without tallies
+        recorded: list[bytes | int] = []
+        if tallies:
+            keys, recorded = self._tallies(tallies)
+        reply = self._script(keys=keys, args=[
+            now, self.ttl_ms, len(tallies), self.retention, *self._members, len(acks),
+            *self._acknowledgements(acks), *recorded,
             want, len(picks), *[number[name] for name in picks], *[number[name] for name in order],
         ])
         if reply[0] == 0:
@@ -202,6 +239,21 @@ class RoundTrip:
             else:
                 args += [number[unit.queue], wire(unit.payload)]
         return args
+
+    def _tallies(self, tallies: Sequence[Tally]) -> tuple[list[bytes], list[bytes | int]]:
+        """The script's keys with those of ``tallies`` added, and the tallies' arguments: the
+        counts, and each histogram bucket that has any."""
+        keys = self._keys[:]
+        args: list[bytes | int] = []
+        for tally in tallies:
+            minute, window = minute_names(tally.minute)
+            keys.append(wire(self.keys.job_metrics(minute)))
+            keys.append(wire(self.keys.job_histogram(tally.job_class, window)))
+            filled = [(index, count) for index, count in enumerate(tally.buckets) if count]
+            args += [wire(tally.job_class), tally.processed, tally.failed, tally.ms, len(filled)]
+            for index, count in filled:
+                args += [index, count]
+        return keys, args
 
     def _new_day(self, now: float) -> None:
         """Work out the keys for the UTC day of ``now`` (a clock set back may also need it)."""

@@ -70,7 +70,9 @@ class JobMetrics(middleware.Middleware):
     job's outcome, retry or dead included, rather than raising what the job raised. So each
     job is one ``metrics.record`` with its outcome, which keeps ``metrics.flush``'s promise (a
     scrape that counts a job processed sees its duration and outcome too); counting retries
-    and dead jobs apart, where the decision is made, would let a flush fall in between.
+    and dead jobs apart, where the decision is made, would let a flush fall in between. The same
+    call tallies the job for the execution metrics per class and minute (kiq.execution), before
+    the job is acknowledged.
 
     Counted elsewhere, where their fate is decided: payloads that never become a job, and jobs
     kiq itself failed on (the processor thread); a job past its ``timeout`` (the timeout
@@ -139,6 +141,8 @@ class Worker:
             self.config.concurrency,
             ttl=self.config.heartbeat_ttl,
             info=self.heartbeat.info,
+            tallies=metrics.tallies,
+            retention=self.config.metrics_retention,
         )
         self._start_event_loop()
         if self.config.tracing:
@@ -323,13 +327,13 @@ class Worker:
             return True
 
     def _finish(self, unit: Unit, outcome: Outcome, name: str | None, started: float) -> None:
-        """Acknowledge ``unit`` and count a job the chain did not (``name``, the class label);
-        nothing after the acknowledgement raises into the thread."""
+        """Count a job the chain did not (``name``, the class label) and acknowledge ``unit``,
+        counted first so that its tally rides with the acknowledgement (kiq.fetch); nothing
+        raises into the thread."""
+        if name is not None:
+            self._record(unit.queue, name, time.perf_counter() - started, outcome)
         self.fetcher.done(unit, outcome)
         try:
-            if name is not None:
-                seconds = time.perf_counter() - started
-                metrics.record(unit.queue, name, seconds, outcome.failed, outcome.action)
             self.jobs_done += 1
             if self.config.max_jobs and self.jobs_done >= self.config.max_jobs:
                 self._ask_replacement("max_jobs")
@@ -352,9 +356,16 @@ class Worker:
                 outcome = timed_out(state.payload, timeout)
             except Exception as error:
                 outcome = unhandled(state.unit.queue, state.unit.payload, error)
+            self._record(state.unit.queue, state.job_class.job_name, timeout, outcome)
             self.fetcher.abandon(state.unit, outcome)
-            metrics.record(state.unit.queue, state.job_class.job_name, timeout, True, outcome.action)
             self._ask_replacement("timeout")
+
+    def _record(self, queue: str, name: str, seconds: float, outcome: Outcome) -> None:
+        """Count a job the chain did not; a failure to count keeps no job from being acknowledged."""
+        try:
+            metrics.record(queue, name, seconds, outcome.failed, outcome.action)
+        except Exception:
+            self.log.exception("could not count a finished job")
 
     def _replace_dead_threads(self) -> None:
         with self.lock:

@@ -32,6 +32,7 @@ heartbeat_interval: 2
 heartbeat_ttl: 30
 boot_timeout: 90
 worker_timeout: 10
+metrics_retention: 86400
 """
 
 
@@ -76,6 +77,7 @@ def test_defaults_without_file_or_flags():
         heartbeat_ttl=60.0,
         boot_timeout=60.0,
         worker_timeout=30.0,
+        metrics_retention=72 * 3600,
     )
 
 
@@ -105,6 +107,7 @@ def test_every_documented_key_is_read_from_the_file(tmp_path):
         heartbeat_ttl=30.0,
         boot_timeout=90.0,
         worker_timeout=10.0,
+        metrics_retention=86400,
     )
     assert config.queue_names == ["critical", "default", "low"]
 
@@ -322,6 +325,9 @@ def test_tracing_without_the_opentelemetry_api_names_what_to_install(tmp_path, m
         ({"boot_timeout": 0}, "boot_timeout"),
         ({"boot_timeout": "soon"}, "boot_timeout"),
         ({"worker_timeout": -1}, "worker_timeout"),
+        ({"metrics_retention": 0}, "metrics_retention"),
+        ({"metrics_retention": 28 * 86400}, "metrics_retention"),
+        ({"metrics_retention": "3 days"}, "metrics_retention"),
         ({"web": "secret"}, "web"),
         ({"web": {"pass": "x"}}, "web.pass"),
         ({"web": {"password": 1234}}, "web.password"),
@@ -363,7 +369,7 @@ def test_a_raw_special_character_in_the_password_is_a_bad_url_that_hides_it(url)
 @pytest.mark.parametrize(
     ("settings", "key"),
     [({"processes": 2.5}, "processes"), ({"max_jobs": 0.5}, "max_jobs"),
-     ({"metrics": {"port": 9191.5}}, "metrics.port")],
+     ({"metrics": {"port": 9191.5}}, "metrics.port"), ({"metrics_retention": 3600.5}, "metrics_retention")],
 )
 def test_fractional_value_for_an_integer_key_is_rejected(tmp_path, settings, key):
     with pytest.raises(ConfigError) as raised:
@@ -474,3 +480,13 @@ def test_cli_require_of_a_missing_module_exits_3(tmp_path, redis_server):
     assert result.returncode == 3, result.stderr
     [line] = [line for line in result.stderr.splitlines() if line.startswith("kiq:")]
     assert "no_such_module_for_cli" in line and "ModuleNotFoundError" in line
+
+
+def test_metrics_retention_says_why_it_has_a_limit(tmp_path):
+    """Sidekiq's histogram keys name a minute by its day of the month: kept 28 days, one month's
+    record would add up with the next month's."""
+    assert load_yaml(tmp_path, {"metrics_retention": 27 * 86400}).metrics_retention == 27 * 86400
+    with pytest.raises(ConfigError) as raised:
+        load_yaml(tmp_path, {"metrics_retention": 27 * 86400 + 1})
+    assert str(raised.value) == ("metrics_retention: must be from 1 to 2332800 seconds (27 days): Sidekiq's "
+                                 "histogram keys name a minute by its day of the month only")

@@ -7,12 +7,14 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
 from conftest import wait_for
 
 from kiq.connection import connect
+from kiq.execution import Tallies
 from kiq.fetch import PREFETCH_MAX, PREFETCH_MIN, Fetcher
 from kiq.heartbeat import Heartbeat
 from kiq.keys import Keys
@@ -30,9 +32,9 @@ def make_fetcher(redis_server, r) -> Iterator[MakeFetcher]:
     started: list[Fetcher] = []
 
     def make(queues: list[tuple[str, int]] | None = None, strict: bool = True, concurrency: int = 2,
-             namespace: str = "", identity: str = IDENT) -> Fetcher:
+             namespace: str = "", identity: str = IDENT, **extra: Any) -> Fetcher:
         order = QueueOrder(queues or [("default", 1)], strict)
-        fetcher = Fetcher(redis_server.url, Keys(namespace), identity, order, concurrency)
+        fetcher = Fetcher(redis_server.url, Keys(namespace), identity, order, concurrency, **extra)
         fetcher.start()
         started.append(fetcher)
         return fetcher
@@ -597,3 +599,36 @@ def test_a_worker_reclaims_its_entry_while_redis_refuses_writes(redis_server, r,
     finally:
         r.config_set("maxmemory", 0)
     assert sorted(take_all(Takers(fetcher))) == ["j0", "j1", "j2"]
+
+
+def test_tallies_ride_with_the_acknowledgements_and_outlast_a_failed_trip(redis_server, r, make_fetcher):
+    """A worker tallies each job before acknowledging it (kiq.metrics); the round trip that takes
+    the acknowledgement takes the tallies too, and one that fails keeps them for the next."""
+    tallies, lock = Tallies(), threading.Lock()
+
+    def taken() -> list:
+        with lock:
+            return tallies.take()
+
+    push(r, "default", "j0", "j1")
+    fetcher = make_fetcher(tallies=taken, retention=600)
+    first, second = take(fetcher), take(fetcher)
+    with lock:
+        tallies.add("HardJob", 0.05, failed=False)
+    fetcher.done(first, SUCCESS)
+    wait_for(lambda: r.get("stat:processed") == "1")
+    [minute] = r.keys("j|*")
+    assert r.hgetall(minute) == {"HardJob|p": "1", "HardJob|ms": "50"} and 590 < r.ttl(minute) <= 600
+    r.acl_setuser("admin", enabled=True, passwords=["+pw"], commands=["+@all"], keys=["~*"], channels=["*"])
+    admin = redis.Redis(port=redis_server.port, username="admin", password="pw", decode_responses=True)
+    admin.acl_setuser("default", commands=["-evalsha"])  # the fetcher's round trips now fail
+    with lock:
+        tallies.add("HardJob", 0.05, failed=True)
+    fetcher.done(second, Outcome(True))
+    time.sleep(0.3)  # a round trip or two refused
+    assert admin.get("stat:processed") == "1"
+    admin.acl_setuser("default", commands=["+evalsha"])
+    wait_for(lambda: r.get("stat:processed") == "2", timeout=10)
+    records = [r.hgetall(key) for key in r.keys("j|*")]  # one minute, or two if one ended meanwhile
+    assert [sum(int(record.get(f"HardJob|{field}", 0)) for record in records) for field in ("p", "f", "ms")] \
+        == [2, 1, 50]

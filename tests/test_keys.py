@@ -10,13 +10,15 @@ table, a function's result) fails too: such a script is rewritten, or this readi
 from __future__ import annotations
 
 import ast
+import calendar
 import importlib
 import inspect
 import re
+import time
 
 from conftest import ROOT
 
-from kiq.keys import Keys, member, owner
+from kiq.keys import Keys, member, minute_names, owner
 
 PACKAGE = ROOT / "kiq"
 
@@ -294,3 +296,16 @@ def test_members_of_the_registry_split_back():
     keys = Keys("a*b")
     assert keys.member_of_wip(keys.wip("host:1:abc", "default")) == "host:1:abc|default"
     assert keys.wip_pattern() == r"a\*b:kiq:wip:*"
+
+
+def test_metrics_keys_name_each_minute_as_sidekiq_7_does():
+    """Sidekiq 7 names them with Ruby's strftime ``%Y%m%d|%-H:%-M`` (the hash) and ``%d-%H:%-M``
+    (a class's histogram), both in UTC; glibc's strftime takes the same formats."""
+    keys = Keys()
+    start = calendar.timegm((2031, 12, 31, 0, 0, 0)) // 60
+    for minute in range(start, start + 24 * 60 + 2):
+        moment = time.gmtime(minute * 60)
+        hash_name, window = minute_names(minute)
+        assert keys.job_metrics(hash_name) == "j|" + time.strftime("%Y%m%d|%-H:%-M", moment)
+        assert keys.job_histogram("Shop::Job", window) == "Shop::Job-" + time.strftime("%d-%H:%-M", moment)
+    assert Keys("app").job_metrics(minute_names(start + 67)[0]) == "app:j|20311231|1:7"

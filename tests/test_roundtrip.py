@@ -10,8 +10,9 @@ import types
 import pytest
 import redis
 
-from kiq import roundtrip
+from kiq import execution, roundtrip
 from kiq.connection import connect
+from kiq.execution import Tallies, Tally
 from kiq.heartbeat import Lapsed
 from kiq.keys import Keys
 from kiq.retry import DEAD_MAX_JOBS, SUCCESS, Outcome
@@ -165,22 +166,27 @@ def test_the_script_uses_the_keys_it_is_given_and_no_others(redis_server, r):
     checks on every command it runs."""
     names = ["entry", "retries", "deads", "done", "fails", "done-today", "fails-today", "lists",
              "q1", "q1-wip", "q2", "q2-wip"]
+    tally_keys = ["minute", "histogram"]
     r.acl_setuser("narrow", enabled=True, passwords=["+pw"], commands=["+@all"],
-                  keys=[f"%RW~{name}" for name in names])
+                  keys=[f"%RW~{name}" for name in names + tally_keys])
     narrow = redis.Redis(port=redis_server.port, username="narrow", password="pw", decode_responses=True)
     script = narrow.register_script(ACK_AND_FETCH)
     r.hset("entry", "beat", "1")
     r.lpush("q1", "x")
     r.lpush("q2", "y", "z")
     members = ["me|one", "me|two"]
-    taken = script(keys=names, args=[time.time(), 60000, *members, 0, 3, 0, "1", "2"])
+    taken = script(keys=names, args=[time.time(), 60000, 0, 600, *members, 0, 3, 0, "1", "2"])
     assert taken == [1, 1, "x", 2, "y", 2, "z"]
     acks = [1, "x", -2, "y", "dead", "y2", time.time(), "1", -2, "z", "retry", "z2", 5.0, "1"]
-    assert script(keys=names, args=[time.time(), 60000, *members, 3, *acks, 0, 0]) == [1]
+    tally = ["Job", 3, 2, 7, 1, 0, 1]  # 3 processed, 2 failed, 7 ms for the one that succeeded
+    assert script(keys=names + tally_keys, args=[time.time(), 60000, 1, 600, *members, 3, *acks, *tally,
+                                                  0, 0]) == [1]
     assert r.zrange("deads", 0, -1) == ["y2"] and r.zrange("retries", 0, -1) == ["z2"]
     assert [r.get(name) for name in ("done", "fails", "done-today", "fails-today")] == ["3", "2", "3", "2"]
     assert r.smembers("lists") == {"me|one", "me|two"}
-    assert r.dbsize() == 8  # q1, q2 and the in-progress lists are empty now, so gone
+    assert r.hgetall("minute") == {"Job|p": "3", "Job|f": "2", "Job|ms": "7"}
+    assert r.bitfield("histogram").get("u16", "#0").execute() == [1]
+    assert r.dbsize() == 10  # q1, q2 and the in-progress lists are empty now, so gone
 
 
 def test_strict_order_is_fixed():
@@ -211,3 +217,75 @@ def test_weighted_order_puts_each_queue_first_in_proportion_to_its_weight(weight
 def test_weighted_order_varies():
     order = QueueOrder([("a", 1), ("b", 1), ("c", 1)], strict=False)
     assert len({tuple(order.order()) for _ in range(500)}) == 6
+
+
+def tally(job_class: str, minute: int, durations: list[float], failed: int = 0) -> Tally:
+    """What a worker's metrics tally for ``durations`` (seconds) of jobs that succeeded and
+    ``failed`` jobs that did not (kiq.execution)."""
+    tallies = Tallies()
+    clock = types.SimpleNamespace(time=lambda: minute * 60 + 1.0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(execution, "time", clock)
+        for seconds in durations:
+            tallies.add(job_class, seconds, False)
+        for _ in range(failed):
+            tallies.add(job_class, 0.5, True)
+    [taken] = tallies.take()
+    return taken
+
+
+def histogram(r, key: str) -> list[int]:
+    return r.bitfield(key).get("u16", "#0").get("u16", "#1").get("u16", "#7").get("u16", "#25").execute()
+
+
+def test_tallies_go_to_sidekiqs_per_minute_records_with_the_acknowledgements(redis_server, r):
+    minute = calendar.timegm((2031, 3, 4, 9, 7, 0)) // 60
+    r.lpush("queue:default", "a", "b")
+    trip = round_trip(redis_server)
+    trip.retention = 3600
+    units = trip.send([], 2, [], ["default"])
+    tallies = [tally("HardJob", minute, [0.001, 0.0194, 0.02, 0.3], failed=2),
+               tally("EasyJob", minute, [], failed=1), tally("HardJob", minute + 1, [400.0])]
+    trip.send([(unit, SUCCESS) for unit in units], 0, [], [], tallies)
+    assert r.hgetall("j|20310304|9:7") == {"HardJob|p": "6", "HardJob|f": "2", "HardJob|ms": "340",
+                                           "EasyJob|p": "1", "EasyJob|f": "1"}
+    assert r.hgetall("j|20310304|9:8") == {"HardJob|p": "1", "HardJob|ms": "400000"}
+    # 1 and 19.4 ms under 20, 20 ms from 20 to 30, 300 ms from 225 to 335, 400 s the slow bucket
+    assert histogram(r, "HardJob-04-09:7") == [2, 1, 1, 0]
+    assert histogram(r, "HardJob-04-09:8") == [0, 0, 0, 1]
+    assert not r.exists("EasyJob-04-09:7")  # failed runs have no run time, as in Sidekiq
+    for key in ("j|20310304|9:7", "j|20310304|9:8", "HardJob-04-09:7", "HardJob-04-09:8"):
+        assert 3590 < r.ttl(key) <= 3600, key
+    trip.send([], 0, [], [], [tally("HardJob", minute, [0.001])])  # they add up
+    assert r.hget("j|20310304|9:7", "HardJob|p") == "7" and histogram(r, "HardJob-04-09:7")[0] == 3
+
+
+def test_a_histogram_bucket_stops_at_its_largest_count(redis_server, r):
+    """Sidekiq's counters are 16 bits wide and saturate; kiq's are the same ones."""
+    minute = calendar.timegm((2031, 3, 4, 9, 7, 0)) // 60
+    trip = round_trip(redis_server)
+    big = tally("HardJob", minute, [0.001])
+    big.buckets[0] = 70_000
+    trip.send([], 0, [], [], [big])
+    trip.send([], 0, [], [], [tally("HardJob", minute, [0.001])])
+    assert histogram(r, "HardJob-04-09:7")[0] == execution.SATURATED
+
+
+def test_a_namespace_prefixes_the_metrics_keys(redis_server, r):
+    minute = calendar.timegm((2031, 3, 4, 9, 7, 0)) // 60
+    trip = round_trip(redis_server, namespace="app")
+    trip.send([], 0, [], [], [tally("HardJob", minute, [0.001])])
+    assert {"app:j|20310304|9:7", "app:HardJob-04-09:7"} <= set(r.keys("*"))
+    assert not r.exists("j|20310304|9:7")
+
+
+def test_a_metrics_key_of_another_type_stops_no_acknowledgement(redis_server, r):
+    minute = calendar.timegm((2031, 3, 4, 9, 7, 0)) // 60
+    r.set("j|20310304|9:7", "not a hash")
+    r.hset("HardJob-04-09:7", "not", "a string")
+    r.lpush("queue:default", "a", "b")
+    trip = round_trip(redis_server)
+    units = trip.send([], 2, [], ["default"])
+    assert trip.send([(units[0], SUCCESS)], 1, [], ["default"], [tally("HardJob", minute, [0.001])]) == []
+    assert wip(r) == ["b"] and r.get("stat:processed") == "1"
+    assert r.get("j|20310304|9:7") == "not a hash"

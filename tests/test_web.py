@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import ROOT
-from webdata import SCRIPT, add, csrf, dump, failure, fill, heartbeat, jid, job, push
+from webdata import SCRIPT, add, csrf, dump, executions, failure, fill, heartbeat, jid, job, push
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Response
@@ -504,6 +504,125 @@ kiq.cli.main()
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "kiq web needs the web extra: pip install 'kiq[web]'" in done.stderr
+
+
+# -- metrics ------------------------------------------------------------------
+
+
+def cells(html: str, table: str) -> list[list[str]]:
+    """The rows of a table's body (the table of that id) as the texts of their cells."""
+    body = html.split(f'<table id="{table}">', 1)[1].split("</table>", 1)[0].split("<tbody>", 1)[1]
+    rows = re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    return [[" ".join(re.sub(r"<[^>]+>", " ", cell).split())
+             for cell in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, re.S)] for row in rows]
+
+
+def metric_rows(html: str) -> list[list[str]]:
+    return cells(html, "metrics")
+
+
+def test_metrics_list_each_class_s_counts_and_run_times(web, r):
+    executions(r, "Billing::InvoiceJob", 2, [10.0] * 50 + [70.0] * 50, failed=5)
+    executions(r, "Billing::InvoiceJob", 30, [10.0] * 100)
+    executions(r, "ReportJob", 5, [4000.0])
+    executions(r, "FlakyJob", 3, [], failed=4)
+    executions(r, "OldJob", 600, [10.0])  # ten hours ago
+    rows = metric_rows(page(web, "/metrics"))
+    # 150 runs under 20 ms and 50 from 65 to 100 ms: the median at 100/150 of the first bucket, p95
+    # at 40/50 of the other. 4 s falls from 3.8 to 5.75 s.
+    assert rows == [
+        ["Billing::InvoiceJob", "205", "5 (2.4 %)", "5.0 s", "25 ms", "13 ms", "93 ms", "99 ms"],
+        ["ReportJob", "1", "0", "4.0 s", "4.0 s", "4.8 s", "5.7 s", "5.7 s"],
+        ["FlakyJob", "4", "4 (100.0 %)", "0.0 s", "-", "-", "-", "-"],
+    ]
+    day = [row[0] for row in metric_rows(page(web, "/metrics?hours=24"))]
+    assert day == ["Billing::InvoiceJob", "ReportJob", "OldJob", "FlakyJob"]
+    html = page(web, "/metrics")
+    assert 'href="/metrics/Billing::InvoiceJob"' in html and 'aria-sort="descending"' in html
+    assert "Metrics" in page(web, "/") and 'id="nav-metrics"' in page(web, "/")
+
+
+@pytest.mark.parametrize(("query", "order"), [
+    ("sort=class", ["AJob", "BJob", "CJob"]),
+    ("sort=class&order=desc", ["CJob", "BJob", "AJob"]),
+    ("sort=processed", ["BJob", "CJob", "AJob"]),
+    ("sort=processed&order=asc", ["AJob", "CJob", "BJob"]),
+    ("sort=failed", ["CJob", "AJob", "BJob"]),
+    ("sort=p99", ["AJob", "BJob", "CJob"]),  # CJob has no run time: last whichever the order
+    ("sort=p50&order=asc", ["BJob", "AJob", "CJob"]),
+    ("sort=mean", ["AJob", "BJob", "CJob"]),
+    ("sort=nonsense", ["AJob", "BJob", "CJob"]),  # total time, largest first
+])
+def test_the_metrics_table_sorts_on_every_column(web, r, query, order):
+    executions(r, "AJob", 1, [500.0], failed=2)
+    executions(r, "BJob", 1, [5.0] * 9)
+    executions(r, "CJob", 1, [], failed=4)
+    assert [row[0] for row in metric_rows(page(web, f"/metrics?{query}"))] == order
+
+
+def test_a_metrics_heading_sorts_its_column_and_again_the_other_way(web, r):
+    executions(r, "AJob", 1, [500.0])
+    html = page(web, "/metrics?sort=p95&hours=8")
+    assert 'href="/metrics?hours=8&amp;order=asc&amp;sort=p95" id="sort-p95"' in html  # sorted on: turns
+    assert 'href="/metrics?hours=8&amp;order=desc&amp;sort=processed"' in html
+    assert 'href="/metrics?hours=8&amp;order=asc&amp;sort=class"' in html
+
+
+def test_metrics_filter_on_the_class_name(web, r):
+    executions(r, "Billing::InvoiceJob", 1, [10.0])
+    executions(r, "ReportJob", 1, [10.0])
+    assert [row[0] for row in metric_rows(page(web, "/metrics?q=billing"))] == ["Billing::InvoiceJob"]
+    assert "No job of a class matching this filter" in page(web, "/metrics?q=nothing")
+    assert "last 1 h" in page(web, "/metrics?hours=5&sort=x&order=y")  # not choices: the defaults
+    assert "last 1 h" in page(web, "/metrics?hours=72")  # a class's page only: the table reads every class
+    r.flushdb()
+    assert "No job finished in the last 1 h" in page(web, "/metrics")
+
+
+def test_a_class_s_metrics_page_totals_the_hour_and_the_day_and_charts_each_minute(web, r):
+    executions(r, "ReportJob", 1, [100.0, 200.0], failed=1)
+    executions(r, "ReportJob", 3, [4000.0])
+    executions(r, "ReportJob", 120, [50.0] * 10)
+    executions(r, "OtherJob", 1, [1.0])
+    html = page(web, "/metrics/ReportJob")
+    hour, day = cells(html, "totals")
+    assert hour[:5] == ["last hour", "4", "1", "4.3 s", "1.4 s"]
+    assert day[:5] == ["last day", "14", "1", "4.8 s", "369 ms"]
+    charts = re.findall(r"<svg .*?</svg>", html, re.S)
+    assert [re.search(r'aria-label="([^"]*)"', chart).group(1) for chart in charts] == [
+        "ReportJob: jobs per minute", "ReportJob: run times"]
+    assert charts[0].count('<rect class="hover"') == 60 and '<polyline class="processed"' in charts[0]
+    assert "processed 3, failed 1" in charts[0] and "processed 1, failed 0" in charts[0]
+    assert all(f'class="{label}"' in charts[1] for label in ("p50", "p95", "p99"))
+    assert "p50 -, p95 -, p99 -" in charts[1]  # a minute without a run time: no point
+    assert "OtherJob" not in html
+    day = page(web, "/metrics/ReportJob?hours=24")
+    assert "Jobs per 12 minutes" in day and day.count('<rect class="hover"') == 2 * 120
+    assert "processed 10, failed 0" in day
+    assert page(web, "/metrics/ReportJob?hours=72").count("Jobs per 36 minutes") == 1
+
+
+def test_a_class_without_records_has_an_empty_metrics_page(web, r):
+    html = page(web, "/metrics/Nothing::Here")
+    assert "Metrics</a> / Nothing::Here" in html and cells(html, "totals")[0][:3] == ["last hour", "0", "0"]
+    assert 'polyline class="p50"' not in html
+
+
+def test_a_script_in_a_class_name_renders_as_text_on_the_metrics_pages(web, r):
+    executions(r, SCRIPT, 1, [10.0])
+    for html in (page(web, "/metrics"), page(web, f"/metrics/{SCRIPT}")):
+        assert "<script>alert" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
+
+
+def test_the_metrics_page_reads_each_minute_once_and_only_the_histograms_it_needs(web, r, redis_server):
+    executions(r, "AJob", 1, [10.0])
+    executions(r, "AJob", 2, [], failed=1)
+    executions(r, "BJob", 1, [10.0])
+    commands = commands_during(redis_server, lambda: page(web, "/metrics"))
+    assert len([c for c in commands if c.startswith("HGETALL")]) == 60
+    [read] = [c for c in commands if c.startswith("MGET")]
+    assert len(read.split()) == 3 and "AJob-" in read and "BJob-" in read  # not AJob's failed minute
+    assert not [c for c in commands if c.split()[0] in ("KEYS", "SCAN")]
 
 
 def test_busy_shows_a_generation_column_only_where_a_process_stores_one(web, r):

@@ -24,7 +24,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.expected_conditions import staleness_of
 from selenium.webdriver.support.wait import WebDriverWait
-from webdata import SCRIPT, accepts, add, failure, fill
+from webdata import SCRIPT, accepts, add, executions, failure, fill
 
 CHROMIUM = shutil.which("chromium")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -116,6 +116,9 @@ def navigate(browser: WebDriver, action: Callable[[], object], confirm: bool = F
 def test_clicking_through_every_page(browser, dashboard, screens, r):
     fill(r)
     add(r, "retry", *((failure(n), time.time() + 600 + n) for n in range(100, 140)))
+    for ago in range(1, 50, 3):
+        executions(r, "RecordJob", ago, [5.0 + ago] * 20 + [120.0], failed=ago % 4)
+    executions(r, SCRIPT, 2, [40.0])
     browser.get(dashboard)
     assert heading(browser) == "Dashboard"
     r.incrby("stat:processed", 50)
@@ -124,7 +127,7 @@ def test_clicking_through_every_page(browser, dashboard, screens, r):
     screens.save("dashboard")
 
     pages = (("busy", "Busy"), ("queues", "Queues"), ("scheduled", "Scheduled"), ("retries", "Retries"),
-             ("dead", "Dead"), ("periodic", "Periodic"), ("search", "Search"))
+             ("dead", "Dead"), ("metrics", "Metrics"), ("periodic", "Periodic"), ("search", "Search"))
     for name, title in pages:
         navigate(browser, browser.find_element(By.ID, f"nav-{name}").click)
         wait_for(lambda title=title: heading(browser).startswith(title))
@@ -142,6 +145,17 @@ def test_clicking_through_every_page(browser, dashboard, screens, r):
             wait_for(lambda: "in retries" in heading(browser))
             assert "RuntimeError: boom 30" in text_of(browser, "#job")
             screens.save("retry-job")
+        if name == "metrics":  # a class name with a script shows as text; a heading sorts; a class's charts
+            assert SCRIPT in text_of(browser, "#metrics")
+            navigate(browser, browser.find_element(By.ID, "sort-class").click)
+            wait_for(lambda: "sort=class" in browser.current_url)
+            assert text_of(browser, "#metrics tbody tr td").startswith("<script>")  # "<" sorts before "R"
+            navigate(browser, browser.find_element(By.LINK_TEXT, "RecordJob").click)
+            wait_for(lambda: heading(browser) == "Metrics / RecordJob")
+            assert text_of(browser, "#totals tbody tr").startswith("last hour 382 25 ")  # 17 x 21 + 0-3
+            assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart polyline")) == 2  # processed, failed
+            assert len(browser.find_elements(By.CSS_SELECTOR, "svg.chart circle.p99")) == 17  # 1 every 3 min
+            screens.save("metrics-class")
     search = browser.find_element(By.NAME, "q")
     search.send_keys("alert")
     navigate(browser, search.submit)
@@ -157,7 +171,7 @@ def test_clicking_through_every_page(browser, dashboard, screens, r):
     wait_for(lambda: "job(s) cleared" in text_of(browser, "main"))
     assert not r.exists("queue:default")
     screens.save("cleared")
-    assert len(list(screens.directory.iterdir())) == 11
+    assert len(list(screens.directory.iterdir())) == 13
 
 
 def test_retrying_a_job_from_the_retries_page_runs_it_on_a_worker(browser, dashboard, screens, r, start_kiq):

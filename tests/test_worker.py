@@ -194,3 +194,35 @@ def test_a_job_with_a_timeout_is_out_of_the_watchs_reach_once_counted(counting):
     assert outcome.action == "" and not outcome.failed
     assert count("processed", "CountedTimeoutJob") == processed + 1
     assert count("failed", "CountedTimeoutJob") == failed
+
+
+def test_each_job_is_tallied_for_its_class_before_it_is_acknowledged(counting, monkeypatch):
+    """The fetcher sends tallies with the round trip that takes acknowledgements (kiq.fetch): a
+    job's tally must be there when its acknowledgement is, or the last round trip at a stop
+    could leave it behind. A payload that never became a job has no class to tally."""
+    metrics.tallies()  # what other tests left
+    kept: list = []
+    seen: list[tuple[str, int, int]] = []
+
+    def at_acknowledgement(real: Callable[..., None]) -> Callable[..., None]:
+        def acknowledge(unit: Unit, outcome: Any) -> None:
+            kept.extend(metrics.tallies())
+            name = json.loads(unit.payload).get("class") if unit.payload.startswith("{") else None
+            mine = [t for t in kept if t.job_class == name]
+            seen.append((str(name), sum(t.processed for t in mine), sum(t.failed for t in mine)))
+            real(unit, outcome)
+        return acknowledge
+
+    monkeypatch.setattr(counting.fetcher, "done", at_acknowledgement(counting.fetcher.done))
+    monkeypatch.setattr(counting.fetcher, "abandon", at_acknowledgement(counting.fetcher.abandon))
+    handle(counting, "CountedJob")
+    handle(counting, "CountedJob", True)
+    handle(counting, "Nowhere::RegisteredJob")
+    thread = threading.Thread(target=lambda: handle(counting, "CountedTimeoutJob", 0.6), name="processor-9")
+    thread.start()
+    time.sleep(0.4)
+    counting._watch_timeouts()  # fails it: counted and acknowledged here
+    thread.join(5)
+    assert seen == [("CountedJob", 1, 0), ("CountedJob", 2, 1), ("Nowhere::RegisteredJob", 0, 0),
+                    ("CountedTimeoutJob", 1, 1)]
+    assert {t.job_class for t in kept} == {"CountedJob", "CountedTimeoutJob"}

@@ -3,6 +3,7 @@ and what a test reads back from a page or a server."""
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
 import socket
@@ -10,6 +11,8 @@ import time
 from typing import Any
 
 import redis
+
+from kiq.execution import BOUNDS_MS
 
 SCRIPT = "<script>alert('x')</script>"
 
@@ -75,6 +78,23 @@ def fill(r: redis.Redis) -> None:
     heartbeat(r, "web-1:101:0a0a", busy=1, tag=SCRIPT, running={"tid-1": job(50, args=[SCRIPT])})
     r.set("stat:processed", 1234)
     r.set("stat:failed", 56)
+
+
+def executions(r: redis.Redis, job_class: str, ago: int, runs_ms: list[float], failed: int = 0) -> None:
+    """One class's execution metrics in the minute ``ago`` minutes back, written as Sidekiq 7's
+    tracker writes them: HINCRBY of CLASS|p, CLASS|f and CLASS|ms in the minute's hash, one u16
+    counter per histogram bucket with BITFIELD."""
+    moment = time.gmtime(time.time() - 60 * ago)
+    minute = f"j|{time.strftime('%Y%m%d|%-H:%-M', moment)}"
+    r.hincrby(minute, f"{job_class}|p", len(runs_ms) + failed)
+    if failed:
+        r.hincrby(minute, f"{job_class}|f", failed)
+    if runs_ms:
+        r.hincrby(minute, f"{job_class}|ms", round(sum(runs_ms)))
+        histogram = r.bitfield(f"{job_class}-{time.strftime('%d-%H:%-M', moment)}", default_overflow="SAT")
+        for ms in runs_ms:
+            histogram.incrby("u16", f"#{bisect.bisect_right(BOUNDS_MS, ms)}", 1)
+        histogram.execute()
 
 
 def csrf(html: str) -> str:

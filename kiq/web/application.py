@@ -22,7 +22,7 @@ from werkzeug.wrappers import Request, Response
 
 from kiq import __version__
 from kiq.api import API
-from kiq.web import actions, csrf, pages, render
+from kiq.web import actions, csrf, metrics, pages, render
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -41,6 +41,8 @@ URLS = Map([
     Rule(f"/<{SETS}:kind>", endpoint="sorted_set", methods=["GET"]),
     Rule(f"/<{SETS}:kind>", endpoint="change_set", methods=["POST"]),
     Rule(f"/<{SETS}:kind>/<key>", endpoint="job", methods=["GET"]),
+    Rule("/metrics", endpoint="metrics", methods=["GET"]),
+    Rule("/metrics/<path:name>", endpoint="job_metrics", methods=["GET"]),
     Rule("/periodic", endpoint="periodic", methods=["GET"]),
     Rule("/periodic", endpoint="enqueue_periodic", methods=["POST"]),
     Rule("/search", endpoint="search", methods=["GET"]),
@@ -49,7 +51,8 @@ URLS = Map([
 HANDLERS: dict[str, Callable[..., Response]] = {
     "dashboard": pages.dashboard, "stats": pages.stats, "busy": pages.busy, "queues": pages.queues,
     "queue": pages.queue, "sorted_set": pages.sorted_set, "job": pages.job, "periodic": pages.periodic,
-    "search": pages.search, "signal": actions.signal, "change_queue": actions.change_queue,
+    "search": pages.search, "metrics": metrics.classes, "job_metrics": metrics.job_class,
+    "signal": actions.signal, "change_queue": actions.change_queue,
     "change_set": actions.change_set, "enqueue_periodic": actions.enqueue_periodic,
 }
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "

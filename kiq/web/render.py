@@ -18,7 +18,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("kiq.web", "templates"), autoescape=True,
                              undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(ago=ago, utc=utc, compact=compact, pretty=pretty, short=short,
-                       duration=duration)
+                       duration=duration, millis=millis)
     return env
 
 
@@ -38,6 +38,15 @@ def duration(seconds: Any) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+
+
+def millis(ms: Any) -> str:
+    """A run time given in milliseconds: ``4.2 ms``, ``85 ms``, ``1.5 s``; "-" for none."""
+    if not isinstance(ms, (int, float)):
+        return "-"
+    if ms >= 1000:
+        return duration(ms / 1000)
+    return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
 
 
 def utc(epoch: Any) -> str:
