@@ -111,9 +111,9 @@ def test_a_redis_restart_longer_than_the_ttl_requeues_no_running_job(start_kiq, 
     redis_server.stop()
     redis_server.start(*persistent)
     fast = {"heartbeat_interval": 0.3, "heartbeat_ttl": 2}
-    first = start_kiq(processes=1, concurrency=2, **fast)
+    first = start_kiq(processes=1, concurrency=4, **fast)
     first.wait_workers(1)
-    second = start_kiq(processes=1, concurrency=2, **fast)
+    second = start_kiq(processes=1, concurrency=4, **fast)
     second.wait_workers(1)
     jids = [sample_jobs.SlowJob.perform_later(f"s{n}", 12).jid for n in range(4)]
     wait_for(lambda: r.llen("started") == 4, timeout=15)

@@ -18,11 +18,15 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, free_port, sample_env, wait_for
 from selenium import webdriver
-from selenium.common.exceptions import UnexpectedAlertPresentException, WebDriverException
+from selenium.common.exceptions import (
+    StaleElementReferenceException,
+    UnexpectedAlertPresentException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.expected_conditions import staleness_of
+from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.wait import WebDriverWait
 from webdata import SCRIPT, accepts, add, executions, failure, fill
 
@@ -102,6 +106,20 @@ def text_of(browser: WebDriver, css: str) -> str:
         return ""
 
 
+def replaced(old: WebElement) -> bool:
+    """Whether ``old`` is gone from the page. Chromium reports a node of a page being replaced
+    either as stale or, mid-navigation, as a node that "does not belong to the document"."""
+    try:
+        old.is_enabled()
+    except StaleElementReferenceException:
+        return True
+    except WebDriverException as error:
+        if "does not belong to the document" in str(error):
+            return True
+        raise
+    return False
+
+
 def navigate(browser: WebDriver, action: Callable[[], object], confirm: bool = False) -> None:
     """Click (``action``), accept the confirmation it asks for if ``confirm``, and wait until the
     page it leads to has replaced this one and loaded."""
@@ -109,7 +127,7 @@ def navigate(browser: WebDriver, action: Callable[[], object], confirm: bool = F
     action()
     if confirm:
         browser.switch_to.alert.accept()
-    WebDriverWait(browser, 15).until(staleness_of(old))
+    WebDriverWait(browser, 15).until(lambda _: replaced(old))
     WebDriverWait(browser, 15).until(lambda b: b.execute_script("return document.readyState") == "complete")
 
 
