@@ -41,7 +41,7 @@ WARM_KEYS = ("rss_idle_mb", "latency_p50_ms", "latency_p99_ms", "mixed_p50_ms", 
              "sched_p50_ms", "sched_p99_ms", "recovery_s", "recovery_note")
 # The full run, and --quick: (option, full, quick); an option given on the command line wins.
 MODES = (
-    ("repeat", 3, 1),
+    ("repeat", 2, 1),
     ("seconds", 5.0, 1.0),
     ("latency_jobs", 200, 100),
     ("mixed_jobs", 2000, 500),
@@ -54,7 +54,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
     parser.add_argument("--quick", action="store_true",
                         help="one repeat of 1 s processing runs and fewer latency jobs (about 6 minutes)")
-    parser.add_argument("--repeat", type=int, help="runs of every measurement; medians shown (3; quick 1)")
+    parser.add_argument("--repeat", type=int, help="runs of every measurement; medians shown (2; quick 1)")
     parser.add_argument("--seconds", type=float,
                         help="size each system's processing runs to last this long from the first job "
                              "(5; quick 1)")
