@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shutil.rmtree(log_dir, ignore_errors=True)
         logs = "no errors, process logs removed"
-    sizes = ", ".join(f"{name} {system.jobs:,}" for name, system in bench.systems.items())
+    sizes = ", ".join(f"{name} {system.jobs:,}" for name, system in bench.systems.items() if system.jobs)
     print(f"\n{args.repeat} repeat(s) in {elapsed / 60:.1f} min (jobs per processing run: {sizes}); "
           f"results in {path.relative_to(ROOT)}; {logs}")
     return code
