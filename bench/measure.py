@@ -70,7 +70,7 @@ class Settings:
     scheduled_jobs: int = 50
     scheduled_delay: float = 1.0
     slow_seconds: float = 5.0
-    recovery_wait: float = 10.0
+    recovery_wait: float = 5.0
     long_jobs: int = 8  # per batch, one batch per duration
     long_threads: int = 2
     long_seconds: tuple[float, ...] = (0.2, 1.0, 2.0)

@@ -46,7 +46,7 @@ MODES = (
     ("latency_jobs", 200, 100),
     ("mixed_jobs", 2000, 500),
     ("scheduled_jobs", 50, 20),
-    ("recovery_wait", 10.0, 5.0),
+    ("recovery_wait", 5.0, 3.0),
 )
 
 
@@ -72,7 +72,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scheduled-jobs", type=int, help="jobs due 1 s after they are sent (50; quick 20)")
     parser.add_argument("--long-jobs", type=int, default=8, help="long jobs per duration (8)")
     parser.add_argument("--recovery-wait", type=float,
-                        help="seconds to wait for a killed job to start again (10; quick 5)")
+                        help="seconds to wait for a killed job to start again (5; quick 3)")
     args = parser.parse_args(argv)
     for option, full, quick in MODES:
         if getattr(args, option) is None:
