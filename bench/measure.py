@@ -63,13 +63,13 @@ class Settings:
     threads: int = 10
     latency_jobs: int = 200
     latency_gap: float = 0.02
-    mixed_jobs: int = 2_000  # paced mixed load for the fast jobs' latency
+    mixed_jobs: int = 1_000  # paced mixed load for the fast jobs' latency
     mixed_gap: float = 0.001
     nap_every: int = 100  # the mixed scenario's slow jobs: every 100th...
     nap_seconds: float = 0.1  # ...sleeps 100 ms
     scheduled_jobs: int = 50
     scheduled_delay: float = 1.0
-    slow_seconds: float = 5.0
+    slow_seconds: float = 2.0  # the recovery row's job: killed as soon as it starts
     recovery_wait: float = 5.0
     long_jobs: int = 8  # per batch, one batch per duration
     long_threads: int = 2

@@ -44,7 +44,7 @@ MODES = (
     ("repeat", 2, 1),
     ("seconds", 5.0, 1.0),
     ("latency_jobs", 200, 100),
-    ("mixed_jobs", 2000, 500),
+    ("mixed_jobs", 1000, 500),
     ("scheduled_jobs", 50, 20),
     ("recovery_wait", 5.0, 3.0),
 )
@@ -68,7 +68,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="run kiq installed into the peers' venv, so that every system's job body uses "
                              "the same redis-py (default), or from the project's .venv (the newest redis-py)")
     parser.add_argument("--latency-jobs", type=int, help="idle jobs sent 20 ms apart (200; quick 100)")
-    parser.add_argument("--mixed-jobs", type=int, help="mixed load sent 1 ms apart (2000; quick 500)")
+    parser.add_argument("--mixed-jobs", type=int, help="mixed load sent 1 ms apart (1000; quick 500)")
     parser.add_argument("--scheduled-jobs", type=int, help="jobs due 1 s after they are sent (50; quick 20)")
     parser.add_argument("--long-jobs", type=int, default=8, help="long jobs per duration (8)")
     parser.add_argument("--recovery-wait", type=float,
