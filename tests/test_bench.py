@@ -1,19 +1,20 @@
 """The benchmark's own arithmetic (bench/): sizing a run, CPU and cores between two readings, the
-long jobs' ideal makespan, reading /proc's CPU times, and the drivers' mix of no-ops and naps.
-The benchmark itself is `make bench`, never part of the tests."""
+long jobs' ideal makespan, reading /proc's CPU times, the drivers' mix of no-ops and naps, and
+finding Ruby Sidekiq. The benchmark itself is `make bench`, never part of the tests."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from bench import driver, figures
+from bench import driver, figures, runtimes
 from bench.figures import Reading
-from bench.procs import cpu_seconds, stat_cpu, stat_fields, trees
+from bench.procs import Procs, cpu_seconds, stat_cpu, stat_fields, trees
 
 
 def test_usage_is_cpu_per_job_and_cores_between_two_readings() -> None:
@@ -112,3 +113,17 @@ def test_stamps_mix_naps_in_and_keep_the_pace() -> None:
     driver.stamps(system, args)  # type: ignore[arg-type]
     assert time.perf_counter() - started >= 9 * 0.002
     assert [kind for kind, _ in system.calls] == ["stamp"] * 4 + ["nap"] + ["stamp"] * 4 + ["nap"]
+
+
+def test_a_sidekiq_that_is_not_there_is_missing_with_the_reason(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runtimes, "VENDOR", tmp_path)
+    with pytest.raises(runtimes.Missing, match=r"Sidekiq 7\.3 not found in|ruby is not installed"):
+        runtimes.ruby("sidekiq7", Procs(tmp_path))
+
+
+def test_sidekiq_6_is_debians_with_its_own_driver(tmp_path: Path) -> None:
+    runtime = runtimes.ruby("sidekiq6", Procs(tmp_path))  # make test installs ruby-sidekiq
+    assert runtime.version.startswith("6.")
+    assert runtime.command[-1].endswith("bench/ruby/driver.rb")
+    assert "RUBYLIB" not in runtime.env
