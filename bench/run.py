@@ -82,7 +82,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if unknown:
         parser.error(f"unknown system(s): {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
     if args.jobs == 1 or args.jobs < 0 or args.repeat < 1 or args.processes < 1 or args.threads < 1:
-        parser.error("--jobs must be at least 2; --repeat, --processes and --threads at least 1")
+        parser.error("--jobs must be 0 (sized by the pilot) or at least 2; --repeat, --processes and "
+                     "--threads at least 1")
     return args
 
 
