@@ -24,7 +24,7 @@ run: install system-deps
 test: install system-deps
 	$(PY) -m pytest -q
 
-# kiq against Ruby Sidekiq and the Python peers (about 17 minutes on 2 cores; bench-quick about 6).
+# kiq against Ruby Sidekiq and the Python peers (about 16 minutes on 2 cores; bench-quick about 6).
 bench: install system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
 
