@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := redis-server redis-sentinel openssl prometheus ruby-sidekiq ruby-activejob ruby-globalid ruby-rack ruby-webrick \
                    chromium chromium-driver
 
-.PHONY: install system-deps run test lint bench bench-web soak chaos screenshots clean
+.PHONY: install system-deps run test lint bench bench-quick bench-web soak chaos screenshots clean
 
 install: $(VENV)/.installed
 
@@ -24,8 +24,12 @@ run: install system-deps
 test: install system-deps
 	$(PY) -m pytest -q
 
+# kiq against Ruby Sidekiq and the Python peers (about 16 minutes on 2 cores; bench-quick about 6).
 bench: install system-deps
 	$(PY) bench/run.py $(BENCH_ARGS)
+
+bench-quick: install system-deps
+	$(PY) bench/run.py --quick $(BENCH_ARGS)
 
 # The dashboard's page times on a Redis of 100,000 retries and 50 busy processes (about 15 s).
 bench-web: install system-deps

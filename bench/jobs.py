@@ -16,6 +16,7 @@ COUNTER = "bench:count"
 SLOW_STARTS = "bench:slow"
 WARM = "bench:warm"
 LATENCY = "bench:latency"
+MIXED = "bench:mixed"
 SCHEDULED = "bench:scheduled"
 
 _client: redis.Redis | None = None
@@ -63,6 +64,12 @@ def stamp(key: str, value: float) -> None:
     """Record how late this job started: now minus ``value`` (its enqueue or due time)."""
     late = time.time() - value
     conn().rpush(key, repr(late))
+
+
+def nap(seconds: float) -> None:
+    """Sleep, then count like ``noop``: the long jobs, and the slow 1% of the mixed scenario."""
+    time.sleep(seconds)
+    noop()
 
 
 def slow(token: str, seconds: float) -> None:

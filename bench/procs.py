@@ -41,11 +41,16 @@ def wait_for(condition: Callable[[], Any], timeout: float, interval: float = 0.0
         time.sleep(interval)
 
 
+def stat_fields(text: str) -> list[str]:
+    """Fields of a /proc/PID/stat line after the command name, which may hold spaces and ')'
+    (state is [0], ppid [1], utime [11], stime [12], cutime [13], cstime [14], starttime [19])."""
+    return text.rsplit(")", 1)[1].split()
+
+
 def _stat(pid: int) -> list[str] | None:
-    """Fields of /proc/PID/stat after the command name (state is [0], ppid [1], starttime [19])."""
     try:
         with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()
+            return stat_fields(stat.read())
     except (OSError, IndexError):
         return None
 
@@ -81,6 +86,21 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def trees(roots: Sequence[int]) -> list[int]:
+    """``roots`` and all their descendants, from one pass over /proc."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            fields = _stat(int(entry))
+            if fields and fields[0] not in ("Z", "X"):
+                parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, frontier = [], [pid for pid in roots if alive(pid)]
+    while frontier:
+        found.extend(frontier)
+        frontier = [child for pid in frontier for child in parents.get(pid, [])]
+    return found
+
+
 def at_depth(roots: Sequence[int], depth: int | str) -> list[int]:
     """Processes ``depth`` levels below ``roots``; ``"leaves"``: those of their trees without children."""
     level = [pid for pid in roots if alive(pid)]
@@ -92,12 +112,15 @@ def at_depth(roots: Sequence[int], depth: int | str) -> list[int]:
     return level
 
 
+def stat_cpu(fields: list[str]) -> float:
+    """CPU seconds in stat fields: the process's user and system time, and its reaped children's."""
+    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """CPU time of ``pid`` and of its children that it has reaped."""
     fields = _stat(pid)
-    if not fields:
-        return 0.0
-    return sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu(fields) if fields else 0.0
 
 
 def switches(pid: int) -> int:

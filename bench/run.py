@@ -1,4 +1,5 @@
-"""``make bench``: kiq against Dramatiq, Celery, RQ, arq and huey on one private Redis.
+"""``make bench``: kiq against Ruby Sidekiq 6.4 and 7.3, Dramatiq, Celery, RQ, arq and huey on one
+private Redis.
 
 See bench/README.md for what each column means. Every process started here is
 stopped by pid at the end, also on Ctrl-C, SIGTERM or an error.
@@ -25,23 +26,40 @@ from typing import Any
 if __package__ in (None, ""):  # run as a script: make the repository importable instead of bench/
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-from bench import ceiling, peers_env, report
+from bench import ceiling, peers_env, report, runtimes
 from bench.measure import Settings, System, median
 from bench.procs import ROOT, Procs
 from bench.redisd import RedisServer
-from bench.systems import SYSTEMS
+from bench.systems import SYSTEMS as PYTHON_SYSTEMS
+
+SYSTEMS = ("kiq", *runtimes.RUBY_SYSTEMS, *(name for name in PYTHON_SYSTEMS if name != "kiq"))
 
 RESULTS = ROOT / "bench" / "results"
 THROUGHPUT_KEYS = ("enqueue_single", "enqueue_bulk", "processing", "processing_warm", "startup_s",
                    "rss_after_mb", "other_cpu", "worker_cpu_us", "redis_cpu_us")
-WARM_KEYS = ("rss_idle_mb", "latency_p50_ms", "latency_p99_ms", "sched_p50_ms", "sched_p99_ms", "recovery_s",
-             "recovery_note")
+WARM_KEYS = ("rss_idle_mb", "latency_p50_ms", "latency_p99_ms", "mixed_p50_ms", "mixed_p99_ms",
+             "sched_p50_ms", "sched_p99_ms", "recovery_s", "recovery_note")
+# The full run, and --quick: (option, full, quick); an option given on the command line wins.
+MODES = (
+    ("repeat", 2, 1),
+    ("seconds", 5.0, 1.0),
+    ("latency_jobs", 200, 100),
+    ("mixed_jobs", 1000, 500),
+    ("scheduled_jobs", 50, 20),
+    ("recovery_wait", 5.0, 3.0),
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__)
-    parser.add_argument("--jobs", type=int, default=20_000, help="no-op jobs per processing run (20000)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of every measurement; medians shown (3)")
+    parser.add_argument("--quick", action="store_true",
+                        help="one repeat of 1 s processing runs and fewer latency jobs (about 6 minutes)")
+    parser.add_argument("--repeat", type=int, help="runs of every measurement; medians shown (2; quick 1)")
+    parser.add_argument("--seconds", type=float,
+                        help="size each system's processing runs to last this long from the first job "
+                             "(5; quick 1)")
+    parser.add_argument("--jobs", type=int, default=0,
+                        help="no-op jobs per processing run for every system instead (no pilot)")
     parser.add_argument("--processes", type=int, default=2, help="worker processes (2)")
     parser.add_argument("--threads", type=int, default=10, help="threads per process, where there are (10)")
     parser.add_argument("--only", default=",".join(SYSTEMS), help=f"systems to run ({','.join(SYSTEMS)})")
@@ -49,17 +67,23 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--kiq-venv", choices=("peers", "project"), default="peers",
                         help="run kiq installed into the peers' venv, so that every system's job body uses "
                              "the same redis-py (default), or from the project's .venv (the newest redis-py)")
-    parser.add_argument("--latency-jobs", type=int, default=200)
-    parser.add_argument("--scheduled-jobs", type=int, default=50)
-    parser.add_argument("--recovery-wait", type=float, default=60.0,
-                        help="seconds to wait for a killed job to start again (60)")
+    parser.add_argument("--latency-jobs", type=int, help="idle jobs sent 20 ms apart (200; quick 100)")
+    parser.add_argument("--mixed-jobs", type=int, help="mixed load sent 1 ms apart (1000; quick 500)")
+    parser.add_argument("--scheduled-jobs", type=int, help="jobs due 1 s after they are sent (50; quick 20)")
+    parser.add_argument("--long-jobs", type=int, default=8, help="long jobs per duration (8)")
+    parser.add_argument("--recovery-wait", type=float,
+                        help="seconds to wait for a killed job to start again (5; quick 3)")
     args = parser.parse_args(argv)
+    for option, full, quick in MODES:
+        if getattr(args, option) is None:
+            setattr(args, option, quick if args.quick else full)
     args.systems = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = [name for name in args.systems if name not in SYSTEMS]
     if unknown:
         parser.error(f"unknown system(s): {', '.join(unknown)}; choose from {', '.join(SYSTEMS)}")
-    if args.jobs < 2 or args.repeat < 1 or args.processes < 1 or args.threads < 1:
-        parser.error("--jobs must be at least 2; --repeat, --processes and --threads at least 1")
+    if args.jobs == 1 or args.jobs < 0 or args.repeat < 1 or args.processes < 1 or args.threads < 1:
+        parser.error("--jobs must be 0 (sized by the pilot) or at least 2; --repeat, --processes and "
+                     "--threads at least 1")
     return args
 
 
@@ -90,9 +114,11 @@ class Bench:
     def __init__(self, args: argparse.Namespace, procs: Procs) -> None:
         self.args = args
         self.procs = procs
-        self.settings = Settings(jobs=args.jobs, processes=args.processes, threads=args.threads,
-                                 latency_jobs=args.latency_jobs, scheduled_jobs=args.scheduled_jobs,
-                                 recovery_wait=args.recovery_wait)
+        self.settings = Settings(seconds=args.seconds, jobs=args.jobs, processes=args.processes,
+                                 threads=args.threads, latency_jobs=args.latency_jobs,
+                                 mixed_jobs=args.mixed_jobs,
+                                 scheduled_jobs=args.scheduled_jobs, recovery_wait=args.recovery_wait,
+                                 long_jobs=args.long_jobs)
         self.results: dict[str, dict[str, Any]] = {
             name: {"runs": [], "errors": [], "info": {}} for name in args.systems
         }
@@ -100,7 +126,8 @@ class Bench:
 
     def run(self) -> None:
         peer_errors: dict[str, str] = {}
-        if any(name != "kiq" for name in self.args.systems) or self.args.kiq_venv == "peers":
+        python_peers = [name for name in self.args.systems if name not in ("kiq", *runtimes.RUBY_SYSTEMS)]
+        if python_peers or self.args.kiq_venv == "peers":
             peer_errors = peers_env.ensure(self.procs, self.args.skip_install, say)
         if self.args.kiq_venv == "peers" and "kiq" in self.args.systems:
             try:
@@ -116,43 +143,79 @@ class Bench:
         self.redis_version = server.version(self.client)
         say(f"redis-server {self.redis_version} on {server.url}")
         for name in self.args.systems:
-            missing = peer_errors.get(name) or peer_errors.get(name.split("_")[0])
-            if missing:
-                self._error(name, missing)
-                continue
-            python = kiq_python() if name == "kiq" else peers_env.python()
-            system = System(name, python, self.procs, self.client, server.url, self.settings,
-                            server.process.pid if server.process else 0)
-            try:
-                system.load_info()
-            except Exception as error:
-                self._error(name, f"cannot load: {error}")
-                continue
-            self.systems[name] = system
-            self.results[name]["info"] = system.info
-            say(f"{name}: {system.info['shape']}")
+            self._load(name, server, peer_errors)
+        if not self.settings.jobs:
+            for name, system in list(self.systems.items()):
+                self._size(name, system)
         for repeat in range(1, self.args.repeat + 1):
             for name, system in self.systems.items():
                 self._one_repeat(name, system, repeat)
             if "kiq" in self.systems:
                 self._ceiling(repeat)
 
+    def _load(self, name: str, server: RedisServer, peer_errors: dict[str, str]) -> None:
+        """Find the system's runtime and ask it how to start its workers; a system that is not
+        installed here is skipped with the reason, one that fails to load is an error."""
+        if name in runtimes.RUBY_SYSTEMS:
+            try:
+                runtime = runtimes.ruby(name, self.procs)
+            except runtimes.Missing as missing:
+                say(f"{name}: skipped: {missing}")
+                self.results[name]["fatal"] = f"skipped: {missing}"
+                return
+        else:
+            missing_peer = peer_errors.get(name) or peer_errors.get(name.split("_")[0])
+            if missing_peer:
+                self._error(name, missing_peer)
+                return
+            runtime = runtimes.python(name, kiq_python() if name == "kiq" else peers_env.python())
+        system = System(name, runtime, self.procs, self.client, server.url, self.settings,
+                        server.process.pid if server.process else 0)
+        try:
+            system.load_info()
+        except Exception as error:
+            self._error(name, f"cannot load: {error}")
+            return
+        self.systems[name] = system
+        self.results[name]["info"] = {**system.info, "long": system.long_info, "version": runtime.version}
+        say(f"{name}: {system.info['shape']}" + (f", Sidekiq {runtime.version}" if runtime.version else ""))
+
+    def _size(self, name: str, system: System) -> None:
+        try:
+            rate = system.size()
+        except Exception as error:
+            self._error(name, f"pilot failed: {type(error).__name__}: {error}")
+            del self.systems[name]
+            return
+        self.results[name]["info"]["pilot_rate"] = rate
+        say(f"{name}: pilot {rate:,.0f} jobs/s -> {system.jobs:,} jobs per processing run")
+
     def _one_repeat(self, name: str, system: System, repeat: int) -> None:
         """Fill this repeat's entry in place, so an interruption keeps what was measured."""
         previous = [r.get("recovery_s") for r in self.results[name]["runs"]]
         run: dict[str, Any] = {}
         self.results[name]["runs"].append(run)
-        say(f"{name} repeat {repeat}: throughput ({self.settings.jobs} jobs)")
+        say(f"{name} repeat {repeat}: throughput ({system.jobs:,} jobs)")
         try:
             run.update(system.throughput())
         except Exception as error:
             self._fail(name, run, THROUGHPUT_KEYS, "throughput", error)
-        say(f"{name} repeat {repeat}: latency, scheduled, recovery")
+        say(f"{name} repeat {repeat}: mixed")
+        try:
+            run.update(system.mixed())
+        except Exception as error:
+            self._fail(name, run, ("mixed_rate",), "mixed", error)
+        say(f"{name} repeat {repeat}: latency, mixed load, scheduled, recovery")
         recovery = not any(isinstance(v, str) and v.startswith("none in") for v in previous)
         try:
             run.update(system.warm(recovery))
         except Exception as error:
             self._fail(name, run, WARM_KEYS, "latency phase", error)
+        say(f"{name} repeat {repeat}: long jobs")
+        try:
+            run.update(system.long())
+        except Exception as error:
+            self._fail(name, run, ("long_0.2", "long_1", "long_2"), "long jobs", error)
         if not recovery:
             run["recovery_s"] = previous[0]
             run["recovery_note"] = "not repeated: the job did not run again in the first repeat"
@@ -209,7 +272,8 @@ class Bench:
         medians: dict[str, dict[str, Any]] = {}
         for name, result in self.results.items():
             if "fatal" in result:
-                medians[name] = {"shape": "ERR: " + result["fatal"]}
+                fatal = result["fatal"]
+                medians[name] = {"shape": fatal if fatal.startswith("skipped") else "ERR: " + fatal}
                 continue
             keys = {k for run in result["runs"] for k in run}
             medians[name] = {k: median([run[k] for run in result["runs"] if k in run]) for k in keys}
@@ -277,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
         for line in report.target_lines(goals):
             print(line)
     for name in args.systems:
+        if bench.results[name].get("fatal", "").startswith("skipped"):
+            print(f"{name}: {bench.results[name]['fatal']}")
+    for name in args.systems:
         notes = [r["recovery_note"] for r in bench.results[name]["runs"] if "recovery_note" in r]
         if notes:
             print(f"recovery, {name}: {notes[0]}")
@@ -307,8 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         shutil.rmtree(log_dir, ignore_errors=True)
         logs = "no errors, process logs removed"
-    print(f"\n{args.repeat} repeat(s) of {args.jobs} jobs in {elapsed / 60:.1f} min; results in "
-          f"{path.relative_to(ROOT)}; {logs}")
+    sizes = ", ".join(f"{name} {system.jobs:,}" for name, system in bench.systems.items() if system.jobs)
+    print(f"\n{args.repeat} repeat(s) in {elapsed / 60:.1f} min (jobs per processing run: {sizes}); "
+          f"results in {path.relative_to(ROOT)}; {logs}")
     return code
 
 

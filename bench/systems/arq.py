@@ -32,8 +32,13 @@ async def startup(ctx: dict[str, Any]) -> None:
 async def noop(ctx: dict[str, Any]) -> None:
     conn = ctx["bench"]
     n = await conn.incr(jobs.COUNTER)
-    if n == 1 or n == int(os.environ.get("BENCH_TARGET") or 0):
+    if n == 1 or n == jobs.target():
         await conn.set(jobs.stamp_key(n), repr(time.time()))
+
+
+async def nap(ctx: dict[str, Any], seconds: float) -> None:
+    await asyncio.sleep(seconds)
+    await noop(ctx)
 
 
 async def stamp(ctx: dict[str, Any], key: str, value: float) -> None:
@@ -47,7 +52,7 @@ async def slow(ctx: dict[str, Any], token: str, seconds: float) -> None:
 
 
 class WorkerSettings:
-    functions = [noop, stamp, slow]  # noqa: RUF012 (arq reads class attributes)
+    functions = [noop, stamp, nap, slow]  # noqa: RUF012 (arq reads class attributes)
     on_startup = startup
 
 
@@ -103,6 +108,13 @@ def enqueue_stamp(key: str, value: float, delay: float) -> None:
                                    _defer_until=datetime.fromtimestamp(value, timezone.utc))
         else:
             await pool.enqueue_job("stamp", key, value)
+
+    _run(push())
+
+
+def enqueue_nap(seconds: float) -> None:
+    async def push() -> None:
+        await (await _redis()).enqueue_job("nap", seconds)
 
     _run(push())
 

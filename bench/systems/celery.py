@@ -35,6 +35,11 @@ def stamp(key: str, value: float) -> None:
     jobs.stamp(key, value)
 
 
+@app.task(name="bench.nap")
+def nap(seconds: float) -> None:
+    jobs.nap(seconds)
+
+
 @app.task(name="bench.slow")
 def slow(token: str, seconds: float) -> None:
     jobs.slow(token, seconds)
@@ -69,6 +74,10 @@ def enqueue_stamp(key: str, value: float, delay: float) -> None:
         stamp.apply_async(args=(key, value), eta=datetime.fromtimestamp(value, timezone.utc))
     else:
         stamp.delay(key, value)
+
+
+def enqueue_nap(seconds: float) -> None:
+    nap.delay(seconds)
 
 
 def enqueue_slow(token: str, seconds: float) -> None:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.systems.celery import enqueue_noop, enqueue_slow, enqueue_stamp
+from bench.systems.celery import enqueue_nap, enqueue_noop, enqueue_slow, enqueue_stamp
 
-__all__ = ["enqueue_noop", "enqueue_slow", "enqueue_stamp", "workers"]
+__all__ = ["enqueue_nap", "enqueue_noop", "enqueue_slow", "enqueue_stamp", "workers"]
 
 
 def workers(processes: int, threads: int, redis_url: str, python: str) -> dict[str, Any]:

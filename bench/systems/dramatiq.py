@@ -28,6 +28,11 @@ def stamp(key: str, value: float) -> None:
     jobs.stamp(key, value)
 
 
+@dramatiq.actor(actor_name="bench_nap")
+def nap(seconds: float) -> None:
+    jobs.nap(seconds)
+
+
 @dramatiq.actor(actor_name="bench_slow")
 def slow(token: str, seconds: float) -> None:
     jobs.slow(token, seconds)
@@ -57,6 +62,10 @@ def enqueue_stamp(key: str, value: float, delay: float) -> None:
         stamp.send_with_options(args=(key, value), delay=int(delay * 1000))
     else:
         stamp.send(key, value)
+
+
+def enqueue_nap(seconds: float) -> None:
+    nap.send(seconds)
 
 
 def enqueue_slow(token: str, seconds: float) -> None:

@@ -27,6 +27,11 @@ def stamp(key: str, value: float) -> None:
     jobs.stamp(key, value)
 
 
+@huey.task(name="bench_nap")
+def nap(seconds: float) -> None:
+    jobs.nap(seconds)
+
+
 @huey.task(name="bench_slow")
 def slow(token: str, seconds: float) -> None:
     jobs.slow(token, seconds)
@@ -58,6 +63,10 @@ def enqueue_stamp(key: str, value: float, delay: float) -> None:
         stamp.schedule(args=(key, value), eta=datetime.fromtimestamp(value, timezone.utc))
     else:
         stamp(key, value)
+
+
+def enqueue_nap(seconds: float) -> None:
+    nap(seconds)
 
 
 def enqueue_slow(token: str, seconds: float) -> None:

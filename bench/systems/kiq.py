@@ -21,6 +21,11 @@ class BenchStamp(kiq.Job):
         jobs.stamp(key, value)
 
 
+class BenchNap(kiq.Job):
+    def perform(self, seconds: float) -> None:
+        jobs.nap(seconds)
+
+
 class BenchSlow(kiq.Job):
     def perform(self, token: str, seconds: float) -> None:
         jobs.slow(token, seconds)
@@ -52,7 +57,7 @@ def _configure() -> None:
 def enqueue_noop(n: int, bulk: bool) -> None:
     _configure()
     if bulk:
-        BenchNoop.perform_bulk([[] for _ in range(n)])
+        BenchNoop.perform_bulk([[] for _ in range(n)])  # one round trip per 1,000
     else:
         for _ in range(n):
             BenchNoop.perform_later()
@@ -64,6 +69,11 @@ def enqueue_stamp(key: str, value: float, delay: float) -> None:
         BenchStamp.set(wait_until=value).perform_later(key, value)
     else:
         BenchStamp.perform_later(key, value)
+
+
+def enqueue_nap(seconds: float) -> None:
+    _configure()
+    BenchNap.perform_later(seconds)
 
 
 def enqueue_slow(token: str, seconds: float) -> None:

@@ -36,6 +36,10 @@ def stamp(key: str, value: float) -> None:
     jobs.stamp(key, value)
 
 
+def nap(seconds: float) -> None:
+    jobs.nap(seconds)
+
+
 def slow(token: str, seconds: float) -> None:
     jobs.slow(token, seconds)
 
@@ -47,6 +51,7 @@ def workers(processes: int, threads: int, redis_url: str, python: str) -> dict[s
         "commands": [command],
         "depth": 1,
         "shape": f"{processes} procs x 1, fork/job",
+        "slots": processes,
         "bulk": True,
         "delay": True,
     }
@@ -67,6 +72,10 @@ def enqueue_stamp(key: str, value: float, delay: float) -> None:
         queue().enqueue_at(datetime.fromtimestamp(value, timezone.utc), stamp, key, value)
     else:
         queue().enqueue(stamp, key, value)
+
+
+def enqueue_nap(seconds: float) -> None:
+    queue().enqueue(nap, seconds)
 
 
 def enqueue_slow(token: str, seconds: float) -> None:
