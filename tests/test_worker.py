@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from conftest import wait_for
 from prometheus_client import REGISTRY
 
 import kiq
@@ -150,6 +151,12 @@ def test_the_app_middlewares_time_counts_in_the_jobs_duration(counting):
     assert seconds() - before >= 0.05
 
 
+def past_timeout(worker: Worker) -> bool:
+    """Whether a job on ``worker`` has run past its class's timeout (it is still running)."""
+    now = time.monotonic()
+    return any((limit := r.job_class.timeout) and now - r.started > limit for r in worker.running.values())
+
+
 def test_a_job_failed_by_its_timeout_is_counted_once_even_if_it_ends_later(counting):
     """The timeout watch fails and counts the job; its thread, abandoned, still runs it to the
     end, and the chain's member must not count it a second time."""
@@ -158,7 +165,7 @@ def test_a_job_failed_by_its_timeout_is_counted_once_even_if_it_ends_later(count
     thread = threading.Thread(target=lambda: ended.append(handle(counting, "CountedTimeoutJob", 0.6)),
                               name="processor-9")
     thread.start()
-    time.sleep(0.4)
+    wait_for(lambda: past_timeout(counting))
     counting._watch_timeouts()
     thread.join(5)
     assert ended == [False]  # abandoned: its thread acknowledges nothing
@@ -220,7 +227,7 @@ def test_each_job_is_tallied_for_its_class_before_it_is_acknowledged(counting, m
     handle(counting, "Nowhere::RegisteredJob")
     thread = threading.Thread(target=lambda: handle(counting, "CountedTimeoutJob", 0.6), name="processor-9")
     thread.start()
-    time.sleep(0.4)
+    wait_for(lambda: past_timeout(counting))
     counting._watch_timeouts()  # fails it: counted and acknowledged here
     thread.join(5)
     assert seen == [("CountedJob", 1, 0), ("CountedJob", 2, 1), ("Nowhere::RegisteredJob", 0, 0),
