@@ -44,6 +44,7 @@ class Config:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9191
     metrics_retention: int = RETENTION  # seconds the execution metrics per class and minute are kept
+    prefetch: int | None = None  # jobs a worker may hold beyond its running ones; None: automatic
     log_format: str = "auto"
     log_level: str = "info"
     tag: str = ""
@@ -104,7 +105,8 @@ def _build(raw: dict[str, Any]) -> Config:
     known = {f.name for f in dataclasses.fields(Config)} - {"strict", "metrics_host", "metrics_port",
                                                            "log_format", "log_level", "periodic",
                                                            "web_user", "web_password", "tracing",
-                                                           "tracing_span_naming", "tracing_propagation_style"}
+                                                           "tracing_span_naming", "tracing_propagation_style",
+                                                           "prefetch"}
     for key, value in raw.items():
         if key == "metrics":
             _section(config, "metrics", value, {"host": "metrics_host", "port": "metrics_port"})
@@ -114,6 +116,8 @@ def _build(raw: dict[str, Any]) -> Config:
             _section(config, "web", value, {"user": "web_user", "password": "web_password"})
         elif key == "tracing":
             _tracing(config, value)
+        elif key == "prefetch":
+            config.prefetch = _prefetch(value)
         elif key == "queues":
             config.queues, config.strict = parse_queues(value)
         elif key == "periodic":
@@ -140,6 +144,15 @@ def _section(config: Config, name: str, value: Any, fields: dict[str, str]) -> N
             raise ConfigError(f"{name}.{key}", "unknown setting")
         attr = fields[key]
         setattr(config, attr, _checked(f"{name}.{key}", item, getattr(config, attr)))
+
+
+def _prefetch(value: Any) -> int | None:
+    """``auto`` (None: sized from the jobs' run times), or a cap, 0 turning prefetch off."""
+    if value == "auto":
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError("prefetch", f"must be auto or a whole number of jobs, 0 or more, not {value!r}")
+    return value
 
 
 def _tracing(config: Config, value: Any) -> None:

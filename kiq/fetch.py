@@ -41,11 +41,10 @@ from kiq.retry import Outcome
 from kiq.roundtrip import Ack, QueueOrder, RoundTrip, Unit
 from kiq.watch import Watchers
 
-PREFETCH_MIN = 20
-PREFETCH_MAX = 10  # times the floor
-PREFETCH_WORK = 0.1  # seconds of work a worker may hold beyond its running jobs
-RATE_WINDOW = 0.1  # seconds over which the job rate that sizes the prefetch is counted
-ACK_MAX_AGE = 0.03
+PREFETCH_CEILING = 10  # times max(concurrency, 20): the automatic prefetch's ceiling
+PREFETCH_HORIZON = 0.005  # seconds: a prefetched job should start within about this
+SIZING_JOBS = 100  # the first jobs size the prefetch with their running mean, one round trip at a time
+SIZING_WINDOW = 0.1  # seconds of finished jobs whose mean run time resizes it after them
 LEASE_WAIT = 0.05  # how often a thread waiting for the lease to be renewed looks again
 
 
@@ -68,17 +67,22 @@ class Fetcher:
         info: str = "{}",
         tallies: Callable[[], list[Tally]] = list,
         retention: int = RETENTION,
+        prefetch: int | None = None,
     ) -> None:
         """``ttl`` is the heartbeat TTL that each round trip extends, ``info`` the heartbeat's
         info field, for a worker that must recreate its entry (kiq.lease); ``tallies`` hands over
-        the tallies of the jobs finished since it was last called, kept ``retention`` seconds."""
+        the tallies of the jobs finished since it was last called, kept ``retention`` seconds.
+        ``prefetch`` caps the jobs held beyond the running ones (None: the automatic ceiling)."""
         self.identity = identity
         self.queues = queues
         self.concurrency = concurrency
-        self._prefetch_floor = max(concurrency, PREFETCH_MIN)
-        self._set_prefetch(self._prefetch_floor)
+        self.prefetch_cap = PREFETCH_CEILING * max(concurrency, 20) if prefetch is None else prefetch
+        self._set_prefetch(0)  # until the first jobs tell how long they take
         self._window_started = time.monotonic()
-        self._window_acks = 0
+        self._work_seconds = 0.0
+        self._work_jobs = 0
+        self._sized_by = 0  # how many finished jobs have sized the prefetch
+        self.job_seconds = 0.0  # the mean run time that sized the prefetch
         self.conn = connect(redis_url, name=f"kiq-fetch-{identity}")
         self.recovery = Recovery(self.conn, keys)
         self.round_trip = RoundTrip(self.conn, keys, identity, queues.names, ttl, retention)
@@ -96,7 +100,6 @@ class Fetcher:
         self._acks: list[Ack] = []
         self._tallies = tallies
         self._unsent: list[Tally] = []  # tallies of a round trip that failed
-        self._first_ack_at = 0.0
         self._running = 0
         self._fetching = True
         self._closing = False
@@ -140,20 +143,22 @@ class Fetcher:
             startable = self._buffer and self._running < self.concurrency
             if startable and self.lease.valid():
                 return None
-            if self._idle and not startable and (queue := self.watchers.claim()) is not None:
+            room = self._running + len(self._buffer) < self.capacity
+            if self._idle and room and not startable and (queue := self.watchers.claim()) is not None:
                 return queue
             self._work_ready.wait(LEASE_WAIT if startable else None)  # a job waits for the lease
         return None
 
-    def done(self, unit: Unit, outcome: Outcome) -> None:
-        """Acknowledge a job; the fetcher sends it with its next round trip.
-
-        The fetcher is woken only when it has something new to do (the first
-        pending acknowledgement starts its clock, or a round trip is now due):
-        waking a thread costs more than most jobs.
-        """
+    def done(self, unit: Unit, outcome: Outcome, seconds: float = 0.0) -> None:
+        """Acknowledge a job; the fetcher sends it with its next round trip, at once if no
+        round trip is in flight. Only the first acknowledgement since the last round trip
+        wakes the fetcher: waking a thread costs more than most jobs, and while a round trip
+        is in flight the fetcher looks for acknowledgements when it ends. ``seconds`` is how
+        long the job ran, which sizes the prefetch."""
         with self._lock:
             self._running -= 1
+            self._work_seconds += seconds
+            self._work_jobs += 1
             self._acknowledge(unit, outcome)
 
     def abandon(self, unit: Unit, outcome: Outcome) -> None:
@@ -166,9 +171,6 @@ class Fetcher:
     def _acknowledge(self, unit: Unit, outcome: Outcome) -> None:
         self._acks.append((unit, outcome))
         if len(self._acks) == 1:
-            self._first_ack_at = time.monotonic()
-            self._wake.notify()
-        elif self._due():
             self._wake.notify()
 
     # -- watcher side (kiq.watch), called with the lock held -------------
@@ -253,17 +255,16 @@ class Fetcher:
     # -- fetcher thread -------------------------------------------------
 
     def _due(self) -> bool:
-        """Whether a round trip is worth making now (called with the lock held)."""
-        if self._giveback or self._resync or (self._closing and self._acks) or self._lapsed:
+        """Whether a round trip is worth making now (called with the lock held). Every
+        acknowledgement is: a finished job whose acknowledgement waits in this process would
+        run again if the process were killed. Acknowledgements still travel in batches, those
+        that pile up while a round trip is in flight."""
+        if self._acks or self._giveback or self._resync or self._lapsed:
             return True
         if self._buffer and not self.lease.valid():
             return True
-        if self._acks and (self._idle or time.monotonic() - self._first_ack_at >= ACK_MAX_AGE):
-            return True
         room = self.capacity - len(self._buffer) - self._running
-        if self._fetching and not self._idle and room >= self.batch:
-            return True
-        return bool(self._acks) and len(self._buffer) < self.batch
+        return self._fetching and not self._idle and room >= self.batch
 
     def _set_prefetch(self, prefetch: int) -> None:
         """Hold ``prefetch`` jobs beyond the running ones; a round trip is worth making once
@@ -272,25 +273,35 @@ class Fetcher:
         self.capacity = self.concurrency + prefetch
         self.batch = max(1, prefetch // 2)
 
-    def _adapt_prefetch(self, acked: int) -> None:
-        """Size the prefetch to the job rate: about ``PREFETCH_WORK`` seconds of work, between
-        the floor and ``PREFETCH_MAX`` times the floor.
+    def _size_prefetch(self) -> None:
+        """Size the prefetch to the jobs' mean run time: as many jobs as the slots start within
+        ``PREFETCH_HORIZON``, up to the cap.
 
-        Short jobs get the larger batches: fewer round trips and thread wakeups per job, and
-        processors that seldom find the buffer empty (measured in bench/notes.md). Slow jobs
-        stay at the floor, so that a worker holds no long jobs that another worker could start.
+        A prefetched job waits for a slot here while another worker might be free to start
+        it; within a few round trips' time that costs nothing, and longer it would. So jobs
+        that run for more than a few milliseconds get no prefetch (a free slot takes the next
+        job in its acknowledgement's round trip, as in Sidekiq), while very short ones get
+        large batches: fewer round trips and thread wakeups per job, and processors that
+        seldom find the buffer empty (bench/notes.md). Until a job has run, nothing is
+        prefetched; the first ``SIZING_JOBS`` size it with their running mean after each round
+        trip, and then the mean of each ``SIZING_WINDOW`` moves it halfway.
         """
-        self._window_acks += acked
         now = time.monotonic()
-        if now - self._window_started < RATE_WINDOW:
+        if self._sized_by >= SIZING_JOBS and now - self._window_started < SIZING_WINDOW:
             return
-        rate = self._window_acks / (now - self._window_started)
-        self._window_started, self._window_acks = now, 0
-        floor = self._prefetch_floor
-        wanted = min(PREFETCH_MAX * floor, max(floor, int(rate * PREFETCH_WORK)))
-        if wanted != self.prefetch:
-            with self._lock:
-                self._set_prefetch(wanted)
+        with self._lock:
+            seconds, jobs = self._work_seconds, self._work_jobs
+            self._work_seconds, self._work_jobs = 0.0, 0
+            self._window_started = now
+            if not jobs:
+                return
+            if self._sized_by < SIZING_JOBS:
+                self.job_seconds = (self.job_seconds * self._sized_by + seconds) / (self._sized_by + jobs)
+            else:
+                self.job_seconds = (self.job_seconds + seconds / jobs) / 2
+            self._sized_by += jobs
+            wanted = int(self.concurrency * PREFETCH_HORIZON / max(self.job_seconds, 1e-6))
+            self._set_prefetch(min(self.prefetch_cap, wanted))
 
     def _loop(self) -> None:
         """The fetcher thread: a round trip whenever one is due, until the fetcher is closed
@@ -316,7 +327,7 @@ class Fetcher:
             with self._lock:
                 self._release([unit for unit, _ in acks])
                 self._release(giveback)
-            self._adapt_prefetch(len(acks))
+            self._size_prefetch()
             self._receive(jobs, idle=want > 0 and not jobs)
 
     def _next(self) -> tuple[list[Ack], list[Tally], list[Unit], int] | None:
@@ -326,7 +337,7 @@ class Fetcher:
             while not self._due():
                 if self._closing and not self._acks and self.watchers.watching == 0:
                     return None
-                self._wake.wait(ACK_MAX_AGE if self._acks else 0.5)
+                self._wake.wait(0.5)
             acks, self._acks = self._acks, []
             tallies: list[Tally] = []
             if acks:

@@ -143,6 +143,7 @@ class Worker:
             info=self.heartbeat.info,
             tallies=metrics.tallies,
             retention=self.config.metrics_retention,
+            prefetch=self.config.prefetch,
         )
         self._start_event_loop()
         if self.config.tracing:
@@ -330,9 +331,10 @@ class Worker:
         """Count a job the chain did not (``name``, the class label) and acknowledge ``unit``,
         counted first so that its tally rides with the acknowledgement (kiq.fetch); nothing
         raises into the thread."""
+        seconds = time.perf_counter() - started
         if name is not None:
-            self._record(unit.queue, name, time.perf_counter() - started, outcome)
-        self.fetcher.done(unit, outcome)
+            self._record(unit.queue, name, seconds, outcome)
+        self.fetcher.done(unit, outcome, seconds)
         try:
             self.jobs_done += 1
             if self.config.max_jobs and self.jobs_done >= self.config.max_jobs:

@@ -15,7 +15,7 @@ from conftest import wait_for
 
 from kiq.connection import connect
 from kiq.execution import Tallies
-from kiq.fetch import PREFETCH_MAX, PREFETCH_MIN, Fetcher
+from kiq.fetch import PREFETCH_CEILING, PREFETCH_HORIZON, Fetcher
 from kiq.heartbeat import Heartbeat
 from kiq.keys import Keys
 from kiq.recovery import Recovery
@@ -99,6 +99,18 @@ def take(fetcher: Fetcher, timeout: float = 5.0) -> Unit | None:
     except queue.Empty:
         fetcher.quiet()  # frees the blocked take()
         raise AssertionError(f"take() returned nothing within {timeout}s") from None
+
+
+def warm(r, fetcher: Fetcher, queue_name: str = "default", seconds: float = 0.0001) -> None:
+    """Run one job of ``seconds`` through ``fetcher``: the first finished job sizes the
+    prefetch, and before it a fetcher holds no job beyond those it runs."""
+    processed = int(r.get("stat:processed") or 0)
+    push(r, queue_name, "warm-up")
+    unit = take(fetcher)
+    assert unit == Unit(queue_name, "warm-up")
+    fetcher.done(unit, SUCCESS, seconds)
+    wait_for(lambda: fetcher.job_seconds > 0)
+    assert int(r.get("stat:processed") or 0) == processed + 1
 
 
 def push(r, queue_name: str, *jobs: str, prefix: str = "") -> None:
@@ -262,8 +274,9 @@ def run_jobs(fetcher: Fetcher, job_seconds: float) -> Callable[[], None]:
             unit = fetcher.take()
             if unit is None:
                 return
+            started = time.perf_counter()
             time.sleep(job_seconds)
-            fetcher.done(unit, SUCCESS)
+            fetcher.done(unit, SUCCESS, time.perf_counter() - started)
 
     threads = [threading.Thread(target=work, daemon=True) for _ in range(fetcher.threads)]
     for thread in threads:
@@ -278,33 +291,64 @@ def run_jobs(fetcher: Fetcher, job_seconds: float) -> Callable[[], None]:
     return stop
 
 
-def test_short_jobs_get_a_larger_prefetch(r, make_fetcher):
+def most_held(r, seconds: float) -> int:
+    """The most jobs the worker's in-progress list held, sampled for ``seconds``. An absence is
+    asserted with it, so it samples for a fixed time rather than waiting for a condition."""
+    most, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        most = max(most, r.llen(f"kiq:wip:{IDENT}|default"))
+        time.sleep(0.002)
+    return most
+
+
+def test_short_jobs_get_a_prefetch_up_to_the_ceiling(r, make_fetcher):
     push(r, "default", *(f"j{n}" for n in range(20_000)))
     fetcher = make_fetcher(concurrency=2)
-    floor = 2 + PREFETCH_MIN
-    # Thousands of jobs a second: a floor's worth is far less than PREFETCH_WORK of work.
     stop = run_jobs(fetcher, job_seconds=0)
     try:
-        wait_for(lambda: len(wip(r)) > floor, timeout=15, interval=0.001)
+        wait_for(lambda: len(wip(r)) > 2 + 20, timeout=15, interval=0.001)
     finally:
         stop()
-    assert fetcher.capacity <= 2 + PREFETCH_MAX * PREFETCH_MIN
+    assert 0 < fetcher.job_seconds < 0.001
+    assert fetcher.capacity <= 2 + PREFETCH_CEILING * 20
 
 
-def test_slow_jobs_keep_the_prefetch_at_its_floor(r, make_fetcher):
+def test_jobs_longer_than_the_horizon_get_no_prefetch(r, make_fetcher):
+    """A worker holds no job that another worker could start now (Celery's prefetch trap)."""
     push(r, "default", *(f"j{n}" for n in range(200)))
     fetcher = make_fetcher(concurrency=2)
-    # 2 threads x 20 jobs a second: a worker must not hoard slow jobs another worker could start.
-    # An absence is asserted, so this samples for a fixed second rather than waiting for a condition.
-    stop = run_jobs(fetcher, job_seconds=0.05)
-    most, deadline = 0, time.monotonic() + 1.0
+    job_seconds = 2 * 2 * PREFETCH_HORIZON  # two slots start one job each per job_seconds / 2
+    stop = run_jobs(fetcher, job_seconds=job_seconds)
     try:
-        while time.monotonic() < deadline:
-            most = max(most, r.llen(f"kiq:wip:{IDENT}|default"))
-            time.sleep(0.002)
+        wait_for(lambda: fetcher.job_seconds > 0)
+        most = most_held(r, 0.5)
     finally:
         stop()
-    assert most == 2 + PREFETCH_MIN
+    assert most == 2 and fetcher.prefetch == 0
+
+
+def test_the_prefetch_setting_caps_it(r, make_fetcher):
+    push(r, "default", *(f"j{n}" for n in range(2_000)))
+    fetcher = make_fetcher(concurrency=2, prefetch=3)
+    stop = run_jobs(fetcher, job_seconds=0)
+    try:
+        wait_for(lambda: fetcher.prefetch == 3)
+        most = most_held(r, 0.3)
+    finally:
+        stop()
+    assert 2 < most <= 2 + 3
+
+
+def test_prefetch_zero_holds_only_the_running_jobs(r, make_fetcher):
+    push(r, "default", *(f"j{n}" for n in range(2_000)))
+    fetcher = make_fetcher(concurrency=2, prefetch=0)
+    stop = run_jobs(fetcher, job_seconds=0)
+    try:
+        wait_for(lambda: fetcher.job_seconds > 0)
+        most = most_held(r, 0.3)
+    finally:
+        stop()
+    assert most == 2 and fetcher.capacity == 2
 
 
 def test_payload_bytes_that_are_not_utf8_are_acknowledged_exactly(redis_server, r, make_fetcher):
@@ -380,7 +424,10 @@ def test_a_worker_s_extra_threads_never_run_more_than_concurrency_jobs(r, make_f
 
 
 def test_every_queue_is_watched_while_every_slot_is_busy(r, make_fetcher):
+    """With a prefetch (short jobs), a job pushed while the slots are busy is caught at once."""
     fetcher = make_fetcher([("a", 1), ("b", 1)], concurrency=1)
+    warm(r, fetcher, "a")
+    assert fetcher.prefetch > 0
     takers = Takers(fetcher)
     wait_for(lambda: blocked_watchers(r) == 2)
     push(r, "a", "long")
@@ -390,6 +437,23 @@ def test_every_queue_is_watched_while_every_slot_is_busy(r, make_fetcher):
     wait_for(lambda: "next" in wip(r, "b"))  # caught at once, held until the slot is free
     with pytest.raises(queue.Empty):
         takers.get(timeout=0.3)
+    takers.done(long, SUCCESS)
+    assert takers.get() == Unit("b", "next")
+
+
+def test_without_a_prefetch_no_queue_is_watched_while_every_slot_is_busy(r, make_fetcher):
+    """Long jobs (or none run yet): a job pushed while the slots are busy stays on its queue,
+    where another worker with a free slot can start it."""
+    fetcher = make_fetcher([("a", 1), ("b", 1)], concurrency=1)
+    takers = Takers(fetcher)
+    wait_for(lambda: blocked_watchers(r) == 2)
+    push(r, "a", "long")
+    long = takers.get()
+    wait_for(lambda: blocked_watchers(r) == 0)
+    push(r, "b", "next")
+    with pytest.raises(queue.Empty):
+        takers.get(timeout=0.3)
+    assert r.llen("queue:b") == 1 and wip(r, "b") == []
     takers.done(long, SUCCESS)
     assert takers.get() == Unit("b", "next")
 
@@ -423,25 +487,28 @@ def test_strict_order_drains_queues_in_the_order_given(r, make_fetcher):
 
 
 def test_quiet_gives_buffered_jobs_back_to_the_front_in_order(r, make_fetcher):
-    push(r, "default", "j0", "j1")
-    push(r, "other", *(f"k{n}" for n in range(6)))
     fetcher = make_fetcher([("default", 1), ("other", 1)], strict=True, concurrency=2)
-    running = take(fetcher)
-    assert running == Unit("default", "j0")
-    # The fetcher prefetches (at least 20 jobs): j1 and every k wait in the buffer, not started.
+    warm(r, fetcher)
+    jobs = {"default": ["j0", "j1"], "other": [f"k{n}" for n in range(6)]}
+    for name, payloads in jobs.items():
+        push(r, name, *payloads)
+    running = take(fetcher)  # the first of whichever queue the taking thread watched
+    assert running is not None and running.payload == jobs[running.queue][0]
+    # Very short jobs get a prefetch: the other seven wait in the buffer, not started.
     wait_for(lambda: len(wip(r, "default")) + len(wip(r, "other")) == 8)
 
     fetcher.quiet()
-    wait_for(lambda: r.llen("queue:default") == 1 and r.llen("queue:other") == 6)
-    assert consume(r, "default") == ["j1"]
-    assert consume(r, "other") == [f"k{n}" for n in range(6)]
-    assert wip(r, "default") == ["j0"] and wip(r, "other") == []
+    back = {name: [p for p in payloads if Unit(name, p) != running] for name, payloads in jobs.items()}
+    wait_for(lambda: all(r.llen(f"queue:{name}") == len(payloads) for name, payloads in back.items()))
+    for name, payloads in back.items():
+        assert consume(r, name) == payloads
+        assert wip(r, name) == ([running.payload] if name == running.queue else [])
     assert take(fetcher) is None
 
     fetcher.done(running, SUCCESS)
     fetcher.close()
-    assert wip(r, "default") == []
-    assert r.get("stat:processed") == "1"
+    assert wip(r, running.queue) == []
+    assert r.get("stat:processed") == "2"
 
 
 def test_quiet_releases_a_waiting_take(r, make_fetcher):
@@ -536,8 +603,9 @@ def take_all(takers: Takers, timeout: float = 1.5) -> list[str]:
 
 
 def test_a_swept_worker_starts_none_of_the_jobs_it_had_prefetched(redis_server, r, make_fetcher):
-    push(r, "default", *(f"j{n}" for n in range(5)))
     fetcher = make_fetcher(concurrency=1)
+    warm(r, fetcher)
+    push(r, "default", *(f"j{n}" for n in range(5)))
     running = take(fetcher)
     wait_for(lambda: len(wip(r)) == 5)  # one running, four prefetched
     settle(fetcher)
@@ -552,12 +620,13 @@ def test_a_swept_worker_starts_none_of_the_jobs_it_had_prefetched(redis_server, 
     assert sorted(take_all(Takers(fetcher))) == ["j0", "j1", "j2", "j3", "j4"]
     assert r.llen("queue:default") == 0 and wip(r) == []
     assert r.exists(IDENT) and not r.exists(f"kiq:swept:{IDENT}")
-    assert r.get("stat:processed") == "6"
+    assert r.get("stat:processed") == "7"  # the warm-up, j0 twice, the four others
 
 
 def test_a_worker_whose_entry_expired_unswept_keeps_its_jobs(r, make_fetcher):
-    push(r, "default", *(f"j{n}" for n in range(5)))
     fetcher = make_fetcher(concurrency=1)
+    warm(r, fetcher)
+    push(r, "default", *(f"j{n}" for n in range(5)))
     running = take(fetcher)
     wait_for(lambda: len(wip(r)) == 5)
     r.delete(IDENT)  # expired, but nobody swept it
@@ -570,8 +639,9 @@ def test_a_worker_whose_entry_expired_unswept_keeps_its_jobs(r, make_fetcher):
 def test_jobs_held_when_redis_lost_its_data_go_back_in_progress(r, make_fetcher):
     """No tombstone, and the jobs are gone from the in-progress list: Redis restarted without
     its data. The worker holds the only copies: they go back into its list, and run once."""
-    push(r, "default", *(f"j{n}" for n in range(5)))
     fetcher = make_fetcher(concurrency=1)
+    warm(r, fetcher)
+    push(r, "default", *(f"j{n}" for n in range(5)))
     running = take(fetcher)
     wait_for(lambda: len(wip(r)) == 5)
     r.flushall()
@@ -583,8 +653,9 @@ def test_jobs_held_when_redis_lost_its_data_go_back_in_progress(r, make_fetcher)
 
 
 def test_a_worker_reclaims_its_entry_while_redis_refuses_writes(redis_server, r, make_fetcher):
-    push(r, "default", *(f"j{n}" for n in range(3)))
     fetcher = make_fetcher(concurrency=1)
+    warm(r, fetcher)
+    push(r, "default", *(f"j{n}" for n in range(3)))
     running = take(fetcher)
     wait_for(lambda: len(wip(r)) == 3)
     settle(fetcher)
