@@ -111,10 +111,14 @@ def stats(api: API, as_json: bool) -> None:
 @click.command()
 @connection_options
 def queues(api: API, as_json: bool) -> None:
-    """Every queue with its size and latency (age of its oldest job)."""
-    rows = [[q.name, q.size(), round(q.latency(), 3)] for q in api.queues()]
-    data = [{"queue": name, "size": size, "latency": latency} for name, size, latency in rows]
-    emit(as_json, data, ["queue", "size", "latency_s"], rows)
+    """Every queue with its size, the jobs workers hold but have not started, and its latency
+    (age of its oldest job not yet started)."""
+    from kiq.api import queue_summaries
+
+    rows = [[q.name, q.size, q.prefetched, round(q.latency, 3)] for q in queue_summaries(api)]
+    data = [{"queue": name, "size": size, "prefetched": held, "latency": latency}
+            for name, size, held, latency in rows]
+    emit(as_json, data, ["queue", "size", "prefetched", "latency_s"], rows)
 
 
 @click.command()

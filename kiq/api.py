@@ -21,8 +21,9 @@ import redis
 from kiq import execution
 from kiq.connection import connect, url_from_env, wire
 from kiq.execution import ClassMetrics
+from kiq.heartbeat import prefetched_by_queue
 from kiq.keys import Keys, day
-from kiq.payload import epoch_seconds
+from kiq.payload import epoch_seconds, waited
 from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE, move_call
 
@@ -133,6 +134,7 @@ class Process:
     quiet: bool
     rss_kb: int
     running: list[dict[str, Any]] = field(default_factory=list)
+    prefetched: dict[str, int] = field(default_factory=dict)  # per queue, held but not started
 
 
 class Queue:
@@ -145,12 +147,15 @@ class Queue:
         return int(self.api.redis.llen(self.key))
 
     def latency(self) -> float:
-        """Seconds the oldest waiting job has waited."""
+        """Seconds the oldest job not yet started has waited, in the queue or prefetched by a
+        worker (Sidekiq's ``latency`` sees only the queue)."""
         oldest = self.api.redis.lindex(self.key, -1)
-        if oldest is None:
-            return 0.0
-        at = Job.parse(str(oldest)).enqueued_at
-        return max(0.0, time.time() - at) if at else 0.0
+        _, held = self.api.prefetched().get(self.name, (0, None))
+        return waited(str(oldest) if oldest is not None else None, held, time.time())
+
+    def prefetched(self) -> int:
+        """Jobs of this queue that workers hold but have not started, as of their last heartbeat."""
+        return self.api.prefetched().get(self.name, (0, None))[0]
 
     def jobs(self, start: int = 0, count: int = 50) -> list[Job]:
         """Jobs in the order they will run (oldest first)."""
@@ -313,6 +318,15 @@ class API:
                      sum(1 for value in busy if value is not None), sum(int(value or 0) for value in busy),
                      processed_today, failed_today)
 
+    def prefetched(self) -> dict[str, tuple[int, float | None]]:
+        """Per queue, the jobs live processes hold but have not started, and the enqueue time of
+        the oldest, as of each one's last heartbeat (kiq.heartbeat)."""
+        identities = [str(ident) for ident in self.redis.smembers(self.keys.processes)]
+        pipe = self.redis.pipeline(transaction=False)
+        for ident in identities:
+            pipe.hget(self.keys.process(ident), "prefetched")
+        return prefetched_by_queue(pipe.execute())
+
     def processes(self) -> list[Process]:
         """Live processes (entries whose heartbeat expired are skipped, as Sidekiq does).
 
@@ -321,19 +335,20 @@ class API:
         identities = sorted(str(ident) for ident in self.redis.smembers(self.keys.processes))
         pipe = self.redis.pipeline(transaction=False)
         for ident in identities:
-            pipe.hmget(self.keys.process(ident), "info", "busy", "beat", "quiet", "rss")
+            pipe.hmget(self.keys.process(ident), "info", "busy", "beat", "quiet", "rss", "prefetched")
             pipe.hgetall(self.keys.work(ident))
             pipe.hgetall(self.keys.workers(ident))
         replies = pipe.execute()
         found = []
         for index, ident in enumerate(identities):
-            (info, busy, beat, quiet, rss), work, workers = replies[3 * index: 3 * index + 3]
+            (info, busy, beat, quiet, rss, held), work, workers = replies[3 * index: 3 * index + 3]
             if info is None:
                 continue
             work = work or workers
             running = [json.loads(entry) for entry in work.values()]
+            prefetched = {queue: count for queue, (count, _) in prefetched_by_queue([held]).items()}
             found.append(Process(ident, json.loads(info), int(busy or 0), float(beat or 0),
-                                 quiet == "true", int(rss or 0), running))
+                                 quiet == "true", int(rss or 0), running, prefetched))
         return found
 
     def job_metrics(self, minutes: int = 60, now: float | None = None) -> list[ClassMetrics]:
@@ -384,7 +399,8 @@ PLACES = ("queue", "schedule", "retry", "dead", "running")
 class QueueSummary:
     name: str
     size: int
-    latency: float  # seconds the oldest waiting job has waited
+    latency: float  # seconds the oldest job not yet started has waited, in the queue or prefetched
+    prefetched: int = 0  # jobs that workers hold but have not started
 
 
 @dataclass(frozen=True)
@@ -399,8 +415,10 @@ class Found:
 
 
 def queue_summaries(api: API) -> list[QueueSummary]:
-    """Every known queue with its size and latency, in one round trip after the queue names."""
+    """Every known queue with its size, latency and prefetched jobs, in one round trip after the
+    queue names and one for the processes' prefetched jobs."""
     names = sorted(str(name) for name in api.redis.smembers(api.keys.queues))
+    held = api.prefetched()
     pipe = api.redis.pipeline(transaction=False)
     for name in names:
         pipe.llen(api.keys.queue(name))
@@ -410,8 +428,8 @@ def queue_summaries(api: API) -> list[QueueSummary]:
     found = []
     for index, name in enumerate(names):
         size, oldest = replies[2 * index: 2 * index + 2]
-        at = Job.parse(str(oldest)).enqueued_at if oldest is not None else None
-        found.append(QueueSummary(name, int(size), max(0.0, now - at) if at else 0.0))
+        count, first = held.get(name, (0, None))
+        found.append(QueueSummary(name, int(size), waited(oldest, first, now), count))
     return found
 
 

@@ -18,7 +18,6 @@ background until it can.
 from __future__ import annotations
 
 import glob
-import json
 import os
 import sys
 import threading
@@ -33,9 +32,10 @@ from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
 from kiq import log
+from kiq.heartbeat import prefetched_by_queue
 from kiq.keys import Keys
 from kiq.metrics import ENV
-from kiq.payload import epoch_seconds
+from kiq.payload import waited
 
 REQUEST_TIMEOUT = 10.0  # seconds a connection may stay silent, reading or writing
 BIND_PAUSE_MAX = 5.0
@@ -51,6 +51,7 @@ class RedisCollector:
     def collect(self) -> Iterator[GaugeMetricFamily]:
         k = self.keys
         queues = sorted(str(queue) for queue in self.conn.smembers(k.queues))
+        identities = [str(ident) for ident in self.conn.smembers(k.processes)]
         started = time.perf_counter()
         self.conn.ping()
         rtt = time.perf_counter() - started
@@ -61,17 +62,27 @@ class RedisCollector:
         for key in (k.schedule, k.retry, k.dead):
             pipe.zcard(key)
         pipe.scard(k.processes)
+        for ident in identities:
+            pipe.hget(k.process(ident), "prefetched")
         replies = pipe.execute()
+        held = prefetched_by_queue(replies[2 * len(queues) + 4:])
         size = GaugeMetricFamily("kiq_queue_size", "Jobs waiting in a queue.", labels=["queue"])
+        prefetched = GaugeMetricFamily("kiq_queue_prefetched",
+                                       "Jobs of a queue that workers hold but have not started.",
+                                       labels=["queue"])
         latency = GaugeMetricFamily("kiq_queue_latency_seconds",
-                                    "Age of the oldest job waiting in a queue.", labels=["queue"])
+                                    "Age of the oldest job of a queue not yet started, waiting in the "
+                                    "queue or prefetched.", labels=["queue"])
         now = time.time()
         for index, queue in enumerate(queues):
+            count, first = held.get(queue, (0, None))
             size.add_metric([queue], replies[2 * index])
-            latency.add_metric([queue], _age(replies[2 * index + 1], now))
+            prefetched.add_metric([queue], count)
+            latency.add_metric([queue], waited(replies[2 * index + 1], first, now))
         yield size
+        yield prefetched
         yield latency
-        scheduled, retries, dead_jobs, processes = replies[2 * len(queues):]
+        scheduled, retries, dead_jobs, processes = replies[2 * len(queues): 2 * len(queues) + 4]
         yield GaugeMetricFamily("kiq_scheduled_jobs", "Jobs in the schedule set.", value=scheduled)
         yield GaugeMetricFamily("kiq_retry_jobs", "Jobs in the retry set.", value=retries)
         yield GaugeMetricFamily("kiq_dead_jobs", "Jobs in the dead set.", value=dead_jobs)
@@ -79,18 +90,6 @@ class RedisCollector:
                                 value=processes)
         yield GaugeMetricFamily("kiq_redis_rtt_seconds", "Round trip of one Redis command from the master.",
                                 value=rtt)
-
-
-def _age(raw: str | None, now: float) -> float:
-    """Seconds since the job was enqueued (Sidekiq 8 writes milliseconds)."""
-    if raw is None:
-        return 0.0
-    try:
-        payload = json.loads(raw)
-        at = epoch_seconds(payload.get("enqueued_at")) or epoch_seconds(payload.get("created_at"))
-    except (ValueError, AttributeError):
-        return 0.0
-    return max(0.0, now - at) if at is not None else 0.0
 
 
 class Samples:

@@ -27,6 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import redis
 
@@ -36,6 +37,7 @@ from kiq.execution import RETENTION, Tally
 from kiq.heartbeat import Lapsed
 from kiq.keys import Keys
 from kiq.lease import Lease, Reclaimer
+from kiq.payload import enqueued_seconds
 from kiq.recovery import Recovery
 from kiq.retry import Outcome
 from kiq.roundtrip import Ack, QueueOrder, RoundTrip, Unit
@@ -172,6 +174,19 @@ class Fetcher:
         self._acks.append((unit, outcome))
         if len(self._acks) == 1:
             self._wake.notify()
+
+    def prefetched(self) -> dict[str, list[Any]]:
+        """Per queue, ``[jobs held but not started, enqueue time of the oldest]``: what the
+        heartbeat publishes, so that queue sizes and latencies do not hide them."""
+        with self._lock:
+            units = list(self._buffer)
+        found: dict[str, list[Any]] = {}
+        for unit in units:  # oldest first: each batch came off its queue oldest first
+            if unit.queue in found:
+                found[unit.queue][0] += 1
+            else:
+                found[unit.queue] = [1, enqueued_seconds(unit.payload)]
+        return found
 
     # -- watcher side (kiq.watch), called with the lock held -------------
 

@@ -1,7 +1,7 @@
 """A worker process's entry in Sidekiq's ``processes`` set, refreshed every few seconds.
 
 It writes what Sidekiq's API and Web UI read: the ``IDENTITY`` hash (info,
-busy, beat, quiet, rss, rtt_us) and the running jobs in ``IDENTITY:work``
+busy, beat, quiet, rss, rtt_us, and kiq's own ``prefetched``) and the running jobs in ``IDENTITY:work``
 (Sidekiq 7 and 8) and ``IDENTITY:workers`` (Sidekiq 6). Remote-control
 signals (``TSTP``, ``TERM``) that the Web UI pushes to ``IDENTITY-signals``
 come back from the same round trip.
@@ -13,7 +13,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -40,28 +40,46 @@ def rss_kb(pid: int | None = None) -> int:
 
 # KEYS: IDENTITY, IDENTITY:work, IDENTITY:workers, processes, kiq:wip, IDENTITY-signals.
 # ARGV: identity, TTL in ms, "1" to create the entry (the first beat) or "0", info, busy, beat,
-# quiet, rss, rtt_us, how many kiq:wip members follow, the members, then the running jobs as
-# (thread id, JSON) pairs. Returns {0} if the entry had expired (and "0"), else {1, the oldest
+# quiet, rss, rtt_us, prefetched, how many kiq:wip members follow, the members, then the running
+# jobs as (thread id, JSON) pairs. Returns {0} if the entry had expired (and "0"), else {1, the oldest
 # remote signal or false}.
 # The TTL is extended first: a write that Redis accepts even at ``maxmemory``, after which the
 # script's other writes are accepted too, so liveness never hangs on one refused write.
 BEAT = """
 local key, ttl = KEYS[1], tonumber(ARGV[2])
 if redis.call('PEXPIRE', key, ttl) == 0 and ARGV[3] == '0' then return {0} end
-local members = tonumber(ARGV[10])
+local members = tonumber(ARGV[11])
 for w = 2, 3 do
   local work = KEYS[w]
   redis.call('UNLINK', work)
-  for i = 11 + members, #ARGV, 2 do redis.call('HSET', work, ARGV[i], ARGV[i + 1]) end
-  if #ARGV >= 11 + members then redis.call('PEXPIRE', work, 2 * ttl) end
+  for i = 12 + members, #ARGV, 2 do redis.call('HSET', work, ARGV[i], ARGV[i + 1]) end
+  if #ARGV >= 12 + members then redis.call('PEXPIRE', work, 2 * ttl) end
 end
 redis.call('SADD', KEYS[4], ARGV[1])
 redis.call('HSET', key, 'info', ARGV[4], 'busy', ARGV[5], 'beat', ARGV[6], 'quiet', ARGV[7],
-  'rss', ARGV[8], 'rtt_us', ARGV[9])
+  'rss', ARGV[8], 'rtt_us', ARGV[9], 'prefetched', ARGV[10])
 redis.call('PEXPIRE', key, ttl)
-for i = 11, 10 + members do redis.call('SADD', KEYS[5], ARGV[i]) end
+for i = 12, 11 + members do redis.call('SADD', KEYS[5], ARGV[i]) end
 return {1, redis.call('RPOP', KEYS[6])}
 """
+
+
+def prefetched_by_queue(fields: Iterable[str | None]) -> dict[str, tuple[int, float | None]]:
+    """Per queue, the jobs that live processes hold but have not started, and the enqueue time
+    of the oldest, from their ``prefetched`` fields (as of each one's last beat). A field that
+    is missing (Sidekiq's processes) or cannot be read counts nothing."""
+    found: dict[str, tuple[int, float | None]] = {}
+    for field in fields:
+        try:
+            held = json.loads(field) if field else {}
+            entries = [(str(queue), int(count), oldest if isinstance(oldest, (int, float)) else None)
+                       for queue, (count, oldest) in held.items()]
+        except (ValueError, TypeError, AttributeError):
+            continue
+        for queue, count, oldest in entries:
+            total, first = found.get(queue, (0, None))
+            found[queue] = (total + count, min((t for t in (first, oldest) if t is not None), default=None))
+    return found
 
 
 class Lapsed(Exception):
@@ -80,13 +98,17 @@ class Heartbeat:
         running: Callable[[], Mapping[str, Mapping[str, Any]]],
         ttl: float = 60.0,
         wip: Sequence[str] = (),
+        prefetched: Callable[[], Mapping[str, Any]] = dict,
     ) -> None:
         """``wip`` lists this process's members of ``kiq:wip``: each beat registers them again, so
-        a worker whose heartbeat lapsed and was swept is found again if it dies later."""
+        a worker whose heartbeat lapsed and was swept is found again if it dies later.
+        ``prefetched`` gives the jobs held but not started, per queue (kiq.fetch), which each
+        beat writes to the ``prefetched`` field, a field Sidekiq does not read."""
         self.conn = conn
         self.identity = ident
         self.info = json.dumps({**info, "identity": ident, "version": __version__})
         self.running = running
+        self.prefetched = prefetched
         self.ttl_ms = int(ttl * 1000)
         self.wip = list(wip)
         self._keys = [keys.process(ident), keys.work(ident), keys.workers(ident), keys.processes,
@@ -104,7 +126,7 @@ class Heartbeat:
         rtt_us = int((time.monotonic() - started) * 1_000_000)
         args: list[Any] = [self.identity, self.ttl_ms, "1" if create else "0", self.info, len(work) // 2,
                            time.time(), "true" if quiet else "false", rss_kb(), rtt_us,
-                           len(self.wip), *self.wip, *work]
+                           json.dumps(self.prefetched()), len(self.wip), *self.wip, *work]
         reply = self._script(keys=self._keys, args=args)
         if reply[0] == 0:
             raise Lapsed(self.identity)

@@ -103,6 +103,22 @@ def epoch_seconds(value: Any) -> float | None:
     return value / 1000.0 if value > 1e11 else float(value)
 
 
+def enqueued_seconds(raw: str) -> float | None:
+    """When the job in the raw payload ``raw`` was enqueued, as epoch seconds; None for a
+    payload that does not say or cannot be read (Sidekiq's latency reads the same field)."""
+    try:
+        return epoch_seconds(json.loads(raw).get("enqueued_at"))
+    except (ValueError, AttributeError):
+        return None
+
+
+def waited(oldest: str | None, prefetched: float | None, now: float) -> float:
+    """A queue's latency: seconds since the older of its oldest payload (raw, if any) and its
+    oldest prefetched job (epoch seconds, if any) was enqueued; 0 when neither says."""
+    times = [at for at in (enqueued_seconds(oldest) if oldest is not None else None, prefetched) if at]
+    return max(0.0, now - min(times)) if times else 0.0
+
+
 def job_data(payload: Mapping[str, Any]) -> dict[str, Any] | None:
     """The Active Job data of a wrapper payload, or None if ``payload`` is not one."""
     if payload.get("class") not in ACTIVE_JOB_WRAPPERS:

@@ -404,7 +404,8 @@ class Worker:
         conn = connect(self.config.redis_url, name=f"kiq-beat-{self.identity}")
         wip = [member(self.identity, queue) for queue in self.config.queue_names]
         return heartbeat.Heartbeat(conn, self.keys, self.identity, info, self._work,
-                                   ttl=self.config.heartbeat_ttl, wip=wip)
+                                   ttl=self.config.heartbeat_ttl, wip=wip,
+                                   prefetched=lambda: self.fetcher.prefetched())
 
     def _first_beat(self, signals: SignalQueue) -> bool:
         """Be in ``processes`` before taking any job: a master sweeping for vanished hosts

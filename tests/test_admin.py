@@ -165,17 +165,22 @@ def test_queues_table_and_json(redis_server, r):
     r.lpush("queue:critical", *(dump(sidekiq_job(n, "critical", enqueued_at=int((time.time() - 3) * 1000)))
                                 for n in range(10, 22)))
 
+    # A live worker holds three jobs of "low" it has not started, the oldest enqueued 40 s ago.
+    r.sadd("processes", "host:1:abc")
+    r.hset("host:1:abc", mapping={"info": "{}", "prefetched": json.dumps({"low": [3, time.time() - 40]})})
+
     raw, text = outputs(url, ["queues", "--json"], ["queues"])
     data = json.loads(raw)
-    assert [(q["queue"], q["size"]) for q in data] == [("critical", 12), ("default", 2), ("low", 0)]
+    assert [(q["queue"], q["size"], q["prefetched"]) for q in data] == [
+        ("critical", 12, 0), ("default", 2, 0), ("low", 0, 3)]
     latency = {q["queue"]: q["latency"] for q in data}
-    assert 2.5 < latency["critical"] < 10 and 19.5 < latency["default"] < 30 and latency["low"] == 0
+    assert 2.5 < latency["critical"] < 10 and 19.5 < latency["default"] < 30 and 39.5 < latency["low"] < 50
 
-    found = {line.split()[0]: float(line.split()[2]) for line in text.splitlines()[1:]}
+    found = {line.split()[0]: float(line.split()[3]) for line in text.splitlines()[1:]}
     assert 2.5 < found["critical"] < 10 and 19.5 < found["default"] < 30
-    rows = [[name, size, f"{found[name]:.3f}"] for name, size in (("critical", "12"), ("default", "2"),
-                                                                      ("low", "0"))]
-    assert_table(text, ["queue", "size", "latency_s"], rows, right=[1, 2])
+    rows = [[name, size, held, f"{found[name]:.3f}"]
+            for name, size, held in (("critical", "12", "0"), ("default", "2", "0"), ("low", "0", "3"))]
+    assert_table(text, ["queue", "size", "prefetched", "latency_s"], rows, right=[1, 2, 3])
 
 
 def test_empty_listings(redis_server):

@@ -490,3 +490,18 @@ def test_metrics_retention_says_why_it_has_a_limit(tmp_path):
         load_yaml(tmp_path, {"metrics_retention": 27 * 86400 + 1})
     assert str(raised.value) == ("metrics_retention: must be from 1 to 2332800 seconds (27 days): Sidekiq's "
                                  "histogram keys name a minute by its day of the month only")
+
+
+# Prefetch
+
+
+@pytest.mark.parametrize(("text", "expected"), [("prefetch: auto", None), ("prefetch: 0", 0),
+                                                ("prefetch: 50", 50), ("", None)])
+def test_prefetch_is_auto_or_a_cap(tmp_path, text, expected):
+    assert load(write(tmp_path, text)).prefetch == expected
+
+
+@pytest.mark.parametrize("value", ["-1", "2.5", "true", "lots", "[1]"])
+def test_a_bad_prefetch_is_rejected(tmp_path, value):
+    with pytest.raises(ConfigError, match=r"^prefetch: must be auto or a whole number of jobs, 0 or more"):
+        load(write(tmp_path, f"prefetch: {value}"))

@@ -76,7 +76,8 @@ def test_beat_registers_the_process(r, beat):
     assert process["quiet"] == "false"
     assert process["rss"] > 0
     assert process["rtt_us"] >= 0
-    assert set(r.hkeys(IDENT)) == {"info", "busy", "beat", "quiet", "rss", "rtt_us"}
+    assert set(r.hkeys(IDENT)) == {"info", "busy", "beat", "quiet", "rss", "rtt_us", "prefetched"}
+    assert r.hget(IDENT, "prefetched") == "{}"  # kiq's own field; Sidekiq reads none of it
 
 
 def test_entry_expires_about_sixty_seconds_after_a_beat(r, beat):
