@@ -212,12 +212,12 @@ def test_each_job_is_tallied_for_its_class_before_it_is_acknowledged(counting, m
     seen: list[tuple[str, int, int]] = []
 
     def at_acknowledgement(real: Callable[..., None]) -> Callable[..., None]:
-        def acknowledge(unit: Unit, outcome: Any) -> None:
+        def acknowledge(unit: Unit, outcome: Any, *seconds: float) -> None:
             kept.extend(metrics.tallies())
             name = json.loads(unit.payload).get("class") if unit.payload.startswith("{") else None
             mine = [t for t in kept if t.job_class == name]
             seen.append((str(name), sum(t.processed for t in mine), sum(t.failed for t in mine)))
-            real(unit, outcome)
+            real(unit, outcome, *seconds)
         return acknowledge
 
     monkeypatch.setattr(counting.fetcher, "done", at_acknowledgement(counting.fetcher.done))
