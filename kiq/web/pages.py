@@ -7,7 +7,9 @@ can be bookmarked and reloaded.
 from __future__ import annotations
 
 import json
+import mimetypes
 import time
+from importlib import resources
 from typing import TYPE_CHECKING
 
 from werkzeug.exceptions import NotFound
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
 
 DAYS = (7, 30, 90)
 SET_TITLES = {"scheduled": "Scheduled", "retries": "Retries", "dead": "Dead"}
+STATIC = resources.files("kiq.web").joinpath("static")
 NEWEST_FIRST = {"scheduled": False, "retries": False, "dead": True}  # the default order of each set
 
 
@@ -124,3 +127,12 @@ def entry_at(view: View, kind: str, key: str) -> Job | None:
 
 def key_of(job: Job) -> str:
     return f"{job.score!r}-{job.jid}"
+
+
+def static(view: View, name: str) -> Response:
+    """A file the package ships in kiq/web/static; any other name is not found."""
+    path = STATIC.joinpath(name)
+    if "/" in name or name.startswith(".") or not path.is_file():
+        raise NotFound()
+    mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return Response(path.read_bytes(), mimetype=mimetype, headers={"Cache-Control": "max-age=86400"})
