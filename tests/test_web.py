@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from webdata import SCRIPT, add, csrf, dump, executions, failure, fill, heartbeat, jid, job, push
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client, TestResponse
@@ -627,8 +628,22 @@ def test_the_metrics_page_reads_each_minute_once_and_only_the_histograms_it_need
 
 def test_busy_shows_a_generation_column_only_where_a_process_stores_one(web, r):
     heartbeat(r, "web-1:101:0a0a")
-    assert "<th>generation</th>" not in page(web, "/busy")
+    assert "generation</th>" not in page(web, "/busy")
     info = json.loads(r.hget("web-1:101:0a0a", "info"))
     r.hset("web-1:101:0a0a", "info", json.dumps({**info, "generation": 7}))
     html = page(web, "/busy")
-    assert "<th>generation</th>" in html and "<td>7</td>" in html
+    assert '<th class="num">generation</th>' in html and '<td class="num generation">7</td>' in html
+
+
+def test_kiqs_workers_publish_their_generation_which_busy_shows_after_a_reload(web, r, start_kiq):
+    kiq = start_kiq(processes=1, heartbeat_interval=0.3)
+
+    def generations() -> set[int]:
+        infos = [json.loads(r.hget(ident, "info") or "{}") for ident in r.smembers("processes")]
+        return {info.get("generation") for info in infos}
+
+    wait_for(lambda: generations() == {1})
+    kiq.signal(signal.SIGHUP)
+    wait_for(lambda: generations() == {2}, timeout=30)
+    html = page(web, "/busy")
+    assert '<th class="num">generation</th>' in html and '<td class="num generation">2</td>' in html
