@@ -73,7 +73,10 @@ def queue(view: View, name: str) -> Response:
     def window(start: int, count: int) -> list[Job]:
         return kiq_api.queue_window(q, start, count, newest)
 
-    page = paging.jobs(paging.Paging.parse(view.request.args), window, q.size)
+    def matches(text: str, skip: int, count: int) -> tuple[list[Job], bool]:
+        return kiq_api.queue_matching(q, text, skip, count, newest)
+
+    page = paging.jobs(paging.Paging.parse(view.request.args), window, q.size, matches)
     return view.render("queue.html", name=name, page=page, newest=newest, latency=q.latency())
 
 
@@ -85,7 +88,10 @@ def sorted_set(view: View, kind: str) -> Response:
     def window(start: int, count: int) -> list[Job]:
         return kiq_api.sorted_window(entries, start, count, newest)
 
-    page = paging.jobs(paging.Paging.parse(view.request.args), window, entries.size)
+    def matches(text: str, skip: int, count: int) -> tuple[list[Job], bool]:
+        return kiq_api.sorted_matching(entries, text, skip, count, newest)
+
+    page = paging.jobs(paging.Paging.parse(view.request.args), window, entries.size, matches)
     return view.render("sorted_set.html", kind=kind, title=SET_TITLES[kind], page=page, newest=newest,
                        now=time.time())
 
