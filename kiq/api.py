@@ -426,6 +426,21 @@ def history(api: API, days: int, now: float | None = None) -> list[tuple[str, in
     return [(date, values[2 * i], values[2 * i + 1]) for i, date in enumerate(dates)]
 
 
+def hourly(api: API, hours: int, now: float | None = None) -> list[tuple[str, int, int]]:
+    """(``YYYY-MM-DD HH:00``, processed, failed) for each of the last ``hours`` UTC hours, the
+    current one so far last, from the per-minute execution metrics of every class
+    (kiq.execution): Sidekiq keeps daily counters only, and these records hold the hours."""
+    moment = time.time() if now is None else now
+    minute = int(moment) // 60
+    totals = execution.read_totals(api.redis, api.keys, (hours - 1) * 60 + minute % 60 + 1, moment)
+    rows: dict[int, list[int]] = {hour: [0, 0] for hour in range(minute // 60 - hours + 1, minute // 60 + 1)}
+    for each, processed, failed in totals:
+        rows[each // 60][0] += processed
+        rows[each // 60][1] += failed
+    return [(time.strftime("%Y-%m-%d %H:00", time.gmtime(hour * 3600)), processed, failed)
+            for hour, (processed, failed) in rows.items()]
+
+
 def redis_info(api: API) -> dict[str, Any]:
     """What the dashboard shows of the Redis server: version, memory, clients, uptime."""
     info: dict[str, Any] = api.redis.info()

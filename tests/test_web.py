@@ -110,9 +110,35 @@ def test_the_dashboard_draws_the_daily_history_from_sidekiqs_counters(web, r):
     r.set(f"stat:failed:{today}", 12)
     html = page(web, "/?days=7")
     assert f"{today}: 321 processed, 12 failed" in html
-    assert html.count("<rect class=\"processed\"") == 7
-    assert page(web, "/?days=90").count("<rect class=\"processed\"") == 90
-    assert page(web, "/?days=5").count("<rect class=\"processed\"") == 30  # not a choice: the default
+    assert daily_bars(html) == 7
+    assert daily_bars(page(web, "/?days=90")) == 90
+    assert daily_bars(page(web, "/?days=5")) == 30  # not a choice: the default
+
+
+def daily_bars(html: str) -> int:
+    return html.split('aria-label="processed and failed jobs per day"')[1].count('<rect class="processed"')
+
+
+def test_the_dashboard_draws_the_last_hours_from_the_per_minute_execution_metrics(web, r):
+    """Sidekiq keeps daily counters only: the hours come from every class's per-minute records."""
+    moment = time.time()
+    executions(r, "AJob", 30, [10.0] * 3, failed=1)
+    executions(r, "BJob", 30, [10.0] * 2)
+    executions(r, "AJob", 150, [10.0] * 4)
+    executions(r, "AJob", 60 * 30, [10.0] * 9)  # 30 h ago: only in the 72 h chart
+
+    def hour(minutes_ago: int) -> str:
+        return time.strftime("%Y-%m-%d %H:00", time.gmtime(moment - 60 * minutes_ago))
+
+    html = page(web, "/")
+    hourly = html.split('<section id="hourly">')[1].split("</section>")[0]
+    assert "Last 24 hours" in hourly and hourly.count('<rect class="processed"') == 24
+    assert f"{hour(30)}: 6 processed, 1 failed" in hourly and f"{hour(150)}: 4 processed, 0 failed" in hourly
+    assert "10 processed and 1 failed in these 24 hours" in hourly
+    wide = page(web, "/?hours=72").split('<section id="hourly">')[1].split("</section>")[0]
+    assert wide.count('<rect class="processed"') == 72 and f"{hour(60 * 30)}: 9 processed" in wide
+    r.flushdb()
+    assert "No job finished in these 24 hours" in page(web, "/")
 
 
 def test_stats_json_is_what_the_live_chart_polls(web, r):

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from kiq.web.application import View
 
 DAYS = (7, 30, 90)
+HOURS = (12, 24, 72)  # 72 h: the default metrics_retention of the per-minute records
 SET_TITLES = {"scheduled": "Scheduled", "retries": "Retries", "dead": "Dead"}
 STATIC = resources.files("kiq.web").joinpath("static")
 NEWEST_FIRST = {"scheduled": False, "retries": False, "dead": True}  # the default order of each set
@@ -33,9 +34,14 @@ def dashboard(view: View) -> Response:
     api = view.api
     days = paging.choice(view.request.args.get("days"), DAYS, 30)
     daily = kiq_api.history(api, days)
+    hours = paging.choice(view.request.args.get("hours"), HOURS, 24)
+    hourly = kiq_api.hourly(api, hours)
     processes = api.processes()
     return view.render("dashboard.html", stats=api.stats(), days=days, choices=DAYS, daily=daily,
-                       chart=charts.daily_bars(daily), queues=kiq_api.queue_summaries(api)[:10],
+                       chart=charts.bars(daily, "day", lambda date: date[5:]), hours=hours,
+                       hour_choices=HOURS, hourly=hourly,
+                       hourly_chart=charts.bars(hourly, "hour", lambda hour: hour[11:]),
+                       queues=kiq_api.queue_summaries(api)[:10],
                        threads=sum(int(p.info.get("concurrency") or 0) for p in processes),
                        redis=kiq_api.redis_info(api))
 
