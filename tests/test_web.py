@@ -92,7 +92,7 @@ def test_a_job_page_shows_every_field_the_error_and_the_backtrace(web, r):
     add(r, "retry", (failure(30, error_backtrace=trace, kwargs={"size": "large"}), time.time() + 60))
     html = page(web, f"/retries/{key(r, 'retry', 30)}")
     for text in (jid(30), "RuntimeError", "boom 30", "app/jobs.py:10:in `perform&#39;", "&#34;large&#34;",
-                 "retry count", "failed", "retried", "next retry"):
+                 "failures", "failed", "retried", "next retry"):
         assert text in html, text
 
 
@@ -672,3 +672,66 @@ def test_kiqs_workers_publish_their_generation_which_busy_shows_after_a_reload(w
     wait_for(lambda: generations() == {2}, timeout=30)
     html = page(web, "/busy")
     assert '<th class="num">generation</th>' in html and '<td class="num generation">2</td>' in html
+
+
+# -- what a first walk through every page found ----------------------------------
+
+
+def test_a_page_past_the_end_says_so_and_links_to_the_last_page(web, r):
+    add(r, "retry", *((failure(n), time.time() + 60 + n) for n in range(30)))
+    push(r, "default", job(1))
+    html = page(web, "/retries?page=9")
+    assert "Page 9 is past the end of this list (30 in all, 2 pages)" in html
+    assert 'href="/retries?page=2" rel="last"' in html and "No job here" not in html
+    assert "Page 5 is past the end" in page(web, "/queues/default?page=5")
+    assert "Page 3 is past the end" in page(web, "/busy?page=3")
+    assert "Page 2 is past the end" in page(web, "/queues?page=2")
+    filtered = page(web, "/retries?q=boom&page=9")
+    assert "Page 9 is past the end of this list:" in filtered
+    assert 'href="/retries?q=boom" rel="first"' in filtered
+    assert "No job here matches this filter" in page(web, "/retries?q=nothing")
+
+
+def test_periodic_says_when_no_entry_matches_the_filter(redis_server):
+    entry = Entry("nightly", "0 3 * * *", "ReportJob", queue="low")
+    html = page(Client(kiq.web.app(redis_server.url, periodic=[entry])), "/periodic?q=nothing")
+    assert "No periodic entry matches this filter" in html and '<table id="periodic">' not in html
+
+
+def test_deleting_or_killing_a_selection_asks_first_and_an_empty_selection_says_so(web, r):
+    add(r, "retry", (failure(1), time.time() + 60))
+    html = page(web, "/retries")
+    assert 'value="delete" class="danger" data-confirm="Delete: the selected jobs?"' in html
+    assert 'value="kill" class="danger" data-confirm="Kill: the selected jobs?"' in html
+    add(r, "schedule", (job(2), time.time() + 60))
+    assert ">Retry all now</button>" in html and ">Run all now</button>" in page(web, "/scheduled")
+    done(post(web, "/retries", {"action": "delete"}), "/retries?done=none&count=0")
+    assert "0 jobs changed: none was selected" in page(web, "/retries?done=none&count=0")
+    assert r.zcard("retry") == 1
+
+
+def test_failures_count_the_first_failure_where_retry_count_is_still_0(web, r):
+    add(r, "retry", (failure(1, retry_count=0, retry=3), time.time() + 60))
+    add(r, "dead", (failure(2, retry=0, retry_count=0), time.time() - 60))
+    assert cells(page(web, "/retries"), "jobs")[0][5] == "1"
+    html = page(web, f"/retries/{key(r, 'retry', 1)}")
+    assert "retries allowed</th><td>up to 3</td>" in html and "failures</th><td>1 " in html
+    dead = page(web, f"/dead/{key(r, 'dead', 2)}")
+    assert "none: the first failure sends the job to Dead" in dead
+
+
+def test_the_processed_and_failed_cards_lead_to_each_class_s_metrics(web, r):
+    html = page(web, "/")
+    assert '<a class="card" href="/metrics"' in html
+    assert '<a class="card failed" href="/metrics?sort=failed&amp;order=desc"' in html
+
+
+def test_running_jobs_are_listed_by_process_longest_running_first(web, r):
+    now = time.time()
+    work = {"t1": {"queue": "default", "run_at": int(now - 5), "payload": dump(job(1))},
+            "t2": {"queue": "default", "run_at": int(now - 50), "payload": dump(job(2))},
+            "t3": {"queue": "default", "run_at": int(now - 20), "payload": dump(job(3))}}
+    heartbeat(r, "web-1:101:0a0a", busy=3)
+    r.delete("web-1:101:0a0a:work")
+    r.hset("web-1:101:0a0a:work", mapping={tid: json.dumps(each) for tid, each in work.items()})
+    assert [row[6] for row in cells(page(web, "/busy"), "running")] == [jid(2), jid(3), jid(1)]

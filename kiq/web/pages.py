@@ -60,7 +60,8 @@ def busy(view: View) -> Response:
     page = paging.of(paging.Paging.parse(view.request.args), processes,
                      lambda p: " ".join([p.identity, str(p.info.get("tag", "")),
                                          " ".join(p.info.get("queues", []))]))
-    running = [found for process in page.items for found in kiq_api.running(process)]
+    running = sorted((found for process in page.items for found in kiq_api.running(process)),
+                     key=lambda found: (found.name, found.since or 0))  # by process, longest running first
     return view.render("busy.html", page=page, running=running, now=time.time(), count=len(processes),
                        busy=sum(p.busy for p in processes),
                        threads=sum(int(p.info.get("concurrency") or 0) for p in processes))
