@@ -90,7 +90,7 @@ def fill(url: str, args: argparse.Namespace) -> None:
 
 
 def pages(retries: int) -> list[tuple[str, str, bool]]:
-    """(name, path, held to the target): a filter matching one entry reads the whole set, 500 at
+    """(name, path, held to the target): a filter matching one entry reads the whole set, 1,000 at
     a time (docs/web.md), so it is timed but not held to the target."""
     last = max(1, -(-retries // PER_PAGE))
     middle = (last + 1) // 2

@@ -444,6 +444,21 @@ def history(api: API, days: int, now: float | None = None) -> list[tuple[str, in
     return [(date, values[2 * i], values[2 * i + 1]) for i, date in enumerate(dates)]
 
 
+def hourly(api: API, hours: int, now: float | None = None) -> list[tuple[str, int, int]]:
+    """(``YYYY-MM-DD HH:00``, processed, failed) for each of the last ``hours`` UTC hours, the
+    current one so far last, from the per-minute execution metrics of every class
+    (kiq.execution): Sidekiq keeps daily counters only, and these records hold the hours."""
+    moment = time.time() if now is None else now
+    minute = int(moment) // 60
+    totals = execution.read_totals(api.redis, api.keys, (hours - 1) * 60 + minute % 60 + 1, moment)
+    rows: dict[int, list[int]] = {hour: [0, 0] for hour in range(minute // 60 - hours + 1, minute // 60 + 1)}
+    for each, processed, failed in totals:
+        rows[each // 60][0] += processed
+        rows[each // 60][1] += failed
+    return [(time.strftime("%Y-%m-%d %H:00", time.gmtime(hour * 3600)), processed, failed)
+            for hour, (processed, failed) in rows.items()]
+
+
 def redis_info(api: API) -> dict[str, Any]:
     """What the dashboard shows of the Redis server: version, memory, clients, uptime."""
     info: dict[str, Any] = api.redis.info()
@@ -495,6 +510,52 @@ def matching(window: Window, text: str, skip: int, count: int) -> tuple[list[Job
     return found[skip: skip + count], len(found) > skip + count
 
 
+FILTER_WINDOW = 1000  # entries read per round trip while filtering a page
+Entries = list[tuple[str, float | None]]  # entries as stored, each with its score (None in a queue)
+
+
+def filtered(window: Callable[[int, int], Entries], text: str, skip: int,
+             count: int) -> tuple[list[Job], bool]:
+    """As ``matching``, faster: an entry is compared as the text Redis sent, and only a match is
+    parsed, so a filter that matches few entries costs little more than reading the list (a text
+    with non-ASCII letters is compared as ``contains`` does, the payload parsed first)."""
+    needle = text.lower()
+    plain = needle.isascii()  # then the raw text holds it exactly where the parsed payload does
+    found: list[Job] = []
+    start = 0
+    while len(found) <= skip + count and (batch := window(start, FILTER_WINDOW)):
+        for raw, score in batch:
+            if needle in raw.lower() or (not plain and contains(Job.parse(raw, score), text)):
+                found.append(Job.parse(raw, score))
+        start += FILTER_WINDOW
+    return found[skip: skip + count], len(found) > skip + count
+
+
+def sorted_matching(entries: SortedSet, text: str, skip: int, count: int,
+                    newest_first: bool = False) -> tuple[list[Job], bool]:
+    """The ``count`` entries containing ``text`` after the first ``skip``, soonest (or latest)
+    first, and whether more follow."""
+    def window(start: int, size: int) -> Entries:
+        found: list[tuple[str, float]] = entries.api.redis.zrange(  # type: ignore[assignment]
+            entries.key, start, start + size - 1, desc=newest_first, withscores=True)
+        return [(str(raw), float(score)) for raw, score in found]
+
+    return filtered(window, text, skip, count)
+
+
+def queue_matching(queue: Queue, text: str, skip: int, count: int,
+                   newest_first: bool = False) -> tuple[list[Job], bool]:
+    """The ``count`` jobs of a queue containing ``text`` after the first ``skip``, next to run (or
+    newest) first, and whether more follow."""
+    def window(start: int, size: int) -> Entries:
+        if newest_first:
+            return [(str(raw), None) for raw in queue.api.redis.lrange(queue.key, start, start + size - 1)]
+        raws = queue.api.redis.lrange(queue.key, -(start + size), -1 - start)
+        return [(str(raw), None) for raw in reversed(raws)]
+
+    return filtered(window, text, skip, count)
+
+
 def running(process: Process) -> list[Found]:
     """The jobs a process is running, whoever wrote its work hash (Sidekiq 7 and 8 and kiq store
     the payload as JSON text, Sidekiq 6 as a hash)."""
@@ -515,10 +576,10 @@ def search(api: API, text: str, limit: int = 25) -> dict[str, list[Found]]:
         want = limit - len(places["queue"])
         if want > 0:
             places["queue"] += [Found("queue", queue.name, job)
-                                for job in matching(queue.jobs, text, 0, want)[0]]
+                                for job in queue_matching(queue, text, 0, want)[0]]
     for entries in (api.scheduled, api.retries, api.dead):
         places[entries.name] = [Found(entries.name, entries.name, job)
-                                for job in matching(entries.jobs, text, 0, limit)[0]]
+                                for job in sorted_matching(entries, text, 0, limit)[0]]
     places["running"] = [found for process in api.processes() for found in running(process)
                          if contains(found.job, text)][:limit]
     return places
@@ -531,7 +592,7 @@ def find(jid: str, api: API | None = None) -> list[Found]:
     api = api or API()
     found = []
     for queue in api.queues():
-        jobs, _ = matching(queue.jobs, jid, 0, SCAN_WINDOW)
+        jobs, _ = queue_matching(queue, jid, 0, SCAN_WINDOW)
         found += [Found("queue", queue.name, job) for job in jobs if job.jid == jid]
     for entries in (api.scheduled, api.retries, api.dead):
         job = entries.find(jid)

@@ -219,7 +219,8 @@ class Supervisor:
             self.signals.close()
             os.close(self.control_read)
             ident = heartbeat.identity(os.getpid(), nonce)
-            code = Worker(self.config, index, ident, parent, self.control_write, ledger).run()
+            code = Worker(self.config, index, ident, parent, self.control_write, ledger,
+                          self.generation).run()
         except BaseException:
             self.log.error("worker crashed", worker=index, error=traceback.format_exc())
         finally:

@@ -107,8 +107,9 @@ class Running:
 
 class Worker:
     def __init__(self, config: Config, index: int, ident: str, parent: int, control_fd: int,
-                 ledger: Ledger) -> None:
+                 ledger: Ledger, generation: int = 1) -> None:
         self.config = config
+        self.generation = generation  # the master's count of loads of the app: 1, then one more per reload
         self.ledger = ledger
         self.index = index
         self.identity = ident
@@ -400,6 +401,7 @@ class Worker:
             "concurrency": self.config.concurrency,
             "queues": self.config.queue_names,
             "labels": [],
+            "generation": self.generation,  # kiq's own: the Busy page shows it, Sidekiq ignores it
         }
         conn = connect(self.config.redis_url, name=f"kiq-beat-{self.identity}")
         wip = [member(self.identity, queue) for queue in self.config.queue_names]

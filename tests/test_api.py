@@ -13,6 +13,7 @@ from conftest import wait_for
 from kiq.api import (
     API,
     BATCH,
+    FILTER_WINDOW,
     SCAN_WINDOW,
     Job,
     contains,
@@ -20,9 +21,11 @@ from kiq.api import (
     find,
     history,
     matching,
+    queue_matching,
     queue_summaries,
     queue_window,
     search,
+    sorted_matching,
     sorted_window,
 )
 from kiq.keys import day
@@ -580,6 +583,30 @@ def test_matching_pages_through_matches_in_order_ignoring_case(api, r):
     last, more = matching(window, "NEEDLE", 170, 5)
     assert [job.jid for job in last] == [jid(1190), jid(1197)] and not more
     assert contains(Job.parse(dump(payload(jid(1), args=["café"])).replace("é", "\\u00e9")), "CAFÉ")
+
+
+def test_redis_filters_a_set_or_a_queue_in_every_order_as_matching_does(api, r):
+    """FILTER_WINDOW + 300 entries, every 7th with the text: the page past the first window, in
+    each order, is what matching (Python comparing every entry) gives."""
+    size = FILTER_WINDOW + 300
+    r.zadd("dead", {dump(payload(jid(n), error_message="Needle" if n % 7 == 0 else "hay")): NOW + n
+                    for n in range(size)})
+    push(r, "default", *(payload(jid(n), args=["Needle" if n % 7 == 0 else "hay"]) for n in range(size)))
+    queue = api.queue("default")
+    for newest in (False, True):
+        for skip in (0, 140, 180):
+            for fast, slow in (
+                (sorted_matching(api.dead, "nEEDLE", skip, 10, newest),
+                 matching(lambda s, c, n=newest: sorted_window(api.dead, s, c, n), "needle", skip, 10)),
+                (queue_matching(queue, "nEEDLE", skip, 10, newest),
+                 matching(lambda s, c, n=newest: queue_window(queue, s, c, n), "needle", skip, 10)),
+            ):
+                assert [(job.raw, job.score) for job in fast[0]] == [(job.raw, job.score) for job in slow[0]]
+                assert fast[1] == slow[1]
+    assert [job.jid for job in sorted_matching(api.dead, "needle", 0, 3, True)[0]] == [
+        jid(n) for n in range(size - 1, 0, -1) if n % 7 == 0][:3]
+    r.zadd("dead", {dump(payload(jid(9999), args=["café"])).replace("é", "\\u00e9"): NOW})
+    assert [job.jid for job in sorted_matching(api.dead, "CAFÉ", 0, 5)[0]] == [jid(9999)]
 
 
 def test_find_tells_every_place_a_jid_is(api, r):

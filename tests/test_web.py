@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import ROOT
+from conftest import ROOT, wait_for
 from webdata import SCRIPT, add, csrf, dump, executions, failure, fill, heartbeat, jid, job, push
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client, TestResponse
@@ -91,7 +92,7 @@ def test_a_job_page_shows_every_field_the_error_and_the_backtrace(web, r):
     add(r, "retry", (failure(30, error_backtrace=trace, kwargs={"size": "large"}), time.time() + 60))
     html = page(web, f"/retries/{key(r, 'retry', 30)}")
     for text in (jid(30), "RuntimeError", "boom 30", "app/jobs.py:10:in `perform&#39;", "&#34;large&#34;",
-                 "retry count", "failed", "retried", "next retry"):
+                 "failures", "failed", "retried", "next retry"):
         assert text in html, text
 
 
@@ -109,9 +110,35 @@ def test_the_dashboard_draws_the_daily_history_from_sidekiqs_counters(web, r):
     r.set(f"stat:failed:{today}", 12)
     html = page(web, "/?days=7")
     assert f"{today}: 321 processed, 12 failed" in html
-    assert html.count("<rect class=\"processed\"") == 7
-    assert page(web, "/?days=90").count("<rect class=\"processed\"") == 90
-    assert page(web, "/?days=5").count("<rect class=\"processed\"") == 30  # not a choice: the default
+    assert daily_bars(html) == 7
+    assert daily_bars(page(web, "/?days=90")) == 90
+    assert daily_bars(page(web, "/?days=5")) == 30  # not a choice: the default
+
+
+def daily_bars(html: str) -> int:
+    return html.split('aria-label="processed and failed jobs per day"')[1].count('<rect class="processed"')
+
+
+def test_the_dashboard_draws_the_last_hours_from_the_per_minute_execution_metrics(web, r):
+    """Sidekiq keeps daily counters only: the hours come from every class's per-minute records."""
+    moment = time.time()
+    executions(r, "AJob", 30, [10.0] * 3, failed=1)
+    executions(r, "BJob", 30, [10.0] * 2)
+    executions(r, "AJob", 150, [10.0] * 4)
+    executions(r, "AJob", 60 * 30, [10.0] * 9)  # 30 h ago: only in the 72 h chart
+
+    def hour(minutes_ago: int) -> str:
+        return time.strftime("%Y-%m-%d %H:00", time.gmtime(moment - 60 * minutes_ago))
+
+    html = page(web, "/")
+    hourly = html.split('<section id="hourly">')[1].split("</section>")[0]
+    assert "Last 24 hours" in hourly and hourly.count('<rect class="processed"') == 24
+    assert f"{hour(30)}: 6 processed, 1 failed" in hourly and f"{hour(150)}: 4 processed, 0 failed" in hourly
+    assert "10 processed and 1 failed in these 24 hours" in hourly
+    wide = page(web, "/?hours=72").split('<section id="hourly">')[1].split("</section>")[0]
+    assert wide.count('<rect class="processed"') == 72 and f"{hour(60 * 30)}: 9 processed" in wide
+    r.flushdb()
+    assert "No job finished in these 24 hours" in page(web, "/")
 
 
 def test_stats_json_is_what_the_live_chart_polls(web, r):
@@ -397,9 +424,8 @@ def test_a_filtered_page_reads_windows_only_until_it_is_full(web, r, redis_serve
 
     commands = commands_during(redis_server, read)
     ranges = [c for c in commands if c.startswith("ZRANGE")]
-    assert ranges == ["ZRANGE retry 0 499 WITHSCORES", "ZRANGE retry 500 999 WITHSCORES",
-                      "ZRANGE retry 1000 1499 WITHSCORES", "ZRANGE retry 1500 1999 WITHSCORES",
-                      "ZRANGE retry 2000 2499 WITHSCORES", "ZRANGE retry 2500 2999 WITHSCORES"]
+    assert ranges == ["ZRANGE retry 0 999 WITHSCORES", "ZRANGE retry 1000 1999 WITHSCORES",
+                      "ZRANGE retry 2000 2999 WITHSCORES"]
     assert jids(html) == [jid(n) for n in range(7, 3000, 100)][:25]
     assert "of the matches" in html and 'rel="next"' in html
     second = page(web, "/retries?q=RARE&per=25&page=2")
@@ -627,8 +653,85 @@ def test_the_metrics_page_reads_each_minute_once_and_only_the_histograms_it_need
 
 def test_busy_shows_a_generation_column_only_where_a_process_stores_one(web, r):
     heartbeat(r, "web-1:101:0a0a")
-    assert "<th>generation</th>" not in page(web, "/busy")
+    assert "generation</th>" not in page(web, "/busy")
     info = json.loads(r.hget("web-1:101:0a0a", "info"))
     r.hset("web-1:101:0a0a", "info", json.dumps({**info, "generation": 7}))
     html = page(web, "/busy")
-    assert "<th>generation</th>" in html and "<td>7</td>" in html
+    assert '<th class="num">generation</th>' in html and '<td class="num generation">7</td>' in html
+
+
+def test_kiqs_workers_publish_their_generation_which_busy_shows_after_a_reload(web, r, start_kiq):
+    kiq = start_kiq(processes=1, heartbeat_interval=0.3)
+
+    def generations() -> set[int]:
+        infos = [json.loads(r.hget(ident, "info") or "{}") for ident in r.smembers("processes")]
+        return {info.get("generation") for info in infos}
+
+    wait_for(lambda: generations() == {1})
+    kiq.signal(signal.SIGHUP)
+    wait_for(lambda: generations() == {2}, timeout=30)
+    html = page(web, "/busy")
+    assert '<th class="num">generation</th>' in html and '<td class="num generation">2</td>' in html
+
+
+# -- what a first walk through every page found ----------------------------------
+
+
+def test_a_page_past_the_end_says_so_and_links_to_the_last_page(web, r):
+    add(r, "retry", *((failure(n), time.time() + 60 + n) for n in range(30)))
+    push(r, "default", job(1))
+    html = page(web, "/retries?page=9")
+    assert "Page 9 is past the end of this list (30 in all, 2 pages)" in html
+    assert 'href="/retries?page=2" rel="last"' in html and "No job here" not in html
+    assert "Page 5 is past the end" in page(web, "/queues/default?page=5")
+    assert "Page 3 is past the end" in page(web, "/busy?page=3")
+    assert "Page 2 is past the end" in page(web, "/queues?page=2")
+    filtered = page(web, "/retries?q=boom&page=9")
+    assert "Page 9 is past the end of this list:" in filtered
+    assert 'href="/retries?q=boom" rel="first"' in filtered
+    assert "No job here matches this filter" in page(web, "/retries?q=nothing")
+
+
+def test_periodic_says_when_no_entry_matches_the_filter(redis_server):
+    entry = Entry("nightly", "0 3 * * *", "ReportJob", queue="low")
+    html = page(Client(kiq.web.app(redis_server.url, periodic=[entry])), "/periodic?q=nothing")
+    assert "No periodic entry matches this filter" in html and '<table id="periodic">' not in html
+
+
+def test_deleting_or_killing_a_selection_asks_first_and_an_empty_selection_says_so(web, r):
+    add(r, "retry", (failure(1), time.time() + 60))
+    html = page(web, "/retries")
+    assert 'value="delete" class="danger" data-confirm="Delete: the selected jobs?"' in html
+    assert 'value="kill" class="danger" data-confirm="Kill: the selected jobs?"' in html
+    add(r, "schedule", (job(2), time.time() + 60))
+    assert ">Retry all now</button>" in html and ">Run all now</button>" in page(web, "/scheduled")
+    done(post(web, "/retries", {"action": "delete"}), "/retries?done=none&count=0")
+    assert "0 jobs changed: none was selected" in page(web, "/retries?done=none&count=0")
+    assert r.zcard("retry") == 1
+
+
+def test_failures_count_the_first_failure_where_retry_count_is_still_0(web, r):
+    add(r, "retry", (failure(1, retry_count=0, retry=3), time.time() + 60))
+    add(r, "dead", (failure(2, retry=0, retry_count=0), time.time() - 60))
+    assert cells(page(web, "/retries"), "jobs")[0][5] == "1"
+    html = page(web, f"/retries/{key(r, 'retry', 1)}")
+    assert "retries allowed</th><td>up to 3</td>" in html and "failures</th><td>1 " in html
+    dead = page(web, f"/dead/{key(r, 'dead', 2)}")
+    assert "none: the first failure sends the job to Dead" in dead
+
+
+def test_the_processed_and_failed_cards_lead_to_each_class_s_metrics(web, r):
+    html = page(web, "/")
+    assert '<a class="card" href="/metrics"' in html
+    assert '<a class="card failed" href="/metrics?sort=failed&amp;order=desc"' in html
+
+
+def test_running_jobs_are_listed_by_process_longest_running_first(web, r):
+    now = time.time()
+    work = {"t1": {"queue": "default", "run_at": int(now - 5), "payload": dump(job(1))},
+            "t2": {"queue": "default", "run_at": int(now - 50), "payload": dump(job(2))},
+            "t3": {"queue": "default", "run_at": int(now - 20), "payload": dump(job(3))}}
+    heartbeat(r, "web-1:101:0a0a", busy=3)
+    r.delete("web-1:101:0a0a:work")
+    r.hset("web-1:101:0a0a:work", mapping={tid: json.dumps(each) for tid, each in work.items()})
+    assert [row[6] for row in cells(page(web, "/busy"), "running")] == [jid(2), jid(3), jid(1)]

@@ -53,7 +53,10 @@ def change_set(view: View, kind: str) -> Response:
     entries = pages.entries_of(view, kind)
     if scope == "all":
         return view.done(action, int(getattr(entries, f"{action}_all")()))
-    jobs = [job for key in view.request.form.getlist("key") if (job := pages.entry_at(view, kind, key))]
+    keys = view.request.form.getlist("key")
+    if not keys:  # a button for the selection pressed with nothing ticked
+        return view.done("none", 0)
+    jobs = [job for key in keys if (job := pages.entry_at(view, kind, key))]
     done = int(getattr(entries, action)(jobs))
     if view.request.form.get("from") == "job":
         return view.done(action, done, "sorted_set", kind=kind)

@@ -8,15 +8,13 @@ Content-Security-Policy (scripts, styles and images only from the dashboard itse
 
 from __future__ import annotations
 
-import mimetypes
 import os
 from collections.abc import Callable, Iterable
-from importlib import resources
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import redis
-from werkzeug.exceptions import Forbidden, HTTPException, NotFound
+from werkzeug.exceptions import Forbidden, HTTPException
 from werkzeug.routing import Map, MapAdapter, Rule
 from werkzeug.wrappers import Request, Response
 
@@ -30,34 +28,27 @@ if TYPE_CHECKING:
     from kiq.periodic import Entry
 
 SETS = "any(scheduled, retries, dead)"
-URLS = Map([
-    Rule("/", endpoint="dashboard", methods=["GET"]),
-    Rule("/stats.json", endpoint="stats", methods=["GET"]),
-    Rule("/busy", endpoint="busy", methods=["GET"]),
-    Rule("/busy", endpoint="signal", methods=["POST"]),
-    Rule("/queues", endpoint="queues", methods=["GET"]),
-    Rule("/queues/<name>", endpoint="queue", methods=["GET"]),
-    Rule("/queues/<name>", endpoint="change_queue", methods=["POST"]),
-    Rule(f"/<{SETS}:kind>", endpoint="sorted_set", methods=["GET"]),
-    Rule(f"/<{SETS}:kind>", endpoint="change_set", methods=["POST"]),
-    Rule(f"/<{SETS}:kind>/<key>", endpoint="job", methods=["GET"]),
-    Rule("/metrics", endpoint="metrics", methods=["GET"]),
-    Rule("/metrics/<path:name>", endpoint="job_metrics", methods=["GET"]),
-    Rule("/periodic", endpoint="periodic", methods=["GET"]),
-    Rule("/periodic", endpoint="enqueue_periodic", methods=["POST"]),
-    Rule("/search", endpoint="search", methods=["GET"]),
-    Rule("/static/<name>", endpoint="static", methods=["GET"]),
-], strict_slashes=False)
-HANDLERS: dict[str, Callable[..., Response]] = {
-    "dashboard": pages.dashboard, "stats": pages.stats, "busy": pages.busy, "queues": pages.queues,
-    "queue": pages.queue, "sorted_set": pages.sorted_set, "job": pages.job, "periodic": pages.periodic,
-    "search": pages.search, "metrics": metrics.classes, "job_metrics": metrics.job_class,
-    "signal": actions.signal, "change_queue": actions.change_queue,
-    "change_set": actions.change_set, "enqueue_periodic": actions.enqueue_periodic,
+ROUTES: dict[str, tuple[Callable[..., Response], ...]] = {  # path: its page, and the action its forms post
+    "/": (pages.dashboard,),
+    "/stats.json": (pages.stats,),
+    "/busy": (pages.busy, actions.signal),
+    "/queues": (pages.queues,),
+    "/queues/<name>": (pages.queue, actions.change_queue),
+    f"/<{SETS}:kind>": (pages.sorted_set, actions.change_set),
+    f"/<{SETS}:kind>/<key>": (pages.job,),
+    "/metrics": (metrics.metrics,),
+    "/metrics/<path:name>": (metrics.job_metrics,),
+    "/periodic": (pages.periodic, actions.enqueue_periodic),
+    "/search": (pages.search,),
+    "/static/<name>": (pages.static,),
 }
+URLS = Map([Rule(path, endpoint=handler, methods=[method])  # a rule's endpoint is its handler itself
+            for path, handlers in ROUTES.items()
+            for method, handler in zip(("GET", "POST"), handlers, strict=False)], strict_slashes=False)
+ENDPOINTS: dict[str, Callable[..., Response]] = {  # what templates name in view.url("busy")
+    rule.endpoint.__name__: rule.endpoint for rule in URLS.iter_rules()}
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
           "connect-src 'self'; form-action 'self'; frame-ancestors 'self'; base-uri 'none'")
-STATIC = resources.files("kiq.web").joinpath("static")
 
 
 class Dashboard:
@@ -84,7 +75,8 @@ class Dashboard:
             endpoint, values = urls.match()
             if request.method == "POST":
                 self.check(request, session)
-            response = static(**values) if endpoint == "static" else HANDLERS[endpoint](view, **values)
+            handler: Callable[..., Response] = endpoint
+            response = handler(view, **values)
         except HTTPException as error:
             response = view.render("error.html", error=error, status=error.code or 500)
         except redis.RedisError as error:
@@ -122,7 +114,8 @@ class View:
         return csrf.token(self.dashboard.secret, self.session)
 
     def url(self, endpoint: str, **values: Any) -> str:
-        return self.urls.build(endpoint, values)
+        """The path of the page a handler's name names (``"busy"``, ``"job"``...)."""
+        return self.urls.build(ENDPOINTS[endpoint], values)
 
     def static(self, name: str) -> str:
         return self.url("static", name=name, v=__version__)
@@ -160,12 +153,3 @@ def utf8(text: str) -> bytes:
         return text.encode()
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode()
-
-
-def static(name: str) -> Response:
-    """A file the package ships in kiq/web/static; any other name is not found."""
-    path = STATIC.joinpath(name)
-    if "/" in name or name.startswith(".") or not path.is_file():
-        raise NotFound()
-    mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-    return Response(path.read_bytes(), mimetype=mimetype, headers={"Cache-Control": "max-age=86400"})

@@ -38,7 +38,7 @@ COLUMNS: dict[str, Callable[[ClassMetrics], Any]] = {  # a column's value, None 
 }
 
 
-def classes(view: View) -> Response:
+def metrics(view: View) -> Response:
     hours = paging.choice(view.request.args.get("hours"), TABLE_HOURS)
     found = view.api.job_metrics(minutes=hours * 60)
     text = view.request.args.get("q", "").strip()
@@ -60,7 +60,7 @@ def first_order(column: str) -> str:
     return "asc" if column == "class" else "desc"
 
 
-def job_class(view: View, name: str) -> Response:
+def job_metrics(view: View, name: str) -> Response:
     """One class: its totals over the last hour and the last day, and per-minute charts of the
     chosen period."""
     hours = paging.choice(view.request.args.get("hours"), HOURS)

@@ -7,7 +7,9 @@ can be bookmarked and reloaded.
 from __future__ import annotations
 
 import json
+import mimetypes
 import time
+from importlib import resources
 from typing import TYPE_CHECKING
 
 from werkzeug.exceptions import NotFound
@@ -22,7 +24,9 @@ if TYPE_CHECKING:
     from kiq.web.application import View
 
 DAYS = (7, 30, 90)
+HOURS = (12, 24, 72)  # 72 h: the default metrics_retention of the per-minute records
 SET_TITLES = {"scheduled": "Scheduled", "retries": "Retries", "dead": "Dead"}
+STATIC = resources.files("kiq.web").joinpath("static")
 NEWEST_FIRST = {"scheduled": False, "retries": False, "dead": True}  # the default order of each set
 
 
@@ -30,9 +34,14 @@ def dashboard(view: View) -> Response:
     api = view.api
     days = paging.choice(view.request.args.get("days"), DAYS, 30)
     daily = kiq_api.history(api, days)
+    hours = paging.choice(view.request.args.get("hours"), HOURS, 24)
+    hourly = kiq_api.hourly(api, hours)
     processes = api.processes()
     return view.render("dashboard.html", stats=api.stats(), days=days, choices=DAYS, daily=daily,
-                       chart=charts.daily_bars(daily), queues=kiq_api.queue_summaries(api)[:10],
+                       chart=charts.bars(daily, "day", lambda date: date[5:]), hours=hours,
+                       hour_choices=HOURS, hourly=hourly,
+                       hourly_chart=charts.bars(hourly, "hour", lambda hour: hour[11:]),
+                       queues=kiq_api.queue_summaries(api)[:10],
                        threads=sum(int(p.info.get("concurrency") or 0) for p in processes),
                        redis=kiq_api.redis_info(api))
 
@@ -51,7 +60,8 @@ def busy(view: View) -> Response:
     page = paging.of(paging.Paging.parse(view.request.args), processes,
                      lambda p: " ".join([p.identity, str(p.info.get("tag", "")),
                                          " ".join(p.info.get("queues", []))]))
-    running = [found for process in page.items for found in kiq_api.running(process)]
+    running = sorted((found for process in page.items for found in kiq_api.running(process)),
+                     key=lambda found: (found.name, found.since or 0))  # by process, longest running first
     return view.render("busy.html", page=page, running=running, now=time.time(), count=len(processes),
                        busy=sum(p.busy for p in processes),
                        threads=sum(int(p.info.get("concurrency") or 0) for p in processes))
@@ -70,7 +80,10 @@ def queue(view: View, name: str) -> Response:
     def window(start: int, count: int) -> list[Job]:
         return kiq_api.queue_window(q, start, count, newest)
 
-    page = paging.jobs(paging.Paging.parse(view.request.args), window, q.size)
+    def matches(text: str, skip: int, count: int) -> tuple[list[Job], bool]:
+        return kiq_api.queue_matching(q, text, skip, count, newest)
+
+    page = paging.jobs(paging.Paging.parse(view.request.args), window, q.size, matches)
     return view.render("queue.html", name=name, page=page, newest=newest, latency=q.latency())
 
 
@@ -82,7 +95,10 @@ def sorted_set(view: View, kind: str) -> Response:
     def window(start: int, count: int) -> list[Job]:
         return kiq_api.sorted_window(entries, start, count, newest)
 
-    page = paging.jobs(paging.Paging.parse(view.request.args), window, entries.size)
+    def matches(text: str, skip: int, count: int) -> tuple[list[Job], bool]:
+        return kiq_api.sorted_matching(entries, text, skip, count, newest)
+
+    page = paging.jobs(paging.Paging.parse(view.request.args), window, entries.size, matches)
     return view.render("sorted_set.html", kind=kind, title=SET_TITLES[kind], page=page, newest=newest,
                        now=time.time())
 
@@ -124,3 +140,12 @@ def entry_at(view: View, kind: str, key: str) -> Job | None:
 
 def key_of(job: Job) -> str:
     return f"{job.score!r}-{job.jid}"
+
+
+def static(view: View, name: str) -> Response:
+    """A file the package ships in kiq/web/static; any other name is not found."""
+    path = STATIC.joinpath(name)
+    if "/" in name or name.startswith(".") or not path.is_file():
+        raise NotFound()
+    mimetype = mimetypes.guess_type(name)[0] or "application/octet-stream"
+    return Response(path.read_bytes(), mimetype=mimetype, headers={"Cache-Control": "max-age=86400"})

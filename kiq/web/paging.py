@@ -1,9 +1,9 @@
 """A page of a list, from the query string: ``page``, ``per`` and the filter ``q``.
 
 Every list is read one window at a time (ZRANGE / LRANGE of ``per`` entries): the total comes
-from ZCARD / LLEN, never from reading the list. A filtered list is read a window at a time
-until the page is full (kiq.api.matching), so its total is not known: it offers a next page
-while more matches follow.
+from ZCARD / LLEN, never from reading the list. A filtered list is read a window at a time until
+the page is full, only the matches parsed (kiq.api.filtered), so its total is not known: it
+offers a next page while more matches follow.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from kiq.api import Job, Window, matching
+from kiq.api import Job, Window
 
 PER_PAGE = (25, 50, 100, 250)
 T = TypeVar("T")
+Matches = Callable[[str, int, int], tuple[list[Job], bool]]
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,11 @@ class Page(Generic[T]):
         return None if self.total is None else max(1, -(-self.total // self.paging.per))
 
 
-def jobs(paging: Paging, window: Window, size: Callable[[], int]) -> Page[Job]:
-    """A page of jobs read through ``window`` (start, count), filtered by the paging's text."""
+def jobs(paging: Paging, window: Window, size: Callable[[], int], matches: Matches) -> Page[Job]:
+    """A page of jobs read through ``window`` (start, count), or when the paging has a filter text,
+    through ``matches`` (text, skip, count)."""
     if paging.text:
-        found, more = matching(window, paging.text, paging.start, paging.per)
+        found, more = matches(paging.text, paging.start, paging.per)
         return Page(found, paging, None, more)
     total = size()
     return Page(window(paging.start, paging.per), paging, total, paging.start + paging.per < total)

@@ -9,6 +9,9 @@ from typing import Any
 
 import jinja2
 
+from kiq.api import Job
+from kiq.retry import max_retries
+
 ARGS_SHOWN = 120  # characters of a job's arguments a listing shows; the job's own page shows all
 
 
@@ -18,7 +21,7 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("kiq.web", "templates"), autoescape=True,
                              undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(ago=ago, utc=utc, compact=compact, pretty=pretty, short=short,
-                       duration=duration, millis=millis)
+                       duration=duration, millis=millis, failures=failures, retries_allowed=retries_allowed)
     return env
 
 
@@ -72,3 +75,24 @@ def pretty(value: Any) -> str:
 
 def short(text: str, limit: int = ARGS_SHOWN) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def failures(job: Job) -> int | str:
+    """How many times the job has failed: Sidekiq's ``retry_count`` is 0 after the first failure
+    (it counts the retries run), which read as "0 retries" next to an error looks like none.
+    Empty for a job that never failed."""
+    count = job.payload.get("retry_count")
+    if type(count) is int:
+        return max(count, 0) + 1
+    return 1 if "error_class" in job.payload else ""
+
+
+def retries_allowed(retry: Any) -> str:
+    """A payload's ``retry`` option as the retry logic (kiq.retry) reads it."""
+    default = retry is True or isinstance(retry, jinja2.Undefined)  # a payload without the field
+    limit = max_retries(True if default else retry)
+    if limit is None:
+        return "none: a failure drops the job"
+    if limit == 0:
+        return "none: the first failure sends the job to Dead"
+    return f"up to {limit}" + (" (the default)" if default else "")
