@@ -33,7 +33,7 @@ def dashboard(view: View) -> Response:
     processes = api.processes()
     return view.render("dashboard.html", stats=api.stats(), days=days, choices=DAYS, daily=daily,
                        chart=charts.daily_bars(daily), queues=kiq_api.queue_summaries(api)[:10],
-                       threads=sum(int(p.info.get("concurrency") or 0) for p in processes),
+                       threads=sum(p.concurrency for p in processes),
                        redis=kiq_api.redis_info(api))
 
 
@@ -50,11 +50,11 @@ def busy(view: View) -> Response:
     processes = view.api.processes()
     page = paging.of(paging.Paging.parse(view.request.args), processes,
                      lambda p: " ".join([p.identity, str(p.info.get("tag", "")),
-                                         " ".join(p.info.get("queues", []))]))
+                                         " ".join(p.queues)]))
     running = [found for process in page.items for found in kiq_api.running(process)]
     return view.render("busy.html", page=page, running=running, now=time.time(), count=len(processes),
                        busy=sum(p.busy for p in processes),
-                       threads=sum(int(p.info.get("concurrency") or 0) for p in processes))
+                       threads=sum(p.concurrency for p in processes))
 
 
 def queues(view: View) -> Response:
