@@ -17,10 +17,10 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from kiq.payload import ACTIVE_JOB_WRAPPER
+from kiq.payload import ACTIVE_JOB_WRAPPER, stamp, wrapper_class
 from kiq.serialize import deserialize, deserialize_args, serialize, serialize_args
 
-WRAPPER = ACTIVE_JOB_WRAPPER
+WRAPPER = ACTIVE_JOB_WRAPPER  # what Rails' adapter and Sidekiq 6 and 7 write; 8 writes its own
 KEYWORDS = "_aj_ruby2_keywords"
 
 
@@ -45,9 +45,12 @@ def wrap(
     retry: bool | int,
     jid: str,
     at: float | None,
+    sidekiq_format: int | None = None,
 ) -> dict[str, Any]:
-    """A Sidekiq payload that Rails' Active Job runs as ``job_class``."""
+    """A Sidekiq payload that Rails' Active Job runs as ``job_class``, in the wrapper class and
+    time format of ``sidekiq_format`` (the process's when None)."""
     now = time.time()
+    created = stamp(now, sidekiq_format)
     serialized = serialize_args(args)
     if kwargs:
         marked = serialize(dict(kwargs))
@@ -68,16 +71,16 @@ def wrap(
         "enqueued_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
     }
     payload: dict[str, Any] = {
-        "class": WRAPPER,
+        "class": wrapper_class(sidekiq_format),
         "wrapped": job_class,
         "queue": queue,
         "args": [data],
         "retry": retry,
         "jid": jid,
-        "created_at": now,
+        "created_at": created,
     }
     if at is not None and at > now:
         payload["at"] = at
     else:
-        payload["enqueued_at"] = now
+        payload["enqueued_at"] = created
     return payload

@@ -21,6 +21,7 @@ import redis
 from kiq import exits
 from kiq.config import Config, ConfigError, load
 from kiq.connection import refusal
+from kiq.payload import set_format
 
 if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no metrics code early
     from kiq.api import API, Found, Job, SortedSet
@@ -57,10 +58,12 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
 def settings(config_path: str | None, redis_url: str | None, namespace: str | None) -> Config:
     """The config file with the flags applied, or exit 2 with one line naming the bad key."""
     try:
-        return load(config_path, {"redis_url": redis_url, "namespace": namespace})
+        config = load(config_path, {"redis_url": redis_url, "namespace": namespace})
     except ConfigError as error:
         click.echo(f"kiq: bad config: {error}", err=True)
         sys.exit(exits.CONFIG)
+    set_format(config.sidekiq_format)  # what retries and "enqueue now" write
+    return config
 
 
 def emit(as_json: bool, data: Any, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -126,9 +129,9 @@ def queues(api: API, as_json: bool) -> None:
 def processes(api: API, as_json: bool) -> None:
     """Worker processes with a live heartbeat, on every host."""
     found = api.processes()
-    rows = [[p.identity, p.info.get("tag", ""), f"{p.busy}/{p.info.get('concurrency', '?')}",
+    rows = [[p.identity, p.info.get("tag", ""), f"{p.busy}/{p.concurrency or '?'}",
              "quiet" if p.quiet else "", round(p.rss_kb / 1024, 1), _ago(p.beat),
-             ",".join(p.info.get("queues", []))] for p in found]
+             ",".join(p.queues)] for p in found]
     data = [{"identity": p.identity, "info": p.info, "busy": p.busy, "quiet": p.quiet, "rss_kb": p.rss_kb,
              "beat": p.beat, "running": p.running} for p in found]
     emit(as_json, data, ["identity", "tag", "busy", "state", "rss_mb", "beat", "queues"], rows)

@@ -23,7 +23,7 @@ from kiq.connection import connect, url_from_env, wire
 from kiq.execution import ClassMetrics
 from kiq.heartbeat import prefetched_by_queue
 from kiq.keys import Keys, day
-from kiq.payload import epoch_seconds, waited
+from kiq.payload import check_format, epoch_seconds, stamp, waited
 from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE, move_call
 
@@ -98,14 +98,18 @@ class Job:
         return decode_backtrace(self.payload.get("error_backtrace"))
 
     def summary(self) -> dict[str, Any]:
-        """What a listing shows of the job."""
+        """What a listing shows of the job; its times in epoch seconds, whichever Sidekiq
+        format wrote them."""
         found: dict[str, Any] = {"jid": self.jid, "class": self.job_class, "queue": self.queue,
                                  "args": self.args}
         if self.score is not None:
             found["at"] = self.score
-        for key in ("kwargs", "retry_count", "error_class", "error_message", "failed_at", "enqueued_at"):
+        for key in ("kwargs", "retry_count", "error_class", "error_message"):
             if key in self.payload:
                 found[key] = self.payload[key]
+        for key in ("failed_at", "enqueued_at"):
+            if key in self.payload:
+                found[key] = self.time(key)
         return found
 
 
@@ -135,6 +139,36 @@ class Process:
     rss_kb: int
     running: list[dict[str, Any]] = field(default_factory=list)
     prefetched: dict[str, int] = field(default_factory=dict)  # per queue, held but not started
+
+    @property
+    def capsules(self) -> dict[str, dict[str, Any]]:
+        """Sidekiq 8's ``capsules`` (name: concurrency, mode, weights); Sidekiq 6 and 7 write
+        none, and neither does kiq below format 8."""
+        capsules = self.info.get("capsules")
+        return {str(name): each for name, each in capsules.items() if isinstance(each, dict)} \
+            if isinstance(capsules, dict) else {}
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues it takes jobs from: ``queues`` as Sidekiq 6 and 7 write it, else the
+        queues named in its capsules' weights."""
+        queues = self.info.get("queues")
+        if isinstance(queues, list):
+            return [str(queue) for queue in queues]
+        names: list[str] = []
+        for capsule in self.capsules.values():
+            weights = capsule.get("weights")
+            if isinstance(weights, dict):
+                names += [str(name) for name in weights if str(name) not in names]
+        return names
+
+    @property
+    def concurrency(self) -> int:
+        """Its threads: ``concurrency``, else its capsules' added up."""
+        value = self.info.get("concurrency")
+        if isinstance(value, int):
+            return value
+        return sum(int(each.get("concurrency") or 0) for each in self.capsules.values())
 
 
 class Queue:
@@ -231,7 +265,7 @@ class SortedSet:
                 continue  # not a job hash: it stays where it is, for a person to look at
             payload = dict(job.payload)
             payload.pop("at", None)
-            payload["enqueued_at"] = time.time()
+            payload["enqueued_at"] = stamp(time.time(), self.api.sidekiq_format)
             if self.name == "retry" and isinstance(payload.get("retry_count"), int):
                 payload["retry_count"] -= 1
             moves.append((job.raw, job.queue, json.dumps(payload, separators=(",", ":"))))
@@ -284,8 +318,13 @@ class API:
         redis_url: str | None = None,
         namespace: str | None = None,
         connection: redis.Redis | None = None,
+        sidekiq_format: int | None = None,
     ) -> None:
+        """``sidekiq_format`` (6, 7 or 8) is the job format of the times it writes (a retried
+        entry's ``enqueued_at``); None means the process's (kiq.payload.writing_format). It
+        reads every format."""
         self.keys = Keys.using(namespace)
+        self.sidekiq_format = None if sidekiq_format is None else check_format(sidekiq_format)
         self.redis = connection or connect(redis_url or url_from_env(), name="kiq-api", retry=True)
         self.scheduled = SortedSet(self, "schedule", self.keys.schedule)
         self.retries = SortedSet(self, "retry", self.keys.retry)

@@ -21,7 +21,7 @@ import redis
 from kiq import activejob, middleware
 from kiq.connection import connect, url_from_env
 from kiq.keys import Keys
-from kiq.payload import new_jid, new_jids
+from kiq.payload import check_format, new_jid, new_jids, stamp
 from kiq.serialize import serialize_args, serialize_kwargs
 
 if TYPE_CHECKING:
@@ -50,24 +50,28 @@ def build_payload(
     retry: bool | int = True,
     at: float | None = None,
     jid: str | None = None,
+    sidekiq_format: int | None = None,
 ) -> dict[str, Any]:
     """A Sidekiq job hash. Keyword arguments go in kiq's own ``kwargs`` field so
-    that ``args`` stays what a Sidekiq reader expects."""
+    that ``args`` stays what a Sidekiq reader expects. Its times are in the format of
+    ``sidekiq_format`` (kiq.payload.stamp; the process's own when None); ``at``, which
+    becomes the schedule's score, stays in seconds."""
     now = time.time()
+    created = stamp(now, sidekiq_format)
     payload: dict[str, Any] = {
         "retry": retry,
         "queue": queue,
         "class": job_class,
         "args": serialize_args(args),
         "jid": jid or new_jid(),
-        "created_at": now,
+        "created_at": created,
     }
     if kwargs:
         payload["kwargs"] = serialize_kwargs(kwargs)
     if at is not None and at > now:
         payload["at"] = at
     else:
-        payload["enqueued_at"] = now
+        payload["enqueued_at"] = created
     return payload
 
 
@@ -79,8 +83,12 @@ class Client:
         redis_url: str | None = None,
         namespace: str | None = None,
         connection: redis.Redis | None = None,
+        sidekiq_format: int | None = None,
     ) -> None:
+        """``sidekiq_format`` (6, 7 or 8) is the Sidekiq job format this client writes; None
+        means the process's (kiq.payload.writing_format: ``KIQ_SIDEKIQ_FORMAT``, else 6)."""
         self.redis_url = redis_url or url_from_env()
+        self.sidekiq_format = None if sidekiq_format is None else check_format(sidekiq_format)
         self.keys = Keys.using(namespace)
         self.redis = connection or connect(self.redis_url, name="kiq-client", retry=True)
 
@@ -96,7 +104,8 @@ class Client:
         backtrace: bool | int | None = None,
     ) -> Enqueued:
         """Enqueue a job class, or a job by its wire name (a Ruby class, say)."""
-        payload = payload_for(job, args, kwargs, queue, retry, at, backtrace=backtrace)
+        payload = payload_for(job, args, kwargs, queue, retry, at, backtrace=backtrace,
+                              sidekiq_format=self.sidekiq_format)
         self.push_bulk([payload])
         return Enqueued(payload["jid"], payload["class"], payload["queue"], payload.get("at"))
 
@@ -120,12 +129,13 @@ class Client:
         jids = new_jids(len(args_list))
         if middleware.enqueue_hooks() or (not isinstance(job, str) and job.active_job):
             # each job's own hash: for the middleware's hooks, or to nest Active Job's job_id and args
-            payloads = [payload_for(job, args, None, queue, retry, at, jid, backtrace)
+            payloads = [payload_for(job, args, None, queue, retry, at, jid, backtrace, self.sidekiq_format)
                         for args, jid in zip(args_list, jids, strict=True)]
             for start in range(0, len(payloads), batch_size):
                 self.push_bulk(payloads[start : start + batch_size])
             return jids
-        shared = payload_for(job, (), None, queue, retry, at, backtrace=backtrace)
+        shared = payload_for(job, (), None, queue, retry, at, backtrace=backtrace,
+                             sidekiq_format=self.sidekiq_format)
         encoded = _encode_alike(shared, [serialize_args(args) for args in args_list], jids)
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start : start + batch_size]
@@ -199,19 +209,22 @@ def payload_for(
     at: float | None,
     jid: str | None = None,
     backtrace: bool | int | None = None,
+    sidekiq_format: int | None = None,
 ) -> dict[str, Any]:
     """The job hash for one job; options left None come from the job class (or Sidekiq's defaults
     for a wire name). Sidekiq's ``backtrace`` option is written only when it asks for one."""
     if isinstance(job, str):
         retry = True if retry is None else retry
-        payload = build_payload(job, args, kwargs, queue=queue or "default", retry=retry, at=at, jid=jid)
+        payload = build_payload(job, args, kwargs, queue=queue or "default", retry=retry, at=at, jid=jid,
+                                sidekiq_format=sidekiq_format)
     else:
         queue, retry = queue or job.queue, job.retry if retry is None else retry
         if job.active_job:
             payload = activejob.wrap(job.job_name, args, kwargs, queue=queue, jid=jid or new_jid(), at=at,
-                                     retry=retry)
+                                     retry=retry, sidekiq_format=sidekiq_format)
         else:
-            payload = build_payload(job.job_name, args, kwargs, queue=queue, retry=retry, at=at, jid=jid)
+            payload = build_payload(job.job_name, args, kwargs, queue=queue, retry=retry, at=at, jid=jid,
+                                    sidekiq_format=sidekiq_format)
         backtrace = job.backtrace if backtrace is None else backtrace
     if backtrace:
         payload["backtrace"] = backtrace

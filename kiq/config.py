@@ -20,6 +20,7 @@ from kiq import log
 from kiq.connection import ENCODE_PASSWORD, unencoded_password, url_from_env
 from kiq.errors import ConfigError
 from kiq.execution import MAX_RETENTION, RETENTION
+from kiq.payload import DEFAULT_FORMAT, check_format, env_format
 
 __all__ = ["Config", "ConfigError", "load", "parse_queues"]
 
@@ -56,6 +57,7 @@ class Config:
     tracing: bool = False  # OpenTelemetry spans and log fields (kiq.otel), on in each worker at boot
     tracing_span_naming: str = "queue"
     tracing_propagation_style: str = "link"
+    sidekiq_format: int = DEFAULT_FORMAT  # the Sidekiq job format kiq writes: 6, 7 or 8 (kiq.payload)
 
     @property
     def queue_names(self) -> list[str]:
@@ -132,6 +134,11 @@ def _build(raw: dict[str, Any]) -> Config:
     if "namespace" not in raw:
         config.namespace = os.environ.get("KIQ_NAMESPACE", "")
     config.web_password = config.web_password or os.environ.get("KIQ_WEB_PASSWORD", "")
+    if "sidekiq_format" not in raw:
+        try:
+            config.sidekiq_format = env_format()
+        except ValueError as error:
+            raise ConfigError("KIQ_SIDEKIQ_FORMAT", str(error)) from None
     _validate(config)
     return config
 
@@ -254,6 +261,10 @@ def _validate(config: Config) -> None:
                           "Sidekiq's histogram keys name a minute by its day of the month only")
     if not 0 <= config.metrics_port <= 65535:
         raise ConfigError("metrics.port", "must be a port number (0 turns metrics off)")
+    try:
+        check_format(config.sidekiq_format)
+    except ValueError as error:
+        raise ConfigError("sidekiq_format", str(error)) from None
     if config.log_level not in log.LEVELS:
         raise ConfigError("log.level", f"must be one of {', '.join(log.LEVELS)}")
     if config.log_format not in log.FORMATS:

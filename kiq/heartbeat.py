@@ -38,6 +38,14 @@ def rss_kb(pid: int | None = None) -> int:
     return 0
 
 
+def capsule(queues: Sequence[tuple[str, int]], strict: bool, concurrency: int) -> dict[str, Any]:
+    """A process's queues as one of Sidekiq 8's ``capsules``: its threads, how it picks a queue
+    (``strict`` order, or ``weighted``), and each queue's weight (0 in strict order, as Sidekiq
+    writes it)."""
+    return {"concurrency": concurrency, "mode": "strict" if strict else "weighted",
+            "weights": {name: 0 if strict else weight for name, weight in queues}}
+
+
 # KEYS: IDENTITY, IDENTITY:work, IDENTITY:workers, processes, kiq:wip, IDENTITY-signals.
 # ARGV: identity, TTL in ms, "1" to create the entry (the first beat) or "0", info, busy, beat,
 # quiet, rss, rtt_us, prefetched, how many kiq:wip members follow, the members, then the running

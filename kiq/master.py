@@ -34,6 +34,7 @@ from kiq import exits, exporter, inherited, log, metrics
 from kiq.config import Config, ConfigError
 from kiq.connection import RedisRefused, check_access, connect, keep_trying, redact, refusal
 from kiq.keys import Keys
+from kiq.payload import set_format
 from kiq.recovery import Recovery
 from kiq.scheduler import Scheduler
 from kiq.signals import SignalQueue, kill
@@ -42,7 +43,7 @@ from kiq.sweep import Sweeper
 
 MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN,
                   signal.SIGTTOU, signal.SIGTSTP, signal.SIGUSR1)
-MASTER_ONLY = ("redis_url", "namespace", "metrics_host", "metrics_port")
+MASTER_ONLY = ("redis_url", "namespace", "metrics_host", "metrics_port", "sidekiq_format")
 
 
 @dataclass
@@ -79,6 +80,7 @@ class Master:
         """Run until TERM or INT; returns the exit code. Raises AppLoadError if the first
         generation fails to load the app, or does not within ``boot_timeout``."""
         setproctitle.setproctitle("kiq master [booting]")
+        set_format(self.config.sidekiq_format)  # before the scheduler starts and any fork
         self.signals = SignalQueue(MASTER_SIGNALS)
         self.conn = connect(self.config.redis_url, name="kiq-master")
         if not self._wait_for_redis():

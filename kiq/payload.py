@@ -5,6 +5,13 @@ fetcher and the processor all need to read one, to wrap one that cannot be read,
 failed with Sidekiq's fields, and to name its job class; jids are made here too. Nothing here
 imports the job runtime (job classes, arguments, adapters), so the master, which never runs a
 job, needs none of it for this.
+
+Sidekiq's versions write two job formats: 6 and 7 write the time fields (``created_at``,
+``enqueued_at``, ``failed_at``, ``retried_at``) as float epoch seconds and wrap Active Jobs in
+Rails' ``JobWrapper``; 8 writes integer epoch milliseconds and ``Sidekiq::ActiveJob::Wrapper``.
+kiq reads both everywhere (``epoch_seconds``), and writes the one the ``sidekiq_format``
+setting names (``stamp``, ``wrapper_class``): the process-wide choice is made once at boot
+(``set_format``), and a client or API may be given its own.
 """
 
 from __future__ import annotations
@@ -18,8 +25,13 @@ from typing import Any
 
 INVALID_CLASS = "kiq.InvalidPayload"
 ACTIVE_JOB_WRAPPER = "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper"
-# Rails 6 and 7.0 wrap Active Jobs in the first, Sidekiq 7.1 and later in the second.
-ACTIVE_JOB_WRAPPERS = frozenset({ACTIVE_JOB_WRAPPER, "Sidekiq::ActiveJob::Wrapper"})
+SIDEKIQ8_WRAPPER = "Sidekiq::ActiveJob::Wrapper"
+# Rails' adapter and Sidekiq 7.3's write the first (7.3's is a subclass of the second); Sidekiq 8's
+# writes the second.
+ACTIVE_JOB_WRAPPERS = frozenset({ACTIVE_JOB_WRAPPER, SIDEKIQ8_WRAPPER})
+FORMATS = (6, 7, 8)
+DEFAULT_FORMAT = 6
+FORMAT_ENV = "KIQ_SIDEKIQ_FORMAT"
 
 class InvalidPayloadError(ValueError):
     """A payload kiq cannot run."""
@@ -68,7 +80,7 @@ def wrap_invalid(queue: str, raw: str, reason: str,
     only argument of a job hash rather than as the entry itself. Bytes that are
     not UTF-8 are kept exactly in ``raw_base64``.
     """
-    now = time.time()
+    now = stamp(time.time())
     data = raw.encode("utf-8", "surrogateescape")
     text = data.decode("utf-8", "replace")
     wrapped: dict[str, Any] = {
@@ -90,9 +102,59 @@ def wrap_invalid(queue: str, raw: str, reason: str,
 
 def mark_failed(job: dict[str, Any], error_class: str, message: str, now: float) -> dict[str, Any]:
     """``job`` with Sidekiq's fields of a failure that goes straight to the dead set."""
-    job.update(error_class=error_class, error_message=message, failed_at=now)
+    job.update(error_class=error_class, error_message=message, failed_at=stamp(now))
     job.setdefault("retry_count", 0)
     return job
+
+
+def check_format(value: Any) -> int:
+    """``value`` as one of FORMATS (also from a string, as an environment variable gives it), or
+    ValueError saying which are known."""
+    try:
+        fmt = int(value) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
+    except ValueError:
+        fmt = None
+    if fmt not in FORMATS:
+        raise ValueError(f"must be one of {', '.join(map(str, FORMATS))} (the Sidekiq version whose job "
+                         f"format kiq writes), not {value!r}")
+    return fmt
+
+
+def env_format() -> int:
+    """The format ``KIQ_SIDEKIQ_FORMAT`` names, or the default (6); ValueError for a bad one."""
+    raw = os.environ.get(FORMAT_ENV, "")
+    return check_format(raw) if raw else DEFAULT_FORMAT
+
+
+_writing: int | None = None  # set_format's choice; None until then (the environment's, read lazily)
+
+
+def set_format(fmt: int) -> None:
+    """Make ``fmt`` the format this process writes (``kiq start`` does it from the config, before
+    any fork, so the scheduler, recovery and every worker write the same)."""
+    global _writing
+    _writing = check_format(fmt)
+
+
+def writing_format() -> int:
+    """The format this process writes when a caller names none."""
+    global _writing
+    if _writing is None:
+        _writing = env_format()
+    return _writing
+
+
+def stamp(now: float, fmt: int | None = None) -> float | int:
+    """``now`` (epoch seconds) as a time field of format ``fmt`` writes it: float seconds for
+    Sidekiq 6 and 7, integer milliseconds for 8."""
+    if (writing_format() if fmt is None else fmt) >= 8:
+        return int(now * 1000)
+    return now
+
+
+def wrapper_class(fmt: int | None = None) -> str:
+    """The ``class`` of an Active Job payload in format ``fmt``."""
+    return SIDEKIQ8_WRAPPER if (writing_format() if fmt is None else fmt) >= 8 else ACTIVE_JOB_WRAPPER
 
 
 def epoch_seconds(value: Any) -> float | None:

@@ -16,6 +16,8 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+from kiq.payload import stamp
+
 DEFAULT_MAX_RETRIES = 25
 DEAD_MAX_JOBS = 10_000
 DEAD_TIMEOUT = 180 * 24 * 3600
@@ -100,9 +102,9 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
     previous = job.get("retry_count")
     if type(previous) is int:  # -1 after a manual retry, which gives a try back (as in Sidekiq)
         job["retry_count"] = min(max(previous + 1, 0), MAX_COUNT)
-        job["retried_at"] = now
+        job["retried_at"] = stamp(now)
     else:
-        job["failed_at"] = now
+        job["failed_at"] = stamp(now)
         job["retry_count"] = 0
     count = job["retry_count"]
     if delay is not None:

@@ -24,7 +24,7 @@ import redis
 from kiq import log
 from kiq.connection import Outage, connect, wire
 from kiq.keys import Keys
-from kiq.payload import InvalidPayloadError, decode, wrap_invalid
+from kiq.payload import InvalidPayloadError, decode, stamp, wrap_invalid
 from kiq.retry import TRIM_DEAD
 
 # KEYS: the sorted set, dead, queues, then the lists of the queues the jobs go to (see
@@ -98,7 +98,7 @@ class Scheduler:
         except InvalidPayloadError as error:
             return "", json.dumps(wrap_invalid("", raw, str(error)), separators=(",", ":"))
         payload.pop("at", None)
-        payload["enqueued_at"] = time.time()
+        payload["enqueued_at"] = stamp(time.time())
         return str(payload.get("queue") or "default"), json.dumps(payload, separators=(",", ":"))
 
     def _loop(self) -> None:

@@ -47,6 +47,7 @@ from kiq.fetch import Fetcher
 from kiq.keys import Keys, member
 from kiq.ledger import Ledger
 from kiq.metrics import record
+from kiq.payload import writing_format
 from kiq.processor import describe, handle, prepare, timed_out, unhandled
 from kiq.retry import Outcome
 from kiq.roundtrip import QueueOrder, Unit
@@ -403,6 +404,9 @@ class Worker:
             "labels": [],
             "generation": self.generation,  # kiq's own: the Busy page shows it, Sidekiq ignores it
         }
+        if writing_format() >= 8:  # Sidekiq 8 reads a process's queues and threads from its capsules
+            info["capsules"] = {"default": heartbeat.capsule(self.config.queues, self.config.strict,
+                                                            self.config.concurrency)}
         conn = connect(self.config.redis_url, name=f"kiq-beat-{self.identity}")
         wip = [member(self.identity, queue) for queue in self.config.queue_names]
         return heartbeat.Heartbeat(conn, self.keys, self.identity, info, self._work,

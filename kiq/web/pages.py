@@ -42,7 +42,7 @@ def dashboard(view: View) -> Response:
                        hour_choices=HOURS, hourly=hourly,
                        hourly_chart=charts.bars(hourly, "hour", lambda hour: hour[11:]),
                        queues=kiq_api.queue_summaries(api)[:10],
-                       threads=sum(int(p.info.get("concurrency") or 0) for p in processes),
+                       threads=sum(p.concurrency for p in processes),
                        redis=kiq_api.redis_info(api))
 
 
@@ -59,12 +59,12 @@ def busy(view: View) -> Response:
     processes = view.api.processes()
     page = paging.of(paging.Paging.parse(view.request.args), processes,
                      lambda p: " ".join([p.identity, str(p.info.get("tag", "")),
-                                         " ".join(p.info.get("queues", []))]))
+                                         " ".join(p.queues)]))
     running = sorted((found for process in page.items for found in kiq_api.running(process)),
                      key=lambda found: (found.name, found.since or 0))  # by process, longest running first
     return view.render("busy.html", page=page, running=running, now=time.time(), count=len(processes),
                        busy=sum(p.busy for p in processes),
-                       threads=sum(int(p.info.get("concurrency") or 0) for p in processes))
+                       threads=sum(p.concurrency for p in processes))
 
 
 def queues(view: View) -> Response:

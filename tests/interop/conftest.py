@@ -1,4 +1,9 @@
-"""Ruby peers for the interop tests: Sidekiq 6.4 and Active Job 6.1 from Debian's packages.
+"""Ruby peers for the interop tests: Sidekiq 6.4 and Active Job 6.1 from Debian's packages, and
+Sidekiq 7.3 from the unmodified sources kept in ../shared/vendor/ruby (see its README).
+
+Every test that uses a Ruby peer (``ruby``, ``sidekiq``, ``web_ui``) runs once per Sidekiq
+version (``sidekiq_version``: "6.4", "7.3"). The 7.3 runs skip with a message where
+../shared is absent: it comes with the development machine, not with kiq.
 
 Every Ruby process runs with REDIS_URL pointing at the test's private redis-server and is
 stopped by pid when the test ends (SIGTERM, then SIGKILL). Their output goes to files in the
@@ -35,19 +40,52 @@ from typing import Any, BinaryIO
 
 import pytest
 import redis
-from conftest import Kiq, RedisServer, run_python, wait_for
+from conftest import ROOT, Kiq, RedisServer, run_python, wait_for
 
 RUBY_DIR = Path(__file__).resolve().parent / "ruby"
 APP = RUBY_DIR / "app.rb"
+VENDOR = ROOT.parent / "shared" / "vendor" / "ruby"
+SIDEKIQS = ("6.4", "7.3")
+VENDORED_GEMS = ("sidekiq", "redis-client", "connection_pool")
 
 
-def ruby_env(redis_url: str) -> dict[str, str]:
+def vendored_sidekiq() -> Path:
+    """Sidekiq 7.3's sources, or a skip saying where they were looked for."""
+    if not (VENDOR / "sidekiq" / "lib" / "sidekiq.rb").exists():
+        pytest.skip(f"Sidekiq 7.3's sources are not at {VENDOR}: they come with the development "
+                    "machine's shared/ directory, not with kiq")
+    return VENDOR / "sidekiq"
+
+
+def ruby_env(redis_url: str, version: str = "6.4") -> dict[str, str]:
+    """The environment of a Ruby peer of ``version``: Debian's gems, or for 7.3 the vendored
+    ones ahead of them on RUBYLIB. SIDEKIQ_EXPECTED makes app.rb check which one it loaded."""
     if shutil.which("ruby") is None or shutil.which("sidekiq") is None:
         pytest.fail("ruby and sidekiq are not installed (make test installs ruby-sidekiq and the others)")
     env = dict(os.environ)
+    env.pop("RUBYLIB", None)
+    if version != "6.4":
+        vendored_sidekiq()
+        env["RUBYLIB"] = os.pathsep.join(str(VENDOR / gem / "lib") for gem in VENDORED_GEMS)
+    env["SIDEKIQ_EXPECTED"] = version
     env["REDIS_URL"] = redis_url
     env["APP_ENV"] = env["RACK_ENV"] = "production"
     return env
+
+
+def sidekiq_command(version: str) -> list[str]:
+    """The ``sidekiq`` executable of ``version``."""
+    if version == "6.4":
+        return ["sidekiq"]
+    return ["ruby", str(vendored_sidekiq() / "bin" / "sidekiq")]
+
+
+@pytest.fixture(params=SIDEKIQS, ids=[f"sidekiq{version}" for version in SIDEKIQS])
+def sidekiq_version(request: pytest.FixtureRequest) -> str:
+    """The version of Ruby Sidekiq a test's Ruby peers run; 7.3 skips where it is not vendored."""
+    if request.param != "6.4":
+        vendored_sidekiq()
+    return str(request.param)
 
 
 def stop(process: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
@@ -70,11 +108,12 @@ class RubyError(Exception):
 class RubyRepl:
     """A Ruby process with ruby/app.rb loaded that evaluates snippets (ruby/repl.rb)."""
 
-    def __init__(self, redis_url: str, log_path: Path) -> None:
+    def __init__(self, redis_url: str, log_path: Path, version: str = "6.4") -> None:
         self.log_path = log_path
+        self.version = version
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen(
-                ["ruby", str(RUBY_DIR / "repl.rb")], cwd=RUBY_DIR, env=ruby_env(redis_url),
+                ["ruby", str(RUBY_DIR / "repl.rb")], cwd=RUBY_DIR, env=ruby_env(redis_url, version),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
             )
         self._buffer = b""
@@ -141,8 +180,10 @@ class WebUI:
 
     TOKEN = re.compile(r"name='authenticity_token' value='([^']+)'")
 
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log_path: Path,
+                 version: str = "6.4") -> None:
         self.process = process
+        self.version = version
         self.base = f"http://127.0.0.1:{port}"
         self.log_path = log_path
         self.cookies: dict[str, str] = {}
@@ -189,26 +230,28 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 
 
 @pytest.fixture
-def ruby(redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RubyRepl]:
-    repl = RubyRepl(redis_server.url, tmp_path / "ruby-repl.log")
+def ruby(redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest,
+         sidekiq_version: str) -> Iterator[RubyRepl]:
+    repl = RubyRepl(redis_server.url, tmp_path / "ruby-repl.log", sidekiq_version)
     yield repl
     repl.close()
     _show_log_on_failure(request, repl.log_path)
 
 
 @pytest.fixture
-def sidekiq(redis_server: RedisServer, tmp_path: Path,
-            request: pytest.FixtureRequest) -> Iterator[Callable[..., Sidekiq]]:
+def sidekiq(redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest,
+            sidekiq_version: str) -> Iterator[Callable[..., Sidekiq]]:
     """Start ``sidekiq -r ruby/app.rb`` on queue ``ruby`` (or ``queues``); waits for its heartbeat."""
     started: list[Sidekiq] = []
 
     def start(queues: tuple[str, ...] = ("ruby",), concurrency: int = 2) -> Sidekiq:
         log_path = tmp_path / f"sidekiq-{len(started)}.log"
-        command = ["sidekiq", "-r", str(APP), "-c", str(concurrency), "-t", "3", "-e", "production"]
+        command = [*sidekiq_command(sidekiq_version), "-r", str(APP), "-c", str(concurrency), "-t", "3",
+                   "-e", "production"]
         for queue in queues:
             command += ["-q", queue]
         with open(log_path, "wb") as log:
-            process = subprocess.Popen(command, cwd=RUBY_DIR, env=ruby_env(redis_server.url),
+            process = subprocess.Popen(command, cwd=RUBY_DIR, env=ruby_env(redis_server.url, sidekiq_version),
                                        stdout=log, stderr=subprocess.STDOUT)
         peer = Sidekiq(process, log_path, redis_server.client())
         started.append(peer)
@@ -222,14 +265,16 @@ def sidekiq(redis_server: RedisServer, tmp_path: Path,
 
 
 @pytest.fixture
-def web_ui(redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[WebUI]:
+def web_ui(redis_server: RedisServer, tmp_path: Path, request: pytest.FixtureRequest,
+           sidekiq_version: str) -> Iterator[WebUI]:
     log_path = tmp_path / "web-ui.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(["ruby", str(RUBY_DIR / "web.rb")], cwd=RUBY_DIR,
-                                   env=ruby_env(redis_server.url), stdout=subprocess.PIPE, stderr=log)
+                                   env=ruby_env(redis_server.url, sidekiq_version), stdout=subprocess.PIPE,
+                                   stderr=log)
     try:
         port = _read_port(process, log_path)
-        yield WebUI(process, port, log_path)
+        yield WebUI(process, port, log_path, sidekiq_version)
     finally:
         stop(process)
         if process.stdout is not None:

@@ -1,5 +1,6 @@
-"""Rails Active Job 6.1 through its Sidekiq adapter, and kiq's Active Job-shaped jobs, both ways,
-with a Global ID argument located on the other side."""
+"""Rails Active Job 6.1 through the Sidekiq adapter (Active Job's own with Sidekiq 6.4, Sidekiq's
+own with 7.3), and kiq's Active Job-shaped jobs, both ways, with a Global ID argument located on
+the other side."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ from conftest import wait_for
 pytestmark = pytest.mark.slow
 
 AJ = "ActiveJob::Serializers::"
+# Active Job 6.1 passes a BigDecimal argument to Sidekiq as it is, which Sidekiq 7 refuses (its
+# strict_args!, on by default): only the 6.4 run sends one.
+AMOUNT = {"6.4": ', amount: BigDecimal("1.50")', "7.3": ""}
 ACCOUNT = {"class": "Account", "id": "7", "name": "Ada"}
 
 
@@ -23,7 +27,7 @@ def test_rails_perform_later_runs_as_the_python_job_of_that_name_with_the_record
       now = AccountJob.set(queue: "default").perform_later(
         Account.find("7"), "hello",
         greeting: "hi", on: Date.new(2026, 1, 2), at: Time.utc(2026, 1, 2, 3, 4, 5.678r), mode: :fast,
-        pause: 5.minutes, tags: ["a", {"b" => nil, c: [1.5]}], amount: BigDecimal("1.50"))
+        pause: 5.minutes, tags: ["a", {"b" => nil, c: [1.5]}]AMOUNT)
       later = AccountJob.set(queue: "default", wait: 1.5).perform_later(Account.find("7"), "later")
       gone = Account.find("8")
       Sidekiq.redis { |conn| conn.hdel("interop:accounts", "8") }
@@ -33,7 +37,7 @@ def test_rails_perform_later_runs_as_the_python_job_of_that_name_with_the_record
         "later" => [later.job_id, later.provider_job_id, later.scheduled_at],
         "missing" => [missing.job_id, missing.provider_job_id],
       }
-    """)
+    """.replace("AMOUNT", AMOUNT[ruby.version]))
     wait_for(lambda: r.llen("py:accounts") == 2 and r.zcard("retry") == 1, timeout=30)
     ran = {entry["job_id"]: entry for entry in map(json.loads, r.lrange("py:accounts", 0, -1))}
 
@@ -52,7 +56,7 @@ def test_rails_perform_later_runs_as_the_python_job_of_that_name_with_the_record
         "pause": {"_aj_serialized": AJ + "DurationSerializer", "value": 300,
                   "parts": [[{"_aj_serialized": AJ + "SymbolSerializer", "value": "seconds"}, 300]]},
         "tags": ["a", {"b": None, "c": [1.5]}],
-        "amount": "1.5",  # Active Job 6.1 sends a BigDecimal as a plain JSON string
+        **({"amount": "1.5"} if ruby.version == "6.4" else {}),  # 6.1 sends a BigDecimal as a JSON string
     }
 
     job_id, jid, scheduled_at = enqueued["later"]

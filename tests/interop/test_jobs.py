@@ -1,4 +1,5 @@
-"""Jobs cross between Ruby Sidekiq 6.4 and kiq in both directions, with their arguments intact."""
+"""Jobs cross between Ruby Sidekiq (6.4 and 7.3) and kiq in both directions, with their arguments
+intact."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ RUBY_ARGS = """[
   0, -7, 2**62, 3.25, -0.5, 1.0e-9, true, false, nil,
   [1, [2, [3, []]], "x"],
   {"name" => "kiq", "tags" => ["a", "b"], "nested" => {"deep" => [1, {"x" => nil}]}, "empty" => {}},
-  {count: 3, symbol: :value},
+  SYMBOLS,
   []
 ]"""
+# Sidekiq 7 refuses arguments that are not JSON's own types (strict_args!, on by default): a 7 app
+# cannot push symbols, so its hash has the strings JSON turns them into.
+SYMBOLS = {"6.4": "{count: 3, symbol: :value}", "7.3": '{"count" => 3, "symbol" => "value"}'}
 PYTHON_ARGS = [
     "plain", "ünïcødé ✓ 🚀", "", 'quote " and \\ backslash',
     0, -7, 2**62, 3.25, -0.5, 1.0e-9, True, False, None,
@@ -40,7 +44,7 @@ def echoes(r, key: str, count: int) -> dict[str, dict]:
 def test_ruby_client_pushes_run_as_the_python_job_with_exactly_those_arguments(r, ruby, interop_kiq):
     interop_kiq()
     pushed = ruby(f"""
-      args = {RUBY_ARGS}
+      args = {RUBY_ARGS.replace("SYMBOLS", SYMBOLS[ruby.version])}
       at = Time.now.to_f + 1.5
       {{
         "args" => JSON.parse(JSON.generate(args)),

@@ -1,4 +1,4 @@
-"""Sidekiq's Ruby API reads and changes kiq's data, and kiq's API reads Ruby Sidekiq's."""
+"""Sidekiq's Ruby API (6.4 and 7.3) reads and changes kiq's data, and kiq's API reads Ruby Sidekiq's."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ SNAPSHOT = """
       "tag" => process.tag, "labels" => process.labels, "stopping" => process.stopping?,
       "started_at" => process["started_at"], "beat" => process["beat"], "rss" => process["rss"],
     } },
-    "workers" => Sidekiq::Workers.new.map { |process, thread, work| {
+    "workers" => Sidekiq::Workers.new.map { |process, thread, work| work = Interop.work(work); {
       "process" => process, "thread" => thread, "queue" => work["queue"], "run_at" => work["run_at"],
       "jid" => work["payload"]["jid"], "class" => work["payload"]["class"], "args" => work["payload"]["args"],
     } },

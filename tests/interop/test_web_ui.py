@@ -1,4 +1,4 @@
-"""Sidekiq 6.4's Web UI shows kiq's processes, running jobs, retries, dead and scheduled jobs,
+"""Sidekiq's Web UI (6.4 and 7.3) shows kiq's processes, running jobs, retries, dead and scheduled jobs,
 and its buttons act on them: kiq runs what it retries and obeys its Quiet and Stop."""
 
 from __future__ import annotations

@@ -2,10 +2,21 @@
 # `sidekiq -r app.rb`, the snippet evaluator (repl.rb) and the Web UI (web.rb).
 # Redis comes from REDIS_URL, which the tests point at their private redis-server.
 # Jobs record what they see in Redis lists named "ruby:*", as JSON.
+# The same file serves Debian's Sidekiq 6.4 and the vendored Sidekiq 7.3 (RUBYLIB names it, see
+# tests/interop/conftest.py); SIDEKIQ_EXPECTED says which one the test meant to load.
 require "json"
 require "bigdecimal"
 require "logger"
 require "sidekiq"
+if ENV["SIDEKIQ_EXPECTED"] && !Sidekiq::VERSION.start_with?(ENV["SIDEKIQ_EXPECTED"])
+  abort "app.rb: loaded Sidekiq #{Sidekiq::VERSION}, expected #{ENV["SIDEKIQ_EXPECTED"]}"
+end
+if Sidekiq::VERSION >= "7"
+  # Sidekiq 7.3 brings its own Active Job adapter, which RUBYLIB puts ahead of Active Job 6.1's;
+  # its wrapper class lives in sidekiq/rails, which a Rails app loads at boot (railties 6.1 here).
+  require "rails"
+  require "sidekiq/rails"
+end
 require "sidekiq/api"
 require "active_job"
 require "globalid"
@@ -18,7 +29,7 @@ ActiveJob::Base.logger = Logger.new($stderr, level: Logger::WARN)
 Sidekiq.configure_server do |config|
   # Poll the schedule and retry sets every 0.1 to 0.3 s, from the start, instead of every
   # 2.5 to 7.5 s after an initial 10 to 15 s: the tests check that jobs run on time.
-  config.options[:poll_interval_average] = 0.2
+  (config.respond_to?(:options) ? config.options : config)[:poll_interval_average] = 0.2
   Sidekiq::Scheduled::Poller.prepend(Module.new do
     private
 
@@ -30,6 +41,14 @@ end
 module Interop
   def self.record(list, value)
     Sidekiq.redis { |conn| conn.rpush(list, JSON.generate(value)) }
+  end
+
+  # A running job as Sidekiq::Workers yields it (a Hash in 6.4, a Sidekiq::Work in 7), as a Hash
+  # with the payload parsed.
+  def self.work(work)
+    hash = work.is_a?(Hash) ? work : {"queue" => work.queue, "run_at" => work.run_at.to_i, "payload" => work.payload}
+    payload = hash["payload"]
+    hash.merge("payload" => payload.is_a?(String) ? JSON.parse(payload) : payload)
   end
 
   # A value as JSON can show it, with its Ruby class where JSON would lose it.
@@ -81,14 +100,16 @@ class RubyDeadJob
   end
 end
 
-# Runs until the test pushes to ruby:release:TOKEN (or 60 s pass).
+# Runs until the test pushes to ruby:release:TOKEN (or 60 s pass). It polls: Sidekiq 7's
+# redis-client gives up on a reply after 3 s, so a long BLPOP would fail the job there.
 class RubyGateJob
   include Sidekiq::Worker
   sidekiq_options queue: "ruby"
 
   def perform(token)
     Interop.record("ruby:started", token)
-    Sidekiq.redis { |conn| conn.blpop("ruby:release:#{token}", timeout: 60) }
+    deadline = Time.now + 60
+    sleep 0.05 until Sidekiq.redis { |conn| conn.lpop("ruby:release:#{token}") } || Time.now > deadline
   end
 end
 
