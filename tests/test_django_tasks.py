@@ -30,7 +30,7 @@ from kiq.keys import Keys
 
 pytest.importorskip("django")
 if pytest.importorskip("importlib.util").find_spec("django.tasks") is None:
-    pytest.importorskip("django_tasks", reason="Django before 6 needs the django-tasks backport: make install")
+    pytest.importorskip("django_tasks", reason="Django before 6 needs the django-tasks backport (kiq[dev])")
 
 pytestmark = pytest.mark.slow
 SITE = TESTS / "tasksite"
@@ -45,7 +45,7 @@ class Site:
 
     def call(self, path: str, body: dict[str, Any] | None = None) -> tuple[int, dict[str, Any]]:
         data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(self.url + path, data=data, method="POST" if body is not None else "GET",
+        request = urllib.request.Request(self.url + path, data=data, method="GET" if body is None else "POST",
                                          headers={"Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=30) as answer:
@@ -86,8 +86,9 @@ def site(redis_server: RedisServer, tmp_path: Path, django_env: None) -> Iterato
 
     port = free_port()
     log = open(tmp_path / "runserver.log", "wb")  # noqa: SIM115  closed below
-    server = subprocess.Popen([sys.executable, "-m", "django", "runserver", "--noreload", f"127.0.0.1:{port}"],
-                              cwd=SITE, env=sample_env(redis_server.url), stdout=log, stderr=subprocess.STDOUT)
+    command = [sys.executable, "-m", "django", "runserver", "--noreload", f"127.0.0.1:{port}"]
+    server = subprocess.Popen(command, cwd=SITE, env=sample_env(redis_server.url), stdout=log,
+                              stderr=subprocess.STDOUT)
     try:
         wait_for(lambda: server.poll() is not None or _listening(port), timeout=30)
         assert server.poll() is None, (tmp_path / "runserver.log").read_text()
@@ -149,9 +150,9 @@ def test_a_task_that_raises_fails_with_its_error_and_goes_to_kiqs_dead_set(
 
 def test_the_frameworks_validation_errors_reach_the_view_and_nothing_is_enqueued(
         site: Site, r: Any) -> None:
-    invalid = "django.tasks.exceptions.InvalidTask"
-    if os.environ.get("KIQ_DJANGO_TASKS") != "django.tasks" and site.call("/backend")[1]["framework"] != "django.tasks":
-        invalid = "django_tasks.exceptions.InvalidTaskError"
+    framework = site.call("/backend")[1]["framework"]
+    invalid = {"django.tasks": "django.tasks.exceptions.InvalidTask",  # Django 6
+               "django_tasks": "django_tasks.exceptions.InvalidTaskError"}[framework]
     cases = [
         ({"using": {"queue_name": "nope"}}, invalid, "Queue 'nope' is not valid for backend."),
         ({"using": {"priority": 5}}, invalid, "Backend does not support setting priority of tasks."),

@@ -83,9 +83,10 @@ class DjangoTask(Job):
         results.finished(self.jid, status, finished, return_value="" if outcome.failed else self.return_value,
                          error=encode(error) if error else "",
                          fields=self.fields or {"task": encode(description)}, due_in=due_in)
-        self._finished_signal(status, finished, error)
+        self._finished_signal(status, finished, error, outcome.error)
 
-    def _finished_signal(self, status: str, finished: float | None, error: dict[str, str] | None) -> None:
+    def _finished_signal(self, status: str, finished: float | None, error: dict[str, str] | None,
+                         outcome_error: BaseException | None) -> None:
         result = self.task_result
         if result is None:  # the task never started: there is nothing to tell Django's signal
             return
@@ -96,7 +97,14 @@ class DjangoTask(Job):
             result.errors.append(framework.TaskError(**error))
         if status == "SUCCESSFUL":
             object.__setattr__(result, "_return_value", json.loads(self.return_value))
-        framework.task_finished.send(type(result.task.get_backend()), task_result=result)
+        sender = type(result.task.get_backend())
+        if outcome_error is None:
+            framework.task_finished.send(sender, task_result=result)
+            return
+        try:  # the framework sends it inside the handler of what the task raised, for its log line
+            raise outcome_error
+        except BaseException:
+            framework.task_finished.send(sender, task_result=result)
 
 
 class TaskResults(middleware.Middleware):
@@ -109,7 +117,7 @@ class TaskResults(middleware.Middleware):
         try:
             job.finish(outcome)
         except Exception:  # Redis away, a backend gone from TASKS: the job's outcome stands
-            logger.exception("could not write the task's result")
+            logger.exception("could not record the end of the task's attempt")
         return outcome
 
 

@@ -12,7 +12,6 @@ import json
 
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
-
 from taskapp import tasks
 from taskapp.tasks import framework
 
@@ -94,4 +93,5 @@ def _call(request: HttpRequest, name: str) -> tuple[object, list[object], dict[s
 
 def _error(error: Exception) -> JsonResponse:
     kind = type(error)
-    return JsonResponse({"error": f"{kind.__module__}.{kind.__qualname__}", "message": str(error)}, status=400)
+    return JsonResponse({"error": f"{kind.__module__}.{kind.__qualname__}", "message": str(error)},
+                        status=400)
