@@ -24,10 +24,14 @@ one; queues and their weights (or ``strict`` order) in the workers' config are k
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from typing import Any
+
+import redis
+from django.core.exceptions import ImproperlyConfigured
 
 from kiq.client import Client, payload_for
 from kiq.connection import url_from_env
@@ -61,8 +65,8 @@ class KiqBackend(framework.BaseTaskBackend):  # type: ignore[misc]
         options = self.options
         self.retry: bool | int = options.get("retry", 0)
         if not (isinstance(self.retry, bool) or (type(self.retry) is int and self.retry >= 0)):
-            raise framework.InvalidTask(f"TASKS[{alias!r}]['OPTIONS']['retry'] is True, False or a number "
-                                        f"of retries, not {self.retry!r}")
+            raise ImproperlyConfigured(f"TASKS[{alias!r}]['OPTIONS']['retry'] is True, False or a number of "
+                                       f"retries, not {self.retry!r}")
         self.client = _client(options.get("redis_url") or url_from_env(), options.get("namespace"))
         self.results = Results(self.client.redis, self.client.keys,
                                float(options.get("result_ttl", DEFAULT_RESULT_TTL)))
@@ -83,7 +87,12 @@ class KiqBackend(framework.BaseTaskBackend):  # type: ignore[misc]
         payload["display_class"] = task.module_path  # what Sidekiq's Web UI shows as the job's class
         self.results.enqueued(result.id, stored_fields(description, result.args, result.kwargs, now),
                               due_in=at - now if at is not None else 0.0)
-        self.client.push(payload)
+        try:
+            self.client.push(payload)
+        except BaseException:
+            with contextlib.suppress(redis.RedisError):  # the push's error is the one to report
+                self.results.forget(result.id)
+            raise
         framework.task_enqueued.send(type(self), task_result=result)
         return result
 

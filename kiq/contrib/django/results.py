@@ -47,6 +47,7 @@ START = APPEND + """
 local key = KEYS[1]
 fill(key, 4)
 redis.call('HSET', key, 'status', 'RUNNING', 'last_attempted_at', ARGV[2])
+redis.call('HDEL', key, 'finished_at', 'return_value')  -- of a run before, retried from the dead set
 redis.call('HSETNX', key, 'started_at', ARGV[2])
 append(key, 'worker_ids', ARGV[3])
 redis.call('PEXPIRE', key, ARGV[1])
@@ -83,6 +84,10 @@ class Results:
         self.ttl = ttl
         self._start = conn.register_script(START)
         self._finish = conn.register_script(FINISH)
+
+    def forget(self, result_id: str) -> None:
+        """Delete a result (of a task whose push failed)."""
+        self.redis.delete(self.keys.task_result(result_id))
 
     def enqueued(self, result_id: str, fields: Mapping[str, str], due_in: float = 0.0) -> None:
         """Write a new result (``READY``); it expires ``ttl`` after it is due."""
