@@ -167,12 +167,18 @@ def test_the_frameworks_validation_errors_reach_the_view_and_nothing_is_enqueued
     assert r.keys("*") == []  # no job, no result
 
 
-def test_run_after_waits_in_kiqs_schedule(site: Site, worker: Kiq, r: Any) -> None:
-    result_id = site.enqueue("now", using={"run_after_in": 2})
+def test_run_after_waits_in_kiqs_schedule(site: Site, r: Any) -> None:
+    result_id = site.enqueue("now", using={"run_after_in": 60})
     [(scheduled, due)] = r.zrange(KEYS.schedule, 0, -1, withscores=True)
-    assert json.loads(scheduled)["jid"] == result_id
+    assert json.loads(scheduled)["jid"] == result_id and due > time.time() + 30
     waiting = site.result("now", result_id)
     assert waiting["status"] == "READY" and waiting["run_after"] == pytest.approx(due)
+    assert r.pttl(KEYS.task_result(result_id)) > 600_000  # result_ttl from when it is due
+
+
+def test_a_task_with_run_after_runs_once_it_is_due(site: Site, worker: Kiq) -> None:
+    result_id = site.enqueue("now", using={"run_after_in": 1})
+    due = site.result("now", result_id)["run_after"]
     found = site.finished("now", result_id)
     assert found["status"] == "SUCCESSFUL"
     assert found["return_value"] >= due and found["started_at"] >= due
@@ -210,3 +216,17 @@ def test_a_failed_attempt_kiq_retries_is_ready_again_then_succeeds(site: Site, w
 
 def test_an_unknown_result_id_does_not_exist(site: Site) -> None:
     assert site.call("/result/add/0123456789abcdef01234567") == (404, {"error": "TaskResultDoesNotExist"})
+
+
+def test_a_failed_task_retried_from_kiqs_dead_set_runs_again_under_the_same_result(
+        site: Site, worker: Kiq, redis_server: RedisServer) -> None:
+    from kiq.api import API
+
+    result_id = site.enqueue("flaky", using={"backend": "default"})  # retry 0: dead at its first failure
+    failed = site.finished("flaky", result_id)
+    assert failed["status"] == "FAILED" and failed["attempts"] == 1
+    dead = API(redis_server.url).dead
+    assert dead.retry([dead.find(result_id)]) == 1
+    found = wait_for(lambda: (again := site.result("flaky", result_id))["status"] == "SUCCESSFUL" and again)
+    assert (found["return_value"], found["attempts"], len(found["errors"])) == (2, 2, 1)
+    assert found["finished_at"] > failed["finished_at"]
