@@ -230,3 +230,14 @@ def test_a_failed_task_retried_from_kiqs_dead_set_runs_again_under_the_same_resu
     found = wait_for(lambda: (again := site.result("flaky", result_id))["status"] == "SUCCESSFUL" and again)
     assert (found["return_value"], found["attempts"], len(found["errors"])) == (2, 2, 1)
     assert found["finished_at"] > failed["finished_at"]
+
+
+def test_a_worker_runs_no_task_it_did_not_load(site: Site, worker: Kiq) -> None:
+    """kiq never imports a module a payload names: a task outside the installed apps' ``tasks``
+    modules and the workers' ``require`` fails, and its result says why."""
+    result_id = site.enqueue("elsewhere")
+    found = site.finished("elsewhere", result_id)
+    assert found["status"] == "FAILED" and found["attempts"] == 0
+    [error] = found["errors"]
+    assert error["exception_class_path"] == "kiq.contrib.django.convert.UnknownTaskError"
+    assert "no task tasksite.othertasks.elsewhere is loaded" in error["traceback"]

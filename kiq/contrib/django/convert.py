@@ -51,9 +51,9 @@ def find_task(description: dict[str, Any], importing: bool = False) -> Any:
     for part in name.split("."):
         found = getattr(found, part, None)
     if not isinstance(found, framework.Task):
-        where = ("add its module to the workers' require, or name it tasks.py in an installed app"
-                 if not importing else "is the module where it was when it was enqueued?")
-        raise UnknownTaskError(f"no task {module_name}.{name} is loaded: {where}")
+        hint = ("add its module to the workers' require, or name it tasks.py in an installed app"
+                if not importing else "was it renamed or moved since it was enqueued?")
+        raise UnknownTaskError(f"no task {module_name}.{name} is loaded: {hint}")
     run_after = description.get("run_after")
     options = {
         "backend": str(description.get("backend") or found.backend),

@@ -15,6 +15,8 @@ from django.utils import timezone
 from taskapp import tasks
 from taskapp.tasks import framework
 
+from tasksite import othertasks
+
 
 def enqueue(request: HttpRequest, name: str) -> JsonResponse:
     try:
@@ -40,7 +42,7 @@ def result(request: HttpRequest, name: str, result_id: str) -> JsonResponse:
         if name == "-":
             found = framework.default_task_backend.get_result(result_id)
         else:
-            found = getattr(tasks, name).get_result(result_id)
+            found = _task(name).get_result(result_id)
     except framework.exceptions.TaskResultDoesNotExist:
         return JsonResponse({"error": "TaskResultDoesNotExist"}, status=404)
     data = {
@@ -82,13 +84,17 @@ def _call(request: HttpRequest, name: str) -> tuple[object, list[object], dict[s
         using["run_after"] = timezone.now() + dt.timedelta(seconds=using.pop("run_after_in"))
     if using.pop("naive_run_after", False):
         using["run_after"] = dt.datetime.now() + dt.timedelta(seconds=60)
-    task = getattr(tasks, name)
+    task = _task(name)
     if using:
         task = task.using(**using)
     args = list(body.get("args", []))
     if body.get("not_json"):
         args.append(object())
     return task, args, dict(body.get("kwargs", {}))
+
+
+def _task(name: str) -> object:
+    return getattr(tasks, name, None) or getattr(othertasks, name)
 
 
 def _error(error: Exception) -> JsonResponse:
