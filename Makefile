@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := redis-server redis-sentinel openssl prometheus ruby-sidekiq ruby-activejob ruby-globalid ruby-rack ruby-webrick \
                    chromium chromium-driver
 
-.PHONY: install system-deps run test lint bench bench-quick bench-web soak chaos screenshots clean
+.PHONY: install system-deps run test test-django6 lint bench bench-quick bench-web soak chaos screenshots clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,27 @@ run: install system-deps
 
 test: install system-deps
 	$(PY) -m pytest -q
+	@$(MAKE) --no-print-directory test-django6
+
+# Django 6 (django.tasks) needs Python 3.12 or later: kiq.contrib.django's tests run again in a
+# venv of their own on the first python3.12 or python3.13 found (on PATH, or among pyenv's).
+PYTHON_DJANGO6 ?= $(shell for p in python3.12 python3.13 $$HOME/.pyenv/versions/3.1[23]*/bin/python3.1[23]; do \
+	"$$p" -c 'import sys; assert sys.version_info >= (3, 12)' >/dev/null 2>&1 && { echo "$$p"; break; }; done)
+VENV_DJANGO6 ?= .venv-django6
+
+test-django6: system-deps
+ifeq ($(PYTHON_DJANGO6),)
+	@echo "SKIPPED the Django 6 tests (tests/test_django_tasks.py on django.tasks): no Python 3.12 or later here"
+else
+	@$(MAKE) --no-print-directory $(VENV_DJANGO6)/.installed
+	KIQ_DJANGO_TASKS=django.tasks $(VENV_DJANGO6)/bin/python -m pytest -q -p no:cacheprovider tests/test_django_tasks.py
+endif
+
+$(VENV_DJANGO6)/.installed: pyproject.toml
+	$(PYTHON_DJANGO6) -m venv $(VENV_DJANGO6)
+	$(VENV_DJANGO6)/bin/python -m pip install -q --upgrade pip
+	$(VENV_DJANGO6)/bin/python -m pip install -q -e '.[test-django6]'
+	touch $@
 
 # kiq against Ruby Sidekiq and the Python peers (about 16 minutes on 2 cores; bench-quick about 6).
 bench: install system-deps
@@ -52,4 +73,4 @@ lint: install
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf $(VENV) $(VENV_DJANGO6) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

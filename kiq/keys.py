@@ -107,6 +107,11 @@ class Keys:
         second name): ``HardJob-05-09:7``."""
         return f"{self.prefix}{job_class}-{window}"
 
+    def task_result(self, result_id: str) -> str:
+        """A Django task's result (kiq.contrib.django): a hash of its status, times, arguments,
+        return value and errors, kept ``result_ttl`` after its last write."""
+        return f"{self.prefix}kiq:task-result:{result_id}"
+
     def periodic(self, name: str) -> str:
         """A periodic entry's state hash: ``last`` tick, its ``jid`` and ``enqueued_at``,
         ``schedule`` and ``since`` (when that schedule was first seen)."""

@@ -60,6 +60,31 @@ def test_the_layers_below_the_job_runtime_never_import_it():
         assert not RUNTIME & reached(module), f"kiq.{module} imports {sorted(RUNTIME & reached(module))}"
 
 
+def test_only_kiq_contrib_imports_it_or_a_framework():
+    """kiq runs and enqueues without Django: only kiq.contrib's subpackages (and the dashboard's
+    Django view, which a Django project imports) import a framework, and nothing else of kiq
+    imports kiq.contrib."""
+    allowed = {PACKAGE / "web" / "django.py"}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path in allowed:
+            continue
+        inside_contrib = path.relative_to(PACKAGE).parts[0] == "contrib"
+        for name in _imported(ast.parse(path.read_text())):
+            framework = name == "django" or name.startswith(("django.", "django_tasks"))
+            assert inside_contrib or not (framework or name.startswith("kiq.contrib")), (
+                f"{path.relative_to(ROOT)} imports {name}")
+
+
+def _imported(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names |= {node.module, *(f"{node.module}.{alias.name}" for alias in node.names)}
+    return names
+
+
 def _type_checking(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
 
