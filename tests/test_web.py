@@ -735,3 +735,13 @@ def test_running_jobs_are_listed_by_process_longest_running_first(web, r):
     r.delete("web-1:101:0a0a:work")
     r.hset("web-1:101:0a0a:work", mapping={tid: json.dumps(each) for tid, each in work.items()})
     assert [row[6] for row in cells(page(web, "/busy"), "running")] == [jid(2), jid(3), jid(1)]
+
+
+def test_queues_and_busy_show_the_jobs_workers_hold_but_have_not_started(web, r):
+    heartbeat(r, "web-1:101:0a0a")
+    push(r, "default", job(1, enqueued_at=time.time() - 30))  # the prefetched ones are older
+    r.hset("web-1:101:0a0a", "prefetched", json.dumps({"default": [4, time.time() - 90], "low": [2, None]}))
+    queues = page(web, "/queues")
+    assert re.search(r'<a href="[^"]*queues/default">default</a></td><td class="num">1</td>'
+                     r'<td class="num prefetched">4</td><td class="num">1m', queues), queues
+    assert '<td class="num prefetched">6</td>' in page(web, "/busy")
