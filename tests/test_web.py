@@ -743,5 +743,5 @@ def test_queues_and_busy_show_the_jobs_workers_hold_but_have_not_started(web, r)
     r.hset("web-1:101:0a0a", "prefetched", json.dumps({"default": [4, time.time() - 90], "low": [2, None]}))
     queues = page(web, "/queues")
     assert re.search(r'<a href="[^"]*queues/default">default</a></td><td class="num">1</td>'
-                     r'<td class="num prefetched">4</td><td class="num">1m', queues), queues
+                     r'<td class="num prefetched">4</td><td class="num">1.5 min', queues), queues
     assert '<td class="num prefetched">6</td>' in page(web, "/busy")
