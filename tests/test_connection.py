@@ -227,6 +227,7 @@ def test_sentinel_failover_under_load(start_kiq, servers, tmp_path, monkeypatch)
     servers.start(str(tmp_path / "sentinel.conf"), binary="redis-sentinel")
     url = f"sentinel://127.0.0.1:{sentinel}/kiqprimary/0"
     wait_for(answers(url), timeout=20)
+    wait_for(answers(f"redis://127.0.0.1:{replica}"), timeout=20)  # it may not listen yet
     replica_conn = connect(f"redis://127.0.0.1:{replica}")
     wait_for(lambda: replica_conn.info("replication")["master_link_status"] == "up", timeout=20)
     sentinel_conn = connect(f"redis://127.0.0.1:{sentinel}")
