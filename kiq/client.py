@@ -1,6 +1,6 @@
 """Pushing jobs into Redis in Sidekiq's format; any Python app can use it without the worker side.
 
-A push is one round trip: a non-transactional pipeline of SADD ``queues`` and
+A push is one round trip (kiq.connection.send): SADD ``queues`` and
 one LPUSH per queue (or ZADD ``schedule`` plus a wake-up PUBLISH for the
 scheduler). Producers LPUSH and consumers take from the right, so each queue
 is FIFO.
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from kiq import activejob, middleware
-from kiq.connection import connect, url_from_env
+from kiq.connection import connect, send, url_from_env
 from kiq.keys import Keys
 from kiq.payload import check_format, new_jid, new_jids, stamp
 from kiq.serialize import serialize_args, serialize_kwargs
@@ -178,15 +178,16 @@ class Client:
 
     def _send(self, by_queue: Mapping[str, list[str]], scheduled: Mapping[str, float]) -> None:
         """One round trip: encoded jobs onto their queues, encoded entries into the schedule."""
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         if by_queue:
-            pipe.sadd(self.keys.queues, *by_queue)
+            commands.append(("SADD", self.keys.queues, *by_queue))
             for queue, encoded_jobs in by_queue.items():
-                pipe.lpush(self.keys.queue(queue), *encoded_jobs)
+                commands.append(("LPUSH", self.keys.queue(queue), *encoded_jobs))
         if scheduled:
-            pipe.zadd(self.keys.schedule, scheduled)
-            pipe.publish(self.keys.schedule_channel, str(min(scheduled.values())))
-        pipe.execute()
+            commands.append(("ZADD", self.keys.schedule,
+                             *(item for entry, at in scheduled.items() for item in (at, entry))))
+            commands.append(("PUBLISH", self.keys.schedule_channel, str(min(scheduled.values()))))
+        send(self.redis, commands)
 
 
 def _encode_alike(shared: Mapping[str, Any], args_lists: Sequence[list[Any]],
