@@ -360,3 +360,14 @@ def test_send_tries_again_on_a_new_connection_after_redis_restarted(redis_server
     redis_server.stop()
     redis_server.start()
     assert send(client, [("LPUSH", "q", "2"), ("LLEN", "q")]) == [1, 1]  # Redis kept nothing
+
+
+def test_send_keeps_bytes_that_are_not_utf8_and_refuses_what_redis_cannot_take(redis_server):
+    client = connect(redis_server.url, retry=True)  # decodes with surrogate escapes
+    odd = b'{"class":"\xff\xfe"}'.decode("utf-8", "surrogateescape")
+    assert send(client, [("LPUSH", "q", odd), ("ZADD", "z", 1796521849.3755984, "a")]) == [1, 1]
+    assert redis.Redis.from_url(redis_server.url).lindex("q", 0) == b'{"class":"\xff\xfe"}'
+    assert client.zscore("z", "a") == 1796521849.3755984
+    with pytest.raises(redis.DataError):
+        send(client, [("SET", "k", None)])
+    assert send(client, [("LLEN", "q")]) == [1]
