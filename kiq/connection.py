@@ -53,23 +53,48 @@ def send(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     """Several commands in one round trip, their raw replies in order, as a non-transactional
     pipeline sends them, for a fraction of its CPU: most of a push's cost on the client was the
     pipeline's machinery and redis-py's argument encoding (bench/notes.md). A failed connection
-    is retried as the client's own commands are; a connection left in the middle of its
-    replies is dropped, not reused."""
+    is retried as the client's own commands are. An error reply is raised once every reply is
+    read, so the connection stays usable; one left in the middle of its replies by anything
+    else is dropped, not reused."""
     pool = client.connection_pool
     conn: Any = pool.get_connection(*_POOL_ARGS)  # redis-py's Connection is untyped
 
     def exchange() -> list[Any]:
         conn.send_packed_command([packed])
-        return [conn.read_response() for _ in commands]
+        replies: list[Any] = []
+        for _ in commands:
+            try:
+                replies.append(conn.read_response())
+            except redis.ResponseError as error:
+                replies.append(error)
+        errors = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
+        if errors:
+            raise errors[0]
+        return replies
 
     try:
         packed = _pack(conn, commands)
         return conn.retry.call_with_retry(exchange, lambda error: conn.disconnect())  # type: ignore[no-any-return]
+    except redis.ResponseError:
+        raise
     except BaseException:
         conn.disconnect()
         raise
     finally:
         pool.release(conn)
+
+
+def evalsha(client: redis.Redis, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+    """Run a registered script (``client.register_script``) through ``send``: for a call with
+    hundreds of arguments, redis-py's own call spends more on encoding them than the script
+    takes to run. A script Redis does not have (after a restart or SCRIPT FLUSH) is loaded
+    and run again: NOSCRIPT means it did not run."""
+    command = ("EVALSHA", script.sha, len(keys), *keys, *args)
+    try:
+        return send(client, [command])[0]
+    except redis.exceptions.NoScriptError:
+        script.sha = client.script_load(script.script)
+        return send(client, [("EVALSHA", script.sha, *command[2:])])[0]
 
 
 def _pack(conn: Any, commands: Sequence[tuple[Any, ...]]) -> bytes:

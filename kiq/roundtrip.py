@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import redis
 
-from kiq.connection import wire
+from kiq.connection import evalsha, wire
 from kiq.execution import RETENTION, Tally
 from kiq.heartbeat import Lapsed
 from kiq.keys import Keys, day, minute_names
@@ -202,6 +202,7 @@ class RoundTrip:
                             for key in (keys.queue(name), keys.wip(identity, name))]
         self._keys: list[bytes] = []
         self._today = (0.0, 0.0)  # the UTC day that the stat keys in _keys count, from and until
+        self._conn = conn
         self._script = conn.register_script(ACK_AND_FETCH)
 
     def send(self, acks: Sequence[Ack], want: int, picks: Sequence[str], order: Sequence[str],
@@ -217,7 +218,7 @@ class RoundTrip:
         recorded: list[bytes | int] = []
         if tallies:
             keys, recorded = self._tallies(tallies)
-        reply = self._script(keys=keys, args=[
+        reply = evalsha(self._conn, self._script, keys, [
             now, self.ttl_ms, len(tallies), self.retention, *self._members, len(acks),
             *self._acknowledgements(acks), *recorded,
             want, len(picks), *[number[name] for name in picks], *[number[name] for name in order],

@@ -45,6 +45,16 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
         time.sleep(interval)
 
 
+def warm_up(r: redis.Redis, jobs: int = 50) -> None:
+    """Run ``jobs`` no-op jobs on the workers started so far: a worker prefetches only once its
+    jobs have shown how short they are (kiq.fetch). Needs the ``client`` fixture."""
+    import sample_jobs
+
+    before = int(r.get("stat:processed") or 0)
+    sample_jobs.NoopJob.perform_bulk([[]] * jobs)
+    wait_for(lambda: int(r.get("stat:processed") or 0) >= before + jobs)
+
+
 def process(queue: str, raw: str) -> Any:
     """The outcome of a payload taken from ``queue``, through the steps a worker's processor
     thread takes (kiq.worker): ``prepare``, then ``run`` for a payload that names a job."""

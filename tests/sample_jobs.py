@@ -32,6 +32,13 @@ class RecordJob(kiq.Job):
         conn().rpush("results", token)
 
 
+class NoopJob(kiq.Job):
+    """Does nothing: a very short job (see conftest.warm_up)."""
+
+    def perform(self) -> None:
+        pass
+
+
 class EchoJob(kiq.Job):
     """Records its arguments as JSON so tests can compare them exactly."""
 

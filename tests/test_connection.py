@@ -345,12 +345,13 @@ def test_keep_trying_waits_with_a_growing_pause_and_stops_when_told():
     assert not keep_trying(lambda: False, lambda pause: False)
 
 
-def test_send_returns_each_reply_and_drops_a_connection_left_mid_reply(redis_server, r):
+def test_send_returns_each_reply_and_raises_an_error_reply_once_all_are_read(redis_server, r):
     client = connect(redis_server.url, retry=True)
     assert send(client, [("SET", "k", "v"), ("GET", "k"), ("SADD", "s", "a", "b")]) == ["OK", "v", 2]
     with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
-        send(client, [("LPUSH", "k", "x"), ("GET", "k")])  # the GET's reply is never read
+        send(client, [("LPUSH", "k", "x"), ("GET", "k")])
     assert send(client, [("GET", "k")]) == ["v"]  # not the stale reply of the failed call
+    assert r.client_info()["id"] and len(r.client_list(_type="normal")) == 2  # its connection kept
     assert client.get("k") == "v"
 
 

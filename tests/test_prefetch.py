@@ -8,7 +8,7 @@ import urllib.request
 from collections import Counter
 
 import pytest
-from conftest import free_port, run_python, wait_for
+from conftest import free_port, run_python, wait_for, warm_up
 from prometheus_client.parser import text_string_to_metric_families
 
 from kiq.api import API, queue_summaries
@@ -35,8 +35,7 @@ def test_prefetched_jobs_show_in_the_queue_figures(start_kiq, client, redis_serv
     kiq = start_kiq(processes=1, concurrency=1, heartbeat_interval=0.2,
                     metrics={"host": "127.0.0.1", "port": port})
     [worker] = kiq.wait_workers(1)
-    sample_jobs.RecordJob.perform_bulk([["warm"]] * 20)  # very short jobs: the worker prefetches from now on
-    wait_for(lambda: r.llen("results") == 20)
+    warm_up(r)  # very short jobs: the worker prefetches from now on
     sample_jobs.SlowJob.perform_later("blocker", 30)
     wait_for(lambda: r.llen("started") == 1)
     for n in range(5):

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 import redis
-from conftest import free_port, run_python, wait_for
+from conftest import free_port, run_python, wait_for, warm_up
 
 pytestmark = pytest.mark.slow
 
@@ -98,8 +98,7 @@ def test_jobs_taken_but_not_started_go_back_on_stop(start_kiq, client, r):
 
     kiq = start_kiq(processes=1, concurrency=1, timeout=0.5)
     kiq.wait_workers(1)
-    sample_jobs.RecordJob.perform_bulk([["warm"]] * 20)  # very short jobs: the worker prefetches from now on
-    wait_for(lambda: r.llen("results") == 20)
+    warm_up(r)  # very short jobs: the worker prefetches from now on
     sample_jobs.SlowJob.perform_later("blocker", 30)
     wait_for(lambda: r.llen("started") == 1)
     jids = [sample_jobs.RecordJob.perform_later(str(n)).jid for n in range(5)]
