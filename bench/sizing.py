@@ -386,9 +386,15 @@ def job_table(windows: list[Window]) -> list[str]:
     return lines
 
 
+def figure(value: float) -> str:
+    """Three significant digits, without an exponent for large values (``exists 1,000``)."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def breakdown(window: Window, divisor: float, unit: str) -> str:
     """The commands of a window per job (or per second), most frequent first."""
-    parts = [f"{name} {n / divisor:.3g}" for name, n in sorted(window.calls.items(), key=lambda kv: -kv[1])]
+    ranked = sorted(window.calls.items(), key=lambda kv: -kv[1])
+    parts = [f"{name} {figure(n / divisor)}" for name, n in ranked]
     return f"  {window.label}, commands {unit}: " + (", ".join(parts) or "none")
 
 
