@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -334,21 +333,27 @@ def idle(meter: Meter, running: Kiq | None, seconds: float) -> Window:
 
 def connections(meter: Meter) -> dict[str, Any]:
     """Connections by the name each kiq process gives its own: per master (and its
-    supervisor), and per worker process (names ending in the worker's identity)."""
+    supervisor), and per worker process (names ending in the worker's identity); and the memory
+    Redis holds for each (``tot-mem``), on average."""
     listing = meter.call("CLIENT", "LIST")
-    names = [entry.get("name", "") for entry in listing] if isinstance(listing, list) else \
-        re.findall(r"\bname=(\S*)", str(listing))
+    lines = [] if isinstance(listing, list) else str(listing).splitlines()
+    entries = listing if isinstance(listing, list) else [
+        dict(field.split("=", 1) for field in line.split() if "=" in field) for line in lines]
     master: Counter[str] = Counter()
     workers: dict[str, Counter[str]] = {}
-    for name in names:
+    memory = []
+    for entry in entries:
+        name = str(entry.get("name", ""))
         if name in APP_NAMES:
             continue
+        memory.append(int(entry.get("tot-mem", 0)))
         role = next((prefix[:-1] for prefix in WORKER_ROLES if name.startswith(prefix)), None)
         if role is None:
-            master[name or "(no name)"] += 1
+            master[name] += 1
         else:
             workers.setdefault(name[len(role) + 1:], Counter())[role] += 1
-    return {"master": dict(master), "workers": {identity: dict(roles) for identity, roles in workers.items()}}
+    return {"master": dict(master), "workers": {identity: dict(roles) for identity, roles in workers.items()},
+            "bytes_each": sum(memory) / len(memory) if memory else 0}
 
 
 def idle_split(alone: Window, few: Window, more: Window) -> dict[str, dict[str, float]]:
@@ -416,7 +421,8 @@ def idle_table(alone: Window, few: Window, more: Window, split: dict[str, dict[s
 def idle_breakdown(split: dict[str, dict[str, float]]) -> list[str]:
     lines = []
     for who in ("master", "worker"):
-        rates = sorted(((k, v) for k, v in split[who].items() if not k.startswith("(") and abs(v) >= 0.005),
+        # the solve of two noisy windows can leave a small negative rate: not a command sent
+        rates = sorted(((k, v) for k, v in split[who].items() if not k.startswith("(") and v >= 0.005),
                        key=lambda kv: -kv[1])
         lines.append(f"  one {who}, commands per second: " + ", ".join(f"{k} {v:.2f}" for k, v in rates))
     return lines
@@ -433,7 +439,8 @@ def connection_lines(window: Window) -> list[str]:
     each = ", ".join(f"{role} {n / count:g}" for role, n in sorted(per_worker.items()))
     return [f"connections at {window.processes} worker processes: master {sum(master.values())} "
             f"({', '.join(f'{k} {v}' for k, v in sorted(master.items()))}); each worker process "
-            f"{sum(per_worker.values()) / count:g} ({each}); {len(workers)} worker processes seen"]
+            f"{sum(per_worker.values()) / count:g} ({each}); {len(workers)} worker processes seen; "
+            f"{found['bytes_each'] / 1024:.1f} KiB of Redis memory each"]
 
 
 def header(server_version: str) -> str:
