@@ -410,7 +410,7 @@ def idle_table(alone: Window, few: Window, more: Window, split: dict[str, dict[s
                           (more, f"kiq: 1 master + {more.processes} worker processes")):
         per = window.per(window.seconds)
         lines.append(f"| {label} ({window.seconds:.0f} s) | {per['commands']:.2f} | {per['cpu_us']:.0f} |")
-    for who, label in (("master", "one master (scheduler, sweep, supervisor), less Redis alone"),
+    for who, label in (("master", "one master (scheduler, sweep, supervisor), less Redis alone: CPU noisy"),
                        ("worker", "one worker process")):
         rates = split[who]
         commands = sum(v for k, v in rates.items() if not k.startswith("("))
