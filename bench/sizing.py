@@ -11,7 +11,8 @@ stays in. The rows:
 
 - enqueue, one job per call and in bulk (1,000 per call), from this process, no workers;
 - a drain: jobs enqueued while the idle workers are stopped (SIGSTOP), so the window holds
-  neither the enqueue nor kiq's start-up, only the workers' run through a full queue;
+  neither the enqueue nor kiq's start-up, only the workers' run through a full queue; of no-op
+  jobs (prefetched in large batches), then of 10 ms jobs (no prefetch);
 - jobs enqueued one per call at steady rates to idle workers (the enqueue is in the row);
 - scheduled jobs, due one by one over a spread of time and all at once, and again with a
   second master (another host's ``kiq start``) running (their enqueue is in the rows);
@@ -68,11 +69,13 @@ POLL = 0.02
 QUEUE = "default"
 
 FULL: dict[str, Any] = {
-    "single": 5_000, "bulk": 20_000, "drain": 20_000, "rates": "1000,5000", "paced_seconds": 3.0,
+    "single": 5_000, "bulk": 20_000, "drain": 20_000, "long": 3_000, "sleep": 0.01, "rates": "1000,5000",
+    "paced_seconds": 3.0,
     "scheduled": 2_000, "spread": 2.0, "retries": 2_000, "idle_seconds": 20.0, "more": 4,
     "swept": 1_000, "sweeps": 20}
 QUICK: dict[str, Any] = {
-    "single": 500, "bulk": 2_000, "drain": 2_000, "rates": "500", "paced_seconds": 1.0,
+    "single": 500, "bulk": 2_000, "drain": 2_000, "long": 300, "sleep": 0.01, "rates": "500",
+    "paced_seconds": 1.0,
     "scheduled": 200, "spread": 1.0, "retries": 200, "idle_seconds": 3.0, "more": 2,
     "swept": 100, "sweeps": 5}
 
@@ -239,15 +242,21 @@ def enqueue_bulk(meter: Meter, n: int) -> Window:
     return meter.end("enqueue, bulk (1,000 per call)", n)
 
 
-def drain(meter: Meter, running: Kiq, n: int, threads: int) -> Window:
-    """``n`` jobs enqueued in bulk while the workers are stopped, then run: kiq's drain alone."""
-    from bench.sizing_jobs import SizingNoop
+def drain(meter: Meter, running: Kiq, n: int, threads: int, sleep: float = 0.0) -> Window:
+    """``n`` jobs enqueued in bulk while the workers are stopped, then run: kiq's drain alone.
+    Jobs that ``sleep`` get no prefetch: each round trip carries the few that ended during the
+    last one."""
+    from bench.sizing_jobs import SizingNoop, SizingSleep
 
-    running.stopped(lambda: SizingNoop.perform_bulk([[] for _ in range(n)]))
+    if sleep:
+        running.stopped(lambda: SizingSleep.perform_bulk([[sleep] for _ in range(n)]))
+    else:
+        running.stopped(lambda: SizingNoop.perform_bulk([[] for _ in range(n)]))
     meter.begin()
     running.resume()
     meter.wait_done(n)
-    return meter.end(f"processing, a drain ({running.processes} x {threads})", n, running.processes)
+    jobs = f"{sleep * 1000:g} ms jobs" if sleep else "no-op jobs"
+    return meter.end(f"processing, a drain of {jobs} ({running.processes} x {threads})", n, running.processes)
 
 
 def paced(meter: Meter, running: Kiq, rate: float, seconds: float) -> Window:
@@ -472,6 +481,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--single", type=int, help=f"jobs enqueued one per call ({FULL['single']})")
     parser.add_argument("--bulk", type=int, help=f"jobs enqueued in bulk ({FULL['bulk']})")
     parser.add_argument("--drain", type=int, help=f"jobs of the drain ({FULL['drain']})")
+    parser.add_argument("--long", type=int, help=f"jobs of the drain of sleeping jobs ({FULL['long']})")
+    parser.add_argument("--sleep", type=float, help=f"seconds each of them sleeps ({FULL['sleep']:g})")
     parser.add_argument("--rates", help=f"jobs/s of the paced rows, comma-separated ({FULL['rates']})")
     parser.add_argument("--paced-seconds", type=float,
                         help=f"length of each paced row ({FULL['paced_seconds']:g})")
@@ -512,6 +523,8 @@ def measure(args: argparse.Namespace, procs: Procs) -> dict[str, Any]:
     running = Kiq(procs, server.url, meter, args.processes, args.threads)
     running.wait_idle()
     jobs.append(drain(meter, running, args.drain, args.threads))
+    running.wait_idle()
+    jobs.append(drain(meter, running, args.long, args.threads, sleep=args.sleep))
     running.wait_idle()
     for rate in (float(r) for r in str(args.rates).split(",")):
         running.wait_idle()

@@ -6,6 +6,8 @@ which enqueues them.
 
 from __future__ import annotations
 
+import time
+
 import kiq
 from kiq.callbacks import retry_on
 
@@ -26,3 +28,10 @@ class SizingFlaky(kiq.Job):
         due at once (``retry_on`` with no wait), where the master's scheduler finds it."""
         if not self.payload.get("exception_executions"):
             raise FirstRunFails("the first run fails on purpose")
+
+
+class SizingSleep(kiq.Job):
+    def perform(self, seconds: float) -> None:
+        """Sleep, touching no Redis: a job long enough that its worker prefetches nothing, so
+        each finished job is acknowledged in a round trip of its own or a few."""
+        time.sleep(seconds)

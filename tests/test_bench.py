@@ -140,7 +140,9 @@ def test_the_sizing_benchmark_prints_every_row_in_its_quickest_form() -> None:
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     out = run.stdout
     for row in ("| enqueue, 1 per call | 500 |", "| enqueue, bulk (1,000 per call) | 2,000 |",
-                "| processing, a drain (2 x 10) | 2,000 |", "| enqueue 1 per call + processing, 500 jobs/s |",
+                "| processing, a drain of no-op jobs (2 x 10) | 2,000 |",
+                "| processing, a drain of 10 ms jobs (2 x 10) | 300 |",
+                "| enqueue 1 per call + processing, 500 jobs/s |",
                 "| scheduled 1 per call + processing, due one by one over 1 s |",
                 "| scheduled 1 per call + processing, all due at once |",
                 "| processing with one retry each | 200 |", ", 2 masters |",
@@ -149,7 +151,7 @@ def test_the_sizing_benchmark_prints_every_row_in_its_quickest_form() -> None:
                 "| one master (scheduler, sweep, supervisor)", "| one worker process |",
                 "| one sweep over 100 live processes"):
         assert row in out, f"{row!r} missing from:\n{out}"
-    assert "processing, a drain (2 x 10), commands per job: rpoplpush 1, lrem 1" in out
+    assert "processing, a drain of no-op jobs (2 x 10), commands per job: rpoplpush 1, lrem 1" in out
     assert "one sweep over 100 live processes, commands per sweep: exists 100, smembers 2" in out
     assert "each worker process 3 (kiq-beat 1, kiq-fetch 1, kiq-wait 1); 2 worker processes seen" in out
     assert "each worker process 3 (kiq-beat 1, kiq-fetch 1, kiq-wait 1); 4 worker processes seen" in out
