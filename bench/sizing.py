@@ -15,7 +15,9 @@ stays in. The rows:
   jobs (prefetched in large batches), then of 10 ms jobs (no prefetch);
 - jobs enqueued one per call at steady rates to idle workers (the enqueue is in the row);
 - scheduled jobs, due one by one over a spread of time and all at once, and again with a
-  second master (another host's ``kiq start``) running (their enqueue is in the rows);
+  second master (another host's ``kiq start``) running (their enqueue is in the rows); and
+  scheduled an hour ahead, with one master and with two: the enqueue's PUBLISH, which wakes the
+  scheduler of every master;
 - jobs that fail once and succeed on their retry (the scheduler moves them back);
 - one lost-host sweep (``kiq.recovery.Recovery.sweep``, run from here) over many live processes;
 - idle: Redis alone, then kiq at P and at P + ``--more`` worker processes (TTIN), per second;
@@ -288,6 +290,23 @@ def scheduled(meter: Meter, processes: int, n: int, spread: float, masters: int 
     return meter.end(label, n, processes)
 
 
+def scheduled_ahead(meter: Meter, processes: int, n: int, masters: int) -> Window:
+    """``n`` jobs scheduled one per call an hour ahead, and the second after: what each enqueue's
+    PUBLISH costs, the wakeups of every master's scheduler included. They are removed after."""
+    from bench.sizing_jobs import SizingNoop
+
+    meter.begin()
+    later = time.time() + 3600
+    for _ in range(n):
+        SizingNoop.set(wait_until=later).perform_later()
+    time.sleep(1.0)  # every scheduler has read its wakeups by now
+    plural = "s" if masters > 1 else ""
+    window = meter.end(f"scheduled 1 per call, due in an hour (no processing), {masters} master{plural}", n,
+                       processes)
+    meter.conn.delete("schedule")
+    return window
+
+
 def retries(meter: Meter, running: Kiq, n: int) -> Window:
     """``n`` jobs that fail once and succeed on their retry, enqueued while the workers are stopped."""
     from bench.sizing_jobs import SizingFlaky
@@ -534,12 +553,14 @@ def measure(args: argparse.Namespace, procs: Procs) -> dict[str, Any]:
         jobs.append(scheduled(meter, running.processes, args.scheduled, spread))
     running.wait_idle()
     jobs.append(retries(meter, running, args.retries))
+    jobs.append(scheduled_ahead(meter, running.processes, args.scheduled, masters=1))
     few = idle(meter, running, args.idle_seconds)
     running.grow(args.more)
     more = idle(meter, running, args.idle_seconds)
     second = Kiq(procs, server.url, meter, 1, args.threads)  # another host's master, one worker
     second.wait_idle(others=running.processes)
     jobs.append(scheduled(meter, running.processes + 1, args.scheduled, args.spread, masters=2))
+    jobs.append(scheduled_ahead(meter, running.processes + 1, args.scheduled, masters=2))
     return {"redis_version": version, "jobs": jobs, "idle": [alone, few, more], "sweep": swept,
             "split": idle_split(alone, few, more)}
 

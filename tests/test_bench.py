@@ -146,6 +146,8 @@ def test_the_sizing_benchmark_prints_every_row_in_its_quickest_form() -> None:
                 "| scheduled 1 per call + processing, due one by one over 1 s |",
                 "| scheduled 1 per call + processing, all due at once |",
                 "| processing with one retry each | 200 |", ", 2 masters |",
+                "| scheduled 1 per call, due in an hour (no processing), 1 master | 200 |",
+                "| scheduled 1 per call, due in an hour (no processing), 2 masters | 200 |",
                 "| Redis alone, no client", "| kiq: 1 master + 2 worker processes",
                 "| kiq: 1 master + 4 worker processes",
                 "| one master (scheduler, sweep, supervisor)", "| one worker process |",
