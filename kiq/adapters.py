@@ -220,11 +220,14 @@ def current() -> Adapter:
 
 
 def configure(redis_url: str | None = None, namespace: str | None = None,
-              adapter: str | None = None, sidekiq_format: int | None = None) -> Client:
+              adapter: str | None = None, sidekiq_format: int | None = None,
+              shards: Mapping[str, Any] | None = None) -> Client:
     """Set where ``perform_later`` enqueues (otherwise ``KIQ_REDIS_URL``, ``REDIS_URL``, local),
     and, with ``adapter``, how ("redis", "async", "inline" or "test"; otherwise ``KIQ_ADAPTER``);
-    ``sidekiq_format`` is the Sidekiq job format it writes (otherwise ``KIQ_SIDEKIQ_FORMAT``, else 6)."""
-    client = set_default(Client(redis_url, namespace, sidekiq_format=sidekiq_format))
+    ``sidekiq_format`` is the Sidekiq job format it writes (otherwise ``KIQ_SIDEKIQ_FORMAT``, else 6);
+    ``shards`` (the config file's ``shards`` mapping, or a ``kiq.shards.Shards``) sends each job to
+    its queue's shard instead of the one Redis."""
+    client = set_default(Client(redis_url, namespace, sidekiq_format=sidekiq_format, shards=shards))
     if adapter is not None:
         use(adapter)
     return client

@@ -4,6 +4,10 @@ stop, periodic.
 Tables for people, ``--json`` for scripts. Exit codes a script can trust:
 0 done, 1 some named job or process was not found, 2 bad usage or config,
 3 Redis unreachable.
+
+With shards (kiq.shards) every command reads every shard: tables gain a ``shard`` column
+and JSON a ``shard`` field; ``kiq stats`` shows each shard and the total. With one Redis the
+output is as it always was.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from kiq.connection import refusal
 from kiq.payload import set_format
 
 if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no metrics code early
-    from kiq.api import API, Found, Job, SortedSet
+    from kiq.api import Found, Job, ShardedAPI, SortedSet
     from kiq.periodic import Entry
 
 REDIS_URL_HELP = ("Redis URL (default: config, KIQ_REDIS_URL, REDIS_URL, local). Any local user can read "
@@ -32,7 +36,8 @@ REDIS_URL_HELP = ("Redis URL (default: config, KIQ_REDIS_URL, REDIS_URL, local).
 
 
 def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add -c/--redis-url/--namespace/--json, and turn them into an ``api`` argument."""
+    """Add -c/--redis-url/--namespace/--json, and turn them into an ``api`` argument: a
+    ``ShardedAPI`` over every shard of the config (one, without ``shards``)."""
 
     @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
                   help="Take redis_url and namespace from this config file.")
@@ -43,9 +48,9 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(config_path: str | None, redis_url: str | None, namespace: str | None, as_json: bool,
                 **kwargs: Any) -> None:
         config = settings(config_path, redis_url, namespace)
-        from kiq.api import API
+        from kiq.api import ShardedAPI
 
-        api = API(config.redis_url, config.namespace)
+        api = ShardedAPI(config.routes, config.namespace)
         try:
             command(api=api, as_json=as_json, **kwargs)
         except redis.RedisError as error:
@@ -102,39 +107,66 @@ def _ago(epoch: float | None) -> str:
     return f"{seconds:.0f}s ago" if seconds >= 0 else f"in {-seconds:.0f}s"
 
 
-@click.command()
-@connection_options
-def stats(api: API, as_json: bool) -> None:
-    """Counters and sizes, as Sidekiq's dashboard shows them."""
-    s = api.stats()
-    data = dict(vars(s))
-    emit(as_json, data, ["stat", "value"], [[k, v] for k, v in data.items()])
+def sharded(api: ShardedAPI, shard: str, data: dict[str, Any],
+            row: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+    """A JSON object and a table row, with the shard first when there are several."""
+    if not api.sharded:
+        return data, row
+    return {"shard": shard, **data}, [shard, *row]
+
+
+def headers_of(api: ShardedAPI, headers: list[str]) -> list[str]:
+    return ["shard", *headers] if api.sharded else headers
 
 
 @click.command()
 @connection_options
-def queues(api: API, as_json: bool) -> None:
+def stats(api: ShardedAPI, as_json: bool) -> None:
+    """Counters and sizes, as Sidekiq's dashboard shows them; with shards, each shard's and the total."""
+    from kiq.api import total
+
+    each = api.stats()
+    data = dict(vars(total(each)))
+    if not api.sharded:
+        emit(as_json, data, ["stat", "value"], [[k, v] for k, v in data.items()])
+        return
+    data["shards"] = {name: dict(vars(shard)) for name, shard in each.items()}
+    rows = [[key, *(getattr(shard, key) for shard in each.values()), value]
+            for key, value in vars(total(each)).items()]
+    emit(as_json, data, ["stat", *each, "total"], rows)
+
+
+@click.command()
+@connection_options
+def queues(api: ShardedAPI, as_json: bool) -> None:
     """Every queue with its size, the jobs workers hold but have not started, and its latency
-    (age of its oldest job not yet started)."""
-    from kiq.api import queue_summaries
-
-    rows = [[q.name, q.size, q.prefetched, round(q.latency, 3)] for q in queue_summaries(api)]
-    data = [{"queue": name, "size": size, "prefetched": held, "latency": latency}
-            for name, size, held, latency in rows]
-    emit(as_json, data, ["queue", "size", "prefetched", "latency_s"], rows)
+    (age of its oldest job not yet started); with shards, the shard it is on."""
+    data, rows = [], []
+    for q in api.queue_summaries():
+        each, row = sharded(api, q.shard, {"queue": q.name, "size": q.size, "prefetched": q.prefetched,
+                                           "latency": round(q.latency, 3)},
+                            [q.name, q.size, q.prefetched, round(q.latency, 3)])
+        data.append(each)
+        rows.append(row)
+    emit(as_json, data, headers_of(api, ["queue", "size", "prefetched", "latency_s"]), rows)
 
 
 @click.command()
 @connection_options
-def processes(api: API, as_json: bool) -> None:
-    """Worker processes with a live heartbeat, on every host."""
-    found = api.processes()
-    rows = [[p.identity, p.info.get("tag", ""), f"{p.busy}/{p.concurrency or '?'}",
-             "quiet" if p.quiet else "", round(p.rss_kb / 1024, 1), _ago(p.beat),
-             ",".join(p.queues)] for p in found]
-    data = [{"identity": p.identity, "info": p.info, "busy": p.busy, "quiet": p.quiet, "rss_kb": p.rss_kb,
-             "beat": p.beat, "running": p.running} for p in found]
-    emit(as_json, data, ["identity", "tag", "busy", "state", "rss_mb", "beat", "queues"], rows)
+def processes(api: ShardedAPI, as_json: bool) -> None:
+    """Worker processes with a live heartbeat, on every host (and every shard)."""
+    data, rows = [], []
+    for p in api.processes():
+        each, row = sharded(api, p.shard, {"identity": p.identity, "info": p.info, "busy": p.busy,
+                                           "quiet": p.quiet, "rss_kb": p.rss_kb, "beat": p.beat,
+                                           "running": p.running},
+                            [p.identity, p.info.get("tag", ""), f"{p.busy}/{p.concurrency or '?'}",
+                             "quiet" if p.quiet else "", round(p.rss_kb / 1024, 1), _ago(p.beat),
+                             ",".join(p.queues)])
+        data.append(each)
+        rows.append(row)
+    emit(as_json, data, headers_of(api, ["identity", "tag", "busy", "state", "rss_mb", "beat", "queues"]),
+         rows)
 
 
 def set_command(name: str, attribute: str, actions: Sequence[str], help_text: str) -> click.Command:
@@ -146,25 +178,29 @@ def set_command(name: str, attribute: str, actions: Sequence[str], help_text: st
     @click.option("--all", "everything", is_flag=True, help="Act on every entry.")
     @click.option("--limit", type=int, default=50, show_default=True, help="Entries to list.")
     @connection_options
-    def command(api: API, as_json: bool, action: str, jids: tuple[str, ...], everything: bool,
+    def command(api: ShardedAPI, as_json: bool, action: str, jids: tuple[str, ...], everything: bool,
                 limit: int) -> None:
-        entries: SortedSet = getattr(api, attribute)
+        sets: list[SortedSet] = [getattr(each, attribute) for each in api.apis.values()]
         if action == "list":
-            listing(entries.jobs(0, limit), as_json)
+            listing(api, [(entries.api.shard, job) for entries in sets for job in entries.jobs(0, limit)],
+                    as_json)
             return
         if action == "show":
-            show(entries, jids, everything, as_json)
+            show(sets, jids, everything, as_json)
             return
         if bool(jids) == everything:
             raise click.UsageError(f"{action} needs job ids or --all (not both)")
+        done = 0
         if everything:
-            done = bulk(entries, action, as_json)
+            done = sum(bulk(entries, action, as_json) for entries in sets)
             missing: list[str] = []
         else:
-            found = {jid: entries.find(jid) for jid in jids}
-            missing = [jid for jid, job in found.items() if job is None]
-            done = getattr(entries, action)([job for job in found.values() if job is not None])
-        report = {"action": action, "set": entries.name, "done": done, "not_found": missing}
+            missing = list(jids)
+            for entries in sets:
+                found = [job for job in map(entries.find, missing) if job is not None]
+                missing = [jid for jid in missing if jid not in {job.jid for job in found}]
+                done += getattr(entries, action)(found)
+        report = {"action": action, "set": sets[0].name, "done": done, "not_found": missing}
         click.echo(json.dumps(report) if as_json else f"{action}: {done} job(s)"
                    + (f"; not found: {' '.join(missing)}" if missing else ""))
         if missing:
@@ -173,27 +209,33 @@ def set_command(name: str, attribute: str, actions: Sequence[str], help_text: st
     return command
 
 
-def listing(jobs: list[Job], as_json: bool) -> None:
-    rows = [[job.jid, job.job_class, job.queue, _ago(job.score), job.payload.get("retry_count", ""),
-             job.error, job.args] for job in jobs]
-    emit(as_json, [job.summary() for job in jobs], ["jid", "class", "queue", "when", "retries", "error",
-                                                    "args"], rows)
+def listing(api: ShardedAPI, jobs: list[tuple[str, Job]], as_json: bool) -> None:
+    """Jobs of a set, each with the shard it is on when there are several."""
+    data, rows = [], []
+    for shard, job in jobs:
+        each, row = sharded(api, shard, job.summary(),
+                            [job.jid, job.job_class, job.queue, _ago(job.score),
+                             job.payload.get("retry_count", ""), job.error, job.args])
+        data.append(each)
+        rows.append(row)
+    emit(as_json, data, headers_of(api, ["jid", "class", "queue", "when", "retries", "error", "args"]), rows)
 
 
 WHEN = {"retry": "next try", "dead": "died", "schedule": "due"}
 
 
-def show(entries: SortedSet, jids: tuple[str, ...], everything: bool, as_json: bool) -> None:
+def show(sets: list[SortedSet], jids: tuple[str, ...], everything: bool, as_json: bool) -> None:
     """Each named job whole: its fields, its last error and the backtrace it kept."""
     if not jids or everything:
         raise click.UsageError("show needs job ids (not --all)")
-    found = {jid: entries.find(jid) for jid in jids}
+    name = sets[0].name
+    found = {jid: next((job for job in (entries.find(jid) for entries in sets) if job), None) for jid in jids}
     shown = [job for job in found.values() if job is not None]
     if as_json:
-        click.echo(json.dumps([{"set": entries.name, "at": job.score, "job": job.payload,
+        click.echo(json.dumps([{"set": name, "at": job.score, "job": job.payload,
                                 "backtrace": job.backtrace} for job in shown], indent=2, default=str))
     else:
-        click.echo("\n\n".join(describe(job, WHEN[entries.name]) for job in shown))
+        click.echo("\n\n".join(describe(job, WHEN[name]) for job in shown))
     missing = [jid for jid, job in found.items() if job is None]
     if missing:
         click.echo(f"not found: {' '.join(missing)}", err=True)
@@ -249,19 +291,18 @@ scheduled = set_command("scheduled", "scheduled", ["retry", "delete"],
 @click.command()
 @click.argument("jid")
 @connection_options
-def find(api: API, as_json: bool, jid: str) -> None:
+def find(api: ShardedAPI, as_json: bool, jid: str) -> None:
     """Where the job JID is: waiting in a queue, scheduled, retrying, dead or running; each place
     with the job whole. Exits 1 if it is nowhere (it ran, or never was)."""
-    from kiq.api import find as find_job
-
-    found = find_job(jid, api)
+    found = api.find(jid)
     if as_json:
-        click.echo(json.dumps([{"place": each.place, "name": each.name, "at": each.job.score,
-                                "since": each.since, "job": each.job.payload} for each in found],
-                              indent=2, default=str))
+        click.echo(json.dumps([sharded(api, each.shard, {"place": each.place, "name": each.name,
+                                                         "at": each.job.score, "since": each.since,
+                                                         "job": each.job.payload}, [])[0]
+                               for each in found], indent=2, default=str))
     elif found:
-        click.echo("\n\n".join(f"{_place(each)}\n{describe(each.job, WHEN.get(each.place, ''))}"
-                                for each in found))
+        click.echo("\n\n".join(f"{_place(each)}{f' on shard {each.shard}' if api.sharded else ''}\n"
+                                f"{describe(each.job, WHEN.get(each.place, ''))}" for each in found))
     if not found:
         click.echo(f"not found: {jid}", err=True)
         sys.exit(exits.NOT_FOUND)
@@ -282,7 +323,7 @@ def _place(found: Found) -> str:
 @click.option("--in", "delay", type=float, help="Run this many seconds from now.")
 @click.option("-k", "--kwarg", "kwargs", multiple=True, help="key=value keyword argument. Repeatable.")
 @connection_options
-def enqueue(api: API, as_json: bool, job_class: str, args: tuple[str, ...], queue: str,
+def enqueue(api: ShardedAPI, as_json: bool, job_class: str, args: tuple[str, ...], queue: str,
             delay: float | None, kwargs: tuple[str, ...]) -> None:
     """Enqueue JOB_CLASS (its wire name) with ARGS; each ARG is read as JSON, else taken as a string."""
     from kiq.client import Client
@@ -293,7 +334,8 @@ def enqueue(api: API, as_json: bool, job_class: str, args: tuple[str, ...], queu
         if not sep:
             raise click.UsageError(f"--kwarg {item!r}: use key=value")
         keywords[key] = _value(value)
-    client = Client(namespace=api.keys.namespace, connection=api.redis)
+    client = Client(namespace=api.default.keys.namespace, connection=api.default.redis,
+                    shards=api.routes if api.sharded else None)
     at = time.time() + delay if delay else None
     job = client.enqueue(job_class, [_value(arg) for arg in args], keywords, queue=queue, at=at)
     click.echo(json.dumps(vars(job)) if as_json else job.jid)
@@ -311,15 +353,15 @@ def process_command(name: str, help_text: str) -> click.Command:
     @click.argument("identities", nargs=-1)
     @click.option("--all", "everything", is_flag=True, help="Every live process.")
     @connection_options
-    def command(api: API, as_json: bool, identities: tuple[str, ...], everything: bool) -> None:
+    def command(api: ShardedAPI, as_json: bool, identities: tuple[str, ...], everything: bool) -> None:
         if bool(identities) == everything:
             raise click.UsageError(f"{name} needs process identities or --all (not both)")
-        live = {p.identity for p in api.processes()}
+        live = {p.identity: p.shard for p in api.processes()}
         targets = sorted(live) if everything else list(identities)
         missing = [ident for ident in targets if ident not in live]
         for ident in targets:
             if ident in live:
-                getattr(api, name)(ident)
+                getattr(api.apis[live[ident]], name)(ident)
         sent = [ident for ident in targets if ident in live]
         click.echo(json.dumps({"sent": sent, "not_found": missing}) if as_json
                    else "\n".join([f"{name}: {ident}" for ident in sent]
@@ -346,14 +388,22 @@ def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str |
 
     config = settings(config_path, redis_url, namespace)
     entries = periodic_entries(config, require)
+    routes = config.routes
+    rows: list[dict[str, Any]] = []
     try:
-        rows = describe(connect(config.redis_url, retry=True), Keys(config.namespace), entries)
+        for shard in routes:  # an entry's state lives on the shard of its queue
+            mine = [entry for entry in entries if routes.route(entry.queue) is shard]
+            if mine:
+                found = describe(connect(shard.url, retry=True), Keys(config.namespace), mine)
+                rows += [{"shard": shard.name, **row} if routes.sharded else row for row in found]
     except redis.RedisError as error:
         click.echo(f"kiq: redis unavailable: {error}", err=True)
         sys.exit(exits.REDIS_UNREACHABLE)
-    table_rows = [[row["name"], row["cron"], row["tz"], row["class"], row["queue"],
-                   row["last"].isoformat() if row["last"] else "-", row["next"].isoformat()] for row in rows]
-    emit(as_json, rows, ["name", "cron", "tz", "class", "queue", "last", "next"], table_rows)
+    columns = ["name", "cron", "tz", "class", "queue", "last", "next"]
+    table_rows = [[*([row["shard"]] if routes.sharded else []), row["name"], row["cron"], row["tz"],
+                   row["class"], row["queue"], row["last"].isoformat() if row["last"] else "-",
+                   row["next"].isoformat()] for row in rows]
+    emit(as_json, rows, ["shard", *columns] if routes.sharded else columns, table_rows)
 
 
 def periodic_entries(config: Config, require: Sequence[str]) -> list[Entry]:
@@ -371,7 +421,72 @@ def periodic_entries(config: Config, require: Sequence[str]) -> list[Entry]:
         sys.exit(exits.CONFIG)
 
 
+@click.group(invoke_without_command=True)
+@click.pass_context
+def shards(context: click.Context) -> None:
+    """The shards: each one's queues (``kiq shards list``), and moving a queue (``kiq shards move``)."""
+    if context.invoked_subcommand is None:
+        context.invoke(shards_list)
+
+
+@shards.command(name="list")
+@connection_options
+def shards_list(api: ShardedAPI, as_json: bool) -> None:
+    """The queues found on each shard, with their size; a queue found on a shard the config does
+    not put it on is ``misplaced`` (what ``kiq shards move`` is for). JSON adds each shard's URL
+    and the queues the config names for it."""
+    from kiq.api import queue_summaries
+    from kiq.connection import redact
+
+    data, rows = [], []
+    for shard in api.routes:
+        found = []
+        for summary in queue_summaries(api.apis[shard.name]):
+            home = api.routes.route(summary.name).name
+            state = "" if home == shard.name else f"misplaced: lives on {home}"
+            found.append({"queue": summary.name, "size": summary.size, "state": state})
+            rows.append([shard.name, summary.name, summary.size, state])
+        data.append({"shard": shard.name, "url": redact(shard.url), "default": shard is api.routes.default,
+                     "named": list(shard.queues), "queues": found})
+    emit(as_json, data, ["shard", "queue", "size", "state"], rows)
+
+
+@shards.command(name="move")
+@click.argument("queue")
+@click.option("--to", "to", required=True, help="The shard the queue now lives on.")
+@click.option("--from", "source", help="Move from this shard only (default: every other shard).")
+@click.option("--force", is_flag=True, help="Move even though the config puts the queue on another shard.")
+@connection_options
+def shards_move(api: ShardedAPI, as_json: bool, queue: str, to: str, source: str | None, force: bool) -> None:
+    """Move every job of QUEUE (waiting, scheduled, retrying, dead) from the other shards to
+    shard TO, each copied first and removed second: none is lost (docs/operations.md, Moving a
+    queue to another shard). Run it after the reload that put QUEUE on TO, and again until it
+    moves nothing."""
+    from kiq.move import move_queue
+
+    try:
+        target = api.api(to)
+        sources = [api.api(source)] if source else [each for each in api.apis.values() if each is not target]
+    except ValueError as error:
+        raise click.UsageError(str(error)) from None
+    home = api.routes.route(queue).name
+    if home != to and not force:
+        raise click.UsageError(f"the config puts queue {queue!r} on shard {home!r}, not {to!r}: change "
+                               "the config (and reload) first, or pass --force")
+    results = [move_queue(each, target, queue) for each in sources if each is not target]
+    data = [{"queue": queue, "from": each.source, "to": each.target, "moved": each.moved,
+             "taken": each.taken, "doubled": each.doubled} for each in results]
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+        return
+    for each in results:
+        parts = ", ".join(f"{count} {place}" for place, count in each.moved.items())
+        click.echo(f"moved {each.total} job(s) of {queue} from {each.source} to {each.target}: {parts}"
+                   + (f"; {each.taken} taken on {each.source} meanwhile" if each.taken else "")
+                   + (f", {each.doubled} of them on both shards" if each.doubled else ""))
+
+
 quiet = process_command("quiet", "Ask processes to stop taking jobs (as Sidekiq's Web UI Quiet button).")
 stop = process_command("stop", "Ask processes to finish their jobs and exit (as the Web UI Stop button).")
 
-COMMANDS = (stats, queues, processes, retries, dead, scheduled, find, enqueue, quiet, stop, periodic)
+COMMANDS = (stats, queues, processes, retries, dead, scheduled, find, enqueue, quiet, stop, periodic, shards)

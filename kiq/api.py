@@ -6,6 +6,10 @@ imports it. It works on any data in Sidekiq's layout, whoever wrote it, and
 changes it the way Sidekiq's API does: moves between a sorted set and a queue
 or the dead set are atomic, and quiet/stop requests go through each process's
 signals list, as Sidekiq's Web UI sends them.
+
+``API`` reads one Redis: one shard (kiq.shards). ``ShardedAPI`` holds one ``API`` per shard
+and reads them side by side, each process, queue and found job carrying its shard's name;
+``move_queue`` drains a queue's jobs from one shard into another.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from kiq.keys import Keys, day
 from kiq.payload import check_format, epoch_seconds, stamp, waited
 from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE, move_call
+from kiq.shards import SINGLE, Shards
 
 BATCH = 100
 Progress = Callable[[int], None]
@@ -139,6 +144,7 @@ class Process:
     rss_kb: int
     running: list[dict[str, Any]] = field(default_factory=list)
     prefetched: dict[str, int] = field(default_factory=dict)  # per queue, held but not started
+    shard: str = SINGLE  # the shard whose Redis it beats into (each worker serves one)
 
     @property
     def capsules(self) -> dict[str, dict[str, Any]]:
@@ -319,10 +325,12 @@ class API:
         namespace: str | None = None,
         connection: redis.Redis | None = None,
         sidekiq_format: int | None = None,
+        shard: str = SINGLE,
     ) -> None:
         """``sidekiq_format`` (6, 7 or 8) is the job format of the times it writes (a retried
         entry's ``enqueued_at``); None means the process's (kiq.payload.writing_format). It
-        reads every format."""
+        reads every format. ``shard`` names the shard this Redis is, for what it lists."""
+        self.shard = shard
         self.keys = Keys.using(namespace)
         self.sidekiq_format = None if sidekiq_format is None else check_format(sidekiq_format)
         self.redis = connection or connect(redis_url or url_from_env(), name="kiq-api", retry=True)
@@ -387,7 +395,7 @@ class API:
             running = [json.loads(entry) for entry in work.values()]
             prefetched = {queue: count for queue, (count, _) in prefetched_by_queue([held]).items()}
             found.append(Process(ident, json.loads(info), int(busy or 0), float(beat or 0),
-                                 quiet == "true", int(rss or 0), running, prefetched))
+                                 quiet == "true", int(rss or 0), running, prefetched, self.shard))
         return found
 
     def job_metrics(self, minutes: int = 60, now: float | None = None) -> list[ClassMetrics]:
@@ -440,6 +448,7 @@ class QueueSummary:
     size: int
     latency: float  # seconds the oldest job not yet started has waited, in the queue or prefetched
     prefetched: int = 0  # jobs that workers hold but have not started
+    shard: str = SINGLE
 
 
 @dataclass(frozen=True)
@@ -451,6 +460,7 @@ class Found:
     name: str
     job: Job
     since: float | None = None
+    shard: str = SINGLE
 
 
 def queue_summaries(api: API) -> list[QueueSummary]:
@@ -468,7 +478,7 @@ def queue_summaries(api: API) -> list[QueueSummary]:
     for index, name in enumerate(names):
         size, oldest = replies[2 * index: 2 * index + 2]
         count, first = held.get(name, (0, None))
-        found.append(QueueSummary(name, int(size), waited(oldest, first, now), count))
+        found.append(QueueSummary(name, int(size), waited(oldest, first, now), count, api.shard))
     return found
 
 
@@ -603,7 +613,7 @@ def running(process: Process) -> list[Found]:
         payload = work.get("payload")
         raw = payload if isinstance(payload, str) else json.dumps(payload)
         since = epoch_seconds(work.get("run_at"))
-        found.append(Found("running", process.identity, Job.parse(raw), since))
+        found.append(Found("running", process.identity, Job.parse(raw), since, process.shard))
     return found
 
 
@@ -632,10 +642,62 @@ def find(jid: str, api: API | None = None) -> list[Found]:
     found = []
     for queue in api.queues():
         jobs, _ = queue_matching(queue, jid, 0, SCAN_WINDOW)
-        found += [Found("queue", queue.name, job) for job in jobs if job.jid == jid]
+        found += [Found("queue", queue.name, job, shard=api.shard) for job in jobs if job.jid == jid]
     for entries in (api.scheduled, api.retries, api.dead):
         job = entries.find(jid)
         if job is not None:
-            found.append(Found(entries.name, entries.name, job))
+            found.append(Found(entries.name, entries.name, job, shard=api.shard))
     found += [each for process in api.processes() for each in running(process) if each.job.jid == jid]
     return found
+
+
+# -- every shard at once (kiq.shards) ---------------------------------------------------------
+
+
+class ShardedAPI:
+    """One ``API`` per shard, read side by side: each shard keeps Sidekiq's layout and is read
+    on its own; what it lists carries the shard's name. With one Redis it is that one ``API``.
+
+    ``shards`` is a ``kiq.shards.Shards`` or the config file's ``shards`` mapping; without it,
+    the one Redis of ``redis_url`` (found as the client finds it)."""
+
+    def __init__(self, shards: Shards | dict[str, Any] | None = None, namespace: str | None = None,
+                 sidekiq_format: int | None = None, redis_url: str | None = None) -> None:
+        self.routes = Shards.parse(shards) if shards else Shards.single(redis_url or url_from_env())
+        self.apis = {shard.name: API(shard.url, namespace, sidekiq_format=sidekiq_format, shard=shard.name)
+                     for shard in self.routes}
+
+    @property
+    def default(self) -> API:
+        """The first shard's: where queues no shard names live."""
+        return self.apis[self.routes.default.name]
+
+    @property
+    def sharded(self) -> bool:
+        return self.routes.sharded
+
+    def api(self, shard: str) -> API:
+        """The API of the shard named ``shard``; ValueError naming the shards if there is none."""
+        return self.apis[self.routes.named(shard).name]
+
+    def api_for(self, queue: str) -> API:
+        """The API of the shard that ``queue`` lives on."""
+        return self.apis[self.routes.route(queue).name]
+
+    def stats(self) -> dict[str, Stats]:
+        return {name: api.stats() for name, api in self.apis.items()}
+
+    def queue_summaries(self) -> list[QueueSummary]:
+        return [summary for api in self.apis.values() for summary in queue_summaries(api)]
+
+    def processes(self) -> list[Process]:
+        return [process for api in self.apis.values() for process in api.processes()]
+
+    def find(self, jid: str) -> list[Found]:
+        return [found for api in self.apis.values() for found in find(jid, api)]
+
+
+def total(stats: dict[str, Stats]) -> Stats:
+    """Every shard's stats added up."""
+    fields = [name for name in vars(Stats(0, 0, 0, 0, 0, 0, 0, 0))]
+    return Stats(**{name: sum(getattr(each, name) for each in stats.values()) for name in fields})

@@ -1,9 +1,13 @@
 """Pushing jobs into Redis in Sidekiq's format; any Python app can use it without the worker side.
 
-A push is one round trip: a non-transactional pipeline of SADD ``queues`` and
+A push is one round trip (kiq.connection.send): SADD ``queues`` and
 one LPUSH per queue (or ZADD ``schedule`` plus a wake-up PUBLISH for the
 scheduler). Producers LPUSH and consumers take from the right, so each queue
 is FIFO.
+
+With shards (kiq.shards) each job goes to the Redis of its queue's shard, a scheduled
+one to that shard's ``schedule``: one connection pool per shard, and one round trip per
+shard a bulk push touches.
 """
 
 from __future__ import annotations
@@ -19,10 +23,11 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from kiq import activejob, middleware
-from kiq.connection import connect, url_from_env
+from kiq.connection import connect, send, url_from_env
 from kiq.keys import Keys
 from kiq.payload import check_format, new_jid, new_jids, stamp
 from kiq.serialize import serialize_args, serialize_kwargs
+from kiq.shards import Shards
 
 if TYPE_CHECKING:
     from kiq.job import Job
@@ -84,13 +89,30 @@ class Client:
         namespace: str | None = None,
         connection: redis.Redis | None = None,
         sidekiq_format: int | None = None,
+        shards: Shards | Mapping[str, Any] | None = None,
     ) -> None:
         """``sidekiq_format`` (6, 7 or 8) is the Sidekiq job format this client writes; None
-        means the process's (kiq.payload.writing_format: ``KIQ_SIDEKIQ_FORMAT``, else 6)."""
-        self.redis_url = redis_url or url_from_env()
+        means the process's (kiq.payload.writing_format: ``KIQ_SIDEKIQ_FORMAT``, else 6).
+
+        ``shards`` (a ``kiq.shards.Shards``, or the config file's ``shards`` mapping) routes
+        each job to its queue's shard; ``redis_url`` and ``connection`` are then the first
+        (default) shard's."""
+        self.routes = Shards.parse(shards) if shards else None
+        self.redis_url = self.routes.default.url if self.routes else redis_url or url_from_env()
         self.sidekiq_format = None if sidekiq_format is None else check_format(sidekiq_format)
         self.keys = Keys.using(namespace)
         self.redis = connection or connect(self.redis_url, name="kiq-client", retry=True)
+        self.shard_redis: dict[str, redis.Redis] = {}  # by shard name, when there are several
+        if self.routes and self.routes.sharded:
+            self.shard_redis = {shard.name: self.redis if shard is self.routes.default
+                                else connect(shard.url, name="kiq-client", retry=True)
+                                for shard in self.routes}
+
+    def connection_for(self, queue: str) -> redis.Redis:
+        """The Redis that holds ``queue``: its shard's, or the one Redis."""
+        if not self.shard_redis:
+            return self.redis
+        return self.shard_redis[self.routes.route(queue).name]  # type: ignore[union-attr]
 
     def enqueue(
         self,
@@ -139,10 +161,11 @@ class Client:
         encoded = _encode_alike(shared, [serialize_args(args) for args in args_list], jids)
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start : start + batch_size]
+            conn = self.connection_for(shared["queue"])
             if "at" in shared:
-                self._send({}, dict.fromkeys(batch, float(shared["at"])))
+                self._send({}, dict.fromkeys(batch, float(shared["at"])), conn)
             else:
-                self._send({shared["queue"]: batch}, {})
+                self._send({shared["queue"]: batch}, {}, conn)
         return jids
 
     def push(self, payload: Mapping[str, Any]) -> str:
@@ -165,7 +188,18 @@ class Client:
         return [payload["jid"] for payload in hooked]
 
     def _push(self, payloads: Sequence[Mapping[str, Any]]) -> None:
-        """Encode and send; a scheduled entry without its ``at``."""
+        """Encode and send, one round trip per shard; a scheduled entry without its ``at``."""
+        if not self.shard_redis:
+            self._push_to(self.redis, payloads)
+            return
+        by_shard: dict[str, list[Mapping[str, Any]]] = {}
+        for payload in payloads:
+            by_shard.setdefault(self.routes.route(payload["queue"]).name, []).append(payload)  # type: ignore[union-attr]
+        for name, group in by_shard.items():
+            self._push_to(self.shard_redis[name], group)
+
+    def _push_to(self, conn: redis.Redis, payloads: Sequence[Mapping[str, Any]]) -> None:
+        """Encode and send to one Redis."""
         by_queue: dict[str, list[str]] = {}
         scheduled: dict[str, float] = {}
         for payload in payloads:
@@ -174,19 +208,21 @@ class Client:
                 scheduled[_compact(stored)] = float(payload["at"])
             else:
                 by_queue.setdefault(payload["queue"], []).append(_compact(payload))
-        self._send(by_queue, scheduled)
+        self._send(by_queue, scheduled, conn)
 
-    def _send(self, by_queue: Mapping[str, list[str]], scheduled: Mapping[str, float]) -> None:
+    def _send(self, by_queue: Mapping[str, list[str]], scheduled: Mapping[str, float],
+              conn: redis.Redis) -> None:
         """One round trip: encoded jobs onto their queues, encoded entries into the schedule."""
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[tuple[Any, ...]] = []
         if by_queue:
-            pipe.sadd(self.keys.queues, *by_queue)
+            commands.append(("SADD", self.keys.queues, *by_queue))
             for queue, encoded_jobs in by_queue.items():
-                pipe.lpush(self.keys.queue(queue), *encoded_jobs)
+                commands.append(("LPUSH", self.keys.queue(queue), *encoded_jobs))
         if scheduled:
-            pipe.zadd(self.keys.schedule, scheduled)
-            pipe.publish(self.keys.schedule_channel, str(min(scheduled.values())))
-        pipe.execute()
+            commands.append(("ZADD", self.keys.schedule,
+                             *(item for entry, at in scheduled.items() for item in (at, entry))))
+            commands.append(("PUBLISH", self.keys.schedule_channel, str(min(scheduled.values()))))
+        send(conn, commands)
 
 
 def _encode_alike(shared: Mapping[str, Any], args_lists: Sequence[list[Any]],

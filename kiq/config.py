@@ -21,6 +21,8 @@ from kiq.connection import ENCODE_PASSWORD, unencoded_password, url_from_env
 from kiq.errors import ConfigError
 from kiq.execution import MAX_RETENTION, RETENTION
 from kiq.payload import DEFAULT_FORMAT, check_format, env_format
+from kiq.shards import Shard, Shards
+from kiq.shards import parse as parse_shards
 
 __all__ = ["Config", "ConfigError", "load", "parse_queues"]
 
@@ -58,10 +60,30 @@ class Config:
     tracing_span_naming: str = "queue"
     tracing_propagation_style: str = "link"
     sidekiq_format: int = DEFAULT_FORMAT  # the Sidekiq job format kiq writes: 6, 7 or 8 (kiq.payload)
+    shards: tuple[Shard, ...] = ()  # as configured (kiq.shards); none: the one Redis of redis_url
 
     @property
     def queue_names(self) -> list[str]:
         return [name for name, _ in self.queues]
+
+    @property
+    def routes(self) -> Shards:
+        """Every shard and the queues on it: the configured ones, or the one Redis of ``redis_url``."""
+        return Shards(self.shards) if self.shards else Shards.single(self.redis_url)
+
+    def on_shard(self, name: str) -> Config:
+        """The settings of the workers that serve shard ``name``: its Redis, and those of
+        ``queues`` that live on it (in their order and weights). A worker serves one shard."""
+        routes = self.routes
+        shard = routes.named(name)
+        queues = [(queue, weight) for queue, weight in self.queues if routes.route(queue) is shard]
+        return dataclasses.replace(self, redis_url=shard.url, queues=queues)
+
+    def served_shards(self) -> list[str]:
+        """The shards that hold at least one of ``queues``: those that get workers."""
+        routes = self.routes
+        served = {routes.route(queue).name for queue in self.queue_names}
+        return [name for name in routes.names if name in served]
 
 
 def load(path: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
@@ -122,6 +144,8 @@ def _build(raw: dict[str, Any]) -> Config:
             config.prefetch = _prefetch(value)
         elif key == "queues":
             config.queues, config.strict = parse_queues(value)
+        elif key == "shards":
+            config.shards = tuple(parse_shards(value))
         elif key == "periodic":
             from kiq.periodic import entries_from_config
 
@@ -130,7 +154,9 @@ def _build(raw: dict[str, Any]) -> Config:
             setattr(config, key, _checked(key, value, getattr(config, key)))
         else:
             raise ConfigError(key, "unknown setting")
-    config.redis_url = config.redis_url or url_from_env()
+    if config.shards and "redis_url" in raw:
+        raise ConfigError("redis_url", "give it as the first of shards (the default shard), not both")
+    config.redis_url = config.shards[0].url if config.shards else config.redis_url or url_from_env()
     if "namespace" not in raw:
         config.namespace = os.environ.get("KIQ_NAMESPACE", "")
     config.web_password = config.web_password or os.environ.get("KIQ_WEB_PASSWORD", "")

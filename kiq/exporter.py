@@ -22,7 +22,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from socketserver import ThreadingMixIn
 from typing import Any, TextIO, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -42,20 +42,44 @@ BIND_PAUSE_MAX = 5.0
 
 
 class RedisCollector:
-    """Values read from Redis at scrape time, in the master only."""
+    """Values read from Redis at scrape time, in the master only: each shard's, under its
+    ``shard`` label (``main`` with one Redis)."""
 
-    def __init__(self, conn: redis.Redis, keys: Keys) -> None:
-        self.conn = conn
+    def __init__(self, conns: Mapping[str, redis.Redis], keys: Keys) -> None:
+        self.conns = conns
         self.keys = keys
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
+        by_queue, by_shard = ["queue", "shard"], ["shard"]
+        families = {
+            "size": GaugeMetricFamily("kiq_queue_size", "Jobs waiting in a queue.", labels=by_queue),
+            "prefetched": GaugeMetricFamily("kiq_queue_prefetched",
+                                            "Jobs of a queue that workers hold but have not started.",
+                                            labels=by_queue),
+            "latency": GaugeMetricFamily("kiq_queue_latency_seconds",
+                                         "Age of the oldest job of a queue not yet started, waiting in the "
+                                         "queue or prefetched.", labels=by_queue),
+            "scheduled": GaugeMetricFamily("kiq_scheduled_jobs", "Jobs in the schedule set.",
+                                           labels=by_shard),
+            "retries": GaugeMetricFamily("kiq_retry_jobs", "Jobs in the retry set.", labels=by_shard),
+            "dead": GaugeMetricFamily("kiq_dead_jobs", "Jobs in the dead set.", labels=by_shard),
+            "processes": GaugeMetricFamily("kiq_processes", "Worker processes with a live heartbeat, on "
+                                           "every host.", labels=by_shard),
+            "rtt": GaugeMetricFamily("kiq_redis_rtt_seconds", "Round trip of one Redis command from the "
+                                     "master.", labels=by_shard),
+        }
+        for shard, conn in self.conns.items():
+            self._read(shard, conn, families)
+        yield from families.values()
+
+    def _read(self, shard: str, conn: redis.Redis, families: dict[str, GaugeMetricFamily]) -> None:
         k = self.keys
-        queues = sorted(str(queue) for queue in self.conn.smembers(k.queues))
-        identities = [str(ident) for ident in self.conn.smembers(k.processes)]
+        queues = sorted(str(queue) for queue in conn.smembers(k.queues))
+        identities = [str(ident) for ident in conn.smembers(k.processes)]
         started = time.perf_counter()
-        self.conn.ping()
+        conn.ping()
         rtt = time.perf_counter() - started
-        pipe = self.conn.pipeline(transaction=False)
+        pipe = conn.pipeline(transaction=False)
         for queue in queues:
             pipe.llen(k.queue(queue))
             pipe.lindex(k.queue(queue), -1)
@@ -66,30 +90,16 @@ class RedisCollector:
             pipe.hget(k.process(ident), "prefetched")
         replies = pipe.execute()
         held = prefetched_by_queue(replies[2 * len(queues) + 4:])
-        size = GaugeMetricFamily("kiq_queue_size", "Jobs waiting in a queue.", labels=["queue"])
-        prefetched = GaugeMetricFamily("kiq_queue_prefetched",
-                                       "Jobs of a queue that workers hold but have not started.",
-                                       labels=["queue"])
-        latency = GaugeMetricFamily("kiq_queue_latency_seconds",
-                                    "Age of the oldest job of a queue not yet started, waiting in the "
-                                    "queue or prefetched.", labels=["queue"])
         now = time.time()
         for index, queue in enumerate(queues):
             count, first = held.get(queue, (0, None))
-            size.add_metric([queue], replies[2 * index])
-            prefetched.add_metric([queue], count)
-            latency.add_metric([queue], waited(replies[2 * index + 1], first, now))
-        yield size
-        yield prefetched
-        yield latency
-        scheduled, retries, dead_jobs, processes = replies[2 * len(queues): 2 * len(queues) + 4]
-        yield GaugeMetricFamily("kiq_scheduled_jobs", "Jobs in the schedule set.", value=scheduled)
-        yield GaugeMetricFamily("kiq_retry_jobs", "Jobs in the retry set.", value=retries)
-        yield GaugeMetricFamily("kiq_dead_jobs", "Jobs in the dead set.", value=dead_jobs)
-        yield GaugeMetricFamily("kiq_processes", "Worker processes with a live heartbeat, on every host.",
-                                value=processes)
-        yield GaugeMetricFamily("kiq_redis_rtt_seconds", "Round trip of one Redis command from the master.",
-                                value=rtt)
+            families["size"].add_metric([queue, shard], replies[2 * index])
+            families["prefetched"].add_metric([queue, shard], count)
+            families["latency"].add_metric([queue, shard], waited(replies[2 * index + 1], first, now))
+        sets = replies[2 * len(queues): 2 * len(queues) + 4]
+        for name, value in zip(("scheduled", "retries", "dead", "processes"), sets, strict=True):
+            families[name].add_metric([shard], value)
+        families["rtt"].add_metric([shard], rtt)
 
 
 class Samples:
@@ -119,8 +129,8 @@ class Samples:
 class Scrape:
     """A collector that builds a fresh registry for each scrape, as multiprocess mode requires."""
 
-    def __init__(self, conn: redis.Redis, keys: Keys, lock: threading.Lock) -> None:
-        self.conn = conn
+    def __init__(self, conns: Mapping[str, redis.Redis], keys: Keys, lock: threading.Lock) -> None:
+        self.conns = conns
         self.keys = keys
         self.lock = lock
         self.samples = Samples(os.environ[ENV])
@@ -128,7 +138,7 @@ class Scrape:
     def collect(self) -> Iterator[Any]:
         registry = CollectorRegistry()
         registry.register(self.samples)
-        registry.register(RedisCollector(self.conn, self.keys))
+        registry.register(RedisCollector(self.conns, self.keys))
         with self.lock:
             yield from registry.collect()
 
@@ -154,10 +164,10 @@ class _Server(ThreadingMixIn, WSGIServer):
                                      error=repr(sys.exc_info()[1]))
 
 
-def serve(host: str, port: int, conn: redis.Redis, keys: Keys, lock: threading.Lock) -> None:
-    """Serve /metrics from a daemon thread, binding the port as soon as it is free;
-    ``lock`` keeps a scrape and a fork apart."""
-    app = make_wsgi_app(Scrape(conn, keys, lock))
+def serve(host: str, port: int, conns: Mapping[str, redis.Redis], keys: Keys, lock: threading.Lock) -> None:
+    """Serve /metrics from a daemon thread, binding the port as soon as it is free; ``conns``
+    are the shards' Redis by name; ``lock`` keeps a scrape and a fork apart."""
+    app = make_wsgi_app(Scrape(conns, keys, lock))
     threading.Thread(target=_bind_and_serve, args=(host, port, app), name="metrics", daemon=True).start()
 
 

@@ -15,6 +15,10 @@ Signal handlers only queue the signal (kiq.signals); the main loop calls one
 short method per signal. The scheduler thread does its Redis work under
 ``fork_lock`` and the master forks only while holding it, so a child never
 inherits a lock that another thread held.
+
+With shards (kiq.shards) the master waits for every shard's Redis and runs one scheduler
+thread and one host-loss sweep per shard; its /metrics reads every shard. Which queues live
+on which shard may change on a reload; the shards themselves (names, URLs) need a restart.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from kiq.sweep import Sweeper
 
 MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN,
                   signal.SIGTTOU, signal.SIGTSTP, signal.SIGUSR1)
-MASTER_ONLY = ("redis_url", "namespace", "metrics_host", "metrics_port", "sidekiq_format")
+MASTER_ONLY = ("namespace", "metrics_host", "metrics_port", "sidekiq_format")
 
 
 @dataclass
@@ -82,16 +86,20 @@ class Master:
         setproctitle.setproctitle("kiq master [booting]")
         set_format(self.config.sidekiq_format)  # before the scheduler starts and any fork
         self.signals = SignalQueue(MASTER_SIGNALS)
-        self.conn = connect(self.config.redis_url, name="kiq-master")
+        self.shards = self.config.routes.all
+        self.conns = {shard.name: connect(shard.url, name="kiq-master") for shard in self.shards}
         if not self._wait_for_redis():
             return 0
-        self.recovery = Recovery(self.conn, self.keys)
-        self.sweeper = Sweeper(self.conn, self.keys, self.recovery, self.config.heartbeat_interval,
-                               self.config.heartbeat_ttl)
-        self.scheduler = Scheduler(self.config.redis_url, self.keys, self.fork_lock)
-        self.scheduler.start()
+        self.sweepers = [Sweeper(conn, self.keys, Recovery(conn, self.keys), self.config.heartbeat_interval,
+                                 self.config.heartbeat_ttl) for conn in self.conns.values()]
+        self.schedulers = [Scheduler(shard.url, self.keys, self.fork_lock, shard=self._shard_name(shard.name))
+                           for shard in self.shards]
+        for scheduler in self.schedulers:
+            scheduler.start()
         self._serve_metrics()
-        self.log.info("master started", pid=os.getpid(), redis=redact(self.config.redis_url))
+        self.log.info("master started", pid=os.getpid(), redis=redact(self.config.redis_url),
+                      **({"shards": {shard.name: redact(shard.url) for shard in self.shards}}
+                         if len(self.shards) > 1 else {}))
         self._start_generation(self.config)
         while not self.stopping:
             self._title()
@@ -101,9 +109,11 @@ class Master:
             self._check_loading()
             self._reap()
             self._restart_if_due()
-            self.sweeper.sweep_if_due()
+            for sweeper in self.sweepers:
+                sweeper.sweep_if_due()
         self._stop_generations()
-        self.scheduler.stop()
+        for scheduler in self.schedulers:
+            scheduler.stop()
         if self.load_error:
             raise AppLoadError(self.load_error)
         self.log.info("master stopped")
@@ -112,9 +122,13 @@ class Master:
     def _serve_metrics(self) -> None:
         if not self.config.metrics_port:
             return
-        conn = connect(self.config.redis_url, name="kiq-metrics")
-        exporter.serve(self.config.metrics_host, self.config.metrics_port, conn, self.keys,
+        conns = {shard.name: connect(shard.url, name="kiq-metrics") for shard in self.shards}
+        exporter.serve(self.config.metrics_host, self.config.metrics_port, conns, self.keys,
                        self.fork_lock)
+
+    def _shard_name(self, name: str) -> str:
+        """The shard's name for log lines: empty with one Redis, so they read as before."""
+        return name if len(self.shards) > 1 else ""
 
     # -- signals --------------------------------------------------------
 
@@ -148,6 +162,10 @@ class Master:
             if getattr(config, key) != getattr(self.config, key):
                 self.log.warning("setting needs a restart to change; keeping the old value", key=key)
                 setattr(config, key, getattr(self.config, key))
+        if config.routes.servers() != self.config.routes.servers():
+            self.log.warning("setting needs a restart to change; keeping the old value",
+                             key="shards" if config.shards or self.config.shards else "redis_url")
+            config.redis_url, config.shards = self.config.redis_url, self.config.shards
         self._check_loading()
         for gen in self._in_state("loading"):
             self._kill_loading(gen)
@@ -322,21 +340,22 @@ class Master:
         return keep_trying(self._redis_ready, self._wait_for_signals)
 
     def _redis_ready(self) -> bool:
-        """Whether Redis answers and lets kiq in. Raises RedisRefused if it answers but refuses
-        kiq's login or commands: that is a setting to fix, not an outage to wait out."""
-        try:
-            check_access(self.conn, self.keys.access_check, self.keys.schedule_channel)
-            self._check_eviction()
-            return True
-        except redis.RedisError as error:
-            hint = refusal(error)
-            if hint:
-                raise RedisRefused(f"{hint} ({redact(self.config.redis_url)}): {error}") from error
-            if not self.redis_reported:
-                self.redis_reported = True
-                self.log.error("redis unreachable, retrying", redis=redact(self.config.redis_url),
-                               error=str(error))
-            return False
+        """Whether every shard's Redis answers and lets kiq in. Raises RedisRefused if one answers
+        but refuses kiq's login or commands: that is a setting to fix, not an outage to wait out."""
+        for shard in self.shards:
+            conn = self.conns[shard.name]
+            try:
+                check_access(conn, self.keys.access_check, self.keys.schedule_channel)
+                self._check_eviction(conn)
+            except redis.RedisError as error:
+                hint = refusal(error)
+                if hint:
+                    raise RedisRefused(f"{hint} ({redact(shard.url)}): {error}") from error
+                if not self.redis_reported:
+                    self.redis_reported = True
+                    self.log.error("redis unreachable, retrying", redis=redact(shard.url), error=str(error))
+                return False
+        return True
 
     def _wait_for_signals(self, seconds: float) -> bool:
         """Handle the signals that arrive within ``seconds``; False once told to stop."""
@@ -344,10 +363,10 @@ class Master:
             self._handle(signum)
         return not self.stopping
 
-    def _check_eviction(self) -> None:
+    def _check_eviction(self, conn: redis.Redis) -> None:
         """Warn when Redis may evict keys: an evicted queue or in-progress list loses jobs."""
         try:
-            policy = self.conn.config_get("maxmemory-policy").get("maxmemory-policy")
+            policy = conn.config_get("maxmemory-policy").get("maxmemory-policy")
         except redis.ResponseError:  # CONFIG is disabled on some managed services
             return
         if policy and policy != "noeviction":

@@ -52,14 +52,17 @@ MAX_SLEEP = 5.0
 
 
 class Scheduler:
-    def __init__(self, redis_url: str, keys: Keys, lock: threading.Lock) -> None:
-        """``lock`` is held while touching Redis, so the master never forks mid-operation."""
+    def __init__(self, redis_url: str, keys: Keys, lock: threading.Lock, shard: str = "") -> None:
+        """``lock`` is held while touching Redis, so the master never forks mid-operation; a
+        master runs one scheduler per ``shard`` (named in its thread and log lines, if any)."""
         self.redis_url = redis_url
         self.keys = keys
         self.lock = lock
+        self.shard = shard
         self.stopped = threading.Event()
         self.log = log.get("kiq.scheduler")
-        self.thread = threading.Thread(target=self._loop, name="scheduler", daemon=True)
+        name = f"scheduler-{shard}" if shard else "scheduler"
+        self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
     def start(self) -> None:
         self.thread.start()
@@ -103,7 +106,7 @@ class Scheduler:
 
     def _loop(self) -> None:
         conn = connect(self.redis_url, name="kiq-scheduler")
-        outage = Outage("scheduler")
+        outage = Outage(f"scheduler of shard {self.shard}" if self.shard else "scheduler")
         pause = 0.0
         pubsub = None
         while not self.stopped.is_set():

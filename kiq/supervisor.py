@@ -24,6 +24,12 @@ once a second, and one silent for longer than ``worker_timeout`` (before it
 is ready: ``boot_timeout``) is SIGKILLed and handled as a crash: its jobs are
 requeued and a replacement starts. Graceful stops beat too, so a retiring
 worker is judged the same way.
+
+With shards (kiq.shards) a worker serves one shard: the supervisor runs ``processes``
+workers for each shard that holds some of ``queues``, each with those queues and that
+shard's Redis (``Config.on_shard``), and requeues a dead worker's jobs, and fires the
+periodic entries of the queues, on the shard they belong to. TTIN and TTOU add or remove
+one worker per shard.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from kiq.ledger import Ledger
 from kiq.periodic import Entry, Periodic, bind_jobs, declared, merge
 from kiq.recovery import Recovery
 from kiq.registry import registered
+from kiq.shards import SINGLE
 from kiq.signals import SignalQueue, kill
 from kiq.worker import Worker
 
@@ -73,6 +80,7 @@ class Slot:
     """One worker position; its process comes and goes."""
 
     index: int
+    shard: str = SINGLE  # the shard its worker serves
     pid: int = 0
     identity: str = ""
     started: float = 0.0
@@ -96,6 +104,7 @@ class Retiring:
     heard: float
     ledger: Ledger | None = None
     killed: str = ""
+    shard: str = SINGLE
 
 
 class Supervisor:
@@ -104,11 +113,13 @@ class Supervisor:
         self.generation = generation
         self.master_pid = master_pid
         self.keys = Keys(config.namespace)
-        self.slots = [Slot(n + 1) for n in range(config.processes)]
+        self.shards = {name: config.on_shard(name) for name in config.served_shards()}  # workers' configs
+        self.slots = [Slot(n * len(self.shards) + i + 1, name) for n in range(config.processes)
+                      for i, name in enumerate(self.shards)]
         self.retiring: dict[int, Retiring] = {}
         self.stopping = False
         self.quiet = False
-        self.unrecovered: list[tuple[str, list[str]]] = []  # dead identities, with their running jobs
+        self.unrecovered: list[tuple[str, str, list[str]]] = []  # dead (shard, identity, running jobs)
         self.control_buffer = b""  # the start of a line not yet whole
         self.next_memory_check = 0.0
         self.outage = Outage("requeue of dead workers' jobs")
@@ -127,9 +138,13 @@ class Supervisor:
             _report(ready_fd, f"error {error}")
             return exits.APP_LOAD
         self._loaded(entries)
-        self.conn = connect(self.config.redis_url, name="kiq-supervisor")
-        self.recovery = Recovery(self.conn, self.keys)
-        self.periodic = Periodic(self.conn, self.keys, entries)
+        routes = self.config.routes
+        self.conns = {shard.name: connect(shard.url, name="kiq-supervisor") for shard in routes}
+        self.recoveries = {name: Recovery(conn, self.keys) for name, conn in self.conns.items()}
+        self.periodics = [Periodic(self.conns[shard.name], self.keys,
+                                   [entry for entry in entries if routes.route(entry.queue) is shard])
+                          for shard in routes]
+        self.periodics = [periodic for periodic in self.periodics if periodic.entries]
         self.control_read, self.control_write = os.pipe()
         os.set_blocking(self.control_read, False)
         os.set_blocking(self.control_write, False)  # the workers' end: see Worker._tell
@@ -170,13 +185,11 @@ class Supervisor:
         if signum == signal.SIGTERM:
             self.stopping = True
         elif signum == signal.SIGTTIN:
-            self.slots.append(Slot(max((s.index for s in self.slots), default=0) + 1))
+            for name in self.shards:
+                self.slots.append(Slot(max((s.index for s in self.slots), default=0) + 1, name))
             self.log.info("one worker more", processes=len(self.slots))
-        elif signum == signal.SIGTTOU and len(self.slots) > 1:
-            slot = self.slots.pop()
-            if slot.pid:
-                self._retire(slot, "scaled down")
-            self.log.info("one worker less", processes=len(self.slots))
+        elif signum == signal.SIGTTOU:
+            self._scale_down()
         elif signum == signal.SIGTSTP and not self.quiet:
             self.quiet = True
             self.log.info("quiet: workers take no new jobs")
@@ -184,6 +197,17 @@ class Supervisor:
         elif signum == signal.SIGUSR1:
             log.dump_stacks(self.log)
             self._signal_workers(signal.SIGUSR1)
+
+    def _scale_down(self) -> None:
+        """One worker less on each shard that has more than one."""
+        for name in self.shards:
+            mine = [slot for slot in self.slots if slot.shard == name]
+            if len(mine) > 1:
+                slot = mine[-1]
+                self.slots.remove(slot)
+                if slot.pid:
+                    self._retire(slot, "scaled down")
+                self.log.info("one worker less", processes=len(self.slots), shard=name)
 
     def _signal_workers(self, signum: int) -> None:
         for pid in [s.pid for s in self.slots if s.pid] + list(self.retiring):
@@ -202,24 +226,30 @@ class Supervisor:
     def _spawn(self, slot: Slot) -> None:
         nonce = secrets.token_hex(6)
         parent = os.getpid()
-        ledger = Ledger(thread_count(self.config.concurrency, len(self.config.queues)))
-        disconnect(self.conn)  # the worker builds its own
+        config = self.shards[slot.shard]
+        ledger = Ledger(thread_count(config.concurrency, len(config.queues)))
+        for conn in self.conns.values():
+            disconnect(conn)  # the worker builds its own
         pid = os.fork()
         if pid == 0:
-            self._become_worker(slot.index, nonce, parent, ledger)
+            self._become_worker(config, slot.index, nonce, parent, ledger)
         slot.pid, slot.identity, slot.started = pid, heartbeat.identity(pid, nonce), time.monotonic()
         slot.ledger = ledger
         slot.ready, slot.heard, slot.killed = False, slot.started, ""
-        self.log.info("worker spawned", worker=slot.index, pid=pid)
+        self.log.info("worker spawned", worker=slot.index, pid=pid, **self._shard_field(slot.shard))
 
-    def _become_worker(self, index: int, nonce: str, parent: int, ledger: Ledger) -> None:
+    def _shard_field(self, name: str) -> dict[str, str]:
+        """``shard=NAME`` for log lines, when there is more than one."""
+        return {"shard": name} if self.config.routes.sharded else {}
+
+    def _become_worker(self, config: Config, index: int, nonce: str, parent: int, ledger: Ledger) -> None:
         """In the child: never return into the supervisor's code."""
         code = 1
         try:
             self.signals.close()
             os.close(self.control_read)
             ident = heartbeat.identity(os.getpid(), nonce)
-            code = Worker(self.config, index, ident, parent, self.control_write, ledger,
+            code = Worker(config, index, ident, parent, self.control_write, ledger,
                           self.generation).run()
         except BaseException:
             self.log.error("worker crashed", worker=index, error=traceback.format_exc())
@@ -229,7 +259,7 @@ class Supervisor:
     def _retire(self, slot: Slot, reason: str) -> None:
         """Tell the slot's worker to finish its jobs and exit; the slot is free again."""
         self.retiring[slot.pid] = Retiring(slot.pid, slot.identity, reason, slot.ready, slot.heard,
-                                           ledger=slot.ledger)
+                                           ledger=slot.ledger, shard=slot.shard)
         kill(slot.pid, signal.SIGTERM)
         slot.pid, slot.spawn_at = 0, 0.0
 
@@ -309,14 +339,14 @@ class Supervisor:
         metrics.mark_dead(pid)
         retired = self.retiring.pop(pid, None)
         if retired is not None:
-            self.unrecovered.append((retired.identity, _running(retired.ledger)))
+            self.unrecovered.append((retired.shard, retired.identity, _running(retired.ledger)))
             self.log.info("worker retired", pid=pid, reason=retired.reason,
                           status=describe(status, retired.killed))
             return
         slot = next((s for s in self.slots if s.pid == pid), None)
         if slot is None:
             return
-        self.unrecovered.append((slot.identity, _running(slot.ledger)))
+        self.unrecovered.append((slot.shard, slot.identity, _running(slot.ledger)))
         slot.ledger = None
         lived = time.monotonic() - slot.started
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == exits.REMOTE_STOP:
@@ -339,14 +369,16 @@ class Supervisor:
     def _recover_pending(self) -> None:
         """Requeue the jobs of dead workers; identities stay pending while Redis is down."""
         while self.unrecovered:
-            ident, running = self.unrecovered[0]
+            shard, ident, running = self.unrecovered[0]
+            queues = self.shards[shard].queue_names
             moved = self.outage.attempt(
-                functools.partial(self.recovery.requeue_all, ident, self.config.queue_names, running))
+                functools.partial(self.recoveries[shard].requeue_all, ident, queues, running))
             if moved is None:
                 return
             self.unrecovered.pop(0)
             if moved:
-                self.log.warning("requeued jobs of dead worker", identity=ident, jobs=moved)
+                self.log.warning("requeued jobs of dead worker", identity=ident, jobs=moved,
+                                 **self._shard_field(shard))
 
     def _stop_workers(self) -> None:
         self._signal_workers(signal.SIGTERM)
@@ -369,18 +401,18 @@ class Supervisor:
     def _fire_periodic(self) -> None:
         """Enqueue periodic jobs whose tick has come; Redis decides which master's try counts.
         A quiet generation enqueues them too: quiet stops taking jobs, not producing them."""
-        if not self.periodic.entries:
-            return
-        fired = self.outage.attempt(self.periodic.fire_due)
-        if fired:
-            self.log.debug("periodic jobs enqueued", jobs=len(fired))
+        for periodic in self.periodics:
+            fired = self.outage.attempt(periodic.fire_due)
+            if fired:
+                self.log.debug("periodic jobs enqueued", jobs=len(fired))
 
     def _next_wakeup(self) -> float:
         """Seconds until something is due: a worker to start or a periodic tick (at most 1)."""
         due = [s.spawn_at - time.monotonic() for s in self.slots if not s.pid and not self.quiet]
-        tick = self.periodic.next_wakeup() if self.periodic.entries else None
-        if tick is not None:
-            due.append((tick - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        for periodic in self.periodics:
+            tick = periodic.next_wakeup()
+            if tick is not None:
+                due.append((tick - dt.datetime.now(dt.timezone.utc)).total_seconds())
         return min([1.0, *due]) if due else 1.0
 
     def _title(self) -> None:

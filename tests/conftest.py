@@ -159,6 +159,17 @@ def r(redis_server: RedisServer) -> redis.Redis:
     return redis_server.client()
 
 
+@pytest.fixture
+def second_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """Another private redis-server, for a second shard (kiq.shards)."""
+    directory = tmp_path / "second-redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    server.start()
+    yield server
+    server.stop()
+
+
 class Kiq:
     """A ``kiq start`` master running as a subprocess, with its log in a file."""
 
@@ -233,15 +244,16 @@ def start_kiq(
             "metrics": {"port": 0},
         }
         config.update(settings)
+        config = {key: value for key, value in config.items() if value is not None}  # None: drop a default
         path = tmp_path / f"kiq-{len(started)}.yml"
-        path.write_text(yaml.safe_dump(config))
+        path.write_text(yaml.safe_dump(config, sort_keys=False))  # in order: the first shard is the default
         token = uuid.uuid4().hex
         log_path = tmp_path / f"kiq-{len(started)}.log"
         with open(log_path, "wb") as log_file:
             process = subprocess.Popen(
                 [sys.executable, "-m", "kiq", "start", "-c", str(path)],
                 cwd=ROOT,
-                env={**sample_env(config["redis_url"], tmp_path), TOKEN: token},
+                env={**sample_env(config.get("redis_url", redis_server.url), tmp_path), TOKEN: token},
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
             )

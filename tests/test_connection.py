@@ -11,9 +11,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from conftest import ROOT, descendants, free_port, run_python, title, wait_for
 
-from kiq.connection import connect, redact
+from kiq.connection import connect, redact, send
 
 
 class Servers:
@@ -227,6 +228,7 @@ def test_sentinel_failover_under_load(start_kiq, servers, tmp_path, monkeypatch)
     servers.start(str(tmp_path / "sentinel.conf"), binary="redis-sentinel")
     url = f"sentinel://127.0.0.1:{sentinel}/kiqprimary/0"
     wait_for(answers(url), timeout=20)
+    wait_for(answers(f"redis://127.0.0.1:{replica}"), timeout=20)  # it may not listen yet
     replica_conn = connect(f"redis://127.0.0.1:{replica}")
     wait_for(lambda: replica_conn.info("replication")["master_link_status"] == "up", timeout=20)
     sentinel_conn = connect(f"redis://127.0.0.1:{sentinel}")
@@ -341,3 +343,31 @@ def test_keep_trying_waits_with_a_growing_pause_and_stops_when_told():
     assert keep_trying(lambda: next(tries), lambda pause: pauses.append(pause) or True)
     assert pauses == [0.1, 0.2, 0.4]
     assert not keep_trying(lambda: False, lambda pause: False)
+
+
+def test_send_returns_each_reply_and_drops_a_connection_left_mid_reply(redis_server, r):
+    client = connect(redis_server.url, retry=True)
+    assert send(client, [("SET", "k", "v"), ("GET", "k"), ("SADD", "s", "a", "b")]) == ["OK", "v", 2]
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        send(client, [("LPUSH", "k", "x"), ("GET", "k")])  # the GET's reply is never read
+    assert send(client, [("GET", "k")]) == ["v"]  # not the stale reply of the failed call
+    assert client.get("k") == "v"
+
+
+def test_send_tries_again_on_a_new_connection_after_redis_restarted(redis_server):
+    client = connect(redis_server.url, retry=True)
+    assert send(client, [("LPUSH", "q", "1")]) == [1]
+    redis_server.stop()
+    redis_server.start()
+    assert send(client, [("LPUSH", "q", "2"), ("LLEN", "q")]) == [1, 1]  # Redis kept nothing
+
+
+def test_send_keeps_bytes_that_are_not_utf8_and_refuses_what_redis_cannot_take(redis_server):
+    client = connect(redis_server.url, retry=True)  # decodes with surrogate escapes
+    odd = b'{"class":"\xff\xfe"}'.decode("utf-8", "surrogateescape")
+    assert send(client, [("LPUSH", "q", odd), ("ZADD", "z", 1796521849.3755984, "a")]) == [1, 1]
+    assert redis.Redis.from_url(redis_server.url).lindex("q", 0) == b'{"class":"\xff\xfe"}'
+    assert client.zscore("z", "a") == 1796521849.3755984
+    with pytest.raises(redis.DataError):
+        send(client, [("SET", "k", None)])
+    assert send(client, [("LLEN", "q")]) == [1]

@@ -78,12 +78,12 @@ def test_metrics_follow_jobs_as_they_run_and_fail(metrics_kiq, redis_server, r):
     assert value(after, "kiq_job_duration_seconds_bucket", le="1.0", **slow) == 1
     assert value(after, "kiq_job_duration_seconds_bucket", le="+Inf", **slow) == 1
     assert 0.6 <= value(after, "kiq_job_duration_seconds_sum", **slow) < 1.0
-    assert value(after, "kiq_retry_jobs") == 3
-    assert value(after, "kiq_dead_jobs") == 1
-    assert value(after, "kiq_queue_size", queue="nobody-works-this") == 5
-    assert 0 < value(after, "kiq_queue_latency_seconds", queue="nobody-works-this") < 60
-    assert value(after, "kiq_processes") == 2
-    assert 0 < value(after, "kiq_redis_rtt_seconds") < 1
+    assert value(after, "kiq_retry_jobs", shard="main") == 3
+    assert value(after, "kiq_dead_jobs", shard="main") == 1
+    assert value(after, "kiq_queue_size", queue="nobody-works-this", shard="main") == 5
+    assert 0 < value(after, "kiq_queue_latency_seconds", queue="nobody-works-this", shard="main") < 60
+    assert value(after, "kiq_processes", shard="main") == 2
+    assert 0 < value(after, "kiq_redis_rtt_seconds", shard="main") < 1
 
 
 def test_a_job_that_ends_during_a_graceful_stop_is_counted(metrics_kiq, client, r):

@@ -53,9 +53,9 @@ def test_prefetched_jobs_show_in_the_queue_figures(start_kiq, client, redis_serv
         text = response.read().decode()
     found = {(s.name, tuple(s.labels.items())): s.value
              for family in text_string_to_metric_families(text) for s in family.samples}
-    assert found[("kiq_queue_prefetched", (("queue", "default"),))] == 5
-    assert found[("kiq_queue_size", (("queue", "default"),))] == 0
-    assert found[("kiq_queue_latency_seconds", (("queue", "default"),))] > 0
+    assert found[("kiq_queue_prefetched", (("queue", "default"), ("shard", "main")))] == 5
+    assert found[("kiq_queue_size", (("queue", "default"), ("shard", "main")))] == 0
+    assert found[("kiq_queue_latency_seconds", (("queue", "default"), ("shard", "main")))] > 0
 
 
 def test_prefetched_fields_add_up_and_junk_counts_nothing():

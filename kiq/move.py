@@ -1,0 +1,118 @@
+"""Moving a queue's jobs from one shard to another (``kiq shards move``), losing none.
+
+Two Redis servers share no transaction, so each job is copied first and removed second: it
+may be on both shards for a moment, never on neither. The copy goes where the job was: a
+waiting job to the back of the queue on the target (oldest first, so the moved jobs keep
+their order), an entry of ``schedule``, ``retry`` or ``dead`` into the same set with the
+same score. The sets go first and the queue last, so that a scheduled job the source's
+scheduler makes due meanwhile is moved from the queue.
+
+The removal is the exact entry (``LREM`` of the oldest copy, ``ZREM``). When it removes
+nothing, something took the job on the source between copy and removal: a worker still
+serving the queue there, the source's scheduler, an operator. The copy is then taken back
+from the target, and the job lives on where it went on the source (a later move picks it up
+from the source's queue). Only if the copy was taken on the target too (a worker, or the
+target's scheduler, within that moment) does the job exist twice: it is counted as
+``doubled`` and may run twice, kiq's usual at-least-once. A move stopped half way (a crash,
+a Redis error) leaves each job on the source, on the target, or on both; running it again
+moves what is left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.client import Pipeline
+
+from kiq.api import API, Job, SortedSet
+from kiq.connection import wire
+
+BATCH = 100
+
+
+@dataclass
+class Moved:
+    """What a move did: jobs moved per place, and those taken on the source meanwhile."""
+
+    queue: str
+    source: str
+    target: str
+    moved: dict[str, int] = field(default_factory=lambda: {"queue": 0, "schedule": 0, "retry": 0, "dead": 0})
+    taken: int = 0  # taken on the source between copy and removal; the copy was withdrawn
+    doubled: int = 0  # taken on both shards in that moment: on both, and may run twice
+
+    @property
+    def total(self) -> int:
+        return sum(self.moved.values())
+
+
+def move_queue(source: API, target: API, queue: str, batch: int = BATCH) -> Moved:
+    """Move every job of ``queue`` on ``source`` (waiting, scheduled, retrying, dead) to
+    ``target``. Waiting jobs: at most as many as the queue held when the move began, so a
+    producer still pushing there cannot keep it going; run it again for those."""
+    moved = Moved(queue, source.shard, target.shard)
+    for source_set, target_set in ((source.scheduled, target.scheduled), (source.retries, target.retries),
+                                   (source.dead, target.dead)):
+        moved.moved[source_set.name] = _move_entries(source_set, target_set, queue, batch, moved)
+    moved.moved["queue"] = _move_waiting(source, target, queue, batch, moved)
+    return moved
+
+
+def _move_waiting(source: API, target: API, queue: str, batch: int, moved: Moved) -> int:
+    key, target_key = source.keys.queue(queue), target.keys.queue(queue)
+    left = int(source.redis.llen(key))
+    done = 0
+    while left > 0:
+        raws = [str(raw) for raw in reversed(source.redis.lrange(key, -min(batch, left), -1))]  # oldest first
+        if not raws:
+            break
+        left -= len(raws)
+        pipe = target.redis.pipeline(transaction=False)
+        pipe.sadd(target.keys.queues, queue)
+        pipe.lpush(target_key, *map(wire, raws))
+        pipe.execute()
+        pipe = source.redis.pipeline(transaction=False)
+        for raw in raws:
+            pipe.lrem(key, -1, wire(raw))  # type: ignore[arg-type]
+        removed = pipe.execute()
+        _withdraw(target, [raw for raw, gone in zip(raws, removed, strict=True) if not gone],
+                  lambda pipe, raw: pipe.lrem(target_key, 1, wire(raw)), moved)  # type: ignore[arg-type]
+        done += sum(1 for gone in removed if gone)
+    return done
+
+
+def _move_entries(source: SortedSet, target: SortedSet, queue: str, batch: int, moved: Moved) -> int:
+    """The entries of ``source`` whose job is on ``queue``, found in one scan first (so a
+    scan never meets an entry twice), then moved a batch at a time."""
+    found: dict[str, float] = {}
+    for raw, score in source.api.redis.zscan_iter(source.key, count=1000):
+        if Job.parse(str(raw)).queue == queue:
+            found[str(raw)] = float(score)
+    entries = list(found.items())
+    done = 0
+    for start in range(0, len(entries), batch):
+        chunk = dict(entries[start:start + batch])
+        target.api.redis.zadd(target.key, {wire(raw): score for raw, score in chunk.items()})
+        pipe = source.api.redis.pipeline(transaction=False)
+        for raw in chunk:
+            pipe.zrem(source.key, wire(raw))
+        removed = pipe.execute()
+        taken = [raw for raw, gone in zip(chunk, removed, strict=True) if not gone]
+        _withdraw(target.api, taken, lambda pipe, raw: pipe.zrem(target.key, wire(raw)), moved)
+        done += sum(1 for gone in removed if gone)
+    return done
+
+
+def _withdraw(target: API, taken: list[str], remove: Callable[[Pipeline, str], Any], moved: Moved) -> None:
+    """Take back the copies of jobs taken on the source meanwhile; count those already taken
+    on the target too (on both shards now)."""
+    if not taken:
+        return
+    pipe = target.redis.pipeline(transaction=False)
+    for raw in taken:
+        remove(pipe, raw)
+    withdrawn = pipe.execute()
+    moved.taken += len(taken)
+    moved.doubled += sum(1 for each in withdrawn if not each)

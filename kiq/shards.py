@@ -1,0 +1,138 @@
+"""Shards: queues spread over independent Redis servers, each keeping Sidekiq's own layout.
+
+A shard is a name, a Redis URL and the queues that live on it. The first shard is the
+default: every queue no shard names lives there, so a config with one Redis (``redis_url``)
+is the one-shard case, named ``main``. Each shard holds the whole of Sidekiq's layout for
+its queues (``queues``, ``queue:NAME``, ``schedule``, ``retry``, ``dead``, ``processes``, the
+stats), so Sidekiq's Web UI pointed at one shard works on that shard.
+
+Routing is by queue only: a job goes to the shard of its queue, so job classes need no
+change, and whatever follows from the job (its schedule entry, its retries, its dead entry,
+its in-progress list) stays on that shard. The config reads::
+
+    shards:
+      main: redis://10.0.0.1:6379/0          # the first: every queue not named below
+      billing:
+        url: redis://10.0.0.2:6379/0
+        queues: [invoices, payments]
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kiq.connection import ENCODE_PASSWORD, unencoded_password
+from kiq.errors import ConfigError
+
+SINGLE = "main"  # the name of the one shard of a config without ``shards``
+NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+@dataclass(frozen=True)
+class Shard:
+    name: str
+    url: str
+    queues: tuple[str, ...] = ()  # the queues named for it; the default shard also has every other
+
+
+class Shards:
+    """Every shard in config order, and which one a queue lives on: a dict lookup per job."""
+
+    def __init__(self, shards: Sequence[Shard]) -> None:
+        if not shards:
+            raise ValueError("at least one shard")
+        self.all = tuple(shards)
+        self.default = self.all[0]
+        self._routes = {queue: shard for shard in self.all for queue in shard.queues}
+        self._named = {shard.name: shard for shard in self.all}
+
+    @classmethod
+    def single(cls, url: str) -> Shards:
+        return cls([Shard(SINGLE, url)])
+
+    @classmethod
+    def parse(cls, value: Any) -> Shards:
+        """From the config's ``shards`` mapping, or a ``Shards``; ConfigError names what is wrong."""
+        return value if isinstance(value, Shards) else cls(parse(value))
+
+    def route(self, queue: str) -> Shard:
+        """The shard a queue lives on."""
+        return self._routes.get(queue, self.default)
+
+    def named(self, name: str) -> Shard:
+        try:
+            return self._named[name]
+        except KeyError:
+            raise ValueError(f"no shard named {name!r}: the shards are {', '.join(self._named)}") from None
+
+    @property
+    def names(self) -> list[str]:
+        return [shard.name for shard in self.all]
+
+    @property
+    def sharded(self) -> bool:
+        """More than one Redis: what the operator's commands show gains a shard column."""
+        return len(self.all) > 1
+
+    def servers(self) -> list[tuple[str, str]]:
+        """(name, URL) of each shard: what a change of needs a restart (the routes do not)."""
+        return [(shard.name, shard.url) for shard in self.all]
+
+    def __iter__(self) -> Iterator[Shard]:
+        return iter(self.all)
+
+    def __len__(self) -> int:
+        return len(self.all)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Shards) and self.all == other.all
+
+    def __hash__(self) -> int:
+        return hash(self.all)
+
+    def __repr__(self) -> str:
+        return f"Shards({list(self.all)!r})"
+
+
+def parse(value: Any) -> list[Shard]:
+    """``{name: URL}`` or ``{name: {url: URL, queues: [...]}}``, in order; the first is the default."""
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError("shards", "must be a mapping of shard names to a URL or {url, queues}")
+    shards: list[Shard] = []
+    seen: dict[str, str] = {}
+    for name, spec in value.items():
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise ConfigError("shards", f"bad shard name {name!r}: letters, digits, _ . - only")
+        url, queues = _spec(name, spec)
+        for queue in queues:
+            if queue in seen:
+                raise ConfigError(f"shards.{name}.queues", f"queue {queue!r} is on shard {seen[queue]!r} too")
+            seen[queue] = name
+        shards.append(Shard(name, url, tuple(queues)))
+    return shards
+
+
+def _spec(name: str, spec: Any) -> tuple[str, list[str]]:
+    url: Any
+    queues: Any
+    if isinstance(spec, str):
+        url, queues = spec, []
+    elif isinstance(spec, Mapping):
+        unknown = set(spec) - {"url", "queues"}
+        if unknown:
+            raise ConfigError(f"shards.{name}.{sorted(unknown)[0]}", "unknown setting: use url and queues")
+        url, queues = spec.get("url"), spec.get("queues", [])
+        if isinstance(queues, str):
+            queues = [part.strip() for part in queues.split(",") if part.strip()]
+        if not isinstance(queues, list) or not all(isinstance(q, str) and q for q in queues):
+            raise ConfigError(f"shards.{name}.queues", "must be a list of queue names")
+    else:
+        raise ConfigError(f"shards.{name}", "must be a Redis URL or {url: URL, queues: [...]}")
+    if not isinstance(url, str) or "://" not in url:
+        raise ConfigError(f"shards.{name}.url", "must be a URL such as redis://127.0.0.1:6379/0")
+    if unencoded_password(url):
+        raise ConfigError(f"shards.{name}.url", ENCODE_PASSWORD)
+    return url, list(queues)
