@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 SYSTEM_PACKAGES := redis-server redis-sentinel openssl prometheus ruby-sidekiq ruby-activejob ruby-globalid ruby-rack ruby-webrick \
                    chromium chromium-driver
 
-.PHONY: install system-deps run test test-django6 lint bench bench-quick bench-web soak chaos screenshots clean
+.PHONY: install system-deps run test test-django6 lint bench bench-quick bench-web bench-sizing soak chaos screenshots clean
 
 install: $(VENV)/.installed
 
@@ -55,6 +55,11 @@ bench-quick: install system-deps
 # The dashboard's page times on a Redis of 100,000 retries and 50 busy processes (about 15 s).
 bench-web: install system-deps
 	$(PY) bench/web_pages.py $(BENCH_WEB_ARGS)
+
+# What kiq's command pattern costs Redis per job and per idle second, to size Redis by (about 70 s;
+# BENCH_SIZING_ARGS=--quick about 25 s). docs/scaling.md turns the figures into a sizing guide.
+bench-sizing: install system-deps
+	$(PY) bench/sizing.py $(BENCH_SIZING_ARGS)
 
 # The README's pictures of the dashboard (docs/images/*.png), from the demo in headless Chromium (about 1 min).
 screenshots: install system-deps

@@ -1,11 +1,14 @@
 """The benchmark's own arithmetic (bench/): sizing a run, CPU and cores between two readings, the
 long jobs' ideal makespan, reading /proc's CPU times, the drivers' mix of no-ops and naps, and
-finding Ruby Sidekiq. The benchmark itself is `make bench`, never part of the tests."""
+finding Ruby Sidekiq; and the sizing benchmark's quickest run, for its rows. The benchmarks
+themselves (`make bench`, `make bench-sizing`) are never part of the tests."""
 
 from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -14,7 +17,7 @@ import pytest
 
 from bench import driver, figures, runtimes
 from bench.figures import Reading
-from bench.procs import Procs, cpu_seconds, stat_cpu, stat_fields, trees
+from bench.procs import ROOT, Procs, cpu_seconds, stat_cpu, stat_fields, trees
 
 
 def test_usage_is_cpu_per_job_and_cores_between_two_readings() -> None:
@@ -127,3 +130,30 @@ def test_sidekiq_6_is_debians_with_its_own_driver(tmp_path: Path) -> None:
     assert runtime.version.startswith("6.")
     assert runtime.command[-1].endswith("bench/ruby/driver.rb")
     assert "RUBYLIB" not in runtime.env
+
+
+def test_the_sizing_benchmark_prints_every_row_in_its_quickest_form() -> None:
+    """`make bench-sizing` in its quick form, run to the end: a row for every measurement and
+    the connections of kiq's processes (the figures themselves vary with the machine)."""
+    run = subprocess.run([sys.executable, "bench/sizing.py", "--quick", "--no-save", "--idle-seconds", "1"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    out = run.stdout
+    for row in ("| enqueue, 1 per call | 500 |", "| enqueue, bulk (1,000 per call) | 2,000 |",
+                "| processing, a drain of no-op jobs (2 x 10) | 2,000 |",
+                "| processing, a drain of 10 ms jobs (2 x 10) | 300 |",
+                "| enqueue 1 per call + processing, 500 jobs/s |",
+                "| scheduled 1 per call + processing, due one by one over 1 s |",
+                "| scheduled 1 per call + processing, all due at once |",
+                "| processing with one retry each | 200 |", ", 2 masters |",
+                "| scheduled 1 per call, due in an hour (no processing), 1 master | 200 |",
+                "| scheduled 1 per call, due in an hour (no processing), 2 masters | 200 |",
+                "| Redis alone, no client", "| kiq: 1 master + 2 worker processes",
+                "| kiq: 1 master + 4 worker processes",
+                "| one master (scheduler, sweep, supervisor)", "| one worker process |",
+                "| one sweep over 100 live processes"):
+        assert row in out, f"{row!r} missing from:\n{out}"
+    assert "processing, a drain of no-op jobs (2 x 10), commands per job: rpoplpush 1, lrem 1" in out
+    assert "one sweep over 100 live processes, commands per sweep: exists 100, smembers 2" in out
+    assert "each worker process 3 (kiq-beat 1, kiq-fetch 1, kiq-wait 1); 2 worker processes seen" in out
+    assert "each worker process 3 (kiq-beat 1, kiq-fetch 1, kiq-wait 1); 4 worker processes seen" in out
