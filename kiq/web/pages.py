@@ -68,8 +68,9 @@ def busy(view: View) -> Response:
     page = paging.of(paging.Paging.parse(view.request.args), processes,
                      lambda p: " ".join([p.identity, str(p.info.get("tag", "")),
                                          " ".join(p.queues), p.shard if view.sharded else ""]))
+    shards = {name: index for index, name in enumerate(view.shards.apis)}  # in the config's order
     running = sorted((found for process in page.items for found in kiq_api.running(process)),
-                     key=lambda found: (found.shard, found.name, found.since or 0))  # longest running first
+                     key=lambda found: (shards[found.shard], found.name, found.since or 0))  # longest first
     return view.render("busy.html", page=page, running=running, now=time.time(), count=len(processes),
                        busy=sum(p.busy for p in processes),
                        threads=sum(p.concurrency for p in processes))
