@@ -334,3 +334,10 @@ def test_kiq_web_with_a_sharded_config_shows_every_shard(kiq_web_sharded, both):
     with urllib.request.urlopen(url, timeout=10) as reply:
         html = reply.read().decode()
     assert jid(80) in html and 'data-shard="billing">billing <span class="count">1</span>' in html
+
+
+def test_a_shard_whose_redis_is_down_is_a_503_not_a_traceback(web, second_redis, both):
+    second_redis.stop()
+    for url in ("/", "/retries", "/busy"):
+        response = web.get(url)
+        assert response.status_code == 503 and "Redis is not answering" in response.text, url
