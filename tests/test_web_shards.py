@@ -90,9 +90,10 @@ def test_the_dashboard_adds_the_shards_up_and_shows_each_one(web, both):
         ["main", "0", "0", "1", "1", "5", "2", "2", "2"],
         ["billing", "77", "0", "1", "1", "2", "1", "1", "1"]]
     assert 'href="/retries?shard=billing">1</a>' in html
-    redis_rows = cells(html, "redis")
-    assert [row[0] for row in redis_rows] == ["main", "billing"]
-    assert all(row[1][0].isdigit() for row in redis_rows)  # each server's own version
+    version, memory, *_ = cells(html, "redis")
+    assert version[0] == "version" and len(version) == 3 and all(each[0].isdigit() for each in version[1:])
+    assert memory[0] == "memory used" and all(each.endswith(("K", "M")) for each in memory[1:])
+    assert '<th class="shard">main</th><th class="shard">billing</th>' in html
     assert 'href="/queues/invoices?shard=billing">invoices</a></td><td class="shard">billing</td>' in html
 
 
