@@ -14,9 +14,11 @@ and reads them side by side, each process, queue and found job carrying its shar
 
 from __future__ import annotations
 
+import functools
 import json
+import operator
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -624,10 +626,10 @@ def search(api: API, text: str, limit: int = 25) -> dict[str, list[Found]]:
     for queue in api.queues():
         want = limit - len(places["queue"])
         if want > 0:
-            places["queue"] += [Found("queue", queue.name, job)
+            places["queue"] += [Found("queue", queue.name, job, shard=api.shard)
                                 for job in queue_matching(queue, text, 0, want)[0]]
     for entries in (api.scheduled, api.retries, api.dead):
-        places[entries.name] = [Found(entries.name, entries.name, job)
+        places[entries.name] = [Found(entries.name, entries.name, job, shard=api.shard)
                                 for job in sorted_matching(entries, text, 0, limit)[0]]
     places["running"] = [found for process in api.processes() for found in running(process)
                          if contains(found.job, text)][:limit]
@@ -659,12 +661,18 @@ class ShardedAPI:
     on its own; what it lists carries the shard's name. With one Redis it is that one ``API``.
 
     ``shards`` is a ``kiq.shards.Shards`` or the config file's ``shards`` mapping; without it,
-    the one Redis of ``redis_url`` (found as the client finds it)."""
+    the one Redis of ``redis_url`` (found as the client finds it), or of ``connection``.
 
-    def __init__(self, shards: Shards | dict[str, Any] | None = None, namespace: str | None = None,
-                 sidekiq_format: int | None = None, redis_url: str | None = None) -> None:
+    What adds up (stats, the daily and hourly history, each class's metrics) is also read added
+    up over every shard, for the dashboard (kiq.web)."""
+
+    def __init__(self, shards: Shards | Mapping[str, Any] | None = None, namespace: str | None = None,
+                 sidekiq_format: int | None = None, redis_url: str | None = None,
+                 connection: redis.Redis | None = None) -> None:
         self.routes = Shards.parse(shards) if shards else Shards.single(redis_url or url_from_env())
-        self.apis = {shard.name: API(shard.url, namespace, sidekiq_format=sidekiq_format, shard=shard.name)
+        own = None if shards else connection  # a given connection is the one Redis's
+        self.apis = {shard.name: API(shard.url, namespace, own, sidekiq_format=sidekiq_format,
+                                     shard=shard.name)
                      for shard in self.routes}
 
     @property
@@ -695,6 +703,51 @@ class ShardedAPI:
 
     def find(self, jid: str) -> list[Found]:
         return [found for api in self.apis.values() for found in find(jid, api)]
+
+    def search(self, text: str, limit: int = 25) -> dict[str, list[Found]]:
+        """As ``search``, on every shard in turn: at most ``limit`` per place in all."""
+        places: dict[str, list[Found]] = {place: [] for place in PLACES}
+        for api in self.apis.values():
+            for place, found in search(api, text, limit).items():
+                places[place] += found[: limit - len(places[place])]
+        return places
+
+    def total(self) -> Stats:
+        return total(self.stats())
+
+    def history(self, days: int, now: float | None = None) -> list[tuple[str, int, int]]:
+        """As ``history``, every shard's counters added up per day."""
+        moment = time.time() if now is None else now
+        return _added([history(api, days, moment) for api in self.apis.values()])
+
+    def hourly(self, hours: int, now: float | None = None) -> list[tuple[str, int, int]]:
+        """As ``hourly``, every shard's records added up per hour."""
+        moment = time.time() if now is None else now
+        return _added([hourly(api, hours, moment) for api in self.apis.values()])
+
+    def job_metrics(self, minutes: int = 60, now: float | None = None) -> list[ClassMetrics]:
+        """As ``API.job_metrics``, each class's metrics added up over the shards it ran on."""
+        moment = time.time() if now is None else now
+        classes: dict[str, ClassMetrics] = {}
+        for api in self.apis.values():
+            for each in api.job_metrics(minutes, moment):
+                classes[each.name] = classes[each.name] + each if each.name in classes else each
+        return [classes[name] for name in sorted(classes)]
+
+    def job_series(self, job_class: str, minutes: int = 60,
+                   now: float | None = None) -> list[tuple[int, ClassMetrics]]:
+        """As ``API.job_series``, each minute added up over the shards (the same minutes on each)."""
+        moment = time.time() if now is None else now
+        series = [api.job_series(job_class, minutes, moment) for api in self.apis.values()]
+        return [(points[0][0], functools.reduce(operator.add, (each for _, each in points)))
+                for points in zip(*series, strict=True)]
+
+
+def _added(tables: list[list[tuple[str, int, int]]]) -> list[tuple[str, int, int]]:
+    """(label, processed, failed) rows of several shards, the same labels in the same order in
+    each, added up per label."""
+    return [(rows[0][0], sum(row[1] for row in rows), sum(row[2] for row in rows))
+            for rows in zip(*tables, strict=True)]
 
 
 def total(stats: dict[str, Stats]) -> Stats:

@@ -8,14 +8,26 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from typing import Any
 
 import pytest
 import redis
 from conftest import ROOT, wait_for
-from webdata import SCRIPT, add, csrf, dump, executions, failure, fill, heartbeat, jid, job, push
+from webdata import (
+    SCRIPT,
+    add,
+    commands_during,
+    csrf,
+    dump,
+    executions,
+    failure,
+    fill,
+    heartbeat,
+    jid,
+    job,
+    push,
+)
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 from werkzeug.test import Client, TestResponse
 from werkzeug.wrappers import Response
@@ -366,31 +378,6 @@ def test_periodic_lists_entries_and_enqueues_one_now(redis_server, r):
 # -- paging windows and filters --------------------------------------------
 
 
-def commands_during(redis_server, action) -> list[str]:
-    """The commands Redis ran while ``action`` ran, as MONITOR shows them (quotes removed)."""
-    seen: list[str] = []
-    ready = threading.Event()
-    stop = threading.Event()
-
-    def watch() -> None:
-        with redis_server.client().monitor() as monitor:
-            ready.set()
-            for command in monitor.listen():
-                seen.append(command["command"])
-                if stop.is_set() and command["command"] == "PING":
-                    return
-
-    thread = threading.Thread(target=watch)
-    thread.start()
-    ready.wait(5)
-    time.sleep(0.1)
-    action()
-    stop.set()
-    redis_server.client().ping()
-    thread.join(5)
-    return seen
-
-
 def test_a_page_reads_one_window_of_a_large_set(web, r, redis_server):
     now = time.time()
     with r.pipeline() as pipe:
@@ -538,7 +525,7 @@ kiq.cli.main()
 def cells(html: str, table: str) -> list[list[str]]:
     """The rows of a table's body (the table of that id) as the texts of their cells."""
     body = html.split(f'<table id="{table}">', 1)[1].split("</table>", 1)[0].split("<tbody>", 1)[1]
-    rows = re.findall(r"<tr>(.*?)</tr>", body, re.S)
+    rows = re.findall(r"<tr[^>]*>(.*?)</tr>", body, re.S)
     return [[" ".join(re.sub(r"<[^>]+>", " ", cell).split())
              for cell in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, re.S)] for row in rows]
 

@@ -7,6 +7,7 @@ import bisect
 import json
 import re
 import socket
+import threading
 import time
 from typing import Any
 
@@ -111,3 +112,28 @@ def accepts(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def commands_during(redis_server, action) -> list[str]:
+    """The commands Redis ran while ``action`` ran, as MONITOR shows them (quotes removed)."""
+    seen: list[str] = []
+    ready = threading.Event()
+    stop = threading.Event()
+
+    def watch() -> None:
+        with redis_server.client().monitor() as monitor:
+            ready.set()
+            for command in monitor.listen():
+                seen.append(command["command"])
+                if stop.is_set() and command["command"] == "PING":
+                    return
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    ready.wait(5)
+    time.sleep(0.1)
+    action()
+    stop.set()
+    redis_server.client().ping()
+    thread.join(5)
+    return seen

@@ -21,21 +21,28 @@ SET_ACTIONS = {"scheduled": ("retry", "delete", "kill"), "retries": ("retry", "d
 
 
 def signal(view: View) -> Response:
-    """Quiet or stop one process (``identity``), or every live one (``all``)."""
+    """Quiet or stop one process (``identity`` on ``shard``, the first by default), or every
+    live one of every shard (``all``)."""
     action = view.request.form.get("action")
     if action not in ("quiet", "stop"):
         raise BadRequest(f"unknown action {action!r}")
-    live = {process.identity for process in view.api.processes()}
-    wanted = live if view.request.form.get("all") else {view.request.form.get("identity", "")}
-    targets = sorted(wanted & live)
-    for identity in targets:
-        getattr(view.api, action)(identity)
-    return view.done(action, len(targets))
+    if view.request.form.get("all"):
+        apis = list(view.shards.apis.values())
+    else:
+        apis = [view.shards.api(view.named(view.request.form.get("shard"), view.shards.default.shard))]
+    count = 0
+    for api in apis:
+        live = {process.identity for process in api.processes()}
+        wanted = live if view.request.form.get("all") else {view.request.form.get("identity", "")}
+        for identity in sorted(wanted & live):
+            getattr(api, action)(identity)
+            count += 1
+    return view.done(action, count)
 
 
 def change_queue(view: View, name: str) -> Response:
-    """Delete one job (by ``jid``) from a queue, or clear the queue."""
-    queue = view.api.queue(name)
+    """Delete one job (by ``jid``) from a queue, or clear the queue, on the queue's page's shard."""
+    queue = view.shards.api(view.queue_shard(name)).queue(name)
     action = view.request.form.get("action")
     if action == "delete":
         return view.done("delete", int(queue.delete(view.request.form.get("jid", ""))))
@@ -59,15 +66,16 @@ def change_set(view: View, kind: str) -> Response:
     jobs = [job for key in keys if (job := pages.entry_at(view, kind, key))]
     done = int(getattr(entries, action)(jobs))
     if view.request.form.get("from") == "job":
-        return view.done(action, done, "sorted_set", kind=kind)
+        return view.done(action, done, "sorted_set", kind=kind, **view.on(view.shard))
     return view.done(action, done)
 
 
 def enqueue_periodic(view: View) -> Response:
-    """Enqueue one run of a periodic entry now, outside its schedule."""
+    """Enqueue one run of a periodic entry now, outside its schedule, on the shard of its queue."""
     name = view.request.form.get("name")
     entry = next((entry for entry in view.dashboard.periodic if entry.name == name), None)
     if entry is None:
         raise NotFound(f"no periodic entry named {name!r}")
-    enqueue_now(Client(namespace=view.api.keys.namespace, connection=view.api.redis), entry)
+    api = view.shards.api_for(entry.queue)
+    enqueue_now(Client(namespace=api.keys.namespace, connection=api.redis), entry)
     return view.done("enqueue", 1)

@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import redis
-from werkzeug.exceptions import Forbidden, HTTPException
+from werkzeug.exceptions import Forbidden, HTTPException, NotFound
 from werkzeug.routing import Map, MapAdapter, Rule
 from werkzeug.wrappers import Request, Response
 
 from kiq import __version__
-from kiq.api import API
+from kiq.api import API, ShardedAPI
 from kiq.web import actions, csrf, metrics, pages, render
 
 if TYPE_CHECKING:
@@ -52,11 +52,12 @@ POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'sel
 
 
 class Dashboard:
-    """The WSGI application ``kiq.web.app()`` returns."""
+    """The WSGI application ``kiq.web.app()`` returns, over every shard of ``shards`` (one API
+    per Redis; with one Redis, that one and no shard shown anywhere)."""
 
-    def __init__(self, api: API, *, read_only: bool = False, periodic: Iterable[Entry] = (),
+    def __init__(self, shards: ShardedAPI, *, read_only: bool = False, periodic: Iterable[Entry] = (),
                  secret: bytes | None = None) -> None:
-        self.api = api
+        self.shards = shards
         self.read_only = read_only
         self.periodic = list(periodic)
         self.secret = secret or os.urandom(32)
@@ -99,15 +100,48 @@ class Dashboard:
 
 
 class View:
-    """One request as a page or an action sees it, with what templates need to build links."""
+    """One request as a page or an action sees it, with what templates need to build links.
+
+    A page of one shard's data (a sorted set, a queue, a job) names its shard in the query
+    string, ``?shard=NAME``, so its links, its forms' actions and the page an action returns to
+    keep it; with one Redis no link carries it."""
 
     def __init__(self, dashboard: Dashboard, request: Request, urls: MapAdapter, session: str) -> None:
         self.dashboard = dashboard
-        self.api = dashboard.api
+        self.shards = dashboard.shards
+        self.sharded = dashboard.shards.sharded
         self.request = request
         self.urls = urls
         self.session = session
         self.read_only = dashboard.read_only
+
+    @property
+    def shard(self) -> str:
+        """The shard this page shows or this action changes: ``?shard=``, else the first one."""
+        return self.named(self.request.args.get("shard"), self.shards.routes.default.name)
+
+    def queue_shard(self, queue: str) -> str:
+        """The shard of a queue's page: ``?shard=``, else the one the queue lives on."""
+        return self.named(self.request.args.get("shard"), self.shards.routes.route(queue).name)
+
+    def named(self, name: str | None, default: str) -> str:
+        try:
+            return self.shards.routes.named(name).name if name else default
+        except ValueError as error:
+            raise NotFound(str(error)) from None
+
+    @property
+    def api(self) -> API:
+        """The API of this page's shard."""
+        return self.shards.api(self.shard)
+
+    def on(self, shard: str) -> dict[str, str]:
+        """What a link to a page of ``shard``'s data adds to its query string: nothing with one Redis."""
+        return {"shard": shard} if self.sharded else {}
+
+    @property
+    def namespace(self) -> str:
+        return self.shards.default.keys.namespace
 
     @property
     def csrf(self) -> str:

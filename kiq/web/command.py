@@ -26,7 +26,7 @@ EXTRA = "kiq web needs the web extra: pip install 'kiq[web]'"
 
 @click.command()
 @click.option("-c", "--config", "config_path", type=click.Path(dir_okay=False),
-              help="Config file: redis_url, namespace, periodic entries, web.user and web.password.")
+              help="Config file: redis_url or shards, namespace, periodic, web.user and web.password.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on; other than loopback only with a password.")
 @click.option("--port", default=9292, show_default=True, type=click.IntRange(0, 65535),
@@ -56,7 +56,8 @@ def web(config_path: str | None, host: str, port: int, read_only: bool, threads:
         click.echo(f"{EXTRA} ({error})", err=True)
         sys.exit(exits.CONFIG)
     entries = periodic_entries(config, require)
-    application = kiq.web.app(config.redis_url, config.namespace, read_only=read_only, periodic=entries)
+    application = kiq.web.app(config.redis_url, config.namespace, read_only=read_only, periodic=entries,
+                              shards=config.routes)
     password = config.web_password
     served = BasicAuth(application, config.web_user, password) if password else application
     server = create_server(served, host=host, port=port, threads=threads, ident="kiq")

@@ -40,7 +40,7 @@ COLUMNS: dict[str, Callable[[ClassMetrics], Any]] = {  # a column's value, None 
 
 def metrics(view: View) -> Response:
     hours = paging.choice(view.request.args.get("hours"), TABLE_HOURS)
-    found = view.api.job_metrics(minutes=hours * 60)
+    found = view.shards.job_metrics(minutes=hours * 60)  # each class added up over the shards
     text = view.request.args.get("q", "").strip()
     if text:
         found = [each for each in found if text.lower() in each.name.lower()]
@@ -64,7 +64,7 @@ def job_metrics(view: View, name: str) -> Response:
     """One class: its totals over the last hour and the last day, and per-minute charts of the
     chosen period."""
     hours = paging.choice(view.request.args.get("hours"), HOURS)
-    series = view.api.job_series(name, minutes=max(hours, 24) * 60)
+    series = view.shards.job_series(name, minutes=max(hours, 24) * 60)
     totals = {"last hour": added(name, series[-60:]), "last day": added(name, series[-24 * 60:])}
     shown = grouped(name, series[-hours * 60:])
     times = [view_time(minute) for minute, _ in shown]

@@ -10,13 +10,13 @@ import json
 import mimetypes
 import time
 from importlib import resources
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from werkzeug.exceptions import NotFound
 from werkzeug.wrappers import Response
 
 from kiq import api as kiq_api
-from kiq.api import Job, SortedSet
+from kiq.api import API, Job, QueueSummary, SortedSet, Stats
 from kiq.periodic import describe
 from kiq.web import charts, paging
 
@@ -31,50 +31,65 @@ NEWEST_FIRST = {"scheduled": False, "retries": False, "dead": True}  # the defau
 
 
 def dashboard(view: View) -> Response:
-    api = view.api
+    shards = view.shards
     days = paging.choice(view.request.args.get("days"), DAYS, 30)
-    daily = kiq_api.history(api, days)
+    daily = shards.history(days)
     hours = paging.choice(view.request.args.get("hours"), HOURS, 24)
-    hourly = kiq_api.hourly(api, hours)
-    processes = api.processes()
-    return view.render("dashboard.html", stats=api.stats(), days=days, choices=DAYS, daily=daily,
+    hourly = shards.hourly(hours)
+    processes = shards.processes()
+    each = shards.stats()
+    return view.render("dashboard.html", stats=kiq_api.total(each), days=days, choices=DAYS, daily=daily,
                        chart=charts.bars(daily, "day", lambda date: date[5:]), hours=hours,
                        hour_choices=HOURS, hourly=hourly,
                        hourly_chart=charts.bars(hourly, "hour", lambda hour: hour[11:]),
-                       queues=kiq_api.queue_summaries(api)[:10],
+                       queues=every_queue(view)[:10],
                        threads=sum(p.concurrency for p in processes),
-                       redis=kiq_api.redis_info(api))
+                       shard_stats=each,
+                       redis={name: kiq_api.redis_info(api) for name, api in shards.apis.items()})
 
 
 def stats(view: View) -> Response:
-    """The dashboard's live numbers, polled by its script."""
-    s = view.api.stats()
-    data = {"time": time.time(), "processed": s.processed, "failed": s.failed, "busy": s.busy,
-            "enqueued": s.enqueued, "scheduled": s.scheduled, "retries": s.retries, "dead": s.dead,
-            "processes": s.processes}
+    """The dashboard's live numbers, polled by its script: every shard's added up (and, with
+    several, each one's under ``shards``)."""
+    each = view.shards.stats()
+    data: dict[str, Any] = {"time": time.time(), **live(kiq_api.total(each))}
+    if view.sharded:
+        data["shards"] = {name: live(figures) for name, figures in each.items()}
     return Response(json.dumps(data), content_type="application/json")
 
 
+def live(s: Stats) -> dict[str, int]:
+    return {"processed": s.processed, "failed": s.failed, "busy": s.busy, "enqueued": s.enqueued,
+            "scheduled": s.scheduled, "retries": s.retries, "dead": s.dead, "processes": s.processes}
+
+
 def busy(view: View) -> Response:
-    processes = view.api.processes()
+    processes = view.shards.processes()
     page = paging.of(paging.Paging.parse(view.request.args), processes,
                      lambda p: " ".join([p.identity, str(p.info.get("tag", "")),
-                                         " ".join(p.queues)]))
+                                         " ".join(p.queues), p.shard if view.sharded else ""]))
+    shards = {name: index for index, name in enumerate(view.shards.apis)}  # in the config's order
     running = sorted((found for process in page.items for found in kiq_api.running(process)),
-                     key=lambda found: (found.name, found.since or 0))  # by process, longest running first
+                     key=lambda found: (shards[found.shard], found.name, found.since or 0))  # longest first
     return view.render("busy.html", page=page, running=running, now=time.time(), count=len(processes),
                        busy=sum(p.busy for p in processes),
                        threads=sum(p.concurrency for p in processes))
 
 
 def queues(view: View) -> Response:
-    page = paging.of(paging.Paging.parse(view.request.args), kiq_api.queue_summaries(view.api),
-                     lambda q: q.name)
+    page = paging.of(paging.Paging.parse(view.request.args), every_queue(view),
+                     lambda q: f"{q.name} {q.shard}" if view.sharded else q.name)
     return view.render("queues.html", page=page)
 
 
+def every_queue(view: View) -> list[QueueSummary]:
+    """Every queue of every shard by name (a queue found on two shards: in the shards' order)."""
+    return sorted(view.shards.queue_summaries(), key=lambda q: q.name)
+
+
 def queue(view: View, name: str) -> Response:
-    q = view.api.queue(name)
+    shard = view.queue_shard(name)
+    q = view.shards.api(shard).queue(name)
     newest = view.request.args.get("order") == "newest"
 
     def window(start: int, count: int) -> list[Job]:
@@ -84,7 +99,7 @@ def queue(view: View, name: str) -> Response:
         return kiq_api.queue_matching(q, text, skip, count, newest)
 
     page = paging.jobs(paging.Paging.parse(view.request.args), window, q.size, matches)
-    return view.render("queue.html", name=name, page=page, newest=newest, latency=q.latency())
+    return view.render("queue.html", name=name, page=page, newest=newest, latency=q.latency(), shard=shard)
 
 
 def sorted_set(view: View, kind: str) -> Response:
@@ -100,7 +115,15 @@ def sorted_set(view: View, kind: str) -> Response:
 
     page = paging.jobs(paging.Paging.parse(view.request.args), window, entries.size, matches)
     return view.render("sorted_set.html", kind=kind, title=SET_TITLES[kind], page=page, newest=newest,
-                       now=time.time())
+                       now=time.time(), tabs=shard_tabs(view, kind))
+
+
+def shard_tabs(view: View, kind: str) -> dict[str, int]:
+    """With several shards, each one's count of entries of ``kind`` (a ZCARD each), for the tabs
+    that choose the shard a set's page shows: paging stays one window of one shard's set."""
+    if not view.sharded:
+        return {}
+    return {name: entries_in(api, kind).size() for name, api in view.shards.apis.items()}
 
 
 def job(view: View, kind: str, key: str) -> Response:
@@ -111,21 +134,35 @@ def job(view: View, kind: str, key: str) -> Response:
 
 
 def periodic(view: View) -> Response:
+    """Each entry with its last and next tick, read on the shard of its queue, where the master
+    fires it and keeps its state."""
     entries = view.dashboard.periodic
-    rows = describe(view.api.redis, view.api.keys, entries) if entries else []
+    routes = view.shards.routes
+    rows: list[dict[str, Any]] = []
+    for shard in routes:
+        mine = [entry for entry in entries if routes.route(entry.queue) is shard]
+        if mine:
+            api = view.shards.api(shard.name)
+            rows += [{**row, "shard": shard.name} for row in describe(api.redis, api.keys, mine)]
     page = paging.of(paging.Paging.parse(view.request.args), rows,
-                     lambda row: f"{row['name']} {row['class']} {row['queue']}")
+                     lambda row: f"{row['name']} {row['class']} {row['queue']}"
+                                 + (f" {row['shard']}" if view.sharded else ""))
     return view.render("periodic.html", page=page, declared=bool(entries))
 
 
 def search(view: View) -> Response:
     text = view.request.args.get("q", "").strip()
-    places = kiq_api.search(view.api, text) if text else {}
+    places = view.shards.search(text) if text else {}
     return view.render("search.html", text=text, places=places, limit=25, titles=SET_TITLES)
 
 
 def entries_of(view: View, kind: str) -> SortedSet:
-    return {"scheduled": view.api.scheduled, "retries": view.api.retries, "dead": view.api.dead}[kind]
+    """The set a page or an action names, on its shard (``?shard=``, else the first)."""
+    return entries_in(view.api, kind)
+
+
+def entries_in(api: API, kind: str) -> SortedSet:
+    return {"scheduled": api.scheduled, "retries": api.retries, "dead": api.dead}[kind]
 
 
 def entry_at(view: View, kind: str, key: str) -> Job | None:
