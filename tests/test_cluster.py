@@ -125,7 +125,8 @@ class ClusterServers:
         """Whether the replica of primary ``port`` has every write the primary has made so far."""
         info = self.node(port).info("replication")
         replicas = [info[key] for key in info if key.startswith("slave") and isinstance(info[key], dict)]
-        return bool(replicas) and all(int(each["offset"]) >= int(info["master_repl_offset"]) for each in replicas)
+        written = int(info["master_repl_offset"])
+        return bool(replicas) and all(int(each["offset"]) >= written for each in replicas)
 
     def kill(self, port: int) -> None:
         self.processes[port].send_signal(signal.SIGKILL)
