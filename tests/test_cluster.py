@@ -22,9 +22,11 @@ from typing import Any
 
 import pytest
 import redis
+import werkzeug.test
 from conftest import ROOT, free_port, wait_for
 from redis.cluster import RedisCluster
 
+import kiq.web
 from kiq.api import ShardedAPI
 from kiq.client import Client
 from kiq.config import ConfigError, load
@@ -260,6 +262,9 @@ def test_stats_queues_and_the_api_show_every_queue_of_the_cluster(start_kiq, clu
     assert {row["shard"] for row in shown} == set(sizes)  # each queue its own shard
     stats = json.loads(kiq_command("stats", "-c", str(config), "--json"))
     assert stats["enqueued"] == 12 and stats["shards"]["unconfigured"]["enqueued"] == 3
+    dashboard = werkzeug.test.Client(kiq.web.app(cluster.url, ""))
+    page = dashboard.get("/queues", headers={"Host": "127.0.0.1"})
+    assert page.status_code == 200 and all(queue.encode() in page.data for queue in sizes)
 
 
 def kiq_command(*args: str) -> str:
