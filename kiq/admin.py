@@ -131,6 +131,9 @@ def stats(api: ShardedAPI, as_json: bool) -> None:
         emit(as_json, data, ["stat", "value"], [[k, v] for k, v in data.items()])
         return
     data["shards"] = {name: dict(vars(shard)) for name, shard in each.items()}
+    if api.routes.cluster is not None:  # a shard per queue: the table shows the total, JSON each
+        emit(as_json, data, ["stat", "value"], [[k, v] for k, v in vars(total(each)).items()])
+        return
     rows = [[key, *(getattr(shard, key) for shard in each.values()), value]
             for key, value in vars(total(each)).items()]
     emit(as_json, data, ["stat", *each, "total"], rows)

@@ -352,7 +352,9 @@ class API:
         identities = [str(ident) for ident in self.redis.smembers(k.processes)]
         today = day()
         pipe = self.redis.pipeline(transaction=False)
-        pipe.mget(k.processed, k.failed, k.processed_on(today), k.failed_on(today))
+        # as a command, not pipe.mget, which a cluster pipeline refuses (these share a slot)
+        pipe.execute_command("MGET", k.processed, k.failed, k.processed_on(today),  # type: ignore[no-untyped-call]
+                             k.failed_on(today))
         pipe.zcard(k.schedule)
         pipe.zcard(k.retry)
         pipe.zcard(k.dead)
@@ -669,10 +671,14 @@ class ShardedAPI:
     def __init__(self, shards: Shards | Mapping[str, Any] | None = None, namespace: str | None = None,
                  sidekiq_format: int | None = None, redis_url: str | None = None,
                  connection: redis.Redis | None = None) -> None:
-        self.routes = Shards.parse(shards) if shards else Shards.single(redis_url or url_from_env())
+        self.routes = Shards.parse(shards) if shards else Shards.single(redis_url or url_from_env(),
+                                                                        Keys.using(namespace).namespace)
         own = None if shards else connection  # a given connection is the one Redis's
-        self.apis = {shard.name: API(shard.url, namespace, own, sidekiq_format=sidekiq_format,
-                                     shard=shard.name)
+        if self.routes.cluster is not None:  # every queue of the cluster is a shard, not only the configured
+            own = own or connect(self.routes.cluster[0], name="kiq-api", retry=True)
+            self.routes = self.routes.including(cluster_queues(own, self.routes.cluster[1]))
+        self.apis = {shard.name: API(shard.url, namespace if shard.namespace is None else shard.namespace,
+                                     own, sidekiq_format=sidekiq_format, shard=shard.name)
                      for shard in self.routes}
 
     @property
@@ -741,6 +747,13 @@ class ShardedAPI:
         series = [api.job_series(job_class, minutes, moment) for api in self.apis.values()]
         return [(points[0][0], functools.reduce(operator.add, (each for _, each in points)))
                 for points in zip(*series, strict=True)]
+
+
+def cluster_queues(conn: redis.Redis, namespace: str) -> list[str]:
+    """The queues a Redis Cluster holds, found by their ``{QUEUE}:queues`` sets on every primary."""
+    keys = Keys(namespace)
+    found = conn.scan_iter(match=keys.cluster_queues_pattern(), count=1000)
+    return sorted({keys.cluster_queue_of(str(key)) for key in found})
 
 
 def _added(tables: list[list[tuple[str, int, int]]]) -> list[tuple[str, int, int]]:

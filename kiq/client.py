@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from kiq import activejob, middleware
-from kiq.connection import connect, send, url_from_env
+from kiq.connection import connect, is_cluster, send, url_from_env
 from kiq.keys import Keys
 from kiq.payload import check_format, new_jid, new_jids, stamp
 from kiq.serialize import serialize_args, serialize_kwargs
@@ -96,23 +96,33 @@ class Client:
 
         ``shards`` (a ``kiq.shards.Shards``, or the config file's ``shards`` mapping) routes
         each job to its queue's shard; ``redis_url`` and ``connection`` are then the first
-        (default) shard's."""
+        (default) shard's. A Redis Cluster's URL (``redis+cluster://``) routes each job to its
+        queue's shard on the cluster, under the queue's hash tag (kiq.shards)."""
         self.routes = Shards.parse(shards) if shards else None
         self.redis_url = self.routes.default.url if self.routes else redis_url or url_from_env()
         self.sidekiq_format = None if sidekiq_format is None else check_format(sidekiq_format)
         self.keys = Keys.using(namespace)
+        if self.routes is None and is_cluster(self.redis_url):
+            self.routes = Shards.single(self.redis_url, self.keys.namespace)
         self.redis = connection or connect(self.redis_url, name="kiq-client", retry=True)
-        self.shard_redis: dict[str, redis.Redis] = {}  # by shard name, when there are several
+        self.shard_redis: dict[str, redis.Redis] = {}  # by shard URL, when there are several or a cluster
         if self.routes and self.routes.sharded:
-            self.shard_redis = {shard.name: self.redis if shard is self.routes.default
-                                else connect(shard.url, name="kiq-client", retry=True)
-                                for shard in self.routes}
+            self.shard_redis = {self.redis_url: self.redis}
+            for shard in self.routes:
+                if shard.url not in self.shard_redis:
+                    self.shard_redis[shard.url] = connect(shard.url, name="kiq-client", retry=True)
 
     def connection_for(self, queue: str) -> redis.Redis:
         """The Redis that holds ``queue``: its shard's, or the one Redis."""
         if not self.shard_redis:
             return self.redis
-        return self.shard_redis[self.routes.route(queue).name]  # type: ignore[union-attr]
+        return self.shard_redis[self.routes.route(queue).url]  # type: ignore[union-attr]
+
+    def keys_for(self, queue: str) -> Keys:
+        """The key names of ``queue``'s shard: its own on a Redis Cluster, else the client's."""
+        if self.routes is None or self.routes.cluster is None:
+            return self.keys
+        return self.routes.route(queue).keys(self.keys.namespace)
 
     def enqueue(
         self,
@@ -161,11 +171,11 @@ class Client:
         encoded = _encode_alike(shared, [serialize_args(args) for args in args_list], jids)
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start : start + batch_size]
-            conn = self.connection_for(shared["queue"])
+            conn, keys = self.connection_for(shared["queue"]), self.keys_for(shared["queue"])
             if "at" in shared:
-                self._send({}, dict.fromkeys(batch, float(shared["at"])), conn)
+                self._send({}, dict.fromkeys(batch, float(shared["at"])), conn, keys)
             else:
-                self._send({shared["queue"]: batch}, {}, conn)
+                self._send({shared["queue"]: batch}, {}, conn, keys)
         return jids
 
     def push(self, payload: Mapping[str, Any]) -> str:
@@ -190,16 +200,17 @@ class Client:
     def _push(self, payloads: Sequence[Mapping[str, Any]]) -> None:
         """Encode and send, one round trip per shard; a scheduled entry without its ``at``."""
         if not self.shard_redis:
-            self._push_to(self.redis, payloads)
+            self._push_to(self.redis, payloads, self.keys)
             return
         by_shard: dict[str, list[Mapping[str, Any]]] = {}
         for payload in payloads:
             by_shard.setdefault(self.routes.route(payload["queue"]).name, []).append(payload)  # type: ignore[union-attr]
-        for name, group in by_shard.items():
-            self._push_to(self.shard_redis[name], group)
+        for group in by_shard.values():
+            queue = group[0]["queue"]
+            self._push_to(self.connection_for(queue), group, self.keys_for(queue))
 
-    def _push_to(self, conn: redis.Redis, payloads: Sequence[Mapping[str, Any]]) -> None:
-        """Encode and send to one Redis."""
+    def _push_to(self, conn: redis.Redis, payloads: Sequence[Mapping[str, Any]], keys: Keys) -> None:
+        """Encode and send to one Redis (one shard, under its ``keys``)."""
         by_queue: dict[str, list[str]] = {}
         scheduled: dict[str, float] = {}
         for payload in payloads:
@@ -208,20 +219,20 @@ class Client:
                 scheduled[_compact(stored)] = float(payload["at"])
             else:
                 by_queue.setdefault(payload["queue"], []).append(_compact(payload))
-        self._send(by_queue, scheduled, conn)
+        self._send(by_queue, scheduled, conn, keys)
 
     def _send(self, by_queue: Mapping[str, list[str]], scheduled: Mapping[str, float],
-              conn: redis.Redis) -> None:
+              conn: redis.Redis, keys: Keys) -> None:
         """One round trip: encoded jobs onto their queues, encoded entries into the schedule."""
         commands: list[tuple[Any, ...]] = []
         if by_queue:
-            commands.append(("SADD", self.keys.queues, *by_queue))
+            commands.append(("SADD", keys.queues, *by_queue))
             for queue, encoded_jobs in by_queue.items():
-                commands.append(("LPUSH", self.keys.queue(queue), *encoded_jobs))
+                commands.append(("LPUSH", keys.queue(queue), *encoded_jobs))
         if scheduled:
-            commands.append(("ZADD", self.keys.schedule,
+            commands.append(("ZADD", keys.schedule,
                              *(item for entry, at in scheduled.items() for item in (at, entry))))
-            commands.append(("PUBLISH", self.keys.schedule_channel, str(min(scheduled.values()))))
+            commands.append(("PUBLISH", keys.schedule_channel, str(min(scheduled.values()))))
         send(conn, commands)
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiq import log
-from kiq.connection import ENCODE_PASSWORD, unencoded_password, url_from_env
+from kiq.connection import ENCODE_PASSWORD, is_cluster, unencoded_password, url_from_env
 from kiq.errors import ConfigError
 from kiq.execution import MAX_RETENTION, RETENTION
 from kiq.payload import DEFAULT_FORMAT, check_format, env_format
@@ -69,15 +69,17 @@ class Config:
     @property
     def routes(self) -> Shards:
         """Every shard and the queues on it: the configured ones, or the one Redis of ``redis_url``."""
-        return Shards(self.shards) if self.shards else Shards.single(self.redis_url)
+        return Shards(self.shards) if self.shards else Shards.single(self.redis_url, self.namespace,
+                                                                     self.queue_names)
 
     def on_shard(self, name: str) -> Config:
-        """The settings of the workers that serve shard ``name``: its Redis, and those of
-        ``queues`` that live on it (in their order and weights). A worker serves one shard."""
+        """The settings of the workers that serve shard ``name``: its Redis and namespace, and
+        those of ``queues`` that live on it (in their order and weights). A worker serves one shard."""
         routes = self.routes
         shard = routes.named(name)
         queues = [(queue, weight) for queue, weight in self.queues if routes.route(queue) is shard]
-        return dataclasses.replace(self, redis_url=shard.url, queues=queues)
+        return dataclasses.replace(self, redis_url=shard.url, queues=queues,
+                                   namespace=shard.keys(self.namespace).namespace)
 
     def served_shards(self) -> list[str]:
         """The shards that hold at least one of ``queues``: those that get workers."""
@@ -299,7 +301,19 @@ def _validate(config: Config) -> None:
         raise ConfigError("redis_url", "must be a URL such as redis://127.0.0.1:6379/0")
     if unencoded_password(config.redis_url):
         raise ConfigError("redis_url", ENCODE_PASSWORD)
+    if is_cluster(config.redis_url):
+        _validate_cluster(config)
     _validate_tracing(config)
+
+
+def _validate_cluster(config: Config) -> None:
+    """On a Redis Cluster a queue's name (and the namespace) go into a hash tag: no braces."""
+    for name in config.queue_names:
+        if "{" in name or "}" in name:
+            raise ConfigError("queues", f"a queue on a Redis Cluster needs a name without braces: {name!r}")
+    if "{" in config.namespace or "}" in config.namespace:
+        raise ConfigError("namespace", "on a Redis Cluster it cannot hold braces: each queue's keys are "
+                          "tagged {QUEUE}")
 
 
 def _validate_tracing(config: Config) -> None:

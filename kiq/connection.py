@@ -11,6 +11,7 @@ import inspect
 import itertools
 import os
 import re
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -18,11 +19,13 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import redis
 from hiredis import pack_command
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.exceptions import (
     AuthenticationError,
     AuthenticationWrongNumberOfArgsError,
     AuthorizationError,
     NoPermissionError,
+    RedisClusterException,
 )
 from redis.retry import Retry
 from redis.sentinel import Sentinel
@@ -33,6 +36,7 @@ DEFAULT_URL = "redis://127.0.0.1:6379/0"
 SOCKET_TIMEOUT = 5.0
 BLOCKING_SOCKET_TIMEOUT = 10.0
 SENTINEL_SCHEMES = ("sentinel://", "redis+sentinel://")
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 RETRY_PAUSE_MAX = 5.0
 ENCODE_PASSWORD = "a password in the Redis URL must percent-encode / ? # as %2F %3F %23"
 LOGIN_REFUSED = (AuthenticationError, AuthorizationError, AuthenticationWrongNumberOfArgsError)
@@ -42,6 +46,12 @@ T = TypeVar("T")
 
 class RedisRefused(RuntimeError):
     """Redis answered, but refused kiq's login or one of its commands: waiting does not fix that."""
+
+
+class ClusterUnavailable(redis.ConnectionError):
+    """The cluster client found no node for a slot, or none to learn the cluster's layout from
+    (redis-py's RedisClusterException, which is no RedisError): an outage like any other to
+    kiq's loops, which wait and try again."""
 
 
 # redis-py before 6 requires a command name to get a connection, and later ones deprecate it.
@@ -55,7 +65,10 @@ def send(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
     pipeline's machinery and redis-py's argument encoding (bench/notes.md). A failed connection
     is retried as the client's own commands are. An error reply is raised once every reply is
     read, so the connection stays usable; one left in the middle of its replies by anything
-    else is dropped, not reused."""
+    else is dropped, not reused. A Redis Cluster client sends them as a cluster pipeline,
+    which follows MOVED and ASK: the commands of one call share a slot (kiq.shards)."""
+    if isinstance(client, Cluster):
+        return client.send(commands)
     pool = client.connection_pool
     conn: Any = pool.get_connection(*_POOL_ARGS)  # redis-py's Connection is untyped
 
@@ -141,7 +154,88 @@ def connect(url: str, *, blocking: bool = False, name: str = "kiq", retry: bool 
         options["retry"] = Retry(NoBackoff(), 0)
     if url.startswith(SENTINEL_SCHEMES):
         return _sentinel_primary(url, options)
+    if is_cluster(url):
+        return Cluster(url, options)  # type: ignore[return-value]  # the same commands as a Redis
     return redis.Redis.from_url(url, **options)
+
+
+def is_cluster(url: str) -> bool:
+    """Whether ``url`` names a Redis Cluster (``redis+cluster://host:port[,host:port...]``)."""
+    return url.startswith(CLUSTER_SCHEMES)
+
+
+class _RedisCluster(RedisCluster):
+    """redis-py's cluster client, its cluster exceptions raised as ``ClusterUnavailable``."""
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().execute_command(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisClusterException as error:
+            raise ClusterUnavailable(str(error)) from error
+
+
+class Cluster:
+    """A Redis Cluster client: redis-py's ``RedisCluster``, which follows MOVED and ASK and finds
+    a failed primary's successor, made on first use rather than here, so that a cluster down
+    when kiq starts is an outage kiq's loops wait out (RedisCluster learns the layout when it
+    is made). It offers a ``redis.Redis``'s commands; ``send`` and ``disconnect`` know it."""
+
+    def __init__(self, url: str, options: dict[str, Any]) -> None:
+        scheme, _, rest = url.partition("://")
+        hosts, _, path = rest.partition("/")
+        if path.split("?")[0] not in ("", "0"):
+            raise ValueError("a Redis Cluster has database 0 only: redis+cluster://host:port")
+        userinfo, _, hosts = hosts.rpartition("@")
+        first, *others = hosts.split(",")
+        self.url = f"{scheme.removesuffix('+cluster')}://{userinfo + '@' if userinfo else ''}{first}/{path}"
+        self.startup = [(host.rpartition(":")[0], int(host.rpartition(":")[2])) for host in others]
+        self.options = dict(options)
+        self._client: Any = None  # the RedisCluster (redis-py's cluster module is untyped)
+        self._lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The cluster client, made now if not yet: raises ``ClusterUnavailable`` if no node answers."""
+        with self._lock:
+            if self._client is None:
+                from redis.cluster import ClusterNode
+
+                nodes = [ClusterNode(host, port) for host, port in self.startup]  # type: ignore[no-untyped-call]
+                try:
+                    self._client = _RedisCluster.from_url(self.url, **self.options,
+                                                          **({"startup_nodes": nodes} if nodes else {}))
+                except RedisClusterException as error:
+                    raise ClusterUnavailable(str(error)) from error
+            return self._client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+    def send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """``send`` through a cluster pipeline: raw replies in order, the first error raised."""
+        pipe = self.client.pipeline(transaction=False)
+        for command in commands:
+            pipe.execute_command(*command)
+        try:
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        except RedisClusterException as error:
+            raise ClusterUnavailable(str(error)) from error
+        errors = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
+        if errors:
+            raise errors[0]
+        return replies
+
+    def disconnect(self) -> None:
+        """Close every socket: before a fork, so that none crosses it."""
+        if self._client is not None:
+            self._client.disconnect_connection_pools()
+
+    def node_of(self, key: str) -> Any:
+        """The primary that holds ``key``'s slot now."""
+        try:
+            return self.client.get_node_from_key(key)
+        except RedisClusterException as error:
+            raise ClusterUnavailable(str(error)) from error
 
 
 def _sentinel_primary(url: str, options: dict[str, Any]) -> redis.Redis:
@@ -171,6 +265,9 @@ def _sentinel_primary(url: str, options: dict[str, Any]) -> redis.Redis:
 def disconnect(conn: redis.Redis) -> None:
     """Close every socket of a client from ``connect``, its Sentinels' included; the
     client connects again when next used. Before a fork, so that no socket crosses it."""
+    if isinstance(conn, Cluster):
+        conn.disconnect()
+        return
     pool = conn.connection_pool
     pool.disconnect()
     manager = getattr(pool, "sentinel_manager", None)
@@ -308,6 +405,24 @@ def check_access(conn: redis.Redis, key: str, channel: str) -> None:
 def server_version(conn: redis.Redis) -> tuple[int, ...]:
     info = conn.info("server")
     return tuple(int(part) for part in str(info["redis_version"]).split(".")[:3])
+
+
+def info_of(conn: redis.Redis, key: str, section: str) -> dict[str, Any]:
+    """INFO ``section`` of the server that holds ``key``: in a cluster, the primary of its slot."""
+    if isinstance(conn, Cluster):
+        return conn.info(section, target_nodes=conn.node_of(key))
+    return conn.info(section)
+
+
+def scan_of(conn: redis.Redis, key: str, cursor: int, match: str, count: int) -> tuple[int, list[Any]]:
+    """One SCAN call on the server that holds ``key`` (in a cluster, the primary of its slot):
+    the next cursor (0 at the end) and the keys found."""
+    if isinstance(conn, Cluster):
+        cursors: Any
+        cursors, keys = conn.scan(cursor, match=match, count=count, target_nodes=conn.node_of(key))
+        return int(next(iter(cursors.values()), 0)), keys
+    cursor, keys = conn.scan(cursor, match=match, count=count)
+    return int(cursor), keys
 
 
 def keep_trying(attempt: Callable[[], bool], wait: Callable[[float], bool]) -> bool:

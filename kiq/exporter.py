@@ -45,7 +45,10 @@ class RedisCollector:
     """Values read from Redis at scrape time, in the master only: each shard's, under its
     ``shard`` label (``main`` with one Redis)."""
 
-    def __init__(self, conns: Mapping[str, redis.Redis], keys: Keys) -> None:
+    def __init__(self, conns: Mapping[str, redis.Redis] | Mapping[str, tuple[redis.Redis, Keys]],
+                 keys: Keys | None = None) -> None:
+        """``conns`` are the shards' Redis by name, read with ``keys``; or, where each shard has
+        its own key names (a Redis Cluster's queue shards), each one's Redis and keys."""
         self.conns = conns
         self.keys = keys
 
@@ -68,12 +71,12 @@ class RedisCollector:
             "rtt": GaugeMetricFamily("kiq_redis_rtt_seconds", "Round trip of one Redis command from the "
                                      "master.", labels=by_shard),
         }
-        for shard, conn in self.conns.items():
-            self._read(shard, conn, families)
+        for shard, each in self.conns.items():
+            conn, keys = each if isinstance(each, tuple) else (each, self.keys)
+            self._read(shard, conn, keys or Keys(), families)
         yield from families.values()
 
-    def _read(self, shard: str, conn: redis.Redis, families: dict[str, GaugeMetricFamily]) -> None:
-        k = self.keys
+    def _read(self, shard: str, conn: redis.Redis, k: Keys, families: dict[str, GaugeMetricFamily]) -> None:
         queues = sorted(str(queue) for queue in conn.smembers(k.queues))
         identities = [str(ident) for ident in conn.smembers(k.processes)]
         started = time.perf_counter()
@@ -129,16 +132,15 @@ class Samples:
 class Scrape:
     """A collector that builds a fresh registry for each scrape, as multiprocess mode requires."""
 
-    def __init__(self, conns: Mapping[str, redis.Redis], keys: Keys, lock: threading.Lock) -> None:
+    def __init__(self, conns: Mapping[str, tuple[redis.Redis, Keys]], lock: threading.Lock) -> None:
         self.conns = conns
-        self.keys = keys
         self.lock = lock
         self.samples = Samples(os.environ[ENV])
 
     def collect(self) -> Iterator[Any]:
         registry = CollectorRegistry()
         registry.register(self.samples)
-        registry.register(RedisCollector(self.conns, self.keys))
+        registry.register(RedisCollector(self.conns))
         with self.lock:
             yield from registry.collect()
 
@@ -164,10 +166,10 @@ class _Server(ThreadingMixIn, WSGIServer):
                                      error=repr(sys.exc_info()[1]))
 
 
-def serve(host: str, port: int, conns: Mapping[str, redis.Redis], keys: Keys, lock: threading.Lock) -> None:
+def serve(host: str, port: int, conns: Mapping[str, tuple[redis.Redis, Keys]], lock: threading.Lock) -> None:
     """Serve /metrics from a daemon thread, binding the port as soon as it is free; ``conns``
-    are the shards' Redis by name; ``lock`` keeps a scrape and a fork apart."""
-    app = make_wsgi_app(Scrape(conns, keys, lock))
+    are each shard's Redis and key names, by name; ``lock`` keeps a scrape and a fork apart."""
+    app = make_wsgi_app(Scrape(conns, lock))
     threading.Thread(target=_bind_and_serve, args=(host, port, app), name="metrics", daemon=True).start()
 
 

@@ -88,6 +88,16 @@ class Keys:
         """A SCAN pattern matching every in-progress list of this namespace, and no other's."""
         return re.sub(r"([*?\[\]\\])", r"\\\1", self.wip_prefix) + "*"
 
+    def cluster_queues_pattern(self) -> str:
+        """A SCAN pattern matching the ``queues`` set of every queue of a Redis Cluster under this
+        namespace: each queue is a shard whose namespace is its hash tag (kiq.shards), so its
+        set is ``{QUEUE}:queues``."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "{*}:queues"
+
+    def cluster_queue_of(self, key: str) -> str:
+        """The queue whose ``{QUEUE}:queues`` set ``key`` is (``cluster_queues_pattern``)."""
+        return key[len(self.prefix) + 1 : -len("}:queues")]
+
     def member_of_wip(self, key: str) -> str:
         """The ``kiq:wip`` member of an in-progress list's key."""
         return key[len(self.wip_prefix):]

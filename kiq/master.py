@@ -28,7 +28,7 @@ import signal
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import redis
@@ -41,6 +41,7 @@ from kiq.keys import Keys
 from kiq.payload import set_format
 from kiq.recovery import Recovery
 from kiq.scheduler import Scheduler
+from kiq.shards import Shard
 from kiq.signals import SignalQueue, kill
 from kiq.supervisor import KILL_GRACE, AppLoadError, Supervisor, describe
 from kiq.sweep import Sweeper
@@ -66,7 +67,6 @@ class Master:
         """``reload`` re-reads the config file and flags for HUP."""
         self.config = config
         self.reload = reload or (lambda: config)
-        self.keys = Keys(config.namespace)
         self.generations: list[Generation] = []
         self.counter = 0
         self.crashes = 0
@@ -86,16 +86,16 @@ class Master:
         setproctitle.setproctitle("kiq master [booting]")
         set_format(self.config.sidekiq_format)  # before the scheduler starts and any fork
         self.signals = SignalQueue(MASTER_SIGNALS)
-        self.shards = self.config.routes.all
-        self.conns = {shard.name: connect(shard.url, name="kiq-master") for shard in self.shards}
+        self.shards = list(self.config.routes)
+        self.redis: dict[str, redis.Redis] = {}  # by URL: a cluster's queue shards share one client
+        self.conns = {shard.name: self._connect(shard.url) for shard in self.shards}
         if not self._wait_for_redis():
             return 0
-        self.sweepers = [Sweeper(conn, self.keys, Recovery(conn, self.keys), self.config.heartbeat_interval,
-                                 self.config.heartbeat_ttl) for conn in self.conns.values()]
-        self.schedulers = [Scheduler(shard.url, self.keys, self.fork_lock, shard=self._shard_name(shard.name))
-                           for shard in self.shards]
-        for scheduler in self.schedulers:
-            scheduler.start()
+        self.sweepers: dict[str, Sweeper] = {}
+        self.schedulers: dict[str, Scheduler] = {}
+        self.metrics_conns: dict[str, tuple[redis.Redis, Keys]] = {}  # what /metrics reads, by shard
+        self.metrics_redis: dict[str, redis.Redis] = {}  # its clients, by URL
+        self._attach(self.shards)
         self._serve_metrics()
         self.log.info("master started", pid=os.getpid(), redis=redact(self.config.redis_url),
                       **({"shards": {shard.name: redact(shard.url) for shard in self.shards}}
@@ -109,22 +109,47 @@ class Master:
             self._check_loading()
             self._reap()
             self._restart_if_due()
-            for sweeper in self.sweepers:
+            for sweeper in list(self.sweepers.values()):
                 sweeper.sweep_if_due()
         self._stop_generations()
-        for scheduler in self.schedulers:
+        for scheduler in self.schedulers.values():
             scheduler.stop()
         if self.load_error:
             raise AppLoadError(self.load_error)
         self.log.info("master stopped")
         return self.exit_code
 
+    def _connect(self, url: str) -> redis.Redis:
+        """The master's client of the Redis (or cluster) at ``url``, made once."""
+        if url not in self.redis:
+            self.redis[url] = connect(url, name="kiq-master")
+        return self.redis[url]
+
+    def _attach(self, shards: Iterable[Shard]) -> None:
+        """Start a scheduler and a host-loss sweep for each of ``shards`` that has none yet: on
+        a Redis Cluster each queue is a shard, so a reload that adds a queue adds one."""
+        for shard in shards:
+            if shard.name in self.schedulers:
+                continue
+            if shard not in self.shards:
+                self.shards.append(shard)
+            keys = shard.keys(self.config.namespace)
+            conn = self.conns.setdefault(shard.name, self._connect(shard.url))
+            self.sweepers[shard.name] = Sweeper(conn, keys, Recovery(conn, keys),
+                                                self.config.heartbeat_interval, self.config.heartbeat_ttl)
+            scheduler = Scheduler(shard.url, keys, self.fork_lock, shard=self._shard_name(shard.name))
+            self.schedulers[shard.name] = scheduler
+            scheduler.start()
+            if self.config.metrics_port:
+                if shard.url not in self.metrics_redis:
+                    self.metrics_redis[shard.url] = connect(shard.url, name="kiq-metrics")
+                with self.fork_lock:  # a scrape reads the mapping under the lock
+                    self.metrics_conns[shard.name] = (self.metrics_redis[shard.url], keys)
+
     def _serve_metrics(self) -> None:
         if not self.config.metrics_port:
             return
-        conns = {shard.name: connect(shard.url, name="kiq-metrics") for shard in self.shards}
-        exporter.serve(self.config.metrics_host, self.config.metrics_port, conns, self.keys,
-                       self.fork_lock)
+        exporter.serve(self.config.metrics_host, self.config.metrics_port, self.metrics_conns, self.fork_lock)
 
     def _shard_name(self, name: str) -> str:
         """The shard's name for log lines: empty with one Redis, so they read as before."""
@@ -242,6 +267,7 @@ class Master:
                     metrics.restarts.labels("reload").inc(other.config.processes)
                 self._retire(other)
         self.config = gen.config
+        self._attach(gen.config.routes)
         self.log.info("generation running", generation=gen.number, pid=gen.pid,
                       processes=gen.config.processes)
 
@@ -343,9 +369,9 @@ class Master:
         """Whether every shard's Redis answers and lets kiq in. Raises RedisRefused if one answers
         but refuses kiq's login or commands: that is a setting to fix, not an outage to wait out."""
         for shard in self.shards:
-            conn = self.conns[shard.name]
+            conn, keys = self.conns[shard.name], shard.keys(self.config.namespace)
             try:
-                check_access(conn, self.keys.access_check, self.keys.schedule_channel)
+                check_access(conn, keys.access_check, keys.schedule_channel)
                 self._check_eviction(conn)
             except redis.RedisError as error:
                 hint = refusal(error)

@@ -52,14 +52,13 @@ import setproctitle
 
 from kiq import exits, heartbeat, log, metrics
 from kiq.config import Config, ConfigError
-from kiq.connection import Outage, connect, disconnect
+from kiq.connection import Outage, disconnect
 from kiq.fetch import thread_count
-from kiq.keys import Keys
 from kiq.ledger import Ledger
 from kiq.periodic import Entry, Periodic, bind_jobs, declared, merge
 from kiq.recovery import Recovery
 from kiq.registry import registered
-from kiq.shards import SINGLE
+from kiq.shards import SINGLE, connect_each
 from kiq.signals import SignalQueue, kill
 from kiq.worker import Worker
 
@@ -112,7 +111,6 @@ class Supervisor:
         self.config = config
         self.generation = generation
         self.master_pid = master_pid
-        self.keys = Keys(config.namespace)
         self.shards = {name: config.on_shard(name) for name in config.served_shards()}  # workers' configs
         self.slots = [Slot(n * len(self.shards) + i + 1, name) for n in range(config.processes)
                       for i, name in enumerate(self.shards)]
@@ -138,10 +136,11 @@ class Supervisor:
             _report(ready_fd, f"error {error}")
             return exits.APP_LOAD
         self._loaded(entries)
-        routes = self.config.routes
-        self.conns = {shard.name: connect(shard.url, name="kiq-supervisor") for shard in routes}
-        self.recoveries = {name: Recovery(conn, self.keys) for name, conn in self.conns.items()}
-        self.periodics = [Periodic(self.conns[shard.name], self.keys,
+        routes = self.config.routes.including([entry.queue for entry in entries])
+        self.conns = connect_each(routes, name="kiq-supervisor")
+        self.recoveries = {shard.name: Recovery(self.conns[shard.name], shard.keys(self.config.namespace))
+                           for shard in routes}
+        self.periodics = [Periodic(self.conns[shard.name], shard.keys(self.config.namespace),
                                    [entry for entry in entries if routes.route(entry.queue) is shard])
                           for shard in routes]
         self.periodics = [periodic for periodic in self.periodics if periodic.entries]

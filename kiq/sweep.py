@@ -22,7 +22,7 @@ import time
 import redis
 
 from kiq import log
-from kiq.connection import Outage
+from kiq.connection import Outage, info_of, scan_of
 from kiq.keys import Keys
 from kiq.recovery import Recovery
 
@@ -69,7 +69,7 @@ class Sweeper:
         if self.reachable_since is None:
             self.reachable_since = now
         try:
-            uptime = float(self.conn.info("server")["uptime_in_seconds"])
+            uptime = float(info_of(self.conn, self.keys.processes, "server")["uptime_in_seconds"])
         except redis.ResponseError:  # INFO disabled (some managed services): this master's view only
             uptime = float("inf")
         return min(uptime, now - self.reachable_since)
@@ -87,9 +87,9 @@ class Sweeper:
         for _ in range(SCAN_CALLS):
             if self.cursor is None:
                 break
-            cursor, keys = self.conn.scan(self.cursor, match=match, count=SCAN_COUNT)
+            cursor, keys = scan_of(self.conn, self.keys.processes, self.cursor, match, SCAN_COUNT)
             found += [self.keys.member_of_wip(str(key)) for key in keys]
-            self.cursor = int(cursor) or None
+            self.cursor = cursor or None
         return found
 
     def _claim_orphan_check(self) -> bool:
