@@ -120,7 +120,9 @@ class Scheduler:
                 sleep = MAX_SLEEP if due is None else min(MAX_SLEEP, max(0.0, due - time.time()))
                 pubsub.get_message(timeout=sleep)
                 pause = outage.recovered()
-            except redis.RedisError as error:
+            except Exception as error:  # the thread must outlive anything a round may raise
+                if not isinstance(error, redis.RedisError):
+                    self.log.exception("scheduler round failed unexpectedly; retrying")
                 pause = outage.failed(error, pause)
                 pubsub = None
                 self.stopped.wait(pause)

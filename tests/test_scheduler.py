@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import pytest
+from conftest import wait_for
 
 from kiq.connection import connect
 from kiq.keys import Keys
@@ -234,3 +235,27 @@ def test_next_due_is_the_earliest_of_both_sets(redis_server, r, conn):
     assert sched.next_due(conn) == 3000.0
     r.delete("schedule")
     assert sched.next_due(conn) == 4000.25
+
+
+def test_the_thread_outlives_an_unexpected_error_in_a_round(redis_server, r, monkeypatch):
+    """A round that raises something other than a Redis error (redis-py's cluster client has
+    errors of its own, for one) is logged and tried again; the thread never dies quietly."""
+    sched = scheduler(redis_server.url)
+    real, failures = sched.next_due, []
+
+    def next_due_failing_once(conn):
+        if not failures:
+            failures.append(1)
+            raise RuntimeError("a surprise")
+        return real(conn)
+
+    monkeypatch.setattr(sched, "next_due", next_due_failing_once)
+    sched.start()
+    try:
+        wait_for(lambda: failures)
+        add(r, "schedule", job(1), time.time() - 1)
+        r.publish("kiq:schedule-wakeup", str(time.time()))
+        wait_for(lambda: [p["jid"] for p in queued(r)] == [job(1)["jid"]])
+        assert sched.thread.is_alive()
+    finally:
+        sched.stop()
