@@ -1,13 +1,22 @@
 """``make bench-sizing``: what kiq's command pattern costs Redis, per job and per idle second.
 
-Starts a private redis-server on a free loopback port and ``kiq start`` (2 worker processes x
-10 threads by default) on jobs whose bodies touch no Redis (``bench/sizing_jobs.py``), so every
-command counted is kiq's. Each row is one window between two readings of Redis's own
-counters: ``CONFIG RESETSTAT`` at its start, then ``INFO commandstats``, ``INFO stats`` (bytes)
-and ``INFO cpu`` (redis-server's user + system CPU, read at both ends) at its end. The
-harness's own calls in a window (the reset, the first ``INFO``, its polls of ``stat:processed``)
-are taken out of the counts by name; their CPU, a few dozen calls against thousands of jobs,
-stays in. The rows:
+Starts private redis-servers on free loopback ports and ``kiq start`` on jobs whose bodies
+touch no Redis (``bench/sizing_jobs.py``), so every command counted is kiq's, on each layout
+of ``--layout`` (``bench/sizing_layouts.py``; a full run: all three in turn, ``--quick``: one):
+
+- ``one``: one Redis, one queue, 2 worker processes x 10 threads;
+- ``shards``: two Redis servers, a queue on each (``shards:`` in kiq's config), a worker
+  process (x 10 threads) per shard;
+- ``cluster``: a Redis Cluster of three primaries and no replicas (``redis+cluster://``), a
+  queue on each primary, a worker process per queue.
+
+The jobs of every row take turns over the layout's queues. Each row is one window between two
+readings of the counters of every server of the layout, summed, and kept per server too (with
+the busiest server's share: how evenly the load spreads): ``CONFIG RESETSTAT`` at its start,
+then ``INFO commandstats``, ``INFO stats`` (bytes) and ``INFO cpu`` (redis-server's user +
+system CPU, read at both ends) at its end. The harness's own calls in a window (the reset, the
+first ``INFO``, its polls of ``stat:processed``) are taken out of the counts by name; their
+CPU, a few dozen calls against thousands of jobs, stays in. The rows:
 
 - enqueue, one job per call and in bulk (1,000 per call), from this process, no workers;
 - a drain: jobs enqueued while the idle workers are stopped (SIGSTOP), so the window holds
@@ -19,7 +28,9 @@ stays in. The rows:
   scheduled an hour ahead, with one master and with two: the enqueue's PUBLISH, which wakes the
   scheduler of every master;
 - jobs that fail once and succeed on their retry (the scheduler moves them back);
-- one lost-host sweep (``kiq.recovery.Recovery.sweep``, run from here) over many live processes;
+- one lost-host sweep (``kiq.recovery.Recovery.sweep``, run from here) over many live
+  processes; it and the rows of two masters run on one Redis only (with shards, each shard's
+  are those of one Redis);
 - idle: Redis alone, then kiq at P and at P + ``--more`` worker processes (TTIN), per second;
   one master's and one worker process's share are solved from the two; and the connections
   each holds (``CLIENT LIST``, by the names kiq gives them).
@@ -27,7 +38,8 @@ stays in. The rows:
 kiq runs with ``heartbeat_ttl: 10`` (see HEARTBEAT_TTL), everything else at its defaults.
 ``INFO commandstats`` counts a script's call (``evalsha``) and again each command the script
 runs, under that command's own name; the CPU column (``INFO cpu``) counts each microsecond
-once, network included. Prints a table, writes ``bench/results/sizing-<UTC time>.json``
+once, network included. Prints the tables of each layout and, for several, the rows they share
+side by side; writes ``bench/results/sizing-<UTC time>.json``
 (``--no-save``: not), and stops every process it started by pid, also on Ctrl-C.
 docs/scaling.md turns the figures into a sizing guide.
 """
@@ -77,7 +89,7 @@ QUEUE = "default"
 FULL: dict[str, Any] = {
     "single": 5_000, "bulk": 20_000, "drain": 20_000, "long": 3_000, "sleep": 0.01, "rates": "1000,5000",
     "paced_seconds": 3.0,
-    "scheduled": 2_000, "spread": 2.0, "retries": 2_000, "idle_seconds": 20.0, "more": 4,
+    "scheduled": 2_000, "spread": 2.0, "retries": 2_000, "idle_seconds": 15.0, "more": 4,
     "swept": 1_000, "sweeps": 20}
 QUICK: dict[str, Any] = {
     "single": 500, "bulk": 2_000, "drain": 2_000, "long": 300, "sleep": 0.01, "rates": "500",
