@@ -56,8 +56,9 @@ bench-quick: install system-deps
 bench-web: install system-deps
 	$(PY) bench/web_pages.py $(BENCH_WEB_ARGS)
 
-# What kiq's command pattern costs Redis per job and per idle second, to size Redis by (about 70 s;
-# BENCH_SIZING_ARGS=--quick about 25 s). docs/scaling.md turns the figures into a sizing guide.
+# What kiq's command pattern costs Redis per job and per idle second, to size Redis by, on one Redis,
+# two shards and a 3-primary cluster (about 3.5 min; BENCH_SIZING_ARGS=--quick: one Redis, about
+# 25 s; --layout one|shards|cluster: one layout). docs/scaling.md turns the figures into a sizing guide.
 bench-sizing: install system-deps
 	$(PY) bench/sizing.py $(BENCH_SIZING_ARGS)
 

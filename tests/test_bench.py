@@ -157,3 +157,25 @@ def test_the_sizing_benchmark_prints_every_row_in_its_quickest_form() -> None:
     assert "one sweep over 100 live processes, commands per sweep: exists 100, smembers 2" in out
     assert "each worker process 3 (kiq-beat 1, kiq-fetch 1, kiq-wait 1); 2 worker processes seen" in out
     assert "each worker process 3 (kiq-beat 1, kiq-fetch 1, kiq-wait 1); 4 worker processes seen" in out
+
+
+def test_the_sizing_benchmark_measures_two_shards_each_server_apart() -> None:
+    """`bench/sizing.py --layout shards --quick`: two redis-servers, a queue on each and `kiq
+    start` with a `shards:` config; every row is measured on both servers, summed, and each
+    server's share is printed (the jobs take turns over the queues, so each server gets half of
+    each enqueue's commands, exactly)."""
+    run = subprocess.run([sys.executable, "bench/sizing.py", "--layout", "shards", "--quick", "--no-save",
+                          "--idle-seconds", "1"], cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    out = run.stdout
+    assert "## two shards (main: default; second: mailers)" in out
+    for row in ("| enqueue, 1 per call | 500 | 2.00 |",
+                "| processing, a drain of no-op jobs (2 x 10) | 2,000 |",
+                "| processing with one retry each | 200 |",
+                "| kiq: 1 master + 2 worker processes",
+                "| by server (main / second) | commands | Redis CPU µs | busiest server's share",
+                "| enqueue, 1 per call, per job | 1 / 1 |"):
+        assert row in out, f"{row!r} missing from:\n{out}"
+    assert "one Redis" not in out and ", 2 masters" not in out  # the one-Redis-only rows
+    # one master runs a scheduler (2 connections) and a sweep (1) for each shard
+    assert "master 6 (kiq-master 2, kiq-scheduler 4); each worker process 3" in out
