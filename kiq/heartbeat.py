@@ -20,6 +20,7 @@ import redis
 
 from kiq import __version__
 from kiq.keys import Keys
+from kiq.payload import epoch_seconds
 
 
 def identity(pid: int, nonce: str) -> str:
@@ -80,9 +81,9 @@ def prefetched_by_queue(fields: Iterable[str | None]) -> dict[str, tuple[int, fl
     for field in fields:
         try:
             held = json.loads(field) if field else {}
-            entries = [(str(queue), int(count), oldest if isinstance(oldest, (int, float)) else None)
+            entries = [(str(queue), int(count), epoch_seconds(oldest))
                        for queue, (count, oldest) in held.items()]
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, OverflowError, RecursionError):  # int(1e999), [[[...
             continue
         for queue, count, oldest in entries:
             total, first = found.get(queue, (0, None))

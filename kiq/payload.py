@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import time
 from collections.abc import Mapping
@@ -159,19 +160,27 @@ def wrapper_class(fmt: int | None = None) -> str:
 
 def epoch_seconds(value: Any) -> float | None:
     """Epoch seconds from a time field (``enqueued_at``, ``created_at``...): float seconds as
-    Sidekiq before 8 writes them, or the integer milliseconds of Sidekiq 8; None for anything else."""
+    Sidekiq before 8 writes them, or the integer milliseconds of Sidekiq 8; None for anything
+    else, an integer too large for a float and an infinite or NaN float included (JSON can carry
+    all three, and a reader must not fail on one)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
-    return value / 1000.0 if value > 1e11 else float(value)
+    try:
+        seconds = value / 1000.0 if value > 1e11 else float(value)
+    except OverflowError:
+        return None
+    return seconds if math.isfinite(seconds) else None
 
 
 def enqueued_seconds(raw: str) -> float | None:
     """When the job in the raw payload ``raw`` was enqueued, as epoch seconds; None for a
-    payload that does not say or cannot be read (Sidekiq's latency reads the same field)."""
+    payload that does not say or cannot be read, nested too deep included: a worker's heartbeat
+    reads its prefetched jobs with it (Sidekiq's latency reads the same field)."""
     try:
-        return epoch_seconds(json.loads(raw).get("enqueued_at"))
-    except (ValueError, AttributeError):
+        payload = _loads(raw)
+    except (ValueError, RecursionError):
         return None
+    return epoch_seconds(payload.get("enqueued_at")) if isinstance(payload, dict) else None
 
 
 def waited(oldest: str | None, prefetched: float | None, now: float) -> float:

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from kiq.payload import ACTIVE_JOB_WRAPPER, epoch_seconds, job_data, job_name, mark_failed, new_jids
+from kiq.payload import (
+    ACTIVE_JOB_WRAPPER,
+    enqueued_seconds,
+    epoch_seconds,
+    job_data,
+    job_name,
+    mark_failed,
+    new_jids,
+)
 
 
 def test_a_plain_payload_names_its_class():
@@ -39,6 +47,18 @@ def test_jids_are_24_hex_digits_and_distinct():
 @pytest.mark.parametrize(("value", "seconds"), [
     (1_700_000_000.25, 1_700_000_000.25), (1_700_000_000_250, 1_700_000_000.25),
     (1_700_000_000, 1_700_000_000.0), ("1700000000", None), (True, None), (None, None),
+    (10**400, None), (float("inf"), None), (float("nan"), None),  # what JSON can carry, read without failing
 ])
 def test_epoch_seconds_reads_sidekiq_s_seconds_and_sidekiq_8_s_milliseconds(value, seconds):
     assert epoch_seconds(value) == seconds
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [
+    ('{"enqueued_at":1700000000.5}', 1_700_000_000.5), ('{"enqueued_at":1700000000500}', 1_700_000_000.5),
+    ('{"created_at":1700000000.5}', None), ("[1]", None), ("not json", None), ("[" * 100_000, None),
+    ('{"enqueued_at":1' + "0" * 400 + "}", None), ('{"enqueued_at":1e999}', None),
+])
+def test_enqueued_seconds_reads_any_payload_without_failing(raw, seconds):
+    """A worker's heartbeat reads its prefetched jobs' times with it: a crafted payload must not
+    fail the beat (and let the worker's entry expire while it is alive)."""
+    assert enqueued_seconds(raw) == seconds

@@ -59,5 +59,6 @@ def test_prefetched_jobs_show_in_the_queue_figures(start_kiq, client, redis_serv
 
 def test_prefetched_fields_add_up_and_junk_counts_nothing():
     fields = [json.dumps({"a": [2, 100.0], "b": [1, None]}), json.dumps({"a": [3, 50.0]}), None, "",
-              "not json", json.dumps({"a": "x"}), json.dumps([1, 2])]
-    assert prefetched_by_queue(fields) == {"a": (5, 50.0), "b": (1, None)}
+              "not json", json.dumps({"a": "x"}), json.dumps([1, 2]), '{"a": [1e999, 1]}', "[" * 100_000,
+              '{"b": [1, 1e999]}', '{"b": [1, true]}']
+    assert prefetched_by_queue(fields) == {"a": (5, 50.0), "b": (3, None)}
