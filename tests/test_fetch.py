@@ -312,41 +312,38 @@ def test_short_jobs_get_a_prefetch_up_to_the_ceiling(r, make_fetcher):
     assert fetcher.capacity <= 2 + PREFETCH_CEILING * 20
 
 
+def most_held_running(r, fetcher: Fetcher, job_seconds: float, ready: Callable[[], bool],
+                      seconds: float = 0.3) -> int:
+    """The most jobs the worker held while running jobs of ``job_seconds``, sampled for
+    ``seconds`` once ``ready()``."""
+    stop = run_jobs(fetcher, job_seconds=job_seconds)
+    try:
+        wait_for(ready)
+        return most_held(r, seconds)
+    finally:
+        stop()
+
+
 def test_jobs_longer_than_the_horizon_get_no_prefetch(r, make_fetcher):
     """A worker holds no job that another worker could start now (Celery's prefetch trap)."""
     push(r, "default", *(f"j{n}" for n in range(200)))
     fetcher = make_fetcher(concurrency=2)
     job_seconds = 2 * 2 * PREFETCH_HORIZON  # two slots start one job each per job_seconds / 2
-    stop = run_jobs(fetcher, job_seconds=job_seconds)
-    try:
-        wait_for(lambda: fetcher.job_seconds > 0)
-        most = most_held(r, 0.5)
-    finally:
-        stop()
+    most = most_held_running(r, fetcher, job_seconds, lambda: fetcher.job_seconds > 0, seconds=0.5)
     assert most == 2 and fetcher.prefetch == 0
 
 
 def test_the_prefetch_setting_caps_it(r, make_fetcher):
     push(r, "default", *(f"j{n}" for n in range(2_000)))
     fetcher = make_fetcher(concurrency=2, prefetch=3)
-    stop = run_jobs(fetcher, job_seconds=0)
-    try:
-        wait_for(lambda: fetcher.prefetch == 3)
-        most = most_held(r, 0.3)
-    finally:
-        stop()
+    most = most_held_running(r, fetcher, 0, lambda: fetcher.prefetch == 3)
     assert 2 < most <= 2 + 3
 
 
 def test_prefetch_zero_holds_only_the_running_jobs(r, make_fetcher):
     push(r, "default", *(f"j{n}" for n in range(2_000)))
     fetcher = make_fetcher(concurrency=2, prefetch=0)
-    stop = run_jobs(fetcher, job_seconds=0)
-    try:
-        wait_for(lambda: fetcher.job_seconds > 0)
-        most = most_held(r, 0.3)
-    finally:
-        stop()
+    most = most_held_running(r, fetcher, 0, lambda: fetcher.job_seconds > 0)
     assert most == 2 and fetcher.capacity == 2
 
 
