@@ -182,7 +182,7 @@ def _section(config: Config, name: str, value: Any, fields: dict[str, str]) -> N
 
 
 def _prefetch(value: Any) -> int | None:
-    """``auto`` (None: sized from the jobs' run times), or a cap, 0 turning prefetch off."""
+    """``auto`` (None: sized from the jobs' run times), or a number of jobs, 0 turning prefetch off."""
     if value == "auto":
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:

@@ -45,6 +45,7 @@ from kiq.watch import Watchers
 
 PREFETCH_CEILING = 10  # times max(concurrency, 20): the automatic prefetch's ceiling
 PREFETCH_HORIZON = 0.005  # seconds: a prefetched job should start within about this
+PREFETCH_STALL = 0.02  # seconds with every slot busy and no job finished: prefetched jobs go back
 SIZING_JOBS = 100  # the first jobs size the prefetch with their running mean, one round trip at a time
 SIZING_WINDOW = 0.1  # seconds of finished jobs whose mean run time resizes it after them
 LEASE_WAIT = 0.05  # how often a thread waiting for the lease to be renewed looks again
@@ -74,12 +75,15 @@ class Fetcher:
         """``ttl`` is the heartbeat TTL that each round trip extends, ``info`` the heartbeat's
         info field, for a worker that must recreate its entry (kiq.lease); ``tallies`` hands over
         the tallies of the jobs finished since it was last called, kept ``retention`` seconds.
-        ``prefetch`` caps the jobs held beyond the running ones (None: the automatic ceiling)."""
+        ``prefetch`` is how many jobs it holds beyond the running ones (None: sized from their
+        run times, up to the automatic ceiling)."""
         self.identity = identity
         self.queues = queues
         self.concurrency = concurrency
+        self.automatic = prefetch is None
         self.prefetch_cap = PREFETCH_CEILING * max(concurrency, 20) if prefetch is None else prefetch
-        self._set_prefetch(0)  # until the first jobs tell how long they take
+        self._set_prefetch(0 if prefetch is None else prefetch)  # auto: until the first jobs have run
+        self._progress = time.monotonic()  # when a job last finished or arrived
         self._window_started = time.monotonic()
         self._work_seconds = 0.0
         self._work_jobs = 0
@@ -159,6 +163,7 @@ class Fetcher:
         long the job ran, which sizes the prefetch."""
         with self._lock:
             self._running -= 1
+            self._progress = time.monotonic()
             self._work_seconds += seconds
             self._work_jobs += 1
             self._acknowledge(unit, outcome)
@@ -196,6 +201,7 @@ class Fetcher:
             self._hold([unit])
             if self._fetching:
                 self._buffer.append(unit)
+                self._progress = time.monotonic()
                 self._idle = False
             else:
                 self._giveback.append(unit)
@@ -299,7 +305,9 @@ class Fetcher:
         large batches: fewer round trips and thread wakeups per job, and processors that
         seldom find the buffer empty (bench/notes.md). Until a job has run, nothing is
         prefetched; the first ``SIZING_JOBS`` size it with their running mean after each round
-        trip, and then the mean of each ``SIZING_WINDOW`` moves it halfway.
+        trip, and then the mean of each ``SIZING_WINDOW`` moves it halfway. When the jobs turn
+        long the estimate would hold their successors until one of them ends: ``_stalled``
+        gives those back and starts the sizing afresh, as finding the queues empty does.
         """
         now = time.monotonic()
         if self._sized_by >= SIZING_JOBS and now - self._window_started < SIZING_WINDOW:
@@ -315,8 +323,31 @@ class Fetcher:
             else:
                 self.job_seconds = (self.job_seconds + seconds / jobs) / 2
             self._sized_by += jobs
-            wanted = int(self.concurrency * PREFETCH_HORIZON / max(self.job_seconds, 1e-6))
-            self._set_prefetch(min(self.prefetch_cap, wanted))
+            if self.automatic:
+                wanted = int(self.concurrency * PREFETCH_HORIZON / max(self.job_seconds, 1e-6))
+                self._set_prefetch(min(self.prefetch_cap, wanted))
+
+    def _resize(self) -> None:
+        """Forget what the jobs so far said about run times: prefetch nothing until the next
+        ones have run (called with the lock held, by the fetcher thread)."""
+        self._sized_by = 0
+        self.job_seconds = self._work_seconds = 0.0
+        self._work_jobs = 0
+        self._set_prefetch(0)
+
+    def _stalled(self) -> bool:
+        """Whether the buffer's jobs wait behind long ones: every slot busy, and no job has
+        finished or arrived for ``PREFETCH_STALL``. They then go back to the front of their
+        queues for a worker with a free slot, and the prefetch is sized again (called with the
+        lock held, by the fetcher thread)."""
+        if not (self.automatic and self._buffer and self._running >= self.concurrency):
+            return False
+        if time.monotonic() - self._progress < PREFETCH_STALL:
+            return False
+        self._giveback.extend(self._buffer)
+        self._buffer.clear()
+        self._resize()
+        return True
 
     def _loop(self) -> None:
         """The fetcher thread: a round trip whenever one is due, until the fetcher is closed
@@ -349,10 +380,10 @@ class Fetcher:
         """Wait until a round trip is due; then what it sends and how many jobs it wants. None
         once closed with nothing to send and no watcher left to catch a job."""
         with self._lock:
-            while not self._due():
+            while not (self._stalled() or self._due()):
                 if self._closing and not self._acks and self.watchers.watching == 0:
                     return None
-                self._wake.wait(0.5)
+                self._wake.wait(PREFETCH_STALL if self.automatic and self._buffer else 0.5)
             acks, self._acks = self._acks, []
             tallies: list[Tally] = []
             if acks:
@@ -453,5 +484,8 @@ class Fetcher:
             if idle:
                 self._idle = True
                 self._work_ready.notify(len(self.watchers.free))
+                if self.automatic:
+                    self._resize()  # the next jobs may be of another kind
             elif jobs:
+                self._progress = time.monotonic()
                 self._idle = False

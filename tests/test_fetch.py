@@ -101,17 +101,6 @@ def take(fetcher: Fetcher, timeout: float = 5.0) -> Unit | None:
         raise AssertionError(f"take() returned nothing within {timeout}s") from None
 
 
-def warm(fetcher: Fetcher, seconds: float = 0.0001) -> None:
-    """Size the prefetch as if a job of ``seconds`` had just finished: before the first one a
-    fetcher holds no job beyond those it runs. The fetcher's own sizing, fed directly: taking
-    a real job here would need a worker's full set of taking threads to stay clear of races."""
-    with fetcher._lock:
-        fetcher._work_seconds += seconds
-        fetcher._work_jobs += 1
-    fetcher._size_prefetch()
-    assert fetcher.prefetch > 0
-
-
 def push(r, queue_name: str, *jobs: str, prefix: str = "") -> None:
     for job in jobs:
         r.lpush(f"{prefix}queue:{queue_name}", job)
@@ -333,11 +322,43 @@ def test_jobs_longer_than_the_horizon_get_no_prefetch(r, make_fetcher):
     assert most == 2 and fetcher.prefetch == 0
 
 
-def test_the_prefetch_setting_caps_it(r, make_fetcher):
+def test_jobs_that_turn_long_give_back_the_jobs_held_behind_them(r, make_fetcher):
+    """Very short jobs size a large prefetch, which then takes long jobs too: once every slot
+    has run one for PREFETCH_STALL with none finished, the held ones go back to the front of
+    the queue, in order, for a worker with a free slot, and the prefetch starts again at 0."""
+    push(r, "default", *(f"s{n}" for n in range(1_000)), *(f"long{n}" for n in range(30)))
+    fetcher = make_fetcher(concurrency=2)
+    stopping = threading.Event()
+
+    def work() -> None:
+        while (unit := fetcher.take()) is not None:
+            started = time.perf_counter()
+            while unit.payload.startswith("long") and not stopping.is_set():
+                time.sleep(0.01)
+            fetcher.done(unit, SUCCESS, time.perf_counter() - started)
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(fetcher.threads)]
+    for thread in threads:
+        thread.start()
+    try:
+        wait_for(lambda: any(u.payload.startswith("long") for u in list(fetcher._buffer)), interval=0.0005)
+        wait_for(lambda: r.llen("queue:default") == 28 and len(wip(r)) == 2)
+        assert consume(r, "default") == [f"long{n}" for n in range(2, 30)]
+        assert fetcher.prefetch == 0 and not fetcher._buffer
+    finally:
+        stopping.set()
+        fetcher.quiet()
+        for thread in threads:
+            thread.join(5)
+
+
+def test_the_prefetch_setting_fixes_it(r, make_fetcher):
+    """A number is the prefetch from the first job on, whatever the jobs' run times."""
     push(r, "default", *(f"j{n}" for n in range(2_000)))
     fetcher = make_fetcher(concurrency=2, prefetch=3)
-    most = most_held_running(r, fetcher, 0, lambda: fetcher.prefetch == 3)
-    assert 2 < most <= 2 + 3
+    assert fetcher.prefetch == 3
+    most = most_held_running(r, fetcher, 2 * 2 * PREFETCH_HORIZON, lambda: fetcher.job_seconds > 0)
+    assert most == 2 + 3 and fetcher.prefetch == 3
 
 
 def test_prefetch_zero_holds_only_the_running_jobs(r, make_fetcher):
@@ -421,9 +442,7 @@ def test_a_worker_s_extra_threads_never_run_more_than_concurrency_jobs(r, make_f
 
 def test_every_queue_is_watched_while_every_slot_is_busy(r, make_fetcher):
     """With a prefetch (short jobs), a job pushed while the slots are busy is caught at once."""
-    fetcher = make_fetcher([("a", 1), ("b", 1)], concurrency=1)
-    warm(fetcher)
-    assert fetcher.prefetch > 0
+    fetcher = make_fetcher([("a", 1), ("b", 1)], concurrency=1, prefetch=20)
     takers = Takers(fetcher)
     wait_for(lambda: blocked_watchers(r) == 2)
     push(r, "a", "long")
@@ -485,11 +504,10 @@ def test_strict_order_drains_queues_in_the_order_given(r, make_fetcher):
 def test_quiet_gives_buffered_jobs_back_to_the_front_in_order(r, make_fetcher):
     push(r, "default", "j0", "j1")
     push(r, "other", *(f"k{n}" for n in range(6)))
-    fetcher = make_fetcher([("default", 1), ("other", 1)], strict=True, concurrency=2)
-    warm(fetcher)
+    fetcher = make_fetcher([("default", 1), ("other", 1)], strict=True, concurrency=2, prefetch=20)
     running = take(fetcher)
     assert running == Unit("default", "j0")
-    # Very short jobs get a prefetch: j1 and every k wait in the buffer, not started.
+    # j1 and every k wait in the buffer, not started.
     wait_for(lambda: len(wip(r, "default")) + len(wip(r, "other")) == 8)
 
     fetcher.quiet()
@@ -598,8 +616,7 @@ def take_all(takers: Takers, timeout: float = 1.5) -> list[str]:
 
 def test_a_swept_worker_starts_none_of_the_jobs_it_had_prefetched(redis_server, r, make_fetcher):
     push(r, "default", *(f"j{n}" for n in range(5)))
-    fetcher = make_fetcher(concurrency=1)
-    warm(fetcher)
+    fetcher = make_fetcher(concurrency=1, prefetch=20)
     running = take(fetcher)
     wait_for(lambda: len(wip(r)) == 5)  # one running, four prefetched
     settle(fetcher)
@@ -619,8 +636,7 @@ def test_a_swept_worker_starts_none_of_the_jobs_it_had_prefetched(redis_server, 
 
 def test_a_worker_whose_entry_expired_unswept_keeps_its_jobs(r, make_fetcher):
     push(r, "default", *(f"j{n}" for n in range(5)))
-    fetcher = make_fetcher(concurrency=1)
-    warm(fetcher)
+    fetcher = make_fetcher(concurrency=1, prefetch=20)
     running = take(fetcher)
     wait_for(lambda: len(wip(r)) == 5)
     r.delete(IDENT)  # expired, but nobody swept it
@@ -634,8 +650,7 @@ def test_jobs_held_when_redis_lost_its_data_go_back_in_progress(r, make_fetcher)
     """No tombstone, and the jobs are gone from the in-progress list: Redis restarted without
     its data. The worker holds the only copies: they go back into its list, and run once."""
     push(r, "default", *(f"j{n}" for n in range(5)))
-    fetcher = make_fetcher(concurrency=1)
-    warm(fetcher)
+    fetcher = make_fetcher(concurrency=1, prefetch=20)
     running = take(fetcher)
     wait_for(lambda: len(wip(r)) == 5)
     r.flushall()
@@ -648,8 +663,7 @@ def test_jobs_held_when_redis_lost_its_data_go_back_in_progress(r, make_fetcher)
 
 def test_a_worker_reclaims_its_entry_while_redis_refuses_writes(redis_server, r, make_fetcher):
     push(r, "default", *(f"j{n}" for n in range(3)))
-    fetcher = make_fetcher(concurrency=1)
-    warm(fetcher)
+    fetcher = make_fetcher(concurrency=1, prefetch=20)
     running = take(fetcher)
     wait_for(lambda: len(wip(r)) == 3)
     settle(fetcher)

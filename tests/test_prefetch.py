@@ -28,14 +28,29 @@ def test_long_jobs_are_shared_out_evenly_between_workers(start_kiq, redis_server
     assert sorted(Counter(r.hvals("pids")).values()) == [4, 4]
 
 
+def test_long_jobs_after_very_short_ones_are_shared_out_evenly_too(start_kiq, client, redis_server, r):
+    """Very short jobs size a large prefetch; the long jobs after them must not stay behind it.
+    The long ones come either after the short ones ran out (the workers found the queue
+    empty) or in the same backlog (a worker took some behind its running ones): both ways
+    each worker runs four."""
+    kiq = start_kiq(processes=2, concurrency=2)
+    kiq.wait_workers(2)
+    warm_up(r)
+    run_python("import sample_jobs\n"
+               "sample_jobs.NoopJob.perform_bulk([[]] * 3000)\n"
+               "sample_jobs.PidJob.perform_bulk([[str(n), 1.0] for n in range(8)])\n",
+               redis_server.url)
+    wait_for(lambda: r.hlen("pids") == 8, timeout=30)
+    assert sorted(Counter(r.hvals("pids")).values()) == [4, 4]
+
+
 def test_prefetched_jobs_show_in_the_queue_figures(start_kiq, client, redis_server, r):
     import sample_jobs
 
     port = free_port()
-    kiq = start_kiq(processes=1, concurrency=1, heartbeat_interval=0.2,
+    kiq = start_kiq(processes=1, concurrency=1, heartbeat_interval=0.2, prefetch=10,
                     metrics={"host": "127.0.0.1", "port": port})
     [worker] = kiq.wait_workers(1)
-    warm_up(r)  # very short jobs: the worker prefetches from now on
     sample_jobs.SlowJob.perform_later("blocker", 30)
     wait_for(lambda: r.llen("started") == 1)
     for n in range(5):

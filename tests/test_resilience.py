@@ -9,7 +9,7 @@ import time
 
 import pytest
 import redis
-from conftest import alive, descendants, run_python, wait_for, warm_up
+from conftest import alive, descendants, run_python, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -63,9 +63,8 @@ def test_a_crash_charges_towards_poison_only_the_jobs_that_were_running(start_ki
     they are the oldest of their own in-progress list."""
     import sample_jobs
 
-    kiq = start_kiq(processes=1, concurrency=2, queues=["critical", "default"])
+    kiq = start_kiq(processes=1, concurrency=2, queues=["critical", "default"], prefetch=10)
     [worker] = kiq.wait_workers(1)
-    warm_up(r)  # very short jobs: the worker prefetches from now on
     slow = [sample_jobs.SlowJob.set(queue="critical").perform_later(f"s{n}", 30).jid for n in range(2)]
     wait_for(lambda: r.llen("started") == 2)
     quick = [sample_jobs.RecordJob.perform_later(f"q{n}").jid for n in range(6)]
@@ -81,10 +80,9 @@ def test_a_worker_paused_past_its_ttl_starts_none_of_the_jobs_it_had_prefetched(
     queue. Resumed, the worker must not start the jobs it had prefetched as well."""
     import sample_jobs
 
-    kiq = start_kiq(processes=1, concurrency=1, heartbeat_interval=0.3, heartbeat_ttl=2)
+    kiq = start_kiq(processes=1, concurrency=1, heartbeat_interval=0.3, heartbeat_ttl=2, prefetch=10)
     [worker] = kiq.wait_workers(1)
     identity = identity_of(r, worker)
-    warm_up(r)  # very short jobs: the worker prefetches from now on
     sample_jobs.SlowJob.perform_later("slow", 5.0)  # still running when the worker stops
     wait_for(lambda: r.llen("started") == 1)
     for n in range(5):

@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 import redis
-from conftest import free_port, run_python, wait_for, warm_up
+from conftest import free_port, run_python, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -96,9 +96,8 @@ def test_jobs_taken_but_not_started_go_back_on_stop(start_kiq, client, r):
     """With one thread busy, prefetched jobs wait in memory-and-Redis; a stop returns them, in order."""
     import sample_jobs
 
-    kiq = start_kiq(processes=1, concurrency=1, timeout=0.5)
+    kiq = start_kiq(processes=1, concurrency=1, timeout=0.5, prefetch=10)
     kiq.wait_workers(1)
-    warm_up(r)  # very short jobs: the worker prefetches from now on
     sample_jobs.SlowJob.perform_later("blocker", 30)
     wait_for(lambda: r.llen("started") == 1)
     jids = [sample_jobs.RecordJob.perform_later(str(n)).jid for n in range(5)]
