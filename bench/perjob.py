@@ -37,7 +37,7 @@ class NoopJob(kiq.Job):
 
 
 class DroppingFetcher:
-    def done(self, unit: Unit, outcome: Outcome) -> None:
+    def done(self, unit: Unit, outcome: Outcome, seconds: float = 0.0) -> None:
         """Acknowledged nowhere: Redis is not what this measures."""
 
 

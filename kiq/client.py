@@ -233,7 +233,7 @@ class Client:
             commands.append(("ZADD", keys.schedule,
                              *(item for entry, at in scheduled.items() for item in (at, entry))))
             commands.append(("PUBLISH", keys.schedule_channel, str(min(scheduled.values()))))
-        send(conn, commands)
+        send(conn, commands, again=True)
 
 
 def _encode_alike(shared: Mapping[str, Any], args_lists: Sequence[list[Any]],

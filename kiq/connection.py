@@ -12,6 +12,8 @@ import itertools
 import os
 import re
 import threading
+import time
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -41,6 +43,7 @@ RETRY_PAUSE_MAX = 5.0
 ENCODE_PASSWORD = "a password in the Redis URL must percent-encode / ? # as %2F %3F %23"
 LOGIN_REFUSED = (AuthenticationError, AuthorizationError, AuthenticationWrongNumberOfArgsError)
 ACCESS_CHECK = "return redis.call('DEL', KEYS[1])"
+IDLE_CHECK = 1.0  # seconds: a kept connection idle longer is checked as the pool checks one
 T = TypeVar("T")
 
 
@@ -59,18 +62,20 @@ _POOL_ARGS = () if inspect.signature(redis.ConnectionPool.get_connection).parame
     "command_name"].default is None else ("PIPELINE",)
 
 
-def send(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+def send(client: redis.Redis, commands: Sequence[tuple[Any, ...]], again: bool = False) -> list[Any]:
     """Several commands in one round trip, their raw replies in order, as a non-transactional
     pipeline sends them, for a fraction of its CPU: most of a push's cost on the client was the
-    pipeline's machinery and redis-py's argument encoding (bench/notes.md). A failed connection
-    is retried as the client's own commands are. An error reply is raised once every reply is
-    read, so the connection stays usable; one left in the middle of its replies by anything
-    else is dropped, not reused. A Redis Cluster client sends them as a cluster pipeline,
-    which follows MOVED and ASK: the commands of one call share a slot (kiq.shards)."""
+    pipeline's machinery and redis-py's argument encoding (bench/notes.md). An error reply is
+    raised once every reply is read, so the connection stays usable; one left in the middle of
+    its replies by anything else is dropped, not reused. ``again``: a connection kept from an
+    earlier call that fails is replaced and the commands sent once more (an enqueueing
+    client's, which may at worst push a job twice; never a script whose reply was lost). A
+    Redis Cluster client sends them as a cluster pipeline, which follows MOVED and ASK: the
+    commands of one call share a slot (kiq.shards)."""
     if isinstance(client, Cluster):
         return client.send(commands)
-    pool = client.connection_pool
-    conn: Any = pool.get_connection(*_POOL_ARGS)  # redis-py's Connection is untyped
+    kept = _kept(client.connection_pool)
+    conn, reused = _checkout(client.connection_pool, kept)
 
     def exchange() -> list[Any]:
         conn.send_packed_command([packed])
@@ -87,14 +92,54 @@ def send(client: redis.Redis, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
 
     try:
         packed = _pack(conn, commands)
-        return conn.retry.call_with_retry(exchange, lambda error: conn.disconnect())  # type: ignore[no-any-return]
+        try:
+            return exchange()
+        except redis.ConnectionError:
+            if not (again and reused):
+                raise
+            conn.disconnect()  # closed by Redis since its last call (a restart): the next connects
+            return exchange()
     except redis.ResponseError:
         raise
     except BaseException:
         conn.disconnect()
         raise
     finally:
-        pool.release(conn)
+        kept.append((conn, time.monotonic()))
+
+
+# Connections that ``send`` keeps out of each pool between its calls: a checkout from redis-py's
+# pool costs a third of a push's CPU (four system calls: the process id twice, and a
+# non-blocking read with two timeout changes to see that the connection has no data waiting).
+# The pool still counts them in use, so its ``disconnect()`` closes them too (they reconnect
+# on their next command); a forked child starts with none, as redis-py's pools do.
+_KEPT: weakref.WeakKeyDictionary[Any, list[tuple[Any, float]]] = weakref.WeakKeyDictionary()
+os.register_at_fork(after_in_child=_KEPT.clear)
+
+
+def _kept(pool: Any) -> list[tuple[Any, float]]:
+    kept = _KEPT.get(pool)
+    if kept is None:
+        kept = _KEPT.setdefault(pool, [])
+    return kept
+
+
+def _checkout(pool: Any, kept: list[tuple[Any, float]]) -> tuple[Any, bool]:
+    """A connection for ``send``, and whether it was kept from an earlier call: the last one
+    used (``list.pop`` is atomic, so threads never share one), else one from the pool. One idle
+    for ``IDLE_CHECK`` gets the pool's check, so that a connection Redis closed meanwhile (a
+    restart, its idle timeout) is made again instead of failing the call."""
+    try:
+        conn, used = kept.pop()
+    except IndexError:
+        return pool.get_connection(*_POOL_ARGS), False  # redis-py's Connection is untyped
+    if time.monotonic() - used > IDLE_CHECK:
+        try:
+            if conn.can_read():
+                conn.disconnect()  # data nobody asked for: never read it as a reply
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            conn.disconnect()  # closed by Redis: the next command reconnects
+    return conn, True
 
 
 def evalsha(client: redis.Redis, script: Any, keys: Sequence[Any], args: Sequence[Any]) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -356,11 +357,43 @@ def test_send_returns_each_reply_and_raises_an_error_reply_once_all_are_read(red
 
 
 def test_send_tries_again_on_a_new_connection_after_redis_restarted(redis_server):
+    """Its connection is kept between calls; an enqueueing client's call (``again``) that finds
+    it closed sends once more on a new one. Any other call fails, and the next one reconnects."""
     client = connect(redis_server.url, retry=True)
-    assert send(client, [("LPUSH", "q", "1")]) == [1]
+    assert send(client, [("LPUSH", "q", "1")], again=True) == [1]
     redis_server.stop()
     redis_server.start()
-    assert send(client, [("LPUSH", "q", "2"), ("LLEN", "q")]) == [1, 1]  # Redis kept nothing
+    assert send(client, [("LPUSH", "q", "2"), ("LLEN", "q")], again=True) == [1, 1]  # Redis kept nothing
+    redis_server.stop()
+    redis_server.start()
+    with pytest.raises(redis.ConnectionError):
+        send(client, [("LPUSH", "q", "3")])
+    assert send(client, [("LLEN", "q")]) == [0]
+
+
+def test_send_keeps_its_connection_checks_an_idle_one_and_never_shares_one_with_a_fork(
+        redis_server, r, monkeypatch):
+    from kiq import connection
+
+    client = connect(redis_server.url)
+    [first] = send(client, [("CLIENT", "ID")])
+    assert all(send(client, [("CLIENT", "ID")]) == [first] for _ in range(20))
+    monkeypatch.setattr(connection, "IDLE_CHECK", 0.05)
+    r.client_kill_filter(_id=first)
+    time.sleep(0.1)  # idle longer than IDLE_CHECK: checked, found closed, made again
+    [second] = send(client, [("CLIENT", "ID")])
+    assert second != first
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child's calls must not read the replies meant for the parent's
+        try:
+            os.write(write, str(send(client, [("CLIENT", "ID")])[0]).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    assert os.waitpid(child, 0)[1] == 0
+    assert int(os.read(read, 100)) not in (first, second)
+    assert send(client, [("CLIENT", "ID")]) == [second]
 
 
 def test_send_keeps_bytes_that_are_not_utf8_and_refuses_what_redis_cannot_take(redis_server):
