@@ -13,6 +13,7 @@ Sidekiq, its API and its Web UI see kiq's data. kiq's private keys start with
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -147,6 +148,7 @@ def owner(registered: str) -> tuple[str, str] | None:
     return (identity, queue) if bar else None
 
 
+@functools.lru_cache(maxsize=4)  # each round trip that tallies jobs names its minute
 def minute_names(minute: int) -> tuple[str, str]:
     """How Sidekiq 7's metrics keys name a UTC minute (``minute``: epoch seconds // 60): in the
     hash's name year, month and day, then hour and minute unpadded (``20261205|9:7``); in a
