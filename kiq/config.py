@@ -28,6 +28,7 @@ __all__ = ["Config", "ConfigError", "load", "parse_queues"]
 
 SPAN_NAMINGS = ("queue", "job_class")  # kiq.otel's options, as Ruby's Sidekiq instrumentation names them
 PROPAGATION_STYLES = ("link", "child")
+PREFETCH_MAX = 10_000  # jobs: what one round trip may take, with Redis serving nobody else meanwhile
 
 
 @dataclass
@@ -182,11 +183,14 @@ def _section(config: Config, name: str, value: Any, fields: dict[str, str]) -> N
 
 
 def _prefetch(value: Any) -> int | None:
-    """``auto`` (None: sized from the jobs' run times), or a number of jobs, 0 turning prefetch off."""
+    """``auto`` (None: sized from the jobs' run times), or a number of jobs, 0 turning prefetch
+    off. At most ``PREFETCH_MAX``: a worker takes that many in one script call, during which
+    Redis serves nobody else."""
     if value == "auto":
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConfigError("prefetch", f"must be auto or a whole number of jobs, 0 or more, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= PREFETCH_MAX:
+        raise ConfigError("prefetch", f"must be auto or a whole number of jobs from 0 to {PREFETCH_MAX:,}, "
+                                      f"not {value!r}")
     return value
 
 

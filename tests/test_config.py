@@ -497,11 +497,11 @@ def test_metrics_retention_says_why_it_has_a_limit(tmp_path):
 
 @pytest.mark.parametrize(("text", "expected"), [("prefetch: auto", None), ("prefetch: 0", 0),
                                                 ("prefetch: 50", 50), ("", None)])
-def test_prefetch_is_auto_or_a_cap(tmp_path, text, expected):
+def test_prefetch_is_auto_or_a_number(tmp_path, text, expected):
     assert load(write(tmp_path, text)).prefetch == expected
 
 
-@pytest.mark.parametrize("value", ["-1", "2.5", "true", "lots", "[1]"])
+@pytest.mark.parametrize("value", ["-1", "2.5", "true", "lots", "[1]", "10001", "1000000000"])
 def test_a_bad_prefetch_is_rejected(tmp_path, value):
-    with pytest.raises(ConfigError, match=r"^prefetch: must be auto or a whole number of jobs, 0 or more"):
+    with pytest.raises(ConfigError, match=r"^prefetch: must be auto or a whole number of jobs from 0 to 10,000"):
         load(write(tmp_path, f"prefetch: {value}"))
