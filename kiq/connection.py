@@ -151,7 +151,10 @@ def evalsha(client: redis.Redis, script: Any, keys: Sequence[Any], args: Sequenc
     try:
         return send(client, [command])[0]
     except redis.exceptions.NoScriptError:
-        script.sha = client.script_load(script.script)
+        if isinstance(client, Cluster):
+            script.sha = client.script_load(script.script)  # on every primary
+        else:  # through send too: a call through redis-py would take a second connection
+            script.sha = send(client, [("SCRIPT", "LOAD", script.script)])[0]
         return send(client, [("EVALSHA", script.sha, *command[2:])])[0]
 
 
@@ -318,6 +321,14 @@ def disconnect(conn: redis.Redis) -> None:
     manager = getattr(pool, "sentinel_manager", None)
     for sentinel in manager.sentinels if manager else []:
         sentinel.connection_pool.disconnect()
+
+
+def close_idle(client: redis.Redis) -> None:
+    """Close the connections that a client's pool holds idle, not the one ``send`` keeps: for a
+    client that talks through ``send``, after one of its rare calls through redis-py, which
+    took a second connection from the pool; so that it goes on holding one."""
+    if not isinstance(client, Cluster):
+        client.connection_pool.disconnect(inuse_connections=False)
 
 
 def wire(text: str) -> bytes:

@@ -32,7 +32,7 @@ from typing import Any
 import redis
 
 from kiq import log
-from kiq.connection import Outage, connect, keep_trying
+from kiq.connection import Outage, close_idle, connect, keep_trying
 from kiq.execution import RETENTION, Tally
 from kiq.heartbeat import Lapsed
 from kiq.keys import Keys
@@ -404,6 +404,7 @@ class Fetcher:
     def _exchange(self, acks: list[Ack], tallies: list[Tally], giveback: list[Unit], want: int) -> list[Unit]:
         """Everything one turn of the fetcher sends: a reclaim after a lapse, a resync after a
         failed call, give-backs, then the round trip (skipped when it has nothing to do)."""
+        rare = self._lapsed or self._resync or giveback
         if self._lapsed:
             self._reclaim()
         if self._resync:
@@ -411,6 +412,8 @@ class Fetcher:
             self._requeue_strays()
         if giveback:
             self.recovery.give_back(self.identity, [(u.queue, u.payload) for u in giveback])
+        if rare:
+            close_idle(self.conn)  # the round trip's connection stays this worker's only one
         if not acks and want == 0 and self.lease.valid():
             return []
         picks, order = (self.queues.picks(want), self.queues.order()) if want else ([], [])

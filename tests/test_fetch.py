@@ -700,13 +700,14 @@ def test_tallies_ride_with_the_acknowledgements_and_outlast_a_failed_trip(redis_
     assert r.hgetall(minute) == {"HardJob|p": "1", "HardJob|ms": "50"} and 590 < r.ttl(minute) <= 600
     r.acl_setuser("admin", enabled=True, passwords=["+pw"], commands=["+@all"], keys=["~*"], channels=["*"])
     admin = redis.Redis(port=redis_server.port, username="admin", password="pw", decode_responses=True)
-    admin.acl_setuser("default", commands=["-evalsha"])  # the fetcher's round trips now fail
+    # The fetcher's round trips now fail (the user stays on: redis-py turns a user off unless told).
+    admin.acl_setuser("default", enabled=True, nopass=True, commands=["-evalsha"])
     with lock:
         tallies.add("HardJob", 0.05, failed=True)
     fetcher.done(second, Outcome(True))
     time.sleep(0.3)  # a round trip or two refused
     assert admin.get("stat:processed") == "1"
-    admin.acl_setuser("default", commands=["+evalsha"])
+    admin.acl_setuser("default", enabled=True, nopass=True, commands=["+evalsha"])
     wait_for(lambda: r.get("stat:processed") == "2", timeout=10)
     records = [r.hgetall(key) for key in r.keys("j|*")]  # one minute, or two if one ended meanwhile
     assert [sum(int(record.get(f"HardJob|{field}", 0)) for record in records) for field in ("p", "f", "ms")] \
