@@ -45,7 +45,7 @@ from kiq.watch import Watchers
 
 PREFETCH_CEILING = 10  # times max(concurrency, 20): the automatic prefetch's ceiling
 PREFETCH_HORIZON = 0.005  # seconds: a prefetched job should start within about this
-PREFETCH_STALL = 0.02  # seconds with every slot busy and no job finished: prefetched jobs go back
+PREFETCH_STALL = 0.02  # seconds of every slot busy, no job finished or arrived: prefetched ones go back
 SIZING_JOBS = 100  # the first jobs size the prefetch with their running mean, one round trip at a time
 SIZING_WINDOW = 0.1  # seconds of finished jobs whose mean run time resizes it after them
 LEASE_WAIT = 0.05  # how often a thread waiting for the lease to be renewed looks again
