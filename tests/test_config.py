@@ -503,5 +503,6 @@ def test_prefetch_is_auto_or_a_number(tmp_path, text, expected):
 
 @pytest.mark.parametrize("value", ["-1", "2.5", "true", "lots", "[1]", "10001", "1000000000"])
 def test_a_bad_prefetch_is_rejected(tmp_path, value):
-    with pytest.raises(ConfigError, match=r"^prefetch: must be auto or a whole number of jobs from 0 to 10,000"):
+    expected = r"^prefetch: must be auto or a whole number of jobs from 0 to 10,000, not "
+    with pytest.raises(ConfigError, match=expected):
         load(write(tmp_path, f"prefetch: {value}"))
