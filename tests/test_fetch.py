@@ -523,6 +523,20 @@ def test_quiet_gives_buffered_jobs_back_to_the_front_in_order(r, make_fetcher):
     assert r.get("stat:processed") == "1"
 
 
+def test_a_give_back_leaves_the_fetcher_one_connection(r, make_fetcher):
+    """Round trips keep their connection (kiq.connection.send); the give-back goes through
+    redis-py, which takes another from the pool: that one is closed after it."""
+    push(r, "default", *(f"j{n}" for n in range(10)))
+    fetcher = make_fetcher(concurrency=1, prefetch=5)
+    running = take(fetcher)
+    wait_for(lambda: len(wip(r)) == 6)
+    fetcher.quiet()
+    wait_for(lambda: r.llen("queue:default") == 9)
+    names = [client["name"] for client in r.client_list()]
+    assert names.count(f"kiq-fetch-{IDENT}") == 1, names
+    fetcher.done(running, SUCCESS)
+
+
 def test_quiet_releases_a_waiting_take(r, make_fetcher):
     fetcher = make_fetcher()
     pending = start_take(fetcher)
