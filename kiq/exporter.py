@@ -3,7 +3,9 @@
 Each scrape builds a fresh registry from the multiprocess samples directory
 and one collector that reads queue sizes, latencies and set sizes from Redis,
 so values that Redis already knows are computed once, in the master, when
-asked for.
+asked for. A Redis (a shard's) that cannot be read leaves its figures out and
+says so in ``kiq_redis_up``; the processes' counters and every other shard's
+figures are still served.
 
 Each connection gets its own thread and a socket timeout, as prometheus_client's
 own server does threads: a client that connects and sends nothing, or half a
@@ -45,12 +47,10 @@ class RedisCollector:
     """Values read from Redis at scrape time, in the master only: each shard's, under its
     ``shard`` label (``main`` with one Redis)."""
 
-    def __init__(self, conns: Mapping[str, redis.Redis] | Mapping[str, tuple[redis.Redis, Keys]],
-                 keys: Keys | None = None) -> None:
-        """``conns`` are the shards' Redis by name, read with ``keys``; or, where each shard has
-        its own key names (a Redis Cluster's queue shards), each one's Redis and keys."""
+    def __init__(self, conns: Mapping[str, tuple[redis.Redis, Keys]]) -> None:
+        """``conns``: each shard's Redis and key names, by shard name (a Redis Cluster's queue
+        shards each have their own key names)."""
         self.conns = conns
-        self.keys = keys
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         by_queue, by_shard = ["queue", "shard"], ["shard"]
@@ -70,10 +70,16 @@ class RedisCollector:
                                            "every host.", labels=by_shard),
             "rtt": GaugeMetricFamily("kiq_redis_rtt_seconds", "Round trip of one Redis command from the "
                                      "master.", labels=by_shard),
+            "up": GaugeMetricFamily("kiq_redis_up", "1 if the master read this shard's Redis at this scrape; "
+                                    "0 if it could not, and its figures are left out.", labels=by_shard),
         }
-        for shard, each in self.conns.items():
-            conn, keys = each if isinstance(each, tuple) else (each, self.keys)
-            self._read(shard, conn, keys or Keys(), families)
+        for shard, (conn, keys) in self.conns.items():
+            try:
+                self._read(shard, conn, keys, families)
+            except redis.RedisError:
+                families["up"].add_metric([shard], 0)
+            else:
+                families["up"].add_metric([shard], 1)
         yield from families.values()
 
     def _read(self, shard: str, conn: redis.Redis, k: Keys, families: dict[str, GaugeMetricFamily]) -> None:

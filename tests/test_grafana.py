@@ -105,7 +105,7 @@ def master_side(redis_url: str) -> dict[str, set[str]]:
     client = Client(redis_url, namespace="")
     client.enqueue("GrafanaProbeJob", [], queue="default")
     exported: dict[str, set[str]] = {}
-    for family in RedisCollector({"main": connect(redis_url, name="kiq-metrics")}, client.keys).collect():
+    for family in RedisCollector({"main": (connect(redis_url, name="kiq-metrics"), client.keys)}).collect():
         assert family.samples, f"{family.name} yielded no sample, so its labels are unknown"
         for sample in family.samples:
             exported.setdefault(sample.name, set()).update(sample.labels)

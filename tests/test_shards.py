@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import RedisServer, wait_for
+from conftest import RedisServer, free_port, wait_for
 
 from kiq.client import Client
 from kiq.config import ConfigError, load
@@ -250,9 +250,9 @@ def test_metrics_label_every_shard(redis_server, second_redis):
     client = Client(shards=shards_of(redis_server, second_redis), namespace="")
     client.enqueue("RecordJob", ["x"], queue="invoices")
     client.enqueue("RecordJob", ["y"], queue="mail", at=time.time() + 60)
-    conns = {"main": connect(redis_server.url), "billing": connect(second_redis.url)}
+    conns = {"main": (connect(redis_server.url), Keys("")), "billing": (connect(second_redis.url), Keys(""))}
     found = {(s.name, tuple(sorted(s.labels.items()))): s.value
-             for family in RedisCollector(conns, Keys("")).collect() for s in family.samples}
+             for family in RedisCollector(conns).collect() for s in family.samples}
     assert found[("kiq_queue_size", (("queue", "invoices"), ("shard", "billing")))] == 1
     assert ("kiq_queue_size", (("queue", "invoices"), ("shard", "main"))) not in found
     assert found[("kiq_scheduled_jobs", (("shard", "main"),))] == 1
@@ -261,6 +261,22 @@ def test_metrics_label_every_shard(redis_server, second_redis):
 
 # -- moving a queue to another shard (docs/operations.md) -----------------------------------
 
+
+
+def test_a_shard_redis_cannot_be_read_leaves_only_its_figures_out_of_a_scrape(redis_server):
+    from kiq.connection import connect
+    from kiq.exporter import RedisCollector
+    from kiq.keys import Keys
+
+    Client(redis_server.url, namespace="").enqueue("RecordJob", ["x"], queue="mail")
+    gone = connect(f"redis://127.0.0.1:{free_port()}/0")  # nothing listens there
+    conns = {"main": (connect(redis_server.url), Keys("")), "billing": (gone, Keys(""))}
+    found = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for family in RedisCollector(conns).collect() for s in family.samples}
+    assert found[("kiq_redis_up", (("shard", "main"),))] == 1
+    assert found[("kiq_redis_up", (("shard", "billing"),))] == 0
+    assert found[("kiq_queue_size", (("queue", "mail"), ("shard", "main")))] == 1
+    assert not [key for key in found if ("shard", "billing") in key[1] and key[0] != "kiq_redis_up"]
 
 def test_moving_a_queue_to_another_shard_loses_nothing(start_kiq, redis_server, second_redis, r, tmp_path):
     """The documented procedure: put the queue on its new shard in the config, reload (HUP),
