@@ -130,8 +130,7 @@ def commands_during(redis_server, action) -> list[str]:
 
     thread = threading.Thread(target=watch)
     thread.start()
-    ready.wait(5)
-    time.sleep(0.1)
+    assert ready.wait(5), "MONITOR did not start"  # active once its OK is read: nothing to wait for
     action()
     stop.set()
     redis_server.client().ping()
