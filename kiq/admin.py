@@ -385,28 +385,25 @@ def process_command(name: str, help_text: str) -> click.Command:
 def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str | None, namespace: str | None,
              as_json: bool) -> None:
     """Periodic entries with their last and next run."""
-    from kiq.connection import connect
-    from kiq.keys import Keys
-    from kiq.periodic import describe
+    from kiq.api import ShardedAPI
 
     config = settings(config_path, redis_url, namespace)
     entries = periodic_entries(config, require)
-    routes = config.routes
-    rows: list[dict[str, Any]] = []
     try:
-        for shard in routes:  # an entry's state lives on the shard of its queue
-            mine = [entry for entry in entries if routes.route(entry.queue) is shard]
-            if mine:
-                found = describe(connect(shard.url, retry=True), Keys(config.namespace), mine)
-                rows += [{"shard": shard.name, **row} if routes.sharded else row for row in found]
+        api = ShardedAPI(config.routes, config.namespace)
+        found = api.periodic(entries)  # each entry's state lives on the shard of its queue
     except redis.RedisError as error:
         click.echo(f"kiq: redis unavailable: {error}", err=True)
         sys.exit(exits.REDIS_UNREACHABLE)
-    columns = ["name", "cron", "tz", "class", "queue", "last", "next"]
-    table_rows = [[*([row["shard"]] if routes.sharded else []), row["name"], row["cron"], row["tz"],
-                   row["class"], row["queue"], row["last"].isoformat() if row["last"] else "-",
-                   row["next"].isoformat()] for row in rows]
-    emit(as_json, rows, ["shard", *columns] if routes.sharded else columns, table_rows)
+    data, rows = [], []
+    for row in found:
+        shard = row.pop("shard")
+        last = row["last"].isoformat() if row["last"] else "-"
+        each, table_row = sharded(api, shard, row, [row["name"], row["cron"], row["tz"], row["class"],
+                                                    row["queue"], last, row["next"].isoformat()])
+        data.append(each)
+        rows.append(table_row)
+    emit(as_json, data, headers_of(api, ["name", "cron", "tz", "class", "queue", "last", "next"]), rows)
 
 
 def periodic_entries(config: Config, require: Sequence[str]) -> list[Entry]:

@@ -18,9 +18,9 @@ import functools
 import json
 import operator
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis
 
@@ -33,6 +33,9 @@ from kiq.payload import check_format, epoch_seconds, stamp, waited
 from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE, move_call
 from kiq.shards import SINGLE, Shards
+
+if TYPE_CHECKING:
+    from kiq.periodic import Entry
 
 BATCH = 100
 Progress = Callable[[int], None]
@@ -739,6 +742,23 @@ class ShardedAPI:
             for each in api.job_metrics(minutes, moment):
                 classes[each.name] = classes[each.name] + each if each.name in classes else each
         return [classes[name] for name in sorted(classes)]
+
+    def periodic(self, entries: Sequence[Entry]) -> list[dict[str, Any]]:
+        """``kiq.periodic.describe``'s row of each entry, with its ``shard``: read on the shard
+        of its queue, where the master fires it and keeps its state. On a Redis Cluster that is
+        the queue's own shard, a queue no job has reached yet included."""
+        from kiq.periodic import describe
+
+        routes = self.routes.including([entry.queue for entry in entries])
+        rows: list[dict[str, Any]] = []
+        for shard in routes:
+            mine = [entry for entry in entries if routes.route(entry.queue) is shard]
+            if not mine:
+                continue
+            api = self.apis.get(shard.name)  # none yet for a cluster queue that holds nothing
+            conn, keys = (api.redis, api.keys) if api else (self.default.redis, shard.keys(""))
+            rows += [{**row, "shard": shard.name} for row in describe(conn, keys, mine)]
+        return rows
 
     def job_series(self, job_class: str, minutes: int = 60,
                    now: float | None = None) -> list[tuple[int, ClassMetrics]]:

@@ -276,7 +276,25 @@ def test_stats_queues_and_the_api_show_every_queue_of_the_cluster(start_kiq, clu
 def kiq_command(*args: str) -> str:
     """The output of a ``kiq`` command, run as the operator runs it."""
     return subprocess.run([sys.executable, "-m", "kiq", *args], capture_output=True, text=True, check=True,
-                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=60).stdout
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"},
+                          timeout=60).stdout
+
+
+def test_kiq_periodic_reads_each_entry_on_the_shard_of_its_queue(start_kiq, cluster, recorded, tmp_path):
+    """The master keeps an entry's state on its queue's shard, under that queue's hash tag; a
+    queue that no job has reached yet (not in ``queues`` either) is a shard as well."""
+    entries = [{"name": "often", "cron": "* * * * * *", "class": "ClusterJob", "queue": "reports",
+                "args": ["tick", "reports"]},
+               {"name": "yearly", "cron": "0 0 1 1 *", "class": "ClusterJob", "queue": "archive",
+                "args": ["new-year", "archive"]}]
+    start_on(start_kiq, cluster, periodic=entries)
+    wait_for(lambda: "reports:tick" in ran(recorded), timeout=30)
+    config = tmp_path / "periodic.yml"
+    config.write_text(json.dumps({"redis_url": cluster.url, "queues": QUEUES, "require": ["cluster_jobs"],
+                                  "periodic": entries}))  # JSON is YAML
+    shown = {row["name"]: row for row in json.loads(kiq_command("periodic", "-c", str(config), "--json"))}
+    assert (shown["often"]["shard"], shown["yearly"]["shard"]) == ("reports", "archive")
+    assert shown["often"]["last"] is not None and shown["yearly"]["last"] is None
 
 
 def test_killing_a_primary_mid_run_loses_no_job(start_kiq, cluster, recorded):

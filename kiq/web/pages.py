@@ -17,7 +17,6 @@ from werkzeug.wrappers import Response
 
 from kiq import api as kiq_api
 from kiq.api import API, Job, QueueSummary, SortedSet, Stats
-from kiq.periodic import describe
 from kiq.web import charts, paging
 
 if TYPE_CHECKING:
@@ -137,13 +136,7 @@ def periodic(view: View) -> Response:
     """Each entry with its last and next tick, read on the shard of its queue, where the master
     fires it and keeps its state."""
     entries = view.dashboard.periodic
-    routes = view.shards.routes
-    rows: list[dict[str, Any]] = []
-    for shard in routes:
-        mine = [entry for entry in entries if routes.route(entry.queue) is shard]
-        if mine:
-            api = view.shards.api(shard.name)
-            rows += [{**row, "shard": shard.name} for row in describe(api.redis, api.keys, mine)]
+    rows = view.shards.periodic(entries)
     page = paging.of(paging.Paging.parse(view.request.args), rows,
                      lambda row: f"{row['name']} {row['class']} {row['queue']}"
                                  + (f" {row['shard']}" if view.sharded else ""))
