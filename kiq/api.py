@@ -32,7 +32,7 @@ from kiq.keys import Keys, day
 from kiq.payload import check_format, epoch_seconds, stamp, waited
 from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE, move_call
-from kiq.shards import SINGLE, Shards
+from kiq.shards import SINGLE, Shard, Shards
 
 if TYPE_CHECKING:
     from kiq.periodic import Entry
@@ -676,13 +676,16 @@ class ShardedAPI:
                  connection: redis.Redis | None = None) -> None:
         self.routes = Shards.parse(shards) if shards else Shards.single(redis_url or url_from_env(),
                                                                         Keys.using(namespace).namespace)
-        own = None if shards else connection  # a given connection is the one Redis's
+        self._namespace, self._format = namespace, sidekiq_format
+        self._own = None if shards else connection  # a given connection is the one Redis's
         if self.routes.cluster is not None:  # every queue of the cluster is a shard, not only the configured
-            own = own or connect(self.routes.cluster[0], name="kiq-api", retry=True)
-            self.routes = self.routes.including(cluster_queues(own, self.routes.cluster[1]))
-        self.apis = {shard.name: API(shard.url, namespace if shard.namespace is None else shard.namespace,
-                                     own, sidekiq_format=sidekiq_format, shard=shard.name)
-                     for shard in self.routes}
+            self._own = self._own or connect(self.routes.cluster[0], name="kiq-api", retry=True)
+            self.routes = self.routes.including(cluster_queues(self._own, self.routes.cluster[1]))
+        self.apis = {shard.name: self._api(shard) for shard in self.routes}
+
+    def _api(self, shard: Shard) -> API:
+        namespace = self._namespace if shard.namespace is None else shard.namespace
+        return API(shard.url, namespace, self._own, sidekiq_format=self._format, shard=shard.name)
 
     @property
     def default(self) -> API:
@@ -698,8 +701,13 @@ class ShardedAPI:
         return self.apis[self.routes.named(shard).name]
 
     def api_for(self, queue: str) -> API:
-        """The API of the shard that ``queue`` lives on."""
-        return self.apis[self.routes.route(queue).name]
+        """The API of the shard that ``queue`` lives on; on a Redis Cluster, one made now for a
+        queue that held nothing when this was made (it is listed from then on)."""
+        name = self.routes.route(queue).name
+        if name not in self.apis:
+            self.routes = self.routes.including([queue])
+            self.apis[name] = self._api(self.routes.named(name))
+        return self.apis[name]
 
     def stats(self) -> dict[str, Stats]:
         return {name: api.stats() for name, api in self.apis.items()}
@@ -749,16 +757,11 @@ class ShardedAPI:
         the queue's own shard, a queue no job has reached yet included."""
         from kiq.periodic import describe
 
-        routes = self.routes.including([entry.queue for entry in entries])
-        rows: list[dict[str, Any]] = []
-        for shard in routes:
-            mine = [entry for entry in entries if routes.route(entry.queue) is shard]
-            if not mine:
-                continue
-            api = self.apis.get(shard.name)  # none yet for a cluster queue that holds nothing
-            conn, keys = (api.redis, api.keys) if api else (self.default.redis, shard.keys(""))
-            rows += [{**row, "shard": shard.name} for row in describe(conn, keys, mine)]
-        return rows
+        by_shard: dict[str, list[Entry]] = {}
+        for entry in entries:
+            by_shard.setdefault(self.api_for(entry.queue).shard, []).append(entry)
+        return [{**row, "shard": name} for name, mine in by_shard.items()
+                for row in describe(self.apis[name].redis, self.apis[name].keys, mine)]
 
     def job_series(self, job_class: str, minutes: int = 60,
                    now: float | None = None) -> list[tuple[int, ClassMetrics]]:

@@ -31,6 +31,7 @@ from kiq.api import ShardedAPI
 from kiq.client import Client
 from kiq.config import ConfigError, load
 from kiq.keys import Keys
+from kiq.periodic import Entry
 
 pytestmark = pytest.mark.slow
 
@@ -295,6 +296,14 @@ def test_kiq_periodic_reads_each_entry_on_the_shard_of_its_queue(start_kiq, clus
     shown = {row["name"]: row for row in json.loads(kiq_command("periodic", "-c", str(config), "--json"))}
     assert (shown["often"]["shard"], shown["yearly"]["shard"]) == ("reports", "archive")
     assert shown["often"]["last"] is not None and shown["yearly"]["last"] is None
+    from test_web import cells, done, page, post
+
+    declared = [Entry(each["name"], each["cron"], each["class"], queue=each["queue"]) for each in entries]
+    dashboard = werkzeug.test.Client(kiq.web.app(cluster.url, "", periodic=declared))
+    rows = cells(page(dashboard, "/periodic"), "periodic")
+    assert sorted((row[0], row[1]) for row in rows) == [("archive", "yearly"), ("reports", "often")]
+    done(post(dashboard, "/periodic", {"name": "yearly"}), "/periodic?done=enqueue&count=1")
+    assert cluster.client().llen(keys("archive").queue("archive")) == 1
 
 
 def test_killing_a_primary_mid_run_loses_no_job(start_kiq, cluster, recorded):
