@@ -464,6 +464,10 @@ def shards_move(api: ShardedAPI, as_json: bool, queue: str, to: str, source: str
     moves nothing."""
     from kiq.move import move_queue
 
+    if api.routes.cluster is not None:
+        raise click.UsageError("on a Redis Cluster each queue is a shard of its own, which the cluster "
+                               "places itself: there is no queue to move (redis-cli --cluster reshard "
+                               "moves slots)")
     try:
         target = api.api(to)
         sources = [api.api(source)] if source else [each for each in api.apis.values() if each is not target]
