@@ -773,10 +773,13 @@ class ShardedAPI:
 
 
 def cluster_queues(conn: redis.Redis, namespace: str) -> list[str]:
-    """The queues a Redis Cluster holds, found by their ``{QUEUE}:queues`` sets on every primary."""
+    """The queues a Redis Cluster holds, found by their ``{QUEUE}:queues`` sets on every primary.
+    A key the pattern matches but no kiq queue can have (``{a}b}:queues``, written by something
+    else) is left out rather than failing every reader of the cluster."""
     keys = Keys(namespace)
-    found = conn.scan_iter(match=keys.cluster_queues_pattern(), count=1000)
-    return sorted({keys.cluster_queue_of(str(key)) for key in found})
+    found = {keys.cluster_queue_of(str(key)) for key in conn.scan_iter(match=keys.cluster_queues_pattern(),
+                                                                           count=1000)}
+    return sorted(queue for queue in found if queue and "{" not in queue and "}" not in queue)
 
 
 def _added(tables: list[list[tuple[str, int, int]]]) -> list[tuple[str, int, int]]:
