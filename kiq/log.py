@@ -14,6 +14,7 @@ but not the stream's.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import logging
 import os
@@ -79,10 +80,15 @@ def trace_ids(source: Callable[[], tuple[str, str] | None] | None) -> None:
 
 class _Stderr:
     """A file-like stderr for log lines: each write is written and flushed whole, under
-    the lock that forks wait for."""
+    the lock that forks wait for.
+
+    A line that cannot be written is dropped: stderr piped to a reader that went away (``|
+    head``, a log shipper restarting) or a full disk must not fail the job, the signal
+    handler or the thread that was logging; the line would have gone nowhere anyway.
+    """
 
     def write(self, text: str) -> int:
-        with _write_lock:
+        with _write_lock, contextlib.suppress(OSError, ValueError):  # ValueError: stderr was closed
             sys.stderr.write(text)
             sys.stderr.flush()
         return len(text)

@@ -234,3 +234,43 @@ def test_a_worker_waiting_for_redis_exits_when_its_supervisor_dies(start_kiq, re
     for pid in [kiq.pid, *kiq.generations()]:
         os.kill(pid, signal.SIGKILL)
     wait_for(lambda: not alive(second), timeout=15)
+
+
+def test_a_closed_log_pipe_fails_no_job_and_stops_no_stop(redis_server, client, r, tmp_path):
+    """kiq's output piped to a reader that goes away (``| head``, a log shipper restarting):
+    every job still succeeds, and TERM still stops everything, exit 0."""
+    import subprocess
+    import sys
+    import uuid
+
+    import sample_jobs
+    import yaml
+    from conftest import ROOT, TOKEN, Kiq, sample_env
+
+    config = tmp_path / "kiq.yml"
+    config.write_text(yaml.safe_dump({"redis_url": redis_server.url, "require": ["sample_jobs"],
+                                      "processes": 1, "concurrency": 4, "metrics": {"port": 0},
+                                      "log": {"format": "json", "level": "info"}}))
+    token = uuid.uuid4().hex
+    process = subprocess.Popen([sys.executable, "-m", "kiq", "start", "-c", str(config)], cwd=ROOT,
+                               env={**sample_env(redis_server.url, tmp_path), TOKEN: token},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    kiq = Kiq(process, tmp_path / "unused.log", token)
+    try:
+        assert process.stdout is not None
+        while b"worker started" not in process.stdout.readline():
+            pass
+        process.stdout.close()  # every line written from now on fails with EPIPE
+        for n in range(20):
+            sample_jobs.RecordJob.perform_later(f"j{n}")
+        wait_for(lambda: r.llen("results") == 20)
+        wait_for(lambda: int(r.get("stat:processed") or 0) == 20)
+        assert r.zcard("dead") == 0 and r.zcard("retry") == 0
+        assert int(r.get("stat:failed") or 0) == 0
+        workers = kiq.workers()
+        kiq.signal(signal.SIGTERM)
+        assert kiq.wait(30) == 0
+        assert not [pid for pid in workers if alive(pid)]
+        assert r.scard("processes") == 0
+    finally:
+        kiq.kill_all()
