@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kiq import log
-from kiq.connection import ENCODE_PASSWORD, is_cluster, unencoded_password, url_from_env
+from kiq.connection import is_cluster, url_error, url_from_env
 from kiq.errors import ConfigError
 from kiq.execution import MAX_RETENTION, RETENTION
 from kiq.payload import DEFAULT_FORMAT, check_format, env_format
@@ -301,10 +301,8 @@ def _validate(config: Config) -> None:
         raise ConfigError("log.level", f"must be one of {', '.join(log.LEVELS)}")
     if config.log_format not in log.FORMATS:
         raise ConfigError("log.format", f"must be one of {', '.join(log.FORMATS)}")
-    if "://" not in config.redis_url:
-        raise ConfigError("redis_url", "must be a URL such as redis://127.0.0.1:6379/0")
-    if unencoded_password(config.redis_url):
-        raise ConfigError("redis_url", ENCODE_PASSWORD)
+    if (problem := url_error(config.redis_url)) is not None:
+        raise ConfigError("redis_url", problem)
     if is_cluster(config.redis_url):
         _validate_cluster(config)
     _validate_tracing(config)

@@ -207,6 +207,21 @@ def connect(url: str, *, blocking: bool = False, name: str = "kiq", retry: bool 
     return redis.Redis.from_url(url, **options)
 
 
+def url_error(url: str) -> str | None:
+    """What is wrong with a Redis URL, read as ``connect`` reads it but without connecting
+    (a scheme redis-py does not know, a port that is no number or out of range); None if
+    nothing is."""
+    if "://" not in url:
+        return "must be a URL such as redis://127.0.0.1:6379/0"
+    if unencoded_password(url):
+        return ENCODE_PASSWORD
+    try:
+        disconnect(connect(url))  # opens no socket: connections are made on first use
+    except ValueError as error:
+        return f"{error} (a URL such as redis://127.0.0.1:6379/0)"
+    return None
+
+
 def is_cluster(url: str) -> bool:
     """Whether ``url`` names a Redis Cluster (``redis+cluster://host:port[,host:port...]``)."""
     return url.startswith(CLUSTER_SCHEMES)

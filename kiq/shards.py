@@ -34,7 +34,7 @@ from typing import Any
 
 import redis
 
-from kiq.connection import ENCODE_PASSWORD, connect, is_cluster, unencoded_password
+from kiq.connection import connect, is_cluster, url_error
 from kiq.errors import ConfigError
 from kiq.keys import Keys
 
@@ -190,10 +190,10 @@ def _spec(name: str, spec: Any) -> tuple[str, list[str]]:
             raise ConfigError(f"shards.{name}.queues", "must be a list of queue names")
     else:
         raise ConfigError(f"shards.{name}", "must be a Redis URL or {url: URL, queues: [...]}")
-    if not isinstance(url, str) or "://" not in url:
+    if not isinstance(url, str):
         raise ConfigError(f"shards.{name}.url", "must be a URL such as redis://127.0.0.1:6379/0")
-    if unencoded_password(url):
-        raise ConfigError(f"shards.{name}.url", ENCODE_PASSWORD)
+    if (problem := url_error(url)) is not None:
+        raise ConfigError(f"shards.{name}.url", problem)
     if is_cluster(url):
         raise ConfigError(f"shards.{name}.url", "a Redis Cluster is given as redis_url alone: it makes "
                           "every queue a shard of its own")

@@ -356,6 +356,20 @@ def test_invalid_override_names_its_key(overrides, key):
     assert raised.value.key == key
 
 
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [("http://127.0.0.1:6379/0", "schemes"), ("redis://127.0.0.1:99999/0", "out of range"),
+     ("redis://127.0.0.1:port/0", "integer"), ("sentinel://127.0.0.1:x/mymaster", "int"),
+     ("redis+cluster://127.0.0.1:7000/2", "database 0 only")],
+)
+def test_a_redis_url_that_redis_py_would_refuse_is_a_config_error(url, says):
+    """Found when the config is read, in one line naming the key, not as a traceback at start."""
+    with pytest.raises(ConfigError) as raised:
+        load(None, {"redis_url": url})
+    assert raised.value.key == "redis_url"
+    assert says in str(raised.value) and "redis://127.0.0.1:6379/0" in str(raised.value)
+
+
 @pytest.mark.parametrize("url", ["redis://kiq:s3/cr@127.0.0.1/0", "redis://:s3#cr@127.0.0.1/0",
                                  "unix://kiq:s3?cr@/run/redis.sock"])
 def test_a_raw_special_character_in_the_password_is_a_bad_url_that_hides_it(url):
@@ -434,7 +448,10 @@ def kiq_start(tmp_path: Path, *args: str, redis_url: str = "redis://127.0.0.1:1/
 @pytest.mark.parametrize(
     ("text", "key"),
     [("bogus: 1\n", "bogus"), ("log: {level: loud}\n", "log.level"), ("processes: 0\n", "processes"),
-     ("metrics: {port: yes}\n", "metrics.port"), ("queues: [[a, 0]]\n", "queues"), ("- a\n", "config")],
+     ("metrics: {port: yes}\n", "metrics.port"), ("queues: [[a, 0]]\n", "queues"), ("- a\n", "config"),
+     ("redis_url: http://127.0.0.1:6379/0\n", "redis_url"),
+     ("redis_url: redis://127.0.0.1:99999/0\n", "redis_url"),
+     ("shards: {main: 'redis://127.0.0.1:x/0'}\n", "shards.main.url")],
 )
 def test_cli_bad_config_exits_2_with_one_line_naming_the_key(tmp_path, text, key):
     result = kiq_start(tmp_path, "-c", write(tmp_path, text, "bad.yml"))
