@@ -96,6 +96,18 @@ def test_periodic_entries_come_from_the_config_and_its_required_modules(kiq_web)
     assert "nightly" in html and "Asia/Tokyo" in html and "from-python" in html and "*/2 * * * * *" in html
 
 
+def test_a_port_in_use_exits_2_with_one_line_saying_what_to_do(kiq_web):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        process, _ = kiq_web("--port", str(busy))
+        _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 2, stderr
+    [line] = stderr.strip().splitlines()
+    assert f"cannot listen on 127.0.0.1 port {busy}" in line and "--port" in line
+
+
 def test_a_bad_config_or_require_exits_2_with_one_line(kiq_web):
     process, _ = kiq_web(require=["no_such_module_anywhere"])
     _, stderr = process.communicate(timeout=30)

@@ -60,7 +60,12 @@ def web(config_path: str | None, host: str, port: int, read_only: bool, threads:
                               shards=config.routes)
     password = config.web_password
     served = BasicAuth(application, config.web_user, password) if password else application
-    server = create_server(served, host=host, port=port, threads=threads, ident="kiq")
+    try:
+        server = create_server(served, host=host, port=port, threads=threads, ident="kiq")
+    except OSError as error:
+        click.echo(f"kiq web: cannot listen on {host} port {port}: {error.strerror or error}. Is another "
+                   "kiq web (or another server) using it? Choose another with --port.", err=True)
+        sys.exit(exits.CONFIG)
     for address, bound in listening(server):
         shown = f"[{address}]" if ":" in str(address) else address
         click.echo(f"kiq web: serving http://{shown}:{bound}/{' read-only' if read_only else ''}"
