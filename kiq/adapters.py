@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
-from kiq import middleware
+from kiq import log, middleware
 from kiq.client import Client, Enqueued, default_client, payload_for, set_default
 from kiq.processor import execute, handle
 from kiq.registry import lookup
@@ -104,6 +104,7 @@ class AsyncAdapter(LocalAdapter):
     """A thread pool in this process, for development: no Redis, no worker to start."""
 
     def __init__(self, threads: int = 5) -> None:
+        log.setup_unless_configured()
         self.pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="kiq-async")
         self.due: list[tuple[float, int, dict[str, Any]]] = []
         self.order = itertools.count()

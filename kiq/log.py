@@ -115,8 +115,41 @@ def _writer(*args: Any) -> _Writer:
     return _Writer()
 
 
+_SHARED: list[Any] = [
+    structlog.contextvars.merge_contextvars,
+    _merge_job,
+    structlog.processors.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
 def setup(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and the standard library's root logger for this process."""
+    renderer = _configure(level, fmt)
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(_level)
+
+
+def setup_unless_configured() -> None:
+    """kiq's lines, at the info level on stderr, in an app process that has not configured
+    structlog itself: the async adapter runs jobs there, and its lines then name their job as
+    a worker's do (structlog's own default writes every level to stdout, without the job's
+    fields). The standard library's logging stays the app's."""
+    if not structlog.is_configured():
+        _configure("info", "auto")
+
+
+def _configure(level: str, fmt: str) -> Any:
+    """Configure structlog with kiq's processors; returns the renderer, for the standard
+    library's lines."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
     renderer: Any = (
@@ -124,31 +157,15 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
         if fmt == "console"
         else structlog.processors.JSONRenderer()
     )
-    shared: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        _merge_job,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-    ]
     global _level
-    numeric = logging.getLevelName(level.upper())
-    _level = numeric
+    _level = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
-        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        processors=[*_SHARED, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=_writer,
         cache_logger_on_first_use=True,  # an unbound proxy costs a bind per call, even when filtered
     )
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(
-        structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
-        )
-    )
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(numeric)
+    return renderer
 
 
 def get(name: str) -> Any:

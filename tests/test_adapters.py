@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -172,3 +173,28 @@ def test_adapters_are_reachable_after_a_plain_import_kiq():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                             check=True)
     assert result.stdout.strip() == "AsyncAdapter"
+
+
+def test_async_adapter_lines_name_their_job_in_an_app_that_set_up_no_logging():
+    """docs/jobs.md: JobLog's fields reach the lines of jobs run by the async adapter, at kiq's
+    default level, in an app process that never configured structlog (kiq start does it for a
+    worker). Chosen through KIQ_ADAPTER, as the docs show, with its adapter found by current()."""
+    code = "\n".join([
+        "import kiq",
+        "class PingJob(kiq.Job):",
+        "    def perform(self, n): assert n == 1, 'not one'",
+        "ok, bad = PingJob.perform_later(1), PingJob.perform_later(2)",
+        "assert kiq.adapters.current().drain(10)",
+        "print(ok.jid, bad.jid)",
+    ])
+    env = {**os.environ, "KIQ_ADAPTER": "async"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                            check=True, env=env)
+    ok, bad = result.stdout.split()
+    lines = [json.loads(line) for line in result.stderr.splitlines()]
+    done_line = next(line for line in lines if line["event"] == "done")
+    fail_line = next(line for line in lines if line["event"] == "fail")
+    assert (done_line["jid"], done_line["class"], done_line["queue"]) == (ok, "PingJob", "default")
+    assert (fail_line["jid"], fail_line["then"]) == (bad, "retry")
+    assert "AssertionError: not one" in fail_line["exception"]
+    assert not [line for line in lines if line["level"] == "debug"]
