@@ -30,6 +30,7 @@ from kiq import log, middleware
 from kiq.client import Client, Enqueued, default_client, payload_for, set_default
 from kiq.processor import execute, handle
 from kiq.registry import lookup
+from kiq.serialize import each_list
 
 if TYPE_CHECKING:
     from kiq.job import Job
@@ -77,7 +78,8 @@ class LocalAdapter:
     def enqueue_bulk(self, job: type[Job] | str, args_list: Iterable[Sequence[Any]], *,
                      queue: str | None = None, retry: bool | int | None = None, at: float | None = None,
                      backtrace: bool | int | None = None, batch_size: int = 1000) -> list[str]:
-        payloads = [payload_for(job, args, None, queue, retry, at, backtrace=backtrace) for args in args_list]
+        payloads = each_list(list(args_list), lambda _, args: payload_for(job, args, None, queue, retry, at,
+                                                                        backtrace=backtrace))
         self._accept_all(payloads)
         return [payload["jid"] for payload in payloads]
 

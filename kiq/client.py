@@ -26,7 +26,7 @@ from kiq import activejob, middleware
 from kiq.connection import connect, is_cluster, send, url_from_env
 from kiq.keys import Keys
 from kiq.payload import check_format, new_jid, new_jids, stamp
-from kiq.serialize import serialize_args, serialize_kwargs
+from kiq.serialize import each_list, serialize_args, serialize_kwargs
 from kiq.shards import Shards
 
 if TYPE_CHECKING:
@@ -161,14 +161,14 @@ class Client:
         jids = new_jids(len(args_list))
         if middleware.enqueue_hooks() or (not isinstance(job, str) and job.active_job):
             # each job's own hash: for the middleware's hooks, or to nest Active Job's job_id and args
-            payloads = [payload_for(job, args, None, queue, retry, at, jid, backtrace, self.sidekiq_format)
-                        for args, jid in zip(args_list, jids, strict=True)]
+            payloads = each_list(args_list, lambda n, args: payload_for(
+                job, args, None, queue, retry, at, jids[n], backtrace, self.sidekiq_format))
             for start in range(0, len(payloads), batch_size):
                 self.push_bulk(payloads[start : start + batch_size])
             return jids
         shared = payload_for(job, (), None, queue, retry, at, backtrace=backtrace,
                              sidekiq_format=self.sidekiq_format)
-        encoded = _encode_alike(shared, [serialize_args(args) for args in args_list], jids)
+        encoded = _encode_alike(shared, each_list(args_list, lambda _, args: serialize_args(args)), jids)
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start : start + batch_size]
             conn, keys = self.connection_for(shared["queue"]), self.keys_for(shared["queue"])

@@ -147,6 +147,20 @@ def deserialize(value: object) -> object:
     return _load(value)
 
 
+def each_list(args_list: Sequence[Sequence[object]], build: Callable[[int, Sequence[object]], T]) -> list[T]:
+    """``build(index, args)`` for each argument list of a bulk enqueue; a SerializationError's
+    path names the list first (``args_list[3]: args[0]``)."""
+    built = []
+    index = 0
+    try:
+        for index, args in enumerate(args_list):  # the index names the bad list
+            built.append(build(index, args))
+    except SerializationError as error:
+        error.path = f"args_list[{index}]: {error.path}" if error.path else f"args_list[{index}]"
+        raise
+    return built
+
+
 def serialize_args(args: Sequence[object]) -> list[object]:
     """Serialize positional arguments; errors name the path from ``args``."""
     if not _is_sequence(args):

@@ -278,6 +278,34 @@ def test_perform_bulk_names_the_index_of_the_bad_job_and_enqueues_none(client, r
     assert len(JobTestMailer.perform_bulk(iter([["a"], ("b", "s")]))) == 2
 
 
+@pytest.mark.parametrize("adapter", ["redis", "inline", "test"])
+@pytest.mark.parametrize("hooks", [False, True])
+def test_perform_bulk_names_the_list_whose_argument_cannot_be_stored(client, r, adapter, hooks):
+    """Both ways a bulk enqueue builds its jobs (one hash each, with enqueue hooks; one shared
+    hash without), and the local adapters'."""
+    from kiq import adapters, middleware
+    from kiq.serialize import SerializationError
+
+    class Hook(middleware.Middleware):
+        def before_enqueue(self, payload: dict[str, object]) -> None:
+            pass
+
+    hook = Hook()
+    if hooks:
+        middleware.add(hook)
+    assert middleware.enqueue_hooks() is hooks
+    adapters.use(adapter)
+    try:
+        with pytest.raises(SerializationError) as raised:
+            JobTestMailer.perform_bulk([["a"], ["b", "s"], ["c", {"when": object()}]])
+    finally:
+        if hooks:
+            middleware.remove(hook)
+        adapters.use("redis")
+    assert str(raised.value) == "args_list[2]: args[1]['when']: cannot serialize object of type object"
+    assert r.keys("*") == []
+
+
 @pytest.mark.parametrize("adapter", ["async", "inline", "test"])
 def test_every_adapter_checks_the_arguments(adapter):
     from kiq import adapters
