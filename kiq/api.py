@@ -28,7 +28,7 @@ from kiq import execution
 from kiq.connection import connect, url_from_env, wire
 from kiq.execution import ClassMetrics
 from kiq.heartbeat import prefetched_by_queue
-from kiq.keys import Keys, day
+from kiq.keys import Keys, day, owner
 from kiq.payload import check_format, epoch_seconds, stamp, waited
 from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE, move_call
@@ -445,6 +445,7 @@ def _pages(jobs: Callable[[int, int], list[Job]]) -> Iterator[Job]:
 # -- windows, search and history, for the dashboard (kiq.web) and ``kiq find`` ----------------
 
 SCAN_WINDOW = 500  # entries read per round trip while filtering or searching
+TAKEN_WINDOW = 20_000  # entries read from each in-progress list: more than a worker holds
 Window = Callable[[int, int], list[Job]]
 PLACES = ("queue", "schedule", "retry", "dead", "running")
 
@@ -460,8 +461,9 @@ class QueueSummary:
 
 @dataclass(frozen=True)
 class Found:
-    """A job and where it is: ``place`` is one of PLACES; ``name`` is the queue's name, or for a
-    running job the identity of the process running it; ``since`` is when it started running."""
+    """A job and where it is: ``place`` is one of PLACES, or ``taken`` (``find`` only); ``name``
+    is the queue's name, or for a running or taken job the identity of the process that has it;
+    ``since`` is when it started running."""
 
     place: str
     name: str
@@ -642,8 +644,9 @@ def search(api: API, text: str, limit: int = 25) -> dict[str, list[Found]]:
 
 
 def find(jid: str, api: API | None = None) -> list[Found]:
-    """Everywhere the job ``jid`` is: waiting in a queue, scheduled, in the retry or dead set, or
-    running (a job can be in two places for a moment, or for good if it was pushed twice).
+    """Everywhere the job ``jid`` is: waiting in a queue, scheduled, in the retry or dead set,
+    running, or taken by a worker (a job can be in two places for a moment, or for good if it
+    was pushed twice).
     Queues are read a window at a time; the sets are scanned in Redis for the jid."""
     api = api or API()
     found = []
@@ -654,7 +657,25 @@ def find(jid: str, api: API | None = None) -> list[Found]:
         job = entries.find(jid)
         if job is not None:
             found.append(Found(entries.name, entries.name, job, shard=api.shard))
-    found += [each for process in api.processes() for each in running(process) if each.job.jid == jid]
+    running_here = [each for process in api.processes() for each in running(process) if each.job.jid == jid]
+    return found + running_here + [each for each in taken(jid, api)
+                                   if not any(run.name == each.name for run in running_here)]
+
+
+def taken(jid: str, api: API) -> list[Found]:
+    """The job ``jid`` in workers' in-progress lists: taken from its queue, held there until it
+    starts, or running since less than a heartbeat (whose work hash lists it at the next beat).
+    One round trip for every list, each read up to ``TAKEN_WINDOW`` jobs."""
+    members = sorted(str(member) for member in api.redis.smembers(api.keys.wip_registry))
+    pipe = api.redis.pipeline(transaction=False)
+    for member in members:
+        pipe.lrange(api.keys.wip_of(member), 0, TAKEN_WINDOW - 1)
+    found = []
+    for member, raws in zip(members, pipe.execute(raise_on_error=False), strict=True):
+        identity = (owner(member) or (member, ""))[0]
+        if isinstance(raws, list):  # not an error: a key of another type, written by something else
+            found += [Found("taken", identity, job, shard=api.shard)
+                      for job in map(Job.parse, map(str, raws)) if job.jid == jid]
     return found
 
 

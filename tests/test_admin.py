@@ -369,8 +369,11 @@ def test_find_tells_where_a_job_is_and_exits_1_when_it_is_nowhere(redis_server, 
     work = {"queue": "default", "payload": dump(sidekiq_job(2)), "run_at": int(NOW - 5)}
     r.hset("web-1:101:0a0a0a0a0a0a:work", "tid-7", json.dumps(work))
 
-    raw, text, running, missing = kiq_many(url, [["find", jid(1), "--json"], ["find", jid(1)],
-                                                 ["find", jid(2)], ["find", jid(3)]])
+    r.sadd("kiq:wip", "web-1:101:0a0a0a0a0a0a|default")
+    r.rpush("kiq:wip:web-1:101:0a0a0a0a0a0a|default", dump(sidekiq_job(4)))
+
+    raw, text, running, missing, taken = kiq_many(url, [["find", jid(1), "--json"], ["find", jid(1)],
+                                                        ["find", jid(2)], ["find", jid(3)], ["find", jid(4)]])
     assert raw.returncode == text.returncode == running.returncode == 0, (raw.stderr, text.stderr)
     data = json.loads(raw.stdout)
     assert [(each["place"], each["name"]) for each in data] == [("queue", "default"), ("retry", "retry")]
@@ -380,6 +383,8 @@ def test_find_tells_where_a_job_is_and_exits_1_when_it_is_nowhere(redis_server, 
     assert re.match(r"running in web-1:101:0a0a0a0a0a0a, started \d+s ago\n", running.stdout)
     assert "\nat " not in running.stdout  # a running job has no time in a sorted set
     assert (missing.returncode, missing.stdout, missing.stderr) == (1, "", f"not found: {jid(3)}\n")
+    assert taken.returncode == 0
+    assert taken.stdout.startswith("taken by web-1:101:0a0a0a0a0a0a (about to start")
 
 
 def test_enqueue_then_a_running_kiq_runs_it(redis_server, r, start_kiq):

@@ -634,6 +634,21 @@ def test_find_tells_every_place_a_jid_is(api, r):
     assert [(f.place, f.job.jid) for f in find(jid(9005), api)] == [("running", jid(9005))]
 
 
+def test_find_tells_a_job_taken_by_a_worker_before_its_heartbeat_lists_it(api, r):
+    r.sadd("processes", "web-1:1:aa")
+    r.hset("web-1:1:aa", mapping={"info": json.dumps({"hostname": "web-1"}), "busy": 1, "beat": NOW})
+    work = {"queue": "default", "payload": dump(payload(jid(1))), "run_at": int(NOW)}
+    r.hset("web-1:1:aa:work", "tid", json.dumps(work))
+    r.sadd("kiq:wip", "web-1:1:aa|default", "web-2:2:bb|low", "junk")
+    r.rpush("kiq:wip:web-1:1:aa|default", dump(payload(jid(1))), dump(payload(jid(2))))  # 1 runs, 2 waits
+    r.rpush("kiq:wip:web-2:2:bb|low", dump(payload(jid(3), "low")))
+    r.hset("kiq:wip:junk", "a", "b")  # a key of another type, written by something else
+
+    where = {n: [(f.place, f.name) for f in find(jid(n), api)] for n in (1, 2, 3, 4)}
+    assert where == {1: [("running", "web-1:1:aa")], 2: [("taken", "web-1:1:aa")],
+                     3: [("taken", "web-2:2:bb")], 4: []}
+
+
 def test_find_with_no_api_finds_redis_like_the_client(redis_server, r, monkeypatch):
     monkeypatch.setenv("KIQ_REDIS_URL", redis_server.url)
     monkeypatch.delenv("KIQ_NAMESPACE", raising=False)
