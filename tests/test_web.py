@@ -677,6 +677,10 @@ def test_a_page_past_the_end_says_so_and_links_to_the_last_page(web, r):
     assert "Page 9 is past the end of this list:" in filtered
     assert 'href="/retries?q=boom" rel="first"' in filtered
     assert "No job here matches this filter" in page(web, "/retries?q=nothing")
+    huge = "9" * 30  # past Redis's 64-bit offsets: was a 503 "Redis is not answering"
+    for path in ("/retries", "/queues/default", "/dead", "/scheduled"):
+        assert "is past the end of this list" in page(web, f"{path}?page={huge}")
+    assert "is past the end of this list:" in page(web, f"/retries?q=boom&page={huge}")
 
 
 def test_periodic_says_when_no_entry_matches_the_filter(redis_server):

@@ -15,6 +15,7 @@ from typing import Generic, TypeVar
 from kiq.api import Job, Window
 
 PER_PAGE = (25, 50, 100, 250)
+MAX_PAGE = 10**9  # its start still fits the 64-bit offsets of Redis's range commands
 T = TypeVar("T")
 Matches = Callable[[str, int, int], tuple[list[Job], bool]]
 
@@ -29,7 +30,8 @@ class Paging:
 
     @classmethod
     def parse(cls, args: Mapping[str, str]) -> Paging:
-        return cls(_whole(args.get("page"), 1), choice(args.get("per"), PER_PAGE), args.get("q", "").strip())
+        number = min(_whole(args.get("page"), 1), MAX_PAGE)
+        return cls(number, choice(args.get("per"), PER_PAGE), args.get("q", "").strip())
 
     @property
     def start(self) -> int:
