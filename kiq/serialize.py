@@ -132,6 +132,9 @@ _readers: dict[str, _Reader] = {}
 # Public API
 
 
+TOO_DEEP = "nested too deep to store, or a list or dict that contains itself"
+
+
 def serialize(value: object) -> object:
     """Return one argument as a JSON-safe value."""
     try:
@@ -140,6 +143,8 @@ def serialize(value: object) -> object:
         if error.path:
             error.path = "value" + error.path
         raise
+    except RecursionError:
+        raise SerializationError(TOO_DEEP) from None
 
 
 def deserialize(value: object) -> object:
@@ -170,6 +175,8 @@ def serialize_args(args: Sequence[object]) -> list[object]:
     except SerializationError as error:
         error.path = "args" + error.path
         raise
+    except RecursionError:
+        raise SerializationError(f"args: {TOO_DEEP}") from None
 
 
 def deserialize_args(args: Sequence[object]) -> list[object]:
@@ -189,6 +196,8 @@ def serialize_kwargs(kwargs: Mapping[str, object]) -> dict[str, object]:
     except SerializationError as error:
         error.path = "kwargs" + error.path
         raise
+    except RecursionError:
+        raise SerializationError(f"kwargs: {TOO_DEEP}") from None
 
 
 def deserialize_kwargs(kwargs: Mapping[str, object]) -> dict[str, object]:

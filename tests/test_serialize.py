@@ -478,6 +478,23 @@ def test_reserved_keyword_name_is_refused() -> None:
         serialize_kwargs({"_aj_symbol_keys": 1})
 
 
+def test_a_container_that_holds_itself_or_nests_too_deep_is_refused_as_unstorable() -> None:
+    looped: list[object] = [1]
+    looped.append(looped)
+    cyclic: dict[str, object] = {}
+    cyclic["self"] = cyclic
+    deep: list[object] = []
+    for _ in range(5000):
+        deep = [deep]
+    too_deep = "nested too deep to store, or a list or dict that contains itself"
+    with pytest.raises(SerializationError, match=f"^args: {too_deep}$"):
+        serialize_args([looped])
+    with pytest.raises(SerializationError, match=f"^kwargs: {too_deep}$"):
+        serialize_kwargs({"d": cyclic})
+    with pytest.raises(SerializationError, match=f"^{too_deep}$"):
+        serialize(deep)
+
+
 def test_args_must_be_a_sequence() -> None:
     with pytest.raises(SerializationError, match="args must be a list or tuple, not str"):
         serialize_args("abc")
