@@ -265,6 +265,8 @@ def describe(job: Job, when: str) -> str:
     lines = [f"{label:<12}{value}" for label, value in fields]
     if job.backtrace:
         lines += ["backtrace   (innermost first)", *(f"  {frame}" for frame in job.backtrace)]
+    elif job.error and (job.payload or {}).get("backtrace"):
+        lines.append("backtrace   none: nothing the job raised (a timeout, a class no worker knew)")
     elif job.error:
         lines.append("backtrace   none kept (set backtrace = True on the job class to keep one)")
     return "\n".join(lines)

@@ -89,6 +89,9 @@ class JobMetrics(middleware.Middleware):
         outcome: Outcome = call()
         if not job.timeout or self.ending():
             record(job.queue_name, job.job_name, perf_counter() - started, outcome.failed, outcome.action)
+        else:
+            log.get("kiq.job").warning("ended after its timeout had failed it; that failure stands",
+                                       elapsed_ms=round((perf_counter() - started) * 1000, 3))
         return outcome
 
 
@@ -357,7 +360,7 @@ class Worker:
             timeout = state.job_class.timeout
             assert timeout is not None
             try:
-                outcome = timed_out(state.payload, timeout)
+                outcome = timed_out(state.payload, timeout, state.unit.queue, state.job_class.job_name)
             except Exception as error:
                 outcome = unhandled(state.unit.queue, state.unit.payload, error)
             self._record(state.unit.queue, state.job_class.job_name, timeout, outcome)

@@ -195,6 +195,24 @@ def test_job_past_its_timeout_is_retried_and_its_worker_replaced(start_kiq, clie
     assert "timeout of 0.5s" in payload["error_message"]
     wait_for(lambda: (w := kiq.workers()) and worker not in w, timeout=20)
     assert r.llen("results") == 0
+    lines = [json.loads(line) for line in kiq.log().splitlines() if line.startswith("{")]
+    [fail] = [line for line in lines if line["event"] == "fail"]
+    assert (fail["jid"], fail["class"], fail["queue"]) == (job.jid, "TimeoutJob", "default")
+    assert fail["then"] == "retry"
+
+
+def test_a_job_that_ends_after_its_timeout_failed_it_says_that_failure_stands(start_kiq, client, r):
+    import sample_jobs
+
+    kiq = start_kiq(processes=1, concurrency=2)
+    kiq.wait_workers(1)
+    job = sample_jobs.TimeoutJob.perform_later(1.5)
+    wait_for(lambda: r.llen("results") == 1, timeout=20)  # it ran to its end in the abandoned thread
+    wait_for(lambda: "ended after its timeout" in kiq.log())
+    lines = [json.loads(line) for line in kiq.log().splitlines() if line.startswith("{")]
+    mine = [line["event"] for line in lines if line.get("jid") == job.jid]
+    assert mine == ["fail", "done", "ended after its timeout had failed it; that failure stands"]
+    assert r.zcard("retry") == 1 and int(r.get("stat:processed") or 0) == 1
 
 
 def test_master_exits_non_zero_when_every_worker_dies_booting(start_kiq, tmp_path):

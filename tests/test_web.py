@@ -111,6 +111,9 @@ def test_a_job_page_shows_every_field_the_error_and_the_backtrace(web, r):
 def test_a_job_page_says_when_no_backtrace_was_kept_and_404s_for_a_gone_job(web, r):
     add(r, "dead", (failure(40), time.time()))
     assert "none kept" in page(web, f"/dead/{key(r, 'dead', 40)}")
+    add(r, "dead", (failure(41, backtrace=True, error_class="kiq.JobTimeout"), time.time()))
+    html = page(web, f"/dead/{key(r, 'dead', 41)}")
+    assert "none: nothing the job raised" in html and "none kept" not in html
     page(web, f"/dead/123.5-{jid(40)}", 404)
     page(web, "/dead/not-a-key", 404)
     page(web, "/nowhere", 404)
