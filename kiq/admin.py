@@ -344,7 +344,10 @@ def enqueue(api: ShardedAPI, as_json: bool, job_class: str, args: tuple[str, ...
     client = Client(namespace=api.default.keys.namespace, connection=api.default.redis,
                     shards=api.routes if api.sharded else None)
     at = time.time() + delay if delay else None
-    job = client.enqueue(job_class, [_value(arg) for arg in args], keywords, queue=queue, at=at)
+    try:
+        job = client.enqueue(job_class, [_value(arg) for arg in args], keywords, queue=queue, at=at)
+    except TypeError as error:  # an empty class name
+        raise click.UsageError(str(error)) from None
     click.echo(json.dumps(vars(job)) if as_json else job.jid)
 
 

@@ -273,9 +273,22 @@ def payload_for(
             payload = build_payload(job.job_name, args, kwargs, queue=queue, retry=retry, at=at, jid=jid,
                                     sidekiq_format=sidekiq_format)
         backtrace = job.backtrace if backtrace is None else backtrace
+    check_options(payload)
     if backtrace:
         payload["backtrace"] = backtrace
     return payload
+
+
+def check_options(payload: Mapping[str, Any]) -> None:
+    """Refuse, in the caller, a class name, queue or retry setting that no worker could follow
+    (kiq's or Sidekiq's: a queue named ``5``, ``retry="yes"``)."""
+    name, queue, retry = payload["class"], payload["queue"], payload["retry"]
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"a job's class name is a non-empty string, not {name!r}")
+    if not isinstance(queue, str) or not queue:
+        raise TypeError(f"queue is a non-empty string, not {queue!r}")
+    if not (isinstance(retry, bool) or (type(retry) is int and retry >= 0)):
+        raise TypeError(f"retry is True, False or a number of retries (0 or more), not {retry!r}")
 
 
 _default: Client | None = None

@@ -432,6 +432,13 @@ def test_enqueue_in_a_named_queue_and_in_seconds(redis_server, r):
     assert [entry["jid"] for entry in ok_json(url, "scheduled")] == [handle["jid"]]
 
 
+def test_enqueue_without_a_class_name_is_a_usage_error(redis_server, r):
+    result = kiq(redis_server.url, "enqueue", "", "1")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "class name is a non-empty string" in result.stderr
+    assert r.keys("*") == []
+
+
 # -- acting on jobs a running kiq really failed ------------------------------
 
 

@@ -424,3 +424,18 @@ def test_a_backtrace_option_sidekiq_would_not_read_is_refused(value):
     with pytest.raises(TypeError, match=re.escape(f"JobTestBadTrace.backtrace{reason}{value!r}")):
         class JobTestBadTrace(kiq.Job):
             backtrace = value  # type: ignore[assignment]
+
+
+@pytest.mark.parametrize(
+    ("enqueue", "message"),
+    [(lambda: JobTestMailer.set(queue=5).perform_later("a"), "queue is a non-empty string, not 5"),
+     (lambda: JobTestMailer.set(retry="yes").perform_later("a"), "retry is True, False or a number"),
+     (lambda: JobTestMailer.set(retry=2.5).perform_later("a"), r"not 2\.5"),
+     (lambda: JobTestMailer.set(retry=-3).perform_later("a"), "not -3"),
+     (lambda: JobTestMailer.set(retry="yes").perform_bulk([["a"]]), "retry is True, False"),
+     (lambda: kiq.Client().enqueue("", []), "class name is a non-empty string")],
+)
+def test_a_queue_or_retry_no_worker_could_follow_is_refused_in_the_caller(client, r, enqueue, message):
+    with pytest.raises(TypeError, match=message):
+        enqueue()
+    assert r.keys("*") == []
