@@ -23,6 +23,7 @@ an earlier one, takes its tally along, and a round trip without acknowledgements
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import deque
@@ -49,6 +50,14 @@ PREFETCH_STALL = 0.02  # seconds of every slot busy, no job finished or arrived:
 SIZING_JOBS = 100  # the first jobs size the prefetch with their running mean, one round trip at a time
 SIZING_WINDOW = 0.1  # seconds of finished jobs whose mean run time resizes it after them
 LEASE_WAIT = 0.05  # how often a thread waiting for the lease to be renewed looks again
+
+
+def _jid(payload: str) -> object:
+    """The jid of a job hash that kiq built, for a log line."""
+    try:
+        return json.loads(payload).get("jid")
+    except (ValueError, AttributeError):
+        return None
 
 
 def thread_count(concurrency: int, queues: int) -> int:
@@ -111,6 +120,7 @@ class Fetcher:
         self._closing = False
         self._idle = False  # the last fetch found every queue empty
         self._outage = Outage("fetch")
+        self._unread: dict[str, str] = {}  # queues a round trip could not read, and why
         self.watchers = Watchers(redis_url, keys, identity, queues.names, self._work_ready, self._caught,
                                  self._lost, self._outage)
         self._thread = threading.Thread(target=self._loop, name="fetcher", daemon=True)
@@ -420,7 +430,30 @@ class Fetcher:
         sent = time.monotonic()
         jobs = self.round_trip.send(acks, want, picks, order, tallies)
         self.renewed(sent)
+        if self.round_trip.unfiled or self.round_trip.unread or self._unread:
+            self._problems(jobs)
         return jobs
+
+    def _problems(self, jobs: list[Unit]) -> None:
+        """Say what keys of another type (written by anything with access to Redis) kept the
+        round trip from doing. A failed job that its sorted set could not take stays in this
+        worker's in-progress list, held (``_loop`` releases the acknowledged ones after this),
+        and goes back to its queue when the worker stops; a queue that cannot be read is said
+        once, until it gives a job again."""
+        for (unit, outcome), why in self.round_trip.unfiled:
+            with self._lock:
+                self._hold([unit])
+            self.log.error(f"could not file a failed job in {outcome.action}; it stays in progress here and "
+                           "goes back to its queue when this worker stops", jid=_jid(outcome.payload),
+                           queue=unit.queue, error=why)
+        for queue, why in self.round_trip.unread.items():
+            if self._unread.get(queue) != why:
+                self.log.error("cannot take jobs from a queue: its key is not a list; fix or delete it",
+                               queue=queue, error=why)
+            self._unread[queue] = why
+        for queue in {unit.queue for unit in jobs} & self._unread.keys():
+            del self._unread[queue]
+            self.log.info("queue readable again", queue=queue)
 
     def _hold(self, units: list[Unit]) -> None:
         """Count units that Redis now holds for this worker (called with the lock held)."""

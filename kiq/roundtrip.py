@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import redis
 
@@ -47,7 +47,8 @@ STAT_TTL = 5 * 365 * DAY
 # other end; then each tally: CLASS, PROCESSED, FAILED, MS, how many histogram buckets follow,
 # and each bucket's INDEX (from 0) and COUNT; then how many jobs to take, how many per-job picks
 # follow, the picks, and the order in which to try every queue when a pick is empty (queues by Q).
-# Returns {0} if the worker's entry has expired, else 1, Q, PAYLOAD, Q, PAYLOAD, ...
+# Returns {0} if the worker's entry has expired, else 1, how many problems, each problem (N of an
+# acknowledgement left in progress, or -Q of a queue not read, and the reason), then Q, PAYLOAD, ...
 # Extending the entry comes first: Redis accepts it even at maxmemory, and then the rest of
 # the script.
 ACK_AND_FETCH = TRIM_DEAD + """
@@ -59,37 +60,52 @@ local function queue(q) return KEYS[7 + 2 * q] end
 local function wip(q) return KEYS[8 + 2 * q] end
 local function minute(t) return KEYS[tallied + 2 * t - 1] end
 local function histogram(t) return KEYS[tallied + 2 * t] end
+-- What a key of another type, written by anything with access to Redis, kept this call from
+-- doing: the acknowledgement (by number) or the queue (by -Q) it concerns, and why. The rest
+-- goes on: one such key must not stop a worker.
+local problems = {}
+local function problem(which, why)
+  problems[#problems + 1] = which
+  problems[#problems + 1] = why
+end
 local i = 6 + queues
 local processed, failed, died = 0, 0, false
-for _ = 1, tonumber(ARGV[5 + queues]) do
+for n = 1, tonumber(ARGV[5 + queues]) do
   local q, job = tonumber(ARGV[i]), ARGV[i + 1]
   if q > 0 then
-    redis.call('LREM', wip(q), -1, job)
+    redis.pcall('LREM', wip(q), -1, job)
     i = i + 2
   else
+    local action = ARGV[i + 2]
+    local into = (action == 'retry' and KEYS[2]) or (action == 'dead' and KEYS[3]) or nil
+    local kind = into and redis.call('TYPE', into)['ok']
+    if into and kind ~= 'zset' and kind ~= 'none' then
+      problem(n, into .. ' is a ' .. kind .. ', not a sorted set')  -- the job stays in progress
     -- A job no longer in progress here was requeued (a stop, a sweep): filing it in retry
     -- or dead as well would run it twice.
-    local held = redis.call('LREM', wip(-q), -1, job) == 1
-    local action = ARGV[i + 2]
-    if held and action == 'retry' then
-      redis.call('ZADD', KEYS[2], ARGV[i + 4], ARGV[i + 3])
-    elseif held and action == 'dead' then
-      redis.call('ZADD', KEYS[3], ARGV[i + 4], ARGV[i + 3])
-      died = true
+    elseif redis.pcall('LREM', wip(-q), -1, job) == 1 and into then
+      local filed = redis.pcall('ZADD', into, ARGV[i + 4], ARGV[i + 3])
+      if type(filed) == 'table' then
+        redis.call('RPUSH', wip(-q), job)  -- in progress again, as it was
+        problem(n, filed['err'])
+      elseif action == 'dead' then
+        died = true
+      end
     end
     if ARGV[i + 5] == '1' then failed = failed + 1 end
     i = i + 6
   end
   processed = processed + 1
 end
+-- Counted with pcall, as the metrics below: a stat key of another type loses its count only.
 if processed > 0 then
-  redis.call('INCRBY', KEYS[4], processed)
-  redis.call('INCRBY', KEYS[6], processed)
+  redis.pcall('INCRBY', KEYS[4], processed)
+  redis.pcall('INCRBY', KEYS[6], processed)
   redis.call('EXPIRE', KEYS[6], __STAT_TTL__)
 end
 if failed > 0 then
-  redis.call('INCRBY', KEYS[5], failed)
-  redis.call('INCRBY', KEYS[7], failed)
+  redis.pcall('INCRBY', KEYS[5], failed)
+  redis.pcall('INCRBY', KEYS[7], failed)
   redis.call('EXPIRE', KEYS[7], __STAT_TTL__)
 end
 if died then trim_dead(KEYS[3], ARGV[1]) end
@@ -116,10 +132,14 @@ for t = 1, tallies do
 end
 local want, picks = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
 local first, order = i + 2, i + 2 + picks
-local out, empty, touched = {1}, {}, {}
+local taken, empty, touched = {}, {}, {}
 local function take(q)
   if empty[q] then return nil end
-  local job = redis.call('RPOPLPUSH', queue(q), wip(q))
+  local job = redis.pcall('RPOPLPUSH', queue(q), wip(q))  -- moves nothing if either is no list
+  if type(job) == 'table' then
+    problem(-q, job['err'])
+    job = false
+  end
   if not job then empty[q] = true end
   return job
 end
@@ -137,11 +157,14 @@ for slot = 1, want do
     end
   end
   if not job then break end
-  out[#out + 1] = q
-  out[#out + 1] = job
+  taken[#taken + 1] = q
+  taken[#taken + 1] = job
   touched[q] = true
 end
-for q in pairs(touched) do redis.call('SADD', KEYS[8], ARGV[4 + q]) end
+for q in pairs(touched) do redis.pcall('SADD', KEYS[8], ARGV[4 + q]) end
+local out = {1, #problems / 2}
+for _, each in ipairs(problems) do out[#out + 1] = each end
+for _, each in ipairs(taken) do out[#out + 1] = each end
 return out
 """.replace("__STAT_TTL__", str(STAT_TTL))
 
@@ -204,6 +227,8 @@ class RoundTrip:
         self._today = (0.0, 0.0)  # the UTC day that the stat keys in _keys count, from and until
         self._conn = conn
         self._script = conn.register_script(ACK_AND_FETCH)
+        self.unfiled: list[tuple[Ack, str]] = []  # of the last call (see _problems)
+        self.unread: dict[str, str] = {}
 
     def send(self, acks: Sequence[Ack], want: int, picks: Sequence[str], order: Sequence[str],
              tallies: Sequence[Tally] = ()) -> list[Unit]:
@@ -226,7 +251,23 @@ class RoundTrip:
         if reply[0] == 0:
             raise Lapsed(self.identity)
         names = self.queues
-        return [Unit(names[reply[i] - 1], reply[i + 1]) for i in range(1, len(reply), 2)]
+        start = 2 + 2 * reply[1]
+        if reply[1]:
+            self._problems(acks, reply[2:start])
+        else:
+            self.unfiled, self.unread = [], {}
+        return [Unit(names[reply[i] - 1], reply[i + 1]) for i in range(start, len(reply), 2)]
+
+    def _problems(self, acks: Sequence[Ack], problems: list[Any]) -> None:
+        """File what a key of another type kept the call from doing: ``unfiled``, the failed
+        jobs left in progress because their sorted set could not take them, and ``unread``, the
+        queues that could not be read, with the reason."""
+        self.unfiled, self.unread = [], {}
+        for which, why in zip(problems[::2], problems[1::2], strict=True):
+            if which > 0:
+                self.unfiled.append((acks[which - 1], str(why)))
+            else:
+                self.unread[self.queues[-which - 1]] = str(why)
 
     def _acknowledgements(self, acks: Sequence[Ack]) -> list[bytes | str | float]:
         """The script's arguments for ``acks``: a job that succeeded needs its queue and payload

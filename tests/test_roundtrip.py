@@ -176,11 +176,11 @@ def test_the_script_uses_the_keys_it_is_given_and_no_others(redis_server, r):
     r.lpush("q2", "y", "z")
     members = ["me|one", "me|two"]
     taken = script(keys=names, args=[time.time(), 60000, 0, 600, *members, 0, 3, 0, "1", "2"])
-    assert taken == [1, 1, "x", 2, "y", 2, "z"]
+    assert taken == [1, 0, 1, "x", 2, "y", 2, "z"]  # no problem, then the jobs
     acks = [1, "x", -2, "y", "dead", "y2", time.time(), "1", -2, "z", "retry", "z2", 5.0, "1"]
     tally = ["Job", 3, 2, 7, 1, 0, 1]  # 3 processed, 2 failed, 7 ms for the one that succeeded
     assert script(keys=names + tally_keys, args=[time.time(), 60000, 1, 600, *members, 3, *acks, *tally,
-                                                  0, 0]) == [1]
+                                                  0, 0]) == [1, 0]
     assert r.zrange("deads", 0, -1) == ["y2"] and r.zrange("retries", 0, -1) == ["z2"]
     assert [r.get(name) for name in ("done", "fails", "done-today", "fails-today")] == ["3", "2", "3", "2"]
     assert r.smembers("lists") == {"me|one", "me|two"}
