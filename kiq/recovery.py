@@ -31,7 +31,7 @@ from typing import Any
 
 import redis
 
-from kiq import metrics
+from kiq import log, metrics
 from kiq.connection import wire
 from kiq.keys import Keys, owner
 from kiq.payload import InvalidPayloadError, decode, mark_failed, wrap_invalid
@@ -46,7 +46,17 @@ RECOVERY_MEMORY = 24 * 3600
 # of the jobs it was running. ARGV: identity, how many lists, per list its queue and "1" if it was
 # found outside the registry (else "0"), then per job it was running the payload's SHA-1 digest
 # and the position of its counter in KEYS (0 for a payload without a jid: it counts nothing).
-_REQUEUE_LISTS = """
+# Every script here checks a key's type before it takes a job out of a list: Redis does not undo
+# a script's earlier writes when a later command fails, so a job popped for a queue key that
+# anything else made a hash (say) would be lost. Such a job stays where it was instead.
+IS_A = """
+local function is_a(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  return found == kind or found == 'none'
+end
+"""
+
+_REQUEUE_LISTS = IS_A + """
 local identity, lists = ARGV[1], tonumber(ARGV[2])
 local running = {}
 for i = 3 + 2 * lists, #ARGV, 2 do
@@ -56,12 +66,16 @@ for i = 3 + 2 * lists, #ARGV, 2 do
 end
 
 -- requeue(list): move the list-th in-progress list back to its queue. Only the jobs the
--- process was running count a recovery towards the poison-pill limit.
+-- process was running count a recovery towards the poison-pill limit. A queue key of another
+-- type leaves the list where it is, registered, for a later sweep (-1); an in-progress key of
+-- another type holds no job kiq can read, and is forgotten.
 local function requeue(list)
   local queue = ARGV[1 + 2 * list]
   local src, dst = KEYS[7 + 2 * list], KEYS[8 + 2 * list]
+  if is_a(src, 'list') and not is_a(dst, 'list') then return -1 end
+  local poison = is_a(KEYS[4], 'list')
   local moved = 0
-  local job = redis.call('LPOP', src)
+  local job = is_a(src, 'list') and redis.call('LPOP', src)
   while job do
     local poisoned = false
     local entry = next(running) and running[redis.sha1hex(job)]
@@ -69,7 +83,8 @@ local function requeue(list)
       entry.count = entry.count - 1
       if entry.counter > 0 then
         local counter = KEYS[entry.counter]
-        poisoned = redis.call('INCR', counter) >= __LIMIT__
+        local count = redis.pcall('INCR', counter)
+        poisoned = poison and type(count) == 'number' and count >= __LIMIT__
         redis.call('EXPIRE', counter, __MEMORY__)
       end
     end
@@ -81,8 +96,8 @@ local function requeue(list)
     end
     job = redis.call('LPOP', src)
   end
-  if moved > 0 then redis.call('SADD', KEYS[3], queue) end
-  redis.call('SREM', KEYS[1], identity .. '|' .. queue)
+  if moved > 0 then redis.pcall('SADD', KEYS[3], queue) end
+  redis.pcall('SREM', KEYS[1], identity .. '|' .. queue)
   return moved
 end
 
@@ -94,7 +109,7 @@ local function requeue_all()
     moved[#moved + 1] = ARGV[1 + 2 * list]
     moved[#moved + 1] = requeue(list)
   end
-  redis.call('SREM', KEYS[2], identity)
+  redis.pcall('SREM', KEYS[2], identity)
   redis.call('DEL', KEYS[5], KEYS[6], KEYS[7])
   redis.call('SET', KEYS[8], '1', 'EX', __MEMORY__)
   return moved
@@ -119,7 +134,7 @@ if redis.call('EXISTS', KEYS[5]) == 1 then
   return {}
 end
 if lists == 0 then
-  redis.call('SREM', KEYS[2], identity)
+  redis.pcall('SREM', KEYS[2], identity)
   return {}
 end
 return requeue_all()
@@ -127,42 +142,50 @@ return requeue_all()
 
 # Gives back jobs a worker took but never started. KEYS: per queue the worker's in-progress
 # list and the queue. ARGV: (which of those pairs, payload) pairs, newest first. Returns the
-# number requeued.
-GIVE_BACK = """
-local moved = 0
+# number requeued and the number left in progress because their queue key is of another type.
+GIVE_BACK = IS_A + """
+local moved, left = 0, 0
 for i = 1, #ARGV, 2 do
   local pair = tonumber(ARGV[i])
-  if redis.call('LREM', KEYS[2 * pair - 1], -1, ARGV[i + 1]) == 1 then
-    redis.call('RPUSH', KEYS[2 * pair], ARGV[i + 1])
+  local src, dst = KEYS[2 * pair - 1], KEYS[2 * pair]
+  if not (is_a(src, 'list') and is_a(dst, 'list')) then
+    left = left + 1
+  elseif redis.call('LREM', src, -1, ARGV[i + 1]) == 1 then
+    redis.call('RPUSH', dst, ARGV[i + 1])
     moved = moved + 1
   end
 end
-return moved
+return {moved, left}
 """
 
 # KEYS: per registered list of a worker the list and its queue. ARGV: the payloads the worker
-# holds. Requeues every other job in those lists, oldest at the front.
-REQUEUE_STRAYS = """
+# holds. Requeues every other job in those lists, oldest at the front; a list whose queue key
+# (or which itself) is of another type is left as it is.
+REQUEUE_STRAYS = IS_A + """
 local held = {}
 for i = 1, #ARGV do held[ARGV[i]] = (held[ARGV[i]] or 0) + 1 end
 local moved = 0
 for pair = 1, #KEYS / 2 do
   local src, dst = KEYS[2 * pair - 1], KEYS[2 * pair]
-  for _, job in ipairs(redis.call('LRANGE', src, 0, -1)) do
-    if (held[job] or 0) > 0 then
-      held[job] = held[job] - 1
-    else
-      redis.call('LREM', src, 1, job)
-      redis.call('RPUSH', dst, job)
-      moved = moved + 1
+  if is_a(src, 'list') and is_a(dst, 'list') then
+    for _, job in ipairs(redis.call('LRANGE', src, 0, -1)) do
+      if (held[job] or 0) > 0 then
+        held[job] = held[job] - 1
+      else
+        redis.call('LREM', src, 1, job)
+        redis.call('RPUSH', dst, job)
+        moved = moved + 1
+      end
     end
   end
 end
 return moved
 """
 
-# KEYS: kiq:poison, dead. ARGV: now, then (poison payload, dead payload) pairs.
-BURY = TRIM_DEAD + """
+# KEYS: kiq:poison, dead. ARGV: now, then (poison payload, dead payload) pairs. Buries none
+# while either key is of another type.
+BURY = TRIM_DEAD + IS_A + """
+if not (is_a(KEYS[1], 'list') and is_a(KEYS[2], 'zset')) then return 0 end
 local now = ARGV[1]
 local buried = 0
 for i = 2, #ARGV, 2 do
@@ -175,6 +198,7 @@ trim_dead(KEYS[2], now)
 return buried
 """
 
+logger = log.get("kiq.recovery")
 Running = list[tuple[str, str | None]]  # per job a process was running: its digest, its counter
 UNREADABLE = (ValueError, AttributeError, RecursionError)  # not JSON, not an object, nested too deep
 
@@ -223,9 +247,15 @@ class Recovery:
         for identity in suspects:
             pipe.hvals(self.keys.work(identity))
         total = 0
-        for identity, work in zip(suspects, pipe.execute(), strict=True):
-            running = self._running_of(work)
-            total += _total(self._sweep(**self._lists_call(identity, owners[identity], running)), "host_lost")
+        for identity, work in zip(suspects, pipe.execute(raise_on_error=False), strict=True):
+            running = self._running_of(work if isinstance(work, list) else [])
+            try:
+                counts = self._sweep(**self._lists_call(identity, owners[identity], running))
+            except redis.ResponseError as error:  # one process's keys must not keep the others' jobs
+                logger.error("could not requeue the jobs of a process whose heartbeat expired",
+                             process=identity, error=str(error))
+                continue
+            total += _total(counts, "host_lost")
         self.bury_poison()
         return total
 
@@ -241,7 +271,11 @@ class Recovery:
                 pairs[queue] = len(pairs) + 1
                 keys += [self.keys.wip(identity, queue), self.keys.queue(queue)]
             args += [pairs[queue], wire(payload)]
-        return int(self._give_back(keys=keys, args=args))
+        moved, left = self._give_back(keys=keys, args=args)
+        if left:
+            logger.error("could not give back jobs: their queue key is not a list; they stay in progress "
+                         "here and go back when the queue is fixed or deleted", jobs=left)
+        return int(moved)
 
     def requeue_strays(self, identity: str, held: Sequence[str]) -> int:
         keys = [key for queue in self._registered(identity)
@@ -253,28 +287,49 @@ class Recovery:
     def bury_poison(self) -> int:
         """Move poison pills to the dead set with the reason; returns how many."""
         buried = 0
-        while raws := self.conn.lrange(self.keys.poison, 0, 99):
+        while raws := self._listed(self.keys.poison, 100):
             now = time.time()
             args: list[str | bytes | float] = [now]
             for raw in map(str, raws):
                 args += [wire(raw), json.dumps(_poisoned(raw, now), separators=(",", ":"))]
-            buried += int(self._bury(keys=[self.keys.poison, self.keys.dead], args=args))
+            done = int(self._bury(keys=[self.keys.poison, self.keys.dead], args=args))
+            if not done:
+                logger.error("could not bury poison pills: the dead set's key is not a sorted set",
+                             key=self.keys.dead)
+                break
+            buried += done
         return buried
+
+    def _listed(self, key: str, count: int) -> list[Any]:
+        """The first ``count`` entries of a list; none if anything made ``key`` another type."""
+        try:
+            return list(self.conn.lrange(key, 0, count - 1))
+        except redis.ResponseError as error:
+            logger.error("a key kiq keeps a list in is of another type; fix or delete it", key=key,
+                         error=str(error))
+            return []
+
+    def _members(self, key: str) -> list[str]:
+        """The members of a set; none if anything made ``key`` another type (the sweep's orphan
+        check still finds the lists by their names)."""
+        try:
+            return [str(member) for member in self.conn.smembers(key)]
+        except redis.ResponseError as error:
+            logger.error("a key kiq keeps a set in is of another type; fix or delete it", key=key,
+                         error=str(error))
+            return []
 
     def _registered(self, identity: str) -> list[str]:
         """The queues of ``identity``'s lists that the registry names."""
-        found = (owner(str(registered)) for registered in self.conn.smembers(self.keys.wip_registry))
+        found = map(owner, self._members(self.keys.wip_registry))
         return [pair[1] for pair in found if pair and pair[0] == identity]
 
     def _owners(self, unregistered: Iterable[str]) -> dict[str, dict[str, bool]]:
         """Every process the sweep judges: those in ``processes`` or owning a list, each with its
         lists' queues (True for a list found only outside the registry). A registry member
         that is none of kiq's is skipped."""
-        pipe = self.conn.pipeline(transaction=False)
-        pipe.smembers(self.keys.processes)
-        pipe.smembers(self.keys.wip_registry)
-        processes, registered = pipe.execute()
-        owners: dict[str, dict[str, bool]] = {str(identity): {} for identity in processes}
+        processes, registered = self._members(self.keys.processes), self._members(self.keys.wip_registry)
+        owners: dict[str, dict[str, bool]] = {identity: {} for identity in processes}
         for found, members in ((False, registered), (True, unregistered)):
             for pair in filter(None, map(owner, map(str, members))):
                 owners.setdefault(pair[0], {}).setdefault(pair[1], found)
@@ -334,10 +389,16 @@ class Recovery:
 
 
 def _total(counts: list[Any], reason: str | None) -> int:
-    """Add up a script's queue/count pairs, counting them as recovered for ``reason``."""
+    """Add up a script's queue/count pairs, counting them as recovered for ``reason``; a count
+    of -1 is a list left in progress because its queue key is of another type."""
     total = 0
     for index in range(0, len(counts), 2):
         queue, moved = str(counts[index]), int(counts[index + 1])
+        if moved < 0:
+            logger.error("could not requeue jobs: their queue key is not a list; they stay in an "
+                         "in-progress list, requeued by a later sweep once the key is fixed or deleted",
+                         queue=queue)
+            continue
         total += moved
         if reason and moved:
             metrics.recovered.labels(queue, reason).inc(moved)

@@ -326,3 +326,73 @@ def test_a_running_payload_nested_too_deep_is_requeued_but_counts_nothing(r, con
     assert Recovery(conn, Keys()).sweep() == 1
     assert consume(r, "default") == [deep]
     assert r.keys("kiq:recoveries:*") == []
+
+
+# Keys of another type, written by anything with access to Redis: no job is lost
+
+
+def test_a_queue_key_of_another_type_leaves_the_list_in_progress_for_a_later_sweep(r, conn):
+    push(r, "default", "a")
+    push(r, "low", "b")
+    take(r, DEAD, "default", 1)
+    take(r, DEAD, "low", 1)
+    register_process(r, DEAD)
+    r.delete("queue:low")
+    r.hset("queue:low", "x", "y")
+    assert Recovery(conn, Keys()).requeue_all(DEAD) == 1
+    assert consume(r, "default") == ["a"]
+    assert r.lrange(f"kiq:wip:{DEAD}|low", 0, -1) == ["b"] and f"{DEAD}|low" in r.smembers("kiq:wip")
+    r.delete("queue:low")
+    assert Recovery(conn, Keys()).sweep() == 1  # the process is gone; its list is still found
+    assert consume(r, "low") == ["b"]
+
+
+def test_one_process_s_broken_list_does_not_keep_the_sweep_from_the_others(r, conn):
+    r.sadd("processes", "ghost:1:abc")
+    r.sadd("kiq:wip", "ghost:1:abc|default")
+    r.set("kiq:wip:ghost:1:abc|default", "x")
+    for n in range(3):
+        push(r, "default", f"j{n}")
+        take(r, f"lost{n}:1:abc", "default", 1)
+    assert Recovery(conn, Keys()).sweep() == 3
+    assert sorted(consume(r, "default")) == ["j0", "j1", "j2"]
+
+
+def test_give_back_and_strays_leave_a_job_whose_queue_key_is_of_another_type(r, conn):
+    push(r, "default", "a", "s")
+    push(r, "low", "b", "t")
+    take(r, DEAD, "default", 2)
+    take(r, DEAD, "low", 2)
+    r.delete("queue:low")
+    r.hset("queue:low", "x", "y")
+    recovery = Recovery(conn, Keys())
+    assert recovery.give_back(DEAD, [("default", "a"), ("low", "b")]) == 1
+    assert recovery.requeue_strays(DEAD, []) == 1  # "s"; "t" stays
+    assert r.lrange(f"kiq:wip:{DEAD}|low", 0, -1) == ["t", "b"]
+    r.delete("queue:low")
+    assert recovery.give_back(DEAD, [("low", "b")]) == 1
+    assert recovery.requeue_strays(DEAD, []) == 1
+    assert sorted(consume(r, "low")) == ["b", "t"] and sorted(consume(r, "default")) == ["a", "s"]
+
+
+def test_a_recovery_counter_or_poison_list_of_another_type_still_requeues_the_job(r, conn):
+    payload = job("q" * 24)
+    push(r, "default", payload)
+    r.hset(f"kiq:recoveries:{'q' * 24}", "x", "y")
+    crash_with(r, conn, 1)
+    assert consume(r, "default") == [payload]
+    r.delete(f"kiq:recoveries:{'q' * 24}")
+    r.set("kiq:poison", "x")
+    crash_with(r, conn, 3)
+    assert consume(r, "default") == [payload]  # never a poison pill while kiq:poison is no list
+
+
+def test_poison_pills_wait_while_the_dead_set_key_is_of_another_type(r, conn):
+    payload = job("z" * 24)
+    push(r, "default", payload)
+    r.set("dead", "x")
+    crash_with(r, conn, 3)
+    assert r.lrange("kiq:poison", 0, -1) == [payload]  # not lost, and the burial did not spin
+    r.delete("dead")
+    assert Recovery(conn, Keys()).bury_poison() == 1
+    assert json.loads(r.zrange("dead", 0, -1)[0])["error_class"] == "kiq.PoisonPill"
