@@ -448,7 +448,7 @@ class Fetcher:
                            queue=unit.queue, error=why)
         for queue, why in self.round_trip.unread.items():
             if self._unread.get(queue) != why:
-                self.log.error("cannot take jobs from a queue: its key is not a list; fix or delete it",
+                self.log.error("cannot take jobs from this queue, whose key is not a list; fix or delete it",
                                queue=queue, error=why)
             self._unread[queue] = why
         for queue in {unit.queue for unit in jobs} & self._unread.keys():

@@ -77,13 +77,14 @@ for n = 1, tonumber(ARGV[5 + queues]) do
     i = i + 2
   else
     local action = ARGV[i + 2]
-    local into = (action == 'retry' and KEYS[2]) or (action == 'dead' and KEYS[3]) or nil
-    local kind = into and redis.call('TYPE', into)['ok']
-    if into and kind ~= 'zset' and kind ~= 'none' then
+    local files, into, kind = action == 'retry' or action == 'dead', KEYS[2], 'none'
+    if action == 'dead' then into = KEYS[3] end
+    if files then kind = redis.call('TYPE', into)['ok'] end
+    if kind ~= 'zset' and kind ~= 'none' then
       problem(n, into .. ' is a ' .. kind .. ', not a sorted set')  -- the job stays in progress
     -- A job no longer in progress here was requeued (a stop, a sweep): filing it in retry
     -- or dead as well would run it twice.
-    elseif redis.pcall('LREM', wip(-q), -1, job) == 1 and into then
+    elseif redis.pcall('LREM', wip(-q), -1, job) == 1 and files then
       local filed = redis.pcall('ZADD', into, ARGV[i + 4], ARGV[i + 3])
       if type(filed) == 'table' then
         redis.call('RPUSH', wip(-q), job)  -- in progress again, as it was

@@ -40,7 +40,7 @@ def test_a_queue_key_of_another_type_leaves_the_other_queues_served(start_kiq, c
     for n in range(30):
         sample_jobs.RecordJob.set(queue="low").perform_later(f"j{n}")
     wait_for(lambda: r.llen("results") == 30)
-    said = [e for e in events(kiq) if e["event"].startswith("cannot take jobs from a queue")]
+    said = [e for e in events(kiq) if e["event"].startswith("cannot take jobs from this queue")]
     assert said and {e["queue"] for e in said} == {"default"} and "WRONGTYPE" in said[0]["error"]
     assert len(said) == 1  # once, not on every round trip
     assert r.hgetall("queue:default") == {"a": "b"}
