@@ -283,7 +283,7 @@ class SortedSet:
         if not moves:
             return 0
         move = self.api.redis.register_script(MOVE)
-        return int(move(**move_call(self.api.keys, self.key, time.time(), moves)))
+        return int(move(**move_call(self.api.keys, self.key, time.time(), moves))[0])
 
     def kill(self, jobs: list[Job]) -> int:
         """Move entries to the dead set."""

@@ -70,6 +70,8 @@ def decode(raw: str) -> dict[str, Any]:
         raise InvalidPayloadError("payload has no 'jid' string")
     if not isinstance(payload.get("kwargs", {}), dict):
         raise InvalidPayloadError("payload's 'kwargs' is not an object")
+    if not isinstance(payload.get("queue", ""), str):
+        raise InvalidPayloadError("payload's 'queue' is not a string")
     return payload
 
 

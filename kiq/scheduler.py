@@ -25,27 +25,35 @@ from kiq import log
 from kiq.connection import Outage, connect, wire
 from kiq.keys import Keys
 from kiq.payload import InvalidPayloadError, decode, stamp, wrap_invalid
+from kiq.recovery import IS_A
 from kiq.retry import TRIM_DEAD
 
 # KEYS: the sorted set, dead, queues, then the lists of the queues the jobs go to (see
 # ``move_call``). ARGV: now, how many queues, their names (in the order of their lists), then
-# (old payload, which of those queues or 0 for the dead set, new payload) triples.
-MOVE = TRIM_DEAD + """
-local now, queues, moved = ARGV[1], tonumber(ARGV[2]), 0
+# (old payload, which of those queues or 0 for the dead set, new payload) triples. Returns how
+# many reached a queue and how many left the set. A job whose queue (or dead set) key anything
+# else made another type stays where it is: Redis would not undo the ZREM if the push failed.
+MOVE = TRIM_DEAD + IS_A + """
+local now, queues, moved, removed = ARGV[1], tonumber(ARGV[2]), 0, 0
+local dead_ok = is_a(KEYS[2], 'zset')
+local fits = {}
+for target = 1, queues do fits[target] = is_a(KEYS[3 + target], 'list') end
 for i = 3 + queues, #ARGV, 3 do
-  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-    local target = tonumber(ARGV[i + 1])
+  local target = tonumber(ARGV[i + 1])
+  local fit = (target == 0 and dead_ok) or (target > 0 and fits[target])
+  if fit and redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    removed = removed + 1
     if target == 0 then
       redis.call('ZADD', KEYS[2], now, ARGV[i + 2])
       trim_dead(KEYS[2], now)
     else
-      redis.call('SADD', KEYS[3], ARGV[2 + target])
+      redis.pcall('SADD', KEYS[3], ARGV[2 + target])
       redis.call('LPUSH', KEYS[3 + target], ARGV[i + 2])
       moved = moved + 1
     end
   end
 end
-return moved
+return {moved, removed}
 """
 BATCH = 100
 MAX_SLEEP = 5.0
@@ -60,6 +68,7 @@ class Scheduler:
         self.lock = lock
         self.shard = shard
         self.stopped = threading.Event()
+        self.unreadable: set[str] = set()  # sets whose key is of another type, said once
         self.log = log.get("kiq.scheduler")
         name = f"scheduler-{shard}" if shard else "scheduler"
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -75,24 +84,50 @@ class Scheduler:
         self.thread.join(1.0)
 
     def enqueue_due(self, conn: redis.Redis, now: float | None = None) -> int:
-        """Move every job due by ``now`` from both sets; returns how many reached a queue."""
+        """Move every job due by ``now`` from both sets; returns how many reached a queue. A set
+        whose key is of another type is skipped (and said), the other one still served."""
         move = conn.register_script(MOVE)
         moved = 0
         for zset in (self.keys.schedule, self.keys.retry):
-            while not self.stopped.is_set():
-                due = conn.zrangebyscore(zset, "-inf", time.time() if now is None else now, 0, BATCH)
-                if not due:
-                    break
-                jobs = [(raw, *self._requeued(raw)) for raw in map(str, due)]
-                moved += int(move(**move_call(self.keys, zset, time.time(), jobs)))
-                if len(due) < BATCH:
-                    break
+            try:
+                moved += self._move_due(conn, move, zset, now)
+            except redis.ResponseError as error:  # a key of another type: not an outage
+                self._unreadable(zset, error)
+        return moved
+
+    def _move_due(self, conn: redis.Redis, move: Any, zset: str, now: float | None) -> int:
+        moved = waiting = 0  # waiting: due jobs left in the set, whose queue's key is of another type
+        while not self.stopped.is_set():
+            due = conn.zrangebyscore(zset, "-inf", time.time() if now is None else now, waiting, BATCH)
+            if not due:
+                break
+            jobs = [(raw, *self._requeued(raw)) for raw in map(str, due)]
+            reached, removed = move(**move_call(self.keys, zset, time.time(), jobs))
+            moved += int(reached)
+            waiting += len(due) - int(removed)
+            if len(due) < BATCH:
+                break
+        self.unreadable.discard(zset)
         return moved
 
     def next_due(self, conn: redis.Redis) -> float | None:
-        scores = [conn.zrange(zset, 0, 0, withscores=True) for zset in (self.keys.schedule, self.keys.retry)]
-        due = [float(entry[0][1]) for entry in scores if entry]
+        due = []
+        for zset in (self.keys.schedule, self.keys.retry):
+            try:
+                entry = conn.zrange(zset, 0, 0, withscores=True)
+            except redis.ResponseError as error:
+                self._unreadable(zset, error)
+                continue
+            if entry:
+                due.append(float(entry[0][1]))
         return min(due) if due else None
+
+    def _unreadable(self, zset: str, error: redis.ResponseError) -> None:
+        """Say once that ``zset`` cannot be read, until it can again."""
+        if zset not in self.unreadable:
+            self.log.error("cannot move due jobs: this key is not a sorted set; fix or delete it", key=zset,
+                           error=str(error))
+            self.unreadable.add(zset)
 
     def _requeued(self, raw: str) -> tuple[str, str]:
         """(queue, new payload) for a due job; an unreadable one goes to dead wrapped (queue "")."""

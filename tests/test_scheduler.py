@@ -127,7 +127,9 @@ def test_missing_queue_means_default(redis_server, r, conn):
 @pytest.mark.parametrize(
     ("text", "reason"),
     [("{not json", "not valid JSON"), ('["a", 1]', "not a JSON object"),
-     ('{"class": "X", "args": "no", "jid": "j"}', "'args'"), ('{"args": [], "jid": "j"}', "'class'")],
+     ('{"class": "X", "args": "no", "jid": "j"}', "'args'"), ('{"args": [], "jid": "j"}', "'class'"),
+     ('{"class": "X", "args": [], "jid": "j", "queue": {"a": 1}}', "'queue' is not a string"),
+     ('{"class": "X", "args": [], "jid": "j", "queue": 5}', "'queue' is not a string")],
 )
 def test_unparseable_entry_goes_to_dead_wrapped(redis_server, r, conn, text, reason):
     now = time.time()
@@ -259,3 +261,39 @@ def test_the_thread_outlives_an_unexpected_error_in_a_round(redis_server, r, mon
         assert sched.thread.is_alive()
     finally:
         sched.stop()
+
+
+# Keys of another type, written by anything with access to Redis
+
+
+def test_a_queue_key_of_another_type_keeps_its_jobs_due_and_moves_the_others(redis_server, r, conn):
+    r.hset("queue:low", "x", "y")
+    for n in range(BATCH + 5):  # more than a batch of them: the round must still end
+        add(r, "schedule", job(n, "low"), 1.0 + n)
+    add(r, "schedule", job(9999), 2000.0)
+    sched = scheduler(redis_server.url)
+    assert sched.enqueue_due(conn) == 1
+    assert [p["args"] for p in queued(r)] == [[9999]]
+    assert r.zcard("schedule") == BATCH + 5  # not lost: they wait for their queue's key
+    r.delete("queue:low")
+    assert sched.enqueue_due(conn) == BATCH + 5
+    assert len(queued(r, "low")) == BATCH + 5
+
+
+def test_a_schedule_key_of_another_type_leaves_the_retries_moving(redis_server, r, conn):
+    r.hset("schedule", "x", "y")
+    add(r, "retry", job(1), 1.0)
+    sched = scheduler(redis_server.url)
+    assert sched.enqueue_due(conn) == 1
+    assert sched.next_due(conn) is None and sched.unreadable == {"schedule"}
+    assert [p["args"] for p in queued(r)] == [[1]]
+    r.delete("schedule")
+    sched.enqueue_due(conn)
+    assert sched.unreadable == set()
+
+
+def test_a_dead_key_of_another_type_keeps_an_unreadable_entry_where_it_is(redis_server, r, conn):
+    r.set("dead", "x")
+    add(r, "retry", "garbage", 1.0)
+    assert scheduler(redis_server.url).enqueue_due(conn) == 0
+    assert r.zrange("retry", 0, -1) == ["garbage"]
