@@ -225,7 +225,7 @@ class Client:
               conn: redis.Redis, keys: Keys) -> None:
         """One round trip: encoded jobs onto their queues, encoded entries into the schedule."""
         commands: list[tuple[Any, ...]] = []
-        if by_queue:
+        if by_queue:  # the listing in queues first, best effort (kiq.connection.send)
             commands.append(("SADD", keys.queues, *by_queue))
             for queue, encoded_jobs in by_queue.items():
                 commands.append(("LPUSH", keys.queue(queue), *encoded_jobs))
@@ -233,7 +233,7 @@ class Client:
             commands.append(("ZADD", keys.schedule,
                              *(item for entry, at in scheduled.items() for item in (at, entry))))
             commands.append(("PUBLISH", keys.schedule_channel, str(min(scheduled.values()))))
-        send(conn, commands, again=True)
+        send(conn, commands, again=True, best_effort=(0,) if by_queue else ())
 
 
 def _encode_alike(shared: Mapping[str, Any], args_lists: Sequence[list[Any]],

@@ -14,7 +14,7 @@ import re
 import threading
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -43,6 +43,7 @@ RETRY_PAUSE_MAX = 5.0
 ENCODE_PASSWORD = "a password in the Redis URL must percent-encode / ? # as %2F %3F %23"
 LOGIN_REFUSED = (AuthenticationError, AuthorizationError, AuthenticationWrongNumberOfArgsError)
 ACCESS_CHECK = "return redis.call('DEL', KEYS[1])"
+logger = log.get("kiq.redis")
 IDLE_CHECK = 1.0  # seconds: a kept connection idle longer is checked as the pool checks one
 T = TypeVar("T")
 
@@ -62,18 +63,22 @@ _POOL_ARGS = () if inspect.signature(redis.ConnectionPool.get_connection).parame
     "command_name"].default is None else ("PIPELINE",)
 
 
-def send(client: redis.Redis, commands: Sequence[tuple[Any, ...]], again: bool = False) -> list[Any]:
+def send(client: redis.Redis, commands: Sequence[tuple[Any, ...]], again: bool = False,
+         best_effort: Collection[int] = ()) -> list[Any]:
     """Several commands in one round trip, their raw replies in order, as a non-transactional
     pipeline sends them, for a fraction of its CPU: most of a push's cost on the client was the
     pipeline's machinery and redis-py's argument encoding (bench/notes.md). An error reply is
     raised once every reply is read, so the connection stays usable; one left in the middle of
     its replies by anything else is dropped, not reused. ``again``: a connection kept from an
     earlier call that fails is replaced and the commands sent once more (an enqueueing
-    client's, which may at worst push a job twice; never a script whose reply was lost). A
-    Redis Cluster client sends them as a cluster pipeline, which follows MOVED and ASK: the
-    commands of one call share a slot (kiq.shards)."""
+    client's, which may at worst push a job twice; never a script whose reply was lost).
+    ``best_effort``: the positions of commands whose error reply is logged, not raised (a push's
+    listing of its queue in ``queues``, whose key anything else may have made another type:
+    raising would tell the caller that a job already pushed was not, and a retry would push it
+    twice). A Redis Cluster client sends them as a cluster pipeline, which follows MOVED and
+    ASK: the commands of one call share a slot (kiq.shards)."""
     if isinstance(client, Cluster):
-        return client.send(commands)
+        return client.send(commands, best_effort)
     kept = _kept(client.connection_pool)
     conn, reused = _checkout(client.connection_pool, kept)
 
@@ -85,10 +90,7 @@ def send(client: redis.Redis, commands: Sequence[tuple[Any, ...]], again: bool =
                 replies.append(conn.read_response())
             except redis.ResponseError as error:
                 replies.append(error)
-        errors = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
-        if errors:
-            raise errors[0]
-        return replies
+        return _checked(commands, replies, best_effort)
 
     try:
         packed = _pack(conn, commands)
@@ -274,7 +276,7 @@ class Cluster:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.client, name)
 
-    def send(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+    def send(self, commands: Sequence[tuple[Any, ...]], best_effort: Collection[int] = ()) -> list[Any]:
         """``send`` through a cluster pipeline: raw replies in order, the first error raised."""
         pipe = self.client.pipeline(transaction=False)
         for command in commands:
@@ -283,10 +285,22 @@ class Cluster:
             replies: list[Any] = pipe.execute(raise_on_error=False)
         except RedisClusterException as error:
             raise ClusterUnavailable(str(error)) from error
-        errors = [reply for reply in replies if isinstance(reply, redis.ResponseError)]
-        if errors:
-            raise errors[0]
-        return replies
+        return _checked(commands, replies, best_effort)
+
+
+def _checked(commands: Sequence[tuple[Any, ...]], replies: list[Any],
+             best_effort: Collection[int]) -> list[Any]:
+    """``replies``, once every one is read; raises the first error reply of a command not in
+    ``best_effort``, and logs those of the others."""
+    for index in best_effort:
+        if isinstance(replies[index], redis.ResponseError):
+            logger.warning("a command failed", command=str(commands[index][0]), key=str(commands[index][1]),
+                           error=str(replies[index]))
+    errors = [reply for index, reply in enumerate(replies)
+              if isinstance(reply, redis.ResponseError) and index not in best_effort]
+    if errors:
+        raise errors[0]
+    return replies
 
     def disconnect(self) -> None:
         """Close every socket: before a fork, so that none crosses it."""

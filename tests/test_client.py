@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 
 import kiq
 import kiq.client
@@ -404,3 +405,17 @@ def test_bulk_with_a_bad_argument_in_a_later_batch_writes_nothing(client, r):
     with pytest.raises(kiq.SerializationError):
         client.enqueue_bulk(ClientPlainJob, args, batch_size=2)
     assert r.dbsize() == 0
+
+
+def test_a_queues_key_of_another_type_does_not_fail_a_push_that_happened(client, r):
+    """The caller is told of a failure only when the job was not pushed: told otherwise, it
+    would push the job again (a retry), and it would run twice."""
+    r.set("queues", "not a set")
+    job = client.enqueue("SomeJob", [1])
+    client.enqueue_bulk("SomeJob", [[2], [3]])
+    assert [json.loads(raw)["args"] for raw in reversed(r.lrange("queue:default", 0, -1))] == [[1], [2], [3]]
+    assert json.loads(r.lindex("queue:default", -1))["jid"] == job.jid
+    r.delete("queues", "queue:default")
+    r.hset("queue:default", "x", "y")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        client.enqueue("SomeJob", [4])  # not pushed: the caller hears of it
