@@ -64,12 +64,16 @@ for w = 2, 3 do
   for i = 12 + members, #ARGV, 2 do redis.call('HSET', work, ARGV[i], ARGV[i + 1]) end
   if #ARGV >= 12 + members then redis.call('PEXPIRE', work, 2 * ttl) end
 end
-redis.call('SADD', KEYS[4], ARGV[1])
-redis.call('HSET', key, 'info', ARGV[4], 'busy', ARGV[5], 'beat', ARGV[6], 'quiet', ARGV[7],
+-- pcall from here on: a key of another type, written by anything with access to Redis, must
+-- not stop the beat (the entry's expiry, extended above, is what keeps the worker's jobs).
+redis.pcall('SADD', KEYS[4], ARGV[1])
+redis.pcall('HSET', key, 'info', ARGV[4], 'busy', ARGV[5], 'beat', ARGV[6], 'quiet', ARGV[7],
   'rss', ARGV[8], 'rtt_us', ARGV[9], 'prefetched', ARGV[10])
 redis.call('PEXPIRE', key, ttl)
-for i = 12, 11 + members do redis.call('SADD', KEYS[5], ARGV[i]) end
-return {1, redis.call('RPOP', KEYS[6])}
+for i = 12, 11 + members do redis.pcall('SADD', KEYS[5], ARGV[i]) end
+local signal = redis.pcall('RPOP', KEYS[6])
+if type(signal) == 'table' then signal = false end
+return {1, signal}
 """
 
 

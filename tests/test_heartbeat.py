@@ -159,6 +159,18 @@ def test_remote_signals_come_back_in_the_order_sent(r, beat):
     assert not r.exists(f"{IDENT}-signals")
 
 
+def test_keys_of_another_type_do_not_stop_the_beat(r, beat):
+    """Written by anything with access to Redis: the entry is still written and kept alive."""
+    r.set(f"{IDENT}-signals", "junk")
+    r.set("processes", "junk")
+    r.set("kiq:wip", "junk")
+    assert beat.beat(create=True, quiet=False) is None
+    assert r.hget(IDENT, "quiet") == "false" and r.pttl(IDENT) > 0
+    r.delete(f"{IDENT}-signals")
+    r.lpush(f"{IDENT}-signals", "TSTP")
+    assert beat.beat(create=True, quiet=False) == "TSTP"
+
+
 def test_another_processs_signal_is_not_ours(r, beat):
     r.lpush("web-2:1:ffff-signals", "TERM")
     assert beat.beat(create=True, quiet=False) is None
