@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import operator
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -29,7 +30,7 @@ from kiq.connection import connect, url_from_env, wire
 from kiq.execution import ClassMetrics
 from kiq.heartbeat import prefetched_by_queue
 from kiq.keys import Keys, day, owner
-from kiq.payload import check_format, epoch_seconds, stamp, waited
+from kiq.payload import check_format, epoch_seconds, read_count, read_object, stamp, waited
 from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE, move_call
 from kiq.shards import SINGLE, Shard, Shards
@@ -64,11 +65,7 @@ class Job:
 
     @classmethod
     def parse(cls, raw: str, score: float | None = None) -> Job:
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            payload = None
-        return cls(raw, payload if isinstance(payload, dict) else {}, score)
+        return cls(raw, read_object(raw), score)
 
     @property
     def jid(self) -> str:
@@ -179,7 +176,7 @@ class Process:
         value = self.info.get("concurrency")
         if isinstance(value, int):
             return value
-        return sum(int(each.get("concurrency") or 0) for each in self.capsules.values())
+        return sum(read_count(each.get("concurrency")) for each in self.capsules.values())
 
 
 class Queue:
@@ -366,10 +363,10 @@ class API:
         for ident in identities:
             pipe.hget(k.process(ident), "busy")
         counters, scheduled, retries, dead, *rest = pipe.execute()
-        processed, failed, processed_today, failed_today = (int(value or 0) for value in counters)
+        processed, failed, processed_today, failed_today = map(read_count, counters)
         sizes, busy = rest[: len(queues)], rest[len(queues):]
         return Stats(processed, failed, sum(sizes), scheduled, retries, dead,
-                     sum(1 for value in busy if value is not None), sum(int(value or 0) for value in busy),
+                     sum(1 for value in busy if value is not None), sum(map(read_count, busy)),
                      processed_today, failed_today)
 
     def prefetched(self) -> dict[str, tuple[int, float | None]]:
@@ -399,10 +396,10 @@ class API:
             if info is None:
                 continue
             work = work or workers
-            running = [json.loads(entry) for entry in work.values()]
+            running = [entry for entry in map(read_object, work.values()) if entry]
             prefetched = {queue: count for queue, (count, _) in prefetched_by_queue([held]).items()}
-            found.append(Process(ident, json.loads(info), int(busy or 0), float(beat or 0),
-                                 quiet == "true", int(rss or 0), running, prefetched, self.shard))
+            found.append(Process(ident, read_object(info), read_count(busy), _seconds(beat), quiet == "true",
+                                 read_count(rss), running, prefetched, self.shard))
         return found
 
     def job_metrics(self, minutes: int = 60, now: float | None = None) -> list[ClassMetrics]:
@@ -498,7 +495,7 @@ def history(api: API, days: int, now: float | None = None) -> list[tuple[str, in
     dates = [day(moment - 86400 * back) for back in reversed(range(days))]
     keys = [api.keys.daily(counter, date) for date in dates for counter in (api.keys.processed,
                                                                              api.keys.failed)]
-    values = [int(value or 0) for value in api.redis.mget(keys)] if keys else []
+    values = [read_count(value) for value in api.redis.mget(keys)] if keys else []
     return [(date, values[2 * i], values[2 * i + 1]) for i, date in enumerate(dates)]
 
 
@@ -612,6 +609,16 @@ def queue_matching(queue: Queue, text: str, skip: int, count: int,
         return [(str(raw), None) for raw in reversed(raws)]
 
     return filtered(window, text, skip, count)
+
+
+def _seconds(text: str | None) -> float:
+    """Epoch seconds another writer stored as text (a process's ``beat``); 0 for anything else,
+    an infinite number included."""
+    try:
+        seconds = float(text or 0)
+    except ValueError:
+        return 0.0
+    return seconds if math.isfinite(seconds) else 0.0
 
 
 def running(process: Process) -> list[Found]:

@@ -27,6 +27,7 @@ import redis
 
 from kiq.connection import wire
 from kiq.keys import Keys, minute_names
+from kiq.payload import read_count
 
 # The upper bound, in milliseconds, of each histogram bucket but the last, which takes every run
 # of 335 s or more: Sidekiq's buckets, so that both read the same counters.
@@ -205,13 +206,13 @@ def _counts(fields: dict[str, str]) -> dict[str, list[int]]:
         name, _, metric = field.rpartition("|")
         slot = SLOTS.get(metric)
         if slot is not None:
-            counts.setdefault(name, [0, 0, 0])[slot] = int(value)
+            counts.setdefault(name, [0, 0, 0])[slot] = read_count(value)
     return counts
 
 
 def _counts_of(job_class: str, values: list[str | None]) -> dict[str, list[int]]:
     """One class's processed, failed and ms in one minute's hash, read with HMGET."""
-    return {job_class: [int(value or 0) for value in values]} if values[0] is not None else {}
+    return {job_class: [read_count(value) for value in values]} if values[0] is not None else {}
 
 
 def _get(conn: redis.Redis, names: list[str]) -> list[str | None]:

@@ -174,6 +174,26 @@ def epoch_seconds(value: Any) -> float | None:
     return seconds if math.isfinite(seconds) else None
 
 
+def read_count(value: Any) -> int:
+    """A count that kiq, Sidekiq or anything else with access to Redis stored (a stat counter,
+    a process's ``busy``); 0 for one that is missing or no whole number, so that a reader shows
+    the rest instead of failing."""
+    try:
+        return int(value or 0)
+    except (ValueError, TypeError, OverflowError):
+        return 0
+
+
+def read_object(text: Any) -> dict[str, Any]:
+    """A JSON object that another writer stored (a process's ``info``, a running job's entry);
+    empty for anything else, text nested too deep included."""
+    try:
+        value = json.loads(text)
+    except (ValueError, TypeError, RecursionError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def enqueued_seconds(raw: str) -> float | None:
     """When the job in the raw payload ``raw`` was enqueued, as epoch seconds; None for a
     payload that does not say or cannot be read, nested too deep included: a worker's heartbeat

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import ROOT, alive, free_port, sample_env, wait_for
+from webdata import plant_hostile_records
 
 from kiq.client import Client
 from kiq.keys import day
@@ -51,7 +52,7 @@ def kiq_many(redis_url: str | None, commands: Sequence[Sequence[str]],
             command += ["--redis-url", redis_url]
         started.append((command, subprocess.Popen(
             command, cwd=ROOT, env=env or sample_env(redis_url or ""), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE, text=True)))
+            stderr=subprocess.PIPE, text=True, errors="replace")))
     results = []
     for command, process in started:
         stdout, stderr = process.communicate(timeout=60)
@@ -430,6 +431,16 @@ def test_enqueue_in_a_named_queue_and_in_seconds(redis_server, r):
     assert score == pytest.approx(handle["at"])  # the score says when, as in Sidekiq
     assert "enqueued_at" not in job
     assert [entry["jid"] for entry in ok_json(url, "scheduled")] == [handle["jid"]]
+
+
+def test_every_reading_command_shows_what_it_can_around_hostile_records(redis_server):
+    plant_hostile_records(redis_server.url)
+    commands = [["stats"], ["processes"], ["queues"], ["retries"], ["dead"], ["scheduled"],
+                ["find", "0" * 24], ["stats", "--json"], ["processes", "--json"], ["queues", "--json"],
+                ["retries", "--json"]]
+    for done in kiq_many(redis_server.url, commands):
+        assert done.returncode == (1 if "find" in done.args else 0), (done.args, done.stderr)
+        assert "Traceback" not in done.stderr, (done.args, done.stderr)
 
 
 def test_enqueue_without_a_class_name_is_a_usage_error(redis_server, r):

@@ -26,6 +26,7 @@ from webdata import (
     heartbeat,
     jid,
     job,
+    plant_hostile_records,
     push,
 )
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
@@ -212,6 +213,14 @@ def test_pages_render_what_other_writers_leave_out(web, r):
         page(web, url, 404 if url.startswith("/retries/") else 200)
     [(_, score)] = r.zrange("retry", 0, -1, withscores=True)
     assert "Bare" in page(web, f"/retries/{score!r}-") and "Bare" in page(web, "/busy")
+
+
+def test_every_page_renders_around_records_anything_with_access_could_leave(web, redis_server):
+    plant_hostile_records(redis_server.url)
+    for url in ("/", "/stats.json", "/busy", "/queues", "/queues/default", "/scheduled", "/retries", "/dead",
+                "/search?q=a", "/metrics", "/metrics/Count"):
+        page(web, url)
+    assert "bad:1:aa" in page(web, "/busy") and "bad\ufffd" in page(web, "/queues")
 
 
 def test_a_payload_that_is_not_utf8_or_json_still_renders(web, redis_server):

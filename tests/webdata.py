@@ -136,3 +136,27 @@ def commands_during(redis_server, action) -> list[str]:
     redis_server.client().ping()
     thread.join(5)
     return seen
+
+
+def plant_hostile_records(redis_url: str) -> None:
+    """Records that anything with write access to Redis could leave where kiq and Sidekiq keep
+    theirs: numbers that are none (or infinite), JSON that is none (or nested too deep, or not
+    an object), a queue name that is not UTF-8. Readers must show the rest around them."""
+    from kiq.keys import Keys, day, minute_names
+
+    raw = redis.Redis.from_url(redis_url)
+    deep = "[" * 5000 + "]" * 5000
+    raw.sadd("processes", "bad:1:aa", "bad:2:bb")
+    info = {"hostname": "bad", "concurrency": "x", "capsules": {"c": {"concurrency": "y"}}}
+    raw.hset("bad:1:aa", mapping={"info": json.dumps(info), "busy": "x", "beat": "inf", "rss": "1e400"})
+    raw.hset("bad:2:bb", mapping={"info": "[1]", "busy": "2", "beat": "x", "rss": "x"})
+    raw.hset("bad:2:bb:work", mapping={"t1": "not json", "t2": "[1, 2]", "t3": deep})
+    raw.sadd("queues", "default", b"bad\xff")
+    raw.lpush("queue:default", deep, dump(job(1)))
+    raw.zadd("retry", {deep: 1e300, dump(failure(2)): float("inf")})
+    raw.zadd("dead", {dump(failure(3)): -1e300})
+    raw.zadd("schedule", {dump(job(4)): float("-inf")})
+    raw.set("stat:processed", "abc")
+    raw.set(f"stat:processed:{day()}", "x")
+    minute, _ = minute_names(int(time.time()) // 60)
+    raw.hset(Keys().job_metrics(minute), mapping={"Count|p": "x", "Count|ms": "1e999"})

@@ -148,8 +148,10 @@ class View:
         return csrf.token(self.dashboard.secret, self.session)
 
     def url(self, endpoint: str, **values: Any) -> str:
-        """The path of the page a handler's name names (``"busy"``, ``"job"``...)."""
-        return self.urls.build(ENDPOINTS[endpoint], values)
+        """The path of the page a handler's name names (``"busy"``, ``"job"``...). A name that
+        is not UTF-8 in Redis (read with surrogate escapes) links with replacement characters:
+        its page then shows nothing, where quoting it would have failed the whole page."""
+        return self.urls.build(ENDPOINTS[endpoint], {key: _utf8(value) for key, value in values.items()})
 
     def static(self, name: str) -> str:
         return self.url("static", name=name, v=__version__)
@@ -187,3 +189,9 @@ def utf8(text: str) -> bytes:
         return text.encode()
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode()
+
+
+def _utf8(value: Any) -> Any:
+    if isinstance(value, str) and not value.isascii():
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return value

@@ -57,7 +57,10 @@ def utc(epoch: Any) -> str:
     if isinstance(epoch, dt.datetime):
         moment = epoch
     elif isinstance(epoch, (int, float)) and epoch:
-        moment = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+        try:
+            moment = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
+        except (OverflowError, ValueError, OSError):  # a score of inf or 1e300, written by anything
+            return "-"
     else:
         return "-"
     return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
