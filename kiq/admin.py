@@ -24,7 +24,7 @@ import redis
 
 from kiq import exits
 from kiq.config import Config, ConfigError, load
-from kiq.connection import refusal
+from kiq.connection import refusal, wrong_type
 from kiq.payload import set_format
 
 if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no metrics code early
@@ -54,7 +54,8 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             command(api=api, as_json=as_json, **kwargs)
         except redis.RedisError as error:
-            click.echo(f"kiq: {refusal(error) or 'redis unavailable'}: {error}", err=True)
+            said = refusal(error) or wrong_type(error) or "redis unavailable"
+            click.echo(f"kiq: {said}: {error}", err=True)
             sys.exit(exits.REDIS_UNREACHABLE)
 
     return wrapper

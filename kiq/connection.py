@@ -476,6 +476,14 @@ def refusal(error: BaseException) -> str | None:
     return None
 
 
+def wrong_type(error: BaseException) -> str | None:
+    """What to do when ``error`` is a key of another type than kiq keeps there (written by
+    something else), else None: that is no outage, and waiting will not mend it."""
+    if isinstance(error, redis.ResponseError) and re.search(r"(^|error: )WRONGTYPE ", str(error)):
+        return "a key holds another type than kiq and Sidekiq keep there: fix or delete it"
+    return None
+
+
 def check_access(conn: redis.Redis, key: str, channel: str) -> None:
     """Raise Redis's error unless kiq can log in, run a script that writes ``key`` and publish
     on ``channel``: one command of each kind kiq needs, none of which changes any data
@@ -538,7 +546,7 @@ class Outage:
         """Note a failed call; returns the next pause after ``pause``."""
         if not self.down:
             self.down = True
-            hint = refusal(error)
+            hint = refusal(error) or wrong_type(error)
             if hint:
                 self.log.error(hint + "; retrying", where=self.what, error=str(error))
             else:

@@ -443,6 +443,15 @@ def test_every_reading_command_shows_what_it_can_around_hostile_records(redis_se
         assert "Traceback" not in done.stderr, (done.args, done.stderr)
 
 
+def test_a_key_of_another_type_is_named_as_such_not_as_redis_unavailable(redis_server, r):
+    r.sadd("queues", "default")
+    r.hset("queue:default", "a", "b")
+    done = kiq(redis_server.url, "queues")
+    assert done.returncode == 3 and "Traceback" not in done.stderr
+    assert "a key holds another type than kiq and Sidekiq keep there: fix or delete it" in done.stderr
+    assert "WRONGTYPE" in done.stderr and "redis unavailable" not in done.stderr
+
+
 def test_enqueue_without_a_class_name_is_a_usage_error(redis_server, r):
     result = kiq(redis_server.url, "enqueue", "", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
