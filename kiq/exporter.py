@@ -83,8 +83,10 @@ class RedisCollector:
         yield from families.values()
 
     def _read(self, shard: str, conn: redis.Redis, k: Keys, families: dict[str, GaugeMetricFamily]) -> None:
-        queues = sorted(str(queue) for queue in conn.smembers(k.queues))
-        identities = [str(ident) for ident in conn.smembers(k.processes)]
+        """One shard's figures. A key of another type (written by anything with access to Redis)
+        leaves out the figures it holds, not the shard's."""
+        queues = sorted(_members(conn, k.queues))
+        identities = _members(conn, k.processes)
         started = time.perf_counter()
         conn.ping()
         rtt = time.perf_counter() - started
@@ -97,18 +99,30 @@ class RedisCollector:
         pipe.scard(k.processes)
         for ident in identities:
             pipe.hget(k.process(ident), "prefetched")
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
         held = prefetched_by_queue(replies[2 * len(queues) + 4:])
         now = time.time()
         for index, queue in enumerate(queues):
+            size, oldest = replies[2 * index: 2 * index + 2]
+            if isinstance(size, redis.ResponseError):
+                continue
             count, first = held.get(queue, (0, None))
-            families["size"].add_metric([queue, shard], replies[2 * index])
+            families["size"].add_metric([queue, shard], size)
             families["prefetched"].add_metric([queue, shard], count)
-            families["latency"].add_metric([queue, shard], waited(replies[2 * index + 1], first, now))
+            families["latency"].add_metric([queue, shard], waited(oldest, first, now))
         sets = replies[2 * len(queues): 2 * len(queues) + 4]
         for name, value in zip(("scheduled", "retries", "dead", "processes"), sets, strict=True):
-            families[name].add_metric([shard], value)
+            if not isinstance(value, redis.ResponseError):
+                families[name].add_metric([shard], value)
         families["rtt"].add_metric([shard], rtt)
+
+
+def _members(conn: redis.Redis, key: str) -> list[str]:
+    """A set's members; none if its key is of another type."""
+    try:
+        return [str(member) for member in conn.smembers(key)]
+    except redis.ResponseError:
+        return []
 
 
 class Samples:

@@ -278,6 +278,28 @@ def test_a_shard_redis_cannot_be_read_leaves_only_its_figures_out_of_a_scrape(re
     assert found[("kiq_queue_size", (("queue", "mail"), ("shard", "main")))] == 1
     assert not [key for key in found if ("shard", "billing") in key[1] and key[0] != "kiq_redis_up"]
 
+
+def test_a_key_of_another_type_leaves_out_its_figure_not_the_shard(redis_server, r):
+    from kiq.connection import connect
+    from kiq.exporter import RedisCollector
+    from kiq.keys import Keys
+
+    Client(redis_server.url, namespace="").enqueue("RecordJob", ["x"], queue="ok")
+    r.sadd("queues", "mail")
+    r.hset("queue:mail", "a", "b")
+    r.set("retry", "x")
+    r.sadd("processes", "p:1:a")
+    r.set("p:1:a", "x")
+    found = {(s.name, tuple(sorted(s.labels.items()))): s.value
+             for family in RedisCollector({"main": (connect(redis_server.url), Keys(""))}).collect()
+             for s in family.samples}
+    assert found[("kiq_redis_up", (("shard", "main"),))] == 1
+    assert found[("kiq_queue_size", (("queue", "ok"), ("shard", "main")))] == 1
+    assert ("kiq_queue_size", (("queue", "mail"), ("shard", "main"))) not in found
+    assert ("kiq_retry_jobs", (("shard", "main"),)) not in found
+    assert found[("kiq_dead_jobs", (("shard", "main"),))] == 0
+
+
 def test_moving_a_queue_to_another_shard_loses_nothing(start_kiq, redis_server, second_redis, r, tmp_path):
     """The documented procedure: put the queue on its new shard in the config, reload (HUP),
     then ``kiq shards move QUEUE --to SHARD`` until it moves nothing. Producers that still
