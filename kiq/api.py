@@ -30,6 +30,7 @@ from kiq.connection import connect, url_from_env, wire
 from kiq.execution import ClassMetrics
 from kiq.heartbeat import prefetched_by_queue
 from kiq.keys import Keys, day, owner
+from kiq.lua import IS_A
 from kiq.payload import check_format, epoch_seconds, read_count, read_object, stamp, waited
 from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE, move_call
@@ -42,8 +43,9 @@ BATCH = 100
 Progress = Callable[[int], None]
 
 # KEYS: the sorted set, dead. ARGV: now, then payloads: each moves to the dead set.
-KILL = TRIM_DEAD + """
+KILL = TRIM_DEAD + IS_A + """
 local now, killed = ARGV[1], 0
+if not is_a(KEYS[2], 'zset') then return 0 end  -- the entries stay where they are
 for i = 2, #ARGV do
   if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
     redis.call('ZADD', KEYS[2], now, ARGV[i])

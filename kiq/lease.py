@@ -25,6 +25,7 @@ import redis
 
 from kiq.connection import wire
 from kiq.keys import Keys, member
+from kiq.lua import IS_A
 
 SHARE = 0.9  # of the TTL that a renewal lets the worker start jobs for
 
@@ -32,7 +33,7 @@ SHARE = 0.9  # of the TTL that a renewal lets the worker start jobs for
 # ARGV: identity, TTL in ms, info, now, how many kiq:wip members follow, the members, then
 # (position in KEYS of the job's in-progress list, payload, copies held) triples. Returns 1 if a
 # sweep took the worker's jobs, then the copies of each triple's job that are still this worker's.
-RECLAIM = """
+RECLAIM = IS_A + """
 local identity, ttl, info, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local members = tonumber(ARGV[5])
 -- Deleting the tombstone tells whether there was one, and is a write Redis accepts at
@@ -44,22 +45,23 @@ for i = 6 + members, #ARGV, 3 do
   local job, held = ARGV[i + 1], tonumber(ARGV[i + 2])
   if not lists[wip] then
     lists[wip] = {}
-    for _, present in ipairs(redis.call('LRANGE', wip, 0, -1)) do
+    if not is_a(wip, 'list') then lists[wip] = false end  -- written by something else: holds none
+    for _, present in ipairs(lists[wip] and redis.call('LRANGE', wip, 0, -1) or {}) do
       lists[wip][present] = (lists[wip][present] or 0) + 1
     end
   end
-  local kept = math.min(held, lists[wip][job] or 0)
-  lists[wip][job] = (lists[wip][job] or 0) - kept
-  if not swept then
+  local kept = math.min(held, lists[wip] and lists[wip][job] or 0)
+  if lists[wip] then lists[wip][job] = (lists[wip][job] or 0) - kept end
+  if not swept and lists[wip] then
     for _ = kept + 1, held do redis.call('LPUSH', wip, job) end
     kept = held
   end
   out[#out + 1] = kept
 end
-redis.call('HSET', KEYS[2], 'info', info, 'beat', now)  -- the next beat writes the rest
+redis.pcall('HSET', KEYS[2], 'info', info, 'beat', now)  -- the next beat writes the rest
 redis.call('PEXPIRE', KEYS[2], ttl)
-redis.call('SADD', KEYS[3], identity)
-for i = 6, 5 + members do redis.call('SADD', KEYS[4], ARGV[i]) end
+redis.pcall('SADD', KEYS[3], identity)
+for i = 6, 5 + members do redis.pcall('SADD', KEYS[4], ARGV[i]) end
 return out
 """
 

@@ -50,6 +50,7 @@ from kiq.cron import Cron, CronError, last_at_or_before, next_after, parse
 from kiq.errors import ConfigError
 from kiq.job import Job, lookup
 from kiq.keys import Keys
+from kiq.lua import IS_A
 from kiq.serialize import SerializationError, serialize_args, serialize_kwargs
 
 WINDOW = 3600.0  # seconds a tick may be late and still fire; also how long fired ticks are remembered
@@ -59,8 +60,9 @@ INHERITED = frozenset({"queue", "retry"})  # what an entry that does not give th
 
 # KEYS: queues set, then per item: state hash, fired-ticks sorted set, queue list.
 # ARGV: window, caller's now, then per item: mode (init, due, catchup), tick,
-# schedule, queue name, payload, jid. Returns 1 per item that pushed a job, else 0.
-FIRE = """
+# schedule, queue name, payload, jid. Returns 1 per item that pushed a job, else 0 (-1: a key of
+# another type kept it from firing).
+FIRE = IS_A + """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local window = tonumber(ARGV[1])
@@ -70,7 +72,9 @@ for i = 0, (#KEYS - 1) / 3 - 1 do
   local a = 6 * i + 3
   local mode, tick = ARGV[a], tonumber(ARGV[a + 1])
   local done = 0
-  if mode == 'init' then
+  if not (is_a(state, 'hash') and is_a(fired, 'zset') and is_a(queue, 'list')) then
+    done = -1  -- a key of another type, written by something else: this entry waits, the others fire
+  elseif mode == 'init' then
     if redis.call('HGET', state, 'schedule') ~= ARGV[a + 2] then
       redis.call('HSET', state, 'schedule', ARGV[a + 2], 'since', math.max(now, tonumber(ARGV[2])))
     end
@@ -87,7 +91,7 @@ for i = 0, (#KEYS - 1) / 3 - 1 do
       if last == nil or tick > last then
         redis.call('HSET', state, 'last', ARGV[a + 1], 'jid', ARGV[a + 5], 'enqueued_at', now)
       end
-      redis.call('SADD', KEYS[1], ARGV[a + 3])
+      redis.pcall('SADD', KEYS[1], ARGV[a + 3])
       redis.call('LPUSH', queue, ARGV[a + 4])
       done = 1
     end
@@ -387,7 +391,10 @@ class Periodic:
                 item.state.ready = True
             if item.startup:
                 item.state.catch_up = None
-            if pushed:
+            if pushed < 0:
+                self.log.error("periodic tick not fired: a key of this entry (its state, its ticks or its "
+                               "queue) is of another type; fix or delete it", entry=item.state.entry.name)
+            elif pushed:
                 fired.append((item.state.entry.name, item.tick))
         return fired
 

@@ -34,6 +34,7 @@ import redis
 from kiq import log, metrics
 from kiq.connection import wire
 from kiq.keys import Keys, owner
+from kiq.lua import IS_A
 from kiq.payload import InvalidPayloadError, decode, mark_failed, wrap_invalid
 from kiq.retry import TRIM_DEAD
 
@@ -46,16 +47,7 @@ RECOVERY_MEMORY = 24 * 3600
 # of the jobs it was running. ARGV: identity, how many lists, per list its queue and "1" if it was
 # found outside the registry (else "0"), then per job it was running the payload's SHA-1 digest
 # and the position of its counter in KEYS (0 for a payload without a jid: it counts nothing).
-# Every script here checks a key's type before it takes a job out of a list: Redis does not undo
-# a script's earlier writes when a later command fails, so a job popped for a queue key that
-# anything else made a hash (say) would be lost. Such a job stays where it was instead.
-IS_A = """
-local function is_a(key, kind)
-  local found = redis.call('TYPE', key)['ok']
-  return found == kind or found == 'none'
-end
-"""
-
+# Every script here checks a key's type before it takes a job out of a list (kiq.lua.IS_A).
 _REQUEUE_LISTS = IS_A + """
 local identity, lists = ARGV[1], tonumber(ARGV[2])
 local running = {}

@@ -24,8 +24,8 @@ import redis
 from kiq import log
 from kiq.connection import Outage, connect, wire
 from kiq.keys import Keys
+from kiq.lua import IS_A
 from kiq.payload import InvalidPayloadError, decode, stamp, wrap_invalid
-from kiq.recovery import IS_A
 from kiq.retry import TRIM_DEAD
 
 # KEYS: the sorted set, dead, queues, then the lists of the queues the jobs go to (see

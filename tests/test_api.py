@@ -310,6 +310,13 @@ def test_kill_moves_entries_to_dead_unchanged(api, r):
     assert r.zcard("dead") == 2
 
 
+def test_kill_leaves_the_entries_while_the_dead_key_is_of_another_type(api, r):
+    r.zadd("retry", {dump(failed(0)): NOW + 100})
+    r.set("dead", "x")
+    assert api.retries.kill(api.retries.jobs()) == 0
+    assert [job.jid for job in api.retries.jobs()] == [jid(0)]  # not lost
+
+
 def test_kill_drops_dead_jobs_older_than_the_dead_timeout(api, r):
     ancient, old = dump(failed(900)), dump(failed(901))
     r.zadd("dead", {ancient: time.time() - DEAD_TIMEOUT - 3600, old: time.time() - DEAD_TIMEOUT + 3600})

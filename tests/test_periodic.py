@@ -387,6 +387,19 @@ def test_a_redis_failure_leaves_the_ticks_to_try_again(redis_server, r):
     assert set(fired) == set(ticks_between(start, seconds(start, 1.5)))
 
 
+def test_an_entry_whose_queue_key_is_of_another_type_waits_and_the_others_fire(redis_server, r):
+    start = now()
+    broken, fine = entry("broken", queue="mail"), entry("fine")
+    periodic = Periodic(connect(redis_server.url), Keys(), [broken, fine], now=start)
+    r.hset("queue:mail", "a", "b")
+    fired = periodic.fire_due(seconds(start, 1.5))
+    assert {name for name, _ in fired} == {"fine"}
+    assert r.zcard("kiq:periodic:broken:ticks") == 0  # no tick marked fired without its job
+    r.delete("queue:mail")
+    assert "broken" in {name for name, _ in periodic.fire_due(seconds(start, 2.5))}
+    assert r.llen("queue:mail") >= 1 and r.zcard("kiq:periodic:broken:ticks") == r.llen("queue:mail")
+
+
 class PeriodicTracedJob(kiq.Job):
     backtrace = 5
 
