@@ -43,7 +43,8 @@ def ensure_redis(url: str) -> None:
     if binary is None:
         sys.exit("demo: redis-server is not installed (run `make system-deps`)")
     port = str(parts.port or 6379)
-    print(f"demo: starting redis-server on 127.0.0.1:{port}", file=sys.stderr)
+    print(f"demo: starting redis-server on 127.0.0.1:{port}; it stays up after kiq stops, for `kiq stats`, "
+          f"`kiq web` and the like (stop it with `redis-cli -p {port} shutdown nosave`)", file=sys.stderr)
     subprocess.run([binary, "--port", port, "--bind", "127.0.0.1", "--daemonize", "yes",
                     "--save", "", "--appendonly", "no"], check=True)
     for _ in range(50):
