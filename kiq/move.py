@@ -27,7 +27,7 @@ from typing import Any
 from redis.client import Pipeline
 
 from kiq.api import API, Job, SortedSet
-from kiq.connection import wire
+from kiq.connection import send, wire
 
 BATCH = 100
 
@@ -69,10 +69,10 @@ def _move_waiting(source: API, target: API, queue: str, batch: int, moved: Moved
         if not raws:
             break
         left -= len(raws)
-        pipe = target.redis.pipeline(transaction=False)
-        pipe.sadd(target.keys.queues, queue)
-        pipe.lpush(target_key, *map(wire, raws))
-        pipe.execute()
+        # The listing in queues is best effort (kiq.connection.send): raising after the push
+        # worked would leave the jobs on both shards, and a second move would copy them again.
+        send(target.redis, [("SADD", target.keys.queues, queue), ("LPUSH", target_key, *map(wire, raws))],
+             best_effort=(0,))
         pipe = source.redis.pipeline(transaction=False)
         for raw in raws:
             pipe.lrem(key, -1, wire(raw))  # type: ignore[arg-type]

@@ -371,6 +371,22 @@ def test_a_move_refuses_a_shard_the_config_does_not_name(redis_server, second_re
     assert done.returncode == 2 and "puts queue 'invoices' on shard 'main'" in done.stderr
 
 
+def test_a_move_to_a_shard_whose_queues_key_is_of_another_type_moves_each_job_once(redis_server,
+                                                                                   second_redis):
+    """Its listing in queues fails; the jobs still move, and a second move copies none again."""
+    from kiq.api import API
+    from kiq.move import move_queue
+
+    main, billing = redis_server.client(), second_redis.client()
+    main.sadd("queues", "invoices")
+    main.lpush("queue:invoices", "job-a", "job-b")
+    billing.set("queues", "x")
+    source, target = API(redis_server.url, "", shard="main"), API(second_redis.url, "", shard="billing")
+    assert move_queue(source, target, "invoices").moved["queue"] == 2
+    assert move_queue(source, target, "invoices").moved["queue"] == 0
+    assert main.llen("queue:invoices") == 0 and billing.lrange("queue:invoices", 0, -1) == ["job-b", "job-a"]
+
+
 def test_a_job_taken_on_the_source_during_a_move_is_withdrawn_from_the_target(redis_server, second_redis):
     """The move's race, played by hand: a job that leaves the source between its copy and its
     removal is taken back from the target, so it is on exactly one shard."""
