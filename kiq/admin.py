@@ -17,7 +17,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import redis
@@ -54,9 +54,7 @@ def connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
         try:
             command(api=api, as_json=as_json, **kwargs)
         except redis.RedisError as error:
-            said = refusal(error) or wrong_type(error) or "redis unavailable"
-            click.echo(f"kiq: {said}: {error}", err=True)
-            sys.exit(exits.REDIS_UNREACHABLE)
+            redis_failed(error)
 
     return wrapper
 
@@ -70,6 +68,13 @@ def settings(config_path: str | None, redis_url: str | None, namespace: str | No
         sys.exit(exits.CONFIG)
     set_format(config.sidekiq_format)  # what retries and "enqueue now" write
     return config
+
+
+def redis_failed(error: redis.RedisError) -> NoReturn:
+    """Say what Redis's ``error`` means for the operator, and exit."""
+    said = refusal(error) or wrong_type(error) or "redis unavailable"
+    click.echo(f"kiq: {said}: {error}", err=True)
+    sys.exit(exits.REDIS_UNREACHABLE)
 
 
 def emit(as_json: bool, data: Any, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
@@ -401,8 +406,7 @@ def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str |
         api = ShardedAPI(config.routes, config.namespace)
         found = api.periodic(entries)  # each entry's state lives on the shard of its queue
     except redis.RedisError as error:
-        click.echo(f"kiq: redis unavailable: {error}", err=True)
-        sys.exit(exits.REDIS_UNREACHABLE)
+        redis_failed(error)
     data, rows = [], []
     for row in found:
         shard = row.pop("shard")

@@ -459,8 +459,8 @@ def describe(conn: redis.Redis, keys: Keys, entries: Iterable[Entry], now: dt.da
     for entry in entries:
         pipe.hgetall(keys.periodic(entry.name))
     rows = []
-    for entry, state in zip(entries, pipe.execute(), strict=True):
-        last = state.get("last")
+    for entry, state in zip(entries, pipe.execute(raise_on_error=False), strict=True):
+        state = state if isinstance(state, dict) else {}  # a key of another type: as if none
         rows.append({
             "name": entry.name,
             "cron": entry.cron,
@@ -468,11 +468,20 @@ def describe(conn: redis.Redis, keys: Keys, entries: Iterable[Entry], now: dt.da
             "class": entry.job,
             "queue": entry.queue,
             "catch_up": entry.catch_up,
-            "last": dt.datetime.fromtimestamp(int(last), dt.timezone.utc) if last else None,
+            "last": _tick_time(state.get("last")),
             "last_jid": state.get("jid") or None,
             "next": entry.next_after(moment),
         })
     return rows
+
+
+def _tick_time(last: str | None) -> dt.datetime | None:
+    """The time of the tick a state hash names as its last; None for none, or for what no tick
+    is (written by something else)."""
+    try:
+        return dt.datetime.fromtimestamp(int(last or ""), dt.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None
 
 
 def _aware(moment: dt.datetime | None) -> dt.datetime:

@@ -354,6 +354,15 @@ def test_describe_shows_last_and_next(redis_server, r, conn):
     assert row["last"].tzinfo is not None
 
 
+@pytest.mark.parametrize("last", ["abc", "1.5", "99999999999999999"])
+def test_describe_shows_no_last_tick_for_a_state_something_else_wrote(redis_server, r, conn, last):
+    nightly, hourly = entry("nightly", "30 2 * * *"), entry("hourly", "0 * * * *")
+    r.hset("kiq:periodic:nightly", "last", last)
+    r.set("kiq:periodic:hourly", "x")
+    rows = describe(conn, Keys(), [nightly, hourly], now())
+    assert [(row["name"], row["last"]) for row in rows] == [("nightly", None), ("hourly", None)]
+
+
 def test_a_reload_never_fires_a_tick_twice(redis_server, r, conn):
     """A reload is a new generation with a new Periodic, even one whose clock starts earlier:
     the ticks the old one fired are in Redis, and none fires twice."""
