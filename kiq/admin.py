@@ -199,9 +199,10 @@ def set_command(name: str, attribute: str, actions: Sequence[str], help_text: st
             return
         if bool(jids) == everything:
             raise click.UsageError(f"{action} needs job ids or --all (not both)")
-        done = 0
+        done, left = 0, 0
         if everything:
             done = sum(bulk(entries, action, as_json) for entries in sets)
+            left = sum(entries.size() for entries in sets)
             missing: list[str] = []
         else:
             missing = list(jids)
@@ -209,10 +210,12 @@ def set_command(name: str, attribute: str, actions: Sequence[str], help_text: st
                 found = [job for job in map(entries.find, missing) if job is not None]
                 missing = [jid for jid in missing if jid not in {job.jid for job in found}]
                 done += getattr(entries, action)(found)
-        report = {"action": action, "set": sets[0].name, "done": done, "not_found": missing}
+                left += sum(1 for job in found if entries.holds(job))
+        report = {"action": action, "set": sets[0].name, "done": done, "left": left, "not_found": missing}
         click.echo(json.dumps(report) if as_json else f"{action}: {done} job(s)"
+                   + (f"; {left} left where they are: {LEFT}" if left else "")
                    + (f"; not found: {' '.join(missing)}" if missing else ""))
-        if missing:
+        if missing or (left and not everything):
             sys.exit(exits.NOT_FOUND)
 
     return command
@@ -276,6 +279,10 @@ def describe(job: Job, when: str) -> str:
     elif job.error:
         lines.append("backtrace   none kept (set backtrace = True on the job class to keep one)")
     return "\n".join(lines)
+
+
+LEFT = ("not job hashes (kiq retries show them), or their queue's key or the dead set's is of another "
+        "type (fix or delete it)")
 
 
 def bulk(entries: SortedSet, action: str, as_json: bool) -> int:

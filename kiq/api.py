@@ -258,6 +258,10 @@ class SortedSet:
                 return job
         return None
 
+    def holds(self, job: Job) -> bool:
+        """Whether the entry ``job`` is still in the set."""
+        return self.api.redis.zscore(self.key, wire(job.raw)) is not None
+
     def delete(self, jobs: list[Job]) -> int:
         if not jobs:
             return 0
@@ -271,8 +275,8 @@ class SortedSet:
             return 0
         moves: list[tuple[str, str, str]] = []
         for job in jobs:
-            if not job.payload:
-                continue  # not a job hash: it stays where it is, for a person to look at
+            if not job.payload or not isinstance(job.payload.get("queue", ""), str):
+                continue  # not a job hash kiq could run: it stays where it is, for a person to look at
             payload = dict(job.payload)
             payload.pop("at", None)
             payload["enqueued_at"] = stamp(time.time(), self.api.sidekiq_format)

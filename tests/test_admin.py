@@ -290,7 +290,7 @@ def test_retries_retry_delete_kill_by_jid(redis_server, r):
     assert sorted(job["jid"] for job in queued) == [jid(0), jid(1)]
     assert all(job["retry_count"] == 2 and job["enqueued_at"] > NOW for job in queued)
 
-    assert json.loads(deleted) == {"action": "delete", "set": "retry", "done": 1, "not_found": []}
+    assert json.loads(deleted) == {"action": "delete", "set": "retry", "done": 1, "left": 0, "not_found": []}
     assert killed.strip() == "kill: 1 job(s)"
     assert r.zrange("dead", 0, -1) == [dump(sidekiq_failure(3, retry_count=3))]
     assert [job["jid"] for job in ok_json(url, "retries")] == [jid(4), jid(5)]
@@ -307,7 +307,7 @@ def test_a_missing_jid_exits_1_and_the_others_are_still_acted_on(redis_server, r
     assert (retried.returncode, deleted.returncode, killed.returncode) == (1, 1, 1)
     assert retried.stdout.strip() == f"retry: 1 job(s); not found: {missing}"
     assert [json.loads(raw)["jid"] for raw in r.lrange("queue:default", 0, -1)] == [jid(0)]
-    assert json.loads(deleted.stdout) == {"action": "delete", "set": "dead", "done": 1,
+    assert json.loads(deleted.stdout) == {"action": "delete", "set": "dead", "done": 1, "left": 0,
                                           "not_found": [missing]}
     assert killed.stdout.strip() == f"kill: 0 job(s); not found: {missing}"
     assert r.zrange("dead", 0, -1) == [dump(sidekiq_failure(2))]
@@ -328,7 +328,7 @@ def test_retries_kill_all_and_delete_all(redis_server, r):
     url = redis_server.url
     r.zadd("retry", {dump(sidekiq_failure(n)): NOW + n for n in range(250)})
     assert json.loads(ok(url, "retries", "kill", "--all", "--json")) == {
-        "action": "kill", "set": "retry", "done": 250, "not_found": []}
+        "action": "kill", "set": "retry", "done": 250, "left": 0, "not_found": []}
     assert r.zcard("retry") == 0 and r.zcard("dead") == 250
     assert ok(url, "dead", "delete", "--all").strip() == "delete: 250 job(s)"
     assert r.zcard("dead") == 0
@@ -348,7 +348,7 @@ def test_dead_retry_all_moves_thousands_of_sidekiq_dead_jobs(redis_server, r):
 
     done = kiq(url, "dead", "retry", "--all")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == f"retry: {count} job(s)"
+    assert done.stdout.strip().startswith(f"retry: {count} job(s); 1 left where they are: not job hashes")
     assert r.zrange("dead", 0, -1) == ["corrupt, not json"]
     assert [r.llen(f"queue:{q}") for q in queues] == [count // 3] * 3
     assert r.smembers("queues") == set(queues)
@@ -441,6 +441,21 @@ def test_every_reading_command_shows_what_it_can_around_hostile_records(redis_se
     for done in kiq_many(redis_server.url, commands):
         assert done.returncode == (1 if "find" in done.args else 0), (done.args, done.stderr)
         assert "Traceback" not in done.stderr, (done.args, done.stderr)
+
+
+def test_an_action_says_which_entries_it_left_where_they_are(redis_server, r):
+    url = redis_server.url
+    good, odd = sidekiq_failure(1), {**sidekiq_failure(2), "queue": 5}
+    r.zadd("retry", {dump(good): NOW, dump(odd): NOW, "not json": NOW})
+    r.hset("queue:default", "a", "b")
+    named = kiq(url, "retries", "retry", good["jid"])
+    assert named.returncode == 1 and named.stdout.startswith("retry: 0 job(s); 1 left where they are: ")
+    r.set("dead", "x")
+    assert kiq(url, "retries", "kill", good["jid"]).stdout.startswith("kill: 0 job(s); 1 left where")
+    r.delete("queue:default", "dead")
+    report = json.loads(ok(url, "retries", "retry", "--all", "--json"))
+    assert (report["done"], report["left"]) == (1, 2)  # the one that names no queue kiq could serve stays
+    assert r.zcard("retry") == 2 and r.llen("queue:default") == 1 and not r.exists("queue:5")
 
 
 def test_a_key_of_another_type_is_named_as_such_not_as_redis_unavailable(redis_server, r):
