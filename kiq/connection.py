@@ -287,6 +287,18 @@ class Cluster:
             raise ClusterUnavailable(str(error)) from error
         return _checked(commands, replies, best_effort)
 
+    def disconnect(self) -> None:
+        """Close every socket: before a fork, so that none crosses it."""
+        if self._client is not None:
+            self._client.disconnect_connection_pools()
+
+    def node_of(self, key: str) -> Any:
+        """The primary that holds ``key``'s slot now."""
+        try:
+            return self.client.get_node_from_key(key)
+        except RedisClusterException as error:
+            raise ClusterUnavailable(str(error)) from error
+
 
 def _checked(commands: Sequence[tuple[Any, ...]], replies: list[Any],
              best_effort: Collection[int]) -> list[Any]:
@@ -301,18 +313,6 @@ def _checked(commands: Sequence[tuple[Any, ...]], replies: list[Any],
     if errors:
         raise errors[0]
     return replies
-
-    def disconnect(self) -> None:
-        """Close every socket: before a fork, so that none crosses it."""
-        if self._client is not None:
-            self._client.disconnect_connection_pools()
-
-    def node_of(self, key: str) -> Any:
-        """The primary that holds ``key``'s slot now."""
-        try:
-            return self.client.get_node_from_key(key)
-        except RedisClusterException as error:
-            raise ClusterUnavailable(str(error)) from error
 
 
 def _sentinel_primary(url: str, options: dict[str, Any]) -> redis.Redis:
