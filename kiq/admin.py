@@ -382,13 +382,20 @@ def process_command(name: str, help_text: str) -> click.Command:
         live = {p.identity: p.shard for p in api.processes()}
         targets = sorted(live) if everything else list(identities)
         missing = [ident for ident in targets if ident not in live]
+        sent, failed = [], {}
         for ident in targets:
             if ident in live:
-                getattr(api.apis[live[ident]], name)(ident)
-        sent = [ident for ident in targets if ident in live]
-        click.echo(json.dumps({"sent": sent, "not_found": missing}) if as_json
+                try:
+                    getattr(api.apis[live[ident]], name)(ident)
+                    sent.append(ident)
+                except redis.ResponseError as error:  # its signals key is of another type: the others still
+                    failed[ident] = str(error)
+        click.echo(json.dumps({"sent": sent, "not_found": missing, "failed": failed}) if as_json
                    else "\n".join([f"{name}: {ident}" for ident in sent]
-                                  + [f"not found: {ident}" for ident in missing]))
+                                  + [f"not found: {ident}" for ident in missing]
+                                  + [f"failed: {ident}: {error}" for ident, error in failed.items()]))
+        if failed:
+            sys.exit(exits.REDIS_UNREACHABLE)
         if missing:
             sys.exit(exits.NOT_FOUND)
 

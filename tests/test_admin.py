@@ -620,7 +620,8 @@ def test_quiet_all_then_stop_one_identity(redis_server, r, start_kiq):
 
     done = kiq(url, "quiet", "--all", "--json")
     assert done.returncode == 0
-    assert json.loads(done.stdout) == {"sent": sorted(p["identity"] for p in live), "not_found": []}
+    assert json.loads(done.stdout) == {"sent": sorted(p["identity"] for p in live), "not_found": [],
+                                       "failed": {}}
     wait_for(lambda: all(r.hget(p["identity"], "quiet") == "true" for p in live))
     raw, text = outputs(url, ["processes", "--json"], ["processes"])
     assert all(p["quiet"] for p in json.loads(raw))
@@ -660,8 +661,16 @@ def test_quiet_and_stop_send_through_the_signals_list(redis_server, r):
 
     done = kiq(url, "quiet", "web-3:303:0c0c0c0c0c0c", "--json")
     assert done.returncode == 1
-    assert json.loads(done.stdout) == {"sent": [], "not_found": ["web-3:303:0c0c0c0c0c0c"]}
+    assert json.loads(done.stdout) == {"sent": [], "not_found": ["web-3:303:0c0c0c0c0c0c"], "failed": {}}
     assert not r.exists("web-3:303:0c0c0c0c0c0c-signals")
+
+    r.delete("web-1:101:0a0a0a0a0a0a-signals", "web-2:202:0b0b0b0b0b0b-signals")
+    r.hset("web-1:101:0a0a0a0a0a0a-signals", "x", "y")  # of another type: the others are still signalled
+    done = kiq(url, "quiet", "--all")
+    assert done.returncode == 3, done.stderr
+    assert "quiet: web-2:202:0b0b0b0b0b0b" in done.stdout
+    assert "failed: web-1:101:0a0a0a0a0a0a: " in done.stdout
+    assert r.lrange("web-2:202:0b0b0b0b0b0b-signals", 0, -1) == ["TSTP"]
 
 
 # -- connection options, usage errors, exit codes -----------------------------

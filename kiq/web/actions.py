@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import redis
 from werkzeug.exceptions import BadRequest, NotFound
 from werkzeug.wrappers import Response
 
@@ -35,7 +36,10 @@ def signal(view: View) -> Response:
         live = {process.identity for process in api.processes()}
         wanted = live if view.request.form.get("all") else {view.request.form.get("identity", "")}
         for identity in sorted(wanted & live):
-            getattr(api, action)(identity)
+            try:
+                getattr(api, action)(identity)
+            except redis.ResponseError:  # its signals key is of another type: the others are still asked
+                continue
             count += 1
     return view.done(action, count)
 
