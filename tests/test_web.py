@@ -223,6 +223,15 @@ def test_every_page_renders_around_records_anything_with_access_could_leave(web,
     assert "bad:1:aa" in page(web, "/busy") and "bad\ufffd" in page(web, "/queues")
 
 
+def test_an_action_that_meets_a_key_of_another_type_names_it_not_redis_down(web, r):
+    add(r, "retry", (failure(30), time.time() + 60))
+    r.set("dead", "x")
+    token = csrf(page(web, "/retries"))
+    response = web.post("/dead", data={"action": "delete-all", "csrf": token})
+    assert response.status_code == 500 and "A key of another type" in response.text
+    assert "fix or delete it" in response.text and "not answering" not in response.text
+
+
 def test_a_payload_that_is_not_utf8_or_json_still_renders(web, redis_server):
     raw = redis.Redis.from_url(redis_server.url)
     raw.sadd("queues", "default")

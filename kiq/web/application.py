@@ -20,6 +20,7 @@ from werkzeug.wrappers import Request, Response
 
 from kiq import __version__
 from kiq.api import API, ShardedAPI
+from kiq.connection import wrong_type
 from kiq.web import actions, csrf, metrics, pages, render
 
 if TYPE_CHECKING:
@@ -82,7 +83,7 @@ class Dashboard:
             response = view.render("error.html", error=error, status=error.code or 500)
         except redis.RedisError as error:
             response = view.render("error.html", error=None, redis_error=f"{type(error).__name__}: {error}",
-                                   status=503)
+                                   wrong_type=wrong_type(error), status=500 if wrong_type(error) else 503)
         if fresh:
             response.set_cookie(csrf.COOKIE, view.session, path=request.script_root + "/", httponly=True,
                                 samesite="Lax", secure=request.is_secure)
