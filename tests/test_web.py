@@ -223,6 +223,15 @@ def test_every_page_renders_around_records_anything_with_access_could_leave(web,
     assert "bad:1:aa" in page(web, "/busy") and "bad\ufffd" in page(web, "/queues")
 
 
+@pytest.mark.parametrize("score", [float("-inf"), -12.5, 1e-05])
+def test_an_entry_whose_score_holds_a_dash_can_be_shown_and_acted_on(web, r, score):
+    add(r, "retry", (failure(30), score))
+    entry = key(r, "retry", 30)
+    assert jid(30) in page(web, f"/retries/{entry}")
+    done(post(web, "/retries", {"action": "delete", "key": entry}), "/retries?done=delete&count=1")
+    assert r.zcard("retry") == 0
+
+
 def test_an_action_that_meets_a_key_of_another_type_names_it_not_redis_down(web, r):
     add(r, "retry", (failure(30), time.time() + 60))
     r.set("dead", "x")

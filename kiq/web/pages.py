@@ -159,13 +159,16 @@ def entries_in(api: API, kind: str) -> SortedSet:
 
 
 def entry_at(view: View, kind: str, key: str) -> Job | None:
-    """The entry a page's key names: ``SCORE-JID``, as Sidekiq's Web UI names them."""
-    score, _, jid = key.partition("-")
-    try:
-        when = float(score)
-    except ValueError:
-        return None
-    return kiq_api.entry(entries_of(view, kind), when, jid)
+    """The entry a page's key names: ``SCORE-JID``, as Sidekiq's Web UI names them. The score
+    ends at the first dash after which what comes before reads as a number: a score may hold a
+    dash itself (``-inf``, ``1e-05``)."""
+    for at in (index for index, char in enumerate(key) if char == "-" and index > 0):
+        try:
+            when = float(key[:at])
+        except ValueError:
+            continue
+        return kiq_api.entry(entries_of(view, kind), when, key[at + 1:])
+    return None
 
 
 def key_of(job: Job) -> str:
