@@ -369,6 +369,8 @@ def _value(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+    except RecursionError:
+        raise click.UsageError(f"an argument's JSON is nested too deep: {text[:40]}...") from None
 
 
 def process_command(name: str, help_text: str) -> click.Command:

@@ -467,10 +467,12 @@ def test_a_key_of_another_type_is_named_as_such_not_as_redis_unavailable(redis_s
     assert "WRONGTYPE" in done.stderr and "redis unavailable" not in done.stderr
 
 
-def test_enqueue_without_a_class_name_is_a_usage_error(redis_server, r):
+def test_enqueue_without_a_class_name_or_with_json_nested_too_deep_is_a_usage_error(redis_server, r):
     result = kiq(redis_server.url, "enqueue", "", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "class name is a non-empty string" in result.stderr
+    deep = kiq(redis_server.url, "enqueue", "EchoJob", "[" * 5000 + "]" * 5000)
+    assert deep.returncode == 2 and "nested too deep" in deep.stderr and "Traceback" not in deep.stderr
     assert r.keys("*") == []
 
 
