@@ -29,7 +29,7 @@ from kiq import execution
 from kiq.connection import connect, url_from_env, wire
 from kiq.execution import ClassMetrics
 from kiq.heartbeat import prefetched_by_queue
-from kiq.keys import Keys, day, owner
+from kiq.keys import Keys, day, glob_escape, owner
 from kiq.lua import IS_A
 from kiq.payload import check_format, epoch_seconds, read_count, read_object, stamp, waited
 from kiq.retry import TRIM_DEAD, decode_backtrace
@@ -218,12 +218,17 @@ class Queue:
         return job is not None and int(self.api.redis.lrem(self.key, 1, wire(job.raw))) == 1  # type: ignore[arg-type]
 
     def clear(self) -> int:
-        """Remove the queue and every job in it; returns how many jobs."""
+        """Remove the queue and every job in it; returns how many jobs. Its listing in
+        ``queues`` goes too, best effort: a ``queues`` key of another type must not make a
+        clear that happened look failed."""
         pipe = self.api.redis.pipeline(transaction=True)
         pipe.llen(self.key)
         pipe.delete(self.key)
         pipe.srem(self.api.keys.queues, self.name)
-        return int(pipe.execute()[0])
+        count = pipe.execute(raise_on_error=False)[0]
+        if isinstance(count, redis.ResponseError):
+            raise count
+        return int(count)
 
 
 class SortedSet:
@@ -252,7 +257,7 @@ class SortedSet:
 
     def find(self, jid: str) -> Job | None:
         """The entry with this jid (a scan, as in Sidekiq's ``find_job``)."""
-        for raw, score in self.api.redis.zscan_iter(self.key, match=f"*{jid}*", count=BATCH):
+        for raw, score in self.api.redis.zscan_iter(self.key, match=f"*{glob_escape(jid)}*", count=BATCH):
             job = Job.parse(str(raw), float(score))
             if job.jid == jid:
                 return job

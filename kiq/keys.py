@@ -87,13 +87,13 @@ class Keys:
 
     def wip_pattern(self) -> str:
         """A SCAN pattern matching every in-progress list of this namespace, and no other's."""
-        return re.sub(r"([*?\[\]\\])", r"\\\1", self.wip_prefix) + "*"
+        return glob_escape(self.wip_prefix) + "*"
 
     def cluster_queues_pattern(self) -> str:
         """A SCAN pattern matching the ``queues`` set of every queue of a Redis Cluster under this
         namespace: each queue is a shard whose namespace is its hash tag (kiq.shards), so its
         set is ``{QUEUE}:queues``."""
-        return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "{*}:queues"
+        return glob_escape(self.prefix) + "{*}:queues"
 
     def cluster_queue_of(self, key: str) -> str:
         """The queue whose ``{QUEUE}:queues`` set ``key`` is (``cluster_queues_pattern``)."""
@@ -134,6 +134,11 @@ class Keys:
         Entry names never contain ``:``, so this cannot clash with another entry's hash.
         """
         return f"{self.prefix}kiq:periodic:{name}:ticks"
+
+
+def glob_escape(text: str) -> str:
+    """``text`` for a SCAN or ZSCAN MATCH pattern, its glob characters matching themselves."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def member(identity: str, queue: str) -> str:

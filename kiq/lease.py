@@ -52,8 +52,10 @@ for i = 6 + members, #ARGV, 3 do
   end
   local kept = math.min(held, lists[wip] and lists[wip][job] or 0)
   if lists[wip] then lists[wip][job] = (lists[wip][job] or 0) - kept end
-  if not swept and lists[wip] then
-    for _ = kept + 1, held do redis.call('LPUSH', wip, job) end
+  if not swept then  -- Redis lost the list: the worker's copies are the only ones, kept
+    if lists[wip] then
+      for _ = kept + 1, held do redis.call('LPUSH', wip, job) end
+    end
     kept = held
   end
   out[#out + 1] = kept

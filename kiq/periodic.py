@@ -317,6 +317,7 @@ class _State:
         self.entry = entry
         self.next = entry.next_after(start)
         self.ready = False  # the entry's schedule has been recorded in Redis
+        self.blocked = False  # a key of the entry is of another type (said once, until it fires)
         self.catch_up = last_at_or_before(entry.schedule, start, entry.zone) if entry.catch_up else None
 
 
@@ -383,18 +384,25 @@ class Periodic:
         if not items:
             return []
         results = self._try(items, moment)
+        # An entry whose keys are of another type fired nothing: it tries the same ticks next time.
+        blocked = {id(item.state) for item, pushed in zip(items, results, strict=True) if pushed < 0}
         for state, following in advanced:
-            state.next = following
+            if id(state) not in blocked:
+                state.next = following
+        for state in {id(item.state): item.state for item in items}.values():
+            if id(state) in blocked and not state.blocked:
+                self.log.error("periodic entry not fired: one of its keys (its state, its ticks or its "
+                               "queue) is of another type; fix or delete it", entry=state.entry.name)
+            state.blocked = id(state) in blocked
         fired = []
         for item, pushed in zip(items, results, strict=True):
+            if pushed < 0:
+                continue
             if item.mode == "init":
                 item.state.ready = True
             if item.startup:
                 item.state.catch_up = None
-            if pushed < 0:
-                self.log.error("periodic tick not fired: a key of this entry (its state, its ticks or its "
-                               "queue) is of another type; fix or delete it", entry=item.state.entry.name)
-            elif pushed:
+            if pushed:
                 fired.append((item.state.entry.name, item.tick))
         return fired
 

@@ -310,6 +310,20 @@ def test_kill_moves_entries_to_dead_unchanged(api, r):
     assert r.zcard("dead") == 2
 
 
+def test_find_takes_a_jid_with_glob_characters_literally(api, r):
+    odd = {**failed(0), "jid": "x[y]z"}  # unescaped, [y] would match "y" only, never the bracket
+    r.zadd("retry", {dump(odd): NOW, dump(failed(1)): NOW})
+    assert api.retries.find("x[y]z").jid == "x[y]z"  # type: ignore[union-attr]
+    assert api.retries.find("x*") is None
+
+
+def test_clearing_a_queue_whose_listing_cannot_be_removed_still_says_it_cleared(api, r):
+    push(r, "default", payload(jid(1)), payload(jid(2)))
+    r.delete("queues")
+    r.set("queues", "x")
+    assert api.queue("default").clear() == 2 and not r.exists("queue:default")
+
+
 def test_kill_leaves_the_entries_while_the_dead_key_is_of_another_type(api, r):
     r.zadd("retry", {dump(failed(0)): NOW + 100})
     r.set("dead", "x")
