@@ -14,6 +14,7 @@ and reads them side by side, each process, queue and found job carrying its shar
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -355,12 +356,19 @@ class API:
         return Queue(self, name)
 
     def queues(self) -> list[Queue]:
-        return [Queue(self, str(name)) for name in sorted(self.redis.smembers(self.keys.queues))]
+        return [Queue(self, name) for name in sorted(self.members(self.keys.queues))]
+
+    def members(self, key: str) -> list[str]:
+        """A set's members; none when ``key`` is of another type (written by something else):
+        a reader shows the rest."""
+        try:
+            return [str(member) for member in self.redis.smembers(key)]
+        except redis.ResponseError:
+            return []
 
     def stats(self) -> Stats:
         k = self.keys
-        queues = [str(name) for name in self.redis.smembers(k.queues)]
-        identities = [str(ident) for ident in self.redis.smembers(k.processes)]
+        queues, identities = self.members(k.queues), self.members(k.processes)
         today = day()
         pipe = self.redis.pipeline(transaction=False)
         # as a command, not pipe.mget, which a cluster pipeline refuses (these share a slot)
@@ -373,39 +381,42 @@ class API:
             pipe.llen(k.queue(queue))
         for ident in identities:
             pipe.hget(k.process(ident), "busy")
-        counters, scheduled, retries, dead, *rest = pipe.execute()
+        # Each figure whose key is of another type counts 0; the others stand.
+        counters, scheduled, retries, dead, *rest = pipe.execute(raise_on_error=False)
         processed, failed, processed_today, failed_today = map(read_count, counters)
-        sizes, busy = rest[: len(queues)], rest[len(queues):]
-        return Stats(processed, failed, sum(sizes), scheduled, retries, dead,
-                     sum(1 for value in busy if value is not None), sum(map(read_count, busy)),
-                     processed_today, failed_today)
+        sizes, busy = rest[: len(queues)], [value for value in rest[len(queues):]
+                                            if not isinstance(value, redis.ResponseError)]
+        return Stats(processed, failed, sum(map(read_count, sizes)), read_count(scheduled),
+                     read_count(retries), read_count(dead), sum(1 for value in busy if value is not None),
+                     sum(map(read_count, busy)), processed_today, failed_today)
 
     def prefetched(self) -> dict[str, tuple[int, float | None]]:
         """Per queue, the jobs live processes hold but have not started, and the enqueue time of
         the oldest, as of each one's last heartbeat (kiq.heartbeat)."""
-        identities = [str(ident) for ident in self.redis.smembers(self.keys.processes)]
         pipe = self.redis.pipeline(transaction=False)
-        for ident in identities:
+        for ident in self.members(self.keys.processes):
             pipe.hget(self.keys.process(ident), "prefetched")
-        return prefetched_by_queue(pipe.execute())
+        return prefetched_by_queue(pipe.execute(raise_on_error=False))
 
     def processes(self) -> list[Process]:
         """Live processes (entries whose heartbeat expired are skipped, as Sidekiq does).
 
         Running jobs come from ``IDENTITY:work`` (kiq, Sidekiq 7 and 8) or, when that is
         empty, ``IDENTITY:workers`` (Sidekiq 6 writes only that one)."""
-        identities = sorted(str(ident) for ident in self.redis.smembers(self.keys.processes))
+        identities = sorted(self.members(self.keys.processes))
         pipe = self.redis.pipeline(transaction=False)
         for ident in identities:
             pipe.hmget(self.keys.process(ident), "info", "busy", "beat", "quiet", "rss", "prefetched")
             pipe.hgetall(self.keys.work(ident))
             pipe.hgetall(self.keys.workers(ident))
-        replies = pipe.execute()
+        replies = [{} if isinstance(reply, redis.ResponseError) else reply  # a key of another type
+                   for reply in pipe.execute(raise_on_error=False)]
         found = []
         for index, ident in enumerate(identities):
-            (info, busy, beat, quiet, rss, held), work, workers = replies[3 * index: 3 * index + 3]
-            if info is None:
+            entry, work, workers = replies[3 * index: 3 * index + 3]
+            if not entry or entry[0] is None:
                 continue
+            info, busy, beat, quiet, rss, held = entry
             work = work or workers
             running = [entry for entry in map(read_object, work.values()) if entry]
             prefetched = {queue: count for queue, (count, _) in prefetched_by_queue([held]).items()}
@@ -483,17 +494,19 @@ class Found:
 def queue_summaries(api: API) -> list[QueueSummary]:
     """Every known queue with its size, latency and prefetched jobs, in one round trip after the
     queue names and one for the processes' prefetched jobs."""
-    names = sorted(str(name) for name in api.redis.smembers(api.keys.queues))
+    names = sorted(api.members(api.keys.queues))
     held = api.prefetched()
     pipe = api.redis.pipeline(transaction=False)
     for name in names:
         pipe.llen(api.keys.queue(name))
         pipe.lindex(api.keys.queue(name), -1)
-    replies = pipe.execute()
+    replies = pipe.execute(raise_on_error=False)
     now = time.time()
     found = []
     for index, name in enumerate(names):
         size, oldest = replies[2 * index: 2 * index + 2]
+        if isinstance(size, redis.ResponseError):
+            continue  # its key is of another type: left out, the other queues shown
         count, first = held.get(name, (0, None))
         found.append(QueueSummary(name, int(size), waited(oldest, first, now), count, api.shard))
     return found
@@ -651,11 +664,13 @@ def search(api: API, text: str, limit: int = 25) -> dict[str, list[Found]]:
     for queue in api.queues():
         want = limit - len(places["queue"])
         if want > 0:
-            places["queue"] += [Found("queue", queue.name, job, shard=api.shard)
-                                for job in queue_matching(queue, text, 0, want)[0]]
+            with contextlib.suppress(redis.ResponseError):  # a key of another type holds no job
+                places["queue"] += [Found("queue", queue.name, job, shard=api.shard)
+                                    for job in queue_matching(queue, text, 0, want)[0]]
     for entries in (api.scheduled, api.retries, api.dead):
-        places[entries.name] = [Found(entries.name, entries.name, job, shard=api.shard)
-                                for job in sorted_matching(entries, text, 0, limit)[0]]
+        with contextlib.suppress(redis.ResponseError):
+            places[entries.name] = [Found(entries.name, entries.name, job, shard=api.shard)
+                                    for job in sorted_matching(entries, text, 0, limit)[0]]
     places["running"] = [found for process in api.processes() for found in running(process)
                          if contains(found.job, text)][:limit]
     return places
@@ -669,12 +684,14 @@ def find(jid: str, api: API | None = None) -> list[Found]:
     api = api or API()
     found = []
     for queue in api.queues():
-        jobs, _ = queue_matching(queue, jid, 0, SCAN_WINDOW)
-        found += [Found("queue", queue.name, job, shard=api.shard) for job in jobs if job.jid == jid]
+        with contextlib.suppress(redis.ResponseError):  # a key of another type holds no job
+            jobs, _ = queue_matching(queue, jid, 0, SCAN_WINDOW)
+            found += [Found("queue", queue.name, job, shard=api.shard) for job in jobs if job.jid == jid]
     for entries in (api.scheduled, api.retries, api.dead):
-        job = entries.find(jid)
-        if job is not None:
-            found.append(Found(entries.name, entries.name, job, shard=api.shard))
+        with contextlib.suppress(redis.ResponseError):
+            job = entries.find(jid)
+            if job is not None:
+                found.append(Found(entries.name, entries.name, job, shard=api.shard))
     running_here = [each for process in api.processes() for each in running(process) if each.job.jid == jid]
     return found + running_here + [each for each in taken(jid, api)
                                    if not any(run.name == each.name for run in running_here)]
@@ -684,7 +701,7 @@ def taken(jid: str, api: API) -> list[Found]:
     """The job ``jid`` in workers' in-progress lists: taken from its queue, held there until it
     starts, or running since less than a heartbeat (whose work hash lists it at the next beat).
     One round trip for every list, each read up to ``TAKEN_WINDOW`` jobs."""
-    members = sorted(str(member) for member in api.redis.smembers(api.keys.wip_registry))
+    members = sorted(api.members(api.keys.wip_registry))
     pipe = api.redis.pipeline(transaction=False)
     for member in members:
         pipe.lrange(api.keys.wip_of(member), 0, TAKEN_WINDOW - 1)

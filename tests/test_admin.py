@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import ROOT, alive, free_port, sample_env, wait_for
-from webdata import plant_hostile_records
+from webdata import job, plant_hostile_records, plant_keys_of_another_type
 
 from kiq.client import Client
 from kiq.keys import day
@@ -443,6 +443,17 @@ def test_every_reading_command_shows_what_it_can_around_hostile_records(redis_se
         assert "Traceback" not in done.stderr, (done.args, done.stderr)
 
 
+def test_the_reading_commands_leave_out_what_a_key_of_another_type_holds(redis_server, r):
+    plant_keys_of_another_type(r)
+    stats, queues, processes, found = kiq_many(redis_server.url, [["stats", "--json"], ["queues", "--json"],
+                                                                  ["processes"], ["find", job(1)["jid"]]])
+    for done in (stats, queues, processes, found):
+        assert done.returncode == 0, (done.args, done.stderr)
+    assert json.loads(stats.stdout)["enqueued"] == 1
+    assert [each["queue"] for each in json.loads(queues.stdout)] == ["ok"]
+    assert found.stdout.startswith("waiting in queue ok")
+
+
 def test_an_action_says_which_entries_it_left_where_they_are(redis_server, r):
     url = redis_server.url
     good, odd = sidekiq_failure(1), {**sidekiq_failure(2), "queue": 5}
@@ -459,9 +470,8 @@ def test_an_action_says_which_entries_it_left_where_they_are(redis_server, r):
 
 
 def test_a_key_of_another_type_is_named_as_such_not_as_redis_unavailable(redis_server, r):
-    r.sadd("queues", "default")
-    r.hset("queue:default", "a", "b")
-    done = kiq(redis_server.url, "queues")
+    r.set("retry", "x")
+    done = kiq(redis_server.url, "retries")  # the listing of that one key: nothing else to show
     assert done.returncode == 3 and "Traceback" not in done.stderr
     assert "a key holds another type than kiq and Sidekiq keep there: fix or delete it" in done.stderr
     assert "WRONGTYPE" in done.stderr and "redis unavailable" not in done.stderr

@@ -27,6 +27,7 @@ from webdata import (
     jid,
     job,
     plant_hostile_records,
+    plant_keys_of_another_type,
     push,
 )
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
@@ -239,6 +240,13 @@ def test_an_action_that_meets_a_key_of_another_type_names_it_not_redis_down(web,
     response = web.post("/dead", data={"action": "delete-all", "csrf": token})
     assert response.status_code == 500 and "A key of another type" in response.text
     assert "fix or delete it" in response.text and "not answering" not in response.text
+
+
+def test_the_reading_pages_leave_out_what_a_key_of_another_type_holds(web, r):
+    plant_keys_of_another_type(r)
+    for url in ("/", "/stats.json", "/busy", "/queues", "/search?q=a", "/metrics"):
+        page(web, url)
+    assert "ok" in page(web, "/queues")
 
 
 def test_a_payload_that_is_not_utf8_or_json_still_renders(web, redis_server):

@@ -160,3 +160,14 @@ def plant_hostile_records(redis_url: str) -> None:
     raw.set(f"stat:processed:{day()}", "x")
     minute, _ = minute_names(int(time.time()) // 60)
     raw.hset(Keys().job_metrics(minute), mapping={"Count|p": "x", "Count|ms": "1e999"})
+
+
+def plant_keys_of_another_type(r: redis.Redis) -> None:
+    """Keys where kiq and Sidekiq keep a list, a set or a hash, written with another type by
+    anything with access to Redis, beside a queue that is fine."""
+    push(r, "ok", job(1, "ok"))
+    r.sadd("queues", "default")
+    r.hset("queue:default", "a", "b")
+    r.set("retry", "x")
+    r.sadd("processes", "p:1:a")
+    r.set("p:1:a", "x")
