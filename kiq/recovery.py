@@ -204,6 +204,7 @@ class Recovery:
         self._give_back = conn.register_script(GIVE_BACK)
         self._requeue_strays = conn.register_script(REQUEUE_STRAYS)
         self._bury = conn.register_script(BURY)
+        self._said: set[str] = set()  # keys of another type already logged
 
     def requeue_all(self, identity: str, queues: Sequence[str] = (), running: Sequence[str] = (),
                     crashed: bool = True) -> int:
@@ -297,8 +298,7 @@ class Recovery:
         try:
             return list(self.conn.lrange(key, 0, count - 1))
         except redis.ResponseError as error:
-            logger.error("a key kiq keeps a list in is of another type; fix or delete it", key=key,
-                         error=str(error))
+            self._say_once(key, "a key kiq keeps a list in is of another type; fix or delete it", error)
             return []
 
     def _members(self, key: str) -> list[str]:
@@ -307,9 +307,14 @@ class Recovery:
         try:
             return [str(member) for member in self.conn.smembers(key)]
         except redis.ResponseError as error:
-            logger.error("a key kiq keeps a set in is of another type; fix or delete it", key=key,
-                         error=str(error))
+            self._say_once(key, "a key kiq keeps a set in is of another type; fix or delete it", error)
             return []
+
+    def _say_once(self, key: str, message: str, error: Exception) -> None:
+        """Log a key of another type the first time this Recovery meets it (sweeps run often)."""
+        if key not in self._said:
+            self._said.add(key)
+            logger.error(message, key=key, error=str(error))
 
     def _registered(self, identity: str) -> list[str]:
         """The queues of ``identity``'s lists that the registry names."""

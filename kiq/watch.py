@@ -21,7 +21,8 @@ from collections.abc import Callable, Sequence
 
 import redis
 
-from kiq.connection import Outage, connect, server_version
+from kiq import log
+from kiq.connection import Outage, connect, server_version, wrong_type
 from kiq.keys import Keys
 from kiq.roundtrip import Unit
 
@@ -87,6 +88,7 @@ class Watchers:
             raise
 
     def _wait(self, queue: str) -> None:
+        log.bind_job({})  # a processor thread watches between jobs: its lines name none of them
         conn = self._conns[queue]
         source, target = self.keys.queue(queue), self.keys.wip(self.identity, queue)
         pause = 0.0
@@ -96,10 +98,13 @@ class Watchers:
                 pause = self._outage.recovered()
             except redis.RedisError as error:
                 job = None
-                with self._ready:
-                    self._lost()
-                pause = self._outage.failed(error, pause)
-                time.sleep(pause)
+                if wrong_type(error):  # the queue's key: the move moved nothing, and the round
+                    time.sleep(BLOCK_SECONDS)  # trip says so, once (kiq.fetch); not an outage
+                else:
+                    with self._ready:
+                        self._lost()
+                    pause = self._outage.failed(error, pause)
+                    time.sleep(pause)
             with self._ready:
                 if not self._caught(None if job is None else Unit(queue, job)):
                     self.free.append(queue)
