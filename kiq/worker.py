@@ -225,6 +225,7 @@ class Worker:
             while thread.is_alive() and time.monotonic() < deadline:
                 self._tell("beat")
                 thread.join(min(1.0, max(0.0, deadline - time.monotonic())))
+        late = any(thread.is_alive() for thread in threads)
         self._tell("beat")
         self.fetcher.close()
         self._tell("beat")
@@ -233,8 +234,10 @@ class Worker:
         metrics.flush()
         self._tell("beat")
         moved = self._requeue_unfinished(max(deadline, time.monotonic()) + FINAL_REQUEUE_PATIENCE)
-        if moved:
+        if moved and late:
             self.log.warning("timeout: requeued unfinished jobs", jobs=moved)
+        elif moved:  # failed jobs that their retry or dead set could not take (kiq.fetch)
+            self.log.warning("requeued jobs left in progress", jobs=moved)
         self.ledger.stopped()
         tracing = sys.modules.get("kiq.otel")  # loaded where tracing is on, by the config or the app
         if tracing is not None:

@@ -68,3 +68,6 @@ def test_a_failed_job_its_retry_set_cannot_take_stays_in_progress_and_is_not_los
     assert kiq.wait(30) == 0
     [back] = r.lrange("queue:default", 0, -1)  # requeued at the stop, to run again
     assert json.loads(back)["jid"] == job.jid
+    stop_lines = [e["event"] for e in events(kiq) if "requeued" in e["event"]]
+    assert "requeued jobs left in progress" in stop_lines
+    assert "timeout: requeued unfinished jobs" not in stop_lines
