@@ -242,6 +242,16 @@ def test_an_action_that_meets_a_key_of_another_type_names_it_not_redis_down(web,
     assert "fix or delete it" in response.text and "not answering" not in response.text
 
 
+def test_a_button_that_leaves_entries_where_they_are_says_so(web, r):
+    add(r, "retry", (failure(30), time.time() + 60), ("not json", time.time() + 61))
+    r.hset("queue:default", "a", "b")
+    done(post(web, "/retries", {"action": "retry", "key": key(r, "retry", 30)}),
+         "/retries?done=retry&count=0&left=1")
+    assert "1 left as they were: not job hashes" in page(web, "/retries?done=retry&count=0&left=1")
+    r.delete("queue:default")
+    done(post(web, "/retries", {"action": "retry-all"}), "/retries?done=retry&count=1&left=1")
+
+
 def test_the_reading_pages_leave_out_what_a_key_of_another_type_holds(web, r):
     plant_keys_of_another_type(r)
     for url in ("/", "/stats.json", "/busy", "/queues", "/search?q=a", "/metrics"):

@@ -31,7 +31,7 @@ def signal(view: View) -> Response:
         apis = list(view.shards.apis.values())
     else:
         apis = [view.shards.api(view.named(view.request.form.get("shard"), view.shards.default.shard))]
-    count = 0
+    count = failed = 0
     for api in apis:
         live = {process.identity for process in api.processes()}
         wanted = live if view.request.form.get("all") else {view.request.form.get("identity", "")}
@@ -39,9 +39,10 @@ def signal(view: View) -> Response:
             try:
                 getattr(api, action)(identity)
             except redis.ResponseError:  # its signals key is of another type: the others are still asked
+                failed += 1
                 continue
             count += 1
-    return view.done(action, count)
+    return view.done(action, count, left=failed)
 
 
 def change_queue(view: View, name: str) -> Response:
@@ -63,15 +64,17 @@ def change_set(view: View, kind: str) -> Response:
         raise BadRequest(f"unknown action {action!r} for {kind}")
     entries = pages.entries_of(view, kind)
     if scope == "all":
-        return view.done(action, int(getattr(entries, f"{action}_all")()))
+        done = int(getattr(entries, f"{action}_all")())
+        return view.done(action, done, left=entries.size())
     keys = view.request.form.getlist("key")
     if not keys:  # a button for the selection pressed with nothing ticked
         return view.done("none", 0)
     jobs = [job for key in keys if (job := pages.entry_at(view, kind, key))]
     done = int(getattr(entries, action)(jobs))
+    left = sum(1 for job in jobs if entries.holds(job))
     if view.request.form.get("from") == "job":
-        return view.done(action, done, "sorted_set", kind=kind, **view.on(view.shard))
-    return view.done(action, done)
+        return view.done(action, done, "sorted_set", left=left, kind=kind, **view.on(view.shard))
+    return view.done(action, done, left=left)
 
 
 def enqueue_periodic(view: View) -> Response:

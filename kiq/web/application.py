@@ -174,13 +174,15 @@ class View:
         html = self.dashboard.templates.get_template(template).render(view=self, **context)
         return Response(utf8(html), status, content_type="text/html; charset=utf-8")
 
-    def done(self, action: str, count: int, endpoint: str | None = None, **values: Any) -> Response:
+    def done(self, action: str, count: int, endpoint: str | None = None, left: int = 0,
+             **values: Any) -> Response:
         """After a change, back to the page it was made from (its query string kept, so the same
-        page of the same filtered list), or to ``endpoint``, saying what was done."""
+        page of the same filtered list), or to ``endpoint``, saying what was done and how many
+        it ``left`` where they were."""
         target = self.url(endpoint, **values) if endpoint else self.here()
         joiner = "&" if "?" in target else "?"
-        return Response(status=303, headers={"Location": f"{target}{joiner}"
-                                             f"{urlencode({'done': action, 'count': count})}"})
+        said = {"done": action, "count": count, **({"left": left} if left else {})}
+        return Response(status=303, headers={"Location": f"{target}{joiner}{urlencode(said)}"})
 
 
 def utf8(text: str) -> bytes:
