@@ -31,18 +31,20 @@ from kiq.retry import TRIM_DEAD
 # KEYS: the sorted set, dead, queues, then the lists of the queues the jobs go to (see
 # ``move_call``). ARGV: now, how many queues, their names (in the order of their lists), then
 # (old payload, which of those queues or 0 for the dead set, new payload) triples. Returns how
-# many reached a queue and how many left the set. A job whose queue (or dead set) key anything
-# else made another type stays where it is: Redis would not undo the ZREM if the push failed.
+# many reached a queue and how many were left in the set: a job whose queue (or dead set) key
+# anything else made another type stays where it is (Redis would not undo the ZREM if the push
+# failed).
 MOVE = TRIM_DEAD + IS_A + """
-local now, queues, moved, removed = ARGV[1], tonumber(ARGV[2]), 0, 0
+local now, queues, moved, left = ARGV[1], tonumber(ARGV[2]), 0, 0
 local dead_ok = is_a(KEYS[2], 'zset')
 local fits = {}
 for target = 1, queues do fits[target] = is_a(KEYS[3 + target], 'list') end
 for i = 3 + queues, #ARGV, 3 do
   local target = tonumber(ARGV[i + 1])
   local fit = (target == 0 and dead_ok) or (target > 0 and fits[target])
-  if fit and redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
-    removed = removed + 1
+  if not fit then
+    left = left + 1
+  elseif redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
     if target == 0 then
       redis.call('ZADD', KEYS[2], now, ARGV[i + 2])
       trim_dead(KEYS[2], now)
@@ -53,7 +55,7 @@ for i = 3 + queues, #ARGV, 3 do
     end
   end
 end
-return {moved, removed}
+return {moved, left}
 """
 BATCH = 100
 MAX_SLEEP = 5.0
@@ -102,9 +104,9 @@ class Scheduler:
             if not due:
                 break
             jobs = [(raw, *self._requeued(raw)) for raw in map(str, due)]
-            reached, removed = move(**move_call(self.keys, zset, time.time(), jobs))
+            reached, left = move(**move_call(self.keys, zset, time.time(), jobs))
             moved += int(reached)
-            waiting += len(due) - int(removed)
+            waiting += int(left)  # not those another master moved: they left the set
             if len(due) < BATCH:
                 break
         self.unreadable.discard(zset)
