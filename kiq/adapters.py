@@ -42,7 +42,8 @@ NAMES = ("redis", "async", "inline", "test")
 class Adapter(Protocol):
     def enqueue(self, job: type[Job] | str, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
                 *, queue: str | None = None, retry: bool | int | None = None,
-                at: float | None = None, backtrace: bool | int | None = None) -> Enqueued: ...
+                at: float | None = None, backtrace: bool | int | None = None,
+                jid: str | None = None) -> Enqueued: ...
 
     def enqueue_bulk(self, job: type[Job] | str, args_list: Iterable[Sequence[Any]], *,
                      queue: str | None = None, retry: bool | int | None = None, at: float | None = None,
@@ -54,9 +55,10 @@ class RedisAdapter:
 
     def enqueue(self, job: type[Job] | str, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
                 *, queue: str | None = None, retry: bool | int | None = None,
-                at: float | None = None, backtrace: bool | int | None = None) -> Enqueued:
+                at: float | None = None, backtrace: bool | int | None = None,
+                jid: str | None = None) -> Enqueued:
         return default_client().enqueue(job, args, kwargs, queue=queue, retry=retry, at=at,
-                                        backtrace=backtrace)
+                                        backtrace=backtrace, jid=jid)
 
     def enqueue_bulk(self, job: type[Job] | str, args_list: Iterable[Sequence[Any]], *,
                      queue: str | None = None, retry: bool | int | None = None, at: float | None = None,
@@ -70,8 +72,9 @@ class LocalAdapter:
 
     def enqueue(self, job: type[Job] | str, args: Sequence[Any], kwargs: Mapping[str, Any] | None = None,
                 *, queue: str | None = None, retry: bool | int | None = None,
-                at: float | None = None, backtrace: bool | int | None = None) -> Enqueued:
-        payload = payload_for(job, args, kwargs, queue, retry, at, backtrace=backtrace)
+                at: float | None = None, backtrace: bool | int | None = None,
+                jid: str | None = None) -> Enqueued:
+        payload = payload_for(job, args, kwargs, queue, retry, at, jid, backtrace=backtrace)
         self._accept_all([payload])
         return Enqueued(payload["jid"], payload["class"], payload["queue"], payload.get("at"))
 

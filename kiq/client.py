@@ -134,9 +134,11 @@ class Client:
         retry: bool | int | None = None,
         at: float | None = None,
         backtrace: bool | int | None = None,
+        jid: str | None = None,
     ) -> Enqueued:
-        """Enqueue a job class, or a job by its wire name (a Ruby class, say)."""
-        payload = payload_for(job, args, kwargs, queue, retry, at, backtrace=backtrace,
+        """Enqueue a job class, or a job by its wire name (a Ruby class, say); ``jid`` is the
+        job's id, made here when not given."""
+        payload = payload_for(job, args, kwargs, queue, retry, at, jid, backtrace=backtrace,
                               sidekiq_format=self.sidekiq_format)
         self.push_bulk([payload])
         return Enqueued(payload["jid"], payload["class"], payload["queue"], payload.get("at"))

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kiq import adapters, callbacks
+from kiq.payload import new_jid
 from kiq.registry import JobNameError, lookup, register, registered
 
 if TYPE_CHECKING:
@@ -144,9 +145,9 @@ class Options:
         arguments_of(self.job).check(args, kwargs)
         adapter, at = adapters.current(), self.at()
 
-        def enqueue() -> Enqueued:
+        def enqueue(jid: str | None = None) -> Enqueued:
             return adapter.enqueue(self.job, args, kwargs, queue=self.queue, retry=self.retry, at=at,
-                                   backtrace=self.backtrace)
+                                   backtrace=self.backtrace, jid=jid)
 
         table = self.job._kiq_callbacks
         if not (table["before_enqueue"] or table["around_enqueue"] or table["after_enqueue"]):
@@ -154,9 +155,8 @@ class Options:
         job = self.job()
         job.arguments, job.kwargs = list(args), dict(kwargs)
         job.queue_name = self.queue or self.job.queue
-        enqueued = callbacks.around(job, "enqueue", enqueue)
-        job.jid = enqueued.jid
-        return enqueued
+        job.jid = new_jid()  # as Active Job's job_id: known to every enqueue callback
+        return callbacks.around(job, "enqueue", lambda: enqueue(job.jid))
 
     def perform_bulk(self, args_list: Iterable[Sequence[Any]], batch_size: int = 1000) -> list[str]:
         args_list = list(args_list)

@@ -118,6 +118,30 @@ def test_enqueue_callbacks_wrap_the_push():
     assert calls[-2:] == ["around-enqueue-out", "after-enqueue"]
 
 
+class JidSeeingJob(kiq.Job):
+    """Active Job's job_id is known from the start: enqueue callbacks can log it."""
+
+    @before_enqueue
+    def seen_before(self) -> None:
+        calls.append(f"before {self.jid}")
+
+    @after_enqueue
+    def seen_after(self) -> None:
+        calls.append(f"after {self.jid}")
+
+    def perform(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("adapter", ["redis", "inline", "test"])
+def test_enqueue_callbacks_see_the_jid_the_job_is_enqueued_with(client, r, adapter):
+    adapters.use(adapter)
+    enqueued = JidSeeingJob.perform_later()
+    assert len(enqueued.jid) == 24 and calls == [f"before {enqueued.jid}", f"after {enqueued.jid}"]
+    if adapter == "redis":
+        assert json.loads(r.lindex("queue:default", 0))["jid"] == enqueued.jid
+
+
 def test_overriding_a_callback_with_a_plain_method_removes_it():
     OverridingJob.perform_now(1)
     assert "before-2" not in calls and "before-1 [1]" in calls
