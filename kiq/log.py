@@ -129,7 +129,8 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                        structlog.processors.format_exc_info, renderer],
             foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
         )
     )

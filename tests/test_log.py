@@ -26,6 +26,10 @@ CODE = textwrap.dedent("""
             structlog.contextvars.bind_contextvars(tag=tag)
             structlog.get_logger("app").info("from structlog")
             logging.getLogger("app").warning("from logging")
+            try:
+                1 / 0
+            except ZeroDivisionError:
+                logging.getLogger("app").exception("caught by logging")
 
     class PlainJob(kiq.Job):
         def perform(self):
@@ -52,6 +56,10 @@ def test_every_line_of_a_job_names_it_and_nothing_leaks_into_the_next_job() -> N
     assert len(str(tagged["jid"])) == 24
     stdlib = by_event["from logging"]
     assert (stdlib["class"], stdlib["jid"], stdlib["tag"]) == ("TaggingJob", tagged["jid"], "first")
+    caught = by_event["caught by logging"]  # the standard library's exception(): its traceback, rendered
+    assert "Traceback (most recent call last)" in caught["exception"]
+    assert "ZeroDivisionError" in caught["exception"]
+    assert "exc_info" not in caught
     plain = by_event["plain"]
     assert plain["class"] == "PlainJob" and plain["queue"] == "default" and plain["jid"] != tagged["jid"]
     assert "tag" not in plain  # bound by the previous job on this thread
