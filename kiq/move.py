@@ -57,7 +57,18 @@ def move_queue(source: API, target: API, queue: str, batch: int = BATCH) -> Move
                                    (source.dead, target.dead)):
         moved.moved[source_set.name] = _move_entries(source_set, target_set, queue, batch, moved)
     moved.moved["queue"] = _move_waiting(source, target, queue, batch, moved)
+    unlist = source.redis.register_script(UNLIST_EMPTY)
+    unlist(keys=[source.keys.queue(queue), source.keys.queues], args=[queue])
     return moved
+
+
+# KEYS: a queue, queues. ARGV: its name. Once a move has emptied the queue on the source, it
+# leaves that shard's ``queues`` (a producer still pushing there lists it again with its push),
+# so that ``kiq shards list``, ``kiq queues`` and the metrics stop showing it there.
+UNLIST_EMPTY = """
+if redis.call('EXISTS', KEYS[1]) == 0 then redis.pcall('SREM', KEYS[2], ARGV[1]) end
+return 0
+"""
 
 
 def _move_waiting(source: API, target: API, queue: str, batch: int, moved: Moved) -> int:

@@ -356,6 +356,9 @@ def test_moving_a_queue_to_another_shard_loses_nothing(start_kiq, redis_server, 
     assert r.zcard("dead") == 0
     nothing = json.loads(cli(config, "shards", "move", "invoices", "--to", "billing", "--json"))
     assert sum(nothing[0]["moved"].values()) == 0
+    assert "invoices" not in r.smembers("queues")  # emptied there: no longer listed as misplaced
+    listed = json.loads(cli(config, "shards", "list", "--json"))
+    assert "invoices" not in {q["queue"] for q in listed[0]["queues"]}
 
 
 def test_a_move_refuses_a_shard_the_config_does_not_name(redis_server, second_redis, tmp_path):
@@ -385,6 +388,7 @@ def test_a_move_to_a_shard_whose_queues_key_is_of_another_type_moves_each_job_on
     assert move_queue(source, target, "invoices").moved["queue"] == 2
     assert move_queue(source, target, "invoices").moved["queue"] == 0
     assert main.llen("queue:invoices") == 0 and billing.lrange("queue:invoices", 0, -1) == ["job-b", "job-a"]
+    assert main.smembers("queues") == set()  # emptied: no longer listed on main
 
 
 def test_a_job_taken_on_the_source_during_a_move_is_withdrawn_from_the_target(redis_server, second_redis):
