@@ -426,9 +426,10 @@ def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str |
     data, rows = [], []
     for row in found:
         shard = row.pop("shard")
-        last = row["last"].isoformat() if row["last"] else "-"
+        last, following = row["last"].isoformat() if row["last"] else "-", row["next"].isoformat()
+        row |= {"last": row["last"] and last, "next": following}  # the same ISO 8601 in --json
         each, table_row = sharded(api, shard, row, [row["name"], row["cron"], row["tz"], row["class"],
-                                                    row["queue"], last, row["next"].isoformat()])
+                                                    row["queue"], last, following])
         data.append(each)
         rows.append(table_row)
     emit(as_json, data, headers_of(api, ["name", "cron", "tz", "class", "queue", "last", "next"]), rows)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import datetime as dt
 import json
 import os
 import signal
@@ -50,6 +51,9 @@ def test_python_declared_entries_run_and_kiq_periodic_lists_them(start_kiq, r, r
     assert listing.returncode == 0, listing.stderr
     rows = {row["name"]: row for row in json.loads(listing.stdout)}
     assert rows["from-python"]["last"] is not None and rows["from-python"]["class"] == "RecordJob"
+    for field in ("last", "next"):  # ISO 8601, as the table shows them
+        assert dt.datetime.fromisoformat(rows["from-python"][field]).tzinfo is not None
+        assert "T" in rows["from-python"][field]
     assert "nightly" not in rows  # not in this command's config
 
 
