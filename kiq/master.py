@@ -59,7 +59,12 @@ class Generation:
     ready_fd: int
     state: str = "loading"  # loading, current, retiring
     started: float = 0.0
-    processes: int = 0  # as the title shows it: the config's count, moved by TTIN and TTOU
+    processes: int = 0  # per shard served: the config's count, moved by TTIN and TTOU
+
+    @property
+    def workers(self) -> int:
+        """The workers it keeps: ``processes`` for each shard that holds one of its queues."""
+        return self.processes * len(self.config.served_shards())
 
 
 class Master:
@@ -264,12 +269,11 @@ class Master:
         for other in self.generations:
             if other is not gen and other.state != "retiring":
                 if other.state == "current":
-                    metrics.restarts.labels("reload").inc(other.config.processes)
+                    metrics.restarts.labels("reload").inc(other.workers)
                 self._retire(other)
         self.config = gen.config
         self._attach(gen.config.routes)
-        self.log.info("generation running", generation=gen.number, pid=gen.pid,
-                      processes=gen.config.processes)
+        self.log.info("generation running", generation=gen.number, pid=gen.pid, processes=gen.workers)
 
     def _retire(self, gen: Generation) -> None:
         if gen.state == "loading":
@@ -403,9 +407,9 @@ class Master:
             return  # still "kiq master [booting]"
         current = self._in_state("current")
         number = current[0].number if current else self.counter
-        processes = current[0].processes if current else 0
+        workers = current[0].workers if current else 0
         state = " quiet" if self.quiet else ""
-        setproctitle.setproctitle(f"kiq master [gen {number}] {processes} workers{state}")
+        setproctitle.setproctitle(f"kiq master [gen {number}] {workers} workers{state}")
 
 
 def _read_report(fd: int) -> str:

@@ -163,10 +163,14 @@ def test_a_sigkilled_workers_jobs_on_the_second_shard_are_recovered_there(start_
 def test_ttin_and_ttou_add_and_remove_a_worker_per_shard(start_kiq, redis_server, second_redis):
     import signal
 
+    from conftest import title
+
     kiq = sharded(start_kiq, redis_server, second_redis)
     kiq.wait_workers(2)
+    assert title(kiq.pid).startswith("kiq master [gen 1] 2 workers")  # one per shard
     kiq.signal(signal.SIGTTIN)
     kiq.wait_workers(4)
+    wait_for(lambda: title(kiq.pid).startswith("kiq master [gen 1] 4 workers"))
     billing = second_redis.client()
     wait_for(lambda: billing.scard("processes") == 2)
     kiq.signal(signal.SIGTTOU)
