@@ -210,7 +210,7 @@ def set_command(name: str, attribute: str, actions: Sequence[str], help_text: st
                 found = [job for job in map(entries.find, missing) if job is not None]
                 missing = [jid for jid in missing if jid not in {job.jid for job in found}]
                 done += getattr(entries, action)(found)
-                left += sum(1 for job in found if entries.holds(job))
+                left += entries.still_in(found)
         report = {"action": action, "set": sets[0].name, "done": done, "left": left, "not_found": missing}
         click.echo(json.dumps(report) if as_json else f"{action}: {done} job(s)"
                    + (f"; {left} left where they are: {LEFT}" if left else "")
@@ -427,7 +427,7 @@ def periodic(config_path: str | None, require: tuple[str, ...], redis_url: str |
     for row in found:
         shard = row.pop("shard")
         last, following = row["last"].isoformat() if row["last"] else "-", row["next"].isoformat()
-        row |= {"last": row["last"] and last, "next": following}  # the same ISO 8601 in --json
+        row |= {"last": last if row["last"] else None, "next": following}  # the same ISO 8601 in --json
         each, table_row = sharded(api, shard, row, [row["name"], row["cron"], row["tz"], row["class"],
                                                     row["queue"], last, following])
         data.append(each)

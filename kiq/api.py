@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 
 from kiq import execution
-from kiq.connection import connect, url_from_env, wire
+from kiq.connection import connect, members, url_from_env, wire
 from kiq.execution import ClassMetrics
 from kiq.heartbeat import prefetched_by_queue
 from kiq.keys import Keys, day, glob_escape, owner
@@ -264,9 +264,13 @@ class SortedSet:
                 return job
         return None
 
-    def holds(self, job: Job) -> bool:
-        """Whether the entry ``job`` is still in the set."""
-        return self.api.redis.zscore(self.key, wire(job.raw)) is not None
+    def still_in(self, jobs: list[Job]) -> int:
+        """How many of the entries ``jobs`` are still in the set (after an action left them
+        there), in one round trip."""
+        pipe = self.api.redis.pipeline(transaction=False)
+        for job in jobs:
+            pipe.zscore(self.key, wire(job.raw))
+        return sum(1 for score in pipe.execute() if score is not None) if jobs else 0
 
     def delete(self, jobs: list[Job]) -> int:
         if not jobs:
@@ -359,12 +363,8 @@ class API:
         return [Queue(self, name) for name in sorted(self.members(self.keys.queues))]
 
     def members(self, key: str) -> list[str]:
-        """A set's members; none when ``key`` is of another type (written by something else):
-        a reader shows the rest."""
-        try:
-            return [str(member) for member in self.redis.smembers(key)]
-        except redis.ResponseError:
-            return []
+        """A set's members; none when ``key`` is of another type: a reader shows the rest."""
+        return members(self.redis, key) or []
 
     def stats(self) -> Stats:
         k = self.keys

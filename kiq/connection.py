@@ -476,6 +476,17 @@ def refusal(error: BaseException) -> str | None:
     return None
 
 
+def members(conn: redis.Redis, key: str) -> list[str] | None:
+    """A set's members; None when ``key`` holds another type (written by something else), so
+    that a reader can show the rest, or say so."""
+    try:
+        return [str(member) for member in conn.smembers(key)]
+    except redis.ResponseError as error:
+        if wrong_type(error):
+            return None
+        raise
+
+
 def wrong_type(error: BaseException) -> str | None:
     """What to do when ``error`` is a key of another type than kiq keeps there (written by
     something else), else None: that is no outage, and waiting will not mend it."""

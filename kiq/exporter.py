@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
 from kiq import log
+from kiq.connection import members
 from kiq.heartbeat import prefetched_by_queue
 from kiq.keys import Keys
 from kiq.metrics import ENV
@@ -85,8 +86,8 @@ class RedisCollector:
     def _read(self, shard: str, conn: redis.Redis, k: Keys, families: dict[str, GaugeMetricFamily]) -> None:
         """One shard's figures. A key of another type (written by anything with access to Redis)
         leaves out the figures it holds, not the shard's."""
-        queues = sorted(_members(conn, k.queues))
-        identities = _members(conn, k.processes)
+        queues = sorted(members(conn, k.queues) or [])
+        identities = members(conn, k.processes) or []
         started = time.perf_counter()
         conn.ping()
         rtt = time.perf_counter() - started
@@ -115,14 +116,6 @@ class RedisCollector:
             if not isinstance(value, redis.ResponseError):
                 families[name].add_metric([shard], value)
         families["rtt"].add_metric([shard], rtt)
-
-
-def _members(conn: redis.Redis, key: str) -> list[str]:
-    """A set's members; none if its key is of another type."""
-    try:
-        return [str(member) for member in conn.smembers(key)]
-    except redis.ResponseError:
-        return []
 
 
 class Samples:

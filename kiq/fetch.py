@@ -443,8 +443,8 @@ class Fetcher:
         for (unit, outcome), why in self.round_trip.unfiled:
             with self._lock:
                 self._hold([unit])
-            self.log.error(f"could not file a failed job in {outcome.action}; it stays in progress here and "
-                           "goes back to its queue when this worker stops", jid=_jid(outcome.payload),
+            self.log.error("could not file a failed job; it stays in progress here and goes back to its "
+                           "queue when this worker stops", into=outcome.action, jid=_jid(outcome.payload),
                            queue=unit.queue, error=why)
         for queue, why in self.round_trip.unread.items():
             if self._unread.get(queue) != why:

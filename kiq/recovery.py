@@ -32,7 +32,7 @@ from typing import Any
 import redis
 
 from kiq import log, metrics
-from kiq.connection import wire
+from kiq.connection import members, wire, wrong_type
 from kiq.keys import Keys, owner
 from kiq.lua import IS_A
 from kiq.payload import InvalidPayloadError, decode, mark_failed, wrap_invalid
@@ -298,23 +298,24 @@ class Recovery:
         try:
             return list(self.conn.lrange(key, 0, count - 1))
         except redis.ResponseError as error:
-            self._say_once(key, "a key kiq keeps a list in is of another type; fix or delete it", error)
+            if not wrong_type(error):
+                raise
+            self._say_once(key, "a key kiq keeps a list in is of another type; fix or delete it")
             return []
 
     def _members(self, key: str) -> list[str]:
         """The members of a set; none if anything made ``key`` another type (the sweep's orphan
         check still finds the lists by their names)."""
-        try:
-            return [str(member) for member in self.conn.smembers(key)]
-        except redis.ResponseError as error:
-            self._say_once(key, "a key kiq keeps a set in is of another type; fix or delete it", error)
-            return []
+        found = members(self.conn, key)
+        if found is None:
+            self._say_once(key, "a key kiq keeps a set in is of another type; fix or delete it")
+        return found or []
 
-    def _say_once(self, key: str, message: str, error: Exception) -> None:
+    def _say_once(self, key: str, message: str) -> None:
         """Log a key of another type the first time this Recovery meets it (sweeps run often)."""
         if key not in self._said:
             self._said.add(key)
-            logger.error(message, key=key, error=str(error))
+            logger.error(message, key=key)
 
     def _registered(self, identity: str) -> list[str]:
         """The queues of ``identity``'s lists that the registry names."""
@@ -327,8 +328,8 @@ class Recovery:
         that is none of kiq's is skipped."""
         processes, registered = self._members(self.keys.processes), self._members(self.keys.wip_registry)
         owners: dict[str, dict[str, bool]] = {identity: {} for identity in processes}
-        for found, members in ((False, registered), (True, unregistered)):
-            for pair in filter(None, map(owner, map(str, members))):
+        for found, listed in ((False, registered), (True, unregistered)):
+            for pair in filter(None, map(owner, map(str, listed))):
                 owners.setdefault(pair[0], {}).setdefault(pair[1], found)
         return owners
 

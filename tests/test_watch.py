@@ -154,3 +154,17 @@ def test_a_watcher_whose_thread_dies_gives_its_queue_back_and_wakes_a_thread(red
     thread.join(5)
     assert [type(error) for error in errors] == [ThreadDeath]
     assert woken.wait(5) and watch.free == ["default"]
+
+
+def test_a_queue_key_of_another_type_is_no_outage_and_no_lost_reply(redis_server, r):
+    """Its move moves nothing, and fails at once: the watcher waits a blocking move's time before
+    it tries again, and tells the fetcher of no lost reply (which would resync) nor an outage
+    (said and ended again and again)."""
+    r.hset("queue:default", "a", "b")
+    desk = Desk(again=lambda unit: len(desk.caught) < 3)
+    watch = watchers(redis_server, desk, ["default"])
+    outage = watch._outage
+    _, thread, errors = start_watching(watch, desk)
+    thread.join(10)
+    assert not thread.is_alive() and not errors
+    assert desk.caught == [None, None, None] and desk.lost == 0 and not outage.down

@@ -71,7 +71,7 @@ def change_set(view: View, kind: str) -> Response:
         return view.done("none", 0)
     jobs = [job for key in keys if (job := pages.entry_at(view, kind, key))]
     done = int(getattr(entries, action)(jobs))
-    left = sum(1 for job in jobs if entries.holds(job))
+    left = entries.still_in(jobs)
     if view.request.form.get("from") == "job":
         return view.done(action, done, "sorted_set", left=left, kind=kind, **view.on(view.shard))
     return view.done(action, done, left=left)

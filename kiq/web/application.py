@@ -82,8 +82,9 @@ class Dashboard:
         except HTTPException as error:
             response = view.render("error.html", error=error, status=error.code or 500)
         except redis.RedisError as error:
+            hint = wrong_type(error)
             response = view.render("error.html", error=None, redis_error=f"{type(error).__name__}: {error}",
-                                   wrong_type=wrong_type(error), status=500 if wrong_type(error) else 503)
+                                   wrong_type=hint, status=500 if hint else 503)
         if fresh:
             response.set_cookie(csrf.COOKIE, view.session, path=request.script_root + "/", httponly=True,
                                 samesite="Lax", secure=request.is_secure)
@@ -152,7 +153,8 @@ class View:
         """The path of the page a handler's name names (``"busy"``, ``"job"``...). A name that
         is not UTF-8 in Redis (read with surrogate escapes) links with replacement characters:
         its page then shows nothing, where quoting it would have failed the whole page."""
-        return self.urls.build(ENDPOINTS[endpoint], {key: _utf8(value) for key, value in values.items()})
+        return self.urls.build(ENDPOINTS[endpoint], {key: readable(value) if isinstance(value, str) else value
+                                                      for key, value in values.items()})
 
     def static(self, name: str) -> str:
         return self.url("static", name=name, v=__version__)
@@ -191,10 +193,9 @@ def utf8(text: str) -> bytes:
     try:
         return text.encode()
     except UnicodeEncodeError:
-        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace").encode()
+        return readable(text).encode()
 
 
-def _utf8(value: Any) -> Any:
-    if isinstance(value, str) and not value.isascii():
-        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-    return value
+def readable(text: str) -> str:
+    """A string read with surrogate escapes (bytes that were not UTF-8), with U+FFFD for them."""
+    return text if text.isascii() else text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
