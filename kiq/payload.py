@@ -32,6 +32,7 @@ SIDEKIQ8_WRAPPER = "Sidekiq::ActiveJob::Wrapper"
 ACTIVE_JOB_WRAPPERS = frozenset({ACTIVE_JOB_WRAPPER, SIDEKIQ8_WRAPPER})
 FORMATS = (6, 7, 8)
 DEFAULT_FORMAT = 6
+COUNT_LIMIT = 2**63  # Redis keeps counters in 64 bits: a count beyond was not made by INCR
 FORMAT_ENV = "KIQ_SIDEKIQ_FORMAT"
 
 class InvalidPayloadError(ValueError):
@@ -176,12 +177,14 @@ def epoch_seconds(value: Any) -> float | None:
 
 def read_count(value: Any) -> int:
     """A count that kiq, Sidekiq or anything else with access to Redis stored (a stat counter,
-    a process's ``busy``); 0 for one that is missing or no whole number, so that a reader shows
+    a process's ``busy``); 0 for one that is missing, no whole number, or beyond the 64 bits of
+    Redis's counters (hundreds of digits that no float or clock holds), so that a reader shows
     the rest instead of failing."""
     try:
-        return int(value or 0)
+        count = int(value or 0)
     except (ValueError, TypeError, OverflowError):
         return 0
+    return count if -COUNT_LIMIT <= count < COUNT_LIMIT else 0
 
 
 def read_object(text: Any) -> dict[str, Any]:

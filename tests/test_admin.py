@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import redis
 from conftest import ROOT, alive, free_port, sample_env, wait_for
-from webdata import job, plant_hostile_records, plant_keys_of_another_type
+from webdata import job, plant_hostile_records, plant_huge_numbers, plant_keys_of_another_type
 
 from kiq.client import Client
 from kiq.keys import day
@@ -433,8 +433,9 @@ def test_enqueue_in_a_named_queue_and_in_seconds(redis_server, r):
     assert [entry["jid"] for entry in ok_json(url, "scheduled")] == [handle["jid"]]
 
 
-def test_every_reading_command_shows_what_it_can_around_hostile_records(redis_server):
-    plant_hostile_records(redis_server.url)
+@pytest.mark.parametrize("plant", [plant_hostile_records, plant_huge_numbers])
+def test_every_reading_command_shows_what_it_can_around_hostile_records(redis_server, plant):
+    plant(redis_server.url)
     commands = [["stats"], ["processes"], ["queues"], ["retries"], ["dead"], ["scheduled"],
                 ["find", "0" * 24], ["stats", "--json"], ["processes", "--json"], ["queues", "--json"],
                 ["retries", "--json"]]

@@ -27,6 +27,7 @@ from webdata import (
     jid,
     job,
     plant_hostile_records,
+    plant_huge_numbers,
     plant_keys_of_another_type,
     push,
 )
@@ -222,6 +223,16 @@ def test_every_page_renders_around_records_anything_with_access_could_leave(web,
                 "/search?q=a", "/metrics", "/metrics/Count"):
         page(web, url)
     assert "bad:1:aa" in page(web, "/busy") and "bad\ufffd" in page(web, "/queues")
+
+
+def test_every_page_renders_around_numbers_too_big_for_a_clock_or_a_float(web, r, redis_server):
+    plant_huge_numbers(redis_server.url)
+    sets = (("retries", "retry", 7), ("dead", "dead", 8), ("scheduled", "schedule", 9))
+    entries = [f"/{kind}/{key(r, name, n)}" for kind, name, n in sets]
+    for url in ("/", "/stats.json", "/busy", "/queues", "/queues/default", "/scheduled", "/retries", "/dead",
+                "/search?q=t", "/metrics", "/metrics/Foo", "/metrics/Bar", *entries):
+        page(web, url)
+    assert "huge:1:aa" in page(web, "/busy") and jid(7) in page(web, "/retries")
 
 
 @pytest.mark.parametrize("score", [float("-inf"), -12.5, 1e-05])

@@ -162,6 +162,32 @@ def plant_hostile_records(redis_url: str) -> None:
     raw.hset(Keys().job_metrics(minute), mapping={"Count|p": "x", "Count|ms": "1e999"})
 
 
+def plant_huge_numbers(redis_url: str) -> None:
+    """Numbers too big for a clock, a float or ``str()`` (Python refuses an int of over 4,300
+    digits), where kiq and Sidekiq keep times, counts and sizes: written by anything with
+    access to Redis, each one alone must not fail a page."""
+    from kiq.keys import Keys, day, minute_names
+
+    raw = redis.Redis.from_url(redis_url)
+    huge, longest = 10**400, "9" * 4300
+    info = {"hostname": "huge", "pid": 1, "started_at": huge, "concurrency": huge, "queues": ["default"]}
+    raw.sadd("processes", "huge:1:aa")
+    raw.hset("huge:1:aa", mapping={"info": json.dumps(info), "busy": longest, "beat": str(huge),
+                                   "rss": "9" * 4000})
+    raw.hset("huge:1:aa:work", "t1", json.dumps({"queue": "default", "run_at": huge,
+                                                 "payload": json.dumps(job(5, enqueued_at=huge))}))
+    raw.sadd("queues", "default")
+    raw.lpush("queue:default", dump(job(6, enqueued_at=huge, created_at=huge)))
+    raw.zadd("retry", {dump(failure(7, retry_count=int(longest), failed_at=huge, retried_at=huge)): 0})
+    raw.zadd("dead", {dump(failure(8, retry_count=int(longest))): 1})
+    raw.zadd("schedule", {dump(job(9, at=huge)): 2})
+    for date in (day(), day(time.time() - 86400)):  # their sum has 4,301 digits
+        raw.set(f"stat:processed:{date}", longest)
+        raw.set(f"stat:failed:{date}", longest)
+    minute, _ = minute_names(int(time.time()) // 60)
+    raw.hset(Keys().job_metrics(minute), mapping={"Foo|f": "1", "Bar|p": "2", "Bar|ms": "9" * 400})
+
+
 def plant_keys_of_another_type(r: redis.Redis) -> None:
     """Keys where kiq and Sidekiq keep a list, a set or a hash, written with another type by
     anything with access to Redis, beside a queue that is fine."""

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import time
 from typing import Any
 
 import jinja2
 
 from kiq.api import Job
+from kiq.payload import COUNT_LIMIT
 from kiq.retry import max_retries
 
 ARGS_SHOWN = 120  # characters of a job's arguments a listing shows; the job's own page shows all
@@ -21,13 +23,27 @@ def environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.PackageLoader("kiq.web", "templates"), autoescape=True,
                              undefined=jinja2.ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(ago=ago, utc=utc, compact=compact, pretty=pretty, short=short,
-                       duration=duration, millis=millis, failures=failures, retries_allowed=retries_allowed)
+                       duration=duration, millis=millis, megabytes=megabytes, failures=failures,
+                       retries_allowed=retries_allowed)
     return env
+
+
+def finite(value: Any) -> float | None:
+    """A number another writer stored, as a float; None for anything else, and for one no float
+    holds (an integer of 400 digits, inf), which would fail the page's arithmetic."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def ago(epoch: Any, now: float | None = None) -> str:
     """``12 s ago`` or ``in 3 min``, for a time in epoch seconds; "-" for anything else."""
-    if not isinstance(epoch, (int, float)) or not epoch:
+    epoch = finite(epoch)
+    if not epoch:
         return "-"
     seconds = (time.time() if now is None else now) - epoch
     text = duration(abs(seconds))
@@ -35,7 +51,8 @@ def ago(epoch: Any, now: float | None = None) -> str:
 
 
 def duration(seconds: Any) -> str:
-    if not isinstance(seconds, (int, float)):
+    seconds = finite(seconds)
+    if seconds is None:
         return "-"
     for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
         if seconds >= size:
@@ -45,18 +62,25 @@ def duration(seconds: Any) -> str:
 
 def millis(ms: Any) -> str:
     """A run time given in milliseconds: ``4.2 ms``, ``85 ms``, ``1.5 s``; "-" for none."""
-    if not isinstance(ms, (int, float)):
+    ms = finite(ms)
+    if ms is None:
         return "-"
     if ms >= 1000:
         return duration(ms / 1000)
     return f"{ms:.1f} ms" if ms < 10 else f"{ms:.0f} ms"
 
 
+def megabytes(kilobytes: Any) -> str:
+    """A process's RSS, given in kB, in MB; "-" for a size no float holds."""
+    size = finite(kilobytes)
+    return "-" if size is None else f"{size / 1024:.1f} MB"
+
+
 def utc(epoch: Any) -> str:
     """The time (epoch seconds or a datetime) in UTC; "-" for anything else."""
     if isinstance(epoch, dt.datetime):
         moment = epoch
-    elif isinstance(epoch, (int, float)) and epoch:
+    elif epoch := finite(epoch):
         try:
             moment = dt.datetime.fromtimestamp(epoch, dt.timezone.utc)
         except (OverflowError, ValueError, OSError):  # a score of inf or 1e300, written by anything
@@ -85,7 +109,7 @@ def failures(job: Job) -> int | str:
     (it counts the retries run), which read as "0 retries" next to an error looks like none.
     Empty for a job that never failed."""
     count = job.payload.get("retry_count")
-    if type(count) is int:
+    if type(count) is int and count < COUNT_LIMIT:
         return max(count, 0) + 1
     return 1 if "error_class" in job.payload else ""
 
