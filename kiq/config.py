@@ -57,6 +57,7 @@ class Config:
     periodic: list[Any] = field(default_factory=list)  # kiq.periodic.Entry, checked at load
     web_user: str = "kiq"  # HTTP basic auth of ``kiq web``, on when a password is set
     web_password: str = ""
+    web_hosts: list[str] = field(default_factory=list)  # names kiq web answers to beyond loopback's
     tracing: bool = False  # OpenTelemetry spans and log fields (kiq.otel), on in each worker at boot
     tracing_span_naming: str = "queue"
     tracing_propagation_style: str = "link"
@@ -131,7 +132,7 @@ def _build(raw: dict[str, Any]) -> Config:
     config = Config()
     known = {f.name for f in dataclasses.fields(Config)} - {"strict", "metrics_host", "metrics_port",
                                                            "log_format", "log_level", "periodic",
-                                                           "web_user", "web_password", "tracing",
+                                                           "web_user", "web_password", "web_hosts", "tracing",
                                                            "tracing_span_naming", "tracing_propagation_style",
                                                            "prefetch"}
     for key, value in raw.items():
@@ -140,7 +141,8 @@ def _build(raw: dict[str, Any]) -> Config:
         elif key == "log":
             _section(config, "log", value, {"format": "log_format", "level": "log_level"})
         elif key == "web":
-            _section(config, "web", value, {"user": "web_user", "password": "web_password"})
+            _section(config, "web", value, {"user": "web_user", "password": "web_password",
+                                             "hosts": "web_hosts"})
         elif key == "tracing":
             _tracing(config, value)
         elif key == "prefetch":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
+import json
 import socket
 import subprocess
 import sys
@@ -47,8 +48,11 @@ def kiq_web(redis_server, tmp_path: Path) -> Iterator[Started]:
         process.communicate(timeout=10)
 
 
-def get(port: int, path: str = "/", auth: tuple[str, str] | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+def get(port: int, path: str = "/", auth: tuple[str, str] | None = None, host: str | None = None,
+        data: bytes | None = None) -> tuple[int, str]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data)
+    if host:
+        request.add_header("Host", host)
     if auth:
         request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
     try:
@@ -75,6 +79,21 @@ def test_with_a_password_it_listens_anywhere_behind_basic_auth(kiq_web):
     assert get(port, auth=("kiq", "wrong"))[0] == 401
     status, html = get(port, auth=("kiq", "from the env"))
     assert status == 200 and "Dashboard" in html
+
+
+def test_without_a_password_only_loopback_names_and_allowed_ones_are_answered(kiq_web, r):
+    """A page on a name its DNS server rebinds to 127.0.0.1 must neither read nor change anything."""
+    r.zadd("dead", {json.dumps(job(1)): time.time()})
+    _, port = kiq_web("--allowed-host", "Kiq.Example.com", web={"hosts": ["proxy.internal"]})
+    status, text = get(port, "/dead", host=f"rebind.attacker.example:{port}")
+    assert status == 403 and jid(1) not in text
+    assert "'rebind.attacker.example'" in text and "--allowed-host" in text and "web.hosts" in text
+    assert get(port, "/dead", host="rebind.attacker.example", data=b"action=delete-all")[0] == 403
+    assert r.zcard("dead") == 1
+    for host in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}", "app.localhost",
+                 "kiq.example.com", f"proxy.internal:{port}"):
+        status, text = get(port, "/dead", host=host)
+        assert status == 200 and jid(1) in text, host
 
 
 def test_the_config_files_user_and_password_and_read_only(kiq_web, r):

@@ -2,7 +2,8 @@
 
 It binds 127.0.0.1 unless told otherwise, and refuses any address other people could reach
 unless a password is set (``web.password`` in the config file or ``KIQ_WEB_PASSWORD``): the
-dashboard can delete every job. Importing this module needs only kiq's core; the ``web`` extra
+dashboard can delete every job. Without a password it answers only requests addressed to
+loopback's names (kiq.web.auth.LocalHosts). Importing this module needs only kiq's core; the ``web`` extra
 is imported when the command runs.
 """
 
@@ -19,6 +20,7 @@ from kiq import exits
 from kiq.admin import REDIS_URL_HELP, periodic_entries, settings
 
 if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIApplication
     from waitress.server import BaseWSGIServer, MultiSocketServer
 
 EXTRA = "kiq web needs the web extra: pip install 'kiq[web]'"
@@ -31,6 +33,9 @@ EXTRA = "kiq web needs the web extra: pip install 'kiq[web]'"
               help="Address to listen on; other than loopback only with a password.")
 @click.option("--port", default=9292, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on (0: any free port, printed at the start).")
+@click.option("--allowed-host", "allowed_hosts", multiple=True,
+              help="A name the dashboard answers to without a password, beyond localhost and loopback "
+                   "addresses (a proxy's, e.g.). Repeatable.")
 @click.option("--read-only", is_flag=True, help="Show everything, change nothing (no buttons, POST refused).")
 @click.option("--threads", default=8, show_default=True, type=click.IntRange(1, 256),
               help="Requests served at once.")
@@ -38,8 +43,8 @@ EXTRA = "kiq web needs the web extra: pip install 'kiq[web]'"
               help="Module that declares periodic entries. Repeatable.")
 @click.option("--redis-url", help=REDIS_URL_HELP)
 @click.option("--namespace", help="Key prefix.")
-def web(config_path: str | None, host: str, port: int, read_only: bool, threads: int,
-        require: tuple[str, ...], redis_url: str | None, namespace: str | None) -> None:
+def web(config_path: str | None, host: str, port: int, allowed_hosts: tuple[str, ...], read_only: bool,
+        threads: int, require: tuple[str, ...], redis_url: str | None, namespace: str | None) -> None:
     """Serve the web dashboard (docs/web.md)."""
     config = settings(config_path, redis_url, namespace)
     if not config.web_password and not loopback(host):
@@ -51,7 +56,7 @@ def web(config_path: str | None, host: str, port: int, read_only: bool, threads:
         from waitress.server import create_server
 
         import kiq.web
-        from kiq.web.auth import BasicAuth
+        from kiq.web.auth import BasicAuth, LocalHosts
     except ImportError as error:
         click.echo(f"{EXTRA} ({error})", err=True)
         sys.exit(exits.CONFIG)
@@ -59,7 +64,10 @@ def web(config_path: str | None, host: str, port: int, read_only: bool, threads:
     application = kiq.web.app(config.redis_url, config.namespace, read_only=read_only, periodic=entries,
                               shards=config.routes)
     password = config.web_password
-    served = BasicAuth(application, config.web_user, password) if password else application
+    if password:
+        served: WSGIApplication = BasicAuth(application, config.web_user, password)
+    else:
+        served = LocalHosts(application, [host, *config.web_hosts, *allowed_hosts])
     try:
         server = create_server(served, host=host, port=port, threads=threads, ident="kiq")
     except OSError as error:
