@@ -203,6 +203,12 @@ def test_pages_forbid_inline_scripts_and_outside_resources(web):
     policy = web.get("/").headers["Content-Security-Policy"]
     assert "script-src 'self'" in policy and "default-src 'none'" in policy
     assert web.get("/").headers["X-Content-Type-Options"] == "nosniff"
+    assert "frame-ancestors 'self'" in policy and web.get("/").headers["X-Frame-Options"] == "SAMEORIGIN"
+
+
+def test_a_notice_shows_only_numbers_from_its_query_string(web):
+    html = page(web, "/?done=delete&count=Your+session+expired&left=call+us")
+    assert "Your session expired" not in html and "call us" not in html and "0 job(s) deleted" in html
 
 
 def test_pages_render_what_other_writers_leave_out(web, r):
@@ -398,6 +404,31 @@ def test_a_queue_deletes_one_job_and_clears_after_confirming(web, r):
     assert 'data-confirm="Delete the queue default and every job in it?"' in html
     done(post(web, "/queues/default", {"action": "clear"}), "/queues?done=clear&count=2")
     assert not r.exists("queue:default") and not r.sismember("queues", "default")
+
+
+def test_a_queue_named_like_a_query_string_acts_on_itself_not_on_the_queue_it_names(web, r):
+    """A queue page's forms post to its own path: a crafted name such as ``critical?order=newest``
+    must not make Delete remove the job of the same jid from ``critical``."""
+    push(r, "critical", job(1, "critical"))
+    push(r, "critical?order=newest", job(1, "critical?order=newest"))
+    html = page(web, "/queues/critical%3Forder%3Dnewest")
+    assert 'action="/queues/critical%3Forder%3Dnewest"' in html
+    done(post(web, "/queues/critical%3Forder%3Dnewest", {"action": "delete", "jid": jid(1)}),
+         "/queues/critical%3Forder%3Dnewest?done=delete&count=1")
+    assert r.llen("queue:critical") == 1 and r.llen("queue:critical?order=newest") == 0
+
+
+def test_a_queue_or_jid_with_a_slash_or_a_line_break_has_its_page_and_its_buttons(web, r):
+    push(r, "a/b", job(1, "a/b", jid="x/1"))
+    push(r, "line\r\nSet-Cookie: x=1", job(2, "line\r\nSet-Cookie: x=1"))
+    add(r, "retry", (failure(3, jid="y/3"), 1000.0))
+    assert 'href="/queues/a/b"' in page(web, "/queues") and "x/1" in page(web, "/queues/a/b")
+    assert "y/3" in page(web, "/retries/1000.0-y/3")
+    done(post(web, "/queues/a/b", {"action": "delete", "jid": "x/1"}), "/queues/a/b?done=delete&count=1")
+    response = post(web, "/queues/line%0D%0ASet-Cookie:%20x=1", {"action": "delete", "jid": jid(2)})
+    assert response.status_code == 303 and "Set-Cookie: x" not in str(response.headers)
+    assert response.headers["Location"].startswith("/queues/line%0D%0ASet-Cookie")
+    assert r.llen("queue:a/b") == 0 and r.llen("queue:line\r\nSet-Cookie: x=1") == 0
 
 
 def test_busy_quiets_and_stops_one_process_or_all(web, r):

@@ -11,11 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import redis
 from werkzeug.exceptions import Forbidden, HTTPException, NotFound
-from werkzeug.routing import Map, MapAdapter, Rule
+from werkzeug.routing import Map, MapAdapter, PathConverter, Rule
 from werkzeug.wrappers import Request, Response
 
 from kiq import __version__
@@ -34,18 +34,28 @@ ROUTES: dict[str, tuple[Callable[..., Response], ...]] = {  # path: its page, an
     "/stats.json": (pages.stats,),
     "/busy": (pages.busy, actions.signal),
     "/queues": (pages.queues,),
-    "/queues/<name>": (pages.queue, actions.change_queue),
+    "/queues/<text:name>": (pages.queue, actions.change_queue),
     f"/<{SETS}:kind>": (pages.sorted_set, actions.change_set),
-    f"/<{SETS}:kind>/<key>": (pages.job,),
+    f"/<{SETS}:kind>/<text:key>": (pages.job,),
     "/metrics": (metrics.metrics,),
-    "/metrics/<path:name>": (metrics.job_metrics,),
+    "/metrics/<text:name>": (metrics.job_metrics,),
     "/periodic": (pages.periodic, actions.enqueue_periodic),
     "/search": (pages.search,),
     "/static/<name>": (pages.static,),
 }
+
+
+class Text(PathConverter):
+    """A queue's name or a job's key in a path: any text, "/" and line breaks included, as
+    anything that writes to Redis may name a queue or a jid."""
+
+    regex = "[^/](?s:.)*?"
+
+
 URLS = Map([Rule(path, endpoint=handler, methods=[method])  # a rule's endpoint is its handler itself
             for path, handlers in ROUTES.items()
-            for method, handler in zip(("GET", "POST"), handlers, strict=False)], strict_slashes=False)
+            for method, handler in zip(("GET", "POST"), handlers, strict=False)],
+           strict_slashes=False, converters={"text": Text})
 ENDPOINTS: dict[str, Callable[..., Response]] = {  # what templates name in view.url("busy")
     rule.endpoint.__name__: rule.endpoint for rule in URLS.iter_rules()}
 POLICY = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -88,8 +98,8 @@ class Dashboard:
         if fresh:
             response.set_cookie(csrf.COOKIE, view.session, path=request.script_root + "/", httponly=True,
                                 samesite="Lax", secure=request.is_secure)
-        response.headers.update({"Content-Security-Policy": POLICY, "X-Content-Type-Options": "nosniff",
-                                 "Referrer-Policy": "same-origin"})
+        response.headers.update({"Content-Security-Policy": POLICY, "X-Frame-Options": "SAMEORIGIN",
+                                 "X-Content-Type-Options": "nosniff", "Referrer-Policy": "same-origin"})
         response.headers.setdefault("Cache-Control", "no-store")
         return response
 
@@ -161,13 +171,15 @@ class View:
 
     @property
     def path(self) -> str:
-        """This page's path, without its query string."""
-        return self.request.script_root + self.request.path
+        """This page's path, without its query string, quoted again: a queue named
+        ``critical?order=newest`` (or holding a line break) is part of the path, not a query
+        string of a form's action or a header's next line."""
+        return quote(self.request.script_root + self.request.path, safe="/")
 
     def here(self, **changes: Any) -> str:
         """This page's path with its query string changed (a None value drops that argument)."""
         args: dict[str, Any] = {key: value for key, value in self.request.args.items()
-                                if key not in ("done", "count")}
+                                if key not in ("done", "count", "left")}
         args.update(changes)
         query = urlencode(sorted((key, value) for key, value in args.items() if value is not None))
         return self.path + (f"?{query}" if query else "")
