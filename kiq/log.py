@@ -21,13 +21,14 @@ import os
 import sys
 import threading
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("auto", "json", "console")
+TRACEBACK_MAX = 64_000  # characters of a traceback in a line: its start and its end are kept
 
 _level = logging.NOTSET  # setup()'s threshold; lines below it are dropped
 _write_lock = threading.Lock()
@@ -115,6 +116,47 @@ def _writer(*args: Any) -> _Writer:
     return _Writer()
 
 
+def format_exc_info(logger: Any, method: str,
+                    event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog's ``format_exc_info``, made total and bounded: the ``exc_info`` of a line as
+    its ``exception`` text, at most ``TRACEBACK_MAX`` characters.
+
+    A job's exception is the app's own object: the traceback module fails on some (a
+    SyntaxError whose offset is no number, ``__notes__`` that raise), and one that fails the
+    line ends the thread that logs it; a 50 MB message or a chain of thousands of causes made
+    one line of 100 MB."""
+    exc_info = event_dict.pop("exc_info", None)
+    if not exc_info:
+        return event_dict
+    error = sys.exc_info()[1] if exc_info is True else exc_info if isinstance(exc_info, BaseException) \
+        else exc_info[1]
+    if error is not None:
+        event_dict["exception"] = bounded(traceback_text(error), TRACEBACK_MAX)
+    return event_dict
+
+
+def traceback_text(error: BaseException) -> str:
+    """The traceback as Python prints it; else its frames alone, when the exception's own parts
+    cannot be rendered."""
+    try:
+        return "".join(traceback.format_exception(error))
+    except BaseException:  # the app's exception: any of its parts may raise
+        pass
+    try:
+        frames = "".join(traceback.format_tb(error.__traceback__))
+    except BaseException:
+        frames = ""
+    return f"Traceback (most recent call last):\n{frames}(the exception itself could not be rendered)\n"
+
+
+def bounded(text: str, limit: int) -> str:
+    """``text``, or its start and its end with what was cut between them said."""
+    if len(text) <= limit:
+        return text
+    half = limit // 2
+    return f"{text[:half]}\n... {len(text) - 2 * half:,} characters cut ...\n{text[-half:]}"
+
+
 _SHARED: list[Any] = [
     structlog.contextvars.merge_contextvars,
     _merge_job,
@@ -130,7 +172,7 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        structlog.processors.format_exc_info, renderer],
+                        format_exc_info, renderer],
             foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
         )
     )
@@ -161,7 +203,7 @@ def _configure(level: str, fmt: str) -> Any:
     global _level
     _level = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[*_SHARED, structlog.processors.format_exc_info, renderer],
+        processors=[*_SHARED, format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=_writer,
         cache_logger_on_first_use=True,  # an unbound proxy costs a bind per call, even when filtered

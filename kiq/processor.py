@@ -8,19 +8,18 @@ registry are ever instantiated.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, NoReturn
 
 from kiq import activejob, callbacks, globalid, log, middleware, retry
+from kiq.job import Job
 from kiq.payload import INVALID_CLASS, InvalidPayloadError, decode, job_data, job_name, wrap_invalid
 from kiq.registry import lookup
 from kiq.retry import Outcome
 from kiq.serialize import deserialize_args, deserialize_kwargs
-
-if TYPE_CHECKING:
-    from kiq.job import Job
 
 UNKNOWN_CLASS_ERROR = "kiq.UnknownJobError"
 
@@ -131,14 +130,27 @@ def perform(job: Job) -> Any:
 
 def _job(job_class: type[Job], payload: dict[str, Any], queue: str) -> Job:
     """The job as its payload describes it, arguments not loaded yet; ``queue_name`` is the
-    queue it was taken from (the labels of its log lines and metrics, which must stay few)."""
-    job = job_class()
+    queue it was taken from (the labels of its log lines and metrics, which must stay few).
+
+    A class whose ``__init__`` raises (a setting it reads is missing) gives a job whose run
+    raises that error: it fails through the whole chain, named in its lines, counted and
+    retried like a ``perform`` that raised, as Sidekiq makes the job inside its retry handling."""
+    try:
+        job = job_class()
+    except BaseException as error:  # the app's own __init__ may raise anything
+        job = object.__new__(job_class)
+        Job.__init__(job)
+        job.execute = functools.partial(_raise, error)  # type: ignore[method-assign]
     job.jid = payload["jid"]
     job.payload = payload
     job.queue_name = queue
     count = payload.get("retry_count")
     job.executions = count + 2 if isinstance(count, int) else 1
     return job
+
+
+def _raise(error: BaseException) -> NoReturn:
+    raise error
 
 
 def failed(job_class: type[Job], payload: dict[str, Any], error: BaseException) -> Outcome:
@@ -168,17 +180,28 @@ def unhandled(queue: str, raw: str, error: BaseException) -> Outcome:
 
 
 def error_name(error: BaseException) -> str:
+    """The error's class as Sidekiq's ``error_class`` names it; the name the class was made
+    with where its metaclass answers for ``__qualname__`` with anything but a string."""
     cls = type(error)
-    module = cls.__module__ if isinstance(cls.__module__, str) else ""
-    if module in ("builtins", ""):
-        return cls.__qualname__
-    return f"{module}.{cls.__qualname__}"
+    try:
+        module, name = cls.__module__, cls.__qualname__
+    except BaseException:  # a metaclass's attribute lookup may raise anything
+        module, name = "", ""
+    if not isinstance(name, str) or not name:
+        module, name = "", _QUALNAME.__get__(cls)
+    if not isinstance(module, str) or module in ("builtins", ""):
+        return name
+    return f"{module}.{name}"
+
+
+_QUALNAME = type.__dict__["__qualname__"]  # type's own, which no metaclass overrides
 
 
 def error_text(error: BaseException) -> str:
-    """``str(error)``, or a stand-in when the error's own ``__str__`` raises."""
+    """``str(error)`` as a plain string of at most ``retry.MAX_MESSAGE`` characters, or a
+    stand-in when the error's own ``__str__`` raises."""
     try:
-        return str(error)
+        return str.__getitem__(str(error), slice(retry.MAX_MESSAGE))  # str's own: a subclass's may raise
     except BaseException:  # a hostile __str__ may raise anything
         return f"<{error_name(error)} whose str() raised>"
 

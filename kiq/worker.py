@@ -186,15 +186,32 @@ class Worker:
         count against ``concurrency`` like any other.
         """
         loop = asyncio.new_event_loop()
-        self._start("event-loop", loop.run_forever)
+        self._start("event-loop", functools.partial(self._run_event_loop, loop))
 
         def run_on_loop(awaitable: Awaitable[Any]) -> Any:
-            async def wait() -> Any:
-                return await awaitable
+            async def wait() -> tuple[Any, BaseException | None]:
+                try:
+                    return await awaitable, None
+                except (SystemExit, KeyboardInterrupt) as error:  # asyncio lets these out of the loop
+                    return None, error
 
-            return asyncio.run_coroutine_threadsafe(wait(), loop).result()
+            result, error = asyncio.run_coroutine_threadsafe(wait(), loop).result()
+            if error is not None:
+                raise error  # in the job's own thread: its failure, as in a plain perform
+            return result
 
         job.run_coroutine = run_on_loop
+
+    def _run_event_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Run the loop until the worker ends: a job that stops it (``loop.stop()``) or lets
+        an exception out of it would leave every later async job waiting for ever."""
+        while not loop.is_closed():
+            try:
+                loop.run_forever()
+            except BaseException:
+                self.log.exception("the event loop of async jobs raised; it runs on")
+            else:
+                self.log.warning("a job stopped the event loop of async jobs; it runs on")
 
     def _instrument(self) -> None:
         """Trace from the config: kiq.otel's member goes after the log fields, ahead of the
@@ -284,14 +301,16 @@ class Worker:
                 if not finished:
                     return
         except BaseException as error:
-            with self.lock:
-                self.running.pop(tid, None)  # or the heartbeat and the timeout watch would still see it
-            if unit is not None:
-                self.fetcher.done(unit, unhandled(unit.queue, unit.payload, error))
-            self.log.exception("processor thread died; starting another", thread=tid)
-            self.ledger.finish(slot)
-            with self.lock:
-                self.dead_threads.append(slot)
+            try:
+                with self.lock:
+                    self.running.pop(tid, None)  # or the heartbeat and the timeout watch would still see it
+                self.ledger.finish(slot)
+                if unit is not None:
+                    self.fetcher.done(unit, unhandled(unit.queue, unit.payload, error))
+                self.log.exception("processor thread died; starting another", thread=tid)
+            finally:  # whatever failed above: a slot without its thread would never work again
+                with self.lock:
+                    self.dead_threads.append(slot)
 
     def _handle_unit(self, tid: str, unit: Unit) -> bool:
         """Run one job and acknowledge it, whatever happens; False if its timeout abandoned it.

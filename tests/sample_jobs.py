@@ -163,6 +163,73 @@ class UnprintableErrorJob(kiq.Job):
         raise UnprintableError
 
 
+class UnrenderableErrorJob(kiq.Job):
+    """Raises errors whose tracebacks the traceback module itself cannot render: a SyntaxError
+    whose offset is no number (as a template language's parser may give), notes that raise, a
+    class whose name raises. Each once killed every processor thread that logged it."""
+
+    def perform(self, kind: str) -> None:
+        conn().rpush("attempts", kind)
+        if kind == "syntax":
+            raise SyntaxError("bad template", ("tpl.html", 3, "col 5", "{{ x }"))
+        if kind == "notes":
+            raise NotesError("notes")
+        raise NamelessError("nameless")
+
+
+class NotesError(Exception):
+    @property
+    def __notes__(self) -> list[str]:
+        raise RuntimeError("no notes here")
+
+
+class Nameless(type):
+    def __getattribute__(cls, name: str) -> object:
+        if name in ("__qualname__", "__name__", "__module__"):
+            raise RuntimeError("no name here")
+        return super().__getattribute__(name)
+
+
+class NamelessError(Exception, metaclass=Nameless):
+    pass
+
+
+class HugeErrorJob(kiq.Job):
+    """Raises an error of a 5 MB message at the end of a chain of 3,000 causes."""
+
+    def perform(self) -> None:
+        conn().rpush("attempts", "huge")
+        error: BaseException = ValueError("A" * 5_000_000)
+        for n in range(3000):
+            try:
+                raise error
+            except BaseException as cause:
+                error = RuntimeError(f"cause {n}")
+                error.__cause__ = cause
+        raise error
+
+
+class AsyncExitJob(kiq.Job):
+    """An ``async def perform`` that exits: asyncio lets SystemExit out of the event loop."""
+
+    async def perform(self) -> None:
+        import sys
+
+        conn().rpush("attempts", "async-exit")
+        sys.exit(3)
+
+
+class BrokenInitJob(kiq.Job):
+    """A job whose class cannot be made (its ``__init__`` reads a setting that is missing)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        raise KeyError("SETTING")
+
+    def perform(self) -> None:
+        conn().rpush("results", "never")
+
+
 def _wait_that_raises(executions: int) -> float:
     raise ZeroDivisionError("the retry_on wait callable broke")
 

@@ -82,3 +82,39 @@ def test_a_processor_thread_that_dies_is_replaced(start_kiq, client, r):
     wait_for(lambda: sorted(r.lrange("results", 0, -1)) == expected, timeout=10)
     line = next(json.loads(line) for line in kiq.log().splitlines() if "processor thread died" in line)
     assert "ThreadDeath" in line["exception"]
+
+
+def test_errors_that_cannot_be_rendered_or_are_huge_fail_their_job_and_nothing_else(start_kiq, client, r):
+    """Each error here once ended the processor thread that logged it (a worker whose threads
+    all died looked alive), left the event loop dead, sent the job to the dead set unretried,
+    or wrote a log line of 100 MB. Each must be one failure of its own job, retried, with its
+    traceback in a bounded fail line, while innocent jobs run on."""
+    import sample_jobs
+
+    kiq = start_kiq(processes=1, concurrency=2)
+    kiq.wait_workers(1)
+    for kind in ("syntax", "notes", "nameless"):
+        for _ in range(2):  # more than the worker's threads
+            sample_jobs.UnrenderableErrorJob.perform_later(kind)
+    sample_jobs.HugeErrorJob.perform_later()
+    sample_jobs.AsyncExitJob.perform_later()
+    sample_jobs.BrokenInitJob.perform_later()
+    for n in range(20):
+        sample_jobs.RecordJob.perform_later(f"n{n}")
+        sample_jobs.AsyncJob.perform_later(f"a{n}")
+    wait_for(lambda: r.llen("results") == 40, timeout=30)
+    wait_for(lambda: r.zcard("retry") == 9, timeout=20)
+    classes = sorted(json.loads(job)["error_class"] for job in r.zrange("retry", 0, -1))
+    notes, syntax, nameless = "sample_jobs.NotesError", "SyntaxError", "NamelessError"
+    assert classes == ["KeyError", nameless, nameless, "RuntimeError", syntax, syntax, "SystemExit", notes,
+                       notes]
+    assert not r.zcard("dead")
+    lines = kiq.log().splitlines()
+    assert max(map(len, lines)) < 200_000
+    assert "processor thread died" not in kiq.log() and "Exception in thread" not in kiq.log()
+    fails = [json.loads(line) for line in lines if '"event": "fail"' in line]
+    assert len(fails) == 9 and all(line["exception"] for line in fails)
+    syntax = next(line for line in fails if line["error"].startswith("SyntaxError"))
+    assert "bad template" in syntax["exception"] and "perform" in syntax["exception"]
+    broken = next(line for line in fails if line["error"].startswith("KeyError"))
+    assert broken["class"] == "BrokenInitJob" and broken["jid"] and broken["then"] == "retry"
