@@ -230,6 +230,16 @@ class BrokenInitJob(kiq.Job):
         conn().rpush("results", "never")
 
 
+class ForkJob(kiq.Job):
+    """Forks and lets the child return from ``perform`` into the worker's code, as a job that
+    forgets to end its child does; the parent records the child's pid."""
+
+    def perform(self) -> None:
+        child = os.fork()
+        if child:
+            conn().rpush("children", str(child))
+
+
 def _wait_that_raises(executions: int) -> float:
     raise ZeroDivisionError("the retry_on wait callable broke")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import pytest
 from conftest import wait_for
@@ -118,3 +119,29 @@ def test_errors_that_cannot_be_rendered_or_are_huge_fail_their_job_and_nothing_e
     assert "bad template" in syntax["exception"] and "perform" in syntax["exception"]
     broken = next(line for line in fails if line["error"].startswith("KeyError"))
     assert broken["class"] == "BrokenInitJob" and broken["jid"] and broken["then"] == "retry"
+
+
+def test_a_child_a_job_forks_and_forgets_ends_instead_of_running_jobs(start_kiq, client, r):
+    """The child of a bare fork returned into the worker's processor thread: it went on taking
+    the jobs the worker held and ran them a second time, and outlived the stop."""
+    import sample_jobs
+
+    kiq = start_kiq(processes=1, concurrency=1)
+    kiq.wait_workers(1)
+    sample_jobs.ForkJob.perform_later()
+    for n in range(100):
+        sample_jobs.RecordJob.perform_later(f"n{n}")
+    wait_for(lambda: r.llen("results") >= 100, timeout=30)
+    [child] = map(int, r.lrange("children", 0, -1))
+    wait_for(lambda: not running(child), timeout=10)
+    time.sleep(0.5)  # what a child still running would record
+    assert sorted(r.lrange("results", 0, -1)) == sorted(f"n{n}" for n in range(100))
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` runs: neither gone nor a zombie that its parent has not reaped yet."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
