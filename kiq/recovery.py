@@ -244,7 +244,9 @@ class Recovery:
             running = self._running_of(work if isinstance(work, list) else [])
             try:
                 counts = self._sweep(**self._lists_call(identity, owners[identity], running))
-            except redis.ResponseError as error:  # one process's keys must not keep the others' jobs
+            except redis.ResponseError as error:  # one process's broken keys must not keep the others' jobs
+                if not wrong_type(error):
+                    raise  # Redis refuses (writes, say): the sweeper waits for it, as for an outage
                 logger.error("could not requeue the jobs of a process whose heartbeat expired",
                              process=identity, error=str(error))
                 continue

@@ -1,11 +1,12 @@
 """When a master may take another process for dead, and finding lists nobody registered.
 
 Any master requeues the jobs of processes whose heartbeat entry expired (``Recovery.sweep``).
-An entry also expires while its process is alive: after a Redis outage or restart, or while
-this master could not reach Redis, every entry may have lapsed at once. So a master sweeps
-only once Redis has been up, and reachable from here, for a whole heartbeat TTL: by then every
-live worker has beaten again (or has reclaimed its entry, kiq.lease), and a sweep that finds a
-target alive leaves it alone, atomically, in the script.
+An entry also expires while its process is alive: after a Redis outage or restart, while
+this master could not reach Redis, or while Redis refused writes, every entry may have lapsed
+at once. So a master sweeps only once Redis has been up, reachable from here and taking
+writes, for a whole heartbeat TTL: by then every live worker has beaten again (or has
+reclaimed its entry, kiq.lease), and a sweep that finds a target alive leaves it alone,
+atomically, in the script.
 
 The sweep finds in-progress lists through the ``kiq:wip`` registry, which is a cache: a list
 whose member was removed while its worker lived (a sweep of a paused worker that then died
@@ -53,6 +54,7 @@ class Sweeper:
             return
         self.next_sweep = now + self.interval
         try:
+            self._check_writes()
             if self._redis_up_for(now) < self.ttl:
                 return
             moved = self.recovery.sweep(self._orphan_check(now))
@@ -63,6 +65,14 @@ class Sweeper:
         self.outage.recovered()
         if moved:
             self.log.warning("requeued jobs of processes whose heartbeat expired", jobs=moved)
+
+    def _check_writes(self) -> None:
+        """Raise Redis's refusal of writes, if it refuses them. A Redis that answers reads but
+        refuses writes (it became a replica: READONLY; too few replicas: NOREPLICAS; a failed
+        save: MISCONF) keeps every worker from beating, as an outage does: the TTL counts from
+        when writes come back. A DEL of a key that never exists changes nothing, and Redis
+        takes it at ``maxmemory``, where heartbeats go on."""
+        self.conn.delete(self.keys.access_check)
 
     def _redis_up_for(self, now: float) -> float:
         """Seconds for which Redis has been running and this master reaching it."""

@@ -9,7 +9,7 @@ import time
 
 import pytest
 import redis
-from conftest import alive, descendants, run_python, wait_for
+from conftest import alive, descendants, free_port, run_python, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -121,6 +121,45 @@ def test_a_redis_restart_longer_than_the_ttl_requeues_no_running_job(start_kiq, 
     time.sleep(4)  # twice the TTL
     redis_server.start(*persistent)
     wait_for(lambda: r.llen("results") == 4, timeout=30)
+    assert r.llen("started") == 4, r.lrange("started", 0, -1)
+    assert [r.get(f"kiq:recoveries:{jid}") for jid in jids] == [None] * 4
+    for kiq in (first, second):
+        assert "requeued jobs of processes whose heartbeat expired" not in kiq.log()
+
+
+@pytest.mark.parametrize("refusal", ["replica", "noreplicas"])
+def test_a_redis_that_refuses_writes_longer_than_the_ttl_gets_no_live_worker_swept(start_kiq, client, r,
+                                                                                   refusal):
+    """Redis answers reads but refuses writes (it became a replica: READONLY; too few replicas:
+    NOREPLICAS) for longer than the heartbeat TTL: every heartbeat expires, as in an outage, and
+    no master may sweep until the workers have had a whole TTL to beat again. The workers are
+    held for a second as writes come back, so that a master that sweeps at once finds them so."""
+    import sample_jobs
+
+    fast = {"heartbeat_interval": 0.3, "heartbeat_ttl": 3}
+    first = start_kiq(processes=1, concurrency=4, **fast)
+    second = start_kiq(processes=1, concurrency=4, queues=["other"], **fast)
+    workers = [*first.wait_workers(1), *second.wait_workers(1)]
+    jids = [sample_jobs.SlowJob.perform_later(f"s{n}", 10).jid for n in range(4)]
+    wait_for(lambda: r.llen("started") == 4, timeout=15)
+    if refusal == "replica":
+        r.replicaof("127.0.0.1", str(free_port()))  # a primary that never answers: the data stays
+    else:
+        r.config_set("min-replicas-to-write", 1)
+    time.sleep(4)  # longer than the TTL
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        if refusal == "replica":
+            r.replicaof("NO", "ONE")
+        else:
+            r.config_set("min-replicas-to-write", 0)
+        time.sleep(1.3)  # a master that sweeps as soon as it may write does so meanwhile
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    wait_for(lambda: r.llen("results") == 4, timeout=30)
+    time.sleep(1)  # a second run of a swept job would have started by now
     assert r.llen("started") == 4, r.lrange("started", 0, -1)
     assert [r.get(f"kiq:recoveries:{jid}") for jid in jids] == [None] * 4
     for kiq in (first, second):
