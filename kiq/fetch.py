@@ -42,7 +42,7 @@ from kiq.payload import enqueued_seconds
 from kiq.recovery import Recovery
 from kiq.retry import Outcome
 from kiq.roundtrip import Ack, QueueOrder, RoundTrip, Unit
-from kiq.watch import Watchers
+from kiq.watch import BLOCK_SECONDS, Watchers
 
 PREFETCH_CEILING = 10  # times max(concurrency, 20): the automatic prefetch's ceiling
 PREFETCH_HORIZON = 0.005  # seconds: a prefetched job should start within about this
@@ -50,6 +50,7 @@ PREFETCH_STALL = 0.02  # seconds of every slot busy, no job finished or arrived:
 SIZING_JOBS = 100  # the first jobs size the prefetch with their running mean, one round trip at a time
 SIZING_WINDOW = 0.1  # seconds of finished jobs whose mean run time resizes it after them
 LEASE_WAIT = 0.05  # how often a thread waiting for the lease to be renewed looks again
+STRAYS_PATIENCE = 1.0  # seconds a resync waits, beyond BLOCK_SECONDS, for the watchers' moves under way
 
 
 def _jid(payload: str) -> object:
@@ -474,10 +475,26 @@ class Fetcher:
     def _requeue_strays(self) -> None:
         """After a failed call whose effect is unknown, give back every job in this worker's
         in-progress lists that it does not hold: a reply lost with the connection may have
-        moved jobs that never reached this process."""
+        moved jobs that never reached this process.
+
+        An idle watcher's move may land in Redis at any moment before the watcher files its
+        job: no watcher starts a wait meanwhile, and those under way end first (within
+        ``BLOCK_SECONDS``), or their jobs would be given back and run here too."""
+        deadline = time.monotonic() + BLOCK_SECONDS + STRAYS_PATIENCE
         with self._lock:
-            held = [unit for unit, count in self._held.items() for _ in range(count)]
-        moved = self.recovery.requeue_strays(self.identity, [u.payload for u in held])
+            self.watchers.held_back = True
+        try:
+            while True:
+                with self._lock:
+                    if not self.watchers.moving or time.monotonic() > deadline:
+                        held = [unit for unit, count in self._held.items() for _ in range(count)]
+                        break
+                time.sleep(0.01)
+            moved = self.recovery.requeue_strays(self.identity, [u.payload for u in held])
+        finally:
+            with self._lock:
+                self.watchers.held_back = False
+                self._work_ready.notify_all()
         if moved:
             self.log.warning("requeued jobs whose fetch reply was lost", jobs=moved)
 

@@ -53,6 +53,8 @@ class Watchers:
         self._lost = lost
         self._outage = outage
         self._conns: dict[str, redis.Redis] = {}
+        self.moving = 0  # waits under way, whose moves may land at any moment (shared lock)
+        self.held_back = False  # no wait starts while set: a resync is under way (shared lock)
 
     def open(self, conn: redis.Redis) -> bool:
         """Learn through ``conn`` which blocking move Redis has, then make a connection for
@@ -93,22 +95,43 @@ class Watchers:
         source, target = self.keys.queue(queue), self.keys.wip(self.identity, queue)
         pause = 0.0
         while True:
+            with self._ready:
+                while self.held_back:
+                    self._ready.wait()
+                self.moving += 1
             try:
                 job = self._move(conn, source, target)
+            except BaseException as error:
+                pause = self._failed(error, pause)  # no longer counted as moving
+                job, ended = None, True
+            else:
                 pause = self._outage.recovered()
-            except redis.RedisError as error:
-                job = None
-                if wrong_type(error):  # the queue's key: the move moved nothing, and the round
-                    time.sleep(BLOCK_SECONDS)  # trip says so, once (kiq.fetch); not an outage
-                else:
-                    with self._ready:
-                        self._lost()
-                    pause = self._outage.failed(error, pause)
-                    time.sleep(pause)
+                ended = False
             with self._ready:
+                if not ended:
+                    self.moving -= 1  # with its job filed under the same lock: a resync sees it held
                 if not self._caught(None if job is None else Unit(queue, job)):
                     self.free.append(queue)
                     return
+
+    def _failed(self, error: BaseException, pause: float) -> float:
+        """After a wait that raised, which ends its count as moving: the pause before the
+        next one. A Redis error may have
+        moved a job whose reply was lost (the fetcher resyncs); a queue key of another type
+        moved nothing and is said by the round trip (kiq.fetch), not an outage."""
+        lost = isinstance(error, redis.RedisError) and not wrong_type(error)
+        with self._ready:
+            self.moving -= 1
+            if lost:
+                self._lost()
+        if not isinstance(error, redis.RedisError):
+            raise error
+        if not lost:
+            time.sleep(BLOCK_SECONDS)
+            return pause
+        pause = self._outage.failed(error, pause)
+        time.sleep(pause)
+        return pause
 
     def _move(self, conn: redis.Redis, source: str, target: str) -> str | None:
         """Move a job pushed to ``source`` into ``target``; None if none came within BLOCK_SECONDS."""

@@ -166,6 +166,30 @@ def test_a_redis_that_refuses_writes_longer_than_the_ttl_gets_no_live_worker_swe
         assert "requeued jobs of processes whose heartbeat expired" not in kiq.log()
 
 
+def test_connections_killed_under_idle_workers_run_every_job_once(start_kiq, client, r, tmp_path):
+    """Killing the workers' connections (``CLIENT KILL``, a proxy restarting) loses replies, so
+    a worker gives back the jobs Redis holds for it that it does not hold: a watcher's move
+    that had landed but was not filed yet was given back and run here too."""
+    import sample_jobs
+
+    kiq = start_kiq(processes=2, concurrency=4)
+    kiq.wait_workers(2)
+    path, jobs = tmp_path / "runs", 1200
+    killed = 0
+    for n in range(jobs):
+        sample_jobs.FileJob.perform_later(str(path), f"t{n}")
+        if n % 20 == 0:  # about every 0.1 s, while jobs trickle in at about 200/s
+            for each in r.client_list():
+                if each["name"].startswith(("kiq-fetch-", "kiq-wait-")):
+                    killed += bool(r.client_kill_filter(_id=each["id"]))
+        time.sleep(0.005)
+    wait_for(lambda: path.exists() and len(path.read_text().split()) >= jobs, timeout=60)
+    time.sleep(1)  # a second run of any of them would have been written by now
+    runs = path.read_text().split()
+    assert len(runs) == len(set(runs)) == jobs, sorted(t for t in set(runs) if runs.count(t) > 1)
+    assert killed > 50
+
+
 def test_a_vanished_host_s_list_missing_from_the_registry_is_still_recovered(start_kiq, client, r):
     """A worker swept while paused lost its registry entry; it died with its host before its
     next beat put it back. The next master to start finds the list by its key."""
