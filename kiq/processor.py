@@ -12,14 +12,16 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from kiq import activejob, callbacks, globalid, log, middleware, retry
-from kiq.job import Job
 from kiq.payload import INVALID_CLASS, InvalidPayloadError, decode, job_data, job_name, wrap_invalid
 from kiq.registry import lookup
 from kiq.retry import Outcome
 from kiq.serialize import deserialize_args, deserialize_kwargs
+
+if TYPE_CHECKING:
+    from kiq.job import Job
 
 UNKNOWN_CLASS_ERROR = "kiq.UnknownJobError"
 
@@ -138,8 +140,7 @@ def _job(job_class: type[Job], payload: dict[str, Any], queue: str) -> Job:
     try:
         job = job_class()
     except BaseException as error:  # the app's own __init__ may raise anything
-        job = object.__new__(job_class)
-        Job.__init__(job)
+        job = object.__new__(job_class)  # what Job.__init__ sets is set below, and by perform()
         job.execute = functools.partial(_raise, error)  # type: ignore[method-assign]
     job.jid = payload["jid"]
     job.payload = payload
