@@ -175,8 +175,10 @@ def url_from_env() -> str:
     return os.environ.get("KIQ_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_URL
 
 
-def connect(url: str, *, blocking: bool = False, name: str = "kiq", retry: bool = False) -> redis.Redis:
-    """A client with kiq's timeouts; ``blocking`` clients serve BLMOVE and friends.
+def connect(url: str, *, blocking: bool = False, name: str = "kiq", retry: bool = False,
+            timeout: float | None = None) -> redis.Redis:
+    """A client with kiq's timeouts; ``blocking`` clients serve BLMOVE and friends; ``timeout``
+    replaces both (a call that must not hold up a stop).
 
     Payloads that are not UTF-8 decode with surrogate escapes so that they can
     be reported and removed again byte for byte instead of crashing a reader.
@@ -192,8 +194,8 @@ def connect(url: str, *, blocking: bool = False, name: str = "kiq", retry: bool 
     options: dict[str, Any] = {
         "decode_responses": True,
         "encoding_errors": "surrogateescape",
-        "socket_timeout": BLOCKING_SOCKET_TIMEOUT if blocking else SOCKET_TIMEOUT,
-        "socket_connect_timeout": SOCKET_TIMEOUT,
+        "socket_timeout": timeout or (BLOCKING_SOCKET_TIMEOUT if blocking else SOCKET_TIMEOUT),
+        "socket_connect_timeout": timeout or SOCKET_TIMEOUT,
         "client_name": name,
     }
     if unencoded_password(url):

@@ -59,6 +59,7 @@ return {moved, left}
 """
 BATCH = 100
 MAX_SLEEP = 5.0
+STOP_TIMEOUT = 0.5  # seconds for the stop's wake-up: a Redis that does not answer must not hold it up
 
 
 class Scheduler:
@@ -81,8 +82,8 @@ class Scheduler:
     def stop(self) -> None:
         """Ask the thread to end; each move is atomic, so not waiting long for it is safe."""
         self.stopped.set()
-        with contextlib.suppress(redis.RedisError):
-            connect(self.redis_url).publish(self.keys.schedule_channel, "stop")
+        with contextlib.suppress(redis.RedisError):  # a wake-up: the thread also ends on its own
+            connect(self.redis_url, timeout=STOP_TIMEOUT).publish(self.keys.schedule_channel, "stop")
         self.thread.join(1.0)
 
     def enqueue_due(self, conn: redis.Redis, now: float | None = None) -> int:
