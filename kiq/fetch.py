@@ -503,7 +503,7 @@ class Fetcher:
         with self._lock:
             held = dict(self._held)
         sent = time.monotonic()
-        swept, kept = self._reclaimer.reclaim(held)
+        swept, restored, kept = self._reclaimer.reclaim(held)
         with self._lock:
             self._lapsed = False
             buffered = running = 0
@@ -523,6 +523,9 @@ class Fetcher:
             self.log.warning("this worker's heartbeat expired and another master requeued its jobs; "
                              "jobs not started are left to their queues, running ones may run twice",
                              dropped=buffered, running=running)
+        elif restored:
+            self.log.warning("redis had lost the jobs this worker holds (a restart without persistence, a "
+                             "flush): it put them back into its in-progress lists", jobs=restored)
         else:
             self.log.warning("this worker's heartbeat had expired; registered again, no job was requeued")
 

@@ -32,14 +32,15 @@ SHARE = 0.9  # of the TTL that a renewal lets the worker start jobs for
 # KEYS: kiq:swept:IDENTITY, IDENTITY, processes, kiq:wip, then the worker's in-progress lists.
 # ARGV: identity, TTL in ms, info, now, how many kiq:wip members follow, the members, then
 # (position in KEYS of the job's in-progress list, payload, copies held) triples. Returns 1 if a
-# sweep took the worker's jobs, then the copies of each triple's job that are still this worker's.
+# sweep took the worker's jobs, how many copies it pushed back (Redis had lost them), then the
+# copies of each triple's job that are still this worker's.
 RECLAIM = IS_A + """
 local identity, ttl, info, now = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local members = tonumber(ARGV[5])
 -- Deleting the tombstone tells whether there was one, and is a write Redis accepts at
 -- maxmemory, after which it accepts the script's other writes too.
 local swept = redis.call('DEL', KEYS[1]) == 1
-local lists, out = {}, {swept and 1 or 0}
+local lists, out = {}, {swept and 1 or 0, 0}
 for i = 6 + members, #ARGV, 3 do
   local wip = KEYS[tonumber(ARGV[i])]
   local job, held = ARGV[i + 1], tonumber(ARGV[i + 2])
@@ -55,6 +56,7 @@ for i = 6 + members, #ARGV, 3 do
   if not swept then  -- Redis lost the list: the worker's copies are the only ones, kept
     if lists[wip] then
       for _ = kept + 1, held do redis.call('LPUSH', wip, job) end
+      out[2] = out[2] + held - kept
     end
     kept = held
   end
@@ -102,14 +104,16 @@ class Reclaimer:
         self._lists = {queue: 5 + n for n, queue in enumerate(queues)}  # where its list is in KEYS[]
         self._script = conn.register_script(RECLAIM)
 
-    def reclaim(self, held: Mapping[Any, int]) -> tuple[bool, dict[Any, int]]:
-        """Recreate the worker's key; returns whether it was swept, and how many copies of each
-        held unit (a ``(queue, payload)`` pair of one of the worker's queues, with the count
-        held) are still its own."""
+    def reclaim(self, held: Mapping[Any, int]) -> tuple[bool, int, dict[Any, int]]:
+        """Recreate the worker's key; returns whether it was swept, how many copies of the jobs
+        it holds it put back (Redis had lost them), and how many copies of each held unit (a
+        ``(queue, payload)`` pair of one of the worker's queues, with the count held) are still
+        its own."""
         units = list(held.items())
         args: list[str | bytes | int | float] = [self.identity, self.ttl_ms, self.info, time.time(),
                                                  len(self.members), *self.members]
         for (queue, payload), count in units:
             args += [self._lists[queue], wire(payload), count]
         reply = self._script(keys=self._keys, args=args)
-        return reply[0] == 1, {unit: int(kept) for (unit, _), kept in zip(units, reply[1:], strict=True)}
+        kept = {unit: int(copies) for (unit, _), copies in zip(units, reply[2:], strict=True)}
+        return reply[0] == 1, int(reply[1]), kept

@@ -408,6 +408,5 @@ def test_a_reclaim_goes_on_past_keys_of_another_type(r, conn):
     r.set("processes", "x")
     r.set("kiq:wip", "x")
     reclaimer = Reclaimer(conn, Keys(), DEAD, 60.0, ["default"], "{}")
-    swept, kept = reclaimer.reclaim({("default", "a"): 1})
-    assert (swept, kept) == (False, {("default", "a"): 1})
+    assert reclaimer.reclaim({("default", "a"): 1}) == (False, 0, {("default", "a"): 1})
     assert r.get(f"kiq:wip:{DEAD}|default") == "x" and r.pttl(DEAD) > 0

@@ -190,6 +190,27 @@ def test_connections_killed_under_idle_workers_run_every_job_once(start_kiq, cli
     assert killed > 50
 
 
+def test_a_worker_says_it_put_back_the_jobs_redis_lost_and_runs_each_once(start_kiq, client, r):
+    """Redis lost its data (a flush, a restart without persistence) while jobs ran: the worker
+    holds the only copies, puts them back into its in-progress list, says so, and acknowledges
+    each once; none runs again."""
+    import sample_jobs
+
+    kiq = start_kiq(processes=1, concurrency=2, heartbeat_interval=0.3, heartbeat_ttl=2)
+    kiq.wait_workers(1)
+    for n in range(2):
+        sample_jobs.SlowJob.perform_later(f"s{n}", 2)
+    wait_for(lambda: r.llen("started") == 2)
+    r.flushall()
+    wait_for(lambda: "redis had lost the jobs this worker holds" in kiq.log(), timeout=10)
+    wait_for(lambda: r.llen("results") == 2, timeout=10)
+    wait_for(lambda: not any(r.llen(key) for key in r.keys("kiq:wip:*")), timeout=5)
+    time.sleep(1)  # a job run again would have started by now
+    assert r.llen("started") == 0
+    line = next(json.loads(line) for line in kiq.log().splitlines() if "redis had lost the jobs" in line)
+    assert line["jobs"] == 2
+
+
 def test_a_vanished_host_s_list_missing_from_the_registry_is_still_recovered(start_kiq, client, r):
     """A worker swept while paused lost its registry entry; it died with its host before its
     next beat put it back. The next master to start finds the list by its key."""
