@@ -581,12 +581,16 @@ def contains(job: Job, text: str) -> bool:
 def matching(window: Window, text: str, skip: int, count: int) -> tuple[list[Job], bool]:
     """The ``count`` jobs containing ``text`` after the first ``skip`` such jobs, read a window at
     a time in the window's order (so memory stays bounded), and whether any more follow."""
-    found: list[Job] = []
-    start = 0
-    while len(found) <= skip + count and (batch := window(start, SCAN_WINDOW)):
-        found += [job for job in batch if contains(job, text)]
+    page: list[Job] = []
+    seen = start = 0
+    while seen <= skip + count and (batch := window(start, SCAN_WINDOW)):
+        for job in batch:
+            if contains(job, text):
+                if skip <= seen < skip + count:
+                    page.append(job)
+                seen += 1
         start += SCAN_WINDOW
-    return found[skip: skip + count], len(found) > skip + count
+    return page, seen > skip + count
 
 
 FILTER_WINDOW = 1000  # entries read per round trip while filtering a page
@@ -600,14 +604,16 @@ def filtered(window: Callable[[int, int], Entries], text: str, skip: int,
     with non-ASCII letters is compared as ``contains`` does, the payload parsed first)."""
     needle = text.lower()
     plain = needle.isascii()  # then the raw text holds it exactly where the parsed payload does
-    found: list[Job] = []
-    start = 0
-    while len(found) <= skip + count and (batch := window(start, FILTER_WINDOW)):
+    page: list[Job] = []
+    seen = start = 0  # the matches skipped are counted, not kept: a page far down holds one page
+    while seen <= skip + count and (batch := window(start, FILTER_WINDOW)):
         for raw, score in batch:
             if needle in raw.lower() or (not plain and contains(Job.parse(raw, score), text)):
-                found.append(Job.parse(raw, score))
+                if skip <= seen < skip + count:
+                    page.append(Job.parse(raw, score))
+                seen += 1
         start += FILTER_WINDOW
-    return found[skip: skip + count], len(found) > skip + count
+    return page, seen > skip + count
 
 
 def sorted_matching(entries: SortedSet, text: str, skip: int, count: int,

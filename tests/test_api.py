@@ -606,6 +606,22 @@ def test_matching_pages_through_matches_in_order_ignoring_case(api, r):
     assert contains(Job.parse(dump(payload(jid(1), args=["café"])).replace("é", "\\u00e9")), "CAFÉ")
 
 
+def test_a_filtered_page_far_down_holds_one_page_not_every_match_before_it(api, r):
+    """A filter's page number comes from the request (any GET, any site's image tag): the
+    matches it skips are counted, not parsed and kept."""
+    import tracemalloc
+
+    r.zadd("dead", {dump(payload(jid(n), args=["needle" + "x" * 1000])): NOW + n for n in range(20_000)})
+    tracemalloc.start()
+    try:
+        page, more = sorted_matching(api.dead, "needle", 19_990, 5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert [job.jid for job in page] == [jid(n) for n in range(19_990, 19_995)] and more
+    assert peak < 10_000_000, peak  # 20,000 parsed jobs of 1 kB took about 68 MB
+
+
 def test_redis_filters_a_set_or_a_queue_in_every_order_as_matching_does(api, r):
     """FILTER_WINDOW + 300 entries, every 7th with the text: the page past the first window, in
     each order, is what matching (Python comparing every entry) gives."""
