@@ -179,6 +179,16 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(_level)
+    threading.excepthook = _thread_died
+
+
+def _thread_died(args: threading.ExceptHookArgs) -> None:
+    """A thread's uncaught exception as a line of the log: Python's own hook writes bare text
+    between the JSON lines. SystemExit ends a thread quietly, as there."""
+    if args.exc_type is SystemExit:
+        return
+    get("kiq").error("a thread ended with an exception", thread=args.thread.name if args.thread else None,
+                     exc_info=args.exc_value)
 
 
 def setup_unless_configured() -> None:

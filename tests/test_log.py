@@ -275,3 +275,26 @@ def test_a_child_forked_while_other_threads_log_can_log() -> None:
     done = subprocess.run([sys.executable, "-c", FORKS], cwd=ROOT, capture_output=True, text=True,
                           timeout=300, check=True)
     assert done.stdout.strip() == "[0, 0, 0, 0]", done.stdout
+
+
+def test_a_thread_that_dies_of_an_exception_says_so_in_a_line_of_the_log() -> None:
+    """Python's default hook writes a thread's traceback as bare text between the JSON lines,
+    where a log shipper splits it into lines of their own."""
+    code = textwrap.dedent("""
+        import sys, threading
+        from kiq import log
+        log.setup("info", "json")
+        def die():
+            raise ValueError("from a thread")
+        thread = threading.Thread(target=die, name="app-thread")
+        thread.start()
+        thread.join()
+        ended = threading.Thread(target=sys.exit, name="exits")  # SystemExit ends a thread quietly
+        ended.start()
+        ended.join()
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=True)
+    [line] = [json.loads(line) for line in done.stderr.splitlines()]
+    assert line["event"] == "a thread ended with an exception" and line["thread"] == "app-thread"
+    assert "ValueError: from a thread" in line["exception"] and line["level"] == "error"
