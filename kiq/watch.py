@@ -116,9 +116,9 @@ class Watchers:
 
     def _failed(self, error: BaseException, pause: float) -> float:
         """After a wait that raised, which ends its count as moving: the pause before the
-        next one. A Redis error may have
-        moved a job whose reply was lost (the fetcher resyncs); a queue key of another type
-        moved nothing and is said by the round trip (kiq.fetch), not an outage."""
+        next one. A Redis error may have moved a job whose reply was lost (the fetcher
+        resyncs); a queue key of another type moved nothing and is said by the round trip
+        (kiq.fetch), not an outage."""
         lost = isinstance(error, redis.RedisError) and not wrong_type(error)
         with self._ready:
             self.moving -= 1
