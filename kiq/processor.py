@@ -93,21 +93,33 @@ def handle(job_class: type[Job], payload: dict[str, Any], queue: str) -> Outcome
 
 def attempt(job: Job) -> Outcome:
     """Run the job (the app's middleware inside) and turn what happened into its outcome, with
-    the ``done`` or ``fail`` line; the innermost step of the server chain."""
+    the ``done`` or ``fail`` line; the innermost step of the server chain. A job that its
+    timeout has failed already gets neither: its failure stands (its worker's JobMetrics says so)."""
     if log.enabled(logging.DEBUG):
         logger.debug("start")
     started = time.perf_counter()
     try:
         perform(job)
     except BaseException as error:  # SystemExit from a job is a failure too, as in Sidekiq
+        if job.timeout and not still_ours():
+            return Outcome(failed=True, error=error)
         elapsed = _ms(started)
         outcome = failed(type(job), job.payload, error)
         logger.warning("fail", elapsed_ms=elapsed, error=describe(error), exc_info=error,
                        **_fate(outcome, job.payload))
         return outcome
-    if log.enabled(logging.INFO):
+    if log.enabled(logging.INFO) and (not job.timeout or still_ours()):
         logger.info("done", elapsed_ms=_ms(started))
     return retry.SUCCESS
+
+
+def _ours() -> bool:
+    return True
+
+
+still_ours: Callable[[], bool] = _ours
+"""Asked as a job with a ``timeout`` ends: False if the timeout has failed it already. A worker
+sets its own (``Worker._ending``); elsewhere no timeout is watched."""
 
 
 def execute(job_class: type[Job], payload: dict[str, Any]) -> Any:

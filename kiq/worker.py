@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import redis
 import setproctitle
 
-from kiq import exits, heartbeat, job, log, metrics, middleware
+from kiq import exits, heartbeat, job, log, metrics, middleware, processor
 from kiq.config import Config
 from kiq.connection import Outage, connect, keep_trying
 from kiq.fetch import Fetcher
@@ -156,6 +156,7 @@ class Worker:
         if self.config.tracing:
             self._instrument()
         middleware.add_builtin(JobMetrics(self._ending))
+        processor.still_ours = self._ending
         if not self._first_beat(signals) or not self.fetcher.start(alive=self._booting):
             self.log.warning("stopped before taking any job")
             return 0
