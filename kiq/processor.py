@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -101,6 +102,7 @@ def attempt(job: Job) -> Outcome:
     try:
         perform(job)
     except BaseException as error:  # SystemExit from a job is a failure too, as in Sidekiq
+        _end_if_forked()
         if job.timeout and not still_ours():
             return Outcome(failed=True, error=error)
         elapsed = _ms(started)
@@ -108,9 +110,33 @@ def attempt(job: Job) -> Outcome:
         logger.warning("fail", elapsed_ms=elapsed, error=describe(error), exc_info=error,
                        **_fate(outcome, job.payload))
         return outcome
+    _end_if_forked()
     if log.enabled(logging.INFO) and (not job.timeout or still_ours()):
         logger.info("done", elapsed_ms=_ms(started))
     return retry.SUCCESS
+
+
+_forked = False  # this process is the child of a fork that a job made (os.fork without exec)
+
+
+def end_forked_children() -> None:
+    """In a worker: the child of a fork that a job makes, back from the job in kiq's code,
+    ends there. It holds the one thread a fork keeps, the processor thread of the parent's job:
+    it would log and acknowledge that job, take the jobs the parent holds and run them a second
+    time, and outlive the stop."""
+    os.register_at_fork(after_in_child=_mark_forked)
+
+
+def _mark_forked() -> None:
+    global _forked
+    _forked = True
+
+
+def _end_if_forked() -> None:
+    if _forked:
+        logger.warning("a job's forked child returned into kiq; it ends here (end it with os._exit)",
+                       pid=os.getpid())
+        os._exit(0)
 
 
 def _ours() -> bool:

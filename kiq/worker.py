@@ -35,7 +35,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 import redis
 import setproctitle
@@ -121,8 +121,6 @@ class Worker:
         self.parent = parent
         self.control_fd = control_fd
         self.pid = os.getpid()
-        self.forked = False  # True in the child of a fork that a job made (os.fork without exec)
-        os.register_at_fork(after_in_child=self._forked)
         self.quiet = False
         self.stopping = False
         self.exit_code = 0
@@ -157,6 +155,7 @@ class Worker:
             self._instrument()
         middleware.add_builtin(JobMetrics(self._ending))
         processor.still_ours = self._ending
+        processor.end_forked_children()
         if not self._first_beat(signals) or not self.fetcher.start(alive=self._booting):
             self.log.warning("stopped before taking any job")
             return 0
@@ -338,25 +337,12 @@ class Worker:
             log.bind_job({"queue": unit.queue})  # not the fields of whichever job came before
             self.log.error("kiq could not handle a job; it goes to the dead set as it came",
                            error=describe(error), exc_info=error)
-        if self.forked:
-            self._end_forked_child()
         with self.lock:
             state = self.running.pop(tid, None)
         if state is not None and state.abandoned:
             return False  # the watchdog already failed this job; this thread is done for
         self._finish(unit, outcome, name, started)
         return True
-
-    def _forked(self) -> None:
-        self.forked = True
-
-    def _end_forked_child(self) -> NoReturn:
-        """The child of a fork its job made came back from the job into this thread, the only
-        one a fork keeps: it would acknowledge the parent's job, take the jobs the parent holds
-        and run them a second time. It ends here instead, as the job should have ended it."""
-        self.log.warning("a job's forked child returned into kiq; it ends here (end it with os._exit)",
-                         pid=os.getpid())
-        os._exit(0)
 
     def _ending(self) -> bool:
         """JobMetrics asks, in a processor thread whose job (one with a timeout) has just ended:

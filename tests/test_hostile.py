@@ -136,6 +136,10 @@ def test_a_child_a_job_forks_and_forgets_ends_instead_of_running_jobs(start_kiq,
     wait_for(lambda: not running(child), timeout=10)
     time.sleep(0.5)  # what a child still running would record
     assert sorted(r.lrange("results", 0, -1)) == sorted(f"n{n}" for n in range(100))
+    lines = [json.loads(line) for line in kiq.log().splitlines() if line.startswith("{")]
+    events = sorted(line["event"] for line in lines if line.get("class") == "ForkJob")
+    assert events == ["a job's forked child returned into kiq; it ends here (end it with os._exit)",
+                      "done"]  # the parent's done alone
 
 
 def running(pid: int) -> bool:
