@@ -105,6 +105,9 @@ class InlineAdapter(LocalAdapter):
         execute(_job_class(payload), payload)
 
 
+MAX_WAIT = 3600.0  # seconds the async adapter's timer sleeps at most before it looks again
+
+
 class AsyncAdapter(LocalAdapter):
     """A thread pool in this process, for development: no Redis, no worker to start."""
 
@@ -132,7 +135,8 @@ class AsyncAdapter(LocalAdapter):
         while True:
             with self.wake:
                 while not self.due or self.due[0][0] > time.time():
-                    self.wake.wait(self.due[0][0] - time.time() if self.due else None)
+                    # capped: a wait beyond what the lock takes would end this thread
+                    self.wake.wait(min(self.due[0][0] - time.time(), MAX_WAIT) if self.due else None)
                 _, _, payload = heapq.heappop(self.due)
             payload.pop("at", None)
             self._submit(payload)

@@ -18,6 +18,7 @@ it to the queueing backend.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,6 +130,11 @@ def retry_on(*errors: type[BaseException], wait: Wait = 3.0, attempts: int = 5,
     rule = RetryRule(errors, wait, attempts, jitter)
     if isinstance(wait, str):
         rule.delay(1)  # a misspelt wait fails where it is written
+    elif not callable(wait):
+        seconds = wait.total_seconds() if isinstance(wait, dt.timedelta) else wait
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+            raise ValueError(f"retry_on's wait is a number of seconds (0 or more), a timedelta, a callable "
+                             f"or 'polynomially_longer', not {wait!r}")
 
     def decorate(cls: C) -> C:
         cls._kiq_retry_rules = [*getattr(cls, "_kiq_retry_rules", []), rule]  # type: ignore[attr-defined]

@@ -159,6 +159,7 @@ class Client:
         Every argument is serialized before the first push, so an argument that
         cannot be serialized fails the call with nothing enqueued.
         """
+        check_batch_size(batch_size)
         args_list = list(args_list)
         jids = new_jids(len(args_list))
         if middleware.enqueue_hooks() or (not isinstance(job, str) and job.active_job):
@@ -291,6 +292,12 @@ def check_options(payload: Mapping[str, Any]) -> None:
         raise TypeError(f"queue is a non-empty string, not {queue!r}")
     if not (isinstance(retry, bool) or (type(retry) is int and retry >= 0)):
         raise TypeError(f"retry is True, False or a number of retries (0 or more), not {retry!r}")
+
+
+def check_batch_size(batch_size: object) -> None:
+    """Refuse a batch size that would push nothing (a negative one made no batch at all)."""
+    if type(batch_size) is not int or batch_size < 1:
+        raise TypeError(f"batch_size is a whole number of jobs, 1 or more, not {batch_size!r}")
 
 
 _default: Client | None = None

@@ -8,14 +8,17 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kiq import adapters, callbacks
+from kiq.client import check_batch_size
 from kiq.payload import new_jid
 from kiq.registry import JobNameError, lookup, register, registered
+from kiq.retry import MAX_DELAY
 
 if TYPE_CHECKING:
     from kiq.client import Enqueued
@@ -87,7 +90,7 @@ class Job:
         return result
 
     @classmethod
-    def perform_later(cls, *args: Any, **kwargs: Any) -> Enqueued:
+    def perform_later(cls, /, *args: Any, **kwargs: Any) -> Enqueued:
         """Enqueue the job; arguments that cannot be serialized fail here, in the caller."""
         return Options(cls).perform_later(*args, **kwargs)
 
@@ -109,10 +112,12 @@ class Job:
         """Options for the next enqueue, as in ``Job.set(wait=timedelta(hours=1)).perform_later(42)``."""
         if backtrace is not None:
             backtrace_lines(backtrace, "set(backtrace=...)")
+        if queue is not None and (not isinstance(queue, str) or not queue):
+            raise TypeError(f"queue is a non-empty string, not {queue!r}")
         return Options(cls, wait=wait, wait_until=wait_until, queue=queue, retry=retry, backtrace=backtrace)
 
     @classmethod
-    def perform_now(cls, *args: Any, **kwargs: Any) -> Any:
+    def perform_now(cls, /, *args: Any, **kwargs: Any) -> Any:
         """Run the job at once in the caller, with its perform callbacks, without a queue."""
         job = cls()
         job.arguments, job.kwargs = list(args), dict(kwargs)
@@ -131,17 +136,26 @@ class Options:
     backtrace: bool | int | None = None
 
     def at(self) -> float | None:
-        """When the job is due, as epoch seconds, or None for now."""
+        """When the job is due, as epoch seconds, or None for now. A time no adapter could keep
+        (not finite, more than a century ahead) or of another type is refused in the caller."""
+        now = time.time()
         if self.wait_until is not None:
-            if isinstance(self.wait_until, dt.datetime):
-                return self.wait_until.timestamp()
-            return float(self.wait_until)
+            moment = self.wait_until
+            if isinstance(moment, dt.datetime):
+                return _due("wait_until", moment, moment.timestamp(), now)
+            if isinstance(moment, (int, float)) and not isinstance(moment, bool):
+                return _due("wait_until", moment, float(moment), now)
+            raise TypeError(f"wait_until is a datetime or epoch seconds, not {moment!r}")
         if self.wait is not None:
-            seconds = self.wait.total_seconds() if isinstance(self.wait, dt.timedelta) else self.wait
-            return time.time() + float(seconds)
+            wait = self.wait
+            if isinstance(wait, dt.timedelta):
+                return _due("wait", wait, now + wait.total_seconds(), now)
+            if isinstance(wait, (int, float)) and not isinstance(wait, bool):
+                return _due("wait", wait, now + float(wait), now)
+            raise TypeError(f"wait is a number of seconds or a timedelta, not {wait!r}")
         return None
 
-    def perform_later(self, *args: Any, **kwargs: Any) -> Enqueued:
+    def perform_later(self, /, *args: Any, **kwargs: Any) -> Enqueued:
         arguments_of(self.job).check(args, kwargs)
         adapter, at = adapters.current(), self.at()
 
@@ -159,6 +173,7 @@ class Options:
         return callbacks.around(job, "enqueue", lambda: enqueue(job.jid))
 
     def perform_bulk(self, args_list: Iterable[Sequence[Any]], batch_size: int = 1000) -> list[str]:
+        check_batch_size(batch_size)
         args_list = list(args_list)
         arguments = arguments_of(self.job)
         for index, args in enumerate(args_list):
@@ -166,6 +181,12 @@ class Options:
                 arguments.check(args, _NO_KWARGS, f"args_list[{index}]: ")
         return adapters.current().enqueue_bulk(self.job, args_list, queue=self.queue, retry=self.retry,
                                                at=self.at(), backtrace=self.backtrace, batch_size=batch_size)
+
+
+def _due(option: str, given: object, at: float, now: float) -> float:
+    if not math.isfinite(at) or at - now > MAX_DELAY:
+        raise ValueError(f"{option}={given!r} is no time a job can wait for: at most a century from now")
+    return at
 
 
 def backtrace_lines(value: object, name: str) -> None:

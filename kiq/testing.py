@@ -160,13 +160,17 @@ class RecordingAdapter(TestAdapter):
             decision, delay = callbacks.decide(record.job, error, payload)
             if decision == "default":
                 raise
-            self.performed.append(payload)
             if decision == "retry":
                 outcome = retry.failure(json.loads(json.dumps(payload)), error_name(error), str(error),
                                         delay=delay)
+                if outcome.action != "retry":  # a wait kiq refuses: the job's own retry policy decided
+                    raise
+                self.performed.append(payload)
                 again = json.loads(outcome.payload)
                 again["at"] = outcome.score
                 self.accept(again)
+                return
+            self.performed.append(payload)
             return
         self.performed.append(payload)
 

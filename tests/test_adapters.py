@@ -123,6 +123,19 @@ def test_async_runs_on_threads_and_honours_wait():
     assert time.time() - started >= 0.3
 
 
+def test_async_keeps_its_timer_past_a_job_due_in_a_thousand_years():
+    """A wait beyond what a lock's wait takes (about 292 years here) ended the timer thread: no
+    scheduled job or retry of the process ran after it."""
+    adapter = adapters.use(adapters.AsyncAdapter(threads=2))
+    adapter.enqueue(AdapterJob, ["never", dt.date(2026, 1, 1)], at=time.time() + 1000 * 365 * 86400)
+    time.sleep(0.1)  # the timer waits for it first
+    AdapterJob.set(wait=0.2).perform_later("soon", dt.date(2026, 1, 1))
+    deadline = time.time() + 5
+    while not done and time.time() < deadline:
+        time.sleep(0.01)
+    assert [name for name, _ in done] == ["soon"]
+
+
 def test_async_retries_in_process_and_keeps_the_dead():
     adapter = adapters.use(adapters.AsyncAdapter(threads=2))
     RetriedInProcessJob.perform_later()

@@ -433,9 +433,50 @@ def test_a_backtrace_option_sidekiq_would_not_read_is_refused(value):
      (lambda: JobTestMailer.set(retry=2.5).perform_later("a"), r"not 2\.5"),
      (lambda: JobTestMailer.set(retry=-3).perform_later("a"), "not -3"),
      (lambda: JobTestMailer.set(retry="yes").perform_bulk([["a"]]), "retry is True, False"),
-     (lambda: kiq.Client().enqueue("", []), "class name is a non-empty string")],
+     (lambda: JobTestMailer.set(queue="").perform_later("a"), "queue is a non-empty string, not ''"),
+     (lambda: kiq.Client().enqueue("", []), "class name is a non-empty string"),
+     (lambda: JobTestMailer.perform_bulk([["a"], ["b"]], batch_size=-1), "batch_size is a whole number"),
+     (lambda: JobTestMailer.perform_bulk([["a"]], batch_size=0), "1 or more, not 0"),
+     (lambda: kiq.Client().enqueue_bulk("X", [["a"]], batch_size=1.5), "not 1.5"),
+     (lambda: JobTestMailer.set(wait="5").perform_later("a"), "wait is a number of seconds or a timedelta"),
+     (lambda: JobTestMailer.set(wait=True).perform_later("a"), "not True"),
+     (lambda: JobTestMailer.set(wait_until=dt.date(2030, 1, 1)).perform_later("a"),
+      "wait_until is a datetime or epoch seconds"),
+     (lambda: JobTestMailer.set(wait_until="2030").perform_bulk([["a"]]), "wait_until is a datetime")],
 )
 def test_a_queue_or_retry_no_worker_could_follow_is_refused_in_the_caller(client, r, enqueue, message):
     with pytest.raises(TypeError, match=message):
         enqueue()
     assert r.keys("*") == []
+
+
+@pytest.mark.parametrize("adapter", ["redis", "test", "inline", "async"])
+@pytest.mark.parametrize("options", [
+    {"wait": float("inf")}, {"wait": float("nan")}, {"wait": 1e20}, {"wait": dt.timedelta.max},
+    {"wait_until": float("-inf")}, {"wait_until": float("nan")}, {"wait_until": dt.datetime(9999, 1, 1)},
+    {"wait_until": 1e300},
+])
+def test_a_time_no_adapter_could_keep_is_refused_alike_by_every_adapter(client, r, adapter, options):
+    """An infinite wait was scheduled at score inf by Redis (which Sidekiq's API cannot read),
+    failed the test adapter's records, ended the async adapter's timer (no later scheduled job
+    of the process ran), and NaN ran at once."""
+    kiq.adapters.use(adapter)
+    try:
+        with pytest.raises(ValueError, match="at most a century from now"):
+            JobTestMailer.set(**options).perform_later("a")
+    finally:
+        kiq.adapters.use("redis")
+    assert r.keys("*") == []
+
+
+def test_a_keyword_argument_named_cls_reaches_perform(client, r):
+    class Ranked(kiq.Job):
+        queue = "ranked"
+
+        def perform(self, cls: str = "", **kwargs: Any) -> None: ...
+
+    Ranked.perform_later(cls="gold")
+    Ranked.set(queue="ranked").perform_later(cls="silver", rank=2)
+    Ranked.perform_now(cls="bronze")
+    kwargs = [json.loads(raw)["kwargs"] for raw in r.lrange("queue:ranked", 0, -1)]
+    assert sorted(kwargs, key=str) == sorted([{"cls": "gold"}, {"cls": "silver", "rank": 2}], key=str)

@@ -64,6 +64,15 @@ class HelperPolicyJob(kiq.Job):
         raise {"flaky": Flaky, "gone": KeyError}[error](error)
 
 
+@retry_on(Flaky, wait=lambda executions: -1.0)
+class HelperNegativeWaitJob(kiq.Job):
+    retry = 0
+
+    def perform(self) -> None:
+        performed.append(("negative", self.executions))
+        raise Flaky("flaky")
+
+
 class HelperRailsJob(kiq.Job):
     active_job = True
 
@@ -315,6 +324,23 @@ def test_discard_on_drops_and_retry_on_enqueues_again_until_its_attempts_are_use
     retried = kiq_jobs.assert_enqueued_with(job=HelperPolicyJob, args=["flaky"],
                                             at=dt.timedelta(seconds=32), tolerance=3)
     assert retried.payload["retry_count"] == 0 and retried.payload["error_class"] == "test_testing.Flaky"
+
+
+def test_a_retry_on_wait_kiq_refuses_leaves_the_retry_policy_to_decide(kiq_jobs: Jobs) -> None:
+    """A wait of -1 s falls back to the job's retry policy: ``retry = 0`` sends the job to the
+    dead set at its first failure in a worker, so the test adapter raises at once; it ran the
+    job three times instead."""
+    HelperNegativeWaitJob.perform_later()
+    with pytest.raises(Flaky):
+        kiq_jobs.perform_enqueued_jobs()
+    assert performed == [("negative", 1)]
+    kiq_jobs.assert_no_enqueued_jobs()
+
+
+def test_retry_on_refuses_a_wait_no_worker_could_keep() -> None:
+    for wait in (-1, float("nan"), float("inf"), dt.timedelta(seconds=-5), True):
+        with pytest.raises(ValueError, match="retry_on's wait is a number of seconds"):
+            retry_on(Flaky, wait=wait)  # type: ignore[arg-type]
 
 
 def test_block_form_performs_jobs_as_they_are_enqueued(kiq_jobs: Jobs) -> None:
