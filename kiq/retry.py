@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
 import time
 import traceback
 import zlib
@@ -94,8 +95,8 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
     retry_queue = job.get("retry_queue")
     if isinstance(retry_queue, str) and retry_queue:
         job["queue"] = retry_queue
-    job["error_message"] = message[:MAX_MESSAGE]
-    job["error_class"] = error_class
+    job["error_message"] = scrubbed(message[:MAX_MESSAGE])
+    job["error_class"] = scrubbed(error_class)
     lines = job.get("backtrace")
     if error is not None and (lines is True or (type(lines) is int and lines > 0)):
         job["error_backtrace"] = compress_backtrace(error, None if lines is True else lines)
@@ -114,6 +115,16 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
     if job.get("dead") is False:
         return Outcome(failed=True, error=error)
     return dead(job, now, error)
+
+
+def scrubbed(text: str) -> str:
+    """``text`` with U+FFFD for each lone surrogate (a file name's bytes that were not UTF-8,
+    through os.fsdecode), as Sidekiq scrubs its error messages: Ruby's JSON cannot write such a
+    string back, so Sidekiq's poller, API or Web UI would lose the job holding it."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def dead(job: dict[str, Any], now: float | None = None, error: BaseException | None = None) -> Outcome:

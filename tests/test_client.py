@@ -92,6 +92,22 @@ def test_job_class_queue_and_retry_go_into_the_payload(client, r):
     assert r.llen("queue:default") == 0
 
 
+def test_a_string_that_is_not_valid_unicode_is_refused_with_nothing_enqueued(client, r):
+    """A lone surrogate (os.fsdecode of bytes that are not UTF-8) is written as ``\\udcff``,
+    which Ruby reads as a string it cannot write back: Sidekiq's poller, API or Web UI lost the
+    job. Characters beyond the BMP (escaped as a pair) are fine."""
+    bad = os.fsdecode(b"report-\xff.csv")
+    for enqueue in (lambda: ClientPlainJob.perform_later(bad),
+                    lambda: ClientPlainJob.set(wait=60).perform_later(name=bad),
+                    lambda: ClientPlainJob.perform_bulk([["ok"], [[bad]]]),
+                    lambda: client.enqueue("RubyJob", ["\ud800"])):
+        with pytest.raises(kiq.SerializationError, match="not valid Unicode"):
+            enqueue()
+    assert r.keys("*") == []
+    ClientPlainJob.perform_later("\U0001f600 \\udcff")  # an emoji, and a backslash followed by text
+    assert json.loads(r.lrange("queue:default", 0, -1)[0])["args"] == ["\U0001f600 \\udcff"]
+
+
 def test_kwargs_field_only_when_keyword_arguments_are_given(client, r):
     ClientPlainJob.perform_later(1)
     ClientPlainJob.perform_later(1, size="large")

@@ -218,3 +218,15 @@ def test_a_manual_retry_s_given_back_try_counts_from_zero_again():
     outcome = failure(job, "E", "again", now=100.0)
     assert outcome.action == "retry"
     assert job["retry_count"] == 0 and job["retried_at"] == 100.0 and job["failed_at"] == 1.0
+
+
+def test_an_error_message_holding_a_lone_surrogate_is_scrubbed_as_sidekiq_scrubs():
+    """A file name's bytes that are not UTF-8 (os.fsdecode) in a message: Ruby's JSON cannot
+    write such a string back, so Sidekiq's poller or Web UI lost the retry entry holding it."""
+    import os
+
+    outcome = failure({"class": "J", "args": [], "jid": "a", "queue": "q"}, "FileNotFoundError",
+                      "missing " + os.fsdecode(b"report-\xff.csv"))
+    stored = json.loads(outcome.payload)
+    assert stored["error_message"] == "missing report-\ufffd.csv"
+    json.dumps(stored, ensure_ascii=False).encode("utf-8")  # valid Unicode, as Ruby reads it
