@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiq.payload import stamp
+from kiq.payload import epoch_seconds, stamp
 
 DEFAULT_MAX_RETRIES = 25
 DEAD_MAX_JOBS = 10_000
@@ -110,11 +110,21 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
     count = job["retry_count"]
     if delay is not None:
         return Outcome(True, "retry", _dump(job), now + delay, error)
-    if limit is not None and count < limit:
+    if limit is not None and count < limit and not _past_retry_for(job, now):
         return Outcome(True, "retry", _dump(job), now + backoff(count), error)
     if job.get("dead") is False:
         return Outcome(failed=True, error=error)
     return dead(job, now, error)
+
+
+def _past_retry_for(job: dict[str, Any], now: float) -> bool:
+    """Sidekiq 7's ``retry_for``: seconds from the first failure after which no retry is left,
+    whatever ``retry`` allows."""
+    window = job.get("retry_for")
+    if isinstance(window, bool) or not isinstance(window, (int, float)):
+        return False
+    first = epoch_seconds(job.get("failed_at"))
+    return first is not None and first + window < now
 
 
 def scrubbed(text: str) -> str:

@@ -230,3 +230,15 @@ def test_an_error_message_holding_a_lone_surrogate_is_scrubbed_as_sidekiq_scrubs
     stored = json.loads(outcome.payload)
     assert stored["error_message"] == "missing report-\ufffd.csv"
     json.dumps(stored, ensure_ascii=False).encode("utf-8")  # valid Unicode, as Ruby reads it
+
+
+def test_sidekiq_7s_retry_for_ends_the_retries_once_its_seconds_from_the_first_failure_are_past():
+    job: dict[str, Any] = {"class": "J", "args": [], "jid": "a", "queue": "q", "retry_for": 60}
+    first = failure(job, "E", "boom", now=1000.0)
+    assert first.action == "retry" and job["failed_at"] == 1000.0
+    assert failure(job, "E", "boom", now=1059.0).action == "retry"
+    assert failure(job, "E", "boom", now=1061.0).action == "dead"
+    assert failure({**job, "dead": False}, "E", "boom", now=1061.0).action == ""  # dropped
+    in_ms = {**job, "failed_at": 1_700_000_000_000, "retry_count": 0}  # Sidekiq 8 writes milliseconds
+    assert failure(dict(in_ms), "E", "boom", now=1_700_000_059.0).action == "retry"
+    assert failure(in_ms, "E", "boom", now=1_700_000_061.0).action == "dead"
