@@ -431,9 +431,10 @@ class Worker:
             "labels": [],
             "generation": self.generation,  # kiq's own: the Busy page shows it, Sidekiq ignores it
         }
+        capsule = heartbeat.capsule(self.config.queues, self.config.strict, self.config.concurrency)
+        info["weights"] = [capsule["weights"]]  # Sidekiq 7's Busy page shows the queues in this order
         if writing_format() >= 8:  # Sidekiq 8 reads a process's queues and threads from its capsules
-            info["capsules"] = {"default": heartbeat.capsule(self.config.queues, self.config.strict,
-                                                            self.config.concurrency)}
+            info["capsules"] = {"default": capsule}
         conn = connect(self.config.redis_url, name=f"kiq-beat-{self.identity}")
         wip = [member(self.identity, queue) for queue in self.config.queue_names]
         return heartbeat.Heartbeat(conn, self.keys, self.identity, info, self._work,

@@ -144,6 +144,8 @@ def test_a_worker_with_sidekiq_format_8_writes_milliseconds_and_its_capsule(r, r
     [process] = wait_for(api.processes, timeout=15)
     assert process.info["capsules"] == {"default": {"concurrency": 4, "mode": "strict",
                                                     "weights": {"default": 0, "low": 0}}}
+    assert process.info["weights"] == [{"default": 0, "low": 0}]  # as Sidekiq 7 writes them, in order
+    assert list(process.info["weights"][0]) == ["default", "low"]
     assert process.queues == ["default", "low"] and process.concurrency == 4
 
 
