@@ -278,9 +278,9 @@ class SortedSet:
         return int(self.api.redis.zrem(self.key, *(wire(job.raw) for job in jobs)))
 
     def retry(self, jobs: list[Job]) -> int:
-        """Move entries to their queues now. From the retry set, ``retry_count`` goes back one so
-        the manual retry does not spend one of the job's tries; a dead job keeps its count, so
-        it gets exactly one more try (as it does in Sidekiq)."""
+        """Move entries to their queues now, ``retry_count`` one back, as Sidekiq's
+        ``SortedEntry#retry`` does from any set: a manual retry does not spend one of the job's
+        tries, and a dead job gets exactly one more."""
         if not jobs:
             return 0
         moves: list[tuple[str, str, str]] = []
@@ -290,7 +290,7 @@ class SortedSet:
             payload = dict(job.payload)
             payload.pop("at", None)
             payload["enqueued_at"] = stamp(time.time(), self.api.sidekiq_format)
-            if self.name == "retry" and isinstance(payload.get("retry_count"), int):
+            if type(payload.get("retry_count")) is int:
                 payload["retry_count"] -= 1
             moves.append((job.raw, job.queue, json.dumps(payload, separators=(",", ":"))))
         if not moves:

@@ -353,7 +353,7 @@ def test_dead_retry_all_moves_thousands_of_sidekiq_dead_jobs(redis_server, r):
     assert [r.llen(f"queue:{q}") for q in queues] == [count // 3] * 3
     assert r.smembers("queues") == set(queues)
     first = json.loads(r.rpop("queue:default"))  # type: ignore[arg-type]
-    assert first["args"] == [0, "café", {"k": [1.5, None]}] and first["retry_count"] == 25
+    assert first["args"] == [0, "café", {"k": [1.5, None]}] and first["retry_count"] == 24
     assert "at" not in first and first["enqueued_at"] > NOW
     assert ok_json(url, "stats")["enqueued"] == count - 1
 
@@ -519,11 +519,11 @@ def test_retry_and_kill_a_job_that_really_failed(redis_server, r, client, start_
 
     assert ok(url, "dead", "retry", handle.jid).strip() == "retry: 1 job(s)"
     wait_for(lambda: r.llen("attempts") == 3)
-    # Out of tries this time (retry = 1): straight back to the dead set.
-    wait_for(lambda: r.zcard("dead") == 1)
-    final = json.loads(r.zrange("dead", 0, 0)[0])
-    assert final["jid"] == handle.jid and final["retry_count"] == 1
-    assert r.zcard("retry") == 0
+    # Killed with its one retry left (retry = 1): the retry from the dead set gives its try back,
+    # as Sidekiq's does (retry_count one back), so its failure files it in the retry set again.
+    wait_for(lambda: r.zcard("retry") == 1)
+    final = json.loads(r.zrange("retry", 0, 0)[0])
+    assert final["jid"] == handle.jid and final["retry_count"] == 0 and r.zcard("dead") == 0
 
 
 def test_dead_retry_all_runs_really_dead_jobs_again(redis_server, r, client, start_kiq):
@@ -551,7 +551,7 @@ def test_dead_retry_all_runs_really_dead_jobs_again(redis_server, r, client, sta
     wait_for(lambda: r.get("stat:failed") == "6")
     entries = wait_for(lambda: len(e := [json.loads(raw) for raw in r.zrange("dead", 0, -1)]) == 3 and e)
     assert {e["jid"] for e in entries} == set(to_dead)
-    assert all(e["retry_count"] == 1 and "retried_at" in e for e in entries)
+    assert all(e["retry_count"] == 0 and "retried_at" in e for e in entries)  # -1 by the retry, +1
 
 
 TRACED = """
