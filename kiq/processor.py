@@ -53,8 +53,10 @@ def prepare(queue: str, raw: str) -> tuple[type[Job], dict[str, Any]] | Outcome:
     A payload kiq cannot read goes to the dead set at once. One that names a class no
     required module registered fails like a job that raised (Sidekiq's NameError): retried
     with backoff, since during a rolling deploy, or on a queue shared with Ruby workers, a
-    worker that knows the class may soon take it. Log lines name this payload's jid and class,
-    never the previous job's.
+    worker that knows the class may soon take it; with the default tries whatever its own
+    ``retry`` says (a Ruby job's ``retry: false`` is its class's to apply, not a reason to drop
+    it here), then the dead set. Log lines name this payload's jid and class, never the
+    previous job's.
     """
     try:
         payload = decode(raw)
@@ -71,7 +73,7 @@ def prepare(queue: str, raw: str) -> tuple[type[Job], dict[str, Any]] | Outcome:
         logger.error("invalid payload", error="a wrapped invalid payload was put back in a queue")
         return retry.dead(payload)  # retried from the dead set by hand: back it goes, as it was
     message = f"no job class registered as {name!r}; is its module in the workers' require list?"
-    outcome = retry.failure(payload, UNKNOWN_CLASS_ERROR, message)
+    outcome = retry.failure(payload, UNKNOWN_CLASS_ERROR, message, kept=True)
     logger.error("unknown job class", error=message, **_fate(outcome, payload))
     return outcome
 

@@ -78,18 +78,20 @@ def max_retries(retry: Any) -> int | None:
 
 
 def failure(job: dict[str, Any], error_class: str, message: str, now: float | None = None,
-            delay: float | None = None, error: BaseException | None = None) -> Outcome:
+            delay: float | None = None, error: BaseException | None = None, kept: bool = False) -> Outcome:
     """Record a failure in ``job`` (mutated) and decide between retry, dead and drop.
 
     ``delay`` (from a ``retry_on`` rule) retries after that many seconds whatever the job's
     ``retry`` limit says; one that is not a number of seconds from now to a century falls back
     to the backoff. ``error`` gives the backtrace a job's ``backtrace`` option asks for, and
-    goes with the outcome.
+    goes with the outcome. ``kept`` (a job no worker here could run) ignores the job's own
+    ``retry``, ``retry_for`` and ``dead: false``, which are its class's to apply: it gets the
+    default tries, then the dead set, and is never dropped.
     """
     now = time.time() if now is None else now
     if delay is not None and not 0 <= delay <= MAX_DELAY:  # also false for NaN
         delay = None
-    limit = max_retries(job.get("retry", True))
+    limit = max_retries(True if kept else job.get("retry", True))
     if limit is None and delay is None:
         return Outcome(failed=True, error=error)
     retry_queue = job.get("retry_queue")
@@ -110,9 +112,9 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
     count = job["retry_count"]
     if delay is not None:
         return Outcome(True, "retry", _dump(job), now + delay, error)
-    if limit is not None and count < limit and not _past_retry_for(job, now):
+    if limit is not None and count < limit and (kept or not _past_retry_for(job, now)):
         return Outcome(True, "retry", _dump(job), now + backoff(count), error)
-    if job.get("dead") is False:
+    if job.get("dead") is False and not kept:
         return Outcome(failed=True, error=error)
     return dead(job, now, error)
 

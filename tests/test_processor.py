@@ -238,6 +238,19 @@ def test_payload_that_is_not_utf8_keeps_its_bytes():
     assert wrapped["args"] == [data.decode("utf-8", "replace")]
 
 
+@pytest.mark.parametrize("options", [{"retry": False}, {"retry": 0}, {"dead": False, "retry": 0},
+                                     {"retry_for": 1, "failed_at": 1.0, "retry_count": 0}])
+def test_an_unregistered_class_is_kept_whatever_its_own_retry_options_say(calls, options):
+    """A Ruby job with ``retry: false`` on a queue kiq shares with Sidekiq was dropped (with
+    ``retry: 0``, killed) by the worker that could not run it: those options are the job's
+    class's to apply, where it runs."""
+    outcome = process("default", raw("RubyOnly", [1], None, **options))
+    assert calls == [] and outcome.action == "retry"
+    payload = json.loads(outcome.payload)
+    assert {key: payload[key] for key in options if key != "retry_count"} == {
+        key: value for key, value in options.items() if key != "retry_count"}  # kept for the class
+
+
 def test_deeply_nested_json_is_invalid_not_a_crash():
     text = "[" * 100_000 + "]" * 100_000
     outcome = process("default", text)
@@ -262,11 +275,12 @@ def test_unregistered_class_is_retried_with_the_payload_intact(calls):
     assert set(payload) - set(original) == {"error_class", "error_message", "failed_at", "retry_count"}
 
 
-def test_unregistered_class_goes_to_dead_after_its_retries(calls):
-    text = raw("Ruby::OnlyInRailsJob", [1], retry=2, retry_count=1)
-    outcome = process("default", text)
-    assert outcome.action == "dead"
-    assert json.loads(outcome.payload)["retry_count"] == 2
+def test_unregistered_class_goes_to_dead_after_the_default_retries(calls):
+    text = raw("Ruby::OnlyInRailsJob", [1], retry=2, retry_count=23)  # its own 2 are its class's
+    assert process("default", text).action == "retry"
+    outcome = process("default", raw("Ruby::OnlyInRailsJob", [1], retry=2, retry_count=24, dead=False))
+    assert outcome.action == "dead"  # never dropped: dead: false is its class's too
+    assert json.loads(outcome.payload)["retry_count"] == 25
 
 
 # Failures that would break the failure handling itself
