@@ -252,8 +252,11 @@ def describe(error: BaseException) -> str:
 
 
 def _fate(outcome: Outcome, payload: dict[str, Any]) -> dict[str, Any]:
-    """Log fields saying what becomes of a failed job: its attempt and, for a retry, when."""
-    fields: dict[str, Any] = {"then": outcome.action or ("discard" if outcome.failed else "drop")}
+    """Log fields saying what becomes of a failed job: its attempt and, for a retry, when.
+    A failed job that goes nowhere was dropped by its retry policy (``retry: false``, or out of
+    tries with ``dead: false``), else discarded by a ``discard_on`` rule."""
+    dropped = retry.max_retries(payload.get("retry", True)) is None or payload.get("dead") is False
+    fields: dict[str, Any] = {"then": outcome.action or ("drop" if dropped else "discard")}
     count = payload.get("retry_count")
     if type(count) is int:
         fields["attempt"] = count + 1

@@ -132,6 +132,36 @@ def test_lines_about_a_payload_that_cannot_run_name_it_not_the_previous_job() ->
     assert "jid" not in invalid and "class" not in invalid and invalid["queue"] == "default"
 
 
+def test_a_fail_line_says_drop_for_the_retry_policy_and_discard_for_discard_on() -> None:
+    code = textwrap.dedent("""
+        import json, sys, kiq
+        from kiq import log, processor
+        from kiq.callbacks import discard_on
+        from kiq.client import build_payload
+
+        class DroppedJob(kiq.Job):
+            retry = False
+            def perform(self):
+                raise ValueError("dropped")
+
+        @discard_on(ValueError)
+        class DiscardedJob(kiq.Job):
+            def perform(self):
+                raise ValueError("discarded")
+
+        log.setup("info", "json")
+        for name in ("DroppedJob", "DiscardedJob"):
+            job_class, payload = processor.prepare("default", json.dumps(build_payload(name, [], retry=True)))
+            payload["retry"] = job_class.retry
+            processor.handle(job_class, payload, "default")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=True)
+    fails = {line["class"]: line["then"] for line in map(json.loads, done.stderr.splitlines())
+             if line["event"] == "fail"}
+    assert fails == {"DroppedJob": "drop", "DiscardedJob": "discard"}
+
+
 def test_the_console_format_shows_the_traceback_too() -> None:
     output = run_failures("console")
     assert "Traceback (most recent call last)" in output and "in inner" in output
