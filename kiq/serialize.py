@@ -252,6 +252,11 @@ def _subclass_writer(value: object) -> _Writer:
     gid = global_id_of(value) if global_id_of is not None else None
     if gid is not None:
         return lambda _: {_GLOBAL_ID: gid}
+    base = next((kind for kind in (*_PLAIN, *_writers) if isinstance(value, kind)), None)
+    if base is not None:  # a subclass of a type kiq writes: it would come back as its base
+        raise SerializationError(f"cannot serialize object of type {_type_name(value)}: it would come back "
+                                 f"as a plain {base.__name__}; pass {base.__name__}(value), or register a "
+                                 "serializer for it (kiq.serialize.register)")
     raise SerializationError(f"cannot serialize object of type {_type_name(value)}")
 
 
