@@ -37,8 +37,9 @@ import click
 DEFAULT_PATH = "app/jobs"
 TESTS = "tests"
 
-_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z0-9]+|[A-Z]")
-"""A word of a name: an acronym (HTML in HTMLParser), a capitalised or lower-case word, a lone capital."""
+_WORD = re.compile(r"[A-Z][A-Z0-9]*(?![a-z])|[A-Z]?[a-z0-9]+|[A-Z]")
+"""A word of a name: an acronym, digits included (HTML in HTMLParser, S3 in S3Upload, as Rails'
+``underscore`` reads them), a capitalised or lower-case word, a lone capital."""
 
 
 class GenerateError(Exception):

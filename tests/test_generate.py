@@ -47,6 +47,8 @@ def test_names_are_normalised(name: str) -> None:
     ("Resize2xImage", "Resize2xImageJob", "resize2x_image_job"),
     ("JobJob", "JobJob", "job_job"),
     ("Billing", "BillingJob", "billing_job"),
+    ("S3Upload3", "S3Upload3Job", "s3_upload3_job"),  # as Rails' underscore: not s_3_upload3
+    ("HTTP2Client", "HTTP2ClientJob", "http2_client_job"),
 ])
 def test_words_acronyms_and_digits(name: str, class_name: str, module: str) -> None:
     assert job_name(name) == JobName(class_name, module)
