@@ -15,6 +15,7 @@ Choose with ``kiq.configure(adapter="async")`` or ``KIQ_ADAPTER``.
 
 from __future__ import annotations
 
+import atexit
 import heapq
 import itertools
 import json
@@ -121,6 +122,17 @@ class AsyncAdapter(LocalAdapter):
         self.running = 0
         self.finished = threading.Condition()
         threading.Thread(target=self._timer, name="kiq-async-timer", daemon=True).start()
+        atexit.register(self._say_unrun)
+
+    def _say_unrun(self) -> None:
+        """At the process's exit: the jobs still waiting for their time (scheduled, or retries)
+        die with the process, as an in-process adapter's must; said, not silent."""
+        with self.wake:
+            waiting = len(self.due)
+        if waiting:
+            log.get("kiq.async").warning("the process exits with jobs the async adapter had not run yet "
+                                         "(scheduled or retries): they are lost; use the Redis adapter "
+                                         "to keep them", jobs=waiting)
 
     def accept(self, payload: dict[str, Any]) -> None:
         at = payload.get("at")

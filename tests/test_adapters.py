@@ -211,3 +211,24 @@ def test_async_adapter_lines_name_their_job_in_an_app_that_set_up_no_logging():
     assert (fail_line["jid"], fail_line["then"]) == (bad, "retry")
     assert "AssertionError: not one" in fail_line["exception"]
     assert not [line for line in lines if line["level"] == "debug"]
+
+
+def test_the_async_adapter_says_at_exit_which_jobs_die_with_the_process():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = (
+        "import kiq\n"
+        "from kiq import adapters\n"
+        "class Later(kiq.Job):\n"
+        "    def perform(self): pass\n"
+        "adapters.use('async')\n"
+        "Later.set(wait=60).perform_later()\n"
+        "Later.set(wait=90).perform_later()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=True)
+    [line] = [json.loads(line) for line in done.stderr.splitlines() if "had not run yet" in line]
+    assert line["jobs"] == 2 and line["level"] == "warning"
