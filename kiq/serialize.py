@@ -19,6 +19,7 @@ import re
 import reprlib
 import sys
 import uuid
+import zoneinfo
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from decimal import Decimal, InvalidOperation
 from enum import Enum
@@ -321,8 +322,13 @@ def _tagged(name: str, value: object) -> dict[str, object]:
 
 
 def _write_datetime(value: dt.datetime) -> object:
-    name = _DATETIME if value.utcoffset() is None else _TIME_WITH_ZONE
-    return _tagged(name, value.isoformat(timespec="microseconds"))
+    if value.utcoffset() is None:
+        return _tagged(_DATETIME, value.isoformat(timespec="microseconds"))
+    tagged = _tagged(_TIME_WITH_ZONE, value.isoformat(timespec="microseconds"))
+    zone = getattr(value.tzinfo, "key", None)  # a zoneinfo.ZoneInfo's name, as Rails 7.1 writes it
+    if isinstance(zone, str):
+        tagged["time_zone"] = zone
+    return tagged
 
 
 def _write_date(value: dt.date) -> object:
@@ -442,11 +448,24 @@ def _load_tagged(value: Mapping[str, object]) -> object:
         raise DeserializationError(f"{name} has no 'value'")
     data = value["value"]
     try:
-        return reader(data)
+        loaded = reader(data)
     except DeserializationError:
         raise
     except Exception as error:
         raise DeserializationError(f"cannot load {name} from {reprlib.repr(data)}: {error}") from error
+    zone = value.get("time_zone")
+    if name == _TIME_WITH_ZONE and type(zone) is str:  # Rails 7.1's, and kiq's for a ZoneInfo
+        return _in_zone(loaded, zone)  # type: ignore[arg-type]
+    return loaded
+
+
+def _in_zone(moment: dt.datetime, name: str) -> dt.datetime:
+    """The time in its named zone (which a fixed offset cannot follow across a DST change); as
+    it is where this machine does not know the name."""
+    try:
+        return moment.astimezone(zoneinfo.ZoneInfo(name))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return moment
 
 
 def _load_global_id(value: Mapping[str, object]) -> object:

@@ -184,6 +184,24 @@ def test_aware_datetime_keeps_its_offset() -> None:
     assert result.utcoffset() == dt.timedelta(hours=5, minutes=30)
 
 
+def test_a_datetime_in_a_named_zone_comes_back_in_that_zone_as_rails_7_1_writes_it() -> None:
+    """With its offset alone, 12:00 in Paris the day before the change to summer time came back
+    as +01:00 for ever: a day later it read 13:00 where Paris says 12:00."""
+    from zoneinfo import ZoneInfo
+
+    paris = dt.datetime(2026, 3, 28, 12, tzinfo=ZoneInfo("Europe/Paris"))
+    stored = serialize(paris)
+    assert stored == {"_aj_serialized": "ActiveJob::Serializers::TimeWithZoneSerializer",
+                      "value": "2026-03-28T12:00:00.000000+01:00", "time_zone": "Europe/Paris"}
+    back = roundtrip(paris)
+    assert back == paris and isinstance(back, dt.datetime) and back.tzinfo == ZoneInfo("Europe/Paris")
+    assert (back + dt.timedelta(days=1)).utcoffset() == dt.timedelta(hours=2)
+    unknown = deserialize({**stored, "time_zone": "Nowhere/Atlantis"})  # a name this machine lacks
+    assert unknown == paris and unknown.utcoffset() == dt.timedelta(hours=1)  # type: ignore[union-attr]
+    assert deserialize({**stored, "time_zone": "../../etc/passwd"}) == paris  # no file read for it
+    assert "time_zone" not in serialize(dt.datetime(2026, 3, 28, 12, tzinfo=dt.timezone.utc))  # type: ignore[operator]
+
+
 def test_args_and_kwargs_round_trip() -> None:
     args = [1, dt.date(2026, 1, 1), {"a": (1, 2)}]
     kwargs = {"size": "large", "at": dt.datetime(2026, 1, 1, tzinfo=UTC)}
