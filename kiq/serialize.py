@@ -336,6 +336,10 @@ def _write_date(value: dt.date) -> object:
 
 
 def _write_time(value: dt.time) -> object:
+    if value.tzinfo is not None and value.utcoffset() is None:
+        raise SerializationError(f"cannot serialize {value!r}: its zone gives no offset without a date "
+                                 "(a ZoneInfo), so it would come back without its zone; pass a datetime, "
+                                 "or a time with a fixed offset (datetime.timezone)")
     return _tagged(_TIME, value.isoformat(timespec="microseconds"))
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -187,8 +188,6 @@ def test_aware_datetime_keeps_its_offset() -> None:
 def test_a_datetime_in_a_named_zone_comes_back_in_that_zone_as_rails_7_1_writes_it() -> None:
     """With its offset alone, 12:00 in Paris the day before the change to summer time came back
     as +01:00 for ever: a day later it read 13:00 where Paris says 12:00."""
-    from zoneinfo import ZoneInfo
-
     paris = dt.datetime(2026, 3, 28, 12, tzinfo=ZoneInfo("Europe/Paris"))
     stored = serialize(paris)
     assert stored == {"_aj_serialized": "ActiveJob::Serializers::TimeWithZoneSerializer",
@@ -440,6 +439,7 @@ def generator() -> Iterator[int]:
         (float("inf"), "cannot serialize inf"),
         (float("-inf"), "cannot serialize -inf"),
         (dt.timedelta.max, "too long to keep its microseconds"),
+        (dt.time(3, 4, tzinfo=ZoneInfo("Europe/Paris")), "its zone gives no offset without a date"),
     ],
     ids=repr,
 )
