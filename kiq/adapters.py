@@ -77,7 +77,7 @@ class LocalAdapter:
                 jid: str | None = None) -> Enqueued:
         payload = payload_for(job, args, kwargs, queue, retry, at, jid, backtrace=backtrace)
         self._accept_all([payload])
-        return Enqueued(payload["jid"], payload["class"], payload["queue"], payload.get("at"))
+        return Enqueued.of(payload)
 
     def enqueue_bulk(self, job: type[Job] | str, args_list: Iterable[Sequence[Any]], *,
                      queue: str | None = None, retry: bool | int | None = None, at: float | None = None,

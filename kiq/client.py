@@ -35,12 +35,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Enqueued:
-    """What ``perform_later`` returns: the job id and where the job went."""
+    """What ``perform_later`` returns: the job id and where the job went. ``job_class`` is the
+    job's name, also for an Active Job, whose payload's ``class`` is Rails' wrapper."""
 
     jid: str
     job_class: str
     queue: str
     at: float | None = None
+
+    @classmethod
+    def of(cls, payload: Mapping[str, Any]) -> Enqueued:
+        wrapped = payload.get("wrapped")
+        name = wrapped if isinstance(wrapped, str) and wrapped else payload["class"]
+        return cls(payload["jid"], name, payload["queue"], payload.get("at"))
 
 
 _json = json.JSONEncoder(separators=(",", ":")).encode
@@ -157,7 +164,7 @@ class Client:
         payload = payload_for(job, args, kwargs, queue, retry, at, jid, backtrace=backtrace,
                               sidekiq_format=self.sidekiq_format)
         self.push_bulk([payload])
-        return Enqueued(payload["jid"], payload["class"], payload["queue"], payload.get("at"))
+        return Enqueued.of(payload)
 
     def enqueue_bulk(
         self,

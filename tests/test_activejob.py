@@ -85,6 +85,7 @@ def test_active_job_classes_are_enqueued_in_rails_shape(client, r):
     payload = json.loads(raw)
     assert payload["class"] == activejob.WRAPPER and payload["wrapped"] == "AjEchoJob"
     assert payload["jid"] == job.jid and payload["queue"] == "mailers"
+    assert (job.job_class, job.queue) == ("AjEchoJob", "mailers")  # the job's name, not Rails' wrapper
     [data] = payload["args"]
     assert data["job_class"] == "AjEchoJob" and data["queue_name"] == "mailers"
     assert data["arguments"][:2] == [5, {"a": 1}]
