@@ -128,9 +128,13 @@ def format_exc_info(logger: Any, method: str,
     exc_info = event_dict.pop("exc_info", None)
     if not exc_info:
         return event_dict
-    error = sys.exc_info()[1] if exc_info is True else exc_info if isinstance(exc_info, BaseException) \
-        else exc_info[1]
-    if error is not None:
+    if isinstance(exc_info, BaseException):
+        error: object = exc_info
+    elif isinstance(exc_info, tuple) and len(exc_info) == 3:
+        error = exc_info[1]
+    else:  # True, or any other true value, as structlog and logging read it: the one being handled
+        error = sys.exc_info()[1]
+    if isinstance(error, BaseException):
         event_dict["exception"] = bounded(traceback_text(error), TRACEBACK_MAX)
     return event_dict
 

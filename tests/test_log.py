@@ -328,3 +328,26 @@ def test_a_thread_that_dies_of_an_exception_says_so_in_a_line_of_the_log() -> No
     [line] = [json.loads(line) for line in done.stderr.splitlines()]
     assert line["event"] == "a thread ended with an exception" and line["thread"] == "app-thread"
     assert "ValueError: from a thread" in line["exception"] and line["level"] == "error"
+
+
+def test_an_exc_info_of_any_true_value_logs_the_exception_being_handled() -> None:
+    """``exc_info=1`` (any true value, as logging reads it) failed the line with a TypeError, in
+    whichever thread logged it; a tuple that is no exc_info tuple named no exception."""
+    code = textwrap.dedent("""
+        from kiq import log
+        log.setup("info", "json")
+        logger = log.get("app")
+        try:
+            1 / 0
+        except ZeroDivisionError:
+            for value in (1, "yes", True, (1, 2)):
+                logger.error("handled", exc_info=value)
+        logger.error("nothing handled", exc_info=1)
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=True)
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    handled = [line for line in lines if line["event"] == "handled"]
+    assert len(handled) == 4 and all("ZeroDivisionError" in line["exception"] for line in handled)
+    [nothing] = [line for line in lines if line["event"] == "nothing handled"]
+    assert "exception" not in nothing
