@@ -4,51 +4,94 @@ A job that kills its worker (a segfault, the OOM killer, a SIGKILL for not answe
 charged towards the poison-pill limit; jobs the worker had only prefetched, or had finished
 without acknowledging yet, must not be. The worker knows which is which but dies with that
 knowledge, and telling Redis at every job start would cost a round trip per job. So each
-processor thread writes the SHA-1 digest of the payload it runs into its own slot of a shared
-anonymous mapping that the supervisor made before the fork: plain memory writes, and the
-mapping outlives the worker. Recovery matches the digests against ``redis.sha1hex`` of each
-job in the worker's in-progress lists.
+processor thread writes its thread id and the SHA-1 digest of the payload it runs into its own
+slot of a shared anonymous mapping that the supervisor made before the fork: plain memory
+writes, and the mapping outlives the worker. Recovery matches the digests against
+``redis.sha1hex`` of each job in the worker's in-progress lists.
+
+A fatal signal (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT) also names the thread that raised
+it: the worker points faulthandler at a file the supervisor made, and the dump's "Current
+thread" is that thread's id. When it is a processor thread running a job, that job alone is
+charged; the jobs that ran beside it were not the crash's cause, and charging them would bury
+them with the culprit. The dump is also the only traceback a segfault leaves, so the
+supervisor logs it.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import hashlib
 import mmap
+import os
+import re
+import signal
+import struct
+import tempfile
+import threading
 
 from kiq.connection import wire
 
+IDENT = struct.Struct("=Q")  # threading.get_ident(), as faulthandler prints it
 DIGEST = 20
+SLOT = IDENT.size + DIGEST
 EMPTY = bytes(DIGEST)
 STOPPED = 1  # the first byte: the worker finished its stop (its unfinished jobs are no crash's)
+DUMP_MAX = 64_000  # faulthandler writes at most 100 threads of 100 frames; the rest is cut
+CURRENT_THREAD = re.compile(r"^Current thread (0x[0-9a-f]+)", re.MULTILINE)
+HEADER = "Fatal Python error"  # each dump's first line
+FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT})
 
 
 class Ledger:
     def __init__(self, slots: int) -> None:
         self.slots = slots
-        self._map = mmap.mmap(-1, 1 + slots * DIGEST)
+        self._map = mmap.mmap(-1, 1 + slots * SLOT)
+        self._dump = tempfile.TemporaryFile()  # noqa: SIM115  it lives as long as the ledger: close()
+
+    def watch_faults(self) -> None:
+        """In the worker: let faulthandler write a fatal signal's tracebacks where the
+        supervisor reads them."""
+        faulthandler.enable(file=self._dump, all_threads=True)
 
     def start(self, slot: int, payload: str) -> None:
-        offset = 1 + slot * DIGEST
-        self._map[offset:offset + DIGEST] = hashlib.sha1(wire(payload), usedforsecurity=False).digest()
+        offset = 1 + slot * SLOT
+        digest = hashlib.sha1(wire(payload), usedforsecurity=False).digest()
+        self._map[offset:offset + SLOT] = IDENT.pack(threading.get_ident()) + digest
 
     def finish(self, slot: int) -> None:
-        offset = 1 + slot * DIGEST
+        offset = 1 + slot * SLOT + IDENT.size
         self._map[offset:offset + DIGEST] = EMPTY
 
     def stopped(self) -> None:
         """Mark a worker that stopped as told: whatever it still ran is not a crash's doing."""
         self._map[0] = STOPPED
 
-    def running(self) -> list[str]:
-        """Hex digests of the payloads being run, unless the worker stopped as told."""
+    def fault(self, status: int) -> str:
+        """What faulthandler wrote when the worker died of ``status``'s fatal signal; "" if it
+        did not. The worker's own dump is the file's last: a child that a job forked inherits
+        the handler, and one that crashed wrote its dump there before."""
+        if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) in FAULTS):
+            return ""
+        size = os.fstat(self._dump.fileno()).st_size
+        text = os.pread(self._dump.fileno(), DUMP_MAX, max(0, size - DUMP_MAX)).decode(errors="replace")
+        return text[text.rfind(HEADER):] if HEADER in text else text
+
+    def running(self, fault: str = "") -> list[str]:
+        """Hex digests of the payloads being run, unless the worker stopped as told; only the
+        one whose thread raised ``fault``'s fatal signal when that thread was running a job."""
         if self._map[0] == STOPPED:
             return []
-        found = []
+        jobs: dict[int, str] = {}
         for slot in range(self.slots):
-            digest = self._map[1 + slot * DIGEST:1 + (slot + 1) * DIGEST]
+            offset = 1 + slot * SLOT
+            digest = self._map[offset + IDENT.size:offset + SLOT]
             if digest != EMPTY:
-                found.append(digest.hex())
-        return found
+                jobs[IDENT.unpack_from(self._map, offset)[0]] = digest.hex()
+        culprit = CURRENT_THREAD.search(fault)
+        if culprit and int(culprit[1], 16) in jobs:
+            return [jobs[int(culprit[1], 16)]]
+        return list(jobs.values())
 
     def close(self) -> None:
         self._map.close()
+        self._dump.close()

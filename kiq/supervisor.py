@@ -338,14 +338,16 @@ class Supervisor:
         metrics.mark_dead(pid)
         retired = self.retiring.pop(pid, None)
         if retired is not None:
-            self.unrecovered.append((retired.shard, retired.identity, _running(retired.ledger)))
+            fault = self._fault(pid, status, retired.ledger)
+            self.unrecovered.append((retired.shard, retired.identity, _running(retired.ledger, fault)))
             self.log.info("worker retired", pid=pid, reason=retired.reason,
                           status=describe(status, retired.killed))
             return
         slot = next((s for s in self.slots if s.pid == pid), None)
         if slot is None:
             return
-        self.unrecovered.append((slot.shard, slot.identity, _running(slot.ledger)))
+        fault = self._fault(pid, status, slot.ledger)
+        self.unrecovered.append((slot.shard, slot.identity, _running(slot.ledger, fault)))
         slot.ledger = None
         lived = time.monotonic() - slot.started
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == exits.REMOTE_STOP:
@@ -361,6 +363,14 @@ class Supervisor:
         slot.boot_failures = 0 if slot.ready else slot.boot_failures + 1
         delay = 0.0 if slot.failures == 0 else min(30.0, 0.5 * 2 ** (slot.failures - 1))
         slot.pid, slot.spawn_at = 0, time.monotonic() + delay
+
+    def _fault(self, pid: int, status: int, ledger: Ledger | None) -> str:
+        """The tracebacks a worker's fatal signal left (kiq.ledger), logged: nothing else shows
+        where a segfault happened."""
+        fault = ledger.fault(status) if ledger is not None else ""
+        if fault:
+            self.log.error("worker crashed", pid=pid, status=describe(status), exception=fault)
+        return fault
 
     def _boot_failed(self) -> bool:
         return bool(self.slots) and all(not s.pid and s.boot_failures >= BOOT_ATTEMPTS for s in self.slots)
@@ -432,11 +442,11 @@ def load_app(modules: list[str]) -> None:
                 error.with_traceback(_app_frames(error.__traceback__)))
 
 
-def _running(ledger: Ledger | None) -> list[str]:
+def _running(ledger: Ledger | None, fault: str) -> list[str]:
     """What a worker that exited was running, as its ledger says; the ledger is done with."""
     if ledger is None:
         return []
-    running = ledger.running()
+    running = ledger.running(fault)
     ledger.close()
     return running
 

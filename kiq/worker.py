@@ -136,6 +136,7 @@ class Worker:
     def run(self) -> int:
         """The process's whole life; returns its exit code."""
         setproctitle.setproctitle(f"kiq worker {self.index} [starting]")
+        self.ledger.watch_faults()
         signals = SignalQueue(WORKER_SIGNALS)
         self.heartbeat = self._heartbeat()
         self.fetcher = Fetcher(

@@ -131,6 +131,16 @@ class KillerJob(kiq.Job):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+class SegfaultJob(kiq.Job):
+    """A poison pill of the commonest kind: a crash in native code takes its worker down."""
+
+    def perform(self) -> None:
+        import ctypes
+
+        conn().rpush("attempts", str(os.getpid()))
+        ctypes.string_at(0)
+
+
 
 class AsyncJob(kiq.Job):
     """An ``async def perform``: runs on the worker's event loop."""

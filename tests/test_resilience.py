@@ -57,6 +57,28 @@ def test_job_that_kills_its_worker_three_times_goes_to_dead(start_kiq, client, r
     assert kiq.process.poll() is None
 
 
+def test_a_segfault_charges_only_the_job_whose_thread_crashed(start_kiq, client, r):
+    """A slow job runs beside a job that segfaults its worker three times: faulthandler names
+    the crashing thread, so the segfaulting job goes to dead and the slow one, restarted with
+    it, is never charged. The supervisor logs where the segfault happened."""
+    import sample_jobs
+
+    kiq = start_kiq(processes=1, concurrency=2)
+    kiq.wait_workers(1)
+    slow = sample_jobs.SlowJob.perform_later("slow", 8).jid
+    wait_for(lambda: r.llen("started") == 1)
+    pill = sample_jobs.SegfaultJob.perform_later().jid
+    wait_for(lambda: r.zcard("dead") == 1, timeout=30)
+    dead = json.loads(r.zrange("dead", 0, -1)[0])
+    assert (dead["jid"], dead["error_class"]) == (pill, "kiq.PoisonPill")
+    assert r.llen("attempts") == 3
+    assert r.get(f"kiq:recoveries:{slow}") is None
+    wait_for(lambda: r.lrange("results", 0, -1) == ["slow"], timeout=30)
+    crashes = [line for line in kiq.log().splitlines() if "worker crashed" in line]
+    assert len(crashes) == 3
+    assert "Segmentation fault" in crashes[0] and "in perform" in crashes[0], crashes[0]
+
+
 def test_a_crash_charges_towards_poison_only_the_jobs_that_were_running(start_kiq, client, r):
     """Both slots run slow jobs from ``critical``; quick jobs from ``default`` wait in the
     worker's buffer. A SIGKILL charges the two slow jobs, never the waiting ones, although

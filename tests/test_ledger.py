@@ -1,0 +1,82 @@
+"""The ledger tells a worker's supervisor which jobs a crash charges (kiq.ledger), with real
+forked processes and real fatal signals."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+from kiq.ledger import Ledger
+
+
+def digest(payload: str) -> str:
+    return hashlib.sha1(payload.encode()).hexdigest()
+
+
+def worker(ledger: Ledger, end: Callable[[], None]) -> int:
+    """Fork a process that runs job "a" on slot 0 and job "b" on slot 1, whose thread calls
+    ``end``; returns the process's exit status."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ledger.watch_faults()
+            ledger.start(0, "a")
+            ran = threading.Thread(target=lambda: (ledger.start(1, "b"), end()))
+            ran.start()
+            ran.join()
+            time.sleep(5)
+        finally:
+            os._exit(1)
+    return os.waitpid(pid, 0)[1]
+
+
+def segfault() -> None:
+    ctypes.string_at(0)
+
+
+def test_a_fatal_signal_charges_the_job_of_the_thread_that_raised_it() -> None:
+    ledger = Ledger(2)
+    status = worker(ledger, segfault)
+    fault = ledger.fault(status)
+    assert "Segmentation fault" in fault and "in segfault" in fault
+    assert ledger.running(fault) == [digest("b")]
+
+
+def test_a_kill_charges_every_running_job() -> None:
+    ledger = Ledger(2)
+    status = worker(ledger, lambda: os.kill(os.getpid(), signal.SIGKILL))
+    assert ledger.fault(status) == ""
+    assert sorted(ledger.running(ledger.fault(status))) == sorted([digest("a"), digest("b")])
+
+
+def test_the_dump_of_a_crashed_child_that_a_job_forked_charges_no_one() -> None:
+    """A child forked by the job on slot 1 inherits the handler and the thread's id; its
+    segfault's dump is in the file when the worker itself is killed, then when it segfaults."""
+
+    def crashing_child() -> None:
+        child = os.fork()
+        if child == 0:
+            segfault()
+        os.waitpid(child, 0)
+
+    ledger = Ledger(2)
+    killed = worker(ledger, lambda: (crashing_child(), os.kill(os.getpid(), signal.SIGKILL)))
+    assert ledger.fault(killed) == ""
+    assert len(ledger.running(ledger.fault(killed))) == 2
+
+    ledger = Ledger(2)
+    crashed = worker(ledger, lambda: (crashing_child(), ledger.finish(1), ledger.start(1, "c"), segfault()))
+    fault = ledger.fault(crashed)
+    assert fault.count("Fatal Python error") == 1
+    assert ledger.running(fault) == [digest("c")]
+
+
+def test_a_worker_that_stopped_as_told_charges_nothing() -> None:
+    ledger = Ledger(2)
+    status = worker(ledger, lambda: (ledger.stopped(), segfault()))
+    assert ledger.running(ledger.fault(status)) == []
