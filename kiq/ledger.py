@@ -28,6 +28,7 @@ import signal
 import struct
 import tempfile
 import threading
+from typing import NamedTuple
 
 from kiq.connection import wire
 
@@ -39,7 +40,18 @@ STOPPED = 1  # the first byte: the worker finished its stop (its unfinished jobs
 DUMP_MAX = 64_000  # faulthandler writes at most 100 threads of 100 frames; the rest is cut
 CURRENT_THREAD = re.compile(r"^Current thread (0x[0-9a-f]+)", re.MULTILINE)
 HEADER = "Fatal Python error"  # each dump's first line
+FRAME = re.compile(r'^  File "(.*)", line (\d+) in (.*)$', re.MULTILINE)
 FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT})
+
+
+class Crash(NamedTuple):
+    """A job whose thread raised a fatal signal: its payload's digest, the signal in words
+    ("Segmentation fault") and the thread's frames, innermost first, as Sidekiq's
+    ``error_backtrace`` lists them."""
+
+    digest: str
+    what: str
+    frames: list[str]
 
 
 class Ledger:
@@ -76,21 +88,33 @@ class Ledger:
         text = os.pread(self._dump.fileno(), DUMP_MAX, max(0, size - DUMP_MAX)).decode(errors="replace")
         return text[text.rfind(HEADER):] if HEADER in text else text
 
-    def running(self, fault: str = "") -> list[str]:
-        """Hex digests of the payloads being run, unless the worker stopped as told; only the
-        one whose thread raised ``fault``'s fatal signal when that thread was running a job."""
+    def running(self) -> list[str]:
+        """Hex digests of the payloads being run, unless the worker stopped as told."""
+        return list(self._jobs().values())
+
+    def crash(self, fault: str) -> Crash | None:
+        """The job whose thread raised ``fault``'s fatal signal, if that thread was running one
+        and the worker was not stopped as told."""
+        current = CURRENT_THREAD.search(fault)
+        digest = self._jobs().get(int(current[1], 16)) if current else None
+        if current is None or digest is None:
+            return None
+        what = fault.partition("\n")[0].removeprefix(HEADER).strip(": ") or "fatal signal"
+        section = fault[current.end():].partition("\n\n")[0]
+        frames = [f"{file}:{line}:in {name}" for file, line, name in FRAME.findall(section)]
+        return Crash(digest, what, frames)
+
+    def _jobs(self) -> dict[int, str]:
+        """The running jobs' digests by their threads' ids; none once the worker stopped as told."""
         if self._map[0] == STOPPED:
-            return []
+            return {}
         jobs: dict[int, str] = {}
         for slot in range(self.slots):
             offset = 1 + slot * SLOT
             digest = self._map[offset + IDENT.size:offset + SLOT]
             if digest != EMPTY:
                 jobs[IDENT.unpack_from(self._map, offset)[0]] = digest.hex()
-        culprit = CURRENT_THREAD.search(fault)
-        if culprit and int(culprit[1], 16) in jobs:
-            return [jobs[int(culprit[1], 16)]]
-        return list(jobs.values())
+        return jobs
 
     def close(self) -> None:
         self._map.close()

@@ -34,9 +34,10 @@ import redis
 from kiq import log, metrics
 from kiq.connection import members, wire, wrong_type
 from kiq.keys import Keys, owner
+from kiq.ledger import Crash
 from kiq.lua import IS_A
 from kiq.payload import InvalidPayloadError, decode, mark_failed, wrap_invalid
-from kiq.retry import TRIM_DEAD
+from kiq.retry import TRIM_DEAD, encode_backtrace
 
 POISON_LIMIT = 3
 RECOVERY_MEMORY = 24 * 3600
@@ -207,7 +208,7 @@ class Recovery:
         self._said: set[str] = set()  # keys of another type already logged
 
     def requeue_all(self, identity: str, queues: Sequence[str] = (), running: Sequence[str] = (),
-                    crashed: bool = True) -> int:
+                    crashed: bool = True, crash: Crash | None = None) -> int:
         """Requeue everything ``identity`` held (its lists of ``queues``, and any other the
         registry names) and remove it from ``processes``.
 
@@ -215,14 +216,15 @@ class Recovery:
         died (kiq.ledger): only those jobs count a recovery towards the poison-pill limit,
         never jobs it had only prefetched or had finished without acknowledging yet. A
         worker requeueing its own unfinished jobs at a stop passes none, and ``crashed=False``
-        keeps them out of the recovered metric.
+        keeps them out of the recovered metric. ``crash`` names the job whose thread crashed
+        the process: buried as a poison pill, it carries the crash's frames.
         """
         lists = dict.fromkeys([*queues, *self._registered(identity)], False)
         counted = self._counted(identity, lists, running) if running else []
         counts = self._requeue_all(**self._lists_call(identity, lists, counted))
         if not crashed:
             return _total(counts, None)
-        self.bury_poison()
+        self.bury_poison(crash)
         return _total(counts, "crash")
 
     def sweep(self, unregistered: Iterable[str] = ()) -> int:
@@ -279,14 +281,15 @@ class Recovery:
             return 0
         return int(self._requeue_strays(keys=keys, args=list(map(wire, held))))
 
-    def bury_poison(self) -> int:
-        """Move poison pills to the dead set with the reason; returns how many."""
+    def bury_poison(self, crash: Crash | None = None) -> int:
+        """Move poison pills to the dead set with the reason (and ``crash``'s, for its job);
+        returns how many."""
         buried = 0
         while raws := self._listed(self.keys.poison, 100):
             now = time.time()
             args: list[str | bytes | float] = [now]
             for raw in map(str, raws):
-                args += [wire(raw), json.dumps(_poisoned(raw, now), separators=(",", ":"))]
+                args += [wire(raw), json.dumps(_poisoned(raw, now, crash), separators=(",", ":"))]
             done = int(self._bury(keys=[self.keys.poison, self.keys.dead], args=args))
             if not done:
                 logger.error("could not bury poison pills: the dead set's key is not a sorted set",
@@ -405,13 +408,20 @@ def _total(counts: list[Any], reason: str | None) -> int:
     return total
 
 
-def _poisoned(raw: str, now: float) -> dict[str, object]:
+def _poisoned(raw: str, now: float, crash: Crash | None) -> dict[str, object]:
     reason = f"job was running when its worker died {POISON_LIMIT} times; not retried (poison pill)"
+    if crash is not None and _digest(raw) != crash.digest:
+        crash = None
+    if crash is not None:
+        reason += f"; the last crash: {crash.what} in its thread"
     try:
         payload = decode(raw)
     except InvalidPayloadError:
         return wrap_invalid("", raw, reason)
-    return mark_failed(payload, "kiq.PoisonPill", reason, now)
+    payload = mark_failed(payload, "kiq.PoisonPill", reason, now)
+    if crash is not None and crash.frames:
+        payload["error_backtrace"] = encode_backtrace(crash.frames)
+    return payload
 
 
 def _digest(payload: str) -> str:

@@ -150,8 +150,11 @@ def compress_backtrace(error: BaseException, limit: int | None = None) -> str:
     number), as a JSON list of ``file:line:in name`` strings, deflated and base64-encoded."""
     frames = [f"{frame.filename}:{frame.lineno}:in {frame.name}"
               for frame in reversed(traceback.extract_tb(error.__traceback__))]
-    if limit is not None:
-        frames = frames[:limit]
+    return encode_backtrace(frames if limit is None else frames[:limit])
+
+
+def encode_backtrace(frames: list[str]) -> str:
+    """Frames as Sidekiq stores ``error_backtrace``: a JSON list, deflated and base64-encoded."""
     return base64.encodebytes(zlib.compress(json.dumps(frames).encode())).decode()
 
 

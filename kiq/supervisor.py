@@ -47,6 +47,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from types import TracebackType
+from typing import NamedTuple
 
 import setproctitle
 
@@ -54,7 +55,7 @@ from kiq import exits, heartbeat, log, metrics
 from kiq.config import Config, ConfigError
 from kiq.connection import Outage, disconnect
 from kiq.fetch import thread_count
-from kiq.ledger import Ledger
+from kiq.ledger import Crash, Ledger
 from kiq.periodic import Entry, Periodic, bind_jobs, declared, merge
 from kiq.recovery import Recovery
 from kiq.registry import registered
@@ -106,6 +107,16 @@ class Retiring:
     shard: str = SINGLE
 
 
+class Dead(NamedTuple):
+    """A worker whose jobs are still to requeue: whatever it was running is charged towards
+    the poison-pill limit; ``crash`` names the one job that crashed it, when that is known."""
+
+    shard: str
+    identity: str
+    running: list[str]
+    crash: Crash | None
+
+
 class Supervisor:
     def __init__(self, config: Config, generation: int, master_pid: int) -> None:
         self.config = config
@@ -117,7 +128,7 @@ class Supervisor:
         self.retiring: dict[int, Retiring] = {}
         self.stopping = False
         self.quiet = False
-        self.unrecovered: list[tuple[str, str, list[str]]] = []  # dead (shard, identity, running jobs)
+        self.unrecovered: list[Dead] = []
         self.control_buffer = b""  # the start of a line not yet whole
         self.next_memory_check = 0.0
         self.outage = Outage("requeue of dead workers' jobs")
@@ -339,7 +350,7 @@ class Supervisor:
         retired = self.retiring.pop(pid, None)
         if retired is not None:
             fault = self._fault(pid, status, retired.ledger)
-            self.unrecovered.append((retired.shard, retired.identity, _running(retired.ledger, fault)))
+            self.unrecovered.append(Dead(retired.shard, retired.identity, *_running(retired.ledger, fault)))
             self.log.info("worker retired", pid=pid, reason=retired.reason,
                           status=describe(status, retired.killed))
             return
@@ -347,7 +358,7 @@ class Supervisor:
         if slot is None:
             return
         fault = self._fault(pid, status, slot.ledger)
-        self.unrecovered.append((slot.shard, slot.identity, _running(slot.ledger, fault)))
+        self.unrecovered.append(Dead(slot.shard, slot.identity, *_running(slot.ledger, fault)))
         slot.ledger = None
         lived = time.monotonic() - slot.started
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == exits.REMOTE_STOP:
@@ -378,10 +389,10 @@ class Supervisor:
     def _recover_pending(self) -> None:
         """Requeue the jobs of dead workers; identities stay pending while Redis is down."""
         while self.unrecovered:
-            shard, ident, running = self.unrecovered[0]
+            shard, ident, running, crash = self.unrecovered[0]
             queues = self.shards[shard].queue_names
             moved = self.outage.attempt(
-                functools.partial(self.recoveries[shard].requeue_all, ident, queues, running))
+                functools.partial(self.recoveries[shard].requeue_all, ident, queues, running, crash=crash))
             if moved is None:
                 return
             self.unrecovered.pop(0)
@@ -442,13 +453,15 @@ def load_app(modules: list[str]) -> None:
                 error.with_traceback(_app_frames(error.__traceback__)))
 
 
-def _running(ledger: Ledger | None, fault: str) -> list[str]:
-    """What a worker that exited was running, as its ledger says; the ledger is done with."""
+def _running(ledger: Ledger | None, fault: str) -> tuple[list[str], Crash | None]:
+    """What a worker that exited was running, as its ledger says, and which of it crashed the
+    worker if its fatal signal says so: then only that job is charged. The ledger is done with."""
     if ledger is None:
-        return []
-    running = ledger.running(fault)
+        return [], None
+    crash = ledger.crash(fault)
+    running = [crash.digest] if crash else ledger.running()
     ledger.close()
-    return running
+    return running, crash
 
 
 def _app_frames(tb: TracebackType | None) -> TracebackType | None:

@@ -39,19 +39,25 @@ def segfault() -> None:
     ctypes.string_at(0)
 
 
-def test_a_fatal_signal_charges_the_job_of_the_thread_that_raised_it() -> None:
+def test_a_fatal_signal_names_the_job_of_the_thread_that_raised_it() -> None:
     ledger = Ledger(2)
     status = worker(ledger, segfault)
     fault = ledger.fault(status)
     assert "Segmentation fault" in fault and "in segfault" in fault
-    assert ledger.running(fault) == [digest("b")]
+    crash = ledger.crash(fault)
+    assert crash is not None
+    assert (crash.digest, crash.what) == (digest("b"), "Segmentation fault")
+    assert crash.frames[0].endswith(":in string_at")
+    assert any(frame.startswith(f"{__file__}:") and frame.endswith(":in segfault") for frame in crash.frames)
+    assert sorted(ledger.running()) == sorted([digest("a"), digest("b")])
 
 
 def test_a_kill_charges_every_running_job() -> None:
     ledger = Ledger(2)
     status = worker(ledger, lambda: os.kill(os.getpid(), signal.SIGKILL))
     assert ledger.fault(status) == ""
-    assert sorted(ledger.running(ledger.fault(status))) == sorted([digest("a"), digest("b")])
+    assert ledger.crash(ledger.fault(status)) is None
+    assert sorted(ledger.running()) == sorted([digest("a"), digest("b")])
 
 
 def test_the_dump_of_a_crashed_child_that_a_job_forked_charges_no_one() -> None:
@@ -67,16 +73,18 @@ def test_the_dump_of_a_crashed_child_that_a_job_forked_charges_no_one() -> None:
     ledger = Ledger(2)
     killed = worker(ledger, lambda: (crashing_child(), os.kill(os.getpid(), signal.SIGKILL)))
     assert ledger.fault(killed) == ""
-    assert len(ledger.running(ledger.fault(killed))) == 2
+    assert ledger.crash(ledger.fault(killed)) is None
 
     ledger = Ledger(2)
     crashed = worker(ledger, lambda: (crashing_child(), ledger.finish(1), ledger.start(1, "c"), segfault()))
     fault = ledger.fault(crashed)
     assert fault.count("Fatal Python error") == 1
-    assert ledger.running(fault) == [digest("c")]
+    crash = ledger.crash(fault)
+    assert crash is not None and crash.digest == digest("c")
 
 
 def test_a_worker_that_stopped_as_told_charges_nothing() -> None:
     ledger = Ledger(2)
     status = worker(ledger, lambda: (ledger.stopped(), segfault()))
-    assert ledger.running(ledger.fault(status)) == []
+    assert ledger.crash(ledger.fault(status)) is None
+    assert ledger.running() == []

@@ -11,6 +11,8 @@ import pytest
 import redis
 from conftest import alive, descendants, free_port, run_python, wait_for
 
+from kiq.retry import decode_backtrace
+
 pytestmark = pytest.mark.slow
 
 
@@ -71,6 +73,9 @@ def test_a_segfault_charges_only_the_job_whose_thread_crashed(start_kiq, client,
     wait_for(lambda: r.zcard("dead") == 1, timeout=30)
     dead = json.loads(r.zrange("dead", 0, -1)[0])
     assert (dead["jid"], dead["error_class"]) == (pill, "kiq.PoisonPill")
+    assert dead["error_message"].endswith("; the last crash: Segmentation fault in its thread")
+    frames = decode_backtrace(dead["error_backtrace"])  # as Sidekiq's Web UI shows it
+    assert frames[0].endswith(":in string_at") and frames[1].endswith(":in perform"), frames
     assert r.llen("attempts") == 3
     assert r.get(f"kiq:recoveries:{slow}") is None
     wait_for(lambda: r.lrange("results", 0, -1) == ["slow"], timeout=30)
