@@ -33,6 +33,7 @@ from kiq.heartbeat import prefetched_by_queue
 from kiq.keys import Keys, day, glob_escape, owner
 from kiq.lua import IS_A
 from kiq.payload import check_format, epoch_seconds, read_count, read_object, stamp, waited
+from kiq.recovery import POISON_PILL
 from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE, move_call
 from kiq.shards import SINGLE, Shard, Shards
@@ -280,10 +281,12 @@ class SortedSet:
     def retry(self, jobs: list[Job]) -> int:
         """Move entries to their queues now, ``retry_count`` one back, as Sidekiq's
         ``SortedEntry#retry`` does from any set: a manual retry does not spend one of the job's
-        tries, and a dead job gets exactly one more."""
+        tries, and a dead job gets exactly one more. A poison pill's crash count is cleared
+        too: otherwise one more crash would bury it again at once (kiq.recovery)."""
         if not jobs:
             return 0
         moves: list[tuple[str, str, str]] = []
+        counted: list[str] = []
         for job in jobs:
             if not job.payload or not isinstance(job.payload.get("queue", ""), str):
                 continue  # not a job hash kiq could run: it stays where it is, for a person to look at
@@ -293,10 +296,15 @@ class SortedSet:
             if type(payload.get("retry_count")) is int:
                 payload["retry_count"] -= 1
             moves.append((job.raw, job.queue, json.dumps(payload, separators=(",", ":"))))
+            if payload.get("error_class") == POISON_PILL and job.jid:
+                counted.append(self.api.keys.recoveries(job.jid))
         if not moves:
             return 0
         move = self.api.redis.register_script(MOVE)
-        return int(move(**move_call(self.api.keys, self.key, time.time(), moves))[0])
+        moved = int(move(**move_call(self.api.keys, self.key, time.time(), moves))[0])
+        if counted:
+            self.api.redis.delete(*counted)
+        return moved
 
     def kill(self, jobs: list[Job]) -> int:
         """Move entries to the dead set."""

@@ -40,6 +40,7 @@ from kiq.payload import InvalidPayloadError, decode, mark_failed, wrap_invalid
 from kiq.retry import TRIM_DEAD, encode_backtrace
 
 POISON_LIMIT = 3
+POISON_PILL = "kiq.PoisonPill"  # the error_class of a buried poison pill
 RECOVERY_MEMORY = 24 * 3600
 
 # The scripts that requeue a process's lists (REQUEUE_ALL, SWEEP) take one process each, with
@@ -418,7 +419,7 @@ def _poisoned(raw: str, now: float, crash: Crash | None) -> dict[str, object]:
         payload = decode(raw)
     except InvalidPayloadError:
         return wrap_invalid("", raw, reason)
-    payload = mark_failed(payload, "kiq.PoisonPill", reason, now)
+    payload = mark_failed(payload, POISON_PILL, reason, now)
     if crash is not None and crash.frames:
         payload["error_backtrace"] = encode_backtrace(crash.frames)
     return payload
