@@ -14,7 +14,9 @@ it: the worker points faulthandler at a file the supervisor made, and the dump's
 thread" is that thread's id. When it is a processor thread running a job, that job alone is
 charged; the jobs that ran beside it were not the crash's cause, and charging them would bury
 them with the culprit. The dump is also the only traceback a segfault leaves, so the
-supervisor logs it.
+supervisor logs it. A worker silent for too long (stuck in C code that holds the GIL) is
+asked for its stacks the same way before it is killed: faulthandler's handler of STACKS
+needs no GIL.
 """
 
 from __future__ import annotations
@@ -28,9 +30,11 @@ import signal
 import struct
 import tempfile
 import threading
+import time
 from typing import NamedTuple
 
 from kiq.connection import wire
+from kiq.signals import kill
 
 IDENT = struct.Struct("=Q")  # threading.get_ident(), as faulthandler prints it
 DIGEST = 20
@@ -41,6 +45,8 @@ DUMP_MAX = 64_000  # faulthandler writes at most 100 threads of 100 frames; the 
 CURRENT_THREAD = re.compile(r"^Current thread (0x[0-9a-f]+)", re.MULTILINE)
 HEADER = "Fatal Python error"  # each dump's first line
 FRAME = re.compile(r'^  File "(.*)", line (\d+) in (.*)$', re.MULTILINE)
+STACKS = signal.SIGUSR2  # a live worker writes every thread's stack on it
+STACKS_WAIT = 0.5  # seconds a silent worker gets to write them
 FAULTS = frozenset({signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE, signal.SIGILL, signal.SIGABRT})
 
 
@@ -64,6 +70,22 @@ class Ledger:
         """In the worker: let faulthandler write a fatal signal's tracebacks where the
         supervisor reads them."""
         faulthandler.enable(file=self._dump, all_threads=True)
+        faulthandler.register(STACKS, file=self._dump, all_threads=True)
+
+    def stacks(self, pid: int) -> str:
+        """Every thread's stack of the live worker ``pid``, as faulthandler writes them on
+        STACKS; "" if it writes none within STACKS_WAIT (it is stopped, say)."""
+        fd = self._dump.fileno()
+        start = size = os.fstat(fd).st_size
+        kill(pid, STACKS)
+        deadline = time.monotonic() + STACKS_WAIT
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            grown = os.fstat(fd).st_size
+            if size > start and grown == size:
+                break  # written, and no longer growing
+            size = grown
+        return os.pread(fd, min(size - start, DUMP_MAX), start).decode(errors="replace")
 
     def start(self, slot: int, payload: str) -> None:
         offset = 1 + slot * SLOT

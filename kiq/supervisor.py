@@ -313,7 +313,8 @@ class Supervisor:
 
     def _kill_silent(self) -> None:
         """SIGKILL every worker silent for too long: stuck in C code holding the GIL, or
-        stopped. It is reaped as a crash: its jobs are requeued and its slot refilled."""
+        stopped. It is reaped as a crash: its jobs are requeued and its slot refilled. Its
+        threads' stacks, asked for first (kiq.ledger), show where it was stuck."""
         now = time.monotonic()
         workers: list[Slot | Retiring] = [*self.slots, *self.retiring.values()]
         for worker in workers:
@@ -321,8 +322,10 @@ class Supervisor:
                 continue
             limit = self.config.worker_timeout if worker.ready else self.config.boot_timeout
             if limit and now - worker.heard > limit:
+                stacks = worker.ledger.stacks(worker.pid) if worker.ledger else ""
                 self.log.error("worker unresponsive, killing", pid=worker.pid, ready=worker.ready,
-                               silent_s=round(now - worker.heard, 1), limit_s=limit)
+                               silent_s=round(now - worker.heard, 1), limit_s=limit,
+                               **({"stacks": stacks} if stacks else {}))
                 worker.killed = "unresponsive"
                 kill(worker.pid, signal.SIGKILL)
 
