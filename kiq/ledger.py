@@ -21,6 +21,7 @@ needs no GIL.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import hashlib
 import mmap
@@ -64,18 +65,21 @@ class Ledger:
     def __init__(self, slots: int) -> None:
         self.slots = slots
         self._map = mmap.mmap(-1, 1 + slots * SLOT)
-        self._dump = tempfile.TemporaryFile()  # noqa: SIM115  it lives as long as the ledger: close()
+        self._dump = _dump_file()
 
     def watch_faults(self) -> None:
         """In the worker: let faulthandler write a fatal signal's tracebacks where the
         supervisor reads them."""
-        faulthandler.enable(file=self._dump, all_threads=True)
-        faulthandler.register(STACKS, file=self._dump, all_threads=True)
+        if self._dump >= 0:
+            faulthandler.enable(file=self._dump, all_threads=True)
+            faulthandler.register(STACKS, file=self._dump, all_threads=True)
 
     def stacks(self, pid: int) -> str:
         """Every thread's stack of the live worker ``pid``, as faulthandler writes them on
         STACKS; "" if it writes none within STACKS_WAIT (it is stopped, say)."""
-        fd = self._dump.fileno()
+        fd = self._dump
+        if fd < 0:
+            return ""
         start = size = os.fstat(fd).st_size
         kill(pid, STACKS)
         deadline = time.monotonic() + STACKS_WAIT
@@ -104,10 +108,10 @@ class Ledger:
         """What faulthandler wrote when the worker died of ``status``'s fatal signal; "" if it
         did not. The worker's own dump is the file's last: a child that a job forked inherits
         the handler, and one that crashed wrote its dump there before."""
-        if not (os.WIFSIGNALED(status) and os.WTERMSIG(status) in FAULTS):
+        if self._dump < 0 or not (os.WIFSIGNALED(status) and os.WTERMSIG(status) in FAULTS):
             return ""
-        size = os.fstat(self._dump.fileno()).st_size
-        text = os.pread(self._dump.fileno(), DUMP_MAX, max(0, size - DUMP_MAX)).decode(errors="replace")
+        size = os.fstat(self._dump).st_size
+        text = os.pread(self._dump, DUMP_MAX, max(0, size - DUMP_MAX)).decode(errors="replace")
         return text[text.rfind(HEADER):] if HEADER in text else text
 
     def running(self) -> list[str]:
@@ -140,4 +144,18 @@ class Ledger:
 
     def close(self) -> None:
         self._map.close()
-        self._dump.close()
+        if self._dump >= 0:
+            os.close(self._dump)
+
+
+def _dump_file() -> int:
+    """A file for faulthandler's dumps that needs no writable directory (memfd_create, on
+    Linux), else an unlinked temporary file; -1 when neither can be made: the worker then runs
+    without (its crashes charge every job it was running, and leave no stacks)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return os.memfd_create("kiq-ledger")
+    with contextlib.suppress(OSError):
+        fd, path = tempfile.mkstemp(prefix="kiq-ledger-")
+        os.unlink(path)
+        return fd
+    return -1
