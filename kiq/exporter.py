@@ -9,9 +9,15 @@ figures are still served.
 
 Each connection gets its own thread and a socket timeout, as prometheus_client's
 own server does threads: a client that connects and sends nothing, or half a
-request, holds only its thread, and only until the timeout. Each scrape takes the
-master's fork lock while it collects, so the master never forks while a scrape
-holds a lock; reading the request and writing the answer happen outside it.
+request, holds only its thread, and only until the timeout. A scrape reads Redis
+through its own clients, which no forked child uses, so it needs no fork lock
+(the scheduler takes that lock for every round: a slow scrape held it up); it
+takes the lock only to copy the mapping of shards, which a reload may change.
+
+A queue is three series, and anything that writes to Redis can add queue names:
+at most QUEUES_MAX queues per shard are exported, by name, and ``kiq_queues``
+says how many there are. A name that is not UTF-8 cannot be a label value and
+is left out.
 
 A port that cannot be bound (another program holds it) is tried again in the
 background until it can.
@@ -21,10 +27,11 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from socketserver import ThreadingMixIn
 from typing import Any, TextIO, cast
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -41,6 +48,8 @@ from kiq.metrics import ENV
 from kiq.payload import waited
 
 REQUEST_TIMEOUT = 10.0  # seconds a connection may stay silent, reading or writing
+QUEUES_MAX = 1000  # queues per shard with series of their own
+LIVE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")  # a process's live gauges (multiprocess mode)
 BIND_PAUSE_MAX = 5.0
 
 
@@ -67,6 +76,8 @@ class RedisCollector:
                                            labels=by_shard),
             "retries": GaugeMetricFamily("kiq_retry_jobs", "Jobs in the retry set.", labels=by_shard),
             "dead": GaugeMetricFamily("kiq_dead_jobs", "Jobs in the dead set.", labels=by_shard),
+            "queues": GaugeMetricFamily("kiq_queues", f"Queue names in Redis; the first {QUEUES_MAX} "
+                                        "by name have series of their own.", labels=by_shard),
             "processes": GaugeMetricFamily("kiq_processes", "Worker processes with a live heartbeat, on "
                                            "every host.", labels=by_shard),
             "rtt": GaugeMetricFamily("kiq_redis_rtt_seconds", "Round trip of one Redis command from the "
@@ -86,7 +97,9 @@ class RedisCollector:
     def _read(self, shard: str, conn: redis.Redis, k: Keys, families: dict[str, GaugeMetricFamily]) -> None:
         """One shard's figures. A key of another type (written by anything with access to Redis)
         leaves out the figures it holds, not the shard's."""
-        queues = sorted(members(conn, k.queues) or [])
+        named = members(conn, k.queues) or []
+        families["queues"].add_metric([shard], len(named))
+        queues = sorted(name for name in named if _label(name))[:QUEUES_MAX]
         identities = members(conn, k.processes) or []
         started = time.perf_counter()
         conn.ping()
@@ -118,6 +131,16 @@ class RedisCollector:
         families["rtt"].add_metric([shard], rtt)
 
 
+def _label(text: str) -> bool:
+    """Whether ``text`` can be a label value: a name read with surrogateescape (not UTF-8)
+    cannot be written out."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 class Samples:
     """Every process's samples, added up as prometheus_client's MultiProcessCollector does,
     leaving out empty files.
@@ -126,6 +149,10 @@ class Samples:
     (prometheus/client_python#1199). A scrape in that moment would fail as a
     whole, and so would every later one if the process was killed in it, since
     nothing removes the empty file of a dead process.
+
+    Live gauges of a process that no longer exists are removed here too: its reaper removes
+    them (kiq.metrics.mark_dead), but workers whose supervisor was killed are reaped by no
+    kiq process, and their gauges would count for as long as the master runs.
     """
 
     def __init__(self, path: str) -> None:
@@ -134,12 +161,26 @@ class Samples:
     def collect(self) -> Any:
         files = []
         for name in glob.glob(os.path.join(self.path, "*.db")):
+            live = LIVE_FILE.fullmatch(os.path.basename(name))
+            if live and not _exists(int(live[1])):
+                multiprocess.mark_process_dead(int(live[1]), self.path)  # type: ignore[no-untyped-call]
+                continue
             try:
                 if os.path.getsize(name) > 0:
                     files.append(name)
             except OSError:  # a dead process's live gauges, removed since the glob
                 continue
         return multiprocess.MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process of another user has the number now
+        return True
+    return True
 
 
 class Scrape:
@@ -151,11 +192,31 @@ class Scrape:
         self.samples = Samples(os.environ[ENV])
 
     def collect(self) -> Iterator[Any]:
+        with self.lock:
+            conns = dict(self.conns)
         registry = CollectorRegistry()
         registry.register(self.samples)
-        registry.register(RedisCollector(self.conns))
-        with self.lock:
-            yield from registry.collect()
+        registry.register(RedisCollector(conns))
+        yield from registry.collect()
+
+    def restricted_registry(self, names: Iterable[str]) -> Only:
+        """What prometheus_client's WSGI app asks of its registry for ``?name[]=``."""
+        return Only(self, set(names))
+
+
+class Only:
+    """A scrape of only the samples named (``/metrics?name[]=kiq_threads``), as
+    prometheus_client's restricted registry gives them."""
+
+    def __init__(self, scrape: Scrape, names: set[str]) -> None:
+        self.scrape = scrape
+        self.names = names
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.scrape.collect():
+            family.samples = [sample for sample in family.samples if sample.name in self.names]
+            if family.samples:
+                yield family
 
 
 class _Handler(WSGIRequestHandler):

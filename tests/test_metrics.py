@@ -221,3 +221,64 @@ def test_a_silent_or_half_sent_request_holds_up_no_scrape_and_is_closed(metrics_
             assert value(scrape(port), "kiq_worker_processes") == 2
         assert closed_by_server(idle) and closed_by_server(partial)
     assert value(scrape(port), "kiq_worker_processes") == 2
+
+
+def test_a_killed_generations_workers_leave_no_live_gauges_once_gone(metrics_kiq):
+    """SIGKILL a generation's supervisor: its orphaned workers stop on their own and no kiq
+    process reaps them, so the scrape itself drops the gauges of processes that are gone."""
+    kiq, port = metrics_kiq
+    [generation] = kiq.generations()
+    orphans = kiq.workers()
+    os.kill(generation, signal.SIGKILL)
+    wait_for(lambda: not any(alive(pid) for pid in orphans), timeout=30)
+    wait_for(lambda: len(kiq.workers()) == 2, timeout=30)
+    text = wait_for(lambda: (t := scrape(port)) and value(t, "kiq_worker_processes") == 2 and t, timeout=15)
+    assert value(text, "kiq_threads") == 6
+
+
+def test_odd_queue_names_and_many_queues_leave_the_scrape_whole(metrics_kiq, r):
+    """Anything that writes to Redis adds queue names: one that is not UTF-8 is left out (it
+    cannot be a label value), and at most QUEUES_MAX queues have series; kiq_queues counts all."""
+    from kiq.exporter import QUEUES_MAX
+
+    _, port = metrics_kiq
+    r.lpush("queue:a-waiting", "{}")  # no worker serves it
+    r.execute_command("SADD", "queues", "a-waiting", b"\xff\xfex", *(f"q{n:05}" for n in range(QUEUES_MAX + 5)))
+    text = scrape(port)
+    assert value(text, "kiq_queue_size", queue="a-waiting", shard="main") == 1
+    assert value(text, "kiq_queues", shard="main") == r.scard("queues")
+    sizes = [key for key in samples(text) if key[0] == "kiq_queue_size"]
+    assert len(sizes) == QUEUES_MAX
+
+
+def test_a_scrape_of_named_series_serves_those_only(metrics_kiq):
+    """Prometheus's ?name[]= filter, which prometheus_client's app asks the registry for."""
+    _, port = metrics_kiq
+    text = scrape_path(port, "/metrics?name[]=kiq_threads&name[]=kiq_redis_up")
+    assert {key[0] for key in samples(text)} == {"kiq_threads", "kiq_redis_up"}
+    assert value(text, "kiq_threads") == 6
+
+
+def scrape_path(port: int, path: str) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+        return response.read().decode()
+
+
+def test_a_scrape_needs_no_fork_lock(redis_server, tmp_path, monkeypatch):
+    """The scheduler holds the master's fork lock for each round; a scrape (seconds long with
+    many queues) must not hold it while it reads."""
+    import threading
+
+    from kiq.connection import connect
+    from kiq.exporter import Scrape
+    from kiq.keys import Keys
+    from kiq.metrics import ENV
+
+    monkeypatch.setenv(ENV, str(tmp_path))
+    lock = threading.Lock()
+    scrape_ = Scrape({"main": (connect(redis_server.url), Keys())}, lock)
+    collecting = scrape_.collect()
+    next(collecting)  # the first family out, the rest still to read
+    assert lock.acquire(blocking=False), "the scrape holds the fork lock while it reads"
+    lock.release()
+    assert len(list(collecting)) > 5
