@@ -243,7 +243,8 @@ def test_odd_queue_names_and_many_queues_leave_the_scrape_whole(metrics_kiq, r):
 
     _, port = metrics_kiq
     r.lpush("queue:a-waiting", "{}")  # no worker serves it
-    r.execute_command("SADD", "queues", "a-waiting", b"\xff\xfex", *(f"q{n:05}" for n in range(QUEUES_MAX + 5)))
+    many = [f"q{n:05}" for n in range(QUEUES_MAX + 5)]
+    r.execute_command("SADD", "queues", "a-waiting", b"\xff\xfex", *many)
     text = scrape(port)
     assert value(text, "kiq_queue_size", queue="a-waiting", shard="main") == 1
     assert value(text, "kiq_queues", shard="main") == r.scard("queues")
