@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from contextvars import Token
+from typing import TYPE_CHECKING, Any, TypeVar
 
 try:
     from opentelemetry import context, propagate, trace
@@ -49,6 +50,7 @@ SYSTEM = "sidekiq"  # the protocol, as Ruby's instrumentation names it: one quer
 FLUSH_MILLIS = 2000  # what a stopping worker gives the SDK to export its last spans
 
 logger = log.get("kiq.otel")
+T = TypeVar("T")
 
 
 class _PayloadGetter(Getter[Mapping[str, Any]]):
@@ -76,16 +78,16 @@ class Tracing(middleware.Middleware):
 
     def around_push(self, payloads: Sequence[dict[str, Any]], call: Callable[[], None]) -> None:
         """One span per job, current context as parent, injected into the job before the push."""
-        spans = [self._send(payload) for payload in payloads]
+        spans = [span for payload in payloads if (span := _guarded(self._send, payload)) is not None]
         try:
             call()
         except BaseException as error:
             for span in spans:
-                _record(span, error)
+                _guarded(_record, span, error)
             raise
         finally:
             for span in spans:
-                span.end()
+                _guarded(span.end)
 
     def _send(self, payload: dict[str, Any]) -> Span:
         name = job_name(payload)
@@ -100,6 +102,24 @@ class Tracing(middleware.Middleware):
 
     def around_perform(self, job: Job, call: Callable[[], Any]) -> Any:
         """The job's span, current while it runs; its outcome decides the status."""
+        started = _guarded(self._process, job)
+        if started is None:
+            return call()
+        span, token = started
+        try:
+            outcome: Outcome = call()
+            if outcome.failed and outcome.error is not None:  # retried, dead, dropped or discarded
+                _guarded(_record, span, outcome.error)
+            return outcome
+        except BaseException as error:  # kiq itself failed on the job
+            _guarded(_record, span, error)
+            raise
+        finally:
+            context.detach(token)
+            _guarded(span.end)
+
+    def _process(self, job: Job) -> tuple[Span, Token[context.Context]]:
+        """The job's span, started and made current, and the token that ends its being current."""
         payload = job.payload
         parent = propagate.extract(payload, getter=_GETTER)
         name = job.job_name if self.by_class else job.queue_name
@@ -110,18 +130,22 @@ class Tracing(middleware.Middleware):
             enqueued = trace.get_current_span(parent).get_span_context()
             links = [Link(enqueued)] if enqueued.is_valid else None
             span = self.tracer.start_span(f"process {name}", _ROOT, SpanKind.CONSUMER, attributes, links)
-        token = context.attach(trace.set_span_in_context(span, parent))  # the payload's baggage too
-        try:
-            outcome: Outcome = call()
-            if outcome.failed and outcome.error is not None:  # retried, dead, dropped or discarded
-                _record(span, outcome.error)
-            return outcome
-        except BaseException as error:  # kiq itself failed on the job
-            _record(span, error)
-            raise
-        finally:
-            context.detach(token)
-            span.end()
+        return span, context.attach(trace.set_span_in_context(span, parent))  # the payload's baggage too
+
+
+_said = threading.Event()  # a tracer failure was logged: once per process, not once per job
+
+
+def _guarded(call: Callable[..., T], *args: Any) -> T | None:
+    """``call(*args)``, or None if it raised: the app's tracer setup (a span processor, a
+    propagator) failing must not fail the job or its enqueue, which then go on untraced."""
+    try:
+        return call(*args)
+    except Exception:
+        if not _said.is_set():
+            _said.set()
+            logger.exception("the tracer raised; jobs and enqueues go on without its spans (said once)")
+        return None
 
 
 def _attributes(operation: str, queue: str, jid: Any, job_class: str,

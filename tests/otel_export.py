@@ -19,6 +19,7 @@ import redis
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from otel_faults import RaisingProcessor
 
 SPANS = "otel:spans"
 
@@ -61,4 +62,6 @@ class RedisExporter(SpanExporter):
 provider = TracerProvider()
 delay = int(os.environ.get("OTEL_BSP_SCHEDULE_DELAY", "50"))
 provider.add_span_processor(BatchSpanProcessor(RedisExporter(), schedule_delay_millis=delay))
+if os.environ.get("OTEL_TEST_RAISE"):  # where a test wants the app's tracer setup to fail
+    provider.add_span_processor(RaisingProcessor(os.environ["OTEL_TEST_RAISE"]))
 trace.set_tracer_provider(provider)

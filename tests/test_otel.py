@@ -135,6 +135,20 @@ def test_a_push_that_fails_is_an_error_span_and_the_error_reaches_the_caller(tra
     assert send.attributes["error.type"] == "redis.exceptions.ConnectionError"
 
 
+@pytest.mark.parametrize("where", ["on_start", "on_end"])
+def test_a_tracer_that_raises_fails_neither_the_enqueue_nor_the_run(client, r, traced, where):
+    """The app's span processor has a bug: jobs are pushed and run as without tracing."""
+    from otel_faults import RaisingProcessor
+
+    traced.provider.add_span_processor(RaisingProcessor(where))
+    traced.instrument()
+    client.enqueue("TracedJob", ["a"])
+    raw = r.lindex("queue:default", 0)
+    assert json.loads(raw)["class"] == "TracedJob"
+    outcome = process("default", raw)
+    assert outcome.failed is False
+
+
 # -- runs -----------------------------------------------------------------
 
 
@@ -345,6 +359,30 @@ def test_a_stopping_worker_exports_the_spans_its_sdk_still_holds(start_kiq, clie
     assert kiq_process.wait() == 0
     [run] = worker_spans(r, 1)
     assert run["attributes"]["messaging.message.id"] == jid
+
+
+@pytest.mark.slow
+def test_a_worker_whose_tracer_raises_runs_and_counts_each_job_once(start_kiq, client, r, monkeypatch):
+    """A span processor that raises at each span's end: every job succeeds once, none goes to
+    dead, the metrics count each once, and the failure is logged once."""
+    monkeypatch.setenv("OTEL_TEST_RAISE", "on_end")
+    port = free_port()
+    kiq_process = start_kiq(require=["otel_jobs", "otel_export"], tracing=True,
+                            metrics={"host": "127.0.0.1", "port": port})
+    jids = [client.enqueue("TracedJob", [str(n)]).jid for n in range(5)]
+    wait_for(lambda: all(logged(kiq_process, "done", jid) for jid in jids))
+    time.sleep(1.5)  # a worker writes its counts about once a second
+    assert r.zcard("dead") == 0 and r.zcard("retry") == 0
+    text = scrape_metrics(port)
+    assert 'kiq_jobs_processed_total{class="TracedJob",queue="default"} 5.0' in text
+    assert kiq_process.log().count("the tracer raised") == 1
+
+
+def scrape_metrics(port: int) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        return response.read().decode()
 
 
 # -- with Ruby Sidekiq ----------------------------------------------------
