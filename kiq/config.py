@@ -18,7 +18,7 @@ from typing import Any
 
 from kiq import log
 from kiq.connection import is_cluster, url_error, url_from_env
-from kiq.errors import ConfigError
+from kiq.errors import ConfigError, shown
 from kiq.execution import MAX_RETENTION, RETENTION
 from kiq.payload import DEFAULT_FORMAT, check_format, env_format
 from kiq.shards import Shard, Shards
@@ -29,6 +29,10 @@ __all__ = ["Config", "ConfigError", "load", "parse_queues"]
 SPAN_NAMINGS = ("queue", "job_class")  # kiq.otel's options, as Ruby's Sidekiq instrumentation names them
 PROPAGATION_STYLES = ("link", "child")
 PREFETCH_MAX = 10_000  # jobs: what one round trip may take, with Redis serving nobody else meanwhile
+PROCESSES_MAX = 1_000  # worker processes per shard: far beyond any one host, short of a fork bomb
+CONCURRENCY_MAX = 10_000  # threads per worker
+WEIGHT_MAX = 1_000  # a queue's weight: each unit is a place in a worker's draw (kiq.roundtrip)
+HEARTBEAT_MAX = 86_400  # seconds: heartbeat_interval and heartbeat_ttl, Redis EXPIREs
 
 
 @dataclass
@@ -112,10 +116,14 @@ def _read(path: str) -> dict[str, Any]:
     import yaml  # here, not at the top: a start without a config file skips the import (bench/notes.md)
 
     try:
-        with open(path) as file:
+        with open(path, encoding="utf-8") as file:
             data = yaml.safe_load(file)
     except OSError as error:
         raise ConfigError("config", f"cannot read {path}: {error.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", f"{path} is not UTF-8 text: save it as UTF-8") from None
+    except RecursionError:
+        raise ConfigError("config", f"{path} nests its values too deep") from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -192,7 +200,7 @@ def _prefetch(value: Any) -> int | None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= PREFETCH_MAX:
         raise ConfigError("prefetch", f"must be auto or a whole number of jobs from 0 to {PREFETCH_MAX:,}, "
-                                      f"not {value!r}")
+                                      f"not {shown(value)}")
     return value
 
 
@@ -216,7 +224,7 @@ def _checked(key: str, value: Any, default: Any) -> Any:
         return value
     if isinstance(default, (bool, str)):
         if not isinstance(value, type(default)):
-            raise ConfigError(key, f"must be a {type(default).__name__}, not {value!r}")
+            raise ConfigError(key, f"must be a {type(default).__name__}, not {shown(value)}")
         return value
     return _number(key, value, whole=isinstance(default, int))
 
@@ -228,12 +236,12 @@ def _number(key: str, value: Any, whole: bool) -> int | float:
         try:
             value = float(value)
         except ValueError:
-            raise ConfigError(key, f"must be {kind}, not {value!r}") from None
+            raise ConfigError(key, f"must be {kind}, not {shown(value)}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(key, f"must be {kind}, not {value!r}")
+        raise ConfigError(key, f"must be {kind}, not {shown(value)}")
     if whole:
         if value != int(value):
-            raise ConfigError(key, f"must be {kind}, not {value!r}")
+            raise ConfigError(key, f"must be {kind}, not {shown(value)}")
         return int(value)
     return float(value)
 
@@ -262,28 +270,31 @@ def _queue_entry(entry: Any) -> tuple[str, int | None]:
     elif isinstance(entry, list):
         parts = entry
     else:
-        raise ConfigError("queues", f"bad entry {entry!r}: use a name or [name, weight]")
+        raise ConfigError("queues", f"bad entry {shown(entry)}: use a name or [name, weight]")
     if not parts or not isinstance(parts[0], str) or not parts[0] or len(parts) > 2:
-        raise ConfigError("queues", f"bad entry {entry!r}: use a name or [name, weight]")
+        raise ConfigError("queues", f"bad entry {shown(entry)}: use a name or [name, weight]")
     name = str(parts[0])
     if len(parts) == 1:
         return name, None
     try:
         weight = int(_number("queues", parts[1], whole=True))
     except ConfigError:
-        raise ConfigError("queues", f"weight of {name!r} must be a whole number") from None
-    if weight < 1:
-        raise ConfigError("queues", f"weight of {name!r} must be at least 1")
+        raise ConfigError("queues", f"weight of {shown(name)} must be a whole number") from None
+    if not 1 <= weight <= WEIGHT_MAX:
+        raise ConfigError("queues", f"weight of {shown(name)} must be from 1 to {WEIGHT_MAX:,}")
     return name, weight
 
 
 def _validate(config: Config) -> None:
-    for key in ("processes", "concurrency"):
-        if getattr(config, key) < 1:
-            raise ConfigError(key, "must be at least 1")
+    for key, most in (("processes", PROCESSES_MAX), ("concurrency", CONCURRENCY_MAX)):
+        if not 1 <= getattr(config, key) <= most:
+            raise ConfigError(key, f"must be from 1 to {most:,}")
     for key in ("heartbeat_interval", "heartbeat_ttl", "boot_timeout"):
         if getattr(config, key) <= 0:
             raise ConfigError(key, "must be positive")
+    for key in ("heartbeat_interval", "heartbeat_ttl"):
+        if getattr(config, key) > HEARTBEAT_MAX:
+            raise ConfigError(key, f"must be at most {HEARTBEAT_MAX:,} seconds (a day)")
     if config.heartbeat_ttl <= config.heartbeat_interval:
         raise ConfigError("heartbeat_ttl", "must be longer than heartbeat_interval")
     for key in ("timeout", "max_memory_mb", "max_jobs", "worker_timeout"):
@@ -314,7 +325,8 @@ def _validate_cluster(config: Config) -> None:
     """On a Redis Cluster a queue's name (and the namespace) go into a hash tag: no braces."""
     for name in config.queue_names:
         if "{" in name or "}" in name:
-            raise ConfigError("queues", f"a queue on a Redis Cluster needs a name without braces: {name!r}")
+            raise ConfigError("queues", "a queue on a Redis Cluster needs a name without braces: "
+                                        f"{shown(name)}")
     if "{" in config.namespace or "}" in config.namespace:
         raise ConfigError("namespace", "on a Redis Cluster it cannot hold braces: each queue's keys are "
                           "tagged {QUEUE}")

@@ -42,6 +42,8 @@ from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
 
+from kiq.errors import shown
+
 UTC = dt.timezone.utc
 EPOCH = dt.datetime(1970, 1, 1)
 PROBE = 86_400  # seconds between offset probes when looking for a DST change
@@ -104,7 +106,7 @@ class Cron:
 def parse(expression: str) -> Cron:
     """Parse ``expression``; raises CronError naming the expression and the problem."""
     if not isinstance(expression, str):
-        raise CronError(f"a cron expression must be a string, not {expression!r}")
+        raise CronError(f"a cron expression must be a string, not {shown(expression)}")
     return _parse(expression)
 
 
@@ -113,21 +115,21 @@ def _parse(expression: str) -> Cron:
     text = " ".join(expression.split())
     if text.startswith("@"):
         if text.lower() not in NICKNAMES:
-            raise CronError(f"{expression!r}: unknown nickname; use one of {', '.join(NICKNAMES)}")
+            raise CronError(f"{shown(expression)}: unknown nickname; use one of {', '.join(NICKNAMES)}")
         text = NICKNAMES[text.lower()]
     fields = text.split(" ") if text else []
     if len(fields) == 5:
         fields.insert(0, "0")
     elif len(fields) != 6:
         raise CronError(
-            f"{expression!r}: expected 5 fields (minute hour day-of-month month day-of-week), "
+            f"{shown(expression)}: expected 5 fields (minute hour day-of-month month day-of-week), "
             f"or 6 with seconds first; got {len(fields)}"
         )
     try:
         values = [_values(field, spec) for field, spec in
                   zip(fields, (SECOND, MINUTE, HOUR, DAY, MONTH, WEEKDAY), strict=True)]
     except CronError as error:
-        raise CronError(f"{expression!r}: {error}") from None
+        raise CronError(f"{shown(expression)}: {error}") from None
     weekdays = tuple(sorted({0 if day == 7 else day for day in values[5]}))
     cron = Cron(
         expression=expression.strip(),
@@ -142,7 +144,7 @@ def _parse(expression: str) -> Cron:
         interval=any(field.startswith("*") for field in fields[:3]),
     )
     if cron.dow_star and not any(cron.days[0] <= MONTH_DAYS[month - 1] for month in cron.months):
-        raise CronError(f"{expression!r}: day {cron.days[0]} never occurs in the months given")
+        raise CronError(f"{shown(expression)}: day {cron.days[0]} never occurs in the months given")
     return cron
 
 
@@ -150,7 +152,7 @@ def _values(text: str, spec: _Field) -> tuple[int, ...]:
     found: set[int] = set()
     for item in text.split(","):
         if not item:
-            raise CronError(f"empty item in {spec.name} field {text!r}")
+            raise CronError(f"empty item in {spec.name} field {shown(text)}")
         found.update(_item(item, spec))
     return tuple(sorted(found))
 
@@ -160,7 +162,7 @@ def _item(item: str, spec: _Field) -> range:
     step = 1
     if slash:
         if not step_text.isdigit() or int(step_text) == 0:
-            raise CronError(f"{spec.name} step in {item!r} must be a whole number above 0")
+            raise CronError(f"{spec.name} step in {shown(item)} must be a whole number above 0")
         step = int(step_text)
     if body == "*":
         return range(spec.low, spec.high + 1, step)
@@ -173,7 +175,7 @@ def _item(item: str, spec: _Field) -> range:
     else:
         end = spec.high if slash else start
     if start > end:
-        raise CronError(f"{spec.name} range {item!r} runs backwards")
+        raise CronError(f"{spec.name} range {shown(item)} runs backwards")
     return range(start, end + 1, step)
 
 
@@ -181,7 +183,7 @@ def _number(text: str, spec: _Field) -> int:
     if spec.names and text.lower() in spec.names:
         return spec.names[text.lower()]
     if not text.isdigit():
-        raise CronError(f"{text!r} is not a valid {spec.name}")
+        raise CronError(f"{shown(text)} is not a valid {spec.name}")
     value = int(text)
     if not spec.low <= value <= spec.high:
         raise CronError(f"{spec.name} {value} is out of range {spec.low}-{spec.high}")
@@ -222,7 +224,7 @@ def last_at_or_before(expression: str | Cron, at: dt.datetime, tz: dt.tzinfo) ->
 
 def _epoch(moment: dt.datetime) -> int:
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{moment!r} has no time zone; pass an aware datetime")
+        raise ValueError(f"{shown(moment)} has no time zone; pass an aware datetime")
     return math.floor(moment.timestamp())
 
 
@@ -333,7 +335,7 @@ def _next_wall(cron: Cron, start: int) -> int:
             continue
         second = cron.seconds[i]
         return calendar.timegm((year, month, day, hour, minute, second))
-    raise CronError(f"{cron.expression!r}: no matching time within 30 years")
+    raise CronError(f"{shown(cron.expression)}: no matching time within 30 years")
 
 
 @lru_cache(maxsize=4096)

@@ -4,6 +4,21 @@ that ``kiq start`` can print one clear line and exit with code 2."""
 
 from __future__ import annotations
 
+import reprlib
+from typing import Any
+
+SHOWN_MAX = 100  # characters of a value in an error message
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = SHOWN_MAX
+_SHORT.maxlevel = 2
+
+
+def shown(value: Any) -> str:
+    """``repr(value)`` cut short, for an error message: a value from a config file may be a
+    string of megabytes, or a small YAML file whose aliases make a list of billions."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= SHOWN_MAX else text[:SHOWN_MAX - 3] + "..."
+
 
 class ConfigError(ValueError):
     def __init__(self, key: str, message: str) -> None:

@@ -188,6 +188,9 @@ class Master:
         except ConfigError as error:
             self.log.error("reload refused: bad config, keeping the running generation", error=str(error))
             return
+        except Exception:  # a bug in reading it must not end the master and its generations
+            self.log.exception("reload refused: could not read the config, keeping the running generation")
+            return
         for key in MASTER_ONLY:
             if getattr(config, key) != getattr(self.config, key):
                 self.log.warning("setting needs a restart to change; keeping the old value", key=key)

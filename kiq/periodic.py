@@ -47,7 +47,7 @@ import redis
 from kiq import log
 from kiq.client import Client, build_payload
 from kiq.cron import Cron, CronError, last_at_or_before, next_after, parse
-from kiq.errors import ConfigError
+from kiq.errors import ConfigError, shown
 from kiq.job import Job, lookup
 from kiq.keys import Keys
 from kiq.lua import IS_A
@@ -122,36 +122,36 @@ class Entry:
         if not isinstance(self.name, str) or not NAME.fullmatch(self.name):
             raise ConfigError(
                 f"periodic.{self.name}" if isinstance(self.name, str) and self.name else "periodic.name",
-                f"entry name {self.name!r} must be 1 to 200 letters, digits, '_', '.' or '-'",
+                f"entry name {shown(self.name)} must be 1 to 200 letters, digits, '_', '.' or '-'",
             )
         try:
             parse(self.cron)
         except CronError as error:
             raise self.error("cron", f"bad cron expression: {error}") from None
         if not isinstance(self.job, str) or not self.job:
-            raise self.error("class", f"must be a job's name, not {self.job!r}")
+            raise self.error("class", f"must be a job's name, not {shown(self.job)}")
         if not isinstance(self.args, (list, tuple)):
-            raise self.error("args", f"must be a list, not {self.args!r}")
+            raise self.error("args", f"must be a list, not {shown(self.args)}")
         object.__setattr__(self, "args", tuple(self.args))
         if not isinstance(self.kwargs, Mapping):
-            raise self.error("kwargs", f"must be a mapping, not {self.kwargs!r}")
+            raise self.error("kwargs", f"must be a mapping, not {shown(self.kwargs)}")
         try:
             serialize_args(self.args)
             serialize_kwargs(self.kwargs)
         except SerializationError as error:
             raise self.error("args" if str(error).startswith("args") else "kwargs", str(error)) from None
         if not isinstance(self.queue, str) or not self.queue:
-            raise self.error("queue", f"must be a queue name, not {self.queue!r}")
+            raise self.error("queue", f"must be a queue name, not {shown(self.queue)}")
         if not isinstance(self.tz, str):
-            raise self.error("tz", f"must be a time zone name such as Europe/Berlin, not {self.tz!r}")
+            raise self.error("tz", f"must be a time zone name such as Europe/Berlin, not {shown(self.tz)}")
         try:
             ZoneInfo(self.tz)
         except (ValueError, KeyError, OSError):
-            raise self.error("tz", f"unknown time zone {self.tz!r}") from None
+            raise self.error("tz", f"unknown time zone {shown(self.tz)}") from None
         if not isinstance(self.catch_up, bool):
-            raise self.error("catch_up", f"must be true or false, not {self.catch_up!r}")
+            raise self.error("catch_up", f"must be true or false, not {shown(self.catch_up)}")
         if not isinstance(self.retry, (bool, int)) or self.retry < 0:
-            raise self.error("retry", f"must be true, false or a number of retries, not {self.retry!r}")
+            raise self.error("retry", f"must be true, false or a number of retries, not {shown(self.retry)}")
         if not self.from_job <= INHERITED:
             raise ValueError(f"from_job names settings other than {', '.join(sorted(INHERITED))}")
 
@@ -204,7 +204,7 @@ def periodic(
     twice differently raises ConfigError.
     """
     if not isinstance(args, (list, tuple)):
-        raise ConfigError(f"periodic.{name}.args", f"must be a list or tuple, not {args!r}")
+        raise ConfigError(f"periodic.{name}.args", f"must be a list or tuple, not {shown(args)}")
     from_job: frozenset[str] = frozenset()
     if isinstance(job, type) and issubclass(job, Job):
         wire, default_queue, default_retry = job.job_name, job.queue, job.retry
@@ -212,7 +212,8 @@ def periodic(
         wire, default_queue, default_retry = job, "default", True
         from_job = frozenset(key for key, value in (("queue", queue), ("retry", retry)) if value is None)
     else:
-        raise ConfigError(f"periodic.{name}.class", f"must be a kiq.Job subclass or a job name, not {job!r}")
+        raise ConfigError(f"periodic.{name}.class",
+                          f"must be a kiq.Job subclass or a job name, not {shown(job)}")
     entry = Entry(
         name=name,
         cron=cron,
@@ -300,7 +301,7 @@ def bind_jobs(entries: Iterable[Entry], classes: Mapping[str, type[Job]]) -> lis
     for entry in entries:
         job = classes.get(entry.job)
         if job is None:
-            raise entry.error("class", f"unknown job {entry.job!r}: no job class has this name")
+            raise entry.error("class", f"unknown job {shown(entry.job)}: no job class has this name")
         settings: dict[str, Any] = {"queue": job.queue, "retry": job.retry}
         bound.append(dataclasses.replace(entry, **{key: settings[key] for key in entry.from_job},
                                          from_job=frozenset()))
@@ -496,5 +497,5 @@ def _aware(moment: dt.datetime | None) -> dt.datetime:
     if moment is None:
         return dt.datetime.now(dt.timezone.utc)
     if moment.tzinfo is None or moment.utcoffset() is None:
-        raise ValueError(f"{moment!r} has no time zone; pass an aware datetime")
+        raise ValueError(f"{shown(moment)} has no time zone; pass an aware datetime")
     return moment

@@ -210,6 +210,8 @@ def test_queues_from_the_file_and_from_repeated_flags(tmp_path):
         ["a,1", "b", "a,3"],
         [["a", 0]],
         "a,0",
+        "a,1001",
+        [["a", 10**9]],
         [["a", -1]],
         "a,-2",
         [["a", "x"]],
@@ -451,14 +453,28 @@ def kiq_start(tmp_path: Path, *args: str, redis_url: str = "redis://127.0.0.1:1/
      ("metrics: {port: yes}\n", "metrics.port"), ("queues: [[a, 0]]\n", "queues"), ("- a\n", "config"),
      ("redis_url: http://127.0.0.1:6379/0\n", "redis_url"),
      ("redis_url: redis://127.0.0.1:99999/0\n", "redis_url"),
-     ("shards: {main: 'redis://127.0.0.1:x/0'}\n", "shards.main.url")],
+     ("shards: {main: 'redis://127.0.0.1:x/0'}\n", "shards.main.url"),
+     ("processes: 1001\n", "processes"), ("concurrency: 10001\n", "concurrency"),
+     ("heartbeat_ttl: 1e300\n", "heartbeat_ttl"), ("heartbeat_interval: 1e12\n", "heartbeat_interval"),
+     (b"processes: \xff\n", "config"), ("\ufeffprocesses: 2\n".encode("utf-16"), "config"),
+     ("processes: " + "[" * 5000 + "]" * 5000 + "\n", "config"),
+     ("processes: " + "[" * 50 + "]" * 50 + "\n", "processes"),
+     ("processes: " + "x" * 100_000 + "\n", "processes"),
+     ("processes: [&a0 [x, x, x, x, x, x, x, x, x], "
+      + ", ".join(f"&a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 9)) + "]\n", "processes")],
+    ids=repr,
 )
 def test_cli_bad_config_exits_2_with_one_line_naming_the_key(tmp_path, text, key):
-    result = kiq_start(tmp_path, "-c", write(tmp_path, text, "bad.yml"))
+    """One short line: a value is shown cut short, whatever its size (a 400-byte file of YAML
+    aliases holds a list of 9^9 items)."""
+    path = tmp_path / "bad.yml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    result = kiq_start(tmp_path, "-c", str(path))
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert f"{key}:" in lines[0]
+    assert len(lines[0]) < 300, lines[0]
     assert result.stdout == ""
 
 
