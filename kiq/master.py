@@ -58,6 +58,7 @@ class Generation:
     config: Config
     ready_fd: int
     state: str = "loading"  # loading, current, retiring
+    killed: str = ""  # why the master SIGKILLed it, if it did
     started: float = 0.0
     processes: int = 0  # per shard served: the config's count, moved by TTIN and TTOU
 
@@ -201,7 +202,7 @@ class Master:
             config.redis_url, config.shards = self.config.redis_url, self.config.shards
         self._check_loading()
         for gen in self._in_state("loading"):
-            self._kill_loading(gen)
+            self._kill_loading(gen, "superseded while loading")
         self.quiet = False
         self.log.info("reloading", generation=self.counter + 1)
         self._start_generation(config)
@@ -244,6 +245,8 @@ class Master:
         """Promote the generations that loaded the app; give up on those that failed, or
         that are still at it after ``boot_timeout`` (an import that hangs)."""
         for gen in self._in_state("loading"):
+            if gen.state != "loading":
+                continue  # retired by the promotion of one before it in this loop
             message = _read_report(gen.ready_fd)
             if message == "ok":
                 self._promote(gen)
@@ -252,16 +255,22 @@ class Master:
                 gen.state = "retiring"
                 self._load_failed(gen, message.removeprefix("error "))
             elif time.monotonic() - gen.started > gen.config.boot_timeout:
-                self._kill_loading(gen)
+                self._kill_loading(gen, "boot_timeout")
                 self._load_failed(gen, f"generation {gen.number} did not load the app within "
                                        f"{gen.config.boot_timeout:g}s (boot_timeout): does a require "
                                        "module hang at import?")
 
-    def _kill_loading(self, gen: Generation) -> None:
+    def _kill_loading(self, gen: Generation, why: str) -> None:
         """SIGKILL a generation that is still loading the app: it has no job and no worker
-        yet, and the import that holds it may never return to hear a TERM."""
+        yet (it says it has loaded before it forks one), and the import that holds it may
+        never return to hear a TERM. One that has said so meanwhile is told to stop."""
+        loaded = _read_report(gen.ready_fd) == "ok"
         os.close(gen.ready_fd)
         gen.state = "retiring"
+        if loaded:
+            kill(gen.pid, signal.SIGTERM)
+            return
+        gen.killed = why
         kill(gen.pid, signal.SIGKILL)
 
     def _promote(self, gen: Generation) -> None:
@@ -280,7 +289,7 @@ class Master:
 
     def _retire(self, gen: Generation) -> None:
         if gen.state == "loading":
-            self._kill_loading(gen)
+            self._kill_loading(gen, "superseded while loading")
             return
         gen.state = "retiring"
         kill(gen.pid, signal.SIGTERM)
@@ -302,10 +311,10 @@ class Master:
     def _generation_exited(self, gen: Generation, status: int) -> None:
         if gen.state == "loading":
             os.close(gen.ready_fd)
-            self._load_failed(gen, f"generation died while loading: {describe(status)}")
+            self._load_failed(gen, f"generation died while loading: {describe(status, gen.killed)}")
             return
         if gen.state != "current" or self.stopping:
-            self.log.info("generation exited", generation=gen.number, status=describe(status))
+            self.log.info("generation exited", generation=gen.number, status=describe(status, gen.killed))
             return
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
         self.log.error("generation exited unexpectedly", generation=gen.number, status=describe(status))
@@ -343,15 +352,16 @@ class Master:
     def _stop_generations(self) -> None:
         for gen in self.generations:
             if gen.state == "loading":
-                self._kill_loading(gen)
+                self._kill_loading(gen, "stopping while loading")
             else:
                 kill(gen.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.config.timeout + 2 * KILL_GRACE
         while self.generations and time.monotonic() < deadline:
             self.signals.wait(0.1)
             self._reap()
-        for gen in self.generations:
+        for gen in list(self.generations):  # _wait_exit takes each out of the list
             self.log.warning("generation did not stop in time, killing", generation=gen.number)
+            gen.killed = "stop timeout"
             kill(gen.pid, signal.SIGKILL)
             self._wait_exit(gen)
 
@@ -391,8 +401,13 @@ class Master:
         return True
 
     def _wait_for_signals(self, seconds: float) -> bool:
-        """Handle the signals that arrive within ``seconds``; False once told to stop."""
+        """Handle the signals that arrive within ``seconds``; False once told to stop. Nothing
+        runs yet to reload or resize: HUP, TTIN and TTOU are dropped, said so."""
         for signum in self.signals.wait(seconds):
+            if signum in (signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+                self.log.warning("not started yet (waiting for redis): signal ignored",
+                                 signal=signal.Signals(signum).name)
+                continue
             self._handle(signum)
         return not self.stopping
 

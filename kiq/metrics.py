@@ -17,6 +17,7 @@ import threading
 
 from prometheus_client import Counter, Gauge, Histogram, multiprocess
 
+from kiq import log
 from kiq.execution import Tallies, Tally
 
 ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -56,6 +57,7 @@ class _Counts:
 
 _lock = threading.Lock()
 _pending: dict[tuple[str, str], _Counts] = {}
+_gone = threading.Event()  # the samples folder was found gone (said once)
 _tallies = Tallies()
 
 
@@ -93,10 +95,22 @@ def tallies() -> list[Tally]:
 
 
 def flush() -> None:
-    """Write the jobs counted since the last flush (a worker's main thread, about once a second)."""
+    """Write the jobs counted since the last flush (a worker's main thread, about once a second).
+    A worker whose master has exited (an orphan finishing its jobs) finds the samples folder
+    gone: its counts have no reader left, and are dropped."""
     global _pending
     with _lock:
         pending, _pending = _pending, {}
+    try:
+        _write(pending)
+    except FileNotFoundError as error:
+        if not _gone.is_set():
+            _gone.set()
+            log.get("kiq.metrics").warning("the metrics folder is gone (its master has exited): "
+                                           "job counts are no longer kept", error=str(error))
+
+
+def _write(pending: dict[tuple[str, str], _Counts]) -> None:
     for labels, counts in pending.items():
         # Histogram has no way to add many observations at once: add to the sum and bucket
         # values that observe() adds to (prometheus_client's own attributes; the buckets a

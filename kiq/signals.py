@@ -37,6 +37,13 @@ class SignalQueue:
         for signum in self.signums:
             signal.signal(signum, _ignore)
 
+    def claim(self) -> None:
+        """Make the handlers and the wakeup fd this queue's again: after importing an app,
+        which may have set its own."""
+        signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        for signum in self.signums:
+            signal.signal(signum, _ignore)
+
     def wait(self, timeout: float, also: Sequence[int] = ()) -> list[int]:
         """Signals received, in order, waiting up to ``timeout`` seconds for the first
         signal or for one of the ``also`` descriptors to become readable."""

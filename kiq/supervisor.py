@@ -146,6 +146,7 @@ class Supervisor:
                 self.log.error("cannot load the app", error=str(error), exc_info=error.__cause__)
             _report(ready_fd, f"error {error}")
             return exits.APP_LOAD
+        self.signals.claim()  # the app's import may have set handlers of its own (TERM ignored)
         self._loaded(entries)
         routes = self.config.routes.including([entry.queue for entry in entries])
         self.conns = connect_each(routes, name="kiq-supervisor")
@@ -158,8 +159,7 @@ class Supervisor:
         self.control_read, self.control_write = os.pipe()
         os.set_blocking(self.control_read, False)
         os.set_blocking(self.control_write, False)  # the workers' end: see Worker._tell
-        self._spawn_due()
-        _report(ready_fd, "ok")
+        _report(ready_fd, "ok")  # before any worker: the master kills a generation that has not said it
         while not self.stopping:
             self._spawn_due()
             self._title()
@@ -413,6 +413,9 @@ class Supervisor:
             self._reap()
         for pid in self._alive():
             self.log.warning("worker did not stop in time, killing", pid=pid)
+            found = self._find(pid)
+            if found is not None:
+                found.killed = "stop timeout"
             kill(pid, signal.SIGKILL)
             _, status = os.waitpid(pid, 0)
             self._exited(pid, status)

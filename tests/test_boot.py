@@ -86,3 +86,40 @@ def test_hups_during_a_hanging_reload_leave_one_loading_generation_and_term_stil
     kiq.signal(signal.SIGTERM)
     assert kiq.wait(60) == 0
     wait_for(lambda: not started_for(kiq.token))
+
+
+def test_hups_while_waiting_for_redis_at_start_are_ignored_said_so(start_kiq, redis_server, client, r):
+    """The master waits for Redis before it starts anything: a HUP then has nothing to reload
+    (it started a generation of its own, and the master crashed once Redis answered)."""
+    import sample_jobs
+
+    redis_server.stop()
+    kiq = start_kiq()
+    wait_for(lambda: "redis unreachable, retrying" in kiq.log(), timeout=30)
+    for count in (1, 2):  # one at a time: signals sent together may arrive as one
+        kiq.signal(signal.SIGHUP)
+        wait_for(lambda n=count: kiq.log().count("signal ignored") == n, timeout=10)
+    redis_server.start()
+    kiq.wait_workers(1, timeout=30)
+    sample_jobs.RecordJob.perform_later("served")
+    wait_for(lambda: r.lrange("results", 0, -1) == ["served"])
+    assert [title(pid) for pid in kiq.generations()] == ["kiq generation 1 [1 workers]"]
+    assert kiq.process.poll() is None
+
+
+IGNORES_TERM = "import signal\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+
+
+def test_an_app_that_ignores_term_at_import_still_lets_its_generations_stop(start_kiq, tmp_path):
+    """The supervisor takes its signals back after importing the app: two reloads, then TERM,
+    and every generation stops; none is left running after the master has exited."""
+    (tmp_path / "ignores_term.py").write_text(IGNORES_TERM)
+    kiq = start_kiq(require=["sample_jobs", "ignores_term"], timeout=2)
+    kiq.wait_workers(1)
+    for number in (2, 3):
+        kiq.signal(signal.SIGHUP)
+        wait_for(lambda n=number: kiq.log().count("generation running") == n, timeout=30)
+    kiq.signal(signal.SIGTERM)
+    assert kiq.wait(60) == 0
+    assert "did not stop in time" not in kiq.log()
+    wait_for(lambda: not started_for(kiq.token), timeout=20)

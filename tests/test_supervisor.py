@@ -308,3 +308,14 @@ def test_a_worker_stuck_in_c_code_holding_the_gil_is_killed_and_its_job_runs_aga
     assert r.lrange("started", 0, -1) == [f"held:{stuck}", f"held:{replacement}"]
     [killing] = [line for line in kiq.log().splitlines() if "worker unresponsive, killing" in line]
     assert "gil_jobs.py\\\", line 10 in perform" in killing, killing  # where it was stuck
+
+
+def test_a_worker_killed_at_the_stop_timeout_is_said_so_not_out_of_memory(start_kiq):
+    kiq = start_kiq(processes=1, timeout=1)
+    [worker] = kiq.wait_workers(1)
+    os.kill(worker, signal.SIGSTOP)
+    kiq.signal(signal.SIGTERM)
+    assert kiq.wait(60) == 0
+    log = kiq.log()
+    assert "worker did not stop in time, killing" in log
+    assert "killed by SIGKILL (stop timeout)" in log and "out of memory" not in log
