@@ -54,6 +54,7 @@ from kiq.lua import IS_A
 from kiq.serialize import SerializationError, serialize_args, serialize_kwargs
 
 WINDOW = 3600.0  # seconds a tick may be late and still fire; also how long fired ticks are remembered
+BLOCKED_PAUSE = dt.timedelta(seconds=1)  # how often an entry blocked by a key of another type tries again
 NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 CONFIG_KEYS = ("name", "cron", "class", "args", "kwargs", "queue", "tz", "catch_up", "retry")
 INHERITED = frozenset({"queue", "retry"})  # what an entry that does not give them takes from its job class
@@ -319,7 +320,12 @@ class _State:
         self.next = entry.next_after(start)
         self.ready = False  # the entry's schedule has been recorded in Redis
         self.blocked = False  # a key of the entry is of another type (said once, until it fires)
+        self.held_until: dt.datetime | None = None  # a blocked entry's next try
         self.catch_up = last_at_or_before(entry.schedule, start, entry.zone) if entry.catch_up else None
+
+    def wakes(self) -> dt.datetime:
+        """When this entry wants ``fire_due`` next: its next tick, or a blocked entry's next try."""
+        return self.held_until if self.held_until is not None else self.next
 
 
 @dataclass
@@ -365,9 +371,10 @@ class Periodic:
 
         Ticks are computed from the last ``fire_due`` (or the start), so ``now`` is
         not needed; the result is at or before ``now`` while a due tick waits for
-        ``fire_due``, and the caller should then not sleep.
+        ``fire_due``, and the caller should then not sleep. An entry blocked by a key of
+        another type is tried again BLOCKED_PAUSE later, not at once and again.
         """
-        return min((state.next for state in self._states.values()), default=None)
+        return min((state.wakes() for state in self._states.values()), default=None)
 
     def fire_due(self, now: dt.datetime | None = None) -> list[tuple[str, int]]:
         """Try every tick due by ``now`` (default: the clock) in one script call; returns the
@@ -381,7 +388,8 @@ class Periodic:
         items: list[_Item] = []
         advanced: list[tuple[_State, dt.datetime]] = []
         for state in self._states.values():
-            items += self._plan(state, moment, advanced)
+            if state.held_until is None or state.held_until <= moment:
+                items += self._plan(state, moment, advanced)
         if not items:
             return []
         results = self._try(items, moment)
@@ -395,6 +403,7 @@ class Periodic:
                 self.log.error("periodic entry not fired: one of its keys (its state, its ticks or its "
                                "queue) is of another type; fix or delete it", entry=state.entry.name)
             state.blocked = id(state) in blocked
+            state.held_until = moment + BLOCKED_PAUSE if state.blocked else None
         fired = []
         for item, pushed in zip(items, results, strict=True):
             if pushed < 0:

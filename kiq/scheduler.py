@@ -72,6 +72,7 @@ class Scheduler:
         self.shard = shard
         self.stopped = threading.Event()
         self.unreadable: set[str] = set()  # sets whose key is of another type, said once
+        self.waiting: dict[str, int] = {}  # per set, due jobs left there: their queue's key is another type
         self.log = log.get("kiq.scheduler")
         name = f"scheduler-{shard}" if shard else "scheduler"
         self.thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -111,13 +112,20 @@ class Scheduler:
             if len(due) < BATCH:
                 break
         self.unreadable.discard(zset)
+        if waiting and not self.waiting.get(zset):
+            self.log.error("due jobs wait in this set: the key of their queue (or of dead) is not a list "
+                           "(a sorted set); fix or delete it", key=zset, jobs=waiting)
+        self.waiting[zset] = waiting
         return moved
 
     def next_due(self, conn: redis.Redis) -> float | None:
+        """When the next job is due, past the due ones left waiting (else the loop would
+        find them due at once, and again: a round a millisecond, with the fork lock held)."""
         due = []
         for zset in (self.keys.schedule, self.keys.retry):
+            first = self.waiting.get(zset, 0)
             try:
-                entry = conn.zrange(zset, 0, 0, withscores=True)
+                entry = conn.zrange(zset, first, first, withscores=True)
             except redis.ResponseError as error:
                 self._unreadable(zset, error)
                 continue

@@ -410,6 +410,24 @@ def test_an_entry_whose_queue_key_is_of_another_type_waits_and_the_others_fire(r
     assert r.llen("queue:mail") == r.zcard("kiq:periodic:broken:ticks") == everyone
 
 
+def test_a_blocked_entry_is_tried_again_a_pause_later_not_at_once(redis_server, r):
+    """While its queue key is of another type, a blocked entry's wake-up is BLOCKED_PAUSE after
+    its try, not its overdue tick (a supervisor waking for it at once spun a core)."""
+    from kiq.periodic import BLOCKED_PAUSE
+
+    start = now()
+    periodic = Periodic(connect(redis_server.url), Keys(), [entry("broken", queue="mail")], now=start)
+    r.set("queue:mail", "a string")
+    tried = seconds(start, 1.5)
+    assert periodic.fire_due(tried) == []
+    assert periodic.next_wakeup() == tried + BLOCKED_PAUSE
+    assert periodic.fire_due(seconds(start, 2.0)) == []  # held: no script call, nothing fired
+    r.delete("queue:mail")
+    fired = periodic.fire_due(tried + BLOCKED_PAUSE)
+    assert len(fired) == len(ticks_between(start, tried + BLOCKED_PAUSE))
+    assert periodic.next_wakeup() > tried + BLOCKED_PAUSE
+
+
 class PeriodicTracedJob(kiq.Job):
     backtrace = 5
 

@@ -280,6 +280,39 @@ def test_a_queue_key_of_another_type_keeps_its_jobs_due_and_moves_the_others(red
     assert len(queued(r, "low")) == BATCH + 5
 
 
+def test_due_jobs_left_waiting_do_not_make_the_next_due_now(redis_server, r, conn):
+    """Jobs kept by a queue key of another type stay due: the next due time is the first job
+    after them, else the scheduler's loop would find work at once, and again (a busy loop)."""
+    r.set("queue:blocked", "a string")
+    add(r, "schedule", job(1, "blocked"), 1.0)
+    add(r, "schedule", job(2), time.time() + 600)
+    sched = scheduler(redis_server.url)
+    sched.enqueue_due(conn)
+    assert sched.next_due(conn) == pytest.approx(time.time() + 600, abs=5)
+    r.delete("queue:blocked")
+    assert sched.enqueue_due(conn) == 1
+    assert sched.next_due(conn) == pytest.approx(time.time() + 600, abs=5)
+
+
+def test_a_running_scheduler_rests_while_due_jobs_wait_and_says_why(redis_server, r):
+    r.set("queue:blocked", "a string")
+    add(r, "schedule", job(1, "blocked"), 1.0)
+    r.config_resetstat()
+    sched = scheduler(redis_server.url)
+    logged = []
+    sched.log = sched.log.bind()  # a logger of its own, to read what it says
+    sched.log.error = lambda event, **fields: logged.append(event)  # type: ignore[method-assign]
+    sched.start()
+    try:
+        time.sleep(2)  # long enough for thousands of rounds of a busy loop
+    finally:
+        sched.stop()
+    calls = r.info("commandstats").get("cmdstat_zrange", {}).get("calls", 0)
+    assert calls < 20, f"{calls} ZRANGEs in 2 s: the scheduler spins"
+    assert logged == ["due jobs wait in this set: the key of their queue (or of dead) is not a list "
+                      "(a sorted set); fix or delete it"]
+
+
 def test_a_schedule_key_of_another_type_leaves_the_retries_moving(redis_server, r, conn):
     r.hset("schedule", "x", "y")
     add(r, "retry", job(1), 1.0)
