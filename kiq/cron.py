@@ -38,6 +38,7 @@ from __future__ import annotations
 import calendar
 import datetime as dt
 import math
+import re
 from bisect import bisect_left
 from dataclasses import dataclass
 from functools import lru_cache
@@ -47,6 +48,7 @@ from kiq.errors import shown
 UTC = dt.timezone.utc
 EPOCH = dt.datetime(1970, 1, 1)
 PROBE = 86_400  # seconds between offset probes when looking for a DST change
+WHOLE = re.compile(r"[0-9]{1,9}")
 LOOKBACK = 2**29  # how far back (seconds, about 17 years) the last tick is searched
 
 NICKNAMES = {
@@ -161,7 +163,7 @@ def _item(item: str, spec: _Field) -> range:
     body, slash, step_text = item.partition("/")
     step = 1
     if slash:
-        if not step_text.isdigit() or int(step_text) == 0:
+        if not _whole(step_text) or int(step_text) == 0:
             raise CronError(f"{spec.name} step in {shown(item)} must be a whole number above 0")
         step = int(step_text)
     if body == "*":
@@ -179,10 +181,16 @@ def _item(item: str, spec: _Field) -> range:
     return range(start, end + 1, step)
 
 
+def _whole(text: str) -> bool:
+    """ASCII digits, a few: ``str.isdigit`` takes superscripts and other scripts' digits, which
+    ``int`` then refuses or reads, and ``int`` refuses strings of thousands of digits."""
+    return WHOLE.fullmatch(text) is not None
+
+
 def _number(text: str, spec: _Field) -> int:
     if spec.names and text.lower() in spec.names:
         return spec.names[text.lower()]
-    if not text.isdigit():
+    if not _whole(text):
         raise CronError(f"{shown(text)} is not a valid {spec.name}")
     value = int(text)
     if not spec.low <= value <= spec.high:
