@@ -356,10 +356,10 @@ def enqueue(api: ShardedAPI, as_json: bool, job_class: str, args: tuple[str, ...
         keywords[key] = _value(value)
     client = Client(namespace=api.default.keys.namespace, connection=api.default.redis,
                     shards=api.routes if api.sharded else None)
-    at = time.time() + delay if delay else None
+    at = time.time() + delay if delay is not None else None
     try:
         job = client.enqueue(job_class, [_value(arg) for arg in args], keywords, queue=queue, at=at)
-    except TypeError as error:  # an empty class name
+    except (TypeError, ValueError) as error:  # an empty class name; --in nan, inf or past a century
         raise click.UsageError(str(error)) from None
     click.echo(json.dumps(vars(job)) if as_json else job.jid)
 

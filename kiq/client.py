@@ -13,6 +13,7 @@ shard a bulk push touches.
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -26,6 +27,7 @@ from kiq import activejob, middleware
 from kiq.connection import connect, is_cluster, send, url_from_env
 from kiq.keys import Keys
 from kiq.payload import check_format, new_jid, new_jids, stamp
+from kiq.retry import MAX_DELAY
 from kiq.serialize import SerializationError, each_list, serialize_args, serialize_kwargs
 from kiq.shards import Shards
 
@@ -69,6 +71,23 @@ def _compact(value: Any) -> str:
     return text
 
 
+def due_at(option: str, given: object, at: float, now: float) -> float:
+    """``at``, the epoch seconds ``given`` as ``option`` makes, or ValueError for a time no
+    adapter could keep: not finite (a job at inf never runs, one at NaN at once) or more than a
+    century ahead."""
+    if not math.isfinite(at) or at - now > MAX_DELAY:
+        raise ValueError(f"{option}={given!r} is no time a job can wait for: at most a century from now")
+    return at
+
+
+def seconds(value: float) -> float:
+    """``value`` as a float; an int too large for one is infinite (``due_at`` refuses it)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
+
 def build_payload(
     job_class: str,
     args: Sequence[Any],
@@ -96,6 +115,10 @@ def build_payload(
     }
     if kwargs:
         payload["kwargs"] = serialize_kwargs(kwargs)
+    if at is not None:
+        if isinstance(at, bool) or not isinstance(at, (int, float)):
+            raise TypeError(f"at is epoch seconds, not {at!r}")
+        at = due_at("at", at, seconds(at), now)
     if at is not None and at > now:
         payload["at"] = at
     else:

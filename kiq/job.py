@@ -8,17 +8,15 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from kiq import adapters, callbacks
-from kiq.client import check_batch_size
+from kiq.client import check_batch_size, due_at, seconds
 from kiq.payload import new_jid
 from kiq.registry import JobNameError, lookup, register, registered
-from kiq.retry import MAX_DELAY
 
 if TYPE_CHECKING:
     from kiq.client import Enqueued
@@ -142,16 +140,16 @@ class Options:
         if self.wait_until is not None:
             moment = self.wait_until
             if isinstance(moment, dt.datetime):
-                return _due("wait_until", moment, moment.timestamp(), now)
+                return due_at("wait_until", moment, moment.timestamp(), now)
             if isinstance(moment, (int, float)) and not isinstance(moment, bool):
-                return _due("wait_until", moment, float(moment), now)
+                return due_at("wait_until", moment, seconds(moment), now)
             raise TypeError(f"wait_until is a datetime or epoch seconds, not {moment!r}")
         if self.wait is not None:
             wait = self.wait
             if isinstance(wait, dt.timedelta):
-                return _due("wait", wait, now + wait.total_seconds(), now)
+                return due_at("wait", wait, now + wait.total_seconds(), now)
             if isinstance(wait, (int, float)) and not isinstance(wait, bool):
-                return _due("wait", wait, now + float(wait), now)
+                return due_at("wait", wait, now + seconds(wait), now)
             raise TypeError(f"wait is a number of seconds or a timedelta, not {wait!r}")
         return None
 
@@ -181,12 +179,6 @@ class Options:
                 arguments.check(args, _NO_KWARGS, f"args_list[{index}]: ")
         return adapters.current().enqueue_bulk(self.job, args_list, queue=self.queue, retry=self.retry,
                                                at=self.at(), backtrace=self.backtrace, batch_size=batch_size)
-
-
-def _due(option: str, given: object, at: float, now: float) -> float:
-    if not math.isfinite(at) or at - now > MAX_DELAY:
-        raise ValueError(f"{option}={given!r} is no time a job can wait for: at most a century from now")
-    return at
 
 
 def backtrace_lines(value: object, name: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import os
 import random
 import re
@@ -237,6 +238,16 @@ def test_job_due_now_or_in_the_past_is_enqueued_at_once(client, r):
     [payload] = queued(r)
     assert "at" not in payload and "enqueued_at" in payload
     assert r.zcard("schedule") == 0
+
+
+@pytest.mark.parametrize("at", [math.inf, math.nan, 1e300, 10**400, -math.inf])
+def test_a_time_no_job_can_wait_for_is_refused(client, r, at):
+    """A job at inf would never run and one at NaN at once, whatever the caller meant."""
+    with pytest.raises(ValueError, match="is no time a job can wait for"):
+        client.enqueue(ClientPlainJob, [1], at=at)
+    with pytest.raises(TypeError, match="epoch seconds"):
+        client.enqueue(ClientPlainJob, [1], at=True)
+    assert r.keys("*") == []
 
 
 # Bulk
