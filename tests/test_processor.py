@@ -324,6 +324,14 @@ class ProcNanWaitJob(kiq.Job):
         raise ProcFailError("nan wait")
 
 
+@retry_on(ProcFailError, wait=lambda n: -1)
+class ProcNegativeWaitNoRetryJob(kiq.Job):
+    retry = False
+
+    def perform(self) -> None:
+        raise ProcFailError("negative wait")
+
+
 @retry_on(ProcFailError, attempts=3)
 class ProcCountedJob(kiq.Job):
     def perform(self) -> None:
@@ -354,6 +362,14 @@ def test_retry_on_wait_that_is_not_a_number_of_seconds_falls_back_to_the_backoff
     before = time.time()
     outcome = process("default", raw("ProcNanWaitJob", []))
     assert outcome.action == "retry" and before + 15 <= outcome.score < before + 1000
+
+
+def test_a_bad_wait_still_retries_a_job_whose_retry_is_false_and_says_so(capsys):
+    """retry_on retries whatever ``retry`` says; its wait of -1 gets the backoff, and a line."""
+    before = time.time()
+    outcome = process("default", raw("ProcNegativeWaitNoRetryJob", [], retry=False))
+    assert outcome.action == "retry" and before + 15 <= outcome.score < before + 1000
+    assert "a retry_on wait gave no number of seconds" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("counts", [{"[ProcFailError]": "x"}, {"[ProcFailError]": [1]},
