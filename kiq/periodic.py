@@ -59,18 +59,23 @@ NAME = re.compile(r"[A-Za-z0-9_.-]{1,200}")
 CONFIG_KEYS = ("name", "cron", "class", "args", "kwargs", "queue", "tz", "catch_up", "retry")
 INHERITED = frozenset({"queue", "retry"})  # what an entry that does not give them takes from its job class
 
+EARLY = 1.0  # seconds a due tick may be ahead of Redis's clock, which judges every tick
+VOUCHED = 1e12  # as EARLY, for a caller that gives its own ``now``: its ticks are its word (tests, tools)
+BLOCKED, AHEAD = -1, -2  # the script's answers for an entry that did not fire and waits
+
 # KEYS: queues set, then per item: state hash, fired-ticks sorted set, queue list.
-# ARGV: window, caller's now, then per item: mode (init, due, catchup), tick,
-# schedule, queue name, payload, jid. Returns 1 per item that pushed a job, else 0 (-1: a key of
-# another type kept it from firing).
+# ARGV: window, caller's now, how far a due tick may be ahead of Redis's clock, then per item:
+# mode (init, due, catchup), tick, schedule, queue name, payload, jid. Returns 1 per item that
+# pushed a job, else 0 (-1: a key of another type kept it from firing; -2: a due tick further
+# ahead of Redis's clock than allowed, offered by a host whose clock is fast, to offer again).
 FIRE = IS_A + """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-local window = tonumber(ARGV[1])
+local window, early = tonumber(ARGV[1]), tonumber(ARGV[3])
 local pushed = {}
 for i = 0, (#KEYS - 1) / 3 - 1 do
   local state, fired, queue = KEYS[3 * i + 2], KEYS[3 * i + 3], KEYS[3 * i + 4]
-  local a = 6 * i + 3
+  local a = 6 * i + 4
   local mode, tick = ARGV[a], tonumber(ARGV[a + 1])
   local done = 0
   if not (is_a(state, 'hash') and is_a(fired, 'zset') and is_a(queue, 'list')) then
@@ -85,6 +90,8 @@ for i = 0, (#KEYS - 1) / 3 - 1 do
     if mode == 'catchup' then
       local since = tonumber(redis.call('HGET', state, 'since') or '')
       ok = since ~= nil and tick > since and (last == nil or tick > last)
+    elseif tick - now > early then
+      done = -2
     else
       ok = now - tick <= window
     end
@@ -320,6 +327,7 @@ class _State:
         self.next = entry.next_after(start)
         self.ready = False  # the entry's schedule has been recorded in Redis
         self.blocked = False  # a key of the entry is of another type (said once, until it fires)
+        self.ahead = False  # its tick was ahead of Redis's clock (said once, until it fires)
         self.held_until: dt.datetime | None = None  # a blocked entry's next try
         self.catch_up = last_at_or_before(entry.schedule, start, entry.zone) if entry.catch_up else None
 
@@ -382,9 +390,12 @@ class Periodic:
         master fired first.
 
         If Redis fails, nothing is marked done here and the next call tries the same
-        ticks again; the script makes a repeated try harmless.
+        ticks again; the script makes a repeated try harmless. Without ``now``, a tick still
+        more than EARLY ahead of Redis's clock (this host's clock is fast) waits; a caller that
+        gives ``now`` vouches for it.
         """
         moment = _aware(now)
+        early = EARLY if now is None else VOUCHED
         items: list[_Item] = []
         advanced: list[tuple[_State, dt.datetime]] = []
         for state in self._states.values():
@@ -392,18 +403,16 @@ class Periodic:
                 items += self._plan(state, moment, advanced)
         if not items:
             return []
-        results = self._try(items, moment)
-        # An entry whose keys are of another type fired nothing: it tries the same ticks next time.
-        blocked = {id(item.state) for item, pushed in zip(items, results, strict=True) if pushed < 0}
+        results = self._try(items, moment, early)
+        # An entry whose keys are of another type, or whose tick is still ahead of Redis's clock
+        # (this host's is fast), waits: it offers the same ticks again a pause later.
+        held = {id(item.state): pushed for item, pushed in zip(items, results, strict=True) if pushed < 0}
         for state, following in advanced:
-            if id(state) not in blocked:
+            if id(state) not in held:
                 state.next = following
         for state in {id(item.state): item.state for item in items}.values():
-            if id(state) in blocked and not state.blocked:
-                self.log.error("periodic entry not fired: one of its keys (its state, its ticks or its "
-                               "queue) is of another type; fix or delete it", entry=state.entry.name)
-            state.blocked = id(state) in blocked
-            state.held_until = moment + BLOCKED_PAUSE if state.blocked else None
+            self._say_held(state, held.get(id(state)))
+            state.held_until = moment + BLOCKED_PAUSE if id(state) in held else None
         fired = []
         for item, pushed in zip(items, results, strict=True):
             if pushed < 0:
@@ -415,6 +424,17 @@ class Periodic:
             if pushed:
                 fired.append((item.state.entry.name, item.tick))
         return fired
+
+    def _say_held(self, state: _State, held: int | None) -> None:
+        """Log why an entry waits, once until it fires again."""
+        if held == BLOCKED and not state.blocked:
+            self.log.error("periodic entry not fired: one of its keys (its state, its ticks or its "
+                           "queue) is of another type; fix or delete it", entry=state.entry.name)
+        if held == AHEAD and not state.ahead:
+            self.log.warning("periodic tick not fired yet: this host's clock is ahead of Redis's, whose "
+                             "clock decides; it fires when Redis's clock reaches it (check NTP here)",
+                             entry=state.entry.name)
+        state.blocked, state.ahead = held == BLOCKED, held == AHEAD
 
     def _plan(self, state: _State, now: dt.datetime,
               advanced: list[tuple[_State, dt.datetime]]) -> list[_Item]:
@@ -444,10 +464,10 @@ class Periodic:
         seconds = int(tick.timestamp())
         return _Item(state, mode, seconds, state.entry.payload(seconds), startup)
 
-    def _try(self, items: list[_Item], now: dt.datetime) -> list[int]:
+    def _try(self, items: list[_Item], now: dt.datetime, early: float) -> list[int]:
         """Offer every item's tick to the FIRE script in one call; per item 1 if it enqueued."""
         keys = [self.keys.queues]
-        args: list[str | float] = [self.window.total_seconds(), now.timestamp()]
+        args: list[str | float] = [self.window.total_seconds(), now.timestamp(), early]
         for item in items:
             entry = item.state.entry
             keys += [self.keys.periodic(entry.name), self.keys.periodic_ticks(entry.name),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import importlib
 import json
 import math
 import re
@@ -426,6 +427,28 @@ def test_a_blocked_entry_is_tried_again_a_pause_later_not_at_once(redis_server, 
     fired = periodic.fire_due(tried + BLOCKED_PAUSE)
     assert len(fired) == len(ticks_between(start, tried + BLOCKED_PAUSE))
     assert periodic.next_wakeup() > tried + BLOCKED_PAUSE
+
+
+def test_a_host_whose_clock_is_fast_fires_no_tick_before_redis_reaches_it(redis_server, r, monkeypatch):
+    """Redis's clock judges every tick: a master ten minutes fast offers ticks still ahead of
+    it, which wait (said once) instead of firing early, in a burst."""
+    periodic_module = importlib.import_module("kiq.periodic")  # kiq.periodic is also a function
+    fast = dt.timedelta(minutes=10)
+    real_aware = periodic_module._aware
+    monkeypatch.setattr(periodic_module, "_aware", lambda moment: real_aware(moment) + fast
+                        if moment is None else real_aware(moment))
+    logged: list[str] = []
+    periodic = Periodic(connect(redis_server.url), Keys(), [entry()], now=now() + fast)
+    periodic.log = periodic.log.bind()
+    periodic.log.warning = lambda event, **fields: logged.append(event)  # type: ignore[method-assign]
+    time.sleep(1.5)
+    assert periodic.fire_due() == [] and periodic.fire_due() == []
+    assert r.llen("queue:default") == 0 and r.zcard("kiq:periodic:every-second:ticks") == 0
+    assert len(logged) == 1 and "this host's clock is ahead of Redis's" in logged[0]
+    monkeypatch.setattr(periodic_module, "_aware", real_aware)  # the clock put right: ticks fire again
+    fresh = Periodic(connect(redis_server.url), Keys(), [entry()], now=now())
+    time.sleep(1.2)
+    assert fresh.fire_due()
 
 
 class PeriodicTracedJob(kiq.Job):
