@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no me
     from kiq.api import Found, Job, ShardedAPI, SortedSet
     from kiq.periodic import Entry
 
+LIST_MAX = 1_000_000  # entries one listing may print
 REDIS_URL_HELP = ("Redis URL (default: config, KIQ_REDIS_URL, REDIS_URL, local). Any local user can read "
                   "a flag: give a password in the config file or KIQ_REDIS_URL.")
 
@@ -185,7 +186,8 @@ def set_command(name: str, attribute: str, actions: Sequence[str], help_text: st
     @click.argument("action", type=click.Choice(["list", "show", *actions]), default="list")
     @click.argument("jids", nargs=-1)
     @click.option("--all", "everything", is_flag=True, help="Act on every entry.")
-    @click.option("--limit", type=int, default=50, show_default=True, help="Entries to list.")
+    @click.option("--limit", type=click.IntRange(1, LIST_MAX), default=50, show_default=True,
+                  help="Entries to list.")
     @connection_options
     def command(api: ShardedAPI, as_json: bool, action: str, jids: tuple[str, ...], everything: bool,
                 limit: int) -> None:

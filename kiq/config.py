@@ -169,7 +169,10 @@ def _build(raw: dict[str, Any]) -> Config:
             raise ConfigError(key, "unknown setting")
     if config.shards and "redis_url" in raw:
         raise ConfigError("redis_url", "give it as the first of shards (the default shard), not both")
+    from_env = not config.shards and not config.redis_url
     config.redis_url = config.shards[0].url if config.shards else config.redis_url or url_from_env()
+    if from_env and (problem := url_error(config.redis_url)) is not None:
+        raise ConfigError("KIQ_REDIS_URL" if os.environ.get("KIQ_REDIS_URL") else "REDIS_URL", problem)
     if "namespace" not in raw:
         config.namespace = os.environ.get("KIQ_NAMESPACE", "")
     config.web_password = config.web_password or os.environ.get("KIQ_WEB_PASSWORD", "")

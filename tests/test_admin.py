@@ -484,6 +484,8 @@ def test_enqueue_without_a_class_name_or_with_json_nested_too_deep_is_a_usage_er
     assert "class name is a non-empty string" in result.stderr
     deep = kiq(redis_server.url, "enqueue", "EchoJob", "[" * 5000 + "]" * 5000)
     assert deep.returncode == 2 and "nested too deep" in deep.stderr and "Traceback" not in deep.stderr
+    huge = kiq(redis_server.url, "retries", "--limit", "99999999999999999999")
+    assert huge.returncode == 2 and "--limit" in huge.stderr and "redis unavailable" not in huge.stderr
     for seconds in ("nan", "inf", "1e300"):
         never = kiq(redis_server.url, "enqueue", "EchoJob", "--in", seconds)
         assert never.returncode == 2 and "is no time a job can wait for" in never.stderr

@@ -173,6 +173,15 @@ def test_redis_url_precedence(tmp_path, monkeypatch, flag, in_file, kiq_env, env
     assert load(path, {"redis_url": flag}).redis_url == expected
 
 
+@pytest.mark.parametrize("name", ["KIQ_REDIS_URL", "REDIS_URL"])
+def test_a_bad_url_from_the_environment_names_its_variable(tmp_path, monkeypatch, name):
+    monkeypatch.delenv("KIQ_REDIS_URL", raising=False)
+    monkeypatch.setenv(name, "nonsense")
+    with pytest.raises(ConfigError) as raised:
+        load(write(tmp_path, "processes: 1\n"))
+    assert raised.value.key == name
+
+
 # Queues
 
 
