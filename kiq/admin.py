@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from kiq import exits
 from kiq.config import Config, ConfigError, load
 from kiq.connection import refusal, wrong_type
 from kiq.payload import set_format
+from kiq.retry import MAX_DELAY
 
 if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no metrics code early
     from kiq.api import Found, Job, ShardedAPI, SortedSet
@@ -80,9 +82,28 @@ def redis_failed(error: redis.RedisError) -> NoReturn:
 
 def emit(as_json: bool, data: Any, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(to_json(data))
     else:
         click.echo(table(headers, rows))
+
+
+def to_json(data: Any) -> str:
+    """JSON that every reader takes: a score of inf or NaN (anything can write one into Redis)
+    is written as a string, not as the Infinity and NaN that only Python and JavaScript read."""
+    try:
+        return json.dumps(data, indent=2, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(data), indent=2, default=str)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -111,6 +132,8 @@ def _ago(epoch: float | None) -> str:
     if not epoch:
         return "-"
     seconds = time.time() - epoch
+    if not abs(seconds) <= MAX_DELAY:  # also NaN: a score no job would be given
+        return "never" if seconds < 0 or seconds != seconds else "long ago"
     return f"{seconds:.0f}s ago" if seconds >= 0 else f"in {-seconds:.0f}s"
 
 
@@ -246,8 +269,8 @@ def show(sets: list[SortedSet], jids: tuple[str, ...], everything: bool, as_json
     found = {jid: next((job for job in (entries.find(jid) for entries in sets) if job), None) for jid in jids}
     shown = [job for job in found.values() if job is not None]
     if as_json:
-        click.echo(json.dumps([{"set": name, "at": job.score, "job": job.payload,
-                                "backtrace": job.backtrace} for job in shown], indent=2, default=str))
+        click.echo(to_json([{"set": name, "at": job.score, "job": job.payload, "backtrace": job.backtrace}
+                            for job in shown]))
     else:
         click.echo("\n\n".join(describe(job, WHEN[name]) for job in shown))
     missing = [jid for jid, job in found.items() if job is None]

@@ -478,6 +478,18 @@ def test_a_key_of_another_type_is_named_as_such_not_as_redis_unavailable(redis_s
     assert "WRONGTYPE" in done.stderr and "redis unavailable" not in done.stderr
 
 
+def test_listings_of_scores_no_job_would_have_are_valid_json_and_read_as_never(redis_server, r):
+    """Anything can write inf or 1e300 as a score: --json stays JSON, the table stays short."""
+    r.zadd("schedule", {json.dumps({"class": "A", "jid": "a" * 24, "args": []}): float("inf"),
+                        json.dumps({"class": "B", "jid": "b" * 24, "args": []}): 1e300})
+    listed = kiq(redis_server.url, "scheduled", "--json")
+    assert listed.returncode == 0
+    strict = json.loads(listed.stdout, parse_constant=lambda name: pytest.fail(f"{name} is not JSON"))
+    assert sorted(str(entry["at"]) for entry in strict) == ["1e+300", "inf"]
+    table = kiq(redis_server.url, "scheduled")
+    assert table.stdout.count("never") == 2 and "0000000" not in table.stdout
+
+
 def test_enqueue_without_a_class_name_or_with_json_nested_too_deep_is_a_usage_error(redis_server, r):
     result = kiq(redis_server.url, "enqueue", "", "1")
     assert result.returncode == 2 and "Traceback" not in result.stderr
