@@ -64,8 +64,9 @@ STOP_TIMEOUT = 0.5  # seconds for the stop's wake-up: a Redis that does not answ
 
 class Scheduler:
     def __init__(self, redis_url: str, keys: Keys, lock: threading.Lock, shard: str = "") -> None:
-        """``lock`` is held while touching Redis, so the master never forks mid-operation; a
-        master runs one scheduler per ``shard`` (named in its thread and log lines, if any)."""
+        """``lock`` is held while touching Redis (a batch of moves at a time), so the master never
+        forks mid-operation; a master runs one scheduler per ``shard`` (named in its thread and
+        log lines, if any)."""
         self.redis_url = redis_url
         self.keys = keys
         self.lock = lock
@@ -102,15 +103,17 @@ class Scheduler:
     def _move_due(self, conn: redis.Redis, move: Any, zset: str, now: float | None) -> int:
         moved = waiting = 0  # waiting: due jobs left in the set, whose queue's key is of another type
         while not self.stopped.is_set():
-            due = conn.zrangebyscore(zset, "-inf", time.time() if now is None else now, waiting, BATCH)
-            if not due:
-                break
-            jobs = [(raw, *self._requeued(raw)) for raw in map(str, due)]
-            reached, left = move(**move_call(self.keys, zset, time.time(), jobs))
+            with self.lock:  # a batch at a time: a backlog of due jobs must not hold up a fork
+                due = conn.zrangebyscore(zset, "-inf", time.time() if now is None else now, waiting, BATCH)
+                if not due:
+                    break
+                jobs = [(raw, *self._requeued(raw)) for raw in map(str, due)]
+                reached, left = move(**move_call(self.keys, zset, time.time(), jobs))
             moved += int(reached)
             waiting += int(left)  # not those another master moved: they left the set
             if len(due) < BATCH:
                 break
+            time.sleep(0)  # lets a fork waiting for the lock have it: a lock is not handed over in turn
         self.unreadable.discard(zset)
         if waiting and not self.waiting.get(zset):
             self.log.error("due jobs wait in this set: the key of their queue (or of dead) is not a list "
@@ -160,8 +163,8 @@ class Scheduler:
                 if pubsub is None:
                     pubsub = conn.pubsub(ignore_subscribe_messages=True)
                     pubsub.subscribe(self.keys.schedule_channel)
+                self.enqueue_due(conn)
                 with self.lock:
-                    self.enqueue_due(conn)
                     due = self.next_due(conn)
                 sleep = MAX_SLEEP if due is None else min(MAX_SLEEP, max(0.0, due - time.time()))
                 pubsub.get_message(timeout=sleep)

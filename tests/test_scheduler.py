@@ -313,6 +313,27 @@ def test_a_running_scheduler_rests_while_due_jobs_wait_and_says_why(redis_server
                       "(a sorted set); fix or delete it"]
 
 
+def test_a_backlog_of_due_jobs_lets_the_fork_lock_go_between_batches(redis_server, r):
+    """The master forks under the scheduler's lock: a round moving a backlog of due jobs takes
+    it a batch at a time, so a HUP's fork waits for one batch, not for the whole backlog."""
+    total = 200 * BATCH
+    with r.pipeline(transaction=False) as pipe:
+        for n in range(total):
+            pipe.zadd("schedule", {json.dumps(job(n)): 1.0 + n})
+        pipe.execute()
+    sched = scheduler(redis_server.url)
+    seen: list[int] = []
+    sched.start()
+    try:
+        while not seen or seen[-1] < total:
+            with sched.lock:  # as the master takes it to fork
+                seen.append(r.llen("queue:default"))
+            time.sleep(0.001)
+    finally:
+        sched.stop()
+    assert any(0 < size < total for size in seen), "the lock was held for the whole backlog"
+
+
 def test_a_schedule_key_of_another_type_leaves_the_retries_moving(redis_server, r, conn):
     r.hset("schedule", "x", "y")
     add(r, "retry", job(1), 1.0)
