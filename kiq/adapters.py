@@ -147,7 +147,7 @@ class AsyncAdapter(LocalAdapter):
         while True:
             with self.wake:
                 while not self.due or self.due[0][0] > time.time():
-                    # capped: a wait beyond what the lock takes would end this thread
+                    # capped: it looks again at least hourly (a clock set forward meanwhile)
                     self.wake.wait(min(self.due[0][0] - time.time(), MAX_WAIT) if self.due else None)
                 _, _, payload = heapq.heappop(self.due)
             payload.pop("at", None)

@@ -123,11 +123,14 @@ def test_async_runs_on_threads_and_honours_wait():
     assert time.time() - started >= 0.3
 
 
-def test_async_keeps_its_timer_past_a_job_due_in_a_thousand_years():
+def test_async_refuses_a_job_due_in_a_thousand_years_and_keeps_its_timer_past_a_far_one():
     """A wait beyond what a lock's wait takes (about 292 years here) ended the timer thread: no
-    scheduled job or retry of the process ran after it."""
+    scheduled job or retry of the process ran after it. Such a time is refused now, as by set();
+    a job due in 99 years waits without holding up the sooner ones."""
     adapter = adapters.use(adapters.AsyncAdapter(threads=2))
-    adapter.enqueue(AdapterJob, ["never", dt.date(2026, 1, 1)], at=time.time() + 1000 * 365 * 86400)
+    with pytest.raises(ValueError, match="at most a century"):
+        adapter.enqueue(AdapterJob, ["never", dt.date(2026, 1, 1)], at=time.time() + 1000 * 365 * 86400)
+    adapter.enqueue(AdapterJob, ["later", dt.date(2026, 1, 1)], at=time.time() + 99 * 365 * 86400)
     time.sleep(0.1)  # the timer waits for it first
     AdapterJob.set(wait=0.2).perform_later("soon", dt.date(2026, 1, 1))
     deadline = time.time() + 5
