@@ -208,8 +208,8 @@ def failed(job_class: type[Job], payload: dict[str, Any], error: BaseException) 
     if decision == "discard":
         return Outcome(failed=True, error=error)
     if decision == "retry" and not 0 <= delay <= retry.MAX_DELAY:  # also false for NaN
-        logger.error("a retry_on wait gave no number of seconds from 0 to a century; the backoff applies",
-                     wait=repr(delay))
+        logger.error("a retry_on wait gave no number of seconds from 0 to a century; the job's retry "
+                     "decides", wait=repr(delay))
     return retry.failure(payload, error_name(error), error_text(error),
                          delay=delay if decision == "retry" else None, error=error)
 

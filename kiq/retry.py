@@ -89,11 +89,10 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
     default tries, then the dead set, and is never dropped.
     """
     now = time.time() if now is None else now
-    ruled = delay is not None  # a retry_on rule matched: a retry, whatever ``retry`` says
     if delay is not None and not 0 <= delay <= MAX_DELAY:  # also false for NaN
         delay = None
     limit = max_retries(True if kept else job.get("retry", True))
-    if limit is None and not ruled:
+    if limit is None and delay is None:
         return Outcome(failed=True, error=error)
     retry_queue = job.get("retry_queue")
     if isinstance(retry_queue, str) and retry_queue:
@@ -111,8 +110,8 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
         job["failed_at"] = stamp(now)
         job["retry_count"] = 0
     count = job["retry_count"]
-    if ruled:
-        return Outcome(True, "retry", _dump(job), now + (backoff(count) if delay is None else delay), error)
+    if delay is not None:
+        return Outcome(True, "retry", _dump(job), now + delay, error)
     if limit is not None and count < limit and (kept or not _past_retry_for(job, now)):
         return Outcome(True, "retry", _dump(job), now + backoff(count), error)
     if job.get("dead") is False and not kept:
