@@ -18,7 +18,10 @@ seconds (by Redis' clock); a tick that is older than that when a master tries
 it is refused rather than risk a second job for it once it has been trimmed.
 
 Missed ticks: a ``Periodic`` fires only ticks after it was created (a master
-that starts late or restarts does not fire old ticks). With ``catch_up`` it
+that starts late or restarts does not fire old ticks), and none older than
+``since``, when the schedule was first recorded (by Redis's clock, or the
+recording master's start if that was earlier): a master whose clock is slow
+offers ticks from before any master ran. With ``catch_up`` it
 also tries the most recent tick at or before its start, once: the script fires
 it only if it is newer than the entry's ``last`` tick and than ``since`` (when
 the entry's current schedule was first seen), so a tick is caught up only if
@@ -60,18 +63,18 @@ CONFIG_KEYS = ("name", "cron", "class", "args", "kwargs", "queue", "tz", "catch_
 INHERITED = frozenset({"queue", "retry"})  # what an entry that does not give them takes from its job class
 
 EARLY = 1.0  # seconds a due tick may be ahead of Redis's clock, which judges every tick
-VOUCHED = 1e12  # as EARLY, for a caller that gives its own ``now``: its ticks are its word (tests, tools)
 BLOCKED, AHEAD = -1, -2  # the script's answers for an entry that did not fire and waits
 
 # KEYS: queues set, then per item: state hash, fired-ticks sorted set, queue list.
-# ARGV: window, caller's now, how far a due tick may be ahead of Redis's clock, then per item:
-# mode (init, due, catchup), tick, schedule, queue name, payload, jid. Returns 1 per item that
-# pushed a job, else 0 (-1: a key of another type kept it from firing; -2: a due tick further
-# ahead of Redis's clock than allowed, offered by a host whose clock is fast, to offer again).
+# ARGV: window, caller's now, 1 if the caller vouches for its clock (it gave its own ``now``) else
+# 0, then per item: mode (init, due, catchup), tick (init: the caller's start), schedule, queue
+# name, payload, jid. Returns 1 per item that pushed a job, else 0 (-1: a key of another type
+# kept it from firing; -2: a due tick more than EARLY ahead of Redis's clock, from a host whose
+# clock is fast, to offer again). Unless vouched for, the caller's clock is checked by Redis's.
 FIRE = IS_A + """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
-local window, early = tonumber(ARGV[1]), tonumber(ARGV[3])
+local window, vouched = tonumber(ARGV[1]), ARGV[3] == '1'
 local pushed = {}
 for i = 0, (#KEYS - 1) / 3 - 1 do
   local state, fired, queue = KEYS[3 * i + 2], KEYS[3 * i + 3], KEYS[3 * i + 4]
@@ -82,18 +85,18 @@ for i = 0, (#KEYS - 1) / 3 - 1 do
     done = -1  -- a key of another type, written by something else: this entry waits, the others fire
   elseif mode == 'init' then
     if redis.call('HGET', state, 'schedule') ~= ARGV[a + 2] then
-      redis.call('HSET', state, 'schedule', ARGV[a + 2], 'since', math.max(now, tonumber(ARGV[2])))
+      redis.call('HSET', state, 'schedule', ARGV[a + 2], 'since', vouched and tick or math.min(now, tick))
     end
   else
     local last = tonumber(redis.call('HGET', state, 'last') or '')
+    local since = tonumber(redis.call('HGET', state, 'since') or '')
     local ok
     if mode == 'catchup' then
-      local since = tonumber(redis.call('HGET', state, 'since') or '')
       ok = since ~= nil and tick > since and (last == nil or tick > last)
-    elseif tick - now > early then
+    elseif not vouched and tick - now > __EARLY__ then
       done = -2
-    else
-      ok = now - tick <= window
+    else  -- not older than the window, nor than the schedule (a master with a slow clock offers such)
+      ok = now - tick <= window and (since == nil or tick >= since)
     end
     if ok and redis.call('ZADD', fired, 'NX', tick, ARGV[a + 1]) == 1 then
       if last == nil or tick > last then
@@ -108,7 +111,7 @@ for i = 0, (#KEYS - 1) / 3 - 1 do
   pushed[#pushed + 1] = done
 end
 return pushed
-"""
+""".replace("__EARLY__", repr(EARLY))
 
 
 @dataclass(frozen=True)
@@ -324,6 +327,7 @@ class _State:
 
     def __init__(self, entry: Entry, start: dt.datetime) -> None:
         self.entry = entry
+        self.start = start  # with Redis's clock, the ``since`` of a schedule this state records first
         self.next = entry.next_after(start)
         self.ready = False  # the entry's schedule has been recorded in Redis
         self.blocked = False  # a key of the entry is of another type (said once, until it fires)
@@ -390,12 +394,12 @@ class Periodic:
         master fired first.
 
         If Redis fails, nothing is marked done here and the next call tries the same
-        ticks again; the script makes a repeated try harmless. Without ``now``, a tick still
-        more than EARLY ahead of Redis's clock (this host's clock is fast) waits; a caller that
-        gives ``now`` vouches for it.
+        ticks again; the script makes a repeated try harmless. Without ``now``, Redis's clock
+        checks this host's: a tick still more than EARLY ahead of it (this host's clock is fast)
+        waits, and a schedule recorded first is ``since`` no later than Redis's now. A caller
+        that gives ``now`` vouches for its clock (tests, tools).
         """
         moment = _aware(now)
-        early = EARLY if now is None else VOUCHED
         items: list[_Item] = []
         advanced: list[tuple[_State, dt.datetime]] = []
         for state in self._states.values():
@@ -403,7 +407,7 @@ class Periodic:
                 items += self._plan(state, moment, advanced)
         if not items:
             return []
-        results = self._try(items, moment, early)
+        results = self._try(items, moment, vouched=now is not None)
         # An entry whose keys are of another type, or whose tick is still ahead of Redis's clock
         # (this host's is fast), waits: it offers the same ticks again a pause later.
         held = {id(item.state): pushed for item, pushed in zip(items, results, strict=True) if pushed < 0}
@@ -439,7 +443,7 @@ class Periodic:
     def _plan(self, state: _State, now: dt.datetime,
               advanced: list[tuple[_State, dt.datetime]]) -> list[_Item]:
         entry = state.entry
-        items = [] if state.ready else [_Item(state, "init", 0)]
+        items = [] if state.ready else [_Item(state, "init", int(state.start.timestamp()))]
         if state.catch_up is not None:
             items.append(self._item(state, "catchup", state.catch_up, startup=True))
         following = state.next
@@ -464,10 +468,10 @@ class Periodic:
         seconds = int(tick.timestamp())
         return _Item(state, mode, seconds, state.entry.payload(seconds), startup)
 
-    def _try(self, items: list[_Item], now: dt.datetime, early: float) -> list[int]:
+    def _try(self, items: list[_Item], now: dt.datetime, vouched: bool) -> list[int]:
         """Offer every item's tick to the FIRE script in one call; per item 1 if it enqueued."""
         keys = [self.keys.queues]
-        args: list[str | float] = [self.window.total_seconds(), now.timestamp(), early]
+        args: list[str | float] = [self.window.total_seconds(), now.timestamp(), int(vouched)]
         for item in items:
             entry = item.state.entry
             keys += [self.keys.periodic(entry.name), self.keys.periodic_ticks(entry.name),

@@ -451,6 +451,22 @@ def test_a_host_whose_clock_is_fast_fires_no_tick_before_redis_reaches_it(redis_
     assert fresh.fire_due()
 
 
+def test_a_host_whose_clock_is_slow_fires_no_tick_from_before_the_schedule_existed(redis_server, r,
+                                                                                    monkeypatch):
+    """A master ten minutes slow joins one that recorded the schedule: its first ticks are from
+    before any master ran, history, not missed ticks."""
+    periodic_module = importlib.import_module("kiq.periodic")
+    first = Periodic(connect(redis_server.url), Keys(), [entry()])
+    assert first.fire_due() == []  # records the schedule: nothing is due yet
+    real_aware, behind = periodic_module._aware, dt.timedelta(minutes=10)
+    monkeypatch.setattr(periodic_module, "_aware", lambda moment: real_aware(moment) - behind
+                        if moment is None else real_aware(moment))
+    slow = Periodic(connect(redis_server.url), Keys(), [entry()])
+    time.sleep(1.2)
+    assert slow.fire_due() == []
+    assert r.llen("queue:default") == 0 and r.zcard("kiq:periodic:every-second:ticks") == 0
+
+
 class PeriodicTracedJob(kiq.Job):
     backtrace = 5
 
