@@ -33,7 +33,6 @@ from kiq.heartbeat import prefetched_by_queue
 from kiq.keys import Keys, day, glob_escape, owner
 from kiq.lua import IS_A
 from kiq.payload import check_format, epoch_seconds, read_count, read_object, stamp, waited
-from kiq.recovery import POISON_PILL
 from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE, move_call
 from kiq.shards import SINGLE, Shard, Shards
@@ -281,8 +280,8 @@ class SortedSet:
     def retry(self, jobs: list[Job]) -> int:
         """Move entries to their queues now, ``retry_count`` one back, as Sidekiq's
         ``SortedEntry#retry`` does from any set: a manual retry does not spend one of the job's
-        tries, and a dead job gets exactly one more. A poison pill's crash count is cleared
-        too: otherwise one more crash would bury it again at once (kiq.recovery)."""
+        tries, and a dead job gets exactly one more. A dead job's crash count is cleared too:
+        otherwise one or two more crashes would bury it as a poison pill at once (kiq.recovery)."""
         if not jobs:
             return 0
         moves: list[tuple[str, str, str]] = []
@@ -296,7 +295,7 @@ class SortedSet:
             if type(payload.get("retry_count")) is int:
                 payload["retry_count"] -= 1
             moves.append((job.raw, job.queue, json.dumps(payload, separators=(",", ":"))))
-            if payload.get("error_class") == POISON_PILL and job.jid:
+            if self.name == "dead" and job.jid:
                 counted.append(self.api.keys.recoveries(job.jid))
         if not moves:
             return 0

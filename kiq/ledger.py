@@ -29,6 +29,7 @@ import os
 import re
 import signal
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -42,7 +43,7 @@ DIGEST = 20
 SLOT = IDENT.size + DIGEST
 EMPTY = bytes(DIGEST)
 STOPPED = 1  # the first byte: the worker finished its stop (its unfinished jobs are no crash's)
-DUMP_MAX = 64_000  # faulthandler writes at most 100 threads of 100 frames; the rest is cut
+DUMP_MAX = 8_000_000  # bytes of the file's end searched for the last dump (100 threads of 100 frames)
 CURRENT_THREAD = re.compile(r"^Current thread (0x[0-9a-f]+)", re.MULTILINE)
 HEADER = "Fatal Python error"  # each dump's first line
 FRAME = re.compile(r'^  File "(.*)", line (\d+) in (.*)$', re.MULTILINE)
@@ -73,6 +74,7 @@ class Ledger:
         if self._dump >= 0:
             faulthandler.enable(file=self._dump, all_threads=True)
             faulthandler.register(STACKS, file=self._dump, all_threads=True)
+            os.register_at_fork(after_in_child=_own_faults)
 
     def stacks(self, pid: int) -> str:
         """Every thread's stack of the live worker ``pid``, as faulthandler writes them on
@@ -89,7 +91,7 @@ class Ledger:
             if size > start and grown == size:
                 break  # written, and no longer growing
             size = grown
-        return os.pread(fd, min(size - start, DUMP_MAX), start).decode(errors="replace")
+        return os.pread(fd, min(size - start, DUMP_MAX), start).decode(errors="replace")  # logged bounded
 
     def start(self, slot: int, payload: str) -> None:
         offset = 1 + slot * SLOT
@@ -105,14 +107,16 @@ class Ledger:
         self._map[0] = STOPPED
 
     def fault(self, status: int) -> str:
-        """What faulthandler wrote when the worker died of ``status``'s fatal signal; "" if it
-        did not. The worker's own dump is the file's last: a child that a job forked inherits
-        the handler, and one that crashed wrote its dump there before."""
+        """What faulthandler wrote when the worker died of ``status``'s fatal signal: the file's
+        last dump, from its header on; "" if there is none (a fatal signal can leave none: a C
+        stack overflow, a fatal error that writes to stderr). A job's forked child writes its
+        own dump to its stderr (``_own_faults``), never here."""
         if self._dump < 0 or not (os.WIFSIGNALED(status) and os.WTERMSIG(status) in FAULTS):
             return ""
         size = os.fstat(self._dump).st_size
-        text = os.pread(self._dump, DUMP_MAX, max(0, size - DUMP_MAX)).decode(errors="replace")
-        return text[text.rfind(HEADER):] if HEADER in text else text
+        tail = os.pread(self._dump, DUMP_MAX, max(0, size - DUMP_MAX))
+        at = tail.rfind(HEADER.encode())
+        return tail[at:].decode(errors="replace") if at >= 0 else ""
 
     def running(self) -> list[str]:
         """Hex digests of the payloads being run, unless the worker stopped as told."""
@@ -146,6 +150,16 @@ class Ledger:
         self._map.close()
         if self._dump >= 0:
             os.close(self._dump)
+
+
+def _own_faults() -> None:
+    """In the child of a fork a job makes: its own fatal signal goes to its stderr, not into the
+    worker's file, where it would pass for the worker's (naming the forking job's thread)."""
+    faulthandler.unregister(STACKS)
+    with contextlib.suppress(ValueError, AttributeError, OSError, RuntimeError):  # no usable stderr
+        faulthandler.enable(file=sys.stderr, all_threads=True)
+        return
+    faulthandler.disable()
 
 
 def _dump_file() -> int:

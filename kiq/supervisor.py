@@ -325,7 +325,7 @@ class Supervisor:
                 stacks = worker.ledger.stacks(worker.pid) if worker.ledger else ""
                 self.log.error("worker unresponsive, killing", pid=worker.pid, ready=worker.ready,
                                silent_s=round(now - worker.heard, 1), limit_s=limit,
-                               **({"stacks": stacks} if stacks else {}))
+                               **({"stacks": log.bounded(stacks, log.TRACEBACK_MAX)} if stacks else {}))
                 worker.killed = "unresponsive"
                 kill(worker.pid, signal.SIGKILL)
 
@@ -383,7 +383,8 @@ class Supervisor:
         where a segfault happened."""
         fault = ledger.fault(status) if ledger is not None else ""
         if fault:
-            self.log.error("worker crashed", pid=pid, status=describe(status), exception=fault)
+            self.log.error("worker crashed", pid=pid, status=describe(status),
+                           exception=log.bounded(fault, log.TRACEBACK_MAX))
         return fault
 
     def _boot_failed(self) -> bool:

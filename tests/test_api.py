@@ -274,18 +274,20 @@ def test_retry_from_dead_or_schedule_takes_one_off_retry_count_as_sidekiq_and_dr
     assert r.smembers("queues") == {"default", "low"}
 
 
-def test_retrying_a_poison_pill_clears_its_crash_count(api, r):
-    """Else one more crash within the day would bury it again at once. Another dead job's
-    count, and a poison pill left in dead, keep theirs."""
+def test_retrying_from_dead_clears_the_crash_count(api, r):
+    """Else one more crash within the day would bury a poison pill again at once, and a job that
+    crashed twice before it failed into dead would be buried at its first crash. A job left in
+    dead, and one retried from the retry set, keep theirs."""
     pill, other, left = (payload(jid(n), error_class=cls, error_message="x", failed_at=NOW)
                          for n, cls in ((1, "kiq.PoisonPill"), (2, "ValueError"), (3, "kiq.PoisonPill")))
     r.zadd("dead", {dump(pill): NOW - 3, dump(other): NOW - 2, dump(left): NOW - 1})
-    for n in (1, 2, 3):
-        r.set(f"kiq:recoveries:{jid(n)}", 3)
+    r.zadd("retry", {dump(failed(4)): NOW})
+    for n in (1, 2, 3, 4):
+        r.set(f"kiq:recoveries:{jid(n)}", 2)
     assert api.dead.retry([job for job in api.dead.jobs() if job.jid != jid(3)]) == 2
-    assert r.get(f"kiq:recoveries:{jid(1)}") is None
-    assert [r.get(f"kiq:recoveries:{jid(n)}") for n in (2, 3)] == ["3", "3"]
-    assert r.llen("queue:default") == 2
+    assert api.retries.retry(api.retries.jobs()) == 1
+    assert [r.get(f"kiq:recoveries:{jid(n)}") for n in (1, 2, 3, 4)] == [None, None, "2", "2"]
+    assert r.llen("queue:default") == 3
 
 
 def test_retry_of_an_entry_already_moved_pushes_nothing(api, r):

@@ -4,6 +4,7 @@ forked processes and real fatal signals."""
 from __future__ import annotations
 
 import ctypes
+import faulthandler
 import hashlib
 import os
 import signal
@@ -60,20 +61,26 @@ def test_a_kill_charges_every_running_job() -> None:
     assert sorted(ledger.running()) == sorted([digest("a"), digest("b")])
 
 
-def test_the_dump_of_a_crashed_child_that_a_job_forked_charges_no_one() -> None:
-    """A child forked by the job on slot 1 inherits the handler and the thread's id; its
-    segfault's dump is in the file when the worker itself is killed, then when it segfaults."""
+def crashing_child() -> None:
+    """Fork a child (as a job may) that segfaults, and wait for it."""
+    child = os.fork()
+    if child == 0:
+        segfault()
+    os.waitpid(child, 0)
 
-    def crashing_child() -> None:
-        child = os.fork()
-        if child == 0:
-            segfault()
-        os.waitpid(child, 0)
 
+def test_a_crashed_child_that_a_job_forked_writes_no_dump_of_the_worker() -> None:
+    """The child inherits the handler and the id of the job's thread: its dump, had it gone to
+    the worker's file, would pass for the worker's when the worker dies of a fatal signal
+    that leaves none (a C stack overflow), and charge the forking job alone."""
     ledger = Ledger(2)
     killed = worker(ledger, lambda: (crashing_child(), os.kill(os.getpid(), signal.SIGKILL)))
     assert ledger.fault(killed) == ""
-    assert ledger.crash(ledger.fault(killed)) is None
+
+    ledger = Ledger(2)
+    silent = worker(ledger, lambda: (crashing_child(), faulthandler.disable(), segfault()))
+    assert os.WTERMSIG(silent) == signal.SIGSEGV
+    assert ledger.fault(silent) == "" and ledger.crash("") is None
 
     ledger = Ledger(2)
     crashed = worker(ledger, lambda: (crashing_child(), ledger.finish(1), ledger.start(1, "c"), segfault()))
@@ -81,6 +88,31 @@ def test_the_dump_of_a_crashed_child_that_a_job_forked_charges_no_one() -> None:
     assert fault.count("Fatal Python error") == 1
     crash = ledger.crash(fault)
     assert crash is not None and crash.digest == digest("c")
+
+
+def deep(levels: int, until: threading.Event) -> None:
+    if levels:
+        deep(levels - 1, until)
+    else:
+        until.wait(10)
+
+
+def test_a_dump_of_many_deep_stacks_still_names_the_crashing_thread() -> None:
+    """Twenty threads 100 frames deep make a dump of well over 64 kB: the whole of the last
+    dump is read, not its end alone (which had lost the header and the crashing thread)."""
+
+    def crash_among_deep_threads() -> None:
+        until = threading.Event()
+        for _ in range(20):
+            threading.Thread(target=deep, args=(100, until), daemon=True).start()
+        time.sleep(0.2)
+        segfault()
+
+    ledger = Ledger(2)
+    fault = ledger.fault(worker(ledger, crash_among_deep_threads))
+    assert len(fault) > 100_000
+    crash = ledger.crash(fault)
+    assert crash is not None and crash.digest == digest("b")
 
 
 def test_a_worker_that_stopped_as_told_charges_nothing() -> None:
