@@ -83,6 +83,8 @@ def send(client: redis.Redis, commands: Sequence[tuple[Any, ...]], again: bool =
     conn, reused = _checkout(client.connection_pool, kept)
 
     def exchange() -> list[Any]:
+        if conn._sock is None:  # a connection's own connect(): a Sentinel's asks for the primary anew
+            conn.connect()
         conn.send_packed_command([packed])
         replies: list[Any] = []
         for _ in commands:

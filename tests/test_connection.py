@@ -214,8 +214,9 @@ def test_warns_when_redis_may_evict_jobs(start_kiq, redis_server, r):
     wait_for(lambda: "maxmemory-policy" in kiq.log())
 
 
-@pytest.mark.slow
-def test_sentinel_failover_under_load(start_kiq, servers, tmp_path, monkeypatch):
+def sentinel_pair(servers: Servers, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, int, str]:
+    """A primary, its replica (in sync) and one Sentinel that knows both: (the primary's process,
+    the primary's port, the replica's port, the Sentinel URL)."""
     primary, replica, sentinel = free_port(), free_port(), free_port()
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     first = servers.start("--port", str(primary), *common)
@@ -234,6 +235,36 @@ def test_sentinel_failover_under_load(start_kiq, servers, tmp_path, monkeypatch)
     wait_for(lambda: replica_conn.info("replication")["master_link_status"] == "up", timeout=20)
     sentinel_conn = connect(f"redis://127.0.0.1:{sentinel}")
     wait_for(lambda: sentinel_conn.execute_command("SENTINEL", "REPLICAS", "kiqprimary"), timeout=20)
+    return first, primary, replica, url
+
+
+@pytest.mark.slow
+def test_a_kept_connection_follows_a_sentinel_failover_to_the_new_primary(servers, tmp_path):
+    """send() keeps its connection between calls; once the old primary is a replica (READONLY),
+    the connection is made again through the Sentinel, not to the address it had (redis-py's
+    send_packed_command reconnects there, and kiq wrote to the demoted primary for as long)."""
+    _, primary, replica, url = sentinel_pair(servers, tmp_path)
+    client = connect(url)
+    assert send(client, [("SET", "before", "1")]) == ["OK"]
+    sentinel = url.removeprefix("sentinel://").split("/")[0]
+    connect(f"redis://{sentinel}").execute_command("SENTINEL", "FAILOVER", "kiqprimary")
+    wait_for(lambda: role(f"redis://127.0.0.1:{replica}") == "master", timeout=30)
+    wait_for(lambda: role(f"redis://127.0.0.1:{primary}") == "slave", timeout=30)
+
+    def written() -> bool:
+        try:
+            send(client, [("SET", "after", "1")])
+        except redis.ConnectionError:  # READONLY from the old primary: the connection is dropped
+            return False
+        return True
+
+    wait_for(written, timeout=15)
+    assert connect(f"redis://127.0.0.1:{replica}").get("after") == "1"
+
+
+@pytest.mark.slow
+def test_sentinel_failover_under_load(start_kiq, servers, tmp_path, monkeypatch):
+    first, _, replica, url = sentinel_pair(servers, tmp_path)
     monkeypatch.setenv("KIQ_REDIS_URL", url)
     kiq = start_kiq(redis_url=url, processes=1, concurrency=4)
     total = 300
