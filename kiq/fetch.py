@@ -33,7 +33,7 @@ from typing import Any
 import redis
 
 from kiq import log
-from kiq.connection import Outage, close_idle, connect, keep_trying
+from kiq.connection import RETRY_PAUSE_MAX, Outage, close_idle, connect, keep_trying
 from kiq.execution import RETENTION, Tally
 from kiq.heartbeat import Lapsed
 from kiq.keys import Keys
@@ -105,6 +105,7 @@ class Fetcher:
         self.lease = Lease(ttl)
         self._reclaimer = Reclaimer(self.conn, keys, identity, ttl, queues.names, info)
         self._lapsed = False
+        self._said_lapsed = False  # "heartbeat had expired" logged, until a round trip goes through
         self._retry_now = threading.Event()
         self._lock = threading.Lock()
         self._work_ready = threading.Condition(self._lock)
@@ -363,7 +364,7 @@ class Fetcher:
     def _loop(self) -> None:
         """The fetcher thread: a round trip whenever one is due, until the fetcher is closed
         and has nothing left to send. A failed one keeps what it was to send for the next."""
-        pause = 0.0
+        pause = lapses = 0.0
         while (due := self._next()) is not None:
             acks, tallies, giveback, want = due
             try:
@@ -371,6 +372,10 @@ class Fetcher:
             except Lapsed:
                 self._keep(acks, tallies, giveback)
                 self.lapsed()
+                lapses += 1
+                if lapses > 1:  # lapsed again at once (its reclaim and round trip on two servers?)
+                    self._retry_now.wait(min(RETRY_PAUSE_MAX, 0.05 * 2**lapses))
+                    self._retry_now.clear()
                 continue
             except Exception as error:
                 if not isinstance(error, redis.RedisError):
@@ -380,7 +385,7 @@ class Fetcher:
                 self._retry_now.wait(pause)  # or sooner: the heartbeat found Redis back (lapsed)
                 self._retry_now.clear()
                 continue
-            pause = self._outage.recovered()
+            pause, lapses, self._said_lapsed = self._outage.recovered(), 0, False
             with self._lock:
                 self._release([unit for unit, _ in acks])
                 self._release(giveback)
@@ -526,8 +531,9 @@ class Fetcher:
         elif restored:
             self.log.warning("redis had lost the jobs this worker holds (a restart without persistence, a "
                              "flush): it put them back into its in-progress lists", jobs=restored)
-        else:
+        elif not self._said_lapsed:
             self.log.warning("this worker's heartbeat had expired; registered again, no job was requeued")
+        self._said_lapsed = not swept and not restored
 
     def _receive(self, jobs: list[Unit], idle: bool) -> None:
         with self._lock:
