@@ -289,6 +289,9 @@ class Cluster:
             replies: list[Any] = pipe.execute(raise_on_error=False)
         except RedisClusterException as error:
             raise ClusterUnavailable(str(error)) from error
+        for reply in replies:  # a node lost, a slot moving too long (TTL exhausted): no error reply
+            if isinstance(reply, Exception) and not isinstance(reply, redis.ResponseError):
+                raise ClusterUnavailable(f"{type(reply).__name__}: {reply}") from reply
         return _checked(commands, replies, best_effort)
 
     def disconnect(self) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from kiq import log
-from kiq.connection import Outage, connect, wire
+from kiq.connection import Outage, connect, wire, wrong_type
 from kiq.keys import Keys
 from kiq.lua import IS_A
 from kiq.payload import InvalidPayloadError, decode, stamp, wrap_invalid
@@ -96,7 +96,9 @@ class Scheduler:
         for zset in (self.keys.schedule, self.keys.retry):
             try:
                 moved += self._move_due(conn, move, zset, now)
-            except redis.ResponseError as error:  # a key of another type: not an outage
+            except redis.ResponseError as error:
+                if not wrong_type(error):
+                    raise  # the cluster down, a read-only replica: an outage, not the key's fault
                 self._unreadable(zset, error)
         return moved
 
@@ -130,6 +132,8 @@ class Scheduler:
             try:
                 entry = conn.zrange(zset, first, first, withscores=True)
             except redis.ResponseError as error:
+                if not wrong_type(error):
+                    raise
                 self._unreadable(zset, error)
                 continue
             if entry:

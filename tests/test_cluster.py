@@ -327,3 +327,26 @@ def test_killing_a_primary_mid_run_loses_no_job(start_kiq, cluster, recorded):
     expected = {f"{queue}:{n}" for queue in QUEUES for n in [*range(200), *(f"after{n}" for n in range(20))]}
     wait_for(lambda: expected <= set(ran(recorded)), timeout=90, interval=0.2)
     assert set(ran(recorded)) == expected
+
+
+def test_a_slot_redirected_without_end_is_an_outage_not_a_reply(cluster):
+    """A slot marked MIGRATING to a node that does not import it sends ASK there and MOVED back
+    until redis-py gives up (TTL exhausted): a ClusterError that its pipeline returns as a reply.
+    send() raises it as an outage (ClusterUnavailable), which kiq's loops wait out; fetch took the
+    reply for the script's and failed with a TypeError and a traceback."""
+    from kiq.connection import ClusterUnavailable, connect, send
+
+    key = "{moving}:queue"
+    source = cluster.primary_of(key)
+    target = next(port for port in cluster.ports[:6] if port != source
+                  and cluster.node(port).info("replication")["role"] == "master")
+    slot = cluster.client().keyslot(key)
+    target_id = cluster.node(target).cluster("myid")
+    cluster.node(source).execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
+    client = connect(cluster.url)
+    try:
+        with pytest.raises(ClusterUnavailable):
+            send(client, [("LLEN", key)])
+    finally:
+        cluster.node(source).execute_command("CLUSTER", "SETSLOT", slot, "STABLE")
+    assert send(client, [("LLEN", key)]) == [0]

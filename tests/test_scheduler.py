@@ -334,6 +334,23 @@ def test_a_backlog_of_due_jobs_lets_the_fork_lock_go_between_batches(redis_serve
     assert any(0 < size < total for size in seen), "the lock was held for the whole backlog"
 
 
+def test_a_refusal_that_is_no_key_of_another_type_is_an_outage_not_a_key_to_delete(redis_server, r, conn):
+    """Redis refusing writes (too few replicas here; a Redis Cluster that is down says CLUSTERDOWN)
+    was logged as 'this key is not a sorted set; fix or delete it'."""
+    import redis as redis_py
+
+    add(r, "schedule", job(1), 1.0)
+    r.config_set("min-replicas-to-write", 1)
+    sched = scheduler(redis_server.url)
+    try:
+        with pytest.raises(redis_py.ResponseError, match="NOREPLICAS"):
+            sched.enqueue_due(conn)
+        assert sched.unreadable == set()
+    finally:
+        r.config_set("min-replicas-to-write", 0)
+    assert sched.enqueue_due(conn) == 1
+
+
 def test_a_schedule_key_of_another_type_leaves_the_retries_moving(redis_server, r, conn):
     r.hset("schedule", "x", "y")
     add(r, "retry", job(1), 1.0)
