@@ -25,7 +25,7 @@ import redis
 
 from kiq import exits
 from kiq.config import Config, ConfigError, load
-from kiq.connection import refusal, wrong_type
+from kiq.connection import refusal, said, wrong_type
 from kiq.payload import set_format
 from kiq.retry import MAX_DELAY
 
@@ -75,8 +75,8 @@ def settings(config_path: str | None, redis_url: str | None, namespace: str | No
 
 def redis_failed(error: redis.RedisError) -> NoReturn:
     """Say what Redis's ``error`` means for the operator, and exit."""
-    said = refusal(error) or wrong_type(error) or "redis unavailable"
-    click.echo(f"kiq: {said}: {error}", err=True)
+    meaning = refusal(error) or wrong_type(error) or "redis unavailable"
+    click.echo(f"kiq: {meaning}: {said(error)}", err=True)
     sys.exit(exits.REDIS_UNREACHABLE)
 
 

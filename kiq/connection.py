@@ -30,7 +30,7 @@ from redis.exceptions import (
     RedisClusterException,
 )
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import MasterNotFoundError, Sentinel
 
 from kiq import log
 
@@ -494,6 +494,14 @@ def members(conn: redis.Redis, key: str) -> list[str] | None:
         raise
 
 
+def said(error: BaseException) -> str:
+    """``error`` in a line: redis-py's "no master found" appends the whole repr of every Sentinel
+    client it asked (thousands of characters); that is cut to the primary's name."""
+    if isinstance(error, MasterNotFoundError):
+        return str(error).split(" : ")[0] + ": no Sentinel named its primary (are the Sentinels up?)"
+    return str(error)
+
+
 def wrong_type(error: BaseException) -> str | None:
     """What to do when ``error`` is a key of another type than kiq keeps there (written by
     something else), else None: that is no outage, and waiting will not mend it."""
@@ -566,9 +574,9 @@ class Outage:
             self.down = True
             hint = refusal(error) or wrong_type(error)
             if hint:
-                self.log.error(hint + "; retrying", where=self.what, error=str(error))
+                self.log.error(hint + "; retrying", where=self.what, error=said(error))
             else:
-                self.log.warning("redis unavailable, retrying", where=self.what, error=str(error))
+                self.log.warning("redis unavailable, retrying", where=self.what, error=said(error))
         return min(RETRY_PAUSE_MAX, max(0.1, pause * 2))
 
     def recovered(self) -> float:

@@ -436,3 +436,15 @@ def test_send_keeps_bytes_that_are_not_utf8_and_refuses_what_redis_cannot_take(r
     with pytest.raises(redis.DataError):
         send(client, [("SET", "k", None)])
     assert send(client, [("LLEN", "q")]) == [1]
+
+
+def test_no_sentinel_answering_is_one_short_line(tmp_path):
+    """redis-py's MasterNotFoundError holds the repr of every Sentinel client it asked."""
+    closed = [free_port() for _ in range(3)]
+    url = "sentinel://" + ",".join(f"127.0.0.1:{port}" for port in closed) + "/kiqprimary/0"
+    result = subprocess.run([sys.executable, "-m", "kiq", "stats", "--redis-url", url], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    [line] = result.stderr.strip().splitlines()
+    assert "No master found for 'kiqprimary'" in line and "no Sentinel named its primary" in line
+    assert len(line) < 200, line
