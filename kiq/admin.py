@@ -382,6 +382,8 @@ def enqueue(api: ShardedAPI, as_json: bool, job_class: str, args: tuple[str, ...
     client = Client(namespace=api.default.keys.namespace, connection=api.default.redis,
                     shards=api.routes if api.sharded else None)
     at = time.time() + delay if delay is not None else None
+    if delay is not None and not (math.isfinite(delay) and abs(delay) <= MAX_DELAY):
+        raise click.UsageError(f"--in {delay:g} is no time a job can wait for: at most a century from now")
     try:
         job = client.enqueue(job_class, [_value(arg) for arg in args], keywords, queue=queue, at=at)
     except (TypeError, ValueError) as error:  # an empty class name; --in nan, inf or past a century

@@ -21,7 +21,11 @@ Missed ticks: a ``Periodic`` fires only ticks after it was created (a master
 that starts late or restarts does not fire old ticks), and none older than
 ``since``, when the schedule was first recorded (by Redis's clock, or the
 recording master's start if that was earlier): a master whose clock is slow
-offers ticks from before any master ran. With ``catch_up`` it
+offers ticks from before any master ran. A master whose clock is behind
+Redis's offers ticks after the others have moved on: from it, none older than
+the newest tick fired (``last``) fires either; they were fired, or missed
+while no master ran. (A master with a right clock that was only stalled does
+fire the ticks nobody fired, as long as they are within ``window``.) With ``catch_up`` it
 also tries the most recent tick at or before its start, once: the script fires
 it only if it is newer than the entry's ``last`` tick and than ``since`` (when
 the entry's current schedule was first seen), so a tick is caught up only if
@@ -75,6 +79,7 @@ FIRE = IS_A + """
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local window, vouched = tonumber(ARGV[1]), ARGV[3] == '1'
+local behind = not vouched and now - tonumber(ARGV[2]) > __EARLY__  -- the caller's clock is slow
 local pushed = {}
 for i = 0, (#KEYS - 1) / 3 - 1 do
   local state, fired, queue = KEYS[3 * i + 2], KEYS[3 * i + 3], KEYS[3 * i + 4]
@@ -95,8 +100,9 @@ for i = 0, (#KEYS - 1) / 3 - 1 do
       ok = since ~= nil and tick > since and (last == nil or tick > last)
     elseif not vouched and tick - now > __EARLY__ then
       done = -2
-    else  -- not older than the window, nor than the schedule (a master with a slow clock offers such)
+    else  -- not older than the window or the schedule; from a slow clock, nor than the newest fired
       ok = now - tick <= window and (since == nil or tick >= since)
+        and (not behind or last == nil or tick > last)
     end
     if ok and redis.call('ZADD', fired, 'NX', tick, ARGV[a + 1]) == 1 then
       if last == nil or tick > last then

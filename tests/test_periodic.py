@@ -467,6 +467,25 @@ def test_a_host_whose_clock_is_slow_fires_no_tick_from_before_the_schedule_exist
     assert r.llen("queue:default") == 0 and r.zcard("kiq:periodic:every-second:ticks") == 0
 
 
+def test_a_host_whose_clock_is_slow_fires_no_tick_missed_while_no_master_ran(redis_server, r, monkeypatch):
+    """The schedule is a minute old, no master ran for most of that minute, then one with a
+    right clock fires a tick. A master 30 s slow offers the ticks of that downtime: skipped,
+    as missed ticks are, and none fires twice."""
+    periodic_module = importlib.import_module("kiq.periodic")
+    minute_ago = now() - dt.timedelta(seconds=60)
+    Periodic(connect(redis_server.url), Keys(), [entry()], now=minute_ago).fire_due(minute_ago)
+    right = Periodic(connect(redis_server.url), Keys(), [entry()])
+    time.sleep(1.2)
+    assert len(right.fire_due()) == 1
+    real_aware, behind = periodic_module._aware, dt.timedelta(seconds=30)
+    monkeypatch.setattr(periodic_module, "_aware", lambda moment: real_aware(moment) - behind
+                        if moment is None else real_aware(moment))
+    slow = Periodic(connect(redis_server.url), Keys(), [entry()])
+    time.sleep(1.2)
+    assert slow.fire_due() == []
+    assert r.llen("queue:default") == 1
+
+
 class PeriodicTracedJob(kiq.Job):
     backtrace = 5
 
