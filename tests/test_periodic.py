@@ -429,14 +429,19 @@ def test_a_blocked_entry_is_tried_again_a_pause_later_not_at_once(redis_server, 
     assert periodic.next_wakeup() > tried + BLOCKED_PAUSE
 
 
+def put_clock_off(monkeypatch: pytest.MonkeyPatch, by: dt.timedelta) -> None:
+    """This host's clock, as kiq.periodic reads it, ``by`` off (Redis's stays right)."""
+    periodic_module = importlib.import_module("kiq.periodic")  # kiq.periodic is also a function
+    real_aware = periodic_module._aware
+    monkeypatch.setattr(periodic_module, "_aware", lambda moment: real_aware(moment) + by
+                        if moment is None else real_aware(moment))
+
+
 def test_a_host_whose_clock_is_fast_fires_no_tick_before_redis_reaches_it(redis_server, r, monkeypatch):
     """Redis's clock judges every tick: a master ten minutes fast offers ticks still ahead of
     it, which wait (said once) instead of firing early, in a burst."""
-    periodic_module = importlib.import_module("kiq.periodic")  # kiq.periodic is also a function
     fast = dt.timedelta(minutes=10)
-    real_aware = periodic_module._aware
-    monkeypatch.setattr(periodic_module, "_aware", lambda moment: real_aware(moment) + fast
-                        if moment is None else real_aware(moment))
+    put_clock_off(monkeypatch, fast)
     logged: list[str] = []
     periodic = Periodic(connect(redis_server.url), Keys(), [entry()], now=now() + fast)
     periodic.log = periodic.log.bind()
@@ -445,7 +450,7 @@ def test_a_host_whose_clock_is_fast_fires_no_tick_before_redis_reaches_it(redis_
     assert periodic.fire_due() == [] and periodic.fire_due() == []
     assert r.llen("queue:default") == 0 and r.zcard("kiq:periodic:every-second:ticks") == 0
     assert len(logged) == 1 and "this host's clock is ahead of Redis's" in logged[0]
-    monkeypatch.setattr(periodic_module, "_aware", real_aware)  # the clock put right: ticks fire again
+    monkeypatch.undo()  # the clock put right: ticks fire again
     fresh = Periodic(connect(redis_server.url), Keys(), [entry()], now=now())
     time.sleep(1.2)
     assert fresh.fire_due()
@@ -455,12 +460,9 @@ def test_a_host_whose_clock_is_slow_fires_no_tick_from_before_the_schedule_exist
                                                                                     monkeypatch):
     """A master ten minutes slow joins one that recorded the schedule: its first ticks are from
     before any master ran, history, not missed ticks."""
-    periodic_module = importlib.import_module("kiq.periodic")
     first = Periodic(connect(redis_server.url), Keys(), [entry()])
     assert first.fire_due() == []  # records the schedule: nothing is due yet
-    real_aware, behind = periodic_module._aware, dt.timedelta(minutes=10)
-    monkeypatch.setattr(periodic_module, "_aware", lambda moment: real_aware(moment) - behind
-                        if moment is None else real_aware(moment))
+    put_clock_off(monkeypatch, -dt.timedelta(minutes=10))
     slow = Periodic(connect(redis_server.url), Keys(), [entry()])
     time.sleep(1.2)
     assert slow.fire_due() == []
@@ -471,15 +473,12 @@ def test_a_host_whose_clock_is_slow_fires_no_tick_missed_while_no_master_ran(red
     """The schedule is a minute old, no master ran for most of that minute, then one with a
     right clock fires a tick. A master 30 s slow offers the ticks of that downtime: skipped,
     as missed ticks are, and none fires twice."""
-    periodic_module = importlib.import_module("kiq.periodic")
     minute_ago = now() - dt.timedelta(seconds=60)
     Periodic(connect(redis_server.url), Keys(), [entry()], now=minute_ago).fire_due(minute_ago)
     right = Periodic(connect(redis_server.url), Keys(), [entry()])
     time.sleep(1.2)
     assert len(right.fire_due()) == 1
-    real_aware, behind = periodic_module._aware, dt.timedelta(seconds=30)
-    monkeypatch.setattr(periodic_module, "_aware", lambda moment: real_aware(moment) - behind
-                        if moment is None else real_aware(moment))
+    put_clock_off(monkeypatch, -dt.timedelta(seconds=30))
     slow = Periodic(connect(redis_server.url), Keys(), [entry()])
     time.sleep(1.2)
     assert slow.fire_due() == []
