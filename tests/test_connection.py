@@ -246,8 +246,16 @@ def test_a_kept_connection_follows_a_sentinel_failover_to_the_new_primary(server
     _, primary, replica, url = sentinel_pair(servers, tmp_path)
     client = connect(url)
     assert send(client, [("SET", "before", "1")]) == ["OK"]
-    sentinel = url.removeprefix("sentinel://").split("/")[0]
-    connect(f"redis://{sentinel}").execute_command("SENTINEL", "FAILOVER", "kiqprimary")
+    sentinel = connect(f"redis://{url.removeprefix('sentinel://').split('/')[0]}")
+
+    def failover() -> bool:
+        try:
+            return bool(sentinel.execute_command("SENTINEL", "FAILOVER", "kiqprimary"))
+        except redis.ResponseError as error:  # NOGOODSLAVE until the Sentinel has seen the replica fit
+            assert "NOGOODSLAVE" in str(error), error
+            return False
+
+    wait_for(failover, timeout=30, interval=0.5)
     wait_for(lambda: role(f"redis://127.0.0.1:{replica}") == "master", timeout=30)
     wait_for(lambda: role(f"redis://127.0.0.1:{primary}") == "slave", timeout=30)
 
