@@ -461,12 +461,13 @@ def test_a_host_whose_clock_is_slow_fires_no_tick_from_before_the_schedule_exist
     """A master ten minutes slow joins one that recorded the schedule: its first ticks are from
     before any master ran, history, not missed ticks."""
     first = Periodic(connect(redis_server.url), Keys(), [entry()])
-    assert first.fire_due() == []  # records the schedule: nothing is due yet
+    first.fire_due()  # records the schedule (and fires a tick, should a second have begun)
     put_clock_off(monkeypatch, -dt.timedelta(minutes=10))
     slow = Periodic(connect(redis_server.url), Keys(), [entry()])
     time.sleep(1.2)
+    already = r.llen("queue:default")
     assert slow.fire_due() == []
-    assert r.llen("queue:default") == 0 and r.zcard("kiq:periodic:every-second:ticks") == 0
+    assert r.llen("queue:default") == already == r.zcard("kiq:periodic:every-second:ticks")
 
 
 def test_a_host_whose_clock_is_slow_fires_no_tick_missed_while_no_master_ran(redis_server, r, monkeypatch):
@@ -477,12 +478,13 @@ def test_a_host_whose_clock_is_slow_fires_no_tick_missed_while_no_master_ran(red
     Periodic(connect(redis_server.url), Keys(), [entry()], now=minute_ago).fire_due(minute_ago)
     right = Periodic(connect(redis_server.url), Keys(), [entry()])
     time.sleep(1.2)
-    assert len(right.fire_due()) == 1
+    fired = right.fire_due()
+    assert fired  # a tick or two, as the second boundaries fall
     put_clock_off(monkeypatch, -dt.timedelta(seconds=30))
     slow = Periodic(connect(redis_server.url), Keys(), [entry()])
     time.sleep(1.2)
     assert slow.fire_due() == []
-    assert r.llen("queue:default") == 1
+    assert r.llen("queue:default") == len(fired)
 
 
 class PeriodicTracedJob(kiq.Job):
