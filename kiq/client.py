@@ -25,6 +25,7 @@ import redis
 
 from kiq import activejob, middleware
 from kiq.connection import connect, is_cluster, send, url_from_env
+from kiq.errors import shown
 from kiq.keys import Keys
 from kiq.payload import check_format, new_jid, new_jids, stamp
 from kiq.retry import MAX_DELAY
@@ -76,7 +77,7 @@ def due_at(option: str, given: object, at: float, now: float) -> float:
     adapter could keep: not finite (a job at inf never runs, one at NaN at once) or more than a
     century ahead."""
     if not math.isfinite(at) or at - now > MAX_DELAY:
-        raise ValueError(f"{option}={given!r} is no time a job can wait for: at most a century from now")
+        raise ValueError(f"{option}={shown(given)} is no time a job can wait for: at most a century from now")
     return at
 
 

@@ -124,6 +124,8 @@ def _read(path: str) -> dict[str, Any]:
         raise ConfigError("config", f"{path} is not UTF-8 text: save it as UTF-8") from None
     except RecursionError:
         raise ConfigError("config", f"{path} nests its values too deep") from None
+    except ValueError as error:  # a number of more digits than Python converts (4,300)
+        raise ConfigError("config", f"{path} holds a value that cannot be read: {error}") from None
     except yaml.YAMLError as error:
         where = getattr(error, "problem_mark", None)
         at = f" at line {where.line + 1}, column {where.column + 1}" if where else ""
@@ -240,8 +242,14 @@ def _number(key: str, value: Any, whole: bool) -> int | float:
             value = float(value)
         except ValueError:
             raise ConfigError(key, f"must be {kind}, not {shown(value)}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(key, f"must be {kind}, not {shown(value)}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond any float: no setting takes one
+        finite = False
+    if not finite:
+        raise ConfigError(key, f"must be {kind} of a sensible size, not {shown(value)}")
     if whole:
         if value != int(value):
             raise ConfigError(key, f"must be {kind}, not {shown(value)}")

@@ -16,7 +16,10 @@ _SHORT.maxlevel = 2
 def shown(value: Any) -> str:
     """``repr(value)`` cut short, for an error message: a value from a config file may be a
     string of megabytes, or a small YAML file whose aliases make a list of billions."""
-    text = _SHORT.repr(value)
+    try:
+        text = _SHORT.repr(value)
+    except ValueError:  # an int of more digits than Python converts to a string
+        return f"an {type(value).__name__} too long to show"
     return text if len(text) <= SHOWN_MAX else text[:SHOWN_MAX - 3] + "..."
 
 

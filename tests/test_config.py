@@ -469,6 +469,8 @@ def kiq_start(tmp_path: Path, *args: str, redis_url: str = "redis://127.0.0.1:1/
      ("processes: " + "[" * 5000 + "]" * 5000 + "\n", "config"),
      ("processes: " + "[" * 50 + "]" * 50 + "\n", "processes"),
      ("processes: " + "x" * 100_000 + "\n", "processes"),
+     ("processes: " + "1" * 5000 + "\n", "config"), ("processes: " + "1" * 400 + "\n", "processes"),
+     ("heartbeat_ttl: " + "1" * 400 + "\n", "heartbeat_ttl"),
      ("processes: [&a0 [x, x, x, x, x, x, x, x, x], "
       + ", ".join(f"&a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 9)) + "]\n", "processes")],
     ids=repr,
