@@ -33,9 +33,7 @@ class SignalQueue:
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_blocking(self.write_fd, False)
-        signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
-        for signum in self.signums:
-            signal.signal(signum, _ignore)
+        self.claim()
 
     def claim(self) -> None:
         """Make the handlers and the wakeup fd this queue's again: after importing an app,
