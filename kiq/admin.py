@@ -28,6 +28,7 @@ from kiq.config import Config, ConfigError, load
 from kiq.connection import refusal, said, wrong_type
 from kiq.payload import set_format
 from kiq.retry import MAX_DELAY
+from kiq.terminal import printable
 
 if TYPE_CHECKING:  # imported when a command runs: ``kiq start`` must load no metrics code early
     from kiq.api import Found, Job, ShardedAPI, SortedSet
@@ -125,7 +126,7 @@ def _cell(value: Any) -> str:
     if isinstance(value, (list, dict)):
         text = json.dumps(value)
         return text if len(text) <= 60 else text[:57] + "..."
-    return " ".join(str(value).split("\n"))  # one row per job, whatever an error message holds
+    return printable(" ".join(str(value).split("\n")))  # one row per job, whatever an error message holds
 
 
 def _ago(epoch: float | None) -> str:
@@ -296,9 +297,9 @@ def describe(job: Job, when: str) -> str:
             fields.append((label, _ago(job.time(key))))
     if job.error:
         fields.append(("error", job.error))
-    lines = [f"{label:<12}{value}" for label, value in fields]
+    lines = [f"{label:<12}{printable(str(value), keep=chr(10))}" for label, value in fields]
     if job.backtrace:
-        lines += ["backtrace   (innermost first)", *(f"  {frame}" for frame in job.backtrace)]
+        lines += ["backtrace   (innermost first)", *(f"  {printable(frame)}" for frame in job.backtrace)]
     elif job.error and (job.payload or {}).get("backtrace"):
         lines.append("backtrace   none: nothing the job raised (a timeout, a class no worker knew)")
     elif job.error:
@@ -352,12 +353,13 @@ def find(api: ShardedAPI, as_json: bool, jid: str) -> None:
 
 
 def _place(found: Found) -> str:
+    name = printable(found.name)
     if found.place == "queue":
-        return f"waiting in queue {found.name}"
+        return f"waiting in queue {name}"
     if found.place == "running":
-        return f"running in {found.name}, started {_ago(found.since)}"
+        return f"running in {name}, started {_ago(found.since)}"
     if found.place == "taken":
-        return f"taken by {found.name} (about to start, or started since its last heartbeat)"
+        return f"taken by {name} (about to start, or started since its last heartbeat)"
     return {"schedule": "scheduled", "retry": "in the retry set", "dead": "in the dead set"}[found.place]
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import structlog
 
+from kiq.terminal import printable
+
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("auto", "json", "console")
 TRACEBACK_MAX = 64_000  # characters of a traceback in a line: its start and its end are kept
@@ -171,12 +173,11 @@ _SHARED: list[Any] = [
 
 def setup(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog and the standard library's root logger for this process."""
-    renderer = _configure(level, fmt)
+    last = _configure(level, fmt)
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        format_exc_info, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *last],
             foreign_pre_chain=[*_SHARED, structlog.stdlib.add_logger_name],
         )
     )
@@ -204,25 +205,35 @@ def setup_unless_configured() -> None:
         _configure("info", "auto")
 
 
-def _configure(level: str, fmt: str) -> Any:
-    """Configure structlog with kiq's processors; returns the renderer, for the standard
-    library's lines."""
+def _configure(level: str, fmt: str) -> list[Any]:
+    """Configure structlog with kiq's processors; returns the last of them (the traceback's and
+    the renderer), for the standard library's lines."""
     if fmt == "auto":
         fmt = "console" if sys.stderr.isatty() else "json"
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    last: list[Any] = (
+        [format_exc_info, _printable, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
         if fmt == "console"
-        else structlog.processors.JSONRenderer()
+        else [format_exc_info, structlog.processors.JSONRenderer()]  # JSON escapes control characters
     )
     global _level
     _level = logging.getLevelName(level.upper())
     structlog.configure(
-        processors=[*_SHARED, format_exc_info, renderer],
+        processors=[*_SHARED, *last],
         wrapper_class=structlog.make_filtering_bound_logger(_level),
         logger_factory=_writer,
         cache_logger_on_first_use=True,  # an unbound proxy costs a bind per call, even when filtered
     )
-    return renderer
+    return last
+
+
+def _printable(logger: Any, method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+    """A console line's strings with their control characters escaped (kiq.terminal): a job's
+    error message, a queue's name or a payload read from Redis reach the operator's terminal
+    here. Line breaks stay, for tracebacks and stacks."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = printable(value, keep="\n")
+    return event_dict
 
 
 def get(name: str) -> Any:

@@ -388,6 +388,38 @@ def test_find_tells_where_a_job_is_and_exits_1_when_it_is_nowhere(redis_server, 
     assert taken.stdout.startswith("taken by web-1:101:0a0a0a0a0a0a (about to start")
 
 
+ESCAPES = "\x1b]0;owned\x07\x1b[2J\u202e"  # retitle and clear the terminal, reverse the text
+
+
+def test_what_redis_holds_is_shown_on_a_terminal_not_obeyed(redis_server, r):
+    """Queue names, hostnames, classes, errors and backtraces come from Redis, where anything
+    with access may have written escape sequences: every text listing shows them escaped."""
+    from kiq.retry import encode_backtrace
+
+    url = redis_server.url
+    queue = "mail" + ESCAPES
+    r.sadd("queues", queue)
+    r.lpush(f"queue:{queue}", dump(sidekiq_job(1, queue=queue)))
+    backtrace = encode_backtrace(["at" + ESCAPES])
+    failure = sidekiq_failure(2, queue=queue, job_class="Bad" + ESCAPES, error_class="Err" + ESCAPES,
+                              error_message="boom" + ESCAPES, error_backtrace=backtrace)
+    r.zadd("dead", {dump(failure): NOW - 10})
+    heartbeat(r, "host" + ESCAPES + ":101:0a0a0a0a0a0a", busy=1)
+    r.hset("host" + ESCAPES + ":101:0a0a0a0a0a0a:work", "tid-7",
+           json.dumps({"queue": queue, "payload": dump(sidekiq_job(3, queue=queue)), "run_at": int(NOW - 5)}))
+    texts = outputs(url, ["queues"], ["processes"], ["dead"], ["dead", "show", jid(2)], ["find", jid(1)],
+                    ["find", jid(3)])
+    shown = ESCAPES.encode("unicode_escape").decode()
+    for text in texts:
+        assert not any(char in text for char in "\x1b\x07\u202e"), text
+    queues, processes, dead, show, waiting, running = texts
+    assert "mail" + shown in queues and "host" + shown in processes
+    assert "Bad" + shown in dead and "boom" + shown in dead
+    assert "boom" + shown in show and "  at" + shown in show
+    assert waiting.startswith(f"waiting in queue mail{shown}\n")
+    assert running.startswith(f"running in host{shown}:101:0a0a0a0a0a0a, started")
+
+
 def test_enqueue_then_a_running_kiq_runs_it(redis_server, r, start_kiq):
     url = redis_server.url
     record, echo, later = outputs(

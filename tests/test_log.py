@@ -167,6 +167,33 @@ def test_the_console_format_shows_the_traceback_too() -> None:
     assert "Traceback (most recent call last)" in output and "in inner" in output
 
 
+def test_the_console_format_escapes_what_would_command_the_terminal() -> None:
+    """A queue's name and a job's error come from Redis, where anything with access may have
+    put escape sequences: the console shows them, it does not obey them."""
+    code = textwrap.dedent("""
+        import logging, kiq
+        from kiq import log, processor
+        from kiq.client import build_payload
+
+        class HostileJob(kiq.Job):
+            def perform(self):
+                raise ValueError("boom \\x1b]0;owned\\x07\\x1b[2J \\u202eevil")
+
+        log.setup("info", "console")
+        queue = "mail\\x1b[8m"
+        payload = build_payload("HostileJob", [], retry=False)
+        processor.handle(HostileJob, payload, queue)
+        logging.getLogger("app").warning("from the standard library \\x1b[31mred")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                          check=True)
+    output = done.stderr
+    assert "\x1b" not in output and "\x07" not in output and "\u202e" not in output, output
+    assert "boom \\x1b]0;owned\\x07\\x1b[2J \\u202eevil" in output, output
+    assert "mail\\x1b[8m" in output and "\\x1b[31mred" in output, output
+    assert "Traceback (most recent call last)" in output and "\n" in output  # line breaks stay
+
+
 
 MIDDLEWARE = textwrap.dedent("""
     import sys, json, time, structlog, kiq
