@@ -62,6 +62,13 @@ class Crash(NamedTuple):
     frames: list[str]
 
 
+class Asked(NamedTuple):
+    """A worker asked for its stacks: its dump file, and where the answer begins."""
+
+    fd: int
+    start: int
+
+
 class Ledger:
     def __init__(self, slots: int) -> None:
         self.slots = slots
@@ -76,22 +83,14 @@ class Ledger:
             faulthandler.register(STACKS, file=self._dump, all_threads=True)
             os.register_at_fork(after_in_child=_own_faults)
 
-    def stacks(self, pid: int) -> str:
-        """Every thread's stack of the live worker ``pid``, as faulthandler writes them on
-        STACKS; "" if it writes none within STACKS_WAIT (it is stopped, say)."""
-        fd = self._dump
-        if fd < 0:
-            return ""
-        start = size = os.fstat(fd).st_size
+    def ask_stacks(self, pid: int) -> Asked | None:
+        """Send STACKS to the live worker ``pid``, whose answer ``stacks`` reads; None if there
+        is no file to read it from."""
+        if self._dump < 0:
+            return None
+        start = os.fstat(self._dump).st_size
         kill(pid, STACKS)
-        deadline = time.monotonic() + STACKS_WAIT
-        while time.monotonic() < deadline:
-            time.sleep(0.02)
-            grown = os.fstat(fd).st_size
-            if size > start and grown == size:
-                break  # written, and no longer growing
-            size = grown
-        return os.pread(fd, min(size - start, DUMP_MAX), start).decode(errors="replace")  # logged bounded
+        return Asked(self._dump, start)
 
     def start(self, slot: int, payload: str) -> None:
         offset = 1 + slot * SLOT
@@ -173,3 +172,21 @@ def _dump_file() -> int:
         os.unlink(path)
         return fd
     return -1
+
+
+def stacks(asked: list[Asked | None]) -> list[str]:
+    """What each worker that ``Ledger.ask_stacks`` asked wrote: every thread's stack, or "" for
+    one that wrote none within STACKS_WAIT (it is stopped, say). They are waited for together:
+    ten silent workers found at once hold the supervisor's loop for STACKS_WAIT, not ten times."""
+    sizes = {at: at.start for at in asked if at is not None}
+    waiting = set(sizes)
+    deadline = time.monotonic() + STACKS_WAIT
+    while waiting and time.monotonic() < deadline:
+        time.sleep(0.02)
+        for at in list(waiting):
+            grown = os.fstat(at.fd).st_size
+            if sizes[at] > at.start and grown == sizes[at]:
+                waiting.discard(at)  # written, and no longer growing
+            sizes[at] = grown
+    return ["" if at is None else os.pread(at.fd, min(sizes[at] - at.start, DUMP_MAX), at.start)
+            .decode(errors="replace") for at in asked]  # logged bounded

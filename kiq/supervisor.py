@@ -55,7 +55,7 @@ from kiq import exits, heartbeat, log, metrics
 from kiq.config import Config, ConfigError
 from kiq.connection import Outage, disconnect
 from kiq.fetch import thread_count
-from kiq.ledger import Crash, Ledger
+from kiq.ledger import Crash, Ledger, stacks
 from kiq.periodic import Entry, Periodic, bind_jobs, declared, merge
 from kiq.recovery import Recovery
 from kiq.registry import registered
@@ -316,18 +316,21 @@ class Supervisor:
         stopped. It is reaped as a crash: its jobs are requeued and its slot refilled. Its
         threads' stacks, asked for first (kiq.ledger), show where it was stuck."""
         now = time.monotonic()
+        silent: list[tuple[Slot | Retiring, float]] = []
         workers: list[Slot | Retiring] = [*self.slots, *self.retiring.values()]
         for worker in workers:
-            if not worker.pid or worker.killed:
-                continue
             limit = self.config.worker_timeout if worker.ready else self.config.boot_timeout
-            if limit and now - worker.heard > limit:
-                stacks = worker.ledger.stacks(worker.pid) if worker.ledger else ""
-                self.log.error("worker unresponsive, killing", pid=worker.pid, ready=worker.ready,
-                               silent_s=round(now - worker.heard, 1), limit_s=limit,
-                               **({"stacks": log.bounded(stacks, log.TRACEBACK_MAX)} if stacks else {}))
-                worker.killed = "unresponsive"
-                kill(worker.pid, signal.SIGKILL)
+            if worker.pid and not worker.killed and limit and now - worker.heard > limit:
+                silent.append((worker, limit))
+        if not silent:
+            return
+        answers = stacks([w.ledger.ask_stacks(w.pid) if w.ledger else None for w, _ in silent])
+        for (worker, limit), dump in zip(silent, answers, strict=True):
+            self.log.error("worker unresponsive, killing", pid=worker.pid, ready=worker.ready,
+                           silent_s=round(now - worker.heard, 1), limit_s=limit,
+                           **({"stacks": log.bounded(dump, log.TRACEBACK_MAX)} if dump else {}))
+            worker.killed = "unresponsive"
+            kill(worker.pid, signal.SIGKILL)
 
     def _check_memory(self) -> None:
         if not self.config.max_memory_mb or time.monotonic() < self.next_memory_check:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from kiq.ledger import Ledger
+from kiq.ledger import Ledger, stacks
 
 
 def digest(payload: str) -> str:
@@ -90,10 +90,11 @@ def test_a_crashed_child_that_a_job_forked_writes_no_dump_of_the_worker() -> Non
     assert crash is not None and crash.digest == digest("c")
 
 
-def deep(levels: int, until: threading.Event) -> None:
+def deep(levels: int, reached: threading.Barrier, until: threading.Event) -> None:
     if levels:
-        deep(levels - 1, until)
+        deep(levels - 1, reached, until)
     else:
+        reached.wait(10)
         until.wait(10)
 
 
@@ -102,10 +103,10 @@ def test_a_dump_of_many_deep_stacks_still_names_the_crashing_thread() -> None:
     dump is read, not its end alone (which had lost the header and the crashing thread)."""
 
     def crash_among_deep_threads() -> None:
-        until = threading.Event()
+        until, reached = threading.Event(), threading.Barrier(21)
         for _ in range(20):
-            threading.Thread(target=deep, args=(100, until), daemon=True).start()
-        time.sleep(0.2)
+            threading.Thread(target=deep, args=(100, reached, until), daemon=True).start()
+        reached.wait(10)  # every thread is 100 frames deep
         segfault()
 
     ledger = Ledger(2)
@@ -120,3 +121,37 @@ def test_a_worker_that_stopped_as_told_charges_nothing() -> None:
     status = worker(ledger, lambda: (ledger.stopped(), segfault()))
     assert ledger.crash(ledger.fault(status)) is None
     assert ledger.running() == []
+
+
+def idle_worker(ledger: Ledger) -> int:
+    """Fork a worker that waits in a Python frame of its own; returns its pid once the worker
+    has registered the handler that writes its stacks (a signal before would kill it)."""
+    ready, told = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ledger.watch_faults()
+            os.write(told, b".")
+            deep(3, threading.Barrier(1), threading.Event())
+        finally:
+            os._exit(1)
+    os.close(told)
+    assert os.read(ready, 1) == b"."
+    os.close(ready)
+    return pid
+
+
+def test_silent_workers_are_asked_for_their_stacks_together() -> None:
+    """The supervisor asks every worker it is about to kill at once, then reads what each wrote:
+    a stopped one writes nothing, and costs the others nothing."""
+    first, second = Ledger(1), Ledger(1)
+    stopped, live = idle_worker(first), idle_worker(second)
+    try:
+        os.kill(stopped, signal.SIGSTOP)
+        answers = stacks([first.ask_stacks(stopped), None, second.ask_stacks(live)])
+        assert answers[:2] == ["", ""]
+        assert "Current thread" in answers[2] and "in idle_worker" in answers[2], answers[2]
+    finally:
+        for pid in (stopped, live):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
