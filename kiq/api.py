@@ -281,7 +281,9 @@ class SortedSet:
         """Move entries to their queues now, ``retry_count`` one back, as Sidekiq's
         ``SortedEntry#retry`` does from any set: a manual retry does not spend one of the job's
         tries, and a dead job gets exactly one more. A dead job's crash count is cleared too:
-        otherwise one or two more crashes would bury it as a poison pill at once (kiq.recovery)."""
+        otherwise one or two more crashes would bury it as a poison pill at once (kiq.recovery).
+        It is cleared before the move, in a call of its own (the counters may live in other
+        slots of a Redis Cluster): a dead job whose count went is still a dead job."""
         if not jobs:
             return 0
         moves: list[tuple[str, str, str]] = []
@@ -299,11 +301,10 @@ class SortedSet:
                 counted.append(self.api.keys.recoveries(job.jid))
         if not moves:
             return 0
-        move = self.api.redis.register_script(MOVE)
-        moved = int(move(**move_call(self.api.keys, self.key, time.time(), moves))[0])
-        if counted:
+        if counted:  # before the move: a refusal here fails a retry that has not happened yet
             self.api.redis.delete(*counted)
-        return moved
+        move = self.api.redis.register_script(MOVE)
+        return int(move(**move_call(self.api.keys, self.key, time.time(), moves))[0])
 
     def kill(self, jobs: list[Job]) -> int:
         """Move entries to the dead set."""

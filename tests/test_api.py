@@ -290,6 +290,19 @@ def test_retrying_from_dead_clears_the_crash_count(api, r):
     assert r.llen("queue:default") == 3
 
 
+def test_a_retry_from_dead_that_redis_refuses_moves_nothing(redis_server, r):
+    """The crash counters are cleared in a call before the move: a Redis that refuses it (here
+    an ACL without DEL) fails the retry before any job has left the dead set, so that the error
+    the operator sees is true."""
+    r.acl_setuser("nodel", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-del"])
+    r.zadd("dead", {dump(payload(jid(1), error_class="kiq.PoisonPill", failed_at=NOW)): NOW})
+    r.set(f"kiq:recoveries:{jid(1)}", 2)
+    limited = API(f"redis://nodel:pw@127.0.0.1:{redis_server.port}/0")
+    with pytest.raises(redis.exceptions.NoPermissionError):
+        limited.dead.retry(limited.dead.jobs())
+    assert r.zcard("dead") == 1 and r.llen("queue:default") == 0
+
+
 def test_retry_of_an_entry_already_moved_pushes_nothing(api, r):
     """Two operators retrying the same job: it reaches its queue once."""
     r.zadd("retry", {dump(failed(1)): NOW})
