@@ -355,16 +355,14 @@ class Supervisor:
         metrics.mark_dead(pid)
         retired = self.retiring.pop(pid, None)
         if retired is not None:
-            fault = self._fault(pid, status, retired.ledger)
-            self.unrecovered.append(Dead(retired.shard, retired.identity, *_running(retired.ledger, fault)))
+            self._bury(pid, status, retired)
             self.log.info("worker retired", pid=pid, reason=retired.reason,
                           status=describe(status, retired.killed))
             return
         slot = next((s for s in self.slots if s.pid == pid), None)
         if slot is None:
             return
-        fault = self._fault(pid, status, slot.ledger)
-        self.unrecovered.append(Dead(slot.shard, slot.identity, *_running(slot.ledger, fault)))
+        self._bury(pid, status, slot)
         slot.ledger = None
         lived = time.monotonic() - slot.started
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) == exits.REMOTE_STOP:
@@ -381,14 +379,15 @@ class Supervisor:
         delay = 0.0 if slot.failures == 0 else min(30.0, 0.5 * 2 ** (slot.failures - 1))
         slot.pid, slot.spawn_at = 0, time.monotonic() + delay
 
-    def _fault(self, pid: int, status: int, ledger: Ledger | None) -> str:
-        """The tracebacks a worker's fatal signal left (kiq.ledger), logged: nothing else shows
-        where a segfault happened."""
-        fault = ledger.fault(status) if ledger is not None else ""
+    def _bury(self, pid: int, status: int, worker: Slot | Retiring) -> None:
+        """Queue the dead worker's jobs for recovery, with what its ledger says it was running.
+        The tracebacks a fatal signal left (kiq.ledger) are logged: nothing else shows where a
+        segfault happened."""
+        fault = worker.ledger.fault(status) if worker.ledger is not None else ""
         if fault:
             self.log.error("worker crashed", pid=pid, status=describe(status),
                            exception=log.bounded(fault, log.TRACEBACK_MAX))
-        return fault
+        self.unrecovered.append(Dead(worker.shard, worker.identity, *_running(worker.ledger, fault)))
 
     def _boot_failed(self) -> bool:
         return bool(self.slots) and all(not s.pid and s.boot_failures >= BOOT_ATTEMPTS for s in self.slots)
