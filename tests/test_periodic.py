@@ -429,6 +429,12 @@ def test_a_blocked_entry_is_tried_again_a_pause_later_not_at_once(redis_server, 
     assert periodic.next_wakeup() > tried + BLOCKED_PAUSE
 
 
+def past_next_second() -> None:
+    """Sleep until just past the clock's next whole second, where an every-second tick falls
+    due (the host's clock and Redis's are one here)."""
+    time.sleep(math.ceil(time.time()) - time.time() + 0.05)
+
+
 def put_clock_off(monkeypatch: pytest.MonkeyPatch, by: dt.timedelta) -> None:
     """This host's clock, as kiq.periodic reads it, ``by`` off (Redis's stays right)."""
     periodic_module = importlib.import_module("kiq.periodic")  # kiq.periodic is also a function
@@ -446,13 +452,13 @@ def test_a_host_whose_clock_is_fast_fires_no_tick_before_redis_reaches_it(redis_
     periodic = Periodic(connect(redis_server.url), Keys(), [entry()], now=now() + fast)
     periodic.log = periodic.log.bind()
     periodic.log.warning = lambda event, **fields: logged.append(event)  # type: ignore[method-assign]
-    time.sleep(1.5)
+    past_next_second()
     assert periodic.fire_due() == [] and periodic.fire_due() == []
     assert r.llen("queue:default") == 0 and r.zcard("kiq:periodic:every-second:ticks") == 0
     assert len(logged) == 1 and "this host's clock is ahead of Redis's" in logged[0]
     monkeypatch.undo()  # the clock put right: ticks fire again
     fresh = Periodic(connect(redis_server.url), Keys(), [entry()], now=now())
-    time.sleep(1.2)
+    past_next_second()
     assert fresh.fire_due()
 
 
@@ -464,7 +470,7 @@ def test_a_host_whose_clock_is_slow_fires_no_tick_from_before_the_schedule_exist
     first.fire_due()  # records the schedule (and fires a tick, should a second have begun)
     put_clock_off(monkeypatch, -dt.timedelta(minutes=10))
     slow = Periodic(connect(redis_server.url), Keys(), [entry()])
-    time.sleep(1.2)
+    past_next_second()
     already = r.llen("queue:default")
     assert slow.fire_due() == []
     assert r.llen("queue:default") == already == r.zcard("kiq:periodic:every-second:ticks")
@@ -477,12 +483,12 @@ def test_a_host_whose_clock_is_slow_fires_no_tick_missed_while_no_master_ran(red
     minute_ago = now() - dt.timedelta(seconds=60)
     Periodic(connect(redis_server.url), Keys(), [entry()], now=minute_ago).fire_due(minute_ago)
     right = Periodic(connect(redis_server.url), Keys(), [entry()])
-    time.sleep(1.2)
+    past_next_second()
     fired = right.fire_due()
     assert fired  # a tick or two, as the second boundaries fall
     put_clock_off(monkeypatch, -dt.timedelta(seconds=30))
     slow = Periodic(connect(redis_server.url), Keys(), [entry()])
-    time.sleep(1.2)
+    past_next_second()
     assert slow.fire_due() == []
     assert r.llen("queue:default") == len(fired)
 
