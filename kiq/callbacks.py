@@ -12,7 +12,8 @@ failure means before kiq's own retry policy (the job's ``retry``) does:
 ``discard_on`` drops the job, ``retry_on`` puts it in the retry set after its
 own wait until it has failed ``attempts`` times with those errors; after that
 the failure falls through to the job's ``retry`` policy, as Active Job leaves
-it to the queueing backend.
+it to the queueing backend. Of the rules that match, the one written last
+decides (``decide``).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ def _wrap(callback: Callable[[Callable[[], Any]], Any], inner: Callable[[], T]) 
 class RetryRule:
     errors: tuple[type[BaseException], ...]
     wait: Wait
-    attempts: int
+    attempts: int | None  # None: unlimited
     jitter: float
 
     def delay(self, executions: int) -> float:
@@ -118,16 +119,27 @@ class RetryRule:
         return "[" + ", ".join(error.__name__ for error in self.errors) + "]"
 
 
-def retry_on(*errors: type[BaseException], wait: Wait = 3.0, attempts: int = 5,
+@dataclass(frozen=True)
+class DiscardRule:
+    errors: tuple[type[BaseException], ...]
+
+
+Rule = RetryRule | DiscardRule
+RULES = "_kiq_rules"  # a class's own rules, in the order its decorators were applied
+
+
+def retry_on(*errors: type[BaseException], wait: Wait = 3.0, attempts: int | str = 5,
              jitter: float = 0.15) -> Callable[[C], C]:
-    """Retry on ``errors`` after ``wait`` until ``attempts`` runs have failed with them.
+    """Retry on ``errors`` after ``wait`` until ``attempts`` runs have failed with them
+    (``"unlimited"``: retry for ever).
 
     ``wait`` is seconds, a timedelta, a callable of the number of failures so
     far, or ``"polynomially_longer"`` (failures**4 + 2 seconds, plus jitter).
     """
-    if not errors or attempts < 1:
-        raise ValueError("retry_on needs at least one error class and attempts >= 1")
-    rule = RetryRule(errors, wait, attempts, jitter)
+    _check_errors("retry_on", errors)
+    if attempts != "unlimited" and (type(attempts) is not int or attempts < 1):
+        raise ValueError(f"retry_on's attempts is a whole number from 1, or 'unlimited', not {attempts!r}")
+    rule = RetryRule(errors, wait, None if attempts == "unlimited" else int(attempts), jitter)
     if isinstance(wait, str):
         rule.delay(1)  # a misspelt wait fails where it is written
     elif not callable(wait):
@@ -135,21 +147,28 @@ def retry_on(*errors: type[BaseException], wait: Wait = 3.0, attempts: int = 5,
         if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
             raise ValueError(f"retry_on's wait is a number of seconds (0 or more), a timedelta, a callable "
                              f"or 'polynomially_longer', not {wait!r}")
-
-    def decorate(cls: C) -> C:
-        cls._kiq_retry_rules = [*getattr(cls, "_kiq_retry_rules", []), rule]  # type: ignore[attr-defined]
-        return cls
-
-    return decorate
+    return _declare(rule)
 
 
 def discard_on(*errors: type[BaseException]) -> Callable[[C], C]:
     """Drop the job, without retrying, when it fails with one of ``errors``."""
-    if not errors:
-        raise ValueError("discard_on needs at least one error class")
+    _check_errors("discard_on", errors)
+    return _declare(DiscardRule(errors))
 
+
+def _check_errors(name: str, errors: tuple[Any, ...]) -> None:
+    """Refuse, where the rule is written, what no failure could match: a mistake found only
+    when the job fails would retry it where the rule said to drop it."""
+    if not errors:
+        raise ValueError(f"{name} needs at least one exception class")
+    for error in errors:
+        if not (isinstance(error, type) and issubclass(error, BaseException)):
+            raise TypeError(f"{name} takes exception classes, not {error!r}: import the class and pass it")
+
+
+def _declare(rule: Rule) -> Callable[[C], C]:
     def decorate(cls: C) -> C:
-        cls._kiq_discard_on = (*getattr(cls, "_kiq_discard_on", ()), *errors)  # type: ignore[attr-defined]
+        setattr(cls, RULES, [*vars(cls).get(RULES, ()), rule])
         return cls
 
     return decorate
@@ -158,20 +177,29 @@ def discard_on(*errors: type[BaseException]) -> Callable[[C], C]:
 def decide(cls: Any, error: BaseException, payload: dict[str, Any]) -> tuple[str, float]:
     """("discard", 0), ("retry", seconds) or ("default", 0) for a failure of a ``cls`` job.
 
-    Counts the failure in the payload's ``exception_executions`` (Active Job's field) when a
-    ``retry_on`` rule matches.
+    The first rule that matches decides, as Active Job searches its handlers: the last written
+    first. Decorators apply from the bottom up, so that is a class's lowest decorator first
+    (``@retry_on(Exception)`` above ``@retry_on(Timeout)`` reads as Rails' two lines, and a
+    Timeout gets its own rule), and a class's own rules before its parents'. Counts the
+    failure in the payload's ``exception_executions`` (Active Job's field) when a ``retry_on``
+    rule matches.
     """
-    if isinstance(error, cls._kiq_discard_on):
+    for klass in cls.__mro__:
+        for rule in vars(klass).get(RULES, ()):
+            if isinstance(error, rule.errors):
+                return _apply(rule, payload)
+    return "default", 0.0
+
+
+def _apply(rule: Rule, payload: dict[str, Any]) -> tuple[str, float]:
+    if isinstance(rule, DiscardRule):
         return "discard", 0.0
-    for rule in reversed(cls._kiq_retry_rules):  # the last declared wins, as in Active Job
-        if isinstance(error, rule.errors):
-            counts = payload.setdefault("exception_executions", {})
-            if not isinstance(counts, dict):
-                counts = payload["exception_executions"] = {}
-            previous = counts.get(rule.key)
-            executions = previous + 1 if type(previous) is int and previous >= 0 else 1
-            counts[rule.key] = executions
-            if executions < rule.attempts:
-                return "retry", rule.delay(executions)
-            return "default", 0.0
+    counts = payload.setdefault("exception_executions", {})
+    if not isinstance(counts, dict):
+        counts = payload["exception_executions"] = {}
+    previous = counts.get(rule.key)
+    executions = previous + 1 if type(previous) is int and previous >= 0 else 1
+    counts[rule.key] = executions
+    if rule.attempts is None or executions < rule.attempts:
+        return "retry", rule.delay(executions)
     return "default", 0.0

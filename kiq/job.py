@@ -47,8 +47,6 @@ class Job:
     backtrace: ClassVar[bool | int] = False
     _kiq_callbacks: ClassVar[dict[str, list[str]]] = callbacks.collect(object)
     _kiq_perform_callbacks: ClassVar[bool] = False  # any before/around/after_perform callback
-    _kiq_retry_rules: ClassVar[list[callbacks.RetryRule]] = []
-    _kiq_discard_on: ClassVar[tuple[type[BaseException], ...]] = ()
 
     def __init__(self) -> None:
         """What a running job knows about itself (Active Job's names)."""

@@ -200,6 +200,81 @@ def test_discard_on_drops_the_job_and_other_errors_use_sidekiq_backoff():
     assert 15 <= outcome.score - json.loads(outcome.payload)["failed_at"] <= 25
 
 
+@retry_on(Timeout, attempts=3)
+@discard_on(Exception)  # written last: searched first, as Rails' last line
+class DiscardLastJob(kiq.Job):
+    def perform(self, error: str) -> None:
+        raise {"timeout": Timeout, "other": ValueError}[error]("x")
+
+
+@discard_on(Exception)
+@retry_on(Timeout, attempts=3)  # written last: a Timeout is retried, anything else discarded
+class RetryLastJob(DiscardLastJob):
+    pass
+
+
+@retry_on(Exception, attempts=10)
+@retry_on(Timeout, attempts=2)
+class TwoRetriesJob(DiscardLastJob):
+    pass
+
+
+@discard_on(Exception)
+class DiscardingParentJob(kiq.Job):
+    def perform(self, error: str) -> None:
+        raise {"timeout": Timeout, "other": ValueError}[error]("x")
+
+
+@retry_on(Timeout, attempts="unlimited", jitter=0)
+class RetryingChildJob(DiscardingParentJob):
+    pass
+
+
+def outcome_of(job: type[kiq.Job], error: str, runs: int = 1) -> list[str]:
+    """What became of each of ``runs`` failing runs of ``job``, the payload carried along."""
+    payload = build_payload(job.job_name, [error], retry=True)
+    seen = []
+    for _ in range(runs):
+        outcome = handle(job, payload, "default")
+        seen.append(outcome.action or ("discard" if outcome.failed else "done"))
+        payload = json.loads(outcome.payload) if outcome.payload else payload
+    return seen
+
+
+def test_the_rule_written_last_decides_as_in_active_job():
+    """Rails searches rescue handlers from the last declared: decorators read top to bottom as
+    Rails' lines, so the lowest one is tried first, discard_on and retry_on alike."""
+    assert outcome_of(DiscardLastJob, "timeout") == ["discard"]
+    assert outcome_of(RetryLastJob, "timeout", 3) == ["retry", "retry", "retry"]  # then retry = True
+    assert outcome_of(RetryLastJob, "other") == ["discard"]
+    payload = build_payload("TwoRetriesJob", ["timeout"], retry=True)
+    for _ in range(2):
+        payload = json.loads(handle(TwoRetriesJob, payload, "default").payload or "{}")
+    assert payload["exception_executions"] == {"[Timeout]": 2} and payload["retry_count"] == 1
+
+
+def test_a_subclass_rule_comes_before_its_parents_and_unlimited_never_runs_out():
+    assert outcome_of(RetryingChildJob, "other") == ["discard"]
+    payload = build_payload("RetryingChildJob", ["timeout"], retry=True)
+    for _ in range(30):
+        outcome = handle(RetryingChildJob, payload, "default")
+        assert outcome.action == "retry"
+        payload = json.loads(outcome.payload or "{}")
+    assert payload["exception_executions"] == {"[Timeout]": 30} and payload["retry_count"] == 29
+
+
+def test_rules_refuse_what_no_failure_could_match_where_they_are_written():
+    with pytest.raises(TypeError, match="takes exception classes, not 'ValueError'"):
+        discard_on("ValueError")
+    with pytest.raises(TypeError, match="retry_on takes exception classes"):
+        retry_on(Timeout, ValueError())
+    with pytest.raises(ValueError, match="needs at least one exception class"):
+        retry_on()
+    for attempts in ("forever", 0, 2.5, True):
+        with pytest.raises(ValueError, match="attempts is a whole number from 1, or 'unlimited'"):
+            retry_on(Timeout, attempts=attempts)
+
+
 def test_wait_forms():
     from kiq.callbacks import RetryRule
 
