@@ -57,6 +57,11 @@ class Job:
         self.executions = 1
         self.payload: dict[str, Any] = {}
 
+    @property
+    def job_id(self) -> str:
+        """Active Job's name for ``jid``."""
+        return self.jid
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if "job_name" not in cls.__dict__:
@@ -116,6 +121,7 @@ class Job:
     def perform_now(cls, /, *args: Any, **kwargs: Any) -> Any:
         """Run the job at once in the caller, with its perform callbacks, without a queue."""
         job = cls()
+        job.jid = new_jid()  # as Active Job's job_id, which perform_now has too
         job.arguments, job.kwargs = list(args), dict(kwargs)
         return job.execute()
 
@@ -152,21 +158,25 @@ class Options:
         return None
 
     def perform_later(self, /, *args: Any, **kwargs: Any) -> Enqueued:
-        arguments_of(self.job).check(args, kwargs)
         adapter, at = adapters.current(), self.at()
-
-        def enqueue(jid: str | None = None) -> Enqueued:
-            return adapter.enqueue(self.job, args, kwargs, queue=self.queue, retry=self.retry, at=at,
-                                   backtrace=self.backtrace, jid=jid)
-
         table = self.job._kiq_callbacks
         if not (table["before_enqueue"] or table["around_enqueue"] or table["after_enqueue"]):
-            return enqueue()
+            arguments_of(self.job).check(args, kwargs)
+            return adapter.enqueue(self.job, args, kwargs, queue=self.queue, retry=self.retry, at=at,
+                                   backtrace=self.backtrace)
         job = self.job()
         job.arguments, job.kwargs = list(args), dict(kwargs)
         job.queue_name = self.queue or self.job.queue
         job.jid = new_jid()  # as Active Job's job_id: known to every enqueue callback
-        return callbacks.around(job, "enqueue", lambda: enqueue(job.jid))
+
+        def enqueue() -> Enqueued:
+            """The job as the callbacks left it: a ``before_enqueue`` may add an argument (a
+            tenant's id) or choose the queue, as in Active Job."""
+            arguments_of(self.job).check(job.arguments, job.kwargs)
+            return adapter.enqueue(self.job, job.arguments, job.kwargs, queue=job.queue_name,
+                                   retry=self.retry, at=at, backtrace=self.backtrace, jid=job.jid)
+
+        return callbacks.around(job, "enqueue", enqueue)
 
     def perform_bulk(self, args_list: Iterable[Sequence[Any]], batch_size: int = 1000) -> list[str]:
         check_batch_size(batch_size)

@@ -142,6 +142,41 @@ def test_enqueue_callbacks_see_the_jid_the_job_is_enqueued_with(client, r, adapt
         assert json.loads(r.lindex("queue:default", 0))["jid"] == enqueued.jid
 
 
+class TenantJob(kiq.Job):
+    """A before_enqueue that adds the current tenant to the arguments and picks the queue."""
+
+    @before_enqueue
+    def add_tenant(self) -> None:
+        self.arguments.append("tenant-7")
+        self.queue_name = "tenant-7"
+
+    def perform(self, order: int, tenant: str) -> None:
+        calls.append(f"order {order} of {tenant} from {self.queue_name}")
+
+
+def test_what_a_before_enqueue_callback_changes_is_what_is_enqueued(client, r):
+    adapters.use("redis")
+    TenantJob.perform_later(12)
+    job = json.loads(r.lindex("queue:tenant-7", 0))
+    assert (job["args"], job["queue"]) == ([12, "tenant-7"], "tenant-7")
+    adapters.use("inline")
+    TenantJob.perform_later(13)
+    assert calls == ["order 13 of tenant-7 from tenant-7"]
+
+
+def test_perform_now_gives_the_job_an_id_as_active_job_does():
+    seen: list[str] = []
+
+    class IdJob(kiq.Job):
+        def perform(self) -> None:
+            seen.append(self.jid)
+            seen.append(self.job_id)
+
+    IdJob.perform_now()
+    IdJob.perform_now()
+    assert len(seen[0]) == 24 and seen[0] == seen[1] and seen[2] not in ("", seen[0])
+
+
 def test_overriding_a_callback_with_a_plain_method_removes_it():
     OverridingJob.perform_now(1)
     assert "before-2" not in calls and "before-1 [1]" in calls
