@@ -35,7 +35,7 @@ from kiq import activejob, adapters, callbacks, retry
 from kiq.adapters import TestAdapter
 from kiq.job import Job, lookup
 from kiq.payload import job_data, job_name
-from kiq.serialize import deserialize_args, deserialize_kwargs
+from kiq.serialize import deserialize_args, deserialize_kwargs, serialize_args, serialize_kwargs
 
 __all__ = ["DEFAULT_LIMIT", "JobRecord", "Jobs", "Performing", "RecordingAdapter", "test_adapter"]
 
@@ -291,18 +291,23 @@ class Jobs:
                                  f"performed jobs ({len(records)}):{listing or ' none'}")
 
     def perform_enqueued_jobs(
-        self, only: JobSelector | Iterable[JobSelector] | None = None, limit: int = DEFAULT_LIMIT
+        self, only: JobSelector | Iterable[JobSelector] | None = None, limit: int = DEFAULT_LIMIT, *,
+        queue: str | None = None, at: float | dt.datetime | dt.timedelta | None = None,
     ) -> Performing:
-        """Perform the enqueued jobs (those of ``only``, if given), oldest first, scheduled ones too.
+        """Perform the enqueued jobs, oldest first, scheduled ones too; only those of ``only``
+        (a job, a name or several), of ``queue`` and due by ``at`` (a datetime, epoch seconds
+        or a timedelta from now), when given, as Active Job's helper filters them.
 
         Jobs that these jobs enqueue are performed as well, until none is left;
         more than ``limit`` jobs is taken for jobs enqueuing each other forever
-        and raises RuntimeError. Jobs run as in a worker (callbacks, ``discard_on``,
-        ``retry_on``), but any other failure is raised here, and that job is no
-        longer enqueued. ``with jobs.perform_enqueued_jobs():`` then also
-        performs each job enqueued in the block, as it is enqueued.
+        and raises RuntimeError (a job that schedules its own next run stops at
+        ``at=...``: its next run is not due yet). Jobs run as in a worker
+        (callbacks, ``discard_on``, ``retry_on``), but any other failure is
+        raised here, and that job is no longer enqueued.
+        ``with jobs.perform_enqueued_jobs():`` then also performs each job
+        enqueued in the block, as it is enqueued.
         """
-        accepts = _selector(only)
+        accepts = _selector(only, queue, _epoch(at))
         adapter = self.adapter
         performed: list[JobRecord] = []
         while True:
@@ -352,11 +357,22 @@ def _name(job: JobSelector) -> str:
     return job if isinstance(job, str) else job.job_name
 
 
-def _selector(only: JobSelector | Iterable[JobSelector] | None) -> Callable[[Payload], bool]:
-    if only is None:
+def _selector(only: JobSelector | Iterable[JobSelector] | None, queue: str | None = None,
+              due: float | None = None) -> Callable[[Payload], bool]:
+    if only is None and queue is None and due is None:
         return _everything
-    names = {_name(only)} if isinstance(only, (str, type)) else {_name(job) for job in only}
-    return lambda payload: JobRecord(payload).job_name in names
+    names: set[str] | None = None
+    if only is not None:
+        names = {_name(only)} if isinstance(only, (str, type)) else {_name(job) for job in only}
+
+    def accepts(payload: Payload) -> bool:
+        if names is not None and JobRecord(payload).job_name not in names:
+            return False
+        if queue is not None and payload.get("queue") != queue:
+            return False
+        return due is None or float(payload.get("at") or 0) <= due
+
+    return accepts
 
 
 def _select(records: list[JobRecord], job: JobSelector | None) -> list[JobRecord]:
@@ -389,11 +405,23 @@ def _matches(record: JobRecord, criteria: dict[str, Any], due: float | None, tol
             args, kwargs = record.args, record.kwargs
         except Exception:  # unreadable (a deleted record, say): it matches no arguments
             return False
-        if "args" in criteria and args != criteria["args"]:
+        if "args" in criteria and not _same(args, criteria["args"], serialize_args):
             return False
-        if "kwargs" in criteria and kwargs != criteria["kwargs"]:
+        if "kwargs" in criteria and not _same(kwargs, criteria["kwargs"], serialize_kwargs):
             return False
     return True
+
+
+def _same(found: Any, expected: Any, serialize: Callable[[Any], Any]) -> bool:
+    """Equal, or equal once serialized: a record located again for the assertion is another
+    object of the same row (SQLAlchemy, a plain session), alike by its global ID, as Active
+    Job's assertions compare serialized arguments."""
+    if found == expected:
+        return True
+    try:
+        return bool(serialize(found) == serialize(expected))
+    except Exception:  # an expected value kiq cannot serialize (a matcher object) matched as it is
+        return False
 
 
 def _show(key: str, value: Any) -> str:

@@ -17,6 +17,7 @@ from sqlalchemy import create_engine, event, inspect, select
 from sqlalchemy.orm import Session, object_session, scoped_session, sessionmaker
 
 import kiq
+import kiq.testing
 from kiq import adapters, globalid, processor
 from kiq.callbacks import discard_on
 from kiq.globalid import GlobalID
@@ -354,6 +355,17 @@ def test_a_sessionmaker_gives_each_job_a_session_of_its_own(db: Db) -> None:
     assert run["session"] is not None
     assert inspect(run["model"]).detached
     assert db.engine.pool.checkedout() == 0  # type: ignore[attr-defined]
+
+
+def test_assert_enqueued_with_matches_a_record_by_its_global_id(db: Db) -> None:
+    """With a plain sessionmaker each lookup is another object of the same row; the assertion
+    compares them as Active Job does, serialized."""
+    globalid.register(globalid.SQLAlchemyLocator(sessionmaker(db.engine), models=[User]))
+    with kiq.testing.test_adapter() as jobs:
+        GidUserJob.perform_later(db.user(1), friend=db.user(2))
+        jobs.assert_enqueued_with(job=GidUserJob, args=[db.user(1)], kwargs={"friend": db.user(2)})
+        with pytest.raises(AssertionError, match="no enqueued job matches"):
+            jobs.assert_enqueued_with(job=GidUserJob, args=[db.user(2)])
 
 
 def test_locate_outside_a_job_keeps_the_session_until_release(db: Db, sqla: Any) -> None:

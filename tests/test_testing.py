@@ -285,6 +285,32 @@ def test_perform_enqueued_jobs_only_some_classes(kiq_jobs: Jobs) -> None:
     kiq_jobs.assert_enqueued_with(job=HelperResizeJob, args=[0])  # enqueued by the chain, not performed
 
 
+class HelperHourlyJob(kiq.Job):
+    """Schedules its own next run, as a job that polls does."""
+
+    def perform(self, run: int) -> None:
+        performed.append(("hourly", run))
+        HelperHourlyJob.set(wait=3600).perform_later(run + 1)
+
+
+def test_perform_enqueued_jobs_at_and_queue_filter_as_active_job_does(kiq_jobs: Jobs) -> None:
+    HelperHourlyJob.perform_later(1)
+    kiq_jobs.perform_enqueued_jobs(at=dt.timedelta(0))  # its next run is not due: it stays enqueued
+    assert performed == [("hourly", 1)]
+    kiq_jobs.assert_enqueued_with(job=HelperHourlyJob, args=[2], at=dt.timedelta(hours=1))
+    kiq_jobs.perform_enqueued_jobs(at=dt.datetime.now(dt.timezone.utc))
+    assert performed == [("hourly", 1)]
+    kiq_jobs.clear()
+    HelperResizeJob.perform_later(1)  # queue "images"
+    HelperChainJob.perform_later(0)  # queue "default", enqueues a resize
+    kiq_jobs.perform_enqueued_jobs(queue="images")
+    assert performed[-1] == ("resize", (1, "medium"))
+    kiq_jobs.assert_enqueued_jobs(1, job=HelperChainJob)
+    kiq_jobs.perform_enqueued_jobs(queue="default")
+    assert performed[-1] == ("chain", 0)
+    kiq_jobs.assert_enqueued_with(job=HelperResizeJob, args=[0])  # of queue "images": left enqueued
+
+
 def test_perform_enqueued_jobs_stops_jobs_that_enqueue_forever(kiq_jobs: Jobs) -> None:
     HelperForeverJob.perform_later()
     with pytest.raises(RuntimeError, match=r"^performed 20 jobs and jobs are still enqueued \(next: "
