@@ -6,6 +6,8 @@ Each subclass registers itself (kiq.registry) under its wire name when it is def
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextvars
 import datetime as dt
 import inspect
 import time
@@ -285,10 +287,18 @@ def _unannotated(signature: inspect.Signature) -> inspect.Signature:
 
 
 def _run_in_new_loop(awaitable: Awaitable[Any]) -> Any:
+    """Run an ``async def perform`` to its end with ``asyncio.run``. Called from code that runs
+    on an event loop itself (an async test, an async web view), whose loop cannot run the job
+    while it waits for this call, a thread of its own does, in the caller's context."""
     async def wait() -> Any:
         return await awaitable
 
-    return asyncio.run(wait())
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(wait())
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kiq-perform-now") as pool:
+        return pool.submit(contextvars.copy_context().run, asyncio.run, wait()).result()
 
 
 run_coroutine: Callable[[Awaitable[Any]], Any] = _run_in_new_loop

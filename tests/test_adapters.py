@@ -58,6 +58,33 @@ class AsyncInlineJob(kiq.Job):
         done.append(("async", value))
 
 
+class AsyncAnswerJob(kiq.Job):
+    async def perform(self, value: int) -> int:
+        import asyncio
+
+        await asyncio.sleep(0)
+        return value * 2
+
+
+def test_an_async_job_runs_inline_from_code_on_a_running_event_loop():
+    """perform_now, the inline adapter and the test helper called from an async test or view:
+    asyncio.run refuses to start a loop there, so the job's own runs on a thread of its own."""
+    import asyncio
+
+    from kiq.testing import test_adapter
+
+    async def view() -> int:
+        adapters.use("inline")
+        AsyncInlineJob.perform_later(5)
+        with test_adapter() as jobs:
+            AsyncInlineJob.perform_later(6)
+            jobs.perform_enqueued_jobs()
+        return int(AsyncAnswerJob.perform_now(21))
+
+    assert asyncio.run(view()) == 42
+    assert done == [("async", 5), ("async", 6)]
+
+
 @discard_on(KeyError)
 class DiscardedJob(kiq.Job):
     def perform(self) -> None:
