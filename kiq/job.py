@@ -71,7 +71,8 @@ class Job:
         backtrace_lines(cls.backtrace, f"{cls.__qualname__}.backtrace")
         table = cls._kiq_callbacks = callbacks.collect(cls)
         cls._kiq_perform_callbacks = any(table[f"{when}_perform"] for when in ("before", "around", "after"))
-        register(cls)
+        if cls.perform is not Job.perform:  # a base class without perform (ApplicationJob) runs nothing
+            register(cls)
 
     def perform(self, *args: Any, **kwargs: Any) -> Any:
         raise NotImplementedError(f"{type(self).__name__} must define perform()")

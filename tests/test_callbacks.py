@@ -142,7 +142,7 @@ def test_enqueue_callbacks_see_the_jid_the_job_is_enqueued_with(client, r, adapt
         assert json.loads(r.lindex("queue:default", 0))["jid"] == enqueued.jid
 
 
-class TenantJob(kiq.Job):
+class CallbackTenantJob(kiq.Job):
     """A before_enqueue that adds the current tenant to the arguments and picks the queue."""
 
     @before_enqueue
@@ -156,11 +156,11 @@ class TenantJob(kiq.Job):
 
 def test_what_a_before_enqueue_callback_changes_is_what_is_enqueued(client, r):
     adapters.use("redis")
-    TenantJob.perform_later(12)
+    CallbackTenantJob.perform_later(12)
     job = json.loads(r.lindex("queue:tenant-7", 0))
     assert (job["args"], job["queue"]) == ([12, "tenant-7"], "tenant-7")
     adapters.use("inline")
-    TenantJob.perform_later(13)
+    CallbackTenantJob.perform_later(13)
     assert calls == ["order 13 of tenant-7 from tenant-7"]
 
 

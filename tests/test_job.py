@@ -40,7 +40,8 @@ class JobTestMailer(kiq.Job):
 
 def test_wire_name_defaults_to_the_class_name():
     class JobTestDefaultName(kiq.Job):
-        pass
+        def perform(self) -> None:
+            pass
 
     assert JobTestDefaultName.job_name == "JobTestDefaultName"
     assert lookup("JobTestDefaultName") is JobTestDefaultName
@@ -51,6 +52,9 @@ def test_job_name_overrides_the_wire_name():
     class JobTestInvoice(kiq.Job):
         job_name = "Billing::InvoiceJob"
 
+        def perform(self) -> None:
+            pass
+
     assert lookup("Billing::InvoiceJob") is JobTestInvoice
     assert lookup("JobTestInvoice") is None
 
@@ -58,6 +62,9 @@ def test_job_name_overrides_the_wire_name():
 def test_subclass_gets_its_own_name_not_its_parents_override():
     class JobTestBase(kiq.Job):
         job_name = "Ruby::BaseJob"
+
+        def perform(self) -> None:
+            pass
 
     class JobTestChild(JobTestBase):
         pass
@@ -67,33 +74,70 @@ def test_subclass_gets_its_own_name_not_its_parents_override():
     assert lookup("JobTestChild") is JobTestChild
 
 
-def test_two_classes_with_one_wire_name_fail_at_class_creation():
-    def here() -> type[kiq.Job]:
-        class JobTestTaken(kiq.Job):
-            pass
+def module_class(name: str, module: str) -> type[kiq.Job]:
+    """A job class as a module of that name would define it at its top level."""
+    return type(name, (kiq.Job,), {"__module__": module, "__qualname__": name, "perform": lambda self: None})
 
-        return JobTestTaken
+
+def test_two_classes_with_one_wire_name_fail_at_class_creation():
+    first = module_class("JobTestTaken", "app.billing")
+    with pytest.raises(JobNameError, match=r"app\.billing\.JobTestTaken and app\.mail\.JobTestTaken"):
+        module_class("JobTestTaken", "app.mail")
+    assert lookup("JobTestTaken") is first
+
+
+def test_a_local_class_defined_again_elsewhere_replaces_the_first():
+    """Two tests that each define a local SendJob: the latest definition is the one in use."""
+    def here() -> type[kiq.Job]:
+        class JobTestLocal(kiq.Job):
+            def perform(self) -> None:
+                pass
+
+        return JobTestLocal
 
     def elsewhere() -> type[kiq.Job]:
-        class JobTestTaken(kiq.Job):
+        class JobTestLocal(kiq.Job):
+            def perform(self) -> None:
+                pass
+
+        return JobTestLocal
+
+    here()
+    second = elsewhere()
+    assert lookup("JobTestLocal") is second
+    module_class("JobTestTopLevel", "app.one")
+    with pytest.raises(JobNameError):  # a local class does not shadow one a worker imports
+
+        class JobTestTopLevel(kiq.Job):
+            def perform(self) -> None:
+                pass
+
+
+def test_a_base_class_without_perform_is_not_registered():
+    """Two packages' ApplicationJob bases do not collide, and no payload can name one."""
+    bases = [type("JobTestApplicationJob", (kiq.Job,), {"__module__": module})
+             for module in ("shop.jobs", "billing.jobs")]
+    assert lookup("JobTestApplicationJob") is None
+
+    class JobTestConcrete(bases[1]):  # type: ignore[misc, valid-type]
+        def perform(self) -> None:
             pass
 
-        return JobTestTaken
-
-    first = here()
-    with pytest.raises(JobNameError, match="JobTestTaken"):
-        elsewhere()
-    assert lookup("JobTestTaken") is first
+    assert lookup("JobTestConcrete") is JobTestConcrete
 
 
 def test_job_name_colliding_with_another_class_name_fails():
     class JobTestOriginal(kiq.Job):
-        pass
+        def perform(self) -> None:
+            pass
 
     with pytest.raises(JobNameError) as raised:
 
         class JobTestImpostor(kiq.Job):
             job_name = "JobTestOriginal"
+
+            def perform(self) -> None:
+                pass
 
     message = str(raised.value)
     assert "JobTestOriginal" in message and "JobTestImpostor" in message
@@ -107,11 +151,15 @@ def test_duplicate_name_error_is_a_public_type():
         class JobTestDuplicateOfMailer(kiq.Job):
             job_name = "JobTestMailer"
 
+            def perform(self) -> None:
+                pass
+
 
 def test_redefining_the_same_module_and_qualname_replaces_the_class():
     def define() -> type[kiq.Job]:
         class JobTestReloaded(kiq.Job):
-            pass
+            def perform(self) -> None:
+                pass
 
         return JobTestReloaded
 
@@ -127,6 +175,9 @@ def test_empty_job_name_is_refused():
 
         class JobTestNameless(kiq.Job):
             job_name = ""
+
+            def perform(self) -> None:
+                pass
 
 
 # set() options

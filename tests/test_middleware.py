@@ -136,6 +136,7 @@ def test_a_tenant_travels_from_the_enqueuing_process_to_a_real_worker(start_kiq,
     assert sorted(r.lrange("tenants", 0, -1)) == [f"job-acme:acme:{worker}", f"job-globex:globex:{worker}"]
     # kiq's own members come first, though the app added its own before the worker started
     assert r.lrange("chain", 0, -1) == ["JobLog JobMetrics"] * 2
+    wait_for(lambda: kiq_process.log().count('"event": "done"') == 2)  # written after the job's push
     lines = [json.loads(line) for line in kiq_process.log().splitlines() if line.startswith("{")]
     set_lines = {line["tenant"]: line for line in lines if line["event"] == "tenant set"}
     done = {line["jid"]: line for line in lines if line["event"] == "done"}
