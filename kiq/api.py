@@ -32,7 +32,7 @@ from kiq.execution import ClassMetrics
 from kiq.heartbeat import prefetched_by_queue
 from kiq.keys import Keys, day, glob_escape, owner
 from kiq.lua import IS_A
-from kiq.payload import check_format, epoch_seconds, read_count, read_object, stamp, waited
+from kiq.payload import check_format, dump, epoch_seconds, read_count, read_object, stamp, waited
 from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE, move_call
 from kiq.shards import SINGLE, Shard, Shards
@@ -296,7 +296,7 @@ class SortedSet:
             payload["enqueued_at"] = stamp(time.time(), self.api.sidekiq_format)
             if type(payload.get("retry_count")) is int:
                 payload["retry_count"] -= 1
-            moves.append((job.raw, job.queue, json.dumps(payload, separators=(",", ":"))))
+            moves.append((job.raw, job.queue, dump(payload)))
             if self.name == "dead" and job.jid:
                 counted.append(self.api.keys.recoveries(job.jid))
         if not moves:

@@ -12,7 +12,6 @@ shard a bulk push touches.
 
 from __future__ import annotations
 
-import json
 import math
 import threading
 import time
@@ -27,7 +26,7 @@ from kiq import activejob, middleware
 from kiq.connection import connect, is_cluster, send, url_from_env
 from kiq.errors import shown
 from kiq.keys import Keys
-from kiq.payload import check_format, new_jid, new_jids, stamp
+from kiq.payload import check_format, dump, new_jid, new_jids, stamp
 from kiq.retry import MAX_DELAY
 from kiq.serialize import SerializationError, each_list, serialize_args, serialize_kwargs
 from kiq.shards import Shards
@@ -53,23 +52,18 @@ class Enqueued:
         return cls(payload["jid"], name, payload["queue"], payload.get("at"))
 
 
-_json = json.JSONEncoder(separators=(",", ":")).encode
 NOT_UNICODE = ("holds a string that is not valid Unicode (a lone surrogate such as '\\udcff', as "
                "os.fsdecode gives for bytes that are not UTF-8): Ruby's JSON cannot write it back, so "
                "Sidekiq would lose the job; pass bytes, or decode with errors='replace'")
 
 
 def _compact(value: Any) -> str:
-    """JSON as Sidekiq writes it, compact; a job holding a string that is not valid Unicode is
-    refused (SerializationError) before anything is sent. Only JSON with a ``\\ud`` escape
-    (an astral character's pair, or a lone surrogate) is looked at again."""
-    text = _json(value)
-    if "\\ud" in text:
-        try:
-            json.dumps(json.loads(text), ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise SerializationError(f"the job {NOT_UNICODE}") from None
-    return text
+    """JSON as Sidekiq writes it (kiq.payload.dump); a job holding a string that is not valid
+    Unicode is refused (SerializationError) before anything is sent."""
+    try:
+        return dump(value, strict=True)
+    except UnicodeEncodeError:
+        raise SerializationError(f"the job {NOT_UNICODE}") from None
 
 
 def due_at(option: str, given: object, at: float, now: float) -> float:

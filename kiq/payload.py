@@ -20,6 +20,7 @@ import base64
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -74,6 +75,53 @@ def decode(raw: str) -> dict[str, Any]:
     if not isinstance(payload.get("queue", ""), str):
         raise InvalidPayloadError("payload's 'queue' is not a string")
     return payload
+
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_dumps_escaped = json.JSONEncoder(separators=(",", ":")).encode
+_RUBY_DIFFERS = re.compile(r"\de[+-]|\d{16}\.0")  # Python float text that Ruby writes otherwise
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:e[+-]\d+)?')
+
+
+def dump(value: Any, strict: bool = False) -> str:
+    """JSON text exactly as Ruby's ``JSON.generate`` writes the same value, as Sidekiq writes
+    every job (``Sidekiq.dump_json``): compact, characters as they are, floats as Ruby prints
+    them (``1.0e-05``, ``1.0e+15``). Sidekiq finds an entry of a sorted set by encoding it
+    again: ``reschedule`` with text that differs adds a second entry, dated 1970, that runs at
+    once beside the first, and its Web UI's filter misses it.
+
+    A string that is not valid Unicode (a lone surrogate, as ``surrogateescape`` decodes bytes
+    that are not UTF-8) has no UTF-8 to write: ``strict`` raises UnicodeEncodeError for it, else
+    it is written escaped (``\\udcff``), as Python writes it."""
+    text = _dumps(value)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            if strict:
+                raise
+            text = _dumps_escaped(value)
+    if _RUBY_DIFFERS.search(text):
+        text = _TOKEN.sub(_ruby_number, text)
+    return text
+
+
+def _ruby_number(match: re.Match[str]) -> str:
+    """A token of Python's JSON as Ruby writes it: strings as they are; a float with one digit
+    before its exponent gets ``.0``, and a whole one of 16 digits an exponent (Ruby writes a
+    whole float in fixed notation only below 1e15, Python below 1e16)."""
+    token = match.group()
+    if token[0] == '"':
+        return token
+    sign, digits = ("-", token[1:]) if token[0] == "-" else ("", token)
+    mantissa, exponent = digits.partition("e")[::2]
+    if exponent:
+        return token if "." in mantissa else f"{sign}{mantissa}.0e{exponent}"
+    whole, fraction = digits.partition(".")[::2]
+    if fraction != "0" or len(whole) != 16:
+        return token
+    significant = whole.rstrip("0")
+    return f"{sign}{significant[0]}.{significant[1:] or '0'}e+15"
 
 
 def wrap_invalid(queue: str, raw: str, reason: str,

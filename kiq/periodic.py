@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -58,6 +57,7 @@ from kiq.errors import ConfigError, shown
 from kiq.job import Job, lookup
 from kiq.keys import Keys
 from kiq.lua import IS_A
+from kiq.payload import dump
 from kiq.serialize import SerializationError, serialize_args, serialize_kwargs
 
 WINDOW = 3600.0  # seconds a tick may be late and still fire; also how long fired ticks are remembered
@@ -484,7 +484,7 @@ class Periodic:
                      self.keys.queue(entry.queue)]
             payload = item.payload or {}
             args += [item.mode, str(item.tick), f"{entry.cron}|{entry.tz}", entry.queue,
-                     json.dumps(payload, separators=(",", ":")), str(payload.get("jid", ""))]
+                     dump(payload), str(payload.get("jid", ""))]
         return [int(flag) for flag in self._fire(keys=keys, args=args)]
 
 

@@ -36,7 +36,7 @@ from kiq.connection import members, wire, wrong_type
 from kiq.keys import Keys, owner
 from kiq.ledger import Crash
 from kiq.lua import IS_A
-from kiq.payload import InvalidPayloadError, decode, mark_failed, wrap_invalid
+from kiq.payload import InvalidPayloadError, decode, dump, mark_failed, wrap_invalid
 from kiq.retry import TRIM_DEAD, encode_backtrace
 
 POISON_LIMIT = 3
@@ -290,7 +290,7 @@ class Recovery:
             now = time.time()
             args: list[str | bytes | float] = [now]
             for raw in map(str, raws):
-                args += [wire(raw), json.dumps(_poisoned(raw, now, crash), separators=(",", ":"))]
+                args += [wire(raw), dump(_poisoned(raw, now, crash))]
             done = int(self._bury(keys=[self.keys.poison, self.keys.dead], args=args))
             if not done:
                 logger.error("could not bury poison pills: the dead set's key is not a sorted set",

@@ -17,7 +17,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from kiq.payload import epoch_seconds, stamp
+from kiq.payload import dump, epoch_seconds, stamp
 
 DEFAULT_MAX_RETRIES = 25
 DEAD_MAX_JOBS = 10_000
@@ -111,9 +111,9 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
         job["retry_count"] = 0
     count = job["retry_count"]
     if delay is not None:
-        return Outcome(True, "retry", _dump(job), now + delay, error)
+        return Outcome(True, "retry", dump(job), now + delay, error)
     if limit is not None and count < limit and (kept or not _past_retry_for(job, now)):
-        return Outcome(True, "retry", _dump(job), now + backoff(count), error)
+        return Outcome(True, "retry", dump(job), now + backoff(count), error)
     if job.get("dead") is False and not kept:
         return Outcome(failed=True, error=error)
     return dead(job, now, error)
@@ -142,7 +142,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def dead(job: dict[str, Any], now: float | None = None, error: BaseException | None = None) -> Outcome:
     """Send ``job`` to the dead set as it is."""
     now = time.time() if now is None else now
-    return Outcome(True, "dead", _dump(job), now, error)
+    return Outcome(True, "dead", dump(job), now, error)
 
 
 def compress_backtrace(error: BaseException, limit: int | None = None) -> str:
@@ -172,7 +172,3 @@ def decode_backtrace(stored: object) -> list[str]:
     except (ValueError, zlib.error):
         return []
     return [str(frame) for frame in frames] if isinstance(frames, list) else []
-
-
-def _dump(job: dict[str, Any]) -> str:
-    return json.dumps(job, separators=(",", ":"))

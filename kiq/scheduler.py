@@ -13,7 +13,6 @@ wakes early when a kiq client publishes a newly scheduled job.
 from __future__ import annotations
 
 import contextlib
-import json
 import threading
 import time
 from collections.abc import Sequence
@@ -25,7 +24,7 @@ from kiq import log
 from kiq.connection import Outage, connect, wire, wrong_type
 from kiq.keys import Keys
 from kiq.lua import IS_A
-from kiq.payload import InvalidPayloadError, decode, stamp, wrap_invalid
+from kiq.payload import InvalidPayloadError, decode, dump, stamp, wrap_invalid
 from kiq.retry import TRIM_DEAD
 
 # KEYS: the sorted set, dead, queues, then the lists of the queues the jobs go to (see
@@ -152,10 +151,10 @@ class Scheduler:
         try:
             payload = decode(raw)
         except InvalidPayloadError as error:
-            return "", json.dumps(wrap_invalid("", raw, str(error)), separators=(",", ":"))
+            return "", dump(wrap_invalid("", raw, str(error)))
         payload.pop("at", None)
         payload["enqueued_at"] = stamp(time.time())
-        return str(payload.get("queue") or "default"), json.dumps(payload, separators=(",", ":"))
+        return str(payload.get("queue") or "default"), dump(payload)
 
     def _loop(self) -> None:
         conn = connect(self.redis_url, name="kiq-scheduler")

@@ -187,6 +187,33 @@ print(json.dumps({"flaky": flaky.jid, "doomed": doomed.jid, "later": later.jid, 
     assert ruby("Sidekiq::Stats.new.then { |s| [s.scheduled_size, s.retry_size, s.dead_size] }") == [0, 0, 1]
 
 
+def test_sidekiq_reschedules_kiq_entries_in_place(r, ruby, interop_kiq, kiq_python):
+    """Sidekiq's reschedule finds an entry by encoding it again (ZINCRBY of its own JSON): kiq's
+    text must be Ruby's to the byte (characters as they are, floats as Ruby prints them), or a
+    second entry dated 1970 would run at once beside the first. The same holds for its Web UI's
+    filter, which searches the entries' text."""
+    interop_kiq()
+    r.sadd("py:failing", "café")
+    jids = json.loads(kiq_python("""
+import json
+from interop.jobs import EchoJob, FlakyJob
+
+later = EchoJob.set(wait=600).perform_later("déjà vu", 1e-05, 1e15, 2.5, 10**20, "\u2028")
+flaky = FlakyJob.perform_later("café")
+print(json.dumps({"later": later.jid, "flaky": flaky.jid}))
+"""))
+    wait_for(lambda: r.zcard("retry") == 1, timeout=30)
+    at = round(time.time() + 3600, 3)
+    ruby(f"""
+      Sidekiq::ScheduledSet.new.find_job("{jids["later"]}").reschedule({at})
+      Sidekiq::RetrySet.new.find_job("{jids["flaky"]}").reschedule({at})
+    """)
+    for key, jid in (("schedule", jids["later"]), ("retry", jids["flaky"])):
+        [(entry, score)] = r.zrange(key, 0, -1, withscores=True)
+        assert json.loads(entry)["jid"] == jid and score == pytest.approx(at, abs=1e-3), (key, entry, score)
+    assert ruby('Sidekiq::ScheduledSet.new.scan("déjà").map(&:jid)') == [jids["later"]]
+
+
 def test_kiq_api_reads_and_acts_on_what_ruby_sidekiq_retried_killed_and_runs(r, ruby, sidekiq, redis_server):
     peer = sidekiq(queues=("ruby",), concurrency=2)
     pushed = ruby("""
