@@ -73,7 +73,7 @@ def prepare(queue: str, raw: str) -> tuple[type[Job], dict[str, Any]] | Outcome:
         logger.error("invalid payload", error="a wrapped invalid payload was put back in a queue")
         return retry.dead(payload)  # retried from the dead set by hand: back it goes, as it was
     message = f"no job class registered as {name!r}; is its module in the workers' require list?"
-    outcome = retry.failure(payload, UNKNOWN_CLASS_ERROR, message, kept=True)
+    outcome = retry.failure(payload, UNKNOWN_CLASS_ERROR, message, kept=True, queue=queue)
     logger.error("unknown job class", error=message, **_fate(outcome, payload))
     return outcome
 
@@ -82,7 +82,7 @@ def timed_out(payload: dict[str, Any], seconds: float, queue: str, name: str) ->
     """The outcome of a job that ran past its class's ``timeout``: a failure like any other.
     Its ``fail`` line is written by the timeout watch's thread: it names the job itself."""
     message = f"job ran longer than its timeout of {seconds:g}s"
-    outcome = retry.failure(payload, "kiq.JobTimeout", message)
+    outcome = retry.failure(payload, "kiq.JobTimeout", message, queue=queue)
     fields = {"jid": payload["jid"], "queue": queue, "class": name}
     logger.warning("fail", error=f"kiq.JobTimeout: {message}", **fields, **_fate(outcome, payload))
     return outcome
@@ -108,7 +108,7 @@ def attempt(job: Job) -> Outcome:
         if job.timeout and not still_ours():
             return Outcome(failed=True, error=error)
         elapsed = _ms(started)
-        outcome = failed(type(job), job.payload, error)
+        outcome = failed(type(job), job.payload, error, job.queue_name)
         logger.warning("fail", elapsed_ms=elapsed, error=describe(error), exc_info=error,
                        **_fate(outcome, job.payload))
         return outcome
@@ -194,8 +194,11 @@ def _raise(error: BaseException) -> NoReturn:
     raise error
 
 
-def failed(job_class: type[Job], payload: dict[str, Any], error: BaseException) -> Outcome:
-    """What a failure means: the class's discard_on/retry_on rules first, then its retry policy.
+def failed(job_class: type[Job], payload: dict[str, Any], error: BaseException,
+           queue: str | None = None) -> Outcome:
+    """What a failure means: the class's discard_on/retry_on rules first, then its retry policy:
+    the payload's ``retry``, or the class's for a payload without one (written by hand, or by
+    another client), as Sidekiq reads its job class's option. ``queue`` is where it was taken.
 
     A rule that raises (a ``retry_on`` wait callable, say) is logged and the job's own retry
     policy decides instead: the job still ends as failed and its thread goes on.
@@ -210,8 +213,10 @@ def failed(job_class: type[Job], payload: dict[str, Any], error: BaseException) 
     if decision == "retry" and not 0 <= delay <= retry.MAX_DELAY:  # also false for NaN
         logger.error("a retry_on wait gave no number of seconds from 0 to a century; the job's retry "
                      "decides", wait=repr(delay))
+    if "retry" not in payload:
+        payload["retry"] = job_class.retry
     return retry.failure(payload, error_name(error), error_text(error),
-                         delay=delay if decision == "retry" else None, error=error)
+                         delay=delay if decision == "retry" else None, error=error, queue=queue)
 
 
 def unhandled(queue: str, raw: str, error: BaseException) -> Outcome:

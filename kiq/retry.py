@@ -78,8 +78,12 @@ def max_retries(retry: Any) -> int | None:
 
 
 def failure(job: dict[str, Any], error_class: str, message: str, now: float | None = None,
-            delay: float | None = None, error: BaseException | None = None, kept: bool = False) -> Outcome:
+            delay: float | None = None, error: BaseException | None = None, kept: bool = False,
+            queue: str | None = None) -> Outcome:
     """Record a failure in ``job`` (mutated) and decide between retry, dead and drop.
+
+    A retry goes to the job's ``retry_queue``, else to ``queue``, the queue it was taken from,
+    as Sidekiq files one (a payload without a ``queue`` field is not retried into "default").
 
     ``delay`` (from a ``retry_on`` rule) retries after that many seconds whatever the job's
     ``retry`` limit says; one that is not a number of seconds from now to a century falls back
@@ -97,6 +101,8 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
     retry_queue = job.get("retry_queue")
     if isinstance(retry_queue, str) and retry_queue:
         job["queue"] = retry_queue
+    elif queue:
+        job["queue"] = queue
     job["error_message"] = scrubbed(message[:MAX_MESSAGE])
     job["error_class"] = scrubbed(error_class)
     lines = job.get("backtrace")

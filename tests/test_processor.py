@@ -159,6 +159,23 @@ def test_retry_zero_job_goes_to_dead():
     assert json.loads(outcome.payload)["error_message"] == "to the morgue"
 
 
+def test_a_payload_without_queue_or_retry_is_retried_as_sidekiq_retries_it():
+    """Written by hand or by another client: the retry goes to the queue the job was taken from
+    (not "default"), and its class's retry option applies (Sidekiq reads its job class's)."""
+    bare = {"class": "ProcStraightToDeadJob", "args": [], "jid": "0" * 24}
+    outcome = process("mail", json.dumps(bare))
+    assert outcome.action == "dead"  # the class's retry = 0, not 25 retries
+    payload = json.loads(outcome.payload)
+    assert (payload["queue"], payload["retry"]) == ("mail", 0)
+    bare["class"] = "ProcBuiltinFailJob"
+    outcome = process("mail", json.dumps(bare))
+    assert outcome.action == "retry" and json.loads(outcome.payload)["queue"] == "mail"
+    moved = process("low", raw("ProcBuiltinFailJob", [], queue="high"))  # a job moved by hand
+    assert json.loads(moved.payload)["queue"] == "low"
+    elsewhere = process("low", raw("ProcBuiltinFailJob", [], queue="high", retry_queue="slow"))
+    assert json.loads(elsewhere.payload)["queue"] == "slow"
+
+
 def test_arguments_that_cannot_be_loaded_fail_the_job():
     payload = build_payload("ProcRecordJob", [])
     payload["args"] = [{"_aj_serialized": "NoSuchSerializer", "value": 1}]
