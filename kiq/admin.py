@@ -252,8 +252,8 @@ def listing(api: ShardedAPI, jobs: list[tuple[str, Job]], as_json: bool) -> None
     data, rows = [], []
     for shard, job in jobs:
         each, row = sharded(api, shard, job.summary(),
-                            [job.jid, job.job_class, job.queue, _ago(job.score),
-                             job.payload.get("retry_count", ""), job.error, job.args])
+                            [job.jid, job.display_class, job.queue, _ago(job.score),
+                             job.payload.get("retry_count", ""), job.error, job.display_args])
         data.append(each)
         rows.append(row)
     emit(as_json, data, headers_of(api, ["jid", "class", "queue", "when", "retries", "error", "args"]), rows)
@@ -283,8 +283,8 @@ def show(sets: list[SortedSet], jids: tuple[str, ...], everything: bool, as_json
 def describe(job: Job, when: str) -> str:
     """One job as lines of ``label  value``, then its backtrace."""
     payload = job.payload
-    fields: list[tuple[str, Any]] = [("jid", job.jid), ("class", job.job_class), ("queue", job.queue),
-                                     ("args", json.dumps(job.args))]
+    fields: list[tuple[str, Any]] = [("jid", job.jid), ("class", job.display_class), ("queue", job.queue),
+                                     ("args", json.dumps(job.display_args))]
     if "kwargs" in payload:
         fields.append(("kwargs", json.dumps(payload["kwargs"])))
     if job.score is not None:  # a sorted set's entry; a job in a queue or running has none

@@ -32,7 +32,17 @@ from kiq.execution import ClassMetrics
 from kiq.heartbeat import prefetched_by_queue
 from kiq.keys import Keys, day, glob_escape, owner
 from kiq.lua import IS_A
-from kiq.payload import check_format, dump, epoch_seconds, read_count, read_object, stamp, waited
+from kiq.payload import (
+    check_format,
+    dump,
+    epoch_seconds,
+    job_data,
+    job_name,
+    read_count,
+    read_object,
+    stamp,
+    waited,
+)
 from kiq.retry import TRIM_DEAD, decode_backtrace
 from kiq.scheduler import MOVE, move_call
 from kiq.shards import SINGLE, Shard, Shards
@@ -77,6 +87,20 @@ class Job:
     @property
     def job_class(self) -> str:
         return str(self.payload.get("class", ""))
+
+    @property
+    def display_class(self) -> str:
+        """The class a person knows the job by: an Active Job's own class, not Rails' wrapper
+        (Sidekiq's ``display_class``)."""
+        return job_name(self.payload) if isinstance(self.payload.get("class"), str) else self.job_class
+
+    @property
+    def display_args(self) -> list[Any]:
+        """The arguments as the job's ``perform`` gets them: an Active Job's ``arguments``, not
+        the wrapper's one hash (Sidekiq's ``display_args``)."""
+        data = job_data(self.payload)
+        arguments = data.get("arguments") if data is not None else None
+        return arguments if isinstance(arguments, list) else self.args
 
     @property
     def queue(self) -> str:

@@ -388,6 +388,15 @@ def test_find_tells_where_a_job_is_and_exits_1_when_it_is_nowhere(redis_server, 
     assert taken.stdout.startswith("taken by web-1:101:0a0a0a0a0a0a (about to start")
 
 
+def test_an_active_job_is_listed_by_its_own_class_and_arguments(redis_server, r):
+    wrapped = {"class": "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "wrapped": "HelloJob",
+               "args": [{"job_class": "HelloJob", "arguments": ["World", 7], "queue_name": "default"}]}
+    r.zadd("retry", {dump(sidekiq_failure(1, **wrapped)): NOW + 60})
+    listing, shown = outputs(redis_server.url, ["retries"], ["retries", "show", jid(1)])
+    assert "HelloJob" in listing and '["World", 7]' in listing and "JobWrapper" not in listing
+    assert "class       HelloJob\n" in shown and 'args        ["World", 7]' in shown
+
+
 ESCAPES = "\x1b]0;owned\x07\x1b[2J\u202e"  # retitle and clear the terminal, reverse the text
 
 

@@ -111,6 +111,21 @@ def test_a_job_page_shows_every_field_the_error_and_the_backtrace(web, r):
         assert text in html, text
 
 
+ACTIVE_JOB = {"class": "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper", "wrapped": "HelloJob",
+              "args": [{"job_class": "HelloJob", "job_id": "a1", "arguments": ["World", 7],
+                        "queue_name": "default", "executions": 0}]}
+
+
+def test_an_active_job_is_shown_by_its_own_class_and_arguments_as_sidekiq_shows_it(web, r):
+    add(r, "retry", (failure(31, **ACTIVE_JOB), time.time() + 60))
+    push(r, "default", job(32, **ACTIVE_JOB))
+    for url in ("/retries", "/queues/default"):
+        html = page(web, url)
+        assert "HelloJob" in html and "&#34;World&#34;, 7" in html and "JobWrapper" not in html, url
+    html = page(web, f"/retries/{key(r, 'retry', 31)}")  # its stored hash, shown whole below, names both
+    assert "<h1>HelloJob " in html and re.search(r"\[\s*&#34;World&#34;,\s*7\s*\]", html), html
+
+
 def test_a_job_page_says_when_no_backtrace_was_kept_and_404s_for_a_gone_job(web, r):
     add(r, "dead", (failure(40), time.time()))
     assert "none kept" in page(web, f"/dead/{key(r, 'dead', 40)}")
