@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import os
 import re
 import threading
@@ -27,6 +28,7 @@ from redis.exceptions import (
     AuthenticationWrongNumberOfArgsError,
     AuthorizationError,
     NoPermissionError,
+    OutOfMemoryError,
     RedisClusterException,
 )
 from redis.retry import Retry
@@ -40,6 +42,7 @@ BLOCKING_SOCKET_TIMEOUT = 10.0
 SENTINEL_SCHEMES = ("sentinel://", "redis+sentinel://")
 CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
 RETRY_PAUSE_MAX = 5.0
+HINT_REPEAT = 60.0  # seconds within which the same refusal, back again, is not said again
 ENCODE_PASSWORD = "a password in the Redis URL must percent-encode / ? # as %2F %3F %23"
 LOGIN_REFUSED = (AuthenticationError, AuthorizationError, AuthenticationWrongNumberOfArgsError)
 ACCESS_CHECK = "return redis.call('DEL', KEYS[1])"
@@ -473,13 +476,16 @@ def refusal(error: BaseException) -> str | None:
     """What to check when ``error`` is Redis refusing kiq rather than being out of reach, else None.
 
     A wrong password, an unknown or disabled ACL user, a user name sent to a Redis without
-    ACLs (``WRONGPASS``, ``NOAUTH``, ``ERR AUTH``), or a user without a command, key or
-    channel that kiq needs (``NOPERM``).
+    ACLs (``WRONGPASS``, ``NOAUTH``, ``ERR AUTH``), a user without a command, key or channel
+    that kiq needs (``NOPERM``), or a Redis at its ``maxmemory`` (``OOM``).
     """
     if isinstance(error, LOGIN_REFUSED):
         return "redis refused the login: check the password and the ACL user in the Redis URL"
     if isinstance(error, NoPermissionError):
         return "redis refused a command: check the ACL user's permissions (commands, keys and channels)"
+    if isinstance(error, OutOfMemoryError):
+        return ("redis refuses writes at its maxmemory: raise maxmemory, free memory, or use noeviction "
+                "with room for kiq's keys; jobs wait in Redis meanwhile")
     return None
 
 
@@ -567,15 +573,22 @@ class Outage:
         self.what = what
         self.down = False
         self.log = log.get("kiq.redis")
+        self._hint = ""  # the last refusal said, and when
+        self._hint_at = -math.inf
+        self._quiet = False  # this outage repeats that refusal: neither it nor its end is logged
 
     def failed(self, error: Exception, pause: float = 0.0) -> float:
-        """Note a failed call; returns the next pause after ``pause``."""
+        """Note a failed call; returns the next pause after ``pause``. A refusal that comes and
+        goes (a Redis at maxmemory refuses one write, takes the next) is said once a minute."""
         if not self.down:
             self.down = True
             hint = refusal(error) or wrong_type(error)
-            if hint:
+            now = time.monotonic()
+            self._quiet = bool(hint) and hint == self._hint and now - self._hint_at < HINT_REPEAT
+            if hint and not self._quiet:
+                self._hint, self._hint_at = hint, now
                 self.log.error(hint + "; retrying", where=self.what, error=said(error))
-            else:
+            elif not hint:
                 self.log.warning("redis unavailable, retrying", where=self.what, error=said(error))
         return min(RETRY_PAUSE_MAX, max(0.1, pause * 2))
 
@@ -583,7 +596,8 @@ class Outage:
         """Note a call that worked; returns the pause to start from next time (none)."""
         if self.down:
             self.down = False
-            self.log.info("redis available again", where=self.what)
+            if not self._quiet:
+                self.log.info("redis available again", where=self.what)
         return 0.0
 
     def attempt(self, action: Callable[[], T]) -> T | None:

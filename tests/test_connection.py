@@ -456,3 +456,43 @@ def test_no_sentinel_answering_is_one_short_line(tmp_path):
     [line] = result.stderr.strip().splitlines()
     assert "No master found for 'kiqprimary'" in line and "no Sentinel named its primary" in line
     assert len(line) < 200, line
+
+
+class Said:
+    """Stands in for an Outage's logger: the level and event of each line."""
+
+    def __init__(self) -> None:
+        self.lines: list[tuple[str, str]] = []
+
+    def info(self, event: str, **fields: object) -> None:
+        self.lines.append(("info", event))
+
+    def warning(self, event: str, **fields: object) -> None:
+        self.lines.append(("warning", event))
+
+    def error(self, event: str, **fields: object) -> None:
+        self.lines.append(("error", event))
+
+
+def test_a_redis_at_maxmemory_is_said_once_a_minute_not_at_every_refused_write(redis_server, r):
+    """A Redis at maxmemory with noeviction refuses one write and takes the next (a script that
+    extends an expiry first): the worker said "unavailable" and "available again" every beat."""
+    from kiq.connection import Outage, refusal
+
+    r.set("ballast", "x" * 2_000_000)
+    r.config_set("maxmemory-policy", "noeviction")
+    r.config_set("maxmemory", "1mb")
+    with pytest.raises(redis.exceptions.OutOfMemoryError) as refused:
+        r.set("more", "x")
+    r.config_set("maxmemory", "0")
+    said = Said()
+    outage = Outage("fetch")
+    outage.log = said
+    for _ in range(5):
+        outage.failed(refused.value)
+        outage.recovered()
+    hint = refusal(refused.value)
+    assert hint is not None and "maxmemory" in hint
+    assert said.lines == [("error", hint + "; retrying"), ("info", "redis available again")]
+    outage.failed(redis.ConnectionError("gone"))  # another kind of outage is said as it comes
+    assert said.lines[-1] == ("warning", "redis unavailable, retrying")
