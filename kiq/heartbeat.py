@@ -49,20 +49,27 @@ def capsule(queues: Sequence[tuple[str, int]], strict: bool, concurrency: int) -
 
 # KEYS: IDENTITY, IDENTITY:work, IDENTITY:workers, processes, kiq:wip, IDENTITY-signals.
 # ARGV: identity, TTL in ms, "1" to create the entry (the first beat) or "0", info, busy, beat,
-# quiet, rss, rtt_us, prefetched, how many kiq:wip members follow, the members, then the running
-# jobs as (thread id, JSON) pairs. Returns {0} if the entry had expired (and "0"), else {1, the oldest
-# remote signal or false}.
+# quiet, rss, rtt_us, prefetched, "1" if the running jobs are those the last beat wrote (none
+# follow) or "0", how many kiq:wip members follow, the members, then the running jobs as
+# (thread id, JSON) pairs. Returns {0} if the entry had expired (and "0"), {2} if the running
+# jobs were to be kept but their hash is gone (a restart, a flush: send them again), else {1,
+# the oldest remote signal or false}.
 # The TTL is extended first: a write that Redis accepts even at ``maxmemory``, after which the
 # script's other writes are accepted too, so liveness never hangs on one refused write.
 BEAT = """
 local key, ttl = KEYS[1], tonumber(ARGV[2])
 if redis.call('PEXPIRE', key, ttl) == 0 and ARGV[3] == '0' then return {0} end
-local members = tonumber(ARGV[11])
-for w = 2, 3 do
-  local work = KEYS[w]
-  redis.call('UNLINK', work)
-  for i = 12 + members, #ARGV, 2 do redis.call('HSET', work, ARGV[i], ARGV[i + 1]) end
-  if #ARGV >= 12 + members then redis.call('PEXPIRE', work, 2 * ttl) end
+local members = tonumber(ARGV[12])
+if ARGV[11] == '1' then
+  if redis.call('EXISTS', KEYS[2]) == 0 then return {2} end
+  for w = 2, 3 do redis.call('PEXPIRE', KEYS[w], 2 * ttl) end
+else
+  for w = 2, 3 do
+    local work = KEYS[w]
+    redis.call('UNLINK', work)
+    for i = 13 + members, #ARGV, 2 do redis.call('HSET', work, ARGV[i], ARGV[i + 1]) end
+    if #ARGV >= 13 + members then redis.call('PEXPIRE', work, 2 * ttl) end
+  end
 end
 -- pcall from here on: a key of another type, written by anything with access to Redis, must
 -- not stop the beat (the entry's expiry, extended above, is what keeps the worker's jobs).
@@ -70,7 +77,7 @@ redis.pcall('SADD', KEYS[4], ARGV[1])
 redis.pcall('HSET', key, 'info', ARGV[4], 'busy', ARGV[5], 'beat', ARGV[6], 'quiet', ARGV[7],
   'rss', ARGV[8], 'rtt_us', ARGV[9], 'prefetched', ARGV[10])
 redis.call('PEXPIRE', key, ttl)
-for i = 12, 11 + members do redis.pcall('SADD', KEYS[5], ARGV[i]) end
+for i = 13, 12 + members do redis.pcall('SADD', KEYS[5], ARGV[i]) end
 local signal = redis.pcall('RPOP', KEYS[6])
 if type(signal) == 'table' then signal = false end
 return {1, signal}
@@ -127,20 +134,30 @@ class Heartbeat:
         self._keys = [keys.process(ident), keys.work(ident), keys.workers(ident), keys.processes,
                       keys.wip_registry, keys.signals(ident)]
         self._script = conn.register_script(BEAT)
+        self._written: list[str] = []  # the running jobs the last beat wrote, while they run
 
     def beat(self, quiet: bool, create: bool = False) -> str | None:
         """Refresh the entry; raises Lapsed if it had expired, unless ``create`` (the first beat).
 
         The running jobs are kept twice the TTL: a master sweeping this process after its entry
-        expired reads them to tell running jobs from prefetched ones (kiq.recovery)."""
+        expired reads them to tell running jobs from prefetched ones (kiq.recovery). They are
+        written when they change, and only kept alive otherwise: a job of megabytes, written
+        again at every beat, held Redis for a moment each time."""
         work = [item for tid, job in self.running().items() for item in (tid, json.dumps(job))]
         started = time.monotonic()
         self.conn.ping()
         rtt_us = int((time.monotonic() - started) * 1_000_000)
-        args: list[Any] = [self.identity, self.ttl_ms, "1" if create else "0", self.info, len(work) // 2,
+        head: list[Any] = [self.identity, self.ttl_ms, "1" if create else "0", self.info, len(work) // 2,
                            time.time(), "true" if quiet else "false", rss_kb(), rtt_us,
-                           json.dumps(self.prefetched()), len(self.wip), *self.wip, *work]
+                           json.dumps(self.prefetched())]
+        tail: list[Any] = [len(self.wip), *self.wip]
+        kept = bool(work) and work == self._written
+        self._written = []  # unknown until Redis answers
+        args = [*head, "1", *tail] if kept else [*head, "0", *tail, *work]
         reply = self._script(keys=self._keys, args=args)
+        if reply[0] == 2:  # the hash of the running jobs was gone
+            reply = self._script(keys=self._keys, args=[*head, "0", *tail, *work])
         if reply[0] == 0:
             raise Lapsed(self.identity)
+        self._written = work
         return reply[1]  # type: ignore[no-any-return]

@@ -149,6 +149,27 @@ def test_finished_jobs_leave_work_and_workers(r, beat, running):
     assert r.hget(IDENT, "busy") == "0"
 
 
+def test_running_jobs_are_written_when_they_change_and_only_kept_alive_between(r, beat, running):
+    """A job of megabytes written again at every beat held Redis for half a second each time."""
+    big = '{"args":["' + "x" * 100_000 + '"]}'
+    running.jobs = {"processor-0": {"queue": "q", "payload": big, "run_at": 1}}
+    beat.beat(create=True, quiet=False)
+    for key in (f"{IDENT}:work", f"{IDENT}:workers"):
+        r.hset(key, "marker", "left by the test")  # a rewrite would drop it
+        r.expire(key, 30)
+    beat.beat(quiet=False)
+    for key in (f"{IDENT}:work", f"{IDENT}:workers"):
+        assert r.hget(key, "marker") == "left by the test" and r.ttl(key) > 100
+    r.delete(f"{IDENT}:work", f"{IDENT}:workers")  # a Redis restarted without its data, a flush
+    beat.beat(quiet=False)
+    for key in (f"{IDENT}:work", f"{IDENT}:workers"):
+        assert {tid: json.loads(value) for tid, value in r.hgetall(key).items()} == running.jobs
+    r.hset(f"{IDENT}:work", "marker", "left by the test")
+    running.jobs["processor-1"] = {"queue": "q", "payload": "{}", "run_at": 2}
+    beat.beat(quiet=False)
+    assert set(r.hkeys(f"{IDENT}:work")) == {"processor-0", "processor-1"}
+
+
 def test_remote_signals_come_back_in_the_order_sent(r, beat):
     # Sidekiq's Web UI (Sidekiq::Process#signal) LPUSHes; the process pops from the other end.
     r.lpush(f"{IDENT}-signals", "TSTP")
