@@ -25,6 +25,7 @@ background until it can.
 
 from __future__ import annotations
 
+import fcntl
 import glob
 import os
 import re
@@ -40,7 +41,7 @@ import redis
 from prometheus_client import CollectorRegistry, make_wsgi_app, multiprocess
 from prometheus_client.core import GaugeMetricFamily
 
-from kiq import log
+from kiq import log, metrics
 from kiq.connection import members
 from kiq.heartbeat import prefetched_by_queue
 from kiq.keys import Keys
@@ -159,6 +160,10 @@ class Samples:
         self.path = path
 
     def collect(self) -> Any:
+        with metrics.folder_lock(self.path, fcntl.LOCK_SH):  # no dead process half archived
+            return self._merge()
+
+    def _merge(self) -> Any:
         files = []
         for name in glob.glob(os.path.join(self.path, "*.db")):
             live = LIVE_FILE.fullmatch(os.path.basename(name))

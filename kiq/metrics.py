@@ -12,10 +12,14 @@ registry (anything else is ``(unknown)``), restart reasons from a fixed list.
 from __future__ import annotations
 
 import bisect
+import contextlib
+import fcntl
 import os
 import threading
+from collections.abc import Iterator
 
 from prometheus_client import Counter, Gauge, Histogram, multiprocess
+from prometheus_client.mmap_dict import MmapedDict
 
 from kiq import log
 from kiq.execution import Tallies, Tally
@@ -25,6 +29,7 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
                     60.0, 120.0, 300.0, 600.0)
 RESTART_REASONS = ("crash", "memory", "max_jobs", "reload", "timeout", "unresponsive")
 UNKNOWN_CLASS = "(unknown)"
+ARCHIVED = ("counter", "histogram")  # the kinds whose totals outlive their process
 
 processed = Counter("kiq_jobs_processed", "Jobs that finished running, whatever the outcome.",
                     ["queue", "class"])
@@ -128,7 +133,44 @@ def _write(pending: dict[tuple[str, str], _Counts]) -> None:
 
 
 def mark_dead(pid: int) -> None:
-    """Drop a dead process's live gauges so they stop counting."""
+    """Drop a dead process's live gauges so they stop counting, and fold its counts into the
+    folder's archive (``archive``)."""
     path = os.environ.get(ENV)
     if path:
         multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+        archive(pid, path)
+
+
+def archive(pid: int, path: str) -> None:
+    """Add a dead process's counters and histograms to the folder's archive files and remove
+    its own: every worker that ever ran left its files, and every scrape reads them all, so a
+    master that recycles workers for days would scrape ever more slowly.
+
+    The exclusive lock keeps a scrape (``folder_lock``, shared) from reading the archive after
+    the addition and the process's file before its removal, which would count it twice; and
+    two supervisors (a reload's) from writing the archive at once."""
+    with folder_lock(path, fcntl.LOCK_EX):
+        for kind in ARCHIVED:
+            dead = os.path.join(path, f"{kind}_{pid}.db")
+            try:
+                values = MmapedDict.read_all_values_from_file(dead)  # type: ignore[no-untyped-call]
+            except FileNotFoundError:
+                continue
+            total = MmapedDict(os.path.join(path, f"{kind}_archive.db"))  # type: ignore[no-untyped-call]
+            try:
+                for key, value, timestamp, _ in values:
+                    total.write_value(key, total.read_value(key)[0] + value, timestamp)  # type: ignore[no-untyped-call]
+            finally:
+                total.close()  # type: ignore[no-untyped-call]
+            os.remove(dead)
+
+
+@contextlib.contextmanager
+def folder_lock(path: str, kind: int) -> Iterator[None]:
+    """An flock on the metrics folder's lock file: shared for a scrape, exclusive to archive."""
+    fd = os.open(os.path.join(path, ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, kind)
+        yield
+    finally:
+        os.close(fd)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -28,6 +29,11 @@ def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
         for sample in family.samples:
             found[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
     return found
+
+
+def total(text: str, name: str) -> float:
+    """The sum of a metric's samples over all their labels."""
+    return sum(found for (sample, _), found in samples(text).items() if sample == name)
 
 
 def value(text: str, name: str, **labels: str) -> float:
@@ -283,3 +289,26 @@ def test_a_scrape_needs_no_fork_lock(redis_server, tmp_path, monkeypatch):
     assert lock.acquire(blocking=False), "the scrape holds the fork lock while it reads"
     lock.release()
     assert len(list(collecting)) > 5
+
+
+def test_recycled_workers_leave_their_counts_in_one_archive_not_a_file_each(start_kiq, client, r):
+    """Each worker that ever ran left its counter and histogram files, which every scrape reads:
+    a master that recycles workers for days scraped ever more slowly. A reaped worker's counts
+    go into the folder's archive, and its files away; the totals stay whole."""
+    import sample_jobs
+
+    port = free_port()
+    kiq = start_kiq(processes=1, concurrency=2, max_jobs=4, metrics={"host": "127.0.0.1", "port": port})
+    kiq.wait_workers(1)
+    folder = samples_folder(kiq.pid)
+    for n in range(30):
+        sample_jobs.RecordJob.perform_later(f"j{n}")
+    wait_for(lambda: r.llen("results") == 30, timeout=60)
+    text = wait_for(lambda: (t := scrape(port)) and total(t, "kiq_jobs_processed_total") == 30 and t,
+                    timeout=20)
+    assert value(text, "kiq_worker_restarts_total", reason="max_jobs") >= 2
+    assert total(text, "kiq_job_duration_seconds_count") == 30
+    owners = {int(found[1]) for name in os.listdir(folder)
+              if (found := re.fullmatch(r"(?:counter|histogram)_(\d+)\.db", name))}
+    assert all(os.path.exists(f"/proc/{pid}") for pid in owners), owners  # only live processes' files
+    assert os.path.exists(os.path.join(folder, "counter_archive.db"))
