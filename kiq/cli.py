@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import fcntl
+import glob
 import os
 import shutil
 import sys
 import tempfile
+import time
 from typing import Any
 
 import click
 
 from kiq import __version__, exits, log
 from kiq.config import ConfigError, load
+
+SAMPLES_PREFIX = "kiq-metrics-"
+OWNER = ".owner"  # the lock file a master's samples folder is known to be in use by
+ABANDONED_AFTER = 60.0  # seconds: a samples folder younger than this is never judged abandoned
 
 
 @click.group()
@@ -42,12 +49,37 @@ def start(config_path: str | None, queues: tuple[str, ...], require: tuple[str, 
     # anything imports prometheus_client, hence before kiq.master.
     if "prometheus_client" in sys.modules:
         raise RuntimeError("prometheus_client was imported before its multiprocess directory was set")
-    samples = tempfile.mkdtemp(prefix="kiq-metrics-")
+    remove_abandoned_samples(tempfile.gettempdir())
+    samples = tempfile.mkdtemp(prefix=SAMPLES_PREFIX)
+    owner = os.open(os.path.join(samples, OWNER), os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(owner, fcntl.LOCK_SH)  # held for as long as this master runs (and by its children)
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = samples
     try:
         _start(config_path, queues, require, flags)
     finally:
         shutil.rmtree(samples, ignore_errors=True)
+        os.close(owner)
+
+
+def remove_abandoned_samples(folder: str) -> None:
+    """Remove the samples folders of masters that were killed (SIGKILL, a crash) before they
+    could: nothing holds their owner lock any more. A live master's (or, with its master
+    killed, its workers'), in this or another container sharing the folder, is locked, and
+    left."""
+    for path in glob.glob(os.path.join(folder, SAMPLES_PREFIX + "*")):
+        try:
+            if time.time() - os.stat(path).st_mtime < ABANDONED_AFTER:
+                continue  # a master starting may not hold its lock yet
+            fd = os.open(os.path.join(path, OWNER), os.O_RDWR)
+        except OSError:  # gone, or not ours to judge (another user's, an older kiq's without an owner)
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # its master (or one of its workers) runs
+        finally:
+            os.close(fd)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _start(config_path: str | None, queues: tuple[str, ...], require: tuple[str, ...],

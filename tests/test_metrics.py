@@ -9,6 +9,8 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
+import time
 import urllib.request
 
 import pytest
@@ -312,3 +314,31 @@ def test_recycled_workers_leave_their_counts_in_one_archive_not_a_file_each(star
               if (found := re.fullmatch(r"(?:counter|histogram)_(\d+)\.db", name))}
     assert all(os.path.exists(f"/proc/{pid}") for pid in owners), owners  # only live processes' files
     assert os.path.exists(os.path.join(folder, "counter_archive.db"))
+
+
+def test_the_samples_folders_of_killed_masters_are_removed_at_start(tmp_path):
+    """A master killed with SIGKILL leaves its samples folder in /tmp; the next start removes
+    those that no process holds, and leaves a live master's (locked, here by another process),
+    a folder made a moment ago (its master may not hold the lock yet) and one it cannot judge."""
+    from kiq.cli import OWNER, remove_abandoned_samples
+
+    folders = {name: tmp_path / f"kiq-metrics-{name}" for name in ("abandoned", "live", "young", "no-owner")}
+    for name, folder in folders.items():
+        folder.mkdir()
+        if name != "no-owner":
+            (folder / OWNER).touch()
+        (folder / "counter_1.db").touch()
+        if name != "young":
+            os.utime(folder, (time.time() - 3600, time.time() - 3600))
+    hold = ("import fcntl, os, sys, time\nfd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "fcntl.flock(fd, fcntl.LOCK_SH)\nprint('locked', flush=True)\ntime.sleep(60)")
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(folders["live"] / OWNER)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        remove_abandoned_samples(str(tmp_path))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "kiq-metrics-live", "kiq-metrics-no-owner", "kiq-metrics-young"]
