@@ -48,6 +48,7 @@ from kiq.sweep import Sweeper
 
 MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN,
                   signal.SIGTTOU, signal.SIGTSTP, signal.SIGUSR1)
+WORKER_CONNECTIONS = 4  # a worker's connections to Redis besides one per queue (fetch, heartbeat...)
 MASTER_ONLY = ("namespace", "metrics_host", "metrics_port", "sidekiq_format")
 
 
@@ -390,6 +391,7 @@ class Master:
             try:
                 check_access(conn, keys.access_check, keys.schedule_channel)
                 self._check_eviction(conn)
+                self._check_clients(conn)
             except redis.RedisError as error:
                 hint = refusal(error)
                 if hint:
@@ -419,6 +421,21 @@ class Master:
             return
         if policy and policy != "noeviction":
             self.log.warning("redis may evict jobs: set maxmemory-policy to noeviction", policy=policy)
+
+    def _check_clients(self, conn: redis.Redis) -> None:
+        """Warn when this master's workers would hold half of Redis's ``maxclients`` or more: each
+        worker holds a blocking connection per queue it watches while idle (kiq.watch), beside
+        its fetcher's and heartbeat's, and at the limit Redis refuses every other client: the
+        apps that enqueue, ``kiq stats``."""
+        try:
+            limit = int(conn.config_get("maxclients").get("maxclients") or 0)
+        except (redis.ResponseError, ValueError):  # CONFIG is disabled on some managed services
+            return
+        needed = self.config.processes * (len(self.config.queues) + WORKER_CONNECTIONS)
+        if limit and needed * 2 > limit:
+            self.log.warning("this master's workers would hold half of redis's maxclients or more: serve "
+                             "fewer queues per worker, run fewer processes, or raise maxclients",
+                             connections=needed, maxclients=limit)
 
     def _title(self) -> None:
         if not self.booted:
