@@ -5,7 +5,8 @@ parents' callbacks, which run before its own. ``before_*`` callbacks run in
 the order they were defined, ``around_*`` ones nest with the first defined
 outermost, and ``after_*`` ones run in reverse order, so the last set up is
 the first torn down. An ``around_*`` callback receives ``block`` and must
-call it to go on.
+call it to go on. ``after_discard`` callbacks get the error of a job that will
+not run again (Active Job's, and Sidekiq's ``sidekiq_retries_exhausted``).
 
 ``retry_on`` and ``discard_on`` are class decorators. They decide what a
 failure means before kiq's own retry policy (the job's ``retry``) does:
@@ -30,7 +31,7 @@ C = TypeVar("C", bound=type)
 Wait = float | dt.timedelta | str | Callable[[int], float]
 
 PHASES = ("enqueue", "perform")
-KINDS = tuple(f"{when}_{phase}" for phase in PHASES for when in ("before", "around", "after"))
+KINDS = (*(f"{when}_{phase}" for phase in PHASES for when in ("before", "around", "after")), "after_discard")
 MARK = "_kiq_callback"
 
 
@@ -50,6 +51,9 @@ after_enqueue = _marker("after_enqueue")
 before_perform = _marker("before_perform")
 around_perform = _marker("around_perform")
 after_perform = _marker("after_perform")
+after_discard = _marker("after_discard")
+after_discard.__doc__ = ("Mark a job method as called with the error when the job will not run again: "
+                         "discarded by discard_on, dropped (retry = False), or sent to the dead set.")
 
 
 def collect(cls: type) -> dict[str, list[str]]:

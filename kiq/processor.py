@@ -111,6 +111,8 @@ def attempt(job: Job) -> Outcome:
         outcome = failed(type(job), job.payload, error, job.queue_name)
         logger.warning("fail", elapsed_ms=elapsed, error=describe(error), exc_info=error,
                        **_fate(outcome, job.payload))
+        if outcome.action in ("", "dead"):
+            discarded(job, error)
         return outcome
     _end_if_forked()
     if log.enabled(logging.INFO) and (not job.timeout or still_ours()):
@@ -141,6 +143,16 @@ def _end_if_forked() -> None:
         os._exit(0)
 
 
+def discarded(job: Job, error: BaseException) -> None:
+    """Call the job's ``after_discard`` callbacks: it will not run again (discarded, dropped, or
+    dead). One that raises is logged; the others still run, and the job's fate stands."""
+    for name in type(job)._kiq_callbacks["after_discard"]:
+        try:
+            getattr(job, name)(error)
+        except BaseException:  # the app's own code
+            logger.exception("an after_discard callback raised", callback=name)
+
+
 def _ours() -> bool:
     return True
 
@@ -153,7 +165,12 @@ sets its own (``Worker._ending``); elsewhere no timeout is watched."""
 def execute(job_class: type[Job], payload: dict[str, Any]) -> Any:
     """Rebuild the job from its payload and run it with the app's middleware and its callbacks,
     without kiq's own members (the inline and test adapters); raises what the job raises."""
-    return perform(_job(job_class, payload, str(payload.get("queue") or job_class.queue)))
+    return perform(build(job_class, payload))
+
+
+def build(job_class: type[Job], payload: dict[str, Any]) -> Job:
+    """The job of ``payload`` as a local adapter runs it, in the queue its payload names."""
+    return _job(job_class, payload, str(payload.get("queue") or job_class.queue))
 
 
 def perform(job: Job) -> Any:

@@ -149,13 +149,14 @@ class RecordingAdapter(TestAdapter):
         ``discard_on`` drops the job; ``retry_on`` enqueues it again, due after its
         wait, until its attempts are used up. Either way the job counts as performed.
         """
-        from kiq.processor import error_name, execute
+        from kiq.processor import build, discarded, error_name, perform
 
         record = JobRecord(payload)
         if record.job is None:
             raise LookupError(f"no job class registered as {record.job_name!r}")
+        job = build(record.job, payload)
         try:
-            execute(record.job, payload)
+            perform(job)
         except Exception as error:
             decision, delay = callbacks.decide(record.job, error, payload)
             if decision == "default":
@@ -171,6 +172,7 @@ class RecordingAdapter(TestAdapter):
                 self.accept(again)
                 return
             self.performed.append(payload)
+            discarded(job, error)
             return
         self.performed.append(payload)
 

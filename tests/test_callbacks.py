@@ -10,6 +10,7 @@ import pytest
 import kiq
 from kiq import adapters
 from kiq.callbacks import (
+    after_discard,
     after_enqueue,
     after_perform,
     around_enqueue,
@@ -267,7 +268,7 @@ class RetryingChildJob(DiscardingParentJob):
 
 def outcome_of(job: type[kiq.Job], error: str, runs: int = 1) -> list[str]:
     """What became of each of ``runs`` failing runs of ``job``, the payload carried along."""
-    payload = build_payload(job.job_name, [error], retry=True)
+    payload = build_payload(job.job_name, [error], retry=job.retry)
     seen = []
     for _ in range(runs):
         outcome = handle(job, payload, "default")
@@ -308,6 +309,46 @@ def test_rules_refuse_what_no_failure_could_match_where_they_are_written():
     for attempts in ("forever", 0, 2.5, True):
         with pytest.raises(ValueError, match="attempts is a whole number from 1, or 'unlimited'"):
             retry_on(Timeout, attempts=attempts)
+
+
+@discard_on(Gone)
+@retry_on(Timeout, attempts=2, wait=0, jitter=0)
+class DiscardNotedJob(kiq.Job):
+    retry = 1
+
+    @after_discard
+    def note(self, error: BaseException) -> None:
+        calls.append(f"discarded {self.arguments[0]} after {type(error).__name__}")
+
+    @after_discard
+    def broken(self, error: BaseException) -> None:
+        raise RuntimeError("a callback that fails")
+
+    def perform(self, error: str) -> None:
+        raise {"timeout": Timeout, "gone": Gone, "other": ValueError}[error](error)
+
+
+def test_after_discard_runs_when_the_job_will_not_run_again():
+    """Active Job's after_discard (and Sidekiq's retries_exhausted): on discard_on, and once the
+    retries are spent and the job goes to the dead set; not while it will be retried. A callback
+    that raises is logged, and the others still run."""
+    assert outcome_of(DiscardNotedJob, "gone") == ["discard"]
+    assert calls == ["discarded gone after Gone"]
+    calls.clear()
+    assert outcome_of(DiscardNotedJob, "other", 2) == ["retry", "dead"]  # retry = 1
+    assert calls == ["discarded other after ValueError"]
+    calls.clear()
+    assert outcome_of(DiscardNotedJob, "timeout", 2) == ["retry", "dead"]  # retry_on spent, then retry = 1
+    assert calls == ["discarded timeout after Timeout"]
+
+
+def test_after_discard_runs_in_the_test_adapter_too():
+    from kiq.testing import test_adapter
+
+    with test_adapter() as jobs:
+        DiscardNotedJob.perform_later("gone")
+        jobs.perform_enqueued_jobs()
+    assert calls == ["discarded gone after Gone"]
 
 
 def test_wait_forms():
