@@ -301,7 +301,7 @@ def describe(job: Job, when: str) -> str:
     if job.backtrace:
         lines += ["backtrace   (innermost first)", *(f"  {printable(frame)}" for frame in job.backtrace)]
     elif job.error and (job.payload or {}).get("backtrace"):
-        lines.append("backtrace   none: nothing the job raised (a timeout, a class no worker knew)")
+        lines.append("backtrace   none: nothing the job raised (a class no worker knew)")
     elif job.error:
         lines.append("backtrace   none kept (set backtrace = True on the job class to keep one)")
     return "\n".join(lines)

@@ -78,11 +78,13 @@ def prepare(queue: str, raw: str) -> tuple[type[Job], dict[str, Any]] | Outcome:
     return outcome
 
 
-def timed_out(payload: dict[str, Any], seconds: float, queue: str, name: str) -> Outcome:
-    """The outcome of a job that ran past its class's ``timeout``: a failure like any other.
+def timed_out(payload: dict[str, Any], seconds: float, queue: str, name: str,
+              frames: list[str] | None = None) -> Outcome:
+    """The outcome of a job that ran past its class's ``timeout``: a failure like any other,
+    whose backtrace (when its class keeps one) is where its thread was then, ``frames``.
     Its ``fail`` line is written by the timeout watch's thread: it names the job itself."""
     message = f"job ran longer than its timeout of {seconds:g}s"
-    outcome = retry.failure(payload, "kiq.JobTimeout", message, queue=queue)
+    outcome = retry.failure(payload, "kiq.JobTimeout", message, queue=queue, frames=frames)
     fields = {"jid": payload["jid"], "queue": queue, "class": name}
     logger.warning("fail", error=f"kiq.JobTimeout: {message}", **fields, **_fate(outcome, payload))
     return outcome

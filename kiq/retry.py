@@ -79,7 +79,7 @@ def max_retries(retry: Any) -> int | None:
 
 def failure(job: dict[str, Any], error_class: str, message: str, now: float | None = None,
             delay: float | None = None, error: BaseException | None = None, kept: bool = False,
-            queue: str | None = None) -> Outcome:
+            queue: str | None = None, frames: list[str] | None = None) -> Outcome:
     """Record a failure in ``job`` (mutated) and decide between retry, dead and drop.
 
     A retry goes to the job's ``retry_queue``, else to ``queue``, the queue it was taken from,
@@ -90,7 +90,8 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
     to the backoff. ``error`` gives the backtrace a job's ``backtrace`` option asks for, and
     goes with the outcome. ``kept`` (a job no worker here could run) ignores the job's own
     ``retry``, ``retry_for`` and ``dead: false``, which are its class's to apply: it gets the
-    default tries, then the dead set, and is never dropped.
+    default tries, then the dead set, and is never dropped. ``frames`` (innermost first) stand
+    for the backtrace of a failure that raised nothing: a timeout.
     """
     now = time.time() if now is None else now
     if delay is not None and not 0 <= delay <= MAX_DELAY:  # also false for NaN
@@ -106,8 +107,12 @@ def failure(job: dict[str, Any], error_class: str, message: str, now: float | No
     job["error_message"] = scrubbed(message[:MAX_MESSAGE])
     job["error_class"] = scrubbed(error_class)
     lines = job.get("backtrace")
-    if error is not None and (lines is True or (type(lines) is int and lines > 0)):
-        job["error_backtrace"] = compress_backtrace(error, None if lines is True else lines)
+    if lines is True or (type(lines) is int and lines > 0):
+        kept_lines = None if lines is True else lines
+        if error is not None:
+            job["error_backtrace"] = compress_backtrace(error, kept_lines)
+        elif frames:  # where a job was when its timeout failed it, innermost first
+            job["error_backtrace"] = encode_backtrace(frames[:kept_lines])
     previous = job.get("retry_count")
     if type(previous) is int:  # -1 after a manual retry, which gives a try back (as in Sidekiq)
         job["retry_count"] = min(max(previous + 1, 0), MAX_COUNT)

@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
@@ -95,12 +96,20 @@ class JobMetrics(middleware.Middleware):
         return outcome
 
 
+def _frames(ident: int) -> list[str]:
+    """Where the thread ``ident`` is now, innermost frame first, as Sidekiq writes backtraces."""
+    frame = sys._current_frames().get(ident)
+    stack = traceback.extract_stack(frame) if frame is not None else []
+    return [f"{each.filename}:{each.lineno}:in {each.name}" for each in reversed(stack)]
+
+
 class Running:
     """A job on a processor thread; ``abandoned`` once its timeout failed it."""
 
-    __slots__ = ("abandoned", "job_class", "payload", "run_at", "started", "unit")
+    __slots__ = ("abandoned", "ident", "job_class", "payload", "run_at", "started", "unit")
 
     def __init__(self, unit: Unit, payload: dict[str, Any], job_class: type[Job]) -> None:
+        self.ident = threading.get_ident()  # made on the job's own thread
         self.unit = unit
         self.payload = payload
         self.job_class = job_class
@@ -385,7 +394,8 @@ class Worker:
             timeout = state.job_class.timeout
             assert timeout is not None
             try:
-                outcome = timed_out(state.payload, timeout, state.unit.queue, state.job_class.job_name)
+                outcome = timed_out(state.payload, timeout, state.unit.queue, state.job_class.job_name,
+                                    _frames(state.ident))
             except Exception as error:
                 outcome = unhandled(state.unit.queue, state.unit.payload, error)
             self._record(state.unit.queue, state.job_class.job_name, timeout, outcome)

@@ -13,6 +13,8 @@ import pytest
 import yaml
 from conftest import run_python, title, wait_for
 
+from kiq.retry import decode_backtrace
+
 pytestmark = pytest.mark.slow
 
 
@@ -187,12 +189,14 @@ def test_job_past_its_timeout_is_retried_and_its_worker_replaced(start_kiq, clie
 
     kiq = start_kiq(processes=1, concurrency=2)
     [worker] = kiq.wait_workers(1)
-    job = sample_jobs.TimeoutJob.perform_later(10)
+    job = sample_jobs.TimeoutJob.set(backtrace=True).perform_later(10)
     wait_for(lambda: r.zcard("retry") == 1, timeout=10)
     payload = json.loads(r.zrange("retry", 0, -1)[0])
     assert payload["jid"] == job.jid
     assert payload["error_class"] == "kiq.JobTimeout"
     assert "timeout of 0.5s" in payload["error_message"]
+    frames = decode_backtrace(payload["error_backtrace"])  # where it was when the timeout hit
+    assert "sample_jobs.py:" in frames[0] and frames[0].endswith(":in perform"), frames
     wait_for(lambda: (w := kiq.workers()) and worker not in w, timeout=20)
     assert r.llen("results") == 0
     lines = [json.loads(line) for line in kiq.log().splitlines() if line.startswith("{")]

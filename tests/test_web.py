@@ -129,7 +129,7 @@ def test_an_active_job_is_shown_by_its_own_class_and_arguments_as_sidekiq_shows_
 def test_a_job_page_says_when_no_backtrace_was_kept_and_404s_for_a_gone_job(web, r):
     add(r, "dead", (failure(40), time.time()))
     assert "none kept" in page(web, f"/dead/{key(r, 'dead', 40)}")
-    add(r, "dead", (failure(41, backtrace=True, error_class="kiq.JobTimeout"), time.time()))
+    add(r, "dead", (failure(41, backtrace=True, error_class="kiq.UnknownJobError"), time.time()))
     html = page(web, f"/dead/{key(r, 'dead', 41)}")
     assert "none: nothing the job raised" in html and "none kept" not in html
     page(web, f"/dead/123.5-{jid(40)}", 404)
