@@ -168,6 +168,11 @@ def write(plan: Plan, root: Path, force: bool = False) -> list[tuple[str, PurePo
     Without ``force``, an existing file is a GenerateError and nothing is written.
     """
     files = {plan.job_file: render_job(plan), plan.test_file: render_test(plan)}
+    other = _tested_elsewhere(root / plan.test_file, plan)
+    if other:
+        raise GenerateError(f"{plan.test_file} tests {other}, another job of this name (jobs in two "
+                            "packages share the tests folder); nothing written: give this job "
+                            "another name, or move that test")
     for relative in files:
         target = root / relative
         if target.is_dir():
@@ -195,6 +200,17 @@ def write(plan: Plan, root: Path, force: bool = False) -> list[tuple[str, PurePo
         target.write_text(text)
         done.append((action, relative))
     return done
+
+
+def _tested_elsewhere(test: Path, plan: Plan) -> str:
+    """The module of another job whose test is at ``test`` (one the generator wrote for a job of
+    this name in another package), or "": --force must not overwrite it."""
+    try:
+        text = test.read_text()
+    except (OSError, UnicodeDecodeError):
+        return ""
+    found = re.search(rf"^from ([\w.]+) import {plan.name.class_name}$", text, re.MULTILINE)
+    return found[1] if found and found[1] != plan.import_path else ""
 
 
 @click.group()

@@ -160,6 +160,22 @@ def test_refuses_to_overwrite_without_force(tmp_path: Path) -> None:
     assert 'queue = "images"' in job_file.read_text()
 
 
+def test_force_never_overwrites_the_test_of_a_job_of_that_name_in_another_package(tmp_path: Path) -> None:
+    """app/jobs and billing/jobs share tests/jobs: the second SyncJob's test would replace the
+    first one's, which --force, suggested by the message, did."""
+    assert kiq(tmp_path, "SyncJob").returncode == 0
+    test_file = tmp_path / "tests/jobs/test_sync_job.py"
+    first = test_file.read_text()
+    for force in ([], ["--force"]):
+        refused = kiq(tmp_path, "SyncJob", "--path", "billing/jobs", *force)
+        assert refused.returncode == 1
+        assert refused.stderr == ("kiq: tests/jobs/test_sync_job.py tests app.jobs.sync_job, another job of "
+                                  "this name (jobs in two packages share the tests folder); nothing written: "
+                                  "give this job another name, or move that test\n")
+        assert test_file.read_text() == first and not (tmp_path / "billing").exists()
+    assert kiq(tmp_path, "SyncJob", "--force").returncode == 0  # its own test: --force rewrites it
+
+
 def test_a_bad_name_is_an_error_with_nothing_written(tmp_path: Path) -> None:
     refused = kiq(tmp_path, "process-image-data")
     assert refused.returncode == 1
