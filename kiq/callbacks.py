@@ -1,12 +1,14 @@
 """Active Job's callbacks and error policy for kiq jobs.
 
 Callbacks are methods marked with a decorator; a subclass inherits its
-parents' callbacks, which run before its own. ``before_*`` callbacks run in
-the order they were defined, ``around_*`` ones nest with the first defined
+parents' callbacks, which come before its own. They chain in the order they
+were defined, as Active Support chains them (``around``): ``before_*``
+callbacks run in that order, ``around_*`` ones nest with the first defined
 outermost, and ``after_*`` ones run in reverse order, so the last set up is
-the first torn down. An ``around_*`` callback receives ``block`` and must
-call it to go on. ``after_discard`` callbacks get the error of a job that will
-not run again (Active Job's, and Sidekiq's ``sidekiq_retries_exhausted``).
+the first torn down; one defined after an ``around_*`` runs inside it. An
+``around_*`` callback receives ``block`` and must call it to go on.
+``after_discard`` callbacks get the error of a job that will not run again
+(Active Job's, and Sidekiq's ``sidekiq_retries_exhausted``).
 
 ``retry_on`` and ``discard_on`` are class decorators. They decide what a
 failure means before kiq's own retry policy (the job's ``retry``) does:
@@ -30,8 +32,8 @@ T = TypeVar("T")
 C = TypeVar("C", bound=type)
 Wait = float | dt.timedelta | str | Callable[[int], float]
 
-PHASES = ("enqueue", "perform")
-KINDS = (*(f"{when}_{phase}" for phase in PHASES for when in ("before", "around", "after")), "after_discard")
+PHASES = ("enqueue", "perform", "discard")
+Chain = list[tuple[str, str]]  # a phase's callbacks: (before/around/after, method name), as defined
 MARK = "_kiq_callback"
 
 
@@ -56,8 +58,9 @@ after_discard.__doc__ = ("Mark a job method as called with the error when the jo
                          "discarded by discard_on, dropped (retry = False), or sent to the dead set.")
 
 
-def collect(cls: type) -> dict[str, list[str]]:
-    """Callback method names of ``cls`` by kind, parents' first; an override keeps its place."""
+def collect(cls: type) -> dict[str, Chain]:
+    """``cls``'s callbacks per phase, in the order they were defined, parents' first; an
+    override keeps its place."""
     found: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         for name, attribute in vars(klass).items():
@@ -66,24 +69,42 @@ def collect(cls: type) -> dict[str, list[str]]:
                 found[name] = kind
             elif name in found:
                 del found[name]  # overridden by a plain method: no longer a callback
-    return {kind: [name for name, k in found.items() if k == kind] for kind in KINDS}
+    chains: dict[str, Chain] = {phase: [] for phase in PHASES}
+    for name, kind in found.items():
+        when, _, phase = kind.partition("_")
+        chains[phase].append((when, name))
+    return chains
 
 
 def around(instance: Any, phase: str, body: Callable[[], T]) -> T:
-    """Call ``body`` inside ``instance``'s callbacks for ``phase`` ("enqueue" or "perform")."""
-    table: dict[str, list[str]] = type(instance)._kiq_callbacks
-    before, around, after = table["before_" + phase], table["around_" + phase], table["after_" + phase]
-    if not (before or around or after):
-        return body()
-    for name in before:
-        getattr(instance, name)()
-    call = body
-    for name in reversed(around):
-        call = _wrap(getattr(instance, name), call)
-    result = call()
-    for name in reversed(after):
-        getattr(instance, name)()
-    return result
+    """Call ``body`` inside ``instance``'s callbacks for ``phase`` ("enqueue" or "perform"), as
+    Active Support chains them: each callback wraps those defined after it, so a ``before``
+    runs, then the rest; an ``after`` runs once the rest has returned (not if it raised); an
+    ``around`` calls the rest as its block. Defined in the order before, around, after, they
+    run as their names say; an ``after`` defined after an ``around`` runs inside it."""
+    chain: Chain = type(instance)._kiq_callbacks[phase]
+    call: Callable[[], Any] = body
+    for when, name in reversed(chain):
+        call = _link(when, getattr(instance, name), call)
+    return call()  # type: ignore[no-any-return]
+
+
+def _link(when: str, callback: Callable[..., Any], inner: Callable[[], T]) -> Callable[[], T]:
+    if when == "around":
+        return _wrap(callback, inner)
+    if when == "before":
+        def before() -> T:
+            callback()
+            return inner()
+
+        return before
+
+    def after() -> T:
+        result = inner()
+        callback()
+        return result
+
+    return after
 
 
 def _wrap(callback: Callable[[Callable[[], Any]], Any], inner: Callable[[], T]) -> Callable[[], T]:

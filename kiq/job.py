@@ -47,7 +47,7 @@ class Job:
     timeout: ClassVar[float | None] = None
     active_job: ClassVar[bool] = False
     backtrace: ClassVar[bool | int] = False
-    _kiq_callbacks: ClassVar[dict[str, list[str]]] = callbacks.collect(object)
+    _kiq_callbacks: ClassVar[dict[str, callbacks.Chain]] = callbacks.collect(object)
     _kiq_perform_callbacks: ClassVar[bool] = False  # any before/around/after_perform callback
 
     def __init__(self) -> None:
@@ -69,8 +69,8 @@ class Job:
         if "job_name" not in cls.__dict__:
             cls.job_name = cls.__name__
         backtrace_lines(cls.backtrace, f"{cls.__qualname__}.backtrace")
-        table = cls._kiq_callbacks = callbacks.collect(cls)
-        cls._kiq_perform_callbacks = any(table[f"{when}_perform"] for when in ("before", "around", "after"))
+        cls._kiq_callbacks = callbacks.collect(cls)
+        cls._kiq_perform_callbacks = bool(cls._kiq_callbacks["perform"])
         if cls.perform is not Job.perform:  # a base class without perform (ApplicationJob) runs nothing
             register(cls)
 
@@ -162,8 +162,7 @@ class Options:
 
     def perform_later(self, /, *args: Any, **kwargs: Any) -> Enqueued:
         adapter, at = adapters.current(), self.at()
-        table = self.job._kiq_callbacks
-        if not (table["before_enqueue"] or table["around_enqueue"] or table["after_enqueue"]):
+        if not self.job._kiq_callbacks["enqueue"]:
             arguments_of(self.job).check(args, kwargs)
             return adapter.enqueue(self.job, args, kwargs, queue=self.queue, retry=self.retry, at=at,
                                    backtrace=self.backtrace)

@@ -148,7 +148,7 @@ def _end_if_forked() -> None:
 def discarded(job: Job, error: BaseException) -> None:
     """Call the job's ``after_discard`` callbacks: it will not run again (discarded, dropped, or
     dead). One that raises is logged; the others still run, and the job's fate stands."""
-    for name in type(job)._kiq_callbacks["after_discard"]:
+    for _, name in type(job)._kiq_callbacks["discard"]:
         try:
             getattr(job, name)(error)
         except BaseException:  # the app's own code

@@ -106,17 +106,46 @@ def clean():
 
 
 def test_callback_order_follows_active_job():
+    """The order Active Support itself gives the same callbacks set in the same order
+    (set_callback :perform, ... run through run_callbacks on Ruby 3.1's ActiveSupport): an
+    after callback defined after an around one runs inside it."""
     OrderedJob.perform_now(7)
     assert calls == [
         "base-before", "before-1 [7]", "before-2", "outer-in", "inner-in", "perform 7",
-        "inner-out", "outer-out", "after-2", "after-1", "base-after",
+        "after-2", "after-1", "inner-out", "outer-out", "base-after",
     ]
 
 
 def test_enqueue_callbacks_wrap_the_push():
     OrderedJob.set(queue="q").perform_later(3)
     assert calls[:4] == ["before-enqueue [3] q", "around-enqueue-in", "base-before", "before-1 [3]"]
-    assert calls[-2:] == ["around-enqueue-out", "after-enqueue"]
+    assert calls[-2:] == ["after-enqueue", "around-enqueue-out"]
+
+
+class InterleavedJob(kiq.Job):
+    """Callbacks of every kind, defined in an order that is not before, around, after."""
+
+    @around_perform
+    def outer(self, block) -> None:
+        calls.append("outer-in")
+        block()
+        calls.append("outer-out")
+
+    @before_perform
+    def inside(self) -> None:
+        calls.append("before, inside outer")
+
+    @after_perform
+    def done(self) -> None:
+        calls.append("after, inside outer")
+
+    def perform(self) -> None:
+        calls.append("perform")
+
+
+def test_a_before_callback_defined_after_an_around_one_runs_inside_it():
+    InterleavedJob.perform_now()
+    assert calls == ["outer-in", "before, inside outer", "perform", "after, inside outer", "outer-out"]
 
 
 class JidSeeingJob(kiq.Job):
