@@ -250,24 +250,22 @@ class Jobs:
         exactly; ``at`` is epoch seconds, a datetime, or a timedelta from now,
         matched within ``tolerance`` seconds; ``at=None`` asserts a job to run now.
         """
-        criteria: dict[str, Any] = {}
-        if job is not None:
-            criteria["job"] = _name(job)
-        if args is not None:
-            criteria["args"] = list(args)
-        if kwargs is not None:
-            criteria["kwargs"] = dict(kwargs)
-        if queue is not None:
-            criteria["queue"] = queue
-        if at is not UNSET:
-            criteria["at"] = at
-        due = _epoch(at) if at is not UNSET else None
         records = self.enqueued_jobs
-        for record in records:
-            if _matches(record, criteria, due, tolerance):
-                return record
-        wanted = ", ".join(f"{key}={_show(key, value)}" for key, value in criteria.items()) or "anything"
-        raise AssertionError(f"no enqueued job matches {wanted}\n{self._listing(records)}")
+        return _first_match(records, "enqueued", lambda: self._listing(records),
+                            _criteria(job, args, kwargs, queue, at), at, tolerance)
+
+    def assert_performed_with(
+        self,
+        job: JobSelector | None = None,
+        args: Sequence[Any] | None = None,
+        kwargs: Mapping[str, Any] | None = None,
+        queue: str | None = None,
+    ) -> JobRecord:
+        """The first performed job that matches every criterion given, as ``assert_enqueued_with``
+        matches them; AssertionError, listing the performed jobs, if none does."""
+        records = self.performed_jobs
+        return _first_match(records, "performed", lambda: _performed_listing(records),
+                            _criteria(job, args, kwargs, queue, UNSET), UNSET, AT_TOLERANCE)
 
     def assert_enqueued_jobs(self, count: int, job: JobSelector | None = None) -> None:
         """Exactly ``count`` jobs (of ``job``, if given) are enqueued."""
@@ -282,15 +280,18 @@ class Jobs:
         """No job (of ``job``, if given) is enqueued."""
         self.assert_enqueued_jobs(0, job)
 
+    def assert_no_performed_jobs(self, job: JobSelector | None = None) -> None:
+        """No job (of ``job``, if given) has been performed."""
+        self.assert_performed_jobs(0, job)
+
     def assert_performed_jobs(self, count: int, job: JobSelector | None = None) -> None:
         """Exactly ``count`` jobs (of ``job``, if given) have been performed."""
         records = self.performed_jobs
         found = _select(records, job)
         if len(found) != count:
             kind = f" {_name(job)}" if job is not None else ""
-            listing = "".join(f"\n  {record!r}" for record in records)
             raise AssertionError(f"expected {count}{kind} performed job(s), found {len(found)}\n"
-                                 f"performed jobs ({len(records)}):{listing or ' none'}")
+                                 f"{_performed_listing(records)}")
 
     def perform_enqueued_jobs(
         self, only: JobSelector | Iterable[JobSelector] | None = None, limit: int = DEFAULT_LIMIT, *,
@@ -424,6 +425,37 @@ def _same(found: Any, expected: Any, serialize: Callable[[Any], Any]) -> bool:
         return bool(serialize(found) == serialize(expected))
     except Exception:  # an expected value kiq cannot serialize (a matcher object) matched as it is
         return False
+
+
+def _criteria(job: JobSelector | None, args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
+              queue: str | None, at: Any) -> dict[str, Any]:
+    criteria: dict[str, Any] = {}
+    if job is not None:
+        criteria["job"] = _name(job)
+    if args is not None:
+        criteria["args"] = list(args)
+    if kwargs is not None:
+        criteria["kwargs"] = dict(kwargs)
+    if queue is not None:
+        criteria["queue"] = queue
+    if at is not UNSET:
+        criteria["at"] = at
+    return criteria
+
+
+def _first_match(records: list[JobRecord], kind: str, listing: Callable[[], str], criteria: dict[str, Any],
+                 at: Any, tolerance: float) -> JobRecord:
+    due = _epoch(at) if at is not UNSET else None
+    for record in records:
+        if _matches(record, criteria, due, tolerance):
+            return record
+    wanted = ", ".join(f"{key}={_show(key, value)}" for key, value in criteria.items()) or "anything"
+    raise AssertionError(f"no {kind} job matches {wanted}\n{listing()}")
+
+
+def _performed_listing(records: list[JobRecord]) -> str:
+    listing = "".join(f"\n  {record!r}" for record in records)
+    return f"performed jobs ({len(records)}):{listing or ' none'}"
 
 
 def _show(key: str, value: Any) -> str:

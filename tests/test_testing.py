@@ -253,6 +253,22 @@ def test_assert_performed_jobs(kiq_jobs: Jobs) -> None:
 # Performing
 
 
+def test_assert_performed_with_and_no_performed_jobs(kiq_jobs: Jobs) -> None:
+    kiq_jobs.assert_no_performed_jobs()
+    HelperResizeJob.perform_later(7, size="large")
+    HelperChainJob.perform_later(0)
+    kiq_jobs.perform_enqueued_jobs(only=HelperResizeJob)
+    record = kiq_jobs.assert_performed_with(job=HelperResizeJob, args=[7], kwargs={"size": "large"},
+                                            queue="images")
+    assert record.args == [7]
+    kiq_jobs.assert_no_performed_jobs(job=HelperChainJob)
+    with pytest.raises(AssertionError, match=r"no performed job matches job=HelperChainJob\n"
+                                             r"performed jobs \(1\):\n  HelperResizeJob\(7, size='large'\)"):
+        kiq_jobs.assert_performed_with(job=HelperChainJob)
+    with pytest.raises(AssertionError, match="expected 0 performed job"):
+        kiq_jobs.assert_no_performed_jobs()
+
+
 def test_perform_enqueued_jobs_performs_jobs_enqueued_by_jobs(kiq_jobs: Jobs) -> None:
     HelperChainJob.perform_later(2)
     HelperPriceJob.perform_later(Decimal("2.50"), dt.date(2026, 3, 1))
