@@ -4,7 +4,9 @@
 import error, or no load within ``boot_timeout``), 4 when every worker failed to boot, 5 when
 Redis refuses kiq's login or commands. The operator commands use 1 for a job or process not
 found, 2 for a bad config, 3 when Redis cannot be reached. A worker stopped through its
-signals list (Sidekiq's Web UI) exits 10, which tells its supervisor not to replace it.
+signals list (Sidekiq's Web UI) exits 10, which tells its supervisor not to replace it; a
+supervisor whose every worker was stopped so exits 10 too, and its master then stops (exit 0),
+as a Sidekiq process exits after its Stop.
 """
 
 from __future__ import annotations

@@ -318,6 +318,11 @@ class Master:
             self.log.info("generation exited", generation=gen.number, status=describe(status, gen.killed))
             return
         code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else 1
+        if code == exits.REMOTE_STOP:  # as a Sidekiq process exits after its Web UI's Stop
+            self.log.info("every worker was stopped on request (Sidekiq's Web UI, kiq stop); stopping",
+                          generation=gen.number)
+            self.stopping = True
+            return
         self.log.error("generation exited unexpectedly", generation=gen.number, status=describe(status))
         if code in (exits.BOOT_FAILED, exits.APP_LOAD) and not self._in_state("current"):
             self.exit_code = code

@@ -173,6 +173,9 @@ class Supervisor:
             if self._boot_failed():
                 self.log.error("every worker failed to boot; giving up (see the errors above)")
                 return exits.BOOT_FAILED
+            if not self.slots:  # TTOU keeps one per shard: every worker was stopped on request
+                self.log.info("every worker was stopped on request; stopping")
+                return exits.REMOTE_STOP
             if os.getppid() != self.master_pid:
                 self.log.warning("master is gone, stopping")
                 self.stopping = True

@@ -319,3 +319,19 @@ def test_a_worker_killed_at_the_stop_timeout_is_said_so_not_out_of_memory(start_
     log = kiq.log()
     assert "worker did not stop in time, killing" in log
     assert "killed by SIGKILL (stop timeout)" in log and "out of memory" not in log
+
+
+def test_a_kiq_whose_every_worker_was_stopped_on_request_exits(start_kiq, r):
+    """Sidekiq's Web UI Stop (a TERM in each worker's signals list, as `kiq stop --all` pushes):
+    a Sidekiq process exits, so its process manager restarts it or not. A kiq whose workers had
+    all been stopped stayed up with none, its title still counting them."""
+    kiq = start_kiq(processes=2, heartbeat_interval=0.2)
+    kiq.wait_workers(2)
+    identities = wait_for(lambda: len(found := r.smembers("processes")) == 2 and found)
+    first, second = sorted(identities)
+    r.lpush(f"{first}-signals", "TERM")
+    wait_for(lambda: len(kiq.workers()) == 1, timeout=15)
+    assert kiq.process.poll() is None  # one worker left: the master goes on
+    r.lpush(f"{second}-signals", "TERM")
+    assert kiq.wait(30) == 0
+    assert "every worker was stopped on request (Sidekiq's Web UI, kiq stop); stopping" in kiq.log()
