@@ -107,12 +107,19 @@ def _link(when: str, callback: Callable[..., Any], inner: Callable[[], T]) -> Ca
     return after
 
 
+class Abort(Exception):
+    """Raised by a ``before_*`` or ``around_*`` callback to halt its chain, as Rails' ``throw
+    :abort``: the job is not enqueued (``perform_later`` returns an ``Enqueued`` whose
+    ``successfully_enqueued`` is False), or not performed (it counts as done). An ``around_*``
+    callback that returns without calling its block halts the same way."""
+
+
 def _wrap(callback: Callable[[Callable[[], Any]], Any], inner: Callable[[], T]) -> Callable[[], T]:
     def call() -> T:
         box: list[T] = []
         callback(lambda: box.append(inner()))
         if not box:
-            raise RuntimeError(f"around callback {callback.__name__} did not call its block")
+            raise Abort(f"around callback {callback.__name__} did not call its block")
         return box[0]
 
     return call

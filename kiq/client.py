@@ -38,12 +38,15 @@ if TYPE_CHECKING:
 @dataclass(frozen=True)
 class Enqueued:
     """What ``perform_later`` returns: the job id and where the job went. ``job_class`` is the
-    job's name, also for an Active Job, whose payload's ``class`` is Rails' wrapper."""
+    job's name, also for an Active Job, whose payload's ``class`` is Rails' wrapper.
+    ``successfully_enqueued`` is False when an enqueue callback halted it (Active Job's
+    ``successfully_enqueued?``): nothing was enqueued."""
 
     jid: str
     job_class: str
     queue: str
     at: float | None = None
+    successfully_enqueued: bool = True
 
     @classmethod
     def of(cls, payload: Mapping[str, Any]) -> Enqueued:

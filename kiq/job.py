@@ -13,17 +13,16 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
-from kiq import adapters, callbacks
-from kiq.client import check_batch_size, due_at, seconds
+from kiq import adapters, callbacks, log
+from kiq.client import Enqueued, check_batch_size, due_at, seconds
 from kiq.payload import new_jid
 from kiq.registry import JobNameError, lookup, register, registered
 
-if TYPE_CHECKING:
-    from kiq.client import Enqueued
-
 __all__ = ["Job", "JobNameError", "Options", "lookup", "registered"]
+
+logger = log.get("kiq.job")
 
 class Job:
     """Base class of every job: define ``perform`` and enqueue with ``perform_later``.
@@ -84,7 +83,11 @@ class Job:
         worker's event loop in a worker process, ``asyncio.run`` elsewhere.
         """
         if type(self)._kiq_perform_callbacks:
-            return callbacks.around(self, "perform", self._call_perform)
+            try:
+                return callbacks.around(self, "perform", self._call_perform)
+            except callbacks.Abort as halt:
+                logger.info("a callback halted the job; it counts as done", reason=str(halt) or "Abort")
+                return None
         return self._call_perform()  # most jobs have no callbacks: no callback machinery (bench/notes.md)
 
     def _call_perform(self) -> Any:
@@ -178,7 +181,12 @@ class Options:
             return adapter.enqueue(self.job, job.arguments, job.kwargs, queue=job.queue_name,
                                    retry=self.retry, at=at, backtrace=self.backtrace, jid=job.jid)
 
-        return callbacks.around(job, "enqueue", enqueue)
+        try:
+            return callbacks.around(job, "enqueue", enqueue)
+        except callbacks.Abort as halt:
+            logger.info("a callback halted the enqueue; nothing was enqueued", jid=job.jid,
+                        reason=str(halt) or "Abort")
+            return Enqueued(job.jid, self.job.job_name, job.queue_name, at, successfully_enqueued=False)
 
     def perform_bulk(self, args_list: Iterable[Sequence[Any]], batch_size: int = 1000) -> list[str]:
         check_batch_size(batch_size)

@@ -10,6 +10,7 @@ import pytest
 import kiq
 from kiq import adapters
 from kiq.callbacks import (
+    Abort,
     after_discard,
     after_enqueue,
     after_perform,
@@ -22,6 +23,7 @@ from kiq.callbacks import (
 )
 from kiq.client import build_payload
 from kiq.processor import handle
+from kiq.retry import SUCCESS
 
 calls: list[str] = []
 
@@ -212,10 +214,41 @@ def test_overriding_a_callback_with_a_plain_method_removes_it():
     assert "before-2" not in calls and "before-1 [1]" in calls
 
 
-def test_an_around_callback_must_call_its_block():
-    with pytest.raises(RuntimeError, match="did not call its block"):
-        SwallowingJob.perform_now()
+def test_an_around_callback_that_does_not_call_its_block_halts_the_job_as_in_rails():
+    assert SwallowingJob.perform_now() is None
     assert calls == ["skipped"]
+
+
+class GuardedJob(kiq.Job):
+    """Halts as Rails' throw :abort does: its enqueue when told to, its run when told to."""
+
+    @before_enqueue
+    def only_when_open(self) -> None:
+        if self.arguments[0] == "closed":
+            raise Abort("the shop is closed")
+
+    @before_perform
+    def not_twice(self) -> None:
+        if self.arguments[0] == "done already":
+            raise Abort
+
+    def perform(self, state: str) -> None:
+        calls.append(f"performed {state}")
+
+
+def test_abort_in_a_before_enqueue_callback_enqueues_nothing(client, r):
+    adapters.use("redis")
+    halted = GuardedJob.perform_later("closed")
+    assert not halted.successfully_enqueued and len(halted.jid) == 24
+    assert r.llen("queue:default") == 0
+    assert GuardedJob.perform_later("open").successfully_enqueued and r.llen("queue:default") == 1
+
+
+def test_abort_in_a_before_perform_callback_ends_the_job_as_done_not_failed():
+    outcome = handle(GuardedJob, build_payload("GuardedJob", ["done already"], retry=True), "default")
+    assert outcome == SUCCESS and calls == []  # not retried 25 times, and perform never ran
+    assert handle(GuardedJob, build_payload("GuardedJob", ["new"], retry=True), "default") == SUCCESS
+    assert calls == ["performed new"]
 
 
 class Timeout(Exception):
