@@ -293,27 +293,38 @@ def test_a_scrape_needs_no_fork_lock(redis_server, tmp_path, monkeypatch):
     assert len(list(collecting)) > 5
 
 
-def test_recycled_workers_leave_their_counts_in_one_archive_not_a_file_each(start_kiq, client, r):
+def test_replaced_workers_leave_their_counts_in_one_archive_not_a_file_each(start_kiq, client, r):
     """Each worker that ever ran left its counter and histogram files, which every scrape reads:
-    a master that recycles workers for days scraped ever more slowly. A reaped worker's counts
-    go into the folder's archive, and its files away; the totals stay whole."""
+    a master that replaces workers for days (reloads, max_jobs, max_memory_mb) scraped ever
+    more slowly. A reaped process's counts go into the folder's archive, and its files away;
+    the totals stay whole."""
     import sample_jobs
 
     port = free_port()
-    kiq = start_kiq(processes=1, concurrency=2, max_jobs=4, metrics={"host": "127.0.0.1", "port": port})
+    kiq = start_kiq(processes=1, concurrency=2, metrics={"host": "127.0.0.1", "port": port})
     kiq.wait_workers(1)
     folder = samples_folder(kiq.pid)
-    for n in range(30):
-        sample_jobs.RecordJob.perform_later(f"j{n}")
-    wait_for(lambda: r.llen("results") == 30, timeout=60)
+    for round_ in range(3):
+        for n in range(10):
+            sample_jobs.RecordJob.perform_later(f"j{round_}-{n}")
+        wait_for(lambda round_=round_: r.llen("results") == 10 * (round_ + 1), timeout=30)
+        [before] = kiq.workers()
+        kiq.signal(signal.SIGHUP)  # a new generation; the old one's worker and supervisor go
+        wait_for(lambda before=before: (w := kiq.workers()) and before not in w and len(w) == 1, timeout=30)
     text = wait_for(lambda: (t := scrape(port)) and total(t, "kiq_jobs_processed_total") == 30 and t,
                     timeout=20)
-    assert value(text, "kiq_worker_restarts_total", reason="max_jobs") >= 2
     assert total(text, "kiq_job_duration_seconds_count") == 30
-    owners = {int(found[1]) for name in os.listdir(folder)
-              if (found := re.fullmatch(r"(?:counter|histogram)_(\d+)\.db", name))}
-    assert all(os.path.exists(f"/proc/{pid}") for pid in owners), owners  # only live processes' files
+    assert value(text, "kiq_worker_restarts_total", reason="reload") == 3
+    owners = wait_for(lambda: (found := owners_of(folder)) and all(alive(pid) for pid in found) and found,
+                      timeout=20)  # the last old generation exits after its worker
+    assert len(owners) <= 4, owners  # master, supervisor, worker (and an old one still going)
     assert os.path.exists(os.path.join(folder, "counter_archive.db"))
+
+
+def owners_of(folder: str) -> set[int]:
+    """The processes whose own counter or histogram files the samples folder holds."""
+    return {int(found[1]) for name in os.listdir(folder)
+            if (found := re.fullmatch(r"(?:counter|histogram)_(\d+)\.db", name))}
 
 
 def test_the_samples_folders_of_killed_masters_are_removed_at_start(tmp_path):
