@@ -6,7 +6,8 @@ were defined, as Active Support chains them (``around``): ``before_*``
 callbacks run in that order, ``around_*`` ones nest with the first defined
 outermost, and ``after_*`` ones run in reverse order, so the last set up is
 the first torn down; one defined after an ``around_*`` runs inside it. An
-``around_*`` callback receives ``block`` and must call it to go on.
+``around_*`` callback receives ``block`` and calls it to go on; one that does
+not, or a ``before_*`` one that raises ``Abort``, halts the chain.
 ``after_discard`` callbacks get the error of a job that will not run again
 (Active Job's, and Sidekiq's ``sidekiq_retries_exhausted``).
 
