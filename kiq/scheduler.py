@@ -88,39 +88,50 @@ class Scheduler:
         self.thread.join(1.0)
 
     def enqueue_due(self, conn: redis.Redis, now: float | None = None) -> int:
-        """Move every job due by ``now`` from both sets; returns how many reached a queue. A set
-        whose key is of another type is skipped (and said), the other one still served."""
+        """Move every job due by ``now`` from both sets, a batch from each in turn, so that a
+        backlog in one (a million jobs scheduled for the same minute) does not hold up the
+        other's (the retries); returns how many reached a queue. A set whose key is of another
+        type is skipped (and said), the other one still served."""
         move = conn.register_script(MOVE)
         moved = 0
-        for zset in (self.keys.schedule, self.keys.retry):
-            try:
-                moved += self._move_due(conn, move, zset, now)
-            except redis.ResponseError as error:
-                if not wrong_type(error):
-                    raise  # the cluster down, a read-only replica: an outage, not the key's fault
-                self._unreadable(zset, error)
+        waiting = dict.fromkeys((self.keys.schedule, self.keys.retry), 0)  # sets with due jobs left
+        while waiting and not self.stopped.is_set():
+            for zset in list(waiting):
+                try:
+                    reached, left, more = self._move_batch(conn, move, zset, now, waiting[zset])
+                except redis.ResponseError as error:
+                    if not wrong_type(error):
+                        raise  # the cluster down, a read-only replica: an outage, not the key's fault
+                    self._unreadable(zset, error)
+                    del waiting[zset]
+                    continue
+                moved += reached
+                waiting[zset] += left
+                if not more:
+                    self._done(zset, waiting.pop(zset))
+            time.sleep(0)  # lets a fork waiting for the lock have it: a lock is not handed over in turn
         return moved
 
-    def _move_due(self, conn: redis.Redis, move: Any, zset: str, now: float | None) -> int:
-        moved = waiting = 0  # waiting: due jobs left in the set, whose queue's key is of another type
-        while not self.stopped.is_set():
-            with self.lock:  # a batch at a time: a backlog of due jobs must not hold up a fork
-                due = conn.zrangebyscore(zset, "-inf", time.time() if now is None else now, waiting, BATCH)
-                if not due:
-                    break
-                jobs = [(raw, *self._requeued(raw)) for raw in map(str, due)]
-                reached, left = move(**move_call(self.keys, zset, time.time(), jobs))
-            moved += int(reached)
-            waiting += int(left)  # not those another master moved: they left the set
-            if len(due) < BATCH:
-                break
-            time.sleep(0)  # lets a fork waiting for the lock have it: a lock is not handed over in turn
+    def _move_batch(self, conn: redis.Redis, move: Any, zset: str, now: float | None,
+                    waiting: int) -> tuple[int, int, bool]:
+        """Move one batch of due jobs from ``zset``, skipping the ``waiting`` ones whose queue's
+        key is of another type: (jobs that reached a queue, jobs left waiting, whether more may
+        be due). A batch at a time under the lock: a backlog must not hold up a fork."""
+        with self.lock:
+            due = conn.zrangebyscore(zset, "-inf", time.time() if now is None else now, waiting, BATCH)
+            if not due:
+                return 0, 0, False
+            jobs = [(raw, *self._requeued(raw)) for raw in map(str, due)]
+            reached, left = move(**move_call(self.keys, zset, time.time(), jobs))
+        return int(reached), int(left), len(due) == BATCH  # left: not those another master moved
+
+    def _done(self, zset: str, waiting: int) -> None:
+        """``zset`` has no more due jobs to move: say once that some wait on a key of another type."""
         self.unreadable.discard(zset)
         if waiting and not self.waiting.get(zset):
             self.log.error("due jobs wait in this set: the key of their queue (or of dead) is not a list "
                            "(a sorted set); fix or delete it", key=zset, jobs=waiting)
         self.waiting[zset] = waiting
-        return moved
 
     def next_due(self, conn: redis.Redis) -> float | None:
         """When the next job is due, past the due ones left waiting (else the loop would

@@ -368,3 +368,17 @@ def test_a_dead_key_of_another_type_keeps_an_unreadable_entry_where_it_is(redis_
     add(r, "retry", "garbage", 1.0)
     assert scheduler(redis_server.url).enqueue_due(conn) == 0
     assert r.zrange("retry", 0, -1) == ["garbage"]
+
+
+def test_a_backlog_in_one_set_does_not_hold_up_the_others_due_jobs(redis_server, r, conn):
+    """A batch from each set in turn: with ten batches of scheduled jobs due, a due retry
+    reaches its queue after the first batch, not after the whole backlog."""
+    now = time.time()
+    pipe = r.pipeline()
+    for n in range(10 * BATCH):
+        pipe.zadd("schedule", {json.dumps(job(n)): now - 10})
+    pipe.execute()
+    add(r, "retry", job(99_999, error_class="ValueError"), now - 5)
+    assert scheduler(redis_server.url).enqueue_due(conn, now) == 10 * BATCH + 1
+    pushed = [each["jid"] for each in queued(r)]  # oldest first
+    assert pushed.index(job(99_999)["jid"]) == BATCH  # right after the first batch of the schedule
