@@ -42,7 +42,7 @@ from kiq.payload import enqueued_seconds
 from kiq.recovery import Recovery
 from kiq.retry import Outcome
 from kiq.roundtrip import Ack, QueueOrder, RoundTrip, Unit
-from kiq.watch import BLOCK_SECONDS, Watchers
+from kiq.watch import BLOCK_SECONDS, WATCH_MAX, Watchers
 
 PREFETCH_CEILING = 10  # times max(concurrency, 20): the automatic prefetch's ceiling
 PREFETCH_HORIZON = 0.005  # seconds: a prefetched job should start within about this
@@ -63,7 +63,7 @@ def _jid(payload: str) -> object:
 
 def thread_count(concurrency: int, queues: int) -> int:
     """Threads a worker runs to take jobs: one per job slot, and one per queue to watch."""
-    return concurrency + queues
+    return concurrency + min(queues, WATCH_MAX)
 
 
 class Fetcher:
@@ -121,6 +121,7 @@ class Fetcher:
         self._fetching = True
         self._closing = False
         self._idle = False  # the last fetch found every queue empty
+        self._tripped = 0.0  # when the last round trip was sent (monotonic)
         self._outage = Outage("fetch")
         self._unread: dict[str, str] = {}  # queues a round trip could not read, and why
         self.watchers = Watchers(redis_url, keys, identity, queues.names, self._work_ready, self._caught,
@@ -297,6 +298,8 @@ class Fetcher:
         if self._buffer and not self.lease.valid():
             return True
         room = self.capacity - len(self._buffer) - self._running
+        if self._idle and self.watchers.unwatched:  # no thread waits on some queues: poll them
+            return self._fetching and room > 0 and time.monotonic() - self._tripped >= BLOCK_SECONDS
         return self._fetching and not self._idle and room >= self.batch
 
     def _set_prefetch(self, prefetch: int) -> None:
@@ -433,7 +436,7 @@ class Fetcher:
         if not acks and want == 0 and self.lease.valid():
             return []
         picks, order = (self.queues.picks(want), self.queues.order()) if want else ([], [])
-        sent = time.monotonic()
+        sent = self._tripped = time.monotonic()
         jobs = self.round_trip.send(acks, want, picks, order, tallies)
         self.renewed(sent)
         if self.round_trip.unfiled or self.round_trip.unread or self._unread:

@@ -1,7 +1,9 @@
 """The idle watchers: while every queue of a worker is empty, a thread blocks on each queue.
 
 When a round trip finds every queue empty the worker is idle, and polling would leave a job
-pushed now waiting for the next poll. Instead, for each queue, one of the threads waiting in
+pushed now waiting for the next poll. Instead, for each queue (the first ``WATCH_MAX`` of
+them: a blocking connection per queue per worker would take Redis's ``maxclients`` from the
+apps that enqueue; the fetcher polls the others), one of the threads waiting in
 ``Fetcher.take`` blocks in BLMOVE (BRPOPLPUSH before Redis 6.2) on that queue's own
 connection, which moves a job into the worker's in-progress list the moment it is pushed. The
 watcher hands the job to the fetcher, whose buffer that same thread then takes it from: a job
@@ -27,6 +29,7 @@ from kiq.keys import Keys
 from kiq.roundtrip import Unit
 
 BLOCK_SECONDS = 1
+WATCH_MAX = 16  # queues an idle worker watches, each on a connection of its own; it polls the rest
 
 
 class Watchers:
@@ -45,8 +48,9 @@ class Watchers:
         self.redis_url = redis_url
         self.keys = keys
         self.identity = identity
-        self.queues = list(queues)
-        self.free = list(queues)  # queues that no thread watches (guarded by the shared lock)
+        self.queues = list(queues)[:WATCH_MAX]  # the first in the configured order
+        self.unwatched = len(queues) > WATCH_MAX  # queues beyond: the idle fetcher polls them
+        self.free = list(self.queues)  # queues that no thread watches (guarded by the shared lock)
         self.blocking = "BLMOVE"
         self._ready = ready
         self._caught = caught

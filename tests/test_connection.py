@@ -217,14 +217,15 @@ def test_warns_when_redis_may_evict_jobs(start_kiq, redis_server, r):
 
 @pytest.mark.slow
 def test_warns_when_the_workers_would_hold_half_of_redis_maxclients(start_kiq, redis_server, r):
-    """Each idle worker holds a blocking connection per queue: 2 processes of 40 queues hold
-    about 88 of a maxclients of 150, and at the limit Redis refuses the apps that enqueue."""
-    r.config_set("maxclients", 150)
+    """Each idle worker holds a blocking connection per queue it watches (up to 16): 2
+    processes of 40 queues hold about 40 of a maxclients of 60, and at the limit Redis refuses
+    the apps that enqueue."""
+    r.config_set("maxclients", 60)
     kiq = start_kiq(processes=2, queues=[f"q{n}" for n in range(40)])
     kiq.wait_workers(2)
     [line] = wait_for(lambda: [json.loads(line) for line in kiq.log().splitlines()
                                if "maxclients or more" in line], timeout=20)
-    assert (line["connections"], line["maxclients"]) == (88, 150)
+    assert (line["connections"], line["maxclients"]) == (40, 60)
 
 
 def sentinel_pair(servers: Servers, tmp_path: Path) -> tuple[subprocess.Popen[bytes], int, int, str]:

@@ -21,6 +21,7 @@ from kiq.keys import Keys
 from kiq.recovery import Recovery
 from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT, SUCCESS, Outcome
 from kiq.roundtrip import QueueOrder, Unit
+from kiq.watch import WATCH_MAX
 
 IDENT = "host:1:abc"
 MakeFetcher = Callable[..., Fetcher]
@@ -417,6 +418,25 @@ def test_idle_fetcher_picks_up_a_new_job_at_once_on_every_queue(r, make_fetcher)
         takers.done(unit, SUCCESS)
     wait_for(lambda: r.get("stat:processed") == "6")
     assert all(wip(r, name) == [] for name in "abc")
+
+
+def test_an_idle_worker_of_many_queues_watches_sixteen_and_polls_the_rest(r, make_fetcher):
+    """A blocking connection per queue per worker took Redis's maxclients from the apps that
+    enqueue (300 queues x 2 processes: 608 clients). The first 16 queues are watched; a job
+    pushed to another reaches an idle worker within its poll, a second or so."""
+    names = [f"q{n}" for n in range(20)]
+    fetcher = make_fetcher([(name, 1) for name in names], concurrency=2)
+    assert fetcher.threads == 2 + WATCH_MAX
+    takers = Takers(fetcher)
+    wait_for(lambda: blocked_watchers(r) == WATCH_MAX)
+    assert sum(1 for c in r.client_list() if c["name"] == f"kiq-wait-{IDENT}") == WATCH_MAX
+    for name in ("q19", "q0", "q17"):
+        push(r, name, f"job on {name}")
+        unit = takers.get(timeout=5)
+        assert unit == Unit(name, f"job on {name}")
+        takers.done(unit, SUCCESS)
+        wait_for(lambda: blocked_watchers(r) == WATCH_MAX)  # idle again
+    wait_for(lambda: r.get("stat:processed") == "3")
 
 
 def test_a_worker_s_extra_threads_never_run_more_than_concurrency_jobs(r, make_fetcher):
