@@ -138,7 +138,10 @@ def mark_dead(pid: int) -> None:
     path = os.environ.get(ENV)
     if path:
         multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
-        archive(pid, path)
+        try:
+            archive(pid, path)
+        except Exception:  # a file prometheus_client left unreadable: the reaper goes on
+            log.get("kiq.metrics").exception("could not archive a dead process's metrics", pid=pid)
 
 
 def archive(pid: int, path: str) -> None:
@@ -153,6 +156,9 @@ def archive(pid: int, path: str) -> None:
         for kind in ARCHIVED:
             dead = os.path.join(path, f"{kind}_{pid}.db")
             try:
+                if os.path.getsize(dead) == 0:  # made, never sized (prometheus/client_python#1199)
+                    os.remove(dead)
+                    continue
                 values = MmapedDict.read_all_values_from_file(dead)  # type: ignore[no-untyped-call]
             except FileNotFoundError:
                 continue

@@ -353,3 +353,18 @@ def test_the_samples_folders_of_killed_masters_are_removed_at_start(tmp_path):
         holder.wait()
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "kiq-metrics-live", "kiq-metrics-no-owner", "kiq-metrics-young"]
+
+
+def test_what_a_killed_process_left_half_made_fails_no_reaper(tmp_path, monkeypatch):
+    """prometheus_client makes a process's file before it sizes it: a worker killed in that
+    moment (a job that kills its worker at once) left an empty file, and reading it for the
+    archive crashed the supervisor. An empty file counted nothing and goes; one cut short is
+    left where it is, said, and the reaper goes on."""
+    from kiq import metrics as kiq_metrics
+
+    monkeypatch.setenv(kiq_metrics.ENV, str(tmp_path))
+    (tmp_path / "counter_4242.db").write_bytes(b"")
+    (tmp_path / "histogram_4243.db").write_bytes(b"\x10\x00")  # cut short: not even its size
+    kiq_metrics.mark_dead(4242)
+    kiq_metrics.mark_dead(4243)
+    assert sorted(path.name for path in tmp_path.iterdir() if path.suffix == ".db") == ["histogram_4243.db"]
