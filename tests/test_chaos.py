@@ -7,6 +7,7 @@ and every job that ran twice must be explained by a kill or by the crash.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -98,7 +99,15 @@ def test_chaos_loses_no_job(start_kiq, redis_server):
         else:
             kiq.signal(signal.SIGHUP)
             reloads += 1
-    wait_for(lambda: len(set(r.lrange("results", 0, -1))) == JOBS, timeout=120, interval=0.5)
+    try:
+        wait_for(lambda: len(set(r.lrange("results", 0, -1))) == JOBS, timeout=120, interval=0.5)
+    except AssertionError:  # say where the missing jobs are, not only that they are missing
+        missing = {str(i) for i in range(JOBS)} - set(r.lrange("results", 0, -1))
+        places = {key: r.zcard(key) for key in ("schedule", "retry", "dead")}
+        dead = [(job.get("args"), job.get("error_class"), job.get("error_message"))
+                for job in map(json.loads, r.zrange("dead", 0, 20))]
+        raise AssertionError(f"{len(missing)} jobs missing ({sorted(missing)[:20]}); {places}; "
+                             f"queue {r.llen('queue:default')}; dead: {dead}") from None
     elapsed = time.monotonic() - started
     results = r.lrange("results", 0, -1)
     assert set(results) == {str(i) for i in range(JOBS)}
