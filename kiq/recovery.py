@@ -297,6 +297,9 @@ class Recovery:
                              key=self.keys.dead)
                 break
             buried += done
+            logger.error(f"poison pills to the dead set: each was running when its worker died "
+                         f"{POISON_LIMIT} times (kiq dead show JID)", jobs=done,
+                         jids=[_named(raw) for raw in map(str, raws)][:10])
         return buried
 
     def _listed(self, key: str, count: int) -> list[Any]:
@@ -407,6 +410,15 @@ def _total(counts: list[Any], reason: str | None) -> int:
         if reason and moved:
             metrics.recovered.labels(queue, reason).inc(moved)
     return total
+
+
+def _named(raw: str) -> str:
+    """A poison pill's jid and class, for the log line that says it was buried."""
+    try:
+        payload = decode(raw)
+    except InvalidPayloadError:
+        return "(unreadable)"
+    return f"{payload.get('jid')} {payload.get('class')}"
 
 
 def _poisoned(raw: str, now: float, crash: Crash | None) -> dict[str, object]:

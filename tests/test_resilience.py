@@ -54,6 +54,8 @@ def test_job_that_kills_its_worker_three_times_goes_to_dead(start_kiq, client, r
     assert dead["error_class"] == "kiq.PoisonPill"
     assert len(r.lrange("attempts", 0, -1)) == 3
     assert r.llen("queue:default") == 0
+    [line] = [json.loads(line) for line in kiq.log().splitlines() if "poison pills to the dead set" in line]
+    assert line["level"] == "error" and line["jids"] == [f"{job.jid} KillerJob"]  # said, not buried silently
     sample_jobs.RecordJob.perform_later("alive")
     wait_for(lambda: r.lrange("results", 0, -1) == ["alive"], timeout=10)
     assert kiq.process.poll() is None
