@@ -37,7 +37,6 @@ from kiq.payload import (
     dump,
     epoch_seconds,
     job_data,
-    job_name,
     read_count,
     read_object,
     stamp,
@@ -92,7 +91,9 @@ class Job:
     def display_class(self) -> str:
         """The class a person knows the job by: an Active Job's own class, not Rails' wrapper
         (Sidekiq's ``display_class``)."""
-        return job_name(self.payload) if isinstance(self.payload.get("class"), str) else self.job_class
+        data = job_data(self.payload)
+        name = data.get("job_class") if data is not None else None
+        return name if isinstance(name, str) and name else self.job_class
 
     @property
     def display_args(self) -> list[Any]:

@@ -135,6 +135,7 @@ class Heartbeat:
                       keys.wip_registry, keys.signals(ident)]
         self._script = conn.register_script(BEAT)
         self._written: list[str] = []  # the running jobs the last beat wrote, while they run
+        self._encoded: dict[str, tuple[tuple[Any, ...], str]] = {}  # per thread: its job, and its JSON
 
     def beat(self, quiet: bool, create: bool = False) -> str | None:
         """Refresh the entry; raises Lapsed if it had expired, unless ``create`` (the first beat).
@@ -143,7 +144,7 @@ class Heartbeat:
         expired reads them to tell running jobs from prefetched ones (kiq.recovery). They are
         written when they change, and only kept alive otherwise: a job of megabytes, written
         again at every beat, held Redis for a moment each time."""
-        work = [item for tid, job in self.running().items() for item in (tid, json.dumps(job))]
+        work = self._encode(self.running())
         started = time.monotonic()
         self.conn.ping()
         rtt_us = int((time.monotonic() - started) * 1_000_000)
@@ -161,3 +162,18 @@ class Heartbeat:
             raise Lapsed(self.identity)
         self._written = work
         return reply[1]  # type: ignore[no-any-return]
+
+    def _encode(self, running: Mapping[str, Mapping[str, Any]]) -> list[str]:
+        """The running jobs as (thread id, JSON) pairs, each job encoded once while it runs: a
+        payload of megabytes is not encoded again at every beat (and comparing it with the last
+        beat's is then a comparison of the same object)."""
+        encoded: dict[str, tuple[tuple[Any, ...], str]] = {}
+        work: list[str] = []
+        for tid, job in running.items():
+            key = tuple(job.values())
+            known = self._encoded.get(tid)
+            text = known[1] if known is not None and known[0] == key else json.dumps(job)
+            encoded[tid] = (key, text)
+            work += [tid, text]
+        self._encoded = encoded
+        return work

@@ -80,7 +80,7 @@ def decode(raw: str) -> dict[str, Any]:
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 _dumps_escaped = json.JSONEncoder(separators=(",", ":")).encode
 _RUBY_DIFFERS = re.compile(r"\de[+-]|\d{16}\.0")  # Python float text that Ruby writes otherwise
-_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|-?\d+(?:\.\d+)?(?:e[+-]\d+)?')
+_TOKEN = re.compile(r'"(?:[^"\\]++|\\.)*+"|-?\d+(?:\.\d+)?(?:e[+-]\d+)?')  # strings skipped a run at a time
 
 
 def dump(value: Any, strict: bool = False) -> str:

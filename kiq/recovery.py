@@ -299,7 +299,7 @@ class Recovery:
             buried += done
             logger.error(f"poison pills to the dead set: each was running when its worker died "
                          f"{POISON_LIMIT} times (kiq dead show JID)", jobs=done,
-                         jids=[_named(raw) for raw in map(str, raws)][:10])
+                         jids=[_named(str(raw)) for raw in raws[:10]])
         return buried
 
     def _listed(self, key: str, count: int) -> list[Any]:

@@ -159,9 +159,13 @@ def dead(job: dict[str, Any], now: float | None = None, error: BaseException | N
 def compress_backtrace(error: BaseException, limit: int | None = None) -> str:
     """Sidekiq's ``error_backtrace``: the innermost frames first (``limit`` of them, if a
     number), as a JSON list of ``file:line:in name`` strings, deflated and base64-encoded."""
-    frames = [f"{frame.filename}:{frame.lineno}:in {frame.name}"
-              for frame in reversed(traceback.extract_tb(error.__traceback__))]
+    frames = frame_lines(traceback.extract_tb(error.__traceback__))
     return encode_backtrace(frames if limit is None else frames[:limit])
+
+
+def frame_lines(stack: traceback.StackSummary) -> list[str]:
+    """A stack's frames as Sidekiq writes a backtrace: ``file:line:in name``, innermost first."""
+    return [f"{frame.filename}:{frame.lineno}:in {frame.name}" for frame in reversed(stack)]
 
 
 def encode_backtrace(frames: list[str]) -> str:

@@ -50,7 +50,7 @@ from kiq.ledger import Ledger
 from kiq.metrics import record
 from kiq.payload import writing_format
 from kiq.processor import describe, handle, prepare, timed_out, unhandled
-from kiq.retry import Outcome
+from kiq.retry import Outcome, frame_lines
 from kiq.roundtrip import QueueOrder, Unit
 from kiq.signals import SignalQueue
 
@@ -99,8 +99,7 @@ class JobMetrics(middleware.Middleware):
 def _frames(ident: int) -> list[str]:
     """Where the thread ``ident`` is now, innermost frame first, as Sidekiq writes backtraces."""
     frame = sys._current_frames().get(ident)
-    stack = traceback.extract_stack(frame) if frame is not None else []
-    return [f"{each.filename}:{each.lineno}:in {each.name}" for each in reversed(stack)]
+    return frame_lines(traceback.extract_stack(frame)) if frame is not None else []
 
 
 class Running:

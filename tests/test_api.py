@@ -274,6 +274,17 @@ def test_retry_from_dead_or_schedule_takes_one_off_retry_count_as_sidekiq_and_dr
     assert r.smembers("queues") == {"default", "low"}
 
 
+def test_an_active_job_entry_without_its_class_is_shown_by_the_wrapper(api, r):
+    """Written by anything with access to Redis: a wrapper whose job data names no class (or
+    not as a string) shows the wrapper, not "None"."""
+    wrapper = "ActiveJob::QueueAdapters::SidekiqAdapter::JobWrapper"
+    for data in ({"arguments": [1]}, {"job_class": 7, "arguments": [1]}, {"job_class": "HelloJob"}):
+        job = Job.parse(dump(payload(jid(1), job_class=wrapper, args=[data])))
+        shown = "HelloJob" if data.get("job_class") == "HelloJob" else wrapper
+        assert job.display_class == shown, data
+        assert job.display_args == data.get("arguments", [data])
+
+
 def test_retrying_from_dead_clears_the_crash_count(api, r):
     """Else one more crash within the day would bury a poison pill again at once, and a job that
     crashed twice before it failed into dead would be buried at its first crash. A job left in

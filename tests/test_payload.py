@@ -77,6 +77,7 @@ def test_enqueued_seconds_reads_any_payload_without_failing(raw, seconds):
     (1e14, "100000000000000.0"), (0.0001, "0.0001"), (1.5e-07, "1.5e-07"), (2.5, "2.5"), (-0.0, "-0.0"),
     (10**20, "100000000000000000000"), ("café \u2028\x01\t/", '"café \u2028\\u0001\\t/"'),
     ({"1e+5": ["1e+5", 1e+5]}, '{"1e+5":["1e+5",100000.0]}'),
+    (['x"1e+5\\', 1e-05, "\\", 1e15], '["x\\"1e+5\\\\",1.0e-05,"\\\\",1.0e+15]'),
 ])
 def test_dump_writes_what_ruby_json_writes(value, ruby):
     """Values whose text Python and Ruby write differently, as Ruby 3.1's JSON.generate wrote them."""
