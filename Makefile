@@ -21,8 +21,10 @@ system-deps:
 run: install system-deps
 	$(PY) -m demo
 
+# One pytest process per core (pytest-xdist): each test starts its own Redis and processes on free
+# ports, so tests run side by side as they do one after another (6.5 minutes on 2 cores, 12.5 in one).
 test: install system-deps
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto
 	@$(MAKE) --no-print-directory test-django6
 
 # Django 6 (django.tasks) needs Python 3.12 or later: kiq.contrib.django's tests run again in a

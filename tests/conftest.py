@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -31,6 +32,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+ADDRESS = re.compile(r" at 0x[0-9a-f]+")
+
+
+def stable_id(value: object) -> str:
+    """A parametrized test's id that every process makes alike (pytest-xdist's workers must collect
+    the same names): ``repr``, with a set's members in sorted order and objects' addresses left out."""
+    if isinstance(value, (set, frozenset)) and value:
+        members = "{" + ", ".join(sorted(map(stable_id, value))) + "}"
+        return members if type(value) is set else f"{type(value).__name__}({members})"
+    return ADDRESS.sub("", repr(value))
 
 
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:

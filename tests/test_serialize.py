@@ -16,6 +16,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from conftest import stable_id
 
 from kiq import serialize as serialize_module
 from kiq.serialize import (
@@ -163,7 +164,7 @@ ROUND_TRIPS = [
 ]
 
 
-@pytest.mark.parametrize("value", ROUND_TRIPS, ids=repr)
+@pytest.mark.parametrize("value", ROUND_TRIPS, ids=stable_id)
 def test_round_trip(value: object) -> None:
     result = roundtrip(value)
     assert result == value
@@ -284,7 +285,7 @@ def test_user_serializer_matches_subclasses() -> None:
         ({1: "a"}, {"_aj_serialized": "kiq:Dict", "value": [[1, "a"]]}),
         ((1, 2), {"_aj_serialized": "kiq:Tuple", "value": [1, 2]}),
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_wire_format(value: object, expected: object) -> None:
     assert serialize(value) == expected
@@ -411,7 +412,7 @@ def test_global_id_locator_errors_become_deserialization_errors(
 
 
 @pytest.mark.parametrize(
-    "value", [{"_aj_globalid": 7}, {"_aj_globalid": "gid://app/User/7", "extra": 1}], ids=repr
+    "value", [{"_aj_globalid": 7}, {"_aj_globalid": "gid://app/User/7", "extra": 1}], ids=stable_id
 )
 def test_malformed_global_id(value: object) -> None:
     with pytest.raises(DeserializationError, match="malformed global ID"):
@@ -441,7 +442,7 @@ def generator() -> Iterator[int]:
         (dt.timedelta.max, "too long to keep its microseconds"),
         (dt.time(3, 4, tzinfo=ZoneInfo("Europe/Paris")), "its zone gives no offset without a date"),
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_unsupported_values(value: object, message: str) -> None:
     with pytest.raises(SerializationError, match=message):
@@ -464,7 +465,7 @@ def test_error_names_the_path_in_args() -> None:
         ([{Foo()}], "args[0][0]"),
         ([Color.RED, Money(Decimal(1), Foo())], "args[1]['currency']"),  # type: ignore[arg-type]
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_error_path_through_containers(args: list[object], path: str) -> None:
     with pytest.raises(SerializationError) as caught:
@@ -484,7 +485,7 @@ def test_error_path_of_a_single_value() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [{"_aj_globalid": "gid://x"}, {"a": {"_aj_serialized": "x"}}, {"_aj_other": 1}], ids=repr
+    "value", [{"_aj_globalid": "gid://x"}, {"a": {"_aj_serialized": "x"}}, {"_aj_other": 1}], ids=stable_id
 )
 def test_reserved_keys_are_refused(value: object) -> None:
     with pytest.raises(SerializationError, match=r"key '_aj_.*' is reserved"):
@@ -573,14 +574,14 @@ def test_enum_with_unsupported_value_names_the_value() -> None:
         ({"_aj_other": 1}, "unexpected reserved key '_aj_other'"),
         ({"a": {"b": [{"_aj_serialized": "x", "value": 1}]}}, "unknown serializer 'x'"),
     ],
-    ids=repr,
+    ids=stable_id,
 )
 def test_malformed_input(value: object, message: str) -> None:
     with pytest.raises(DeserializationError, match=message):
         deserialize(value)
 
 
-@pytest.mark.parametrize("value", [object(), (1, 2), {1: "a"}, b"x"], ids=repr)
+@pytest.mark.parametrize("value", [object(), (1, 2), {1: "a"}, b"x"], ids=stable_id)
 def test_non_json_input_is_refused(value: object) -> None:
     with pytest.raises(DeserializationError):
         deserialize(value)
