@@ -16,6 +16,12 @@ and the lease (kiq.lease), without which no job starts. Threads in ``take`` wait
 ``_work_ready`` (a job to start, or a queue to watch); the fetcher thread waits on ``_wake``
 (a round trip to make).
 
+A suspect (kiq.recovery: a job that was running at several crashes, each beside other jobs) is
+taken alone: the round trip that takes one takes nothing else, the jobs this worker had
+prefetched go back to their queues, and the suspect starts once the running jobs have ended,
+with nothing beside it and nothing fetched until it ends. Any round trip of a worker not
+already holding one may take it; an idle worker's watchers look for suspects between waits.
+
 The worker's tallies of its finished jobs (kiq.execution) ride with the acknowledgements: each
 job is tallied before it is acknowledged, so the round trip that sends its acknowledgement, or
 an earlier one, takes its tally along, and a round trip without acknowledgements takes none.
@@ -118,6 +124,8 @@ class Fetcher:
         self._tallies = tallies
         self._unsent: list[Tally] = []  # tallies of a round trip that failed
         self._running = 0
+        self._suspect: Unit | None = None  # a suspect in the buffer, waiting to run alone
+        self._alone: Unit | None = None  # a suspect running alone
         self._fetching = True
         self._closing = False
         self._idle = False  # the last fetch found every queue empty
@@ -125,7 +133,7 @@ class Fetcher:
         self._outage = Outage("fetch")
         self._unread: dict[str, str] = {}  # queues a round trip could not read, and why
         self.watchers = Watchers(redis_url, keys, identity, queues.names, self._work_ready, self._caught,
-                                 self._lost, self._outage)
+                                 self._lost, self._suspected, self._outage)
         self._thread = threading.Thread(target=self._loop, name="fetcher", daemon=True)
         self.log = log.get("kiq.fetch")
 
@@ -150,6 +158,8 @@ class Fetcher:
                         return None  # quiet: the buffer went back to Redis
                     self._running += 1
                     unit = self._buffer.popleft()
+                    if unit is self._suspect:
+                        self._suspect, self._alone = None, unit
                     if self._due():
                         self._wake.notify()
                     return unit
@@ -159,7 +169,7 @@ class Fetcher:
         """Wait until a buffered job may start or the worker stops fetching (None), or a queue
         needs a watcher (its name, now this thread's to watch). Called with the lock held."""
         while self._fetching:
-            startable = self._buffer and self._running < self.concurrency
+            startable = self._buffer and self._running < self.concurrency and not self._held_back()
             if startable and self.lease.valid():
                 return None
             room = self._running + len(self._buffer) < self.capacity
@@ -167,6 +177,24 @@ class Fetcher:
                 return queue
             self._work_ready.wait(LEASE_WAIT if startable else None)  # a job waits for the lease
         return None
+
+    def _held_back(self) -> bool:
+        """Whether a suspect keeps the buffer's next job from starting: it starts once no job
+        runs, and nothing starts beside it (called with the lock held, the buffer not empty)."""
+        if self._alone is not None:
+            return True
+        return self._suspect is not None and (self._buffer[0] is not self._suspect or self._running > 0)
+
+    def _ended(self, unit: Unit) -> None:
+        """Let the held-back jobs start, and the fetcher take more, once a suspect has run
+        alone; start a waiting suspect once the last job beside it has ended (called with the
+        lock held)."""
+        if unit is self._alone:
+            self._alone = None
+            self._work_ready.notify_all()
+            self._wake.notify()
+        elif self._suspect is not None and self._running == 0:
+            self._work_ready.notify()
 
     def done(self, unit: Unit, outcome: Outcome, seconds: float = 0.0) -> None:
         """Acknowledge a job; the fetcher sends it with its next round trip, at once if no
@@ -179,6 +207,7 @@ class Fetcher:
             self._progress = time.monotonic()
             self._work_seconds += seconds
             self._work_jobs += 1
+            self._ended(unit)
             self._acknowledge(unit, outcome)
 
     def abandon(self, unit: Unit, outcome: Outcome) -> None:
@@ -186,6 +215,8 @@ class Fetcher:
         thread never takes again, and its slot stays taken, so that no more than
         ``concurrency`` jobs run at once."""
         with self._lock:
+            if unit is self._alone:  # its worker is replaced: the timeout watch says so
+                self._ended(unit)
             self._acknowledge(unit, outcome)
 
     def _acknowledge(self, unit: Unit, outcome: Outcome) -> None:
@@ -226,6 +257,12 @@ class Fetcher:
             self._wake.notify()  # it may be the last watcher that close() waits for
         return False
 
+    def _suspected(self) -> None:
+        """A watcher found a suspect waiting: make a round trip, which may take it."""
+        if self._idle and self._fetching and not self._alone_soon():
+            self._idle = False
+            self._wake.notify()
+
     def _lost(self) -> None:
         """A watcher's wait failed: its move may have happened, the reply lost."""
         self._resync = True
@@ -254,6 +291,7 @@ class Fetcher:
             self._fetching = False
             self._giveback.extend(self._buffer)
             self._buffer.clear()
+            self._suspect = None  # back to its queue with the others
             self._work_ready.notify_all()
             self._wake.notify()
 
@@ -297,6 +335,8 @@ class Fetcher:
             return True
         if self._buffer and not self.lease.valid():
             return True
+        if self._alone_soon():
+            return False  # nothing is taken while a suspect waits or runs
         room = self.capacity - len(self._buffer) - self._running
         if self._idle and self.watchers.unwatched:  # no thread waits on some queues: poll them
             return self._fetching and room > 0 and time.monotonic() - self._tripped >= BLOCK_SECONDS
@@ -355,7 +395,7 @@ class Fetcher:
         finished or arrived for ``PREFETCH_STALL``. They then go back to the front of their
         queues for a worker with a free slot, and the prefetch is sized again (called with the
         lock held, by the fetcher thread)."""
-        if not (self.automatic and self._buffer and self._running >= self.concurrency):
+        if self._alone_soon() or not (self.automatic and self._buffer and self._running >= self.concurrency):
             return False
         if time.monotonic() - self._progress < PREFETCH_STALL:
             return False
@@ -408,7 +448,8 @@ class Fetcher:
             if acks:
                 tallies, self._unsent = self._unsent + self._tallies(), []
             giveback, self._giveback = self._giveback, []
-            want = self.capacity - len(self._buffer) - self._running if self._fetching else 0
+            taking = self._fetching and not self._alone_soon()
+            want = self.capacity - len(self._buffer) - self._running if taking else 0
             return acks, tallies, giveback, max(want, 0)
 
     def _keep(self, acks: list[Ack], tallies: list[Tally], giveback: list[Unit],
@@ -437,7 +478,7 @@ class Fetcher:
             return []
         picks, order = (self.queues.picks(want), self.queues.order()) if want else ([], [])
         sent = self._tripped = time.monotonic()
-        jobs = self.round_trip.send(acks, want, picks, order, tallies)
+        jobs = self.round_trip.send(acks, want, picks, order, tallies, may_suspect=want > 0)
         self.renewed(sent)
         if self.round_trip.unfiled or self.round_trip.unread or self._unread:
             self._problems(jobs)
@@ -526,6 +567,8 @@ class Fetcher:
                     self._buffer.remove(unit)
                 buffered += from_buffer
                 running += lost - from_buffer
+            if self._suspect is not None and self._suspect not in self._buffer:
+                self._suspect = None  # requeued by the sweep: it runs from its queue
         self.renewed(sent)
         if swept:
             self.log.warning("this worker's heartbeat expired and another master requeued its jobs; "
@@ -544,6 +587,9 @@ class Fetcher:
             if not self._fetching:
                 self._giveback.extend(jobs)
                 return
+            if jobs and self.round_trip.suspect:  # the last call's: a turn that made none took no job
+                self._take_alone(jobs[0])
+                return
             self._buffer.extend(jobs)
             self._work_ready.notify(min(len(jobs), self.concurrency - self._running))
             if idle:
@@ -554,3 +600,23 @@ class Fetcher:
             elif jobs:
                 self._progress = time.monotonic()
                 self._idle = False
+
+    def _alone_soon(self) -> bool:
+        """Whether a suspect waits to run alone, or runs alone (called with the lock held)."""
+        return self._suspect is not None or self._alone is not None
+
+    def _take_alone(self, suspect: Unit) -> None:
+        """Hold a suspect: the jobs prefetched so far go back to their queues, where a worker
+        with a free slot starts them, and it starts once the running jobs have ended (called
+        with the lock held)."""
+        self._giveback.extend(self._buffer)
+        self._buffer.clear()
+        self._buffer.append(suspect)
+        self._suspect = suspect
+        self._idle = False
+        self._progress = time.monotonic()
+        self.log.warning("running a suspect alone: it was running each time its worker died, beside "
+                         "other jobs; the jobs running here end first", jid=_jid(suspect.payload),
+                         queue=suspect.queue, running=self._running)
+        self._work_ready.notify()
+        self._wake.notify()  # to give the prefetched jobs back

@@ -73,6 +73,11 @@ class Keys:
         """The tombstone a sweep or a requeue at reap leaves for a process (kiq.lease)."""
         return f"{self.prefix}kiq:swept:{identity}"
 
+    def suspects(self, queue: str) -> str:
+        """Jobs of ``queue`` that were running at ``POISON_LIMIT`` crashes, each beside other
+        jobs: the next worker to take one runs it alone (kiq.recovery)."""
+        return f"{self.prefix}kiq:suspects:{queue}"
+
     def recoveries(self, jid: str) -> str:
         """How many times a job was requeued while running (kiq.recovery's poison pills)."""
         return f"{self.prefix}kiq:recoveries:{jid}"

@@ -10,9 +10,17 @@ A job that was running when its worker died is counted in ``kiq:recoveries:JID``
 acknowledging yet, are not. Which jobs were running comes from the worker's ledger
 (kiq.ledger) when its supervisor reaps it, and from its last heartbeat's running jobs
 (``IDENTITY:work``, kept twice the heartbeat TTL for this) when another master sweeps
-a vanished host. A job counted ``POISON_LIMIT`` times is a poison pill: it goes to
-``kiq:poison`` instead of its queue, and ``bury_poison`` moves it to the dead set with
-the reason, so it stops killing workers.
+a vanished host. A job counted ``POISON_LIMIT`` times at crashes where it ran alone, or where the
+worker's fatal signal named its thread (kiq.ledger), is a poison pill: it goes to
+``kiq:poison`` instead of its queue, and ``bury_poison`` moves it to the dead set with the
+reason, so it stops killing workers.
+
+A crash without a culprit (SIGKILL, the OOM killer) charges every job that was running, and
+jobs requeued together are taken together again: an innocent job running beside a pill would
+be charged at each of its crashes and buried with it. So a job that reaches the limit at a
+crash it shared goes to ``kiq:suspects:QUEUE`` instead: the next worker to take it (kiq.fetch)
+lets its other jobs end, runs it alone and takes nothing else meanwhile. Alone, an innocent job
+finishes, and a pill crashes its worker once more, now the only one charged, and is buried.
 
 Each script runs atomically in Redis, so masters sweeping at the same time
 never requeue a job twice. A script touches only the keys its caller declares
@@ -45,49 +53,52 @@ RECOVERY_MEMORY = 24 * 3600
 
 # The scripts that requeue a process's lists (REQUEUE_ALL, SWEEP) take one process each, with
 # KEYS: kiq:wip, processes, queues, kiq:poison, IDENTITY, IDENTITY:work, IDENTITY:workers,
-# kiq:swept:IDENTITY, then per list its in-progress list and its queue, then the recovery counters
-# of the jobs it was running. ARGV: identity, how many lists, per list its queue and "1" if it was
-# found outside the registry (else "0"), then per job it was running the payload's SHA-1 digest
-# and the position of its counter in KEYS (0 for a payload without a jid: it counts nothing).
-# Every script here checks a key's type before it takes a job out of a list (kiq.lua.IS_A).
+# kiq:swept:IDENTITY, then per list its in-progress list, its queue and its kiq:suspects:QUEUE,
+# then the recovery counters of the jobs it was running. ARGV: identity, how many lists, "1" if
+# the crash was the running jobs' own (one job ran, or the crash named it) else "0", per list its
+# queue and "1" if it was found outside the registry (else "0"), then per job it was running the
+# payload's SHA-1 digest and the position of its counter in KEYS (0 for a payload without a jid:
+# it counts nothing). Every script here checks a key's type before it takes a job out of a list
+# (kiq.lua.IS_A).
 _REQUEUE_LISTS = IS_A + """
-local identity, lists = ARGV[1], tonumber(ARGV[2])
+local identity, lists, alone = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 local running = {}
-for i = 3 + 2 * lists, #ARGV, 2 do
+for i = 4 + 2 * lists, #ARGV, 2 do
   local entry = running[ARGV[i]] or {count = 0, counter = tonumber(ARGV[i + 1])}
   entry.count = entry.count + 1
   running[ARGV[i]] = entry
 end
 
 -- requeue(list): move the list-th in-progress list back to its queue. Only the jobs the
--- process was running count a recovery towards the poison-pill limit. A queue key of another
+-- process was running count a recovery towards the poison-pill limit; one that reaches it is
+-- a poison pill if it ran alone, else a suspect, to run alone next. A queue key of another
 -- type leaves the list where it is, registered, for a later sweep (-1); an in-progress key of
 -- another type holds no job kiq can read, and is forgotten.
 local function requeue(list)
-  local queue = ARGV[1 + 2 * list]
-  local src, dst = KEYS[7 + 2 * list], KEYS[8 + 2 * list]
+  local queue = ARGV[2 + 2 * list]
+  local src, dst = KEYS[6 + 3 * list], KEYS[7 + 3 * list]
   if is_a(src, 'list') and not is_a(dst, 'list') then return -1 end
-  local poison = is_a(KEYS[4], 'list')
+  -- a poison or suspects key of another type: the job goes back to its queue
+  local poison = is_a(KEYS[4], 'list') and KEYS[4]
+  local suspects = is_a(KEYS[8 + 3 * list], 'list') and KEYS[8 + 3 * list]
   local moved = 0
   local job = is_a(src, 'list') and redis.call('LPOP', src)
   while job do
-    local poisoned = false
+    local target = dst
     local entry = next(running) and running[redis.sha1hex(job)]
     if entry and entry.count > 0 then
       entry.count = entry.count - 1
       if entry.counter > 0 then
         local counter = KEYS[entry.counter]
         local count = redis.pcall('INCR', counter)
-        poisoned = poison and type(count) == 'number' and count >= __LIMIT__
+        if type(count) == 'number' and count >= __LIMIT__ then
+          if alone then target = poison or dst else target = suspects or dst end
+        end
         redis.call('EXPIRE', counter, __MEMORY__)
       end
     end
-    if poisoned then
-      redis.call('RPUSH', KEYS[4], job)
-    else
-      redis.call('RPUSH', dst, job)
-      moved = moved + 1
-    end
+    redis.call('RPUSH', target, job)
+    if target ~= poison then moved = moved + 1 end
     job = redis.call('LPOP', src)
   end
   if moved > 0 then redis.pcall('SADD', KEYS[3], queue) end
@@ -100,7 +111,7 @@ end
 local function requeue_all()
   local moved = {}
   for list = 1, lists do
-    moved[#moved + 1] = ARGV[1 + 2 * list]
+    moved[#moved + 1] = ARGV[2 + 2 * list]
     moved[#moved + 1] = requeue(list)
   end
   redis.pcall('SREM', KEYS[2], identity)
@@ -123,7 +134,7 @@ return requeue_all()
 SWEEP = _REQUEUE_LISTS + """
 if redis.call('EXISTS', KEYS[5]) == 1 then
   for list = 1, lists do
-    if ARGV[2 + 2 * list] == '1' then redis.pcall('SADD', KEYS[1], identity .. '|' .. ARGV[1 + 2 * list]) end
+    if ARGV[3 + 2 * list] == '1' then redis.pcall('SADD', KEYS[1], identity .. '|' .. ARGV[2 + 2 * list]) end
   end
   return {}
 end
@@ -222,7 +233,8 @@ class Recovery:
         """
         lists = dict.fromkeys([*queues, *self._registered(identity)], False)
         counted = self._counted(identity, lists, running) if running else []
-        counts = self._requeue_all(**self._lists_call(identity, lists, counted))
+        alone = crash is not None or len(running) == 1
+        counts = self._requeue_all(**self._lists_call(identity, lists, counted, alone))
         if not crashed:
             return _total(counts, None)
         self.bury_poison(crash)
@@ -245,8 +257,9 @@ class Recovery:
         total = 0
         for identity, work in zip(suspects, pipe.execute(raise_on_error=False), strict=True):
             running = self._running_of(work if isinstance(work, list) else [])
+            alone = len(running) == 1
             try:
-                counts = self._sweep(**self._lists_call(identity, owners[identity], running))
+                counts = self._sweep(**self._lists_call(identity, owners[identity], running, alone))
             except redis.ResponseError as error:  # one process's broken keys must not keep the others' jobs
                 if not wrong_type(error):
                     raise  # Redis refuses (writes, say): the sweeper waits for it, as for an outage
@@ -376,15 +389,16 @@ class Recovery:
             return None
         return self.keys.recoveries(jid) if isinstance(jid, str) else None
 
-    def _lists_call(self, identity: str, lists: dict[str, bool], running: Running) -> dict[str, Any]:
+    def _lists_call(self, identity: str, lists: dict[str, bool], running: Running,
+                    alone: bool) -> dict[str, Any]:
         """KEYS and ARGV of REQUEUE_ALL or SWEEP for ``identity``'s ``lists`` (queue: found
-        outside the registry)."""
+        outside the registry); ``alone``: the crash was the running jobs' own doing."""
         k = self.keys
         keys = [k.wip_registry, k.processes, k.queues, k.poison, k.process(identity), k.work(identity),
                 k.workers(identity), k.swept(identity)]
-        args: list[str | int] = [identity, len(lists)]
+        args: list[str | int] = [identity, len(lists), "1" if alone else "0"]
         for queue, found in lists.items():
-            keys += [k.wip(identity, queue), k.queue(queue)]
+            keys += [k.wip(identity, queue), k.queue(queue), k.suspects(queue)]
             args += [queue, "1" if found else "0"]
         counters: dict[str, int] = {}
         for digest, counter in running:

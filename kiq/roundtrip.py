@@ -11,7 +11,8 @@ ACK_AND_FETCH script, which atomically, for one worker:
    execution metrics (kiq.execution);
 4. moves up to the wanted number of jobs from the queues into the worker's in-progress lists,
    each from its weighted pick or else from the first queue in the round trip's order that
-   has one, and registers those lists in ``kiq:wip``.
+   has one, and registers those lists in ``kiq:wip``; but when a queue has a suspect
+   (kiq.recovery) and the worker may take one, it takes that job alone instead.
 
 So a job is always in Redis: in its queue, in an in-progress list, or in a sorted set. Every
 key reaches the script through ``KEYS[]`` (Redis's rule for scripts, which Redis Cluster
@@ -39,25 +40,27 @@ STAT_TTL = 5 * 365 * DAY
 
 # KEYS: the worker's entry, retry, dead, stat:processed, stat:failed, today's stat:processed:DATE
 # and stat:failed:DATE, kiq:wip, then for each queue Q of the worker (Q = 1, 2, ...) its
-# queue:NAME and its in-progress list kiq:wip:IDENTITY|NAME, then for each tally T (T = 1, 2, ...)
-# its minute's metrics hash j|DATE|H:M and its class's histogram CLASS-DD-HH:M.
+# queue:NAME, its in-progress list kiq:wip:IDENTITY|NAME and its kiq:suspects:NAME, then for each
+# tally T (T = 1, 2, ...) its minute's metrics hash j|DATE|H:M and its class's histogram CLASS-DD-HH:M.
 # ARGV: now, the heartbeat TTL in ms, how many tallies, the metrics' retention in seconds, each
 # queue's member of kiq:wip (IDENTITY|NAME), how many acknowledgements follow, then each one:
 # Q, PAYLOAD for a job that succeeded, or -Q, PAYLOAD, ACTION, NEW PAYLOAD, SCORE, FAILED for any
 # other end; then each tally: CLASS, PROCESSED, FAILED, MS, how many histogram buckets follow,
-# and each bucket's INDEX (from 0) and COUNT; then how many jobs to take, how many per-job picks
-# follow, the picks, and the order in which to try every queue when a pick is empty (queues by Q).
-# Returns {0} if the worker's entry has expired, else 1, how many problems, each problem (N of an
+# and each bucket's INDEX (from 0) and COUNT; then "1" if the worker may take a suspect, how
+# many jobs to take, how many per-job picks follow, the picks, and the order in which to try every
+# queue when a pick is empty (queues by Q). Returns {0} if the worker's entry has expired, else 1,
+# how many problems, 1 if the job taken is a suspect (else 0), each problem (N of an
 # acknowledgement left in progress, or -Q of a queue not read, and the reason), then Q, PAYLOAD, ...
 # Extending the entry comes first: Redis accepts it even at maxmemory, and then the rest of
 # the script.
 ACK_AND_FETCH = TRIM_DEAD + """
 if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 0 then return {0} end
 local tallies = tonumber(ARGV[3])
-local queues = (#KEYS - 8 - 2 * tallies) / 2
-local tallied = 8 + 2 * queues
-local function queue(q) return KEYS[7 + 2 * q] end
-local function wip(q) return KEYS[8 + 2 * q] end
+local queues = (#KEYS - 8 - 2 * tallies) / 3
+local tallied = 8 + 3 * queues
+local function queue(q) return KEYS[6 + 3 * q] end
+local function wip(q) return KEYS[7 + 3 * q] end
+local function suspects(q) return KEYS[8 + 3 * q] end
 local function minute(t) return KEYS[tallied + 2 * t - 1] end
 local function histogram(t) return KEYS[tallied + 2 * t] end
 -- What a key of another type, written by anything with access to Redis, kept this call from
@@ -131,9 +134,21 @@ for t = 1, tallies do
   redis.call('EXPIRE', minute(t), ARGV[4])
   i = i + 5 + 2 * buckets
 end
-local want, picks = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-local first, order = i + 2, i + 2 + picks
+local may_suspect, want, picks = ARGV[i] == '1', tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+local first, order = i + 3, i + 3 + picks
 local taken, empty, touched = {}, {}, {}
+local suspect = 0
+if may_suspect then  -- a suspect is taken alone: the worker runs nothing beside it
+  for q = 1, queues do
+    local listed = redis.call('TYPE', suspects(q))['ok'] == 'list'
+    local job = listed and redis.pcall('RPOPLPUSH', suspects(q), wip(q))
+    if type(job) == 'string' then
+      taken = {q, job}
+      touched[q], suspect, want = true, 1, 0
+      break
+    end
+  end
+end
 local function take(q)
   if empty[q] then return nil end
   local job = redis.pcall('RPOPLPUSH', queue(q), wip(q))  -- moves nothing if either is no list
@@ -163,7 +178,7 @@ for slot = 1, want do
   touched[q] = true
 end
 for q in pairs(touched) do redis.pcall('SADD', KEYS[8], ARGV[4 + q]) end
-local out = {1, #problems / 2}
+local out = {1, #problems / 2, suspect}
 for _, each in ipairs(problems) do out[#out + 1] = each end
 for _, each in ipairs(taken) do out[#out + 1] = each end
 return out
@@ -223,19 +238,21 @@ class RoundTrip:
         self._failed_number = {name: wire(f"-{q}") for q, name in enumerate(self.queues, 1)}
         self._members = [wire(f"{identity}|{name}") for name in self.queues]
         self._queue_keys = [wire(key) for name in self.queues
-                            for key in (keys.queue(name), keys.wip(identity, name))]
+                            for key in (keys.queue(name), keys.wip(identity, name), keys.suspects(name))]
         self._keys: list[bytes] = []
         self._today = (0.0, 0.0)  # the UTC day that the stat keys in _keys count, from and until
         self._conn = conn
         self._script = conn.register_script(ACK_AND_FETCH)
         self.unfiled: list[tuple[Ack, str]] = []  # of the last call (see _problems)
         self.unread: dict[str, str] = {}
+        self.suspect = False  # the last call took a suspect, the one job it returned
 
     def send(self, acks: Sequence[Ack], want: int, picks: Sequence[str], order: Sequence[str],
-             tallies: Sequence[Tally] = ()) -> list[Unit]:
+             tallies: Sequence[Tally] = (), may_suspect: bool = False) -> list[Unit]:
         """Acknowledge ``acks``, record ``tallies`` and take up to ``want`` jobs: the n-th from
-        ``picks[n]`` if it has one, else from the first queue in ``order`` that has one. Raises
-        Lapsed if the worker's entry had expired, having done nothing."""
+        ``picks[n]`` if it has one, else from the first queue in ``order`` that has one; or,
+        if ``may_suspect`` and a queue has a suspect, that job alone (``suspect`` says so).
+        Raises Lapsed if the worker's entry had expired, having done nothing."""
         now = time.time()
         if not self._today[0] <= now < self._today[1]:
             self._new_day(now)
@@ -246,15 +263,16 @@ class RoundTrip:
             keys, recorded = self._tallies(tallies)
         reply = evalsha(self._conn, self._script, keys, [
             now, self.ttl_ms, len(tallies), self.retention, *self._members, len(acks),
-            *self._acknowledgements(acks), *recorded,
+            *self._acknowledgements(acks), *recorded, b"1" if may_suspect else b"0",
             want, len(picks), *[number[name] for name in picks], *[number[name] for name in order],
         ])
         if reply[0] == 0:
             raise Lapsed(self.identity)
         names = self.queues
-        start = 2 + 2 * reply[1]
+        self.suspect = reply[2] == 1
+        start = 3 + 2 * reply[1]
         if reply[1]:
-            self._problems(acks, reply[2:start])
+            self._problems(acks, reply[3:start])
         else:
             self.unfiled, self.unread = [], {}
         return [Unit(names[reply[i] - 1], reply[i + 1]) for i in range(start, len(reply), 2)]

@@ -9,6 +9,9 @@ connection, which moves a job into the worker's in-progress list the moment it i
 watcher hands the job to the fetcher, whose buffer that same thread then takes it from: a job
 pushed to an idle worker starts at once, without waking another thread first.
 
+Between waits each watcher looks whether its queue has a suspect (kiq.recovery), which no
+wait catches: the fetcher then makes a round trip, which may take it.
+
 The watchers share the fetcher's lock. Which queues are free to watch changes together with
 the fetcher's idle state: a queue freed while the worker is idle must have a thread woken to
 watch it, or a job pushed there would wait until the next round trip, which an idle worker
@@ -39,11 +42,12 @@ class Watchers:
     A watcher reports the end of each wait to ``caught`` (the job, or None if none came), with
     the shared lock held: the fetcher files the job and says whether to wait again. A wait
     that failed is reported to ``lost`` first (lock held too): the move may have happened, its
-    reply lost with the connection."""
+    reply lost with the connection. A suspect found waiting is reported to ``suspected``
+    (lock held) before the end of that wait."""
 
     def __init__(self, redis_url: str, keys: Keys, identity: str, queues: Sequence[str],
                  ready: threading.Condition, caught: Callable[[Unit | None], bool],
-                 lost: Callable[[], None], outage: Outage) -> None:
+                 lost: Callable[[], None], suspected: Callable[[], None], outage: Outage) -> None:
         """``ready`` is the condition, on the shared lock, that threads wait on in ``take``."""
         self.redis_url = redis_url
         self.keys = keys
@@ -55,6 +59,7 @@ class Watchers:
         self._ready = ready
         self._caught = caught
         self._lost = lost
+        self._suspected = suspected
         self._outage = outage
         self._conns: dict[str, redis.Redis] = {}
         self.moving = 0  # waits under way, whose moves may land at any moment (shared lock)
@@ -103,8 +108,10 @@ class Watchers:
                 while self.held_back:
                     self._ready.wait()
                 self.moving += 1
+            suspect = False
             try:
                 job = self._move(conn, source, target)
+                suspect = job is None and conn.type(self.keys.suspects(queue)) in ("list", b"list")
             except BaseException as error:
                 pause = self._failed(error, pause)  # no longer counted as moving
                 job, ended = None, True
@@ -114,6 +121,8 @@ class Watchers:
             with self._ready:
                 if not ended:
                     self.moving -= 1  # with its job filed under the same lock: a resync sees it held
+                if suspect:
+                    self._suspected()
                 if not self._caught(None if job is None else Unit(queue, job)):
                     self.free.append(queue)
                     return

@@ -305,3 +305,14 @@ class FileJob(kiq.Job):
         time.sleep(seconds)
         with open(path, "a") as runs:
             runs.write(token + "\n")
+
+
+class SlowKillerJob(kiq.Job):
+    """A poison pill that runs a while before it takes its worker down (a job that runs out of memory)."""
+
+    def perform(self, seconds: float) -> None:
+        import signal
+
+        conn().rpush("attempts", str(os.getpid()))
+        time.sleep(seconds)
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -506,6 +506,41 @@ def test_jobs_pushed_while_busy_are_fetched_too(r, make_fetcher):
     assert got == [f"j{n}" for n in range(10)]
 
 
+def test_a_suspect_starts_once_the_running_jobs_end_and_nothing_runs_beside_it(r, make_fetcher):
+    """A suspect (kiq.recovery) is taken alone: the prefetched jobs go back to the queue at
+    once, the suspect waits for the running jobs, and nothing starts or is taken while it runs."""
+    fetcher = make_fetcher(concurrency=3, prefetch=10)
+    takers = Takers(fetcher)
+    push(r, "default", *(f"j{n}" for n in range(8)))
+    running = [takers.get(), takers.get(), takers.get()]
+    wait_for(lambda: len(wip(r)) == 8)  # 3 running, 5 prefetched
+    r.rpush("kiq:suspects:default", "pill")  # the queue is empty: a watcher finds it between waits
+    wait_for(lambda: r.llen("queue:default") == 5 and len(wip(r)) == 4 and wip(r)[0] == "pill", timeout=5)
+    assert r.llen("kiq:suspects:default") == 0
+    for _ in range(3):
+        with pytest.raises(queue.Empty):  # jobs still run: the suspect waits
+            takers.get(timeout=0.3)
+        takers.done(running.pop(0), SUCCESS)
+    suspect = takers.get()
+    assert suspect == Unit("default", "pill")
+    push(r, "default", "late")
+    with pytest.raises(queue.Empty):  # it runs alone, and the worker takes nothing meanwhile
+        takers.get(timeout=0.5)
+    assert r.llen("queue:default") == 6
+    takers.done(suspect, SUCCESS)
+    rest = [takers.get(), takers.get(), takers.get()]
+    assert {unit.payload for unit in rest} <= {f"j{n}" for n in range(3, 8)}
+
+
+def test_an_idle_worker_takes_a_suspect_between_waits(r, make_fetcher):
+    fetcher = make_fetcher(concurrency=2)
+    takers = Takers(fetcher)
+    wait_for(lambda: blocked_watchers(r) == 1)
+    r.rpush("kiq:suspects:default", "pill")
+    assert takers.get(timeout=3) == Unit("default", "pill")
+    assert wip(r) == ["pill"] and not r.exists("kiq:suspects:default")
+
+
 def test_strict_order_drains_queues_in_the_order_given(r, make_fetcher):
     for name in ("a", "b", "c"):
         push(r, name, *(f"{name}{n}" for n in range(5)))

@@ -241,6 +241,48 @@ def test_job_that_killed_its_worker_three_times_goes_to_dead(r, conn):
     assert "3 times" in buried["error_message"]
 
 
+def test_a_job_that_reaches_the_limit_at_crashes_it_shared_is_a_suspect_not_a_poison_pill(r, conn):
+    """A SIGKILL names no culprit: every job running is charged, and jobs requeued together
+    are taken together again. At the limit they wait as suspects, each to run alone; a
+    suspect that then crashes its worker alone is the poison pill, and goes to dead."""
+    pill, innocent = job("p" * 24), job("i" * 24)
+    push(r, "default", pill, innocent)
+    for _ in range(3):
+        running = take(r, DEAD, "default", 2)
+        Recovery(conn, Keys()).requeue_all(DEAD, ["default"], [digest(each) for each in running])
+    assert r.zcard("dead") == 0 and r.llen("queue:default") == 0
+    assert sorted(r.lrange("kiq:suspects:default", 0, -1)) == sorted([pill, innocent])
+    wip = f"kiq:wip:{DEAD}|default"
+    r.lrem("kiq:suspects:default", 1, pill)
+    r.lpush(wip, pill)  # a worker took the pill alone, and it crashed that worker
+    r.sadd("kiq:wip", f"{DEAD}|default")
+    Recovery(conn, Keys()).requeue_all(DEAD, ["default"], [digest(pill)])
+    assert [json.loads(each)["jid"] for each in r.zrange("dead", 0, -1)] == ["p" * 24]
+    assert r.lrange("kiq:suspects:default", 0, -1) == [innocent]
+
+
+def test_a_sweep_judges_alone_by_the_last_heartbeat(r, conn):
+    payload, other = job("w" * 24), job("x" * 24)
+    push(r, "default", payload, other)
+    for _ in range(3):
+        take(r, DEAD, "default", 2)
+        for thread, running in (("t1", payload), ("t2", other)):
+            r.hset(f"{DEAD}:work", thread, json.dumps({"queue": "default", "payload": running, "run_at": 0}))
+        Recovery(conn, Keys()).sweep()
+    assert r.zcard("dead") == 0
+    assert sorted(r.lrange("kiq:suspects:default", 0, -1)) == sorted([payload, other])
+
+
+def test_a_suspects_key_of_another_type_sends_the_job_back_to_its_queue(r, conn):
+    payload, other = job("y" * 24), job("u" * 24)
+    push(r, "default", payload, other)
+    r.set("kiq:suspects:default", "x")
+    for _ in range(3):
+        running = take(r, DEAD, "default", 2)
+        Recovery(conn, Keys()).requeue_all(DEAD, ["default"], [digest(each) for each in running])
+    assert sorted(consume(r, "default")) == sorted([payload, other]) and r.zcard("dead") == 0
+
+
 def test_stopping_worker_does_not_count_towards_poison(r, conn):
     payload = job("s" * 24)
     push(r, "default", payload)

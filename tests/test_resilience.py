@@ -61,6 +61,26 @@ def test_job_that_kills_its_worker_three_times_goes_to_dead(start_kiq, client, r
     assert kiq.process.poll() is None
 
 
+def test_a_job_running_beside_a_pill_that_sigkills_its_worker_is_not_buried_with_it(start_kiq, client, r):
+    """A SIGKILL names no culprit, so both jobs are charged at each crash, and requeued together
+    they are taken together again. At the limit each runs alone: the slow job finishes, and
+    the pill, alone at its fourth crash, goes to dead by itself."""
+    import sample_jobs
+
+    kiq = start_kiq(processes=1, concurrency=2)
+    kiq.wait_workers(1)
+    slow = sample_jobs.SlowJob.perform_later("slow", 2).jid
+    wait_for(lambda: r.llen("started") == 1)
+    pill = sample_jobs.SlowKillerJob.perform_later(0.5).jid
+    wait_for(lambda: r.lrange("results", 0, -1) == ["slow"] and r.zcard("dead") == 1, timeout=60)
+    [dead] = [json.loads(raw) for raw in r.zrange("dead", 0, -1)]
+    assert (dead["jid"], dead["error_class"]) == (pill, "kiq.PoisonPill")
+    assert r.llen("attempts") == 4  # three crashes beside the slow job, then one alone
+    alone = [json.loads(line) for line in kiq.log().splitlines() if "running a suspect alone" in line]
+    assert sorted(line["jid"] for line in alone) == sorted([pill, slow])
+    assert not r.exists("kiq:suspects:default") and r.llen("queue:default") == 0
+
+
 def test_a_segfault_charges_only_the_job_whose_thread_crashed(start_kiq, client, r):
     """A slow job runs beside a job that segfaults its worker three times: faulthandler names
     the crashing thread, so the segfaulting job goes to dead and the slow one, restarted with

@@ -165,7 +165,7 @@ def test_the_script_uses_the_keys_it_is_given_and_no_others(redis_server, r):
     names kiq would never build, it works on those alone, which a user allowed no other key
     checks on every command it runs."""
     names = ["entry", "retries", "deads", "done", "fails", "done-today", "fails-today", "lists",
-             "q1", "q1-wip", "q2", "q2-wip"]
+             "q1", "q1-wip", "q1-suspects", "q2", "q2-wip", "q2-suspects"]
     tally_keys = ["minute", "histogram"]
     r.acl_setuser("narrow", enabled=True, passwords=["+pw"], commands=["+@all"],
                   keys=[f"%RW~{name}" for name in names + tally_keys])
@@ -175,18 +175,24 @@ def test_the_script_uses_the_keys_it_is_given_and_no_others(redis_server, r):
     r.lpush("q1", "x")
     r.lpush("q2", "y", "z")
     members = ["me|one", "me|two"]
-    taken = script(keys=names, args=[time.time(), 60000, 0, 600, *members, 0, 3, 0, "1", "2"])
-    assert taken == [1, 0, 1, "x", 2, "y", 2, "z"]  # no problem, then the jobs
+    taken = script(keys=names, args=[time.time(), 60000, 0, 600, *members, 0, "1", 3, 0, "1", "2"])
+    assert taken == [1, 0, 0, 1, "x", 2, "y", 2, "z"]  # no problem, no suspect, then the jobs
+    r.rpush("q2-suspects", "s")
+    r.lpush("q1", "w")
+    taken = script(keys=names, args=[time.time(), 60000, 0, 600, *members, 0, "1", 3, 0, "1", "2"])
+    assert taken == [1, 0, 1, 2, "s"]  # the suspect alone
+    assert r.lrange("q2-wip", 0, -1) == ["s", "z", "y"] and r.llen("q1") == 1
+    r.lrem("q2-wip", 1, "s")
     acks = [1, "x", -2, "y", "dead", "y2", time.time(), "1", -2, "z", "retry", "z2", 5.0, "1"]
     tally = ["Job", 3, 2, 7, 1, 0, 1]  # 3 processed, 2 failed, 7 ms for the one that succeeded
     assert script(keys=names + tally_keys, args=[time.time(), 60000, 1, 600, *members, 3, *acks, *tally,
-                                                  0, 0]) == [1, 0]
+                                                  "0", 0, 0]) == [1, 0, 0]
     assert r.zrange("deads", 0, -1) == ["y2"] and r.zrange("retries", 0, -1) == ["z2"]
     assert [r.get(name) for name in ("done", "fails", "done-today", "fails-today")] == ["3", "2", "3", "2"]
     assert r.smembers("lists") == {"me|one", "me|two"}
     assert r.hgetall("minute") == {"Job|p": "3", "Job|f": "2", "Job|ms": "7"}
     assert r.bitfield("histogram").get("u16", "#0").execute() == [1]
-    assert r.dbsize() == 10  # q1, q2 and the in-progress lists are empty now, so gone
+    assert r.dbsize() == 11  # q2 and the in-progress lists are empty now, so gone; q1 keeps "w"
 
 
 def test_strict_order_is_fixed():

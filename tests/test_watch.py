@@ -25,6 +25,7 @@ class Desk:
         self.again = again
         self.caught: list[Unit | None] = []
         self.lost = 0
+        self.suspected = 0
 
     def on_caught(self, unit: Unit | None) -> bool:
         assert self.lock.locked()
@@ -35,10 +36,14 @@ class Desk:
         assert self.lock.locked()
         self.lost += 1
 
+    def on_suspected(self) -> None:
+        assert self.lock.locked()
+        self.suspected += 1
+
 
 def watchers(redis_server, desk: Desk, queues: list[str]) -> Watchers:
     watch = Watchers(redis_server.url, Keys(), IDENT, queues, desk.ready, desk.on_caught, desk.on_lost,
-                     Outage("fetch"))
+                     desk.on_suspected, Outage("fetch"))
     assert watch.open(connect(redis_server.url))
     return watch
 
@@ -101,6 +106,26 @@ def test_a_watcher_waits_again_while_the_fetcher_says_so(redis_server, r):
     thread.join(5)
     assert desk.caught == [None, None, Unit("default", "job")]
     assert watch.free == ["default"]
+
+
+def test_between_waits_a_watcher_says_when_its_queue_has_a_suspect(redis_server, r):
+    """A suspect (kiq.recovery) waits in a list of its own, which no wait catches: the watcher
+    looks for one after each wait that brought nothing, and says so before that wait's end."""
+    desk = Desk(again=lambda unit: unit is None)
+    watch = watchers(redis_server, desk, ["default"])
+    start_watching(watch, desk)
+    wait_for(lambda: blocked(r) == 1)
+    end_waits(r)
+    wait_for(lambda: len(desk.caught) == 1)
+    assert desk.suspected == 0
+    r.rpush("kiq:suspects:default", "pill")
+    wait_for(lambda: blocked(r) == 1)
+    end_waits(r)
+    wait_for(lambda: len(desk.caught) == 2)
+    assert desk.suspected == 1 and r.lrange("kiq:suspects:default", 0, -1) == ["pill"]  # only said
+    r.delete("kiq:suspects:default")
+    wait_for(lambda: blocked(r) == 1)
+    r.lpush("queue:default", "job")
 
 
 def test_a_watcher_leaves_its_queue_when_the_fetcher_wants_no_more_waiting(redis_server, r):
