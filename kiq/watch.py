@@ -9,8 +9,10 @@ connection, which moves a job into the worker's in-progress list the moment it i
 watcher hands the job to the fetcher, whose buffer that same thread then takes it from: a job
 pushed to an idle worker starts at once, without waking another thread first.
 
-Between waits each watcher looks whether its queue has a suspect (kiq.recovery), which no
-wait catches: the fetcher then makes a round trip, which may take it.
+Every ``LOOK_SECONDS`` between waits that brought nothing, each watcher looks whether its
+queue has a suspect (kiq.recovery), which no wait catches: the fetcher then makes a round
+trip, which may take it. A worker that is not idle takes one in its next round trip, and the
+one a master starts after a crash in its first.
 
 The watchers share the fetcher's lock. Which queues are free to watch changes together with
 the fetcher's idle state: a queue freed while the worker is idle must have a thread woken to
@@ -32,6 +34,7 @@ from kiq.keys import Keys
 from kiq.roundtrip import Unit
 
 BLOCK_SECONDS = 1
+LOOK_SECONDS = 5  # how often a watcher whose waits bring nothing looks for a suspect
 WATCH_MAX = 16  # queues an idle worker watches, each on a connection of its own; it polls the rest
 
 
@@ -103,6 +106,7 @@ class Watchers:
         conn = self._conns[queue]
         source, target = self.keys.queue(queue), self.keys.wip(self.identity, queue)
         pause = 0.0
+        looked = time.monotonic()
         while True:
             with self._ready:
                 while self.held_back:
@@ -111,7 +115,9 @@ class Watchers:
             suspect = False
             try:
                 job = self._move(conn, source, target)
-                suspect = job is None and conn.type(self.keys.suspects(queue)) in ("list", b"list")
+                if job is None and time.monotonic() - looked >= LOOK_SECONDS:
+                    looked = time.monotonic()
+                    suspect = conn.type(self.keys.suspects(queue)) in ("list", b"list")
             except BaseException as error:
                 pause = self._failed(error, pause)  # no longer counted as moving
                 job, ended = None, True

@@ -21,7 +21,7 @@ from kiq.keys import Keys
 from kiq.recovery import Recovery
 from kiq.retry import DEAD_MAX_JOBS, DEAD_TIMEOUT, SUCCESS, Outcome
 from kiq.roundtrip import QueueOrder, Unit
-from kiq.watch import WATCH_MAX
+from kiq.watch import LOOK_SECONDS, WATCH_MAX
 
 IDENT = "host:1:abc"
 MakeFetcher = Callable[..., Fetcher]
@@ -515,7 +515,8 @@ def test_a_suspect_starts_once_the_running_jobs_end_and_nothing_runs_beside_it(r
     running = [takers.get(), takers.get(), takers.get()]
     wait_for(lambda: len(wip(r)) == 8)  # 3 running, 5 prefetched
     r.rpush("kiq:suspects:default", "pill")  # the queue is empty: a watcher finds it between waits
-    wait_for(lambda: r.llen("queue:default") == 5 and len(wip(r)) == 4 and wip(r)[0] == "pill", timeout=5)
+    wait_for(lambda: r.llen("queue:default") == 5 and len(wip(r)) == 4 and wip(r)[0] == "pill",
+             timeout=LOOK_SECONDS + 3)
     assert r.llen("kiq:suspects:default") == 0
     for _ in range(3):
         with pytest.raises(queue.Empty):  # jobs still run: the suspect waits
@@ -537,7 +538,7 @@ def test_an_idle_worker_takes_a_suspect_between_waits(r, make_fetcher):
     takers = Takers(fetcher)
     wait_for(lambda: blocked_watchers(r) == 1)
     r.rpush("kiq:suspects:default", "pill")
-    assert takers.get(timeout=3) == Unit("default", "pill")
+    assert takers.get(timeout=LOOK_SECONDS + 3) == Unit("default", "pill")
     assert wip(r) == ["pill"] and not r.exists("kiq:suspects:default")
 
 

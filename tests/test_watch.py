@@ -108,9 +108,11 @@ def test_a_watcher_waits_again_while_the_fetcher_says_so(redis_server, r):
     assert watch.free == ["default"]
 
 
-def test_between_waits_a_watcher_says_when_its_queue_has_a_suspect(redis_server, r):
+def test_between_waits_a_watcher_says_when_its_queue_has_a_suspect(redis_server, r, monkeypatch):
     """A suspect (kiq.recovery) waits in a list of its own, which no wait catches: the watcher
-    looks for one after each wait that brought nothing, and says so before that wait's end."""
+    looks for one between waits that brought nothing (every LOOK_SECONDS, here each time), and
+    says so before that wait's end."""
+    monkeypatch.setattr("kiq.watch.LOOK_SECONDS", 0)
     desk = Desk(again=lambda unit: unit is None)
     watch = watchers(redis_server, desk, ["default"])
     start_watching(watch, desk)
