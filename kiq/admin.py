@@ -173,16 +173,17 @@ def stats(api: ShardedAPI, as_json: bool) -> None:
 @click.command()
 @connection_options
 def queues(api: ShardedAPI, as_json: bool) -> None:
-    """Every queue with its size, the jobs workers hold but have not started, and its latency
-    (age of its oldest job not yet started); with shards, the shard it is on."""
+    """Every queue with its size, the jobs workers hold but have not started, the suspects
+    waiting to run alone (jobs running at worker crashes), and its latency (age of its oldest
+    job not yet started); with shards, the shard it is on."""
     data, rows = [], []
     for q in api.queue_summaries():
         each, row = sharded(api, q.shard, {"queue": q.name, "size": q.size, "prefetched": q.prefetched,
-                                           "latency": round(q.latency, 3)},
-                            [q.name, q.size, q.prefetched, round(q.latency, 3)])
+                                           "suspects": q.suspects, "latency": round(q.latency, 3)},
+                            [q.name, q.size, q.prefetched, q.suspects, round(q.latency, 3)])
         data.append(each)
         rows.append(row)
-    emit(as_json, data, headers_of(api, ["queue", "size", "prefetched", "latency_s"]), rows)
+    emit(as_json, data, headers_of(api, ["queue", "size", "prefetched", "suspects", "latency_s"]), rows)
 
 
 @click.command()

@@ -509,6 +509,7 @@ class QueueSummary:
     latency: float  # seconds the oldest job not yet started has waited, in the queue or prefetched
     prefetched: int = 0  # jobs that workers hold but have not started
     shard: str = SINGLE
+    suspects: int = 0  # jobs waiting to run alone (kiq.recovery), not counted in size
 
 
 @dataclass(frozen=True)
@@ -525,23 +526,25 @@ class Found:
 
 
 def queue_summaries(api: API) -> list[QueueSummary]:
-    """Every known queue with its size, latency and prefetched jobs, in one round trip after the
-    queue names and one for the processes' prefetched jobs."""
+    """Every known queue with its size, latency, prefetched jobs and suspects, in one round trip
+    after the queue names and one for the processes' prefetched jobs."""
     names = sorted(api.members(api.keys.queues))
     held = api.prefetched()
     pipe = api.redis.pipeline(transaction=False)
     for name in names:
         pipe.llen(api.keys.queue(name))
         pipe.lindex(api.keys.queue(name), -1)
+        pipe.llen(api.keys.suspects(name))
     replies = pipe.execute(raise_on_error=False)
     now = time.time()
     found = []
     for index, name in enumerate(names):
-        size, oldest = replies[2 * index: 2 * index + 2]
+        size, oldest, suspects = replies[3 * index: 3 * index + 3]
         if isinstance(size, redis.ResponseError):
             continue  # its key is of another type: left out, the other queues shown
         count, first = held.get(name, (0, None))
-        found.append(QueueSummary(name, int(size), waited(oldest, first, now), count, api.shard))
+        found.append(QueueSummary(name, int(size), waited(oldest, first, now), count, api.shard,
+                                  read_count(suspects)))
     return found
 
 

@@ -70,6 +70,9 @@ class RedisCollector:
             "prefetched": GaugeMetricFamily("kiq_queue_prefetched",
                                             "Jobs of a queue that workers hold but have not started.",
                                             labels=by_queue),
+            "suspects": GaugeMetricFamily("kiq_queue_suspects",
+                                          "Jobs of a queue waiting to run alone: they were running at worker "
+                                          "crashes shared with other jobs.", labels=by_queue),
             "latency": GaugeMetricFamily("kiq_queue_latency_seconds",
                                          "Age of the oldest job of a queue not yet started, waiting in the "
                                          "queue or prefetched.", labels=by_queue),
@@ -109,23 +112,26 @@ class RedisCollector:
         for queue in queues:
             pipe.llen(k.queue(queue))
             pipe.lindex(k.queue(queue), -1)
+            pipe.llen(k.suspects(queue))
         for key in (k.schedule, k.retry, k.dead):
             pipe.zcard(key)
         pipe.scard(k.processes)
         for ident in identities:
             pipe.hget(k.process(ident), "prefetched")
         replies = pipe.execute(raise_on_error=False)
-        held = prefetched_by_queue(replies[2 * len(queues) + 4:])
+        held = prefetched_by_queue(replies[3 * len(queues) + 4:])
         now = time.time()
         for index, queue in enumerate(queues):
-            size, oldest = replies[2 * index: 2 * index + 2]
+            size, oldest, suspects = replies[3 * index: 3 * index + 3]
             if isinstance(size, redis.ResponseError):
                 continue
             count, first = held.get(queue, (0, None))
             families["size"].add_metric([queue, shard], size)
             families["prefetched"].add_metric([queue, shard], count)
+            if not isinstance(suspects, redis.ResponseError):
+                families["suspects"].add_metric([queue, shard], suspects)
             families["latency"].add_metric([queue, shard], waited(oldest, first, now))
-        sets = replies[2 * len(queues): 2 * len(queues) + 4]
+        sets = replies[3 * len(queues): 3 * len(queues) + 4]
         for name, value in zip(("scheduled", "retries", "dead", "processes"), sets, strict=True):
             if not isinstance(value, redis.ResponseError):
                 families[name].add_metric([shard], value)

@@ -169,19 +169,20 @@ def test_queues_table_and_json(redis_server, r):
     # A live worker holds three jobs of "low" it has not started, the oldest enqueued 40 s ago.
     r.sadd("processes", "host:1:abc")
     r.hset("host:1:abc", mapping={"info": "{}", "prefetched": json.dumps({"low": [3, time.time() - 40]})})
+    r.rpush("kiq:suspects:default", dump(sidekiq_job(3)))  # waits to run alone (kiq.recovery)
 
     raw, text = outputs(url, ["queues", "--json"], ["queues"])
     data = json.loads(raw)
-    assert [(q["queue"], q["size"], q["prefetched"]) for q in data] == [
-        ("critical", 12, 0), ("default", 2, 0), ("low", 0, 3)]
+    assert [(q["queue"], q["size"], q["prefetched"], q["suspects"]) for q in data] == [
+        ("critical", 12, 0, 0), ("default", 2, 0, 1), ("low", 0, 3, 0)]
     latency = {q["queue"]: q["latency"] for q in data}
     assert 2.5 < latency["critical"] < 10 and 19.5 < latency["default"] < 30 and 39.5 < latency["low"] < 50
 
-    found = {line.split()[0]: float(line.split()[3]) for line in text.splitlines()[1:]}
+    found = {line.split()[0]: float(line.split()[4]) for line in text.splitlines()[1:]}
     assert 2.5 < found["critical"] < 10 and 19.5 < found["default"] < 30
-    rows = [[name, size, held, f"{found[name]:.3f}"]
-            for name, size, held in (("critical", "12", "0"), ("default", "2", "0"), ("low", "0", "3"))]
-    assert_table(text, ["queue", "size", "prefetched", "latency_s"], rows, right=[1, 2, 3])
+    rows = [[name, size, held, suspects, f"{found[name]:.3f}"] for name, size, held, suspects in
+            (("critical", "12", "0", "0"), ("default", "2", "0", "1"), ("low", "0", "3", "0"))]
+    assert_table(text, ["queue", "size", "prefetched", "suspects", "latency_s"], rows, right=[1, 2, 3, 4])
 
 
 def test_empty_listings(redis_server):

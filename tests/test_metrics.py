@@ -251,10 +251,13 @@ def test_odd_queue_names_and_many_queues_leave_the_scrape_whole(metrics_kiq, r):
 
     _, port = metrics_kiq
     r.lpush("queue:a-waiting", "{}")  # no worker serves it
+    r.rpush("kiq:suspects:a-waiting", "{}", "{}")  # jobs to run alone (kiq.recovery)
     many = [f"q{n:05}" for n in range(QUEUES_MAX + 5)]
     r.execute_command("SADD", "queues", "a-waiting", b"\xff\xfex", *many)
     text = scrape(port)
     assert value(text, "kiq_queue_size", queue="a-waiting", shard="main") == 1
+    assert value(text, "kiq_queue_suspects", queue="a-waiting", shard="main") == 2
+    assert value(text, "kiq_queue_suspects", queue="q00000", shard="main") == 0
     assert value(text, "kiq_queues", shard="main") == r.scard("queues")
     sizes = [key for key in samples(text) if key[0] == "kiq_queue_size"]
     assert len(sizes) == QUEUES_MAX
