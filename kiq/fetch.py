@@ -48,7 +48,7 @@ from kiq.payload import enqueued_seconds
 from kiq.recovery import Recovery
 from kiq.retry import Outcome
 from kiq.roundtrip import Ack, QueueOrder, RoundTrip, Unit
-from kiq.watch import BLOCK_SECONDS, WATCH_MAX, Watchers
+from kiq.watch import BLOCK_SECONDS, Watchers, watched
 
 PREFETCH_CEILING = 10  # times max(concurrency, 20): the automatic prefetch's ceiling
 PREFETCH_HORIZON = 0.005  # seconds: a prefetched job should start within about this
@@ -69,7 +69,7 @@ def _jid(payload: str) -> object:
 
 def thread_count(concurrency: int, queues: int) -> int:
     """Threads a worker runs to take jobs: one per job slot, and one per queue to watch."""
-    return concurrency + min(queues, WATCH_MAX)
+    return concurrency + watched(queues)
 
 
 class Fetcher:

@@ -45,7 +45,7 @@ from kiq.shards import Shard
 from kiq.signals import SignalQueue, kill
 from kiq.supervisor import KILL_GRACE, AppLoadError, Supervisor, describe
 from kiq.sweep import Sweeper
-from kiq.watch import WATCH_MAX
+from kiq.watch import watched
 
 MASTER_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGTTIN,
                   signal.SIGTTOU, signal.SIGTSTP, signal.SIGUSR1)
@@ -437,7 +437,7 @@ class Master:
             limit = int(conn.config_get("maxclients").get("maxclients") or 0)
         except (redis.ResponseError, ValueError):  # CONFIG is disabled on some managed services
             return
-        needed = self.config.processes * (min(len(self.config.queues), WATCH_MAX) + WORKER_CONNECTIONS)
+        needed = self.config.processes * (watched(len(self.config.queues)) + WORKER_CONNECTIONS)
         if limit and needed * 2 > limit:
             self.log.warning("this master's workers would hold half of redis's maxclients or more: serve "
                              "fewer queues per worker, run fewer processes, or raise maxclients",

@@ -38,6 +38,11 @@ LOOK_SECONDS = 5  # how often a watcher whose waits bring nothing looks for a su
 WATCH_MAX = 16  # queues an idle worker watches, each on a connection of its own; it polls the rest
 
 
+def watched(queues: int) -> int:
+    """How many of a worker's ``queues`` its idle watchers wait on, each on a connection."""
+    return min(queues, WATCH_MAX)
+
+
 class Watchers:
     """The watch connections of one worker, which of its queues no thread watches, and the
     wait on one queue.

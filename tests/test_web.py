@@ -840,6 +840,6 @@ def test_queues_and_busy_show_the_jobs_workers_hold_but_have_not_started(web, r)
     r.rpush("kiq:suspects:default", dump(job(2)))  # a job that waits to run alone (kiq.recovery)
     queues = page(web, "/queues")
     assert re.search(r'<a href="[^"]*queues/default">default</a></td><td class="num">1</td>'
-                     r'<td class="num prefetched">4</td><td class="num suspects">1</td><td class="num">1.5 min',
-                     queues), queues
+                     r'<td class="num prefetched">4</td><td class="num suspects">1</td>'
+                     r'<td class="num">1.5 min', queues), queues
     assert '<td class="num prefetched">6</td>' in page(web, "/busy")
