@@ -244,17 +244,19 @@ class Queue:
         return job is not None and int(self.api.redis.lrem(self.key, 1, wire(job.raw))) == 1  # type: ignore[arg-type]
 
     def clear(self) -> int:
-        """Remove the queue and every job in it; returns how many jobs. Its listing in
-        ``queues`` goes too, best effort: a ``queues`` key of another type must not make a
-        clear that happened look failed."""
+        """Remove the queue and every job in it, its suspects (kiq.recovery) too; returns how
+        many jobs. Its listing in ``queues`` goes too, best effort: a ``queues`` key of another
+        type must not make a clear that happened look failed."""
+        suspects = self.api.keys.suspects(self.name)
         pipe = self.api.redis.pipeline(transaction=True)
         pipe.llen(self.key)
-        pipe.delete(self.key)
+        pipe.llen(suspects)
+        pipe.delete(self.key, suspects)
         pipe.srem(self.api.keys.queues, self.name)
-        count = pipe.execute(raise_on_error=False)[0]
+        count, held = pipe.execute(raise_on_error=False)[:2]
         if isinstance(count, redis.ResponseError):
             raise count
-        return int(count)
+        return int(count) + read_count(held)
 
 
 class SortedSet:

@@ -17,10 +17,11 @@ and the lease (kiq.lease), without which no job starts. Threads in ``take`` wait
 (a round trip to make).
 
 A suspect (kiq.recovery: a job that was running at several crashes, each beside other jobs) is
-taken alone: the round trip that takes one takes nothing else, the jobs this worker had
-prefetched go back to their queues, and the suspect starts once the running jobs have ended,
-with nothing beside it and nothing fetched until it ends. Any round trip of a worker not
-already holding one may take it; an idle worker's watchers look for suspects between waits.
+taken alone, by a worker that holds no job: the round trip that takes one takes nothing else,
+and nothing starts beside the suspect or is fetched until it ends (a job a watcher catches
+meanwhile goes back to its queue). So no job waits behind a suspect, and a suspect waits for
+a worker with nothing to do: the one its supervisor starts after the crash, or an idle one,
+whose watchers look for suspects between waits.
 
 The worker's tallies of its finished jobs (kiq.execution) ride with the acknowledgements: each
 job is tallied before it is acknowledged, so the round trip that sends its acknowledgement, or
@@ -45,7 +46,7 @@ from kiq.heartbeat import Lapsed
 from kiq.keys import Keys
 from kiq.lease import Lease, Reclaimer
 from kiq.payload import enqueued_seconds
-from kiq.recovery import Recovery
+from kiq.recovery import UNREADABLE, Recovery
 from kiq.retry import Outcome
 from kiq.roundtrip import Ack, QueueOrder, RoundTrip, Unit
 from kiq.watch import BLOCK_SECONDS, Watchers, watched
@@ -60,10 +61,11 @@ STRAYS_PATIENCE = 1.0  # seconds a resync waits, beyond BLOCK_SECONDS, for the w
 
 
 def _jid(payload: str) -> object:
-    """The jid of a job hash that kiq built, for a log line."""
+    """The jid of a job hash, for a log line; None for a payload that is none (a suspect comes
+    from a list that anything with access to Redis may write to)."""
     try:
         return json.loads(payload).get("jid")
-    except (ValueError, AttributeError):
+    except UNREADABLE:
         return None
 
 
@@ -94,6 +96,7 @@ class Fetcher:
         ``prefetch`` is how many jobs it holds beyond the running ones (None: sized from their
         run times, up to the automatic ceiling)."""
         self.identity = identity
+        self.keys = keys
         self.queues = queues
         self.concurrency = concurrency
         self.automatic = prefetch is None
@@ -126,6 +129,8 @@ class Fetcher:
         self._running = 0
         self._suspect: Unit | None = None  # a suspect in the buffer, waiting to run alone
         self._alone: Unit | None = None  # a suspect running alone
+        self._empty_handed = False  # no job held when the fetcher's turn began: it may take a suspect
+        self._cleared: list[str] = []  # jids of suspects that ran alone and ended: their crash counts go
         self._fetching = True
         self._closing = False
         self._idle = False  # the last fetch found every queue empty
@@ -207,6 +212,8 @@ class Fetcher:
             self._progress = time.monotonic()
             self._work_seconds += seconds
             self._work_jobs += 1
+            if unit is self._alone and isinstance(jid := _jid(unit.payload), str):
+                self._cleared.append(jid)  # it ran alone without crashing its worker: not a pill
             self._ended(unit)
             self._acknowledge(unit, outcome)
 
@@ -243,7 +250,7 @@ class Fetcher:
         """File what a watcher's wait brought (a job, or None); whether it should wait again."""
         if unit is not None:
             self._hold([unit])
-            if self._fetching:
+            if self._fetching and not self._alone_soon():
                 self._buffer.append(unit)
                 self._progress = time.monotonic()
                 self._idle = False
@@ -309,6 +316,11 @@ class Fetcher:
     @property
     def busy(self) -> int:
         return self._running
+
+    @property
+    def fetching(self) -> bool:
+        """Whether the fetcher thread runs: it ends when closed, or if kiq itself fails in it."""
+        return self._thread.is_alive()
 
     def renewed(self, sent_at: float) -> None:
         """Redis found this worker's entry alive in a call sent at ``sent_at`` (monotonic)."""
@@ -450,6 +462,7 @@ class Fetcher:
             giveback, self._giveback = self._giveback, []
             taking = self._fetching and not self._alone_soon()
             want = self.capacity - len(self._buffer) - self._running if taking else 0
+            self._empty_handed = taking and not self._buffer and self._running == 0
             return acks, tallies, giveback, max(want, 0)
 
     def _keep(self, acks: list[Ack], tallies: list[Tally], giveback: list[Unit],
@@ -465,6 +478,8 @@ class Fetcher:
         """Everything one turn of the fetcher sends: a reclaim after a lapse, a resync after a
         failed call, give-backs, then the round trip (skipped when it has nothing to do)."""
         rare = self._lapsed or self._resync or giveback
+        if self._cleared:
+            self._clear_counts()
         if self._lapsed:
             self._reclaim()
         if self._resync:
@@ -478,11 +493,22 @@ class Fetcher:
             return []
         picks, order = (self.queues.picks(want), self.queues.order()) if want else ([], [])
         sent = self._tripped = time.monotonic()
-        jobs = self.round_trip.send(acks, want, picks, order, tallies, may_suspect=want > 0)
+        jobs = self.round_trip.send(acks, want, picks, order, tallies,
+                                    may_suspect=want > 0 and self._empty_handed)
         self.renewed(sent)
         if self.round_trip.unfiled or self.round_trip.unread or self._unread:
             self._problems(jobs)
         return jobs
+
+    def _clear_counts(self) -> None:
+        """Forget the crash counts of suspects that ran alone and ended: a later crash beside
+        other jobs starts their count afresh. Best effort: a count left expires within a day."""
+        with self._lock:
+            cleared, self._cleared = self._cleared, []
+        try:
+            self.conn.delete(*[self.keys.recoveries(jid) for jid in cleared])
+        except redis.RedisError as error:
+            self.log.info("could not clear the crash counts of suspects that ran alone", error=str(error))
 
     def _problems(self, jobs: list[Unit]) -> None:
         """Say what keys of another type (written by anything with access to Redis) kept the
@@ -606,9 +632,9 @@ class Fetcher:
         return self._suspect is not None or self._alone is not None
 
     def _take_alone(self, suspect: Unit) -> None:
-        """Hold a suspect: the jobs prefetched so far go back to their queues, where a worker
-        with a free slot starts them, and it starts once the running jobs have ended (called
-        with the lock held)."""
+        """Hold a suspect. It was taken with no job held, but a watcher may have brought one
+        since: such jobs go back to their queues, and the suspect starts once one already
+        started has ended (called with the lock held)."""
         self._giveback.extend(self._buffer)
         self._buffer.clear()
         self._buffer.append(suspect)
@@ -616,7 +642,6 @@ class Fetcher:
         self._idle = False
         self._progress = time.monotonic()
         self.log.warning("running a suspect alone: it was running each time its worker died, beside "
-                         "other jobs; the jobs running here end first", jid=_jid(suspect.payload),
-                         queue=suspect.queue, running=self._running)
+                         "other jobs", jid=_jid(suspect.payload), queue=suspect.queue)
         self._work_ready.notify()
         self._wake.notify()  # to give the prefetched jobs back

@@ -4,8 +4,9 @@ Two Redis servers share no transaction, so each job is copied first and removed 
 may be on both shards for a moment, never on neither. The copy goes where the job was: a
 waiting job to the back of the queue on the target (oldest first, so the moved jobs keep
 their order), an entry of ``schedule``, ``retry`` or ``dead`` into the same set with the
-same score. The sets go first and the queue last, so that a scheduled job the source's
-scheduler makes due meanwhile is moved from the queue.
+same score, a suspect (kiq.recovery) to the back of the queue's suspects list. The sets go
+first and the lists last, so that a scheduled job the source's scheduler makes due meanwhile
+is moved from the queue.
 
 The removal is the exact entry (``LREM`` of the oldest copy, ``ZREM``). When it removes
 nothing, something took the job on the source between copy and removal: a worker still
@@ -28,6 +29,7 @@ from redis.client import Pipeline
 
 from kiq.api import API, Job, SortedSet
 from kiq.connection import send, wire
+from kiq.keys import Keys
 
 BATCH = 100
 
@@ -39,7 +41,8 @@ class Moved:
     queue: str
     source: str
     target: str
-    moved: dict[str, int] = field(default_factory=lambda: {"queue": 0, "schedule": 0, "retry": 0, "dead": 0})
+    moved: dict[str, int] = field(
+        default_factory=lambda: {"queue": 0, "suspects": 0, "schedule": 0, "retry": 0, "dead": 0})
     taken: int = 0  # taken on the source between copy and removal; the copy was withdrawn
     doubled: int = 0  # taken on both shards in that moment: on both, and may run twice
 
@@ -56,23 +59,27 @@ def move_queue(source: API, target: API, queue: str, batch: int = BATCH) -> Move
     for source_set, target_set in ((source.scheduled, target.scheduled), (source.retries, target.retries),
                                    (source.dead, target.dead)):
         moved.moved[source_set.name] = _move_entries(source_set, target_set, queue, batch, moved)
-    moved.moved["queue"] = _move_waiting(source, target, queue, batch, moved)
+    for place, keys_of in (("queue", Keys.queue), ("suspects", Keys.suspects)):
+        moved.moved[place] = _move_list(source, target, queue, keys_of, batch, moved)
     unlist = source.redis.register_script(UNLIST_EMPTY)
-    unlist(keys=[source.keys.queue(queue), source.keys.queues], args=[queue])
+    unlist(keys=[source.keys.queue(queue), source.keys.suspects(queue), source.keys.queues], args=[queue])
     return moved
 
 
-# KEYS: a queue, queues. ARGV: its name. Once a move has emptied the queue on the source, it
-# leaves that shard's ``queues`` (a producer still pushing there lists it again with its push),
-# so that ``kiq shards list``, ``kiq queues`` and the metrics stop showing it there.
+# KEYS: a queue, its suspects, queues. ARGV: its name. Once a move has emptied the queue and its
+# suspects on the source, it leaves that shard's ``queues`` (a producer still pushing there lists
+# it again with its push), so that ``kiq shards list``, ``kiq queues`` and the metrics stop
+# showing it there.
 UNLIST_EMPTY = """
-if redis.call('EXISTS', KEYS[1]) == 0 then redis.pcall('SREM', KEYS[2], ARGV[1]) end
+if redis.call('EXISTS', KEYS[1], KEYS[2]) == 0 then redis.pcall('SREM', KEYS[3], ARGV[1]) end
 return 0
 """
 
 
-def _move_waiting(source: API, target: API, queue: str, batch: int, moved: Moved) -> int:
-    key, target_key = source.keys.queue(queue), target.keys.queue(queue)
+def _move_list(source: API, target: API, queue: str, keys_of: Callable[[Keys, str], str], batch: int,
+               moved: Moved) -> int:
+    """The jobs of one of ``queue``'s lists (``keys_of`` names it), oldest first."""
+    key, target_key = keys_of(source.keys, queue), keys_of(target.keys, queue)
     left = int(source.redis.llen(key))
     done = 0
     while left > 0:

@@ -235,6 +235,8 @@ class Recovery:
         counted = self._counted(identity, lists, running) if running else []
         alone = crash is not None or len(running) == 1
         counts = self._requeue_all(**self._lists_call(identity, lists, counted, alone))
+        if counted and not alone:
+            self._check_suspects(lists)
         if not crashed:
             return _total(counts, None)
         self.bury_poison(crash)
@@ -311,9 +313,21 @@ class Recovery:
                 break
             buried += done
             logger.error(f"poison pills to the dead set: each was running when its worker died "
-                         f"{POISON_LIMIT} times (kiq dead show JID)", jobs=done,
+                         f"{POISON_LIMIT} times or more, the last time alone (kiq dead show JID)", jobs=done,
                          jids=[_named(str(raw)) for raw in raws[:10]])
         return buried
+
+    def _check_suspects(self, queues: Iterable[str]) -> None:
+        """Say so when a suspects key is of another type: the requeue sent its suspects back to
+        their queue, so a pill among them cannot be buried and keeps crashing workers."""
+        keys = [self.keys.suspects(queue) for queue in queues]
+        pipe = self.conn.pipeline(transaction=False)
+        for key in keys:
+            pipe.type(key)
+        for key, kind in zip(keys, pipe.execute(), strict=True):
+            if kind not in ("list", "none"):
+                self._say_once(key, "a key kiq keeps a list in is of another type; fix or delete it "
+                               "(until then no job that crashed its worker beside others is buried)")
 
     def _listed(self, key: str, count: int) -> list[Any]:
         """The first ``count`` entries of a list; none if anything made ``key`` another type."""
@@ -436,7 +450,8 @@ def _named(raw: str) -> str:
 
 
 def _poisoned(raw: str, now: float, crash: Crash | None) -> dict[str, object]:
-    reason = f"job was running when its worker died {POISON_LIMIT} times; not retried (poison pill)"
+    reason = (f"job was running when its worker died {POISON_LIMIT} times or more, the last time alone; "
+              "not retried (poison pill)")
     if crash is not None and _digest(raw) != crash.digest:
         crash = None
     if crash is not None:

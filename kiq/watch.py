@@ -122,7 +122,7 @@ class Watchers:
                 job = self._move(conn, source, target)
                 if job is None and time.monotonic() - looked >= LOOK_SECONDS:
                     looked = time.monotonic()
-                    suspect = conn.type(self.keys.suspects(queue)) in ("list", b"list")
+                    suspect = conn.type(self.keys.suspects(queue)) == "list"
             except BaseException as error:
                 pause = self._failed(error, pause)  # no longer counted as moving
                 job, ended = None, True

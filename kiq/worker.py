@@ -146,6 +146,7 @@ class Worker:
         setproctitle.setproctitle(f"kiq worker {self.index} [starting]")
         self.ledger.watch_faults()
         signals = SignalQueue(WORKER_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)  # held since the fork (kiq.supervisor)
         self.heartbeat = self._heartbeat()
         self.fetcher = Fetcher(
             self.config.redis_url,
@@ -183,12 +184,21 @@ class Worker:
                 self._handle(signum)
             self._watch_timeouts()
             self._replace_dead_threads()
+            self._stop_without_fetcher()
             metrics.flush()
             if os.getppid() != self.parent:
                 self.log.warning("supervisor is gone, stopping")
                 self.stopping = True
         self._shutdown(self.threads, beat)
         return self.exit_code
+
+    def _stop_without_fetcher(self) -> None:
+        """Stop a worker whose fetcher thread has died (a bug in kiq, logged with its traceback):
+        it would beat on, looking alive, and never take or acknowledge a job again. Its
+        supervisor starts another; the stop requeues what it holds, as any stop does."""
+        if not self.stopping and not self.fetcher.fetching:
+            self.log.error("the fetcher thread died; this worker stops and its supervisor starts another")
+            self.stopping, self.exit_code = True, exits.FETCHER_DIED
 
     def _start_event_loop(self) -> None:
         """One event loop per worker process for ``async def perform`` jobs.

@@ -506,31 +506,45 @@ def test_jobs_pushed_while_busy_are_fetched_too(r, make_fetcher):
     assert got == [f"j{n}" for n in range(10)]
 
 
-def test_a_suspect_starts_once_the_running_jobs_end_and_nothing_runs_beside_it(r, make_fetcher):
-    """A suspect (kiq.recovery) is taken alone: the prefetched jobs go back to the queue at
-    once, the suspect waits for the running jobs, and nothing starts or is taken while it runs."""
+def test_a_suspect_is_taken_by_a_worker_holding_no_job_and_nothing_runs_beside_it(r, make_fetcher,
+                                                                                    monkeypatch):
+    """A suspect (kiq.recovery) waits for a worker with nothing to do, so that no job waits
+    behind it; while it runs, nothing else starts, is taken, or is kept from a watcher."""
+    monkeypatch.setattr("kiq.watch.LOOK_SECONDS", 0)
     fetcher = make_fetcher(concurrency=3, prefetch=10)
     takers = Takers(fetcher)
     push(r, "default", *(f"j{n}" for n in range(8)))
     running = [takers.get(), takers.get(), takers.get()]
-    wait_for(lambda: len(wip(r)) == 8)  # 3 running, 5 prefetched
-    r.rpush("kiq:suspects:default", "pill")  # the queue is empty: a watcher finds it between waits
-    wait_for(lambda: r.llen("queue:default") == 5 and len(wip(r)) == 4 and wip(r)[0] == "pill",
-             timeout=LOOK_SECONDS + 3)
-    assert r.llen("kiq:suspects:default") == 0
-    for _ in range(3):
-        with pytest.raises(queue.Empty):  # jobs still run: the suspect waits
-            takers.get(timeout=0.3)
+    r.rpush("kiq:suspects:default", "pill")
+    time.sleep(2.5)  # watchers look each second, round trips come and go: this worker holds jobs
+    assert r.lrange("kiq:suspects:default", 0, -1) == ["pill"]
+    for finished in range(1, 9):
         takers.done(running.pop(0), SUCCESS)
-    suspect = takers.get()
-    assert suspect == Unit("default", "pill")
+        if finished + len(running) < 8:
+            running.append(takers.get())
+    wait_for(lambda: r.get("stat:processed") == "8")
+    suspect = takers.get(timeout=5)
+    assert suspect == Unit("default", "pill") and wip(r) == ["pill"]
     push(r, "default", "late")
-    with pytest.raises(queue.Empty):  # it runs alone, and the worker takes nothing meanwhile
-        takers.get(timeout=0.5)
-    assert r.llen("queue:default") == 6
+    with pytest.raises(queue.Empty):  # it runs alone: the late job waits in its queue
+        takers.get(timeout=2.5)
+    assert consume(r, "default") == ["late"] and wip(r) == ["pill"]
     takers.done(suspect, SUCCESS)
-    rest = [takers.get(), takers.get(), takers.get()]
-    assert {unit.payload for unit in rest} <= {f"j{n}" for n in range(3, 8)}
+    assert takers.get(timeout=5) == Unit("default", "late")
+
+
+def test_a_suspect_that_ran_alone_and_ended_loses_its_crash_count(r, make_fetcher, monkeypatch):
+    """It did not crash its worker alone: innocent, its count starts afresh, and a single later
+    crash cannot bury it."""
+    monkeypatch.setattr("kiq.watch.LOOK_SECONDS", 0)
+    takers = Takers(make_fetcher(concurrency=2))
+    suspect = json.dumps({"class": "Job", "args": [], "jid": "c" * 24, "queue": "default"})
+    r.set(f"kiq:recoveries:{'c' * 24}", 3)
+    r.rpush("kiq:suspects:default", suspect)
+    unit = takers.get(timeout=5)
+    assert unit.payload == suspect and r.exists(f"kiq:recoveries:{'c' * 24}")
+    takers.done(unit, SUCCESS)
+    wait_for(lambda: not r.exists(f"kiq:recoveries:{'c' * 24}"))
 
 
 def test_an_idle_worker_takes_a_suspect_between_waits(r, make_fetcher):

@@ -81,6 +81,52 @@ def test_a_job_running_beside_a_pill_that_sigkills_its_worker_is_not_buried_with
     assert not r.exists("kiq:suspects:default") and r.llen("queue:default") == 0
 
 
+def test_a_suspect_nested_too_deep_to_read_goes_to_dead_and_the_worker_goes_on(start_kiq, client, r):
+    """Anything with access to Redis may write to a suspects list: an entry that json cannot
+    read (nested too deep) killed the fetcher thread that logged its jid, and the worker beat
+    on without taking another job."""
+    import sample_jobs
+
+    kiq = start_kiq(processes=1, concurrency=2)
+    kiq.wait_workers(1)
+    r.rpush("kiq:suspects:default", "[" * 100_000 + "]" * 100_000)
+    sample_jobs.RecordJob.perform_bulk([[str(n)] for n in range(10)])
+    wait_for(lambda: r.llen("results") == 10 and r.zcard("dead") == 1, timeout=20)
+    [dead] = [json.loads(raw) for raw in r.zrange("dead", 0, -1)]
+    assert dead["error_class"] == "kiq.InvalidPayloadError" and not r.exists("kiq:suspects:default")
+
+
+def test_a_worker_whose_fetcher_thread_dies_is_replaced_and_loses_nothing(start_kiq, client, r, tmp_path):
+    """A bug in kiq that ends the fetcher thread (here an app module that makes it raise once,
+    when the test arms it) left a worker that beat on and never took a job again. It now stops,
+    its jobs go back, and its supervisor starts another."""
+    import sample_jobs
+
+    (tmp_path / "fetcher_breaker.py").write_text(
+        "import pathlib\n"
+        "from kiq import fetch\n"
+        "ARMED = pathlib.Path(__file__).with_name('armed')\n"
+        "receive = fetch.Fetcher._receive\n"
+        "def breaking(self, jobs, idle):\n"
+        "    if jobs and ARMED.exists():\n"
+        "        ARMED.unlink()\n"
+        "        raise RuntimeError('a bug in the fetcher')\n"
+        "    return receive(self, jobs, idle)\n"
+        "fetch.Fetcher._receive = breaking\n")
+    kiq = start_kiq(processes=1, concurrency=2, require=["sample_jobs", "fetcher_breaker"])
+    [first] = kiq.wait_workers(1)
+    (tmp_path / "armed").touch()
+    tokens = [str(n) for n in range(50)]
+    sample_jobs.RecordJob.perform_bulk([[token] for token in tokens])
+    wait_for(lambda: not (tmp_path / "armed").exists(), timeout=10)  # the fetcher raised
+    wait_for(lambda: first not in kiq.workers() and set(r.lrange("results", 0, -1)) == set(tokens),
+             timeout=30)
+    lines = [json.loads(line) for line in kiq.log().splitlines() if line.startswith("{")]
+    assert any(line["event"] == "the fetcher thread died; this worker stops and its supervisor starts another"
+               for line in lines)
+    assert len(kiq.wait_workers(1)) == 1
+
+
 def test_a_segfault_charges_only_the_job_whose_thread_crashed(start_kiq, client, r):
     """A slow job runs beside a job that segfaults its worker three times: faulthandler names
     the crashing thread, so the segfaulting job goes to dead and the slow one, restarted with

@@ -336,6 +336,8 @@ def test_moving_a_queue_to_another_shard_loses_nothing(start_kiq, redis_server, 
     r.zadd("retry", {json.dumps(retrying): time.time() + 3600})
     r.zadd("dead", {json.dumps(died): time.time()})
     r.zadd("retry", {json.dumps({**retrying, "queue": "default", "jid": "f" * 24}): time.time() + 3600})
+    suspect = {**retrying, "args": ["suspected"], "jid": "a" * 24}
+    r.rpush("kiq:suspects:invoices", json.dumps(suspect))  # to run alone (kiq.recovery)
     assert r.llen("queue:invoices") == 20  # nobody serves invoices on main any more
     listed = json.loads(cli(config, "shards", "list", "--json"))
     main_queues = {q["queue"]: q for q in listed[0]["queues"]}
@@ -345,14 +347,16 @@ def test_moving_a_queue_to_another_shard_loses_nothing(start_kiq, redis_server, 
     moved = json.loads(cli(config, "shards", "move", "invoices", "--to", "billing", "--json"))
     assert moved[0]["from"] == "main" and moved[0]["doubled"] == 0
     assert moved[0]["moved"]["retry"] == 1 and moved[0]["moved"]["dead"] == 1
+    assert moved[0]["moved"]["suspects"] == 1
     wait_for(lambda: r.zcard("schedule") == 0 and billing.zcard("schedule") <= 1)  # the soon one is due
     again = json.loads(cli(config, "shards", "move", "invoices", "--to", "billing", "--json"))
     assert again[0]["doubled"] == 0
-    tokens = {f"late-{n}" for n in range(20)} | {f"before-{n}" for n in range(5)} | {"scheduled-soon"}
+    tokens = {f"late-{n}" for n in range(20)} | {f"before-{n}" for n in range(5)}
+    tokens |= {"scheduled-soon", "suspected"}
     wait_for(lambda: set(r.lrange("results", 0, -1)) == tokens, timeout=20)
     assert len(r.lrange("results", 0, -1)) == len(tokens)  # each ran once
-    wait_for(lambda: stat(billing, "processed") == 21)
-    assert r.llen("queue:invoices") == 0
+    wait_for(lambda: stat(billing, "processed") == 22)
+    assert r.llen("queue:invoices") == 0 and not r.exists("kiq:suspects:invoices")
     assert [json.loads(raw)["args"] for raw in billing.zrange("schedule", 0, -1)] == [["scheduled-later"]]
     assert [json.loads(raw)["jid"] for raw in billing.zrange("retry", 0, -1)] == ["d" * 24]
     assert [json.loads(raw)["jid"] for raw in billing.zrange("dead", 0, -1)] == ["e" * 24]
