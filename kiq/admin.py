@@ -337,8 +337,9 @@ scheduled = set_command("scheduled", "scheduled", ["retry", "delete"],
 @click.argument("jid")
 @connection_options
 def find(api: ShardedAPI, as_json: bool, jid: str) -> None:
-    """Where the job JID is: waiting in a queue, scheduled, retrying, dead, running or taken by a
-    worker; each place with the job whole. Exits 1 if it is nowhere (it ran, or never was)."""
+    """Where the job JID is: waiting in a queue, waiting to run alone, scheduled, retrying, dead,
+    running or taken by a worker; each place with the job whole. Exits 1 if it is nowhere (it
+    ran, or never was)."""
     found = api.find(jid)
     if as_json:
         click.echo(json.dumps([sharded(api, each.shard, {"place": each.place, "name": each.name,
@@ -361,6 +362,8 @@ def _place(found: Found) -> str:
         return f"running in {name}, started {_ago(found.since)}"
     if found.place == "taken":
         return f"taken by {name} (about to start, or started since its last heartbeat)"
+    if found.place == "suspect":
+        return f"waiting to run alone, queue {name} (it was running at worker crashes beside other jobs)"
     return {"schedule": "scheduled", "retry": "in the retry set", "dead": "in the dead set"}[found.place]
 
 

@@ -516,9 +516,9 @@ class QueueSummary:
 
 @dataclass(frozen=True)
 class Found:
-    """A job and where it is: ``place`` is one of PLACES, or ``taken`` (``find`` only); ``name``
-    is the queue's name, or for a running or taken job the identity of the process that has it;
-    ``since`` is when it started running."""
+    """A job and where it is: ``place`` is one of PLACES, or ``taken`` or ``suspect`` (``find``
+    only); ``name`` is the queue's name, or for a running or taken job the identity of the
+    process that has it; ``since`` is when it started running."""
 
     place: str
     name: str
@@ -721,9 +721,9 @@ def search(api: API, text: str, limit: int = 25) -> dict[str, list[Found]]:
 
 
 def find(jid: str, api: API | None = None) -> list[Found]:
-    """Everywhere the job ``jid`` is: waiting in a queue, scheduled, in the retry or dead set,
-    running, or taken by a worker (a job can be in two places for a moment, or for good if it
-    was pushed twice).
+    """Everywhere the job ``jid`` is: waiting in a queue, waiting there to run alone (a suspect,
+    kiq.recovery), scheduled, in the retry or dead set, running, or taken by a worker (a job can
+    be in two places for a moment, or for good if it was pushed twice).
     Queues are read a window at a time; the sets are scanned in Redis for the jid."""
     api = api or API()
     found = []
@@ -731,6 +731,10 @@ def find(jid: str, api: API | None = None) -> list[Found]:
         with contextlib.suppress(redis.ResponseError):  # a key of another type holds no job
             jobs, _ = queue_matching(queue, jid, 0, SCAN_WINDOW)
             found += [Found("queue", queue.name, job, shard=api.shard) for job in jobs if job.jid == jid]
+        with contextlib.suppress(redis.ResponseError):
+            raws = api.redis.lrange(api.keys.suspects(queue.name), 0, TAKEN_WINDOW - 1)
+            found += [Found("suspect", queue.name, job, shard=api.shard)
+                      for job in map(Job.parse, map(str, raws)) if job.jid == jid]
     for entries in (api.scheduled, api.retries, api.dead):
         with contextlib.suppress(redis.ResponseError):
             job = entries.find(jid)

@@ -373,9 +373,10 @@ def test_find_tells_where_a_job_is_and_exits_1_when_it_is_nowhere(redis_server, 
 
     r.sadd("kiq:wip", "web-1:101:0a0a0a0a0a0a|default")
     r.rpush("kiq:wip:web-1:101:0a0a0a0a0a0a|default", dump(sidekiq_job(4)))
+    r.rpush("kiq:suspects:default", dump(sidekiq_job(5)))  # to run alone (kiq.recovery)
 
-    raw, text, running, missing, taken = kiq_many(url, [["find", jid(1), "--json"], ["find", jid(1)],
-                                                        ["find", jid(2)], ["find", jid(3)], ["find", jid(4)]])
+    raw, text, running, missing, taken, suspect = kiq_many(
+        url, [["find", jid(1), "--json"], *(["find", jid(n)] for n in range(1, 6))])
     assert raw.returncode == text.returncode == running.returncode == 0, (raw.stderr, text.stderr)
     data = json.loads(raw.stdout)
     assert [(each["place"], each["name"]) for each in data] == [("queue", "default"), ("retry", "retry")]
@@ -387,6 +388,7 @@ def test_find_tells_where_a_job_is_and_exits_1_when_it_is_nowhere(redis_server, 
     assert (missing.returncode, missing.stdout, missing.stderr) == (1, "", f"not found: {jid(3)}\n")
     assert taken.returncode == 0
     assert taken.stdout.startswith("taken by web-1:101:0a0a0a0a0a0a (about to start")
+    assert suspect.returncode == 0 and suspect.stdout.startswith("waiting to run alone, queue default (")
 
 
 def test_an_active_job_is_listed_by_its_own_class_and_arguments(redis_server, r):
