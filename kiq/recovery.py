@@ -18,9 +18,9 @@ reason, so it stops killing workers.
 A crash without a culprit (SIGKILL, the OOM killer) charges every job that was running, and
 jobs requeued together are taken together again: an innocent job running beside a pill would
 be charged at each of its crashes and buried with it. So a job that reaches the limit at a
-crash it shared goes to ``kiq:suspects:QUEUE`` instead: the next worker to take it (kiq.fetch)
-lets its other jobs end, runs it alone and takes nothing else meanwhile. Alone, an innocent job
-finishes, and a pill crashes its worker once more, now the only one charged, and is buried.
+crash it shared goes to ``kiq:suspects:QUEUE`` instead, where a worker holding no job takes it
+(kiq.fetch) and runs it alone, taking nothing else meanwhile. Alone, an innocent job finishes,
+and a pill crashes its worker once more, now the only one charged, and is buried.
 
 Each script runs atomically in Redis, so masters sweeping at the same time
 never requeue a job twice. A script touches only the keys its caller declares

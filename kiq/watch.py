@@ -11,8 +11,8 @@ pushed to an idle worker starts at once, without waking another thread first.
 
 Every ``LOOK_SECONDS`` between waits that brought nothing, each watcher looks whether its
 queue has a suspect (kiq.recovery), which no wait catches: the fetcher then makes a round
-trip, which may take it. A worker that is not idle takes one in its next round trip, and the
-one a master starts after a crash in its first.
+trip, which may take it if the worker holds no job. The worker a master starts after a crash
+holds none: its first round trip takes one.
 
 The watchers share the fetcher's lock. Which queues are free to watch changes together with
 the fetcher's idle state: a queue freed while the worker is idle must have a thread woken to
