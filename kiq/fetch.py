@@ -96,7 +96,6 @@ class Fetcher:
         ``prefetch`` is how many jobs it holds beyond the running ones (None: sized from their
         run times, up to the automatic ceiling)."""
         self.identity = identity
-        self.keys = keys
         self.queues = queues
         self.concurrency = concurrency
         self.automatic = prefetch is None
@@ -130,7 +129,7 @@ class Fetcher:
         self._suspect: Unit | None = None  # a suspect in the buffer, waiting to run alone
         self._alone: Unit | None = None  # a suspect running alone
         self._empty_handed = False  # no job held when the fetcher's turn began: it may take a suspect
-        self._cleared: list[str] = []  # jids of suspects that ran alone and ended: their crash counts go
+        self._cleared: list[str] = []  # suspects that ran alone and ended: their crash counts go
         self._fetching = True
         self._closing = False
         self._idle = False  # the last fetch found every queue empty
@@ -212,8 +211,8 @@ class Fetcher:
             self._progress = time.monotonic()
             self._work_seconds += seconds
             self._work_jobs += 1
-            if unit is self._alone and isinstance(jid := _jid(unit.payload), str):
-                self._cleared.append(jid)  # it ran alone without crashing its worker: not a pill
+            if unit is self._alone:
+                self._cleared.append(unit.payload)  # it ran alone without crashing its worker: not a pill
             self._ended(unit)
             self._acknowledge(unit, outcome)
 
@@ -502,13 +501,10 @@ class Fetcher:
 
     def _clear_counts(self) -> None:
         """Forget the crash counts of suspects that ran alone and ended: a later crash beside
-        other jobs starts their count afresh. Best effort: a count left expires within a day."""
+        other jobs starts their count afresh."""
         with self._lock:
             cleared, self._cleared = self._cleared, []
-        try:
-            self.conn.delete(*[self.keys.recoveries(jid) for jid in cleared])
-        except redis.RedisError as error:
-            self.log.info("could not clear the crash counts of suspects that ran alone", error=str(error))
+        self.recovery.forget(cleared)
 
     def _problems(self, jobs: list[Unit]) -> None:
         """Say what keys of another type (written by anything with access to Redis) kept the

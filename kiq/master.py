@@ -42,8 +42,8 @@ from kiq.payload import set_format
 from kiq.recovery import Recovery
 from kiq.scheduler import Scheduler
 from kiq.shards import Shard
-from kiq.signals import SignalQueue, kill
-from kiq.supervisor import KILL_GRACE, AppLoadError, Supervisor, describe
+from kiq.signals import SignalQueue, fork_holding, kill
+from kiq.supervisor import KILL_GRACE, SUPERVISOR_SIGNALS, AppLoadError, Supervisor, describe
 from kiq.sweep import Sweeper
 from kiq.watch import watched
 
@@ -217,7 +217,7 @@ class Master:
         read_fd, write_fd = os.pipe()
         master_pid = os.getpid()
         with self.fork_lock:
-            pid = os.fork()
+            pid = fork_holding(SUPERVISOR_SIGNALS)
         if pid == 0:
             self._become_supervisor(config, number, master_pid, read_fd, write_fd)
         os.close(write_fd)

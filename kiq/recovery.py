@@ -317,6 +317,16 @@ class Recovery:
                          jids=[_named(str(raw)) for raw in raws[:10]])
         return buried
 
+    def forget(self, payloads: Sequence[str]) -> None:
+        """Delete the crash counts of these jobs (suspects that ran alone and ended). Best
+        effort: a count left expires within a day."""
+        counters = [counter for counter in map(self._counter, payloads) if counter is not None]
+        try:
+            if counters:
+                self.conn.delete(*counters)
+        except redis.RedisError as error:
+            logger.info("could not clear the crash counts of suspects that ran alone", error=str(error))
+
     def _check_suspects(self, queues: Iterable[str]) -> None:
         """Say so when a suspects key is of another type: the requeue sent its suspects back to
         their queue, so a pill among them cannot be buried and keeps crashing workers."""

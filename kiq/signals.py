@@ -37,10 +37,11 @@ class SignalQueue:
 
     def claim(self) -> None:
         """Make the handlers and the wakeup fd this queue's again: after importing an app,
-        which may have set its own."""
+        which may have set its own. A signal held since the fork (``fork_holding``) arrives now."""
         signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
         for signum in self.signums:
             signal.signal(signum, _ignore)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signums)
 
     def wait(self, timeout: float, also: Sequence[int] = ()) -> list[int]:
         """Signals received, in order, waiting up to ``timeout`` seconds for the first
@@ -64,6 +65,21 @@ class SignalQueue:
             signal.signal(signum, _ignore if signum in TERMINAL else signal.SIG_DFL)
         os.close(self.read_fd)
         os.close(self.write_fd)
+
+
+def fork_holding(signums: Iterable[int]) -> int:
+    """``os.fork``, with ``signums`` held pending in the child until its SignalQueue claims
+    them. Sent before, a signal would run this process's handler in the child, which writes to
+    this process's wakeup pipe, and be lost (a worker told to stop just after its fork waited out
+    the stop timeout). This process's own mask is as it was afterwards, even if the fork fails."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    pid = -1
+    try:
+        pid = os.fork()
+        return pid
+    finally:
+        if pid != 0:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def kill(pid: int, signum: int) -> None:

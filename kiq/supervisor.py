@@ -60,7 +60,7 @@ from kiq.periodic import Entry, Periodic, bind_jobs, declared, merge
 from kiq.recovery import Recovery
 from kiq.registry import registered
 from kiq.shards import SINGLE, connect_each
-from kiq.signals import SignalQueue, kill
+from kiq.signals import SignalQueue, fork_holding, kill
 from kiq.worker import WORKER_SIGNALS, Worker
 
 SUPERVISOR_SIGNALS = (signal.SIGTERM, signal.SIGCHLD, signal.SIGTTIN, signal.SIGTTOU, signal.SIGTSTP,
@@ -243,13 +243,9 @@ class Supervisor:
         ledger = Ledger(thread_count(config.concurrency, len(config.queues)))
         for conn in self.conns.values():
             disconnect(conn)  # the worker builds its own
-        # A signal sent to the child before it has its own handlers would be lost (it would run
-        # this process's, writing to this process's wakeup pipe): held pending until it has them.
-        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, WORKER_SIGNALS)
-        pid = os.fork()
+        pid = fork_holding(WORKER_SIGNALS)
         if pid == 0:
             self._become_worker(config, slot.index, nonce, parent, ledger)
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         slot.pid, slot.identity, slot.started = pid, heartbeat.identity(pid, nonce), time.monotonic()
         slot.ledger = ledger
         slot.ready, slot.heard, slot.killed = False, slot.started, ""

@@ -146,7 +146,6 @@ class Worker:
         setproctitle.setproctitle(f"kiq worker {self.index} [starting]")
         self.ledger.watch_faults()
         signals = SignalQueue(WORKER_SIGNALS)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, WORKER_SIGNALS)  # held since the fork (kiq.supervisor)
         self.heartbeat = self._heartbeat()
         self.fetcher = Fetcher(
             self.config.redis_url,
