@@ -727,14 +727,12 @@ def find(jid: str, api: API | None = None) -> list[Found]:
     Queues are read a window at a time; the sets are scanned in Redis for the jid."""
     api = api or API()
     found = []
-    for queue in api.queues():
+    queues = api.queues()
+    for queue in queues:
         with contextlib.suppress(redis.ResponseError):  # a key of another type holds no job
             jobs, _ = queue_matching(queue, jid, 0, SCAN_WINDOW)
             found += [Found("queue", queue.name, job, shard=api.shard) for job in jobs if job.jid == jid]
-        with contextlib.suppress(redis.ResponseError):
-            raws = api.redis.lrange(api.keys.suspects(queue.name), 0, TAKEN_WINDOW - 1)
-            found += [Found("suspect", queue.name, job, shard=api.shard)
-                      for job in map(Job.parse, map(str, raws)) if job.jid == jid]
+    found += suspected(jid, api, [queue.name for queue in queues])
     for entries in (api.scheduled, api.retries, api.dead):
         with contextlib.suppress(redis.ResponseError):
             job = entries.find(jid)
@@ -743,6 +741,20 @@ def find(jid: str, api: API | None = None) -> list[Found]:
     running_here = [each for process in api.processes() for each in running(process) if each.job.jid == jid]
     return found + running_here + [each for each in taken(jid, api)
                                    if not any(run.name == each.name for run in running_here)]
+
+
+def suspected(jid: str, api: API, queues: list[str]) -> list[Found]:
+    """The job ``jid`` among the suspects of ``queues`` (kiq.recovery), waiting to run alone;
+    one round trip for every list."""
+    pipe = api.redis.pipeline(transaction=False)
+    for name in queues:
+        pipe.lrange(api.keys.suspects(name), 0, TAKEN_WINDOW - 1)
+    found = []
+    for name, raws in zip(queues, pipe.execute(raise_on_error=False), strict=True):
+        if isinstance(raws, list):  # not an error: a key of another type, written by something else
+            found += [Found("suspect", name, job, shard=api.shard)
+                      for job in map(Job.parse, map(str, raws)) if job.jid == jid]
+    return found
 
 
 def taken(jid: str, api: API) -> list[Found]:
