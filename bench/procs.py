@@ -17,12 +17,16 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+# each started command leads a process group of its own (see above), in its parent's session;
+# Python 3.10 has no process_group, and setpgrp in the child is the same call
+GROUP: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
 
 
 class Timeout(Exception):
@@ -171,7 +175,7 @@ class Procs:
         with open(path, "wb") as log:
             process = subprocess.Popen(
                 list(argv), cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, process_group=0,
+                stderr=subprocess.STDOUT, **GROUP,
             )
         self.running.append(process)
         self.watch()
@@ -187,7 +191,7 @@ class Procs:
         """Run a command to its end within ``timeout``; its output, or RuntimeError with its tail."""
         process = subprocess.Popen(
             list(argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, process_group=0,
+            stderr=subprocess.STDOUT, **GROUP,
         )
         self.running.append(process)
         try:
@@ -208,7 +212,7 @@ class Procs:
         """Run commands side by side, each to its end within ``timeout``; their outputs."""
         started = [
             subprocess.Popen(list(argv), cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, process_group=0)
+                             stderr=subprocess.STDOUT, **GROUP)
             for argv in argvs
         ]
         self.running.extend(started)

@@ -575,6 +575,8 @@ def _read_enum(data: object) -> Enum:
         raise DeserializationError(f"enum class {path} is not loaded in this process")
     if not (isinstance(cls, type) and issubclass(cls, Enum)):
         raise DeserializationError(f"{path} is not an Enum class")
+    if not cls.__members__:  # Python 3.10 says "not a valid Enum", 3.11 raises TypeError
+        raise DeserializationError(f"{path} has no members")
     value = _load(data["value"])
     try:
         return cls(value)
