@@ -21,6 +21,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 from hiredis import pack_command
+from redis._parsers.encoders import Encoder
 from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.exceptions import (
@@ -175,6 +176,27 @@ def _pack(conn: Any, commands: Sequence[tuple[Any, ...]]) -> bytes:
         return b"".join(conn.pack_commands(commands))
 
 
+class _Packer:
+    """Packs a command for redis-py's connections with hiredis, each argument encoded as
+    redis-py's encoder does, text as kiq's clients decode it: UTF-8, a byte that is not UTF-8
+    restored from its surrogate escape. redis-py before 8.2 hands text to hiredis as it is, and
+    hiredis refuses a surrogate: there, naming again a key or payload read from Redis that is
+    not UTF-8 (``kiq stats``, the dashboard, deleting it) failed. redis-py's cluster client
+    takes no packer of its own: on a cluster such keys need redis-py 8.2 or later."""
+
+    _encode: Callable[[Any], bytes] = Encoder("utf-8", "surrogateescape", True).encode  # type: ignore[no-untyped-call]
+
+    def pack(self, *args: Any) -> list[bytes]:
+        name, rest = args[0], args[1:]
+        if isinstance(name, str):
+            name = name.encode()
+        args = (*name.split(), *rest) if b" " in name else (name, *rest)
+        encode = self._encode
+        encoded: Any = tuple(bytes(arg) if isinstance(arg, (bytearray, memoryview)) else encode(arg)
+                             for arg in args)
+        return [pack_command(encoded)]
+
+
 def url_from_env() -> str:
     """``KIQ_REDIS_URL``, else ``REDIS_URL``, else the local default."""
     return os.environ.get("KIQ_REDIS_URL") or os.environ.get("REDIS_URL") or DEFAULT_URL
@@ -202,6 +224,7 @@ def connect(url: str, *, blocking: bool = False, name: str = "kiq", retry: bool 
         "socket_timeout": timeout or (BLOCKING_SOCKET_TIMEOUT if blocking else SOCKET_TIMEOUT),
         "socket_connect_timeout": timeout or SOCKET_TIMEOUT,
         "client_name": name,
+        "command_packer": _Packer(),
     }
     if unencoded_password(url):
         raise ValueError(ENCODE_PASSWORD)
