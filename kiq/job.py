@@ -256,7 +256,10 @@ class Arguments:
             return
         if not isinstance(args, Sequence) or isinstance(args, (str, bytes, bytearray)):
             raise TypeError(f"{where}a job's arguments are a list or tuple, not {type(args).__name__}")
+        missing = self.positional[len(args):self.required_positional_only]
         try:
+            if missing:  # Python 3.13.0's bind lets a keyword of its name into **kwargs instead
+                raise TypeError(f"missing a required argument: {missing[0]!r}")
             self.signature.bind(*args, **kwargs)
         except TypeError as error:
             raise TypeError(f"{where}{self.job}.perform{_unannotated(self.signature)}: {error}") from None
