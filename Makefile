@@ -47,10 +47,10 @@ $(VENV_DJANGO6)/.installed: pyproject.toml
 	$(VENV_DJANGO6)/bin/python -m pip install -q -e '.[test-django6]'
 	touch $@
 
-# The whole suite again on the oldest Python that pyproject.toml accepts and on the newest here,
-# each in a venv of its own (.venv-py3.10, .venv-py3.13; about 7 minutes each on 2 cores): a
-# feature of a later Python, or of a later redis-py than the oldest Python gets, shows only there.
-# CI runs it after `make test`.
+# The whole suite again on the oldest Python that pyproject.toml accepts, with the oldest
+# dependencies it accepts (tests/floors.txt), and on the newest Python here with the newest, each in
+# a venv of its own (.venv-py3.10, .venv-py3.13; about 7 minutes each on 2 cores): a feature of a
+# later Python or of a later redis-py shows only there. CI runs it after `make test`.
 test-pythons: system-deps
 	bin/test-pythons 3.10 3.13
 
