@@ -50,7 +50,7 @@ from kiq.payload import waited
 
 REQUEST_TIMEOUT = 10.0  # seconds a connection may stay silent, reading or writing
 QUEUES_MAX = 1000  # queues per shard with series of their own
-LIVE_FILE = re.compile(r"gauge_live[a-z]*_(\d+)\.db")  # a process's live gauges (multiprocess mode)
+OWNED_FILE = re.compile(r"(counter|histogram|gauge_live[a-z]*)_(\d+)\.db")  # a process's own samples
 BIND_PAUSE_MAX = 5.0
 
 
@@ -157,9 +157,10 @@ class Samples:
     whole, and so would every later one if the process was killed in it, since
     nothing removes the empty file of a dead process.
 
-    Live gauges of a process that no longer exists are removed here too: its reaper removes
-    them (kiq.metrics.mark_dead), but workers whose supervisor was killed are reaped by no
-    kiq process, and their gauges would count for as long as the master runs.
+    A process that no longer exists is dealt with here too: its reaper drops its live gauges
+    and archives its counts (kiq.metrics.mark_dead), but workers whose supervisor was killed are
+    reaped by no kiq process: their gauges would count for as long as the master runs, and their
+    files would be read by every scrape. After the scrape that counted them, they are archived.
     """
 
     def __init__(self, path: str) -> None:
@@ -167,21 +168,26 @@ class Samples:
 
     def collect(self) -> Any:
         with metrics.folder_lock(self.path, fcntl.LOCK_SH):  # no dead process half archived
-            return self._merge()
+            merged, gone = self._merge()
+        for pid in gone:
+            metrics.mark_dead(pid, self.path)
+        return merged
 
-    def _merge(self) -> Any:
-        files = []
+    def _merge(self) -> tuple[Any, set[int]]:
+        """The merged samples, and the processes whose files are there but which are gone."""
+        files, gone = [], set()
         for name in glob.glob(os.path.join(self.path, "*.db")):
-            live = LIVE_FILE.fullmatch(os.path.basename(name))
-            if live and not _exists(int(live[1])):
-                multiprocess.mark_process_dead(int(live[1]), self.path)  # type: ignore[no-untyped-call]
-                continue
+            owner = OWNED_FILE.fullmatch(os.path.basename(name))
+            if owner and not _exists(int(owner[2])):
+                gone.add(int(owner[2]))
+                if owner[1].startswith("gauge_live"):
+                    continue  # a live gauge of a process that is gone counts nothing
             try:
                 if os.path.getsize(name) > 0:
                     files.append(name)
-            except OSError:  # a dead process's live gauges, removed since the glob
+            except OSError:  # removed since the glob: archived by a reaper
                 continue
-        return multiprocess.MultiProcessCollector.merge(files, accumulate=True)  # type: ignore[no-untyped-call]
+        return multiprocess.MultiProcessCollector.merge(files, accumulate=True), gone  # type: ignore[no-untyped-call]
 
 
 def _exists(pid: int) -> bool:

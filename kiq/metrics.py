@@ -132,12 +132,13 @@ def _write(pending: dict[tuple[str, str], _Counts]) -> None:
         processed.labels(*labels).inc(counts.processed)
 
 
-def mark_dead(pid: int) -> None:
+def mark_dead(pid: int, path: str | None = None) -> None:
     """Drop a dead process's live gauges so they stop counting, and fold its counts into the
-    folder's archive (``archive``)."""
-    path = os.environ.get(ENV)
+    folder's archive (``archive``); ``path`` is the samples folder, by default this process's."""
+    path = path or os.environ.get(ENV)
     if path:
-        multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+        with contextlib.suppress(FileNotFoundError):  # a scrape (kiq.exporter) removed them first
+            multiprocess.mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
         try:
             archive(pid, path)
         except Exception:  # a file prometheus_client left unreadable: the reaper goes on

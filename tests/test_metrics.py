@@ -231,17 +231,30 @@ def test_a_silent_or_half_sent_request_holds_up_no_scrape_and_is_closed(metrics_
     assert value(scrape(port), "kiq_worker_processes") == 2
 
 
-def test_a_killed_generations_workers_leave_no_live_gauges_once_gone(metrics_kiq):
+def test_a_killed_generations_workers_leave_no_live_gauges_once_gone(metrics_kiq, client, r):
     """SIGKILL a generation's supervisor: its orphaned workers stop on their own and no kiq
-    process reaps them, so the scrape itself drops the gauges of processes that are gone."""
+    process reaps them, so the scrape itself drops the gauges of processes that are gone, and
+    archives their counts: their files would otherwise be read by every scrape, for ever."""
+    import sample_jobs
+
     kiq, port = metrics_kiq
+    for n in range(10):
+        sample_jobs.RecordJob.perform_later(f"j{n}")
+    wait_for(lambda: r.llen("results") == 10, timeout=30)
+    wait_for(lambda: total(scrape(port), "kiq_jobs_processed_total") == 10, timeout=15)
     [generation] = kiq.generations()
     orphans = kiq.workers()
+    folder = samples_folder(kiq.pid)
+    assert owners_of(folder) & set(orphans), "the orphans-to-be counted jobs in files of their own"
     os.kill(generation, signal.SIGKILL)
     wait_for(lambda: not any(alive(pid) for pid in orphans), timeout=30)
     wait_for(lambda: len(kiq.workers()) == 2, timeout=30)
     text = wait_for(lambda: (t := scrape(port)) and value(t, "kiq_worker_processes") == 2 and t, timeout=15)
     assert value(text, "kiq_threads") == 6
+    assert not owners_of(folder) & set(orphans), "a scrape archived the counts of the workers that are gone"
+    after = scrape(port)
+    assert total(after, "kiq_jobs_processed_total") == 10
+    assert total(after, "kiq_job_duration_seconds_count") == 10
 
 
 def test_odd_queue_names_and_many_queues_leave_the_scrape_whole(metrics_kiq, r):
