@@ -30,7 +30,6 @@ an earlier one, takes its tally along, and a round trip without acknowledgements
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import deque
@@ -45,8 +44,8 @@ from kiq.execution import RETENTION, Tally
 from kiq.heartbeat import Lapsed
 from kiq.keys import Keys
 from kiq.lease import Lease, Reclaimer
-from kiq.payload import enqueued_seconds
-from kiq.recovery import UNREADABLE, Recovery
+from kiq.payload import enqueued_seconds, read_object
+from kiq.recovery import Recovery
 from kiq.retry import Outcome
 from kiq.roundtrip import Ack, QueueOrder, RoundTrip, Unit
 from kiq.watch import BLOCK_SECONDS, Watchers, watched
@@ -63,10 +62,7 @@ STRAYS_PATIENCE = 1.0  # seconds a resync waits, beyond BLOCK_SECONDS, for the w
 def _jid(payload: str) -> object:
     """The jid of a job hash, for a log line; None for a payload that is none (a suspect comes
     from a list that anything with access to Redis may write to)."""
-    try:
-        return json.loads(payload).get("jid")
-    except UNREADABLE:
-        return None
+    return read_object(payload).get("jid")
 
 
 def thread_count(concurrency: int, queues: int) -> int:

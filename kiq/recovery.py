@@ -334,7 +334,11 @@ class Recovery:
         pipe = self.conn.pipeline(transaction=False)
         for key in keys:
             pipe.type(key)
-        for key, kind in zip(keys, pipe.execute(), strict=True):
+        try:
+            kinds = pipe.execute()
+        except redis.RedisError:  # only a look: the requeue has happened, and must not seem failed
+            return
+        for key, kind in zip(keys, kinds, strict=True):
             if kind not in ("list", "none"):
                 self._say_once(key, "a key kiq keeps a list in is of another type; fix or delete it "
                                "(until then no job that crashed its worker beside others is buried)")

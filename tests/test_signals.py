@@ -18,7 +18,11 @@ def test_a_signal_sent_right_after_the_fork_reaches_the_child_s_queue():
     pid = fork_holding([signal.SIGUSR1])
     if pid == 0:
         try:
-            time.sleep(0.3)  # the moment between a fork and the child's own handlers, made long
+            deadline = time.monotonic() + 10
+            while signal.SIGUSR1 not in signal.sigpending():  # sent before the queue exists
+                if time.monotonic() > deadline:
+                    os._exit(3)
+                time.sleep(0.001)
             received = SignalQueue([signal.SIGUSR1]).wait(2.0)
             os._exit(0 if received == [signal.SIGUSR1] else 1)
         finally:
